@@ -1,0 +1,366 @@
+//! Engine benchmarks: `scripts/bench` (or `cargo bench --bench engine -- [--only a,b]`).
+//!
+//! Prints one JSON line per figure:
+//! `{"bench": NAME, "metric": NAME, "median": X, "min": X, "max": X, "unit": U, "n": N}`.
+//! Each benchmark runs in its own process (the harness re-executes itself), so memory figures
+//! are not polluted by the benchmarks before it. The shapes match the Python baselines in the
+//! engine issue.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benchmarks may panic
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crewflow::prelude::*;
+use crewflow::store::{RunStore, SqliteStore};
+use crewflow::{DEFAULT_MAX_STEPS, FlowBuilder};
+use crewflow_store::PostgresStore;
+use serde::{Deserialize, Serialize};
+
+/// Counts live heap bytes, for the per-run memory figures.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: delegates to the system allocator and only counts.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const BENCHES: [&str; 8] = [
+    "chain100",
+    "fanout_join",
+    "router_loop",
+    "concurrent",
+    "concurrent_100k",
+    "persist_chain20",
+    "persist_chain20_pg",
+    "resume_1000",
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(pos) = args.iter().position(|a| a == "--child") {
+        let name = args.get(pos + 1).cloned().unwrap_or_default();
+        run_child(&name);
+        return;
+    }
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|p| args.get(p + 1))
+        .map(|list| list.split(',').map(str::to_string).collect());
+    let exe = std::env::current_exe().expect("the benchmark binary knows its path");
+    for name in BENCHES {
+        if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == name)) {
+            continue;
+        }
+        let status = std::process::Command::new(&exe).args(["--child", name]).status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!("benchmark {name} failed: {status:?}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run_child(name: &str) {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
+    rt.block_on(async {
+        match name {
+            "chain100" => chain100().await,
+            "fanout_join" => fanout_join().await,
+            "router_loop" => router_loop().await,
+            "concurrent" => concurrent().await,
+            "concurrent_100k" => concurrent_100k().await,
+            "persist_chain20" => persist_chain20().await,
+            "persist_chain20_pg" => persist_chain20_pg().await,
+            "resume_1000" => resume_1000().await,
+            other => eprintln!("unknown benchmark {other}"),
+        }
+    });
+}
+
+fn report(bench: &str, metric: &str, unit: &str, mut samples: Vec<f64>) {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let n = samples.len();
+    let median = if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2.0 };
+    let line = serde_json::json!({
+        "bench": bench, "metric": metric,
+        "median": round(median), "min": round(samples[0]), "max": round(samples[n - 1]),
+        "unit": unit, "n": n,
+    });
+    println!("{line}");
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+#[derive(Default, Debug, Serialize, Deserialize)]
+struct Counter {
+    n: u64,
+}
+
+/// Times `batch` kickoffs per sample.
+async fn sample<S: crewflow::FlowState>(flow: &Flow<S>, samples: usize, batch: usize) -> Vec<Duration> {
+    for _ in 0..batch {
+        flow.kickoff(()).await.expect("warm-up run");
+    }
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        for _ in 0..batch {
+            flow.kickoff(()).await.expect("benchmark run");
+        }
+        out.push(t.elapsed() / batch as u32);
+    }
+    out
+}
+
+/// 1 start + 99 chained listeners, each incrementing a counter in typed state.
+async fn chain100() {
+    let mut b = FlowBuilder::<Counter>::new("chain100").start("s0", |cx: Cx<Counter>, (): ()| async move {
+        cx.update(|c| c.n += 1);
+        Ok(())
+    });
+    for i in 1..100 {
+        b = b.listen(&format!("s{i}"), step(format!("s{}", i - 1)), |cx: Cx<Counter>, (): ()| async move {
+            cx.update(|c| c.n += 1);
+            Ok(())
+        });
+    }
+    let flow = b.build().expect("chain100 builds");
+    assert_eq!(flow.kickoff(()).await.expect("run").state.n, 100);
+    let per_step = sample(&flow, 30, 20).await.into_iter().map(|d| d.as_nanos() as f64 / 100.0).collect();
+    report("chain100", "per_step_ns", "ns", per_step);
+}
+
+/// 1 start, 50 parallel listeners, one `and` join over all 50.
+async fn fanout_join() {
+    let mut b = FlowBuilder::<Counter>::new("fanout_join").start("start", |_cx, (): ()| async move { Ok(()) });
+    for i in 0..50 {
+        b = b.listen(&format!("w{i}"), "start", |cx: Cx<Counter>, (): ()| async move {
+            cx.update(|c| c.n += 1);
+            Ok(())
+        });
+    }
+    let flow = b
+        .listen("join", and((0..50).map(|i| step(format!("w{i}")))), |_cx, (): ()| async move { Ok(()) })
+        .build()
+        .expect("fanout_join builds");
+    assert_eq!(flow.kickoff(()).await.expect("run").state.n, 50);
+    let per_flow = sample(&flow, 30, 20).await.into_iter().map(|d| d.as_nanos() as f64 / 1000.0).collect();
+    report("fanout_join", "per_flow_us", "us", per_flow);
+}
+
+#[derive(Route, Clone, Copy)]
+enum Loop {
+    Again,
+    #[route(terminal)]
+    Done,
+}
+
+/// A router looping back through one step 1,000 times.
+async fn router_loop() {
+    const ITERATIONS: u64 = 1000;
+    let flow = FlowBuilder::<Counter>::new("router_loop")
+        .start("begin", |_cx, (): ()| async move { Ok(()) })
+        .listen("work", or([step("begin"), route(Loop::Again)]), |cx: Cx<Counter>, (): ()| async move {
+            cx.update(|c| c.n += 1);
+            Ok(())
+        })
+        .router("check", "work", |cx: Cx<Counter>, (): ()| async move {
+            Ok(if cx.state(|c| c.n) < ITERATIONS { Loop::Again } else { Loop::Done })
+        })
+        .max_steps(DEFAULT_MAX_STEPS.max(3 * ITERATIONS))
+        .build()
+        .expect("router_loop builds");
+    assert_eq!(flow.kickoff(()).await.expect("run").state.n, ITERATIONS);
+    let per_iteration =
+        sample(&flow, 30, 3).await.into_iter().map(|d| d.as_nanos() as f64 / ITERATIONS as f64).collect();
+    report("router_loop", "per_iteration_ns", "ns", per_iteration);
+}
+
+/// A 3-step chain whose middle step sleeps 10 ms.
+fn sleepy_chain() -> Flow<Counter> {
+    FlowBuilder::<Counter>::new("sleepy")
+        .start("a", |cx: Cx<Counter>, (): ()| async move {
+            cx.update(|c| c.n += 1);
+            Ok(())
+        })
+        .listen("b", "a", |cx: Cx<Counter>, (): ()| async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            cx.update(|c| c.n += 1);
+            Ok(())
+        })
+        .listen("c", "b", |cx: Cx<Counter>, (): ()| async move {
+            cx.update(|c| c.n += 1);
+            Ok(())
+        })
+        .build()
+        .expect("sleepy chain builds")
+}
+
+/// Starts `runs` runs at once, waits until all are inside the sleeping step, samples memory,
+/// and waits for all of them. Returns (wall time, RSS delta, live heap delta) at the peak.
+async fn all_at_once(flow: &Flow<Counter>, runs: usize) -> (Duration, i64, i64) {
+    let rss_before = rss_bytes();
+    let heap_before = LIVE.load(Ordering::Relaxed) as i64;
+    let inside = Arc::new(AtomicU32::new(0));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..runs).map(|_| flow.spawn(()).expect("spawn")).collect();
+    // The middle step sleeps 10 ms: 5 ms in, every run that started is parked in it.
+    let _ = &inside;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let rss_peak = rss_bytes();
+    let heap_peak = LIVE.load(Ordering::Relaxed) as i64;
+    for h in handles {
+        assert_eq!(h.await.expect("run").state.n, 3);
+    }
+    (started.elapsed(), rss_peak - rss_before, heap_peak - heap_before)
+}
+
+/// 1,000 runs of the sleepy chain at once.
+async fn concurrent() {
+    let flow = sleepy_chain();
+    let runs = 1000;
+    // The first round also measures memory: later rounds reuse the pages it freed.
+    let (first_wall, rss, heap) = all_at_once(&flow, runs).await;
+    let state = std::mem::size_of::<Counter>() as f64;
+    let mut walls = vec![first_wall.as_secs_f64() * 1000.0];
+    for _ in 0..9 {
+        walls.push(all_at_once(&flow, runs).await.0.as_secs_f64() * 1000.0);
+    }
+    report("concurrent", "wall_ms", "ms", walls);
+    report("concurrent", "rss_per_run_bytes", "bytes", vec![rss as f64 / runs as f64 - state]);
+    report("concurrent", "heap_per_run_bytes", "bytes", vec![heap as f64 / runs as f64 - state]);
+}
+
+/// 100,000 runs of the sleepy chain at once.
+async fn concurrent_100k() {
+    let flow = sleepy_chain();
+    let (wall, _, _) = all_at_once(&flow, 100_000).await;
+    report("concurrent_100k", "wall_ms", "ms", vec![wall.as_secs_f64() * 1000.0]);
+    report("concurrent_100k", "peak_rss_mb", "MB", vec![peak_rss_bytes() as f64 / (1024.0 * 1024.0)]);
+}
+
+/// A 20-step chain over `store`, each step updating typed state.
+fn chain20(store: Arc<dyn RunStore>) -> Flow<Counter> {
+    let mut b = FlowBuilder::<Counter>::new("persist_chain20").start("s0", |cx: Cx<Counter>, (): ()| async move {
+        cx.update(|c| c.n += 1);
+        Ok(())
+    });
+    for i in 1..20 {
+        b = b.listen(&format!("s{i}"), step(format!("s{}", i - 1)), |cx: Cx<Counter>, (): ()| async move {
+            cx.update(|c| c.n += 1);
+            Ok(())
+        });
+    }
+    b.store_arc(store).build().expect("chain20 builds")
+}
+
+async fn persisted_chain(bench: &str, store: Arc<dyn RunStore>) {
+    let flow = chain20(store);
+    assert_eq!(flow.kickoff(()).await.expect("run").state.n, 20);
+    let per_step = sample(&flow, 30, 5).await.into_iter().map(|d| d.as_nanos() as f64 / 20.0 / 1000.0).collect();
+    report(bench, "per_step_us", "us", per_step);
+}
+
+/// A 20-step chain checkpointed after every step, in a SQLite file.
+async fn persist_chain20() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    persisted_chain("persist_chain20", Arc::new(SqliteStore::open(dir.path().join("bench.db")))).await;
+}
+
+/// The same on PostgreSQL (`CREWFLOW_TEST_POSTGRES`), in a schema of its own.
+async fn persist_chain20_pg() {
+    let Ok(url) = std::env::var("CREWFLOW_TEST_POSTGRES") else {
+        eprintln!("persist_chain20_pg skipped: set CREWFLOW_TEST_POSTGRES=postgres://...");
+        return;
+    };
+    let schema = format!("crewflow_bench_{}", uuid::Uuid::new_v4().simple());
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("PostgreSQL");
+    tokio::spawn(conn);
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("a schema");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let scoped = format!("{url}{sep}options=-csearch_path%3D{schema}");
+    persisted_chain("persist_chain20_pg", Arc::new(PostgresStore::connect_lazy(&scoped).expect("a store"))).await;
+    let _ = client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await;
+}
+
+/// Loads and resumes a run with 1,000 completed steps (500 loop iterations of two steps)
+/// whose last step failed; the time covers loading, claiming, restoring and finishing it.
+async fn resume_1000() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(dir.path().join("resume.db")));
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let b = broken.clone();
+    let flow = FlowBuilder::<Counter>::new("resume_1000")
+        .start("begin", |_cx, (): ()| async move { Ok(()) })
+        .listen("work", or([step("begin"), route(Loop::Again)]), |cx: Cx<Counter>, (): ()| async move {
+            cx.update(|c| c.n += 1);
+            Ok(())
+        })
+        .router("check", "work", |cx: Cx<Counter>, (): ()| async move {
+            Ok(if cx.state(|c| c.n) < 500 { Loop::Again } else { Loop::Done })
+        })
+        .listen("finish", route(Loop::Done), move |_cx, (): ()| {
+            let b = b.clone();
+            async move {
+                if b.load(Ordering::SeqCst) {
+                    return Err(StepError::msg("not yet"));
+                }
+                Ok(())
+            }
+        })
+        .store_arc(store.clone())
+        .build()
+        .expect("resume_1000 builds");
+    let mut samples = Vec::new();
+    for _ in 0..20 {
+        broken.store(true, Ordering::SeqCst);
+        let failed = flow.kickoff(()).await.expect_err("the last step fails");
+        assert!(failed.step() == Some("finish"), "{failed}");
+        let id = store.list_runs(&crewflow::store::RunFilter::default()).await.expect("list")[0].run_id;
+        broken.store(false, Ordering::SeqCst);
+        let t = Instant::now();
+        let run = flow.resume(id).await.expect("resume");
+        samples.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(run.steps_run(), 1002);
+    }
+    report("resume_1000", "resume_ms", "ms", samples);
+}
+
+fn rss_bytes() -> i64 {
+    status_kb("VmRSS:") * 1024
+}
+
+fn peak_rss_bytes() -> i64 {
+    status_kb("VmHWM:") * 1024
+}
+
+fn status_kb(field: &str) -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}

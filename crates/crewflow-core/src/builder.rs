@@ -1,0 +1,458 @@
+//! Building flows at run time. The `#[flow]` macro generates calls to this same builder, so
+//! everything the macro can express, the builder can too (YAML flows build on it as well).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cx::Cx;
+use crate::error::{Error, StepError};
+use crate::event::Observer;
+use crate::flow::{Flow, FlowInner, StepRuntime};
+use crate::graph::{GraphSpec, RouterSpec, StartKind, StepSpec};
+use crate::input::InputProvider;
+use crate::output::{Output, TypeInfo, extract_input};
+use crate::persist::{DEFAULT_LEASE, RunStore};
+use crate::route::Route;
+use crate::state::FlowState;
+use crate::trigger::Trigger;
+
+/// The step budget of a run unless the flow or the kickoff sets another.
+pub const DEFAULT_MAX_STEPS: u64 = 10_000;
+
+/// How long steps still running get to finish on their own once a run fails or is cancelled.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_millis(100);
+
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What a step execution produced: its output and, for a router, the label it chose.
+pub(crate) struct StepOutcome {
+    pub output: Output,
+    pub label: Option<Arc<str>>,
+}
+
+/// A finished step execution, as the driver receives it.
+pub(crate) struct Completion {
+    pub activation: u64,
+    pub result: Result<StepOutcome, Error>,
+    pub elapsed: Duration,
+}
+
+/// A step's body, type-erased. The future it returns does everything around the body too
+/// (input conversion, the step scope, timing, turning panics into errors), so a step
+/// execution costs one allocation.
+pub(crate) type Handler<S> = Arc<dyn Fn(Cx<S>, Option<Output>) -> BoxFuture<Completion> + Send + Sync>;
+pub(crate) type Predicate<S> = Arc<dyn Fn(&S) -> bool + Send + Sync>;
+
+struct StepDef<S> {
+    spec: StepSpec,
+    handler: Handler<S>,
+    when: Option<Predicate<S>>,
+    persisted: bool,
+}
+
+/// Assembles a [`Flow`] step by step.
+///
+/// Each handler is a closure `|cx: Cx<S>, input: I| async move { ... }` returning
+/// `Result<O, StepError>`. `I` is the output of the step (or the route) that triggered it; use
+/// `()` to ignore it. Modifiers such as [`routes`](FlowBuilder::routes) apply to the step added
+/// last.
+///
+/// ```
+/// use crewflow_core::{FlowBuilder, trigger::{label, step}};
+///
+/// # async fn demo() -> Result<(), crewflow_core::Error> {
+/// let flow = FlowBuilder::<serde_json::Map<String, serde_json::Value>>::new("greeting")
+///     .start("name", |_cx, (): ()| async move { Ok("Ada".to_string()) })
+///     .router("check", step("name"), |_cx, name: String| async move {
+///         Ok(if name.is_empty() { "anonymous" } else { "known" }.to_string())
+///     })
+///     .routes(["known", "anonymous"])
+///     .listen("greet", label("known"), |_cx, _route: String| async move { Ok("hello, Ada") })
+///     .listen("shrug", label("anonymous"), |_cx, (): ()| async move { Ok("hello?") })
+///     .build()?;
+/// let run = flow.kickoff(()).await?;
+/// assert_eq!(run.output::<String>()?, "hello, Ada");
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+/// ```
+pub struct FlowBuilder<S> {
+    name: String,
+    steps: Vec<StepDef<S>>,
+    max_steps: u64,
+    cancel_grace: Duration,
+    observers: Vec<Arc<dyn Observer>>,
+    input: Option<Arc<dyn InputProvider>>,
+    store: Option<Arc<dyn RunStore>>,
+    default_store: Option<fn() -> Arc<dyn RunStore>>,
+    lease: Duration,
+    error: Option<Error>,
+}
+
+impl<S: FlowState> FlowBuilder<S> {
+    /// A builder for a flow called `name` (used in events and errors).
+    pub fn new(name: impl Into<String>) -> Self {
+        FlowBuilder {
+            name: name.into(),
+            steps: Vec::new(),
+            max_steps: DEFAULT_MAX_STEPS,
+            cancel_grace: DEFAULT_CANCEL_GRACE,
+            observers: Vec::new(),
+            input: None,
+            store: None,
+            default_store: None,
+            lease: DEFAULT_LEASE,
+            error: None,
+        }
+    }
+
+    /// The flow's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Renames the flow.
+    pub fn rename(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Adds a start step: it runs at kickoff. A start that takes an input receives the
+    /// kickoff's payload ([`Kickoff::payload`](crate::Kickoff::payload)).
+    pub fn start<I, O, F, Fut>(self, name: &str, handler: F) -> Self
+    where
+        F: Fn(Cx<S>, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, StepError>> + Send + 'static,
+        I: DeserializeOwned + Clone + Send + 'static,
+        O: Serialize + Send + Sync + 'static,
+    {
+        self.add::<I, O>(name, StartKind::Always, None, None, plain(name, handler))
+    }
+
+    /// Adds a start step that runs at kickoff only when `predicate` holds for the state (after
+    /// the inputs were merged into it).
+    pub fn start_when<I, O, P, F, Fut>(mut self, name: &str, predicate: P, handler: F) -> Self
+    where
+        P: Fn(&S) -> bool + Send + Sync + 'static,
+        F: Fn(Cx<S>, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, StepError>> + Send + 'static,
+        I: DeserializeOwned + Clone + Send + 'static,
+        O: Serialize + Send + Sync + 'static,
+    {
+        self = self.add::<I, O>(name, StartKind::When, None, None, plain(name, handler));
+        if let Some(last) = self.steps.last_mut() {
+            last.when = Some(Arc::new(predicate));
+        }
+        self
+    }
+
+    /// Adds a conditional start: it runs whenever `trigger` is satisfied (and at kickoff when
+    /// the flow has no unconditional start).
+    pub fn start_on<I, O, F, Fut>(self, name: &str, trigger: impl Into<Trigger>, handler: F) -> Self
+    where
+        F: Fn(Cx<S>, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, StepError>> + Send + 'static,
+        I: DeserializeOwned + Clone + Send + 'static,
+        O: Serialize + Send + Sync + 'static,
+    {
+        self.add::<I, O>(name, StartKind::On, Some(trigger.into()), None, plain(name, handler))
+    }
+
+    /// Adds a listener: it runs each time `trigger` is satisfied, with the triggering output as
+    /// its input.
+    pub fn listen<I, O, F, Fut>(self, name: &str, trigger: impl Into<Trigger>, handler: F) -> Self
+    where
+        F: Fn(Cx<S>, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, StepError>> + Send + 'static,
+        I: DeserializeOwned + Clone + Send + 'static,
+        O: Serialize + Send + Sync + 'static,
+    {
+        self.add::<I, O>(name, StartKind::No, Some(trigger.into()), None, plain(name, handler))
+    }
+
+    /// Adds a router: a listener whose output is a [`Route`] whose label is dispatched.
+    /// A `String` router must declare its labels with [`routes`](FlowBuilder::routes).
+    pub fn router<I, R, F, Fut>(self, name: &str, trigger: impl Into<Trigger>, handler: F) -> Self
+    where
+        F: Fn(Cx<S>, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, StepError>> + Send + 'static,
+        I: DeserializeOwned + Clone + Send + 'static,
+        R: Route,
+    {
+        let router = router_spec::<R>();
+        self.add::<I, R>(name, StartKind::No, Some(trigger.into()), Some(router), routing(name, handler))
+    }
+
+    /// Adds a router that is also a start (it runs at kickoff).
+    pub fn start_router<I, R, F, Fut>(self, name: &str, handler: F) -> Self
+    where
+        F: Fn(Cx<S>, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, StepError>> + Send + 'static,
+        I: DeserializeOwned + Clone + Send + 'static,
+        R: Route,
+    {
+        let router = router_spec::<R>();
+        self.add::<I, R>(name, StartKind::Always, None, Some(router), routing(name, handler))
+    }
+
+    /// Adds a router that is a conditional start.
+    pub fn start_router_on<I, R, F, Fut>(self, name: &str, trigger: impl Into<Trigger>, handler: F) -> Self
+    where
+        F: Fn(Cx<S>, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, StepError>> + Send + 'static,
+        I: DeserializeOwned + Clone + Send + 'static,
+        R: Route,
+    {
+        let router = router_spec::<R>();
+        self.add::<I, R>(name, StartKind::On, Some(trigger.into()), Some(router), routing(name, handler))
+    }
+
+    /// Declares the labels the last added router can return (required for `String` routers;
+    /// for typed routes, replaces the labels of the type).
+    pub fn routes<L: Into<Arc<str>>>(mut self, labels: impl IntoIterator<Item = L>) -> Self {
+        let labels: Vec<Arc<str>> = labels.into_iter().map(Into::into).collect();
+        self.with_last_router("routes", |r| r.labels = labels);
+        self
+    }
+
+    /// Declares labels of the last added router that may go unhandled (returning one ends
+    /// that branch of the run).
+    pub fn terminal<L: Into<Arc<str>>>(mut self, labels: impl IntoIterator<Item = L>) -> Self {
+        let labels: Vec<Arc<str>> = labels.into_iter().map(Into::into).collect();
+        self.with_last_router("terminal", |r| r.terminal.extend(labels));
+        self
+    }
+
+    /// Sets the per-run step budget (default [`DEFAULT_MAX_STEPS`]): a run that would execute
+    /// more steps fails with [`Error::StepBudgetExceeded`].
+    pub fn max_steps(mut self, budget: u64) -> Self {
+        self.max_steps = budget;
+        self
+    }
+
+    /// How long steps still running get to finish on their own (after [`Cx::cancelled`]
+    /// resolves) once the run fails or is cancelled, before they are dropped. Default
+    /// [`DEFAULT_CANCEL_GRACE`].
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+
+    /// Sets who answers [`Cx::ask`] (for example [`ConsoleInput`](crate::ConsoleInput)).
+    pub fn input_provider(mut self, provider: impl InputProvider) -> Self {
+        self.input = Some(Arc::new(provider));
+        self
+    }
+
+    /// Keeps this flow's runs in `store`: each run is recorded when it starts, checkpointed
+    /// after every step (or only after the steps marked [`persisted`](FlowBuilder::persisted),
+    /// if any are) and can be resumed with [`Flow::resume`].
+    pub fn store(mut self, store: impl RunStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// [`store`](FlowBuilder::store), with a shared store.
+    pub fn store_arc(mut self, store: Arc<dyn RunStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The store to use when none is given with [`store`](FlowBuilder::store): called at build
+    /// time, and expected to open nothing until first used (`#[flow(persist)]` passes the
+    /// default SQLite file).
+    pub fn default_store(mut self, make: fn() -> Arc<dyn RunStore>) -> Self {
+        self.default_store = Some(make);
+        self
+    }
+
+    /// Checkpoints after the step added last. When any step is marked, only marked steps
+    /// checkpoint; otherwise every step does.
+    pub fn persisted(mut self) -> Self {
+        match self.steps.last_mut() {
+            Some(last) => last.persisted = true,
+            None => {
+                self.error.get_or_insert(Error::Builder(".persisted() was called before any step was added".into()));
+            }
+        }
+        self
+    }
+
+    /// How long a run's lease lasts without renewal (default [`DEFAULT_LEASE`]): after that,
+    /// a worker may take over a run whose process stopped.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Adds an observer that receives every event of every run, in order.
+    pub fn observe(mut self, observer: impl Observer) -> Self {
+        self.observers.push(Arc::new(observer));
+        self
+    }
+
+    /// Adds every step of `other` (same state type) to this flow: the way to reuse a set of
+    /// steps in several flows, or to extend a flow defined with `#[flow]`.
+    pub fn include(mut self, other: FlowBuilder<S>) -> Self {
+        if self.error.is_none() {
+            self.error = other.error;
+        }
+        self.steps.extend(other.steps);
+        self.observers.extend(other.observers);
+        self.input = self.input.or(other.input);
+        self.store = self.store.or(other.store);
+        self.default_store = self.default_store.or(other.default_store);
+        self
+    }
+
+    /// The definition as it stands, without handlers.
+    pub fn spec(&self) -> GraphSpec {
+        GraphSpec { name: self.name.clone(), steps: self.steps.iter().map(|s| s.spec.clone()).collect() }
+    }
+
+    /// Validates the definition and builds the flow.
+    pub fn build(self) -> Result<Flow<S>, Error> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let graph = self.spec().compile()?;
+        let selective = self.steps.iter().any(|d| d.persisted);
+        let steps = self
+            .steps
+            .into_iter()
+            .map(|d| StepRuntime { name: d.spec.name, handler: d.handler, when: d.when, persisted: d.persisted })
+            .collect();
+        let store = self.store.or_else(|| self.default_store.map(|make| make()));
+        Ok(Flow::from_inner(FlowInner {
+            graph,
+            steps,
+            max_steps: self.max_steps,
+            cancel_grace: self.cancel_grace,
+            observers: self.observers.into(),
+            input: self.input,
+            store,
+            lease: self.lease,
+            selective,
+        }))
+    }
+
+    fn add<I: 'static, O: 'static>(
+        mut self,
+        name: &str,
+        start: StartKind,
+        trigger: Option<Trigger>,
+        router: Option<RouterSpec>,
+        handler: Handler<S>,
+    ) -> Self {
+        let input = TypeInfo::of::<I>();
+        let spec = StepSpec {
+            name: Arc::from(name),
+            start,
+            trigger,
+            router,
+            input: (!input.is_unit()).then_some(input),
+            output: Some(TypeInfo::of::<O>()),
+        };
+        self.steps.push(StepDef { spec, handler, when: None, persisted: false });
+        self
+    }
+
+    fn with_last_router(&mut self, modifier: &str, f: impl FnOnce(&mut RouterSpec)) {
+        match self.steps.last_mut().map(|s| (s.spec.name.clone(), s.spec.router.as_mut())) {
+            Some((_, Some(r))) => f(r),
+            Some((name, None)) => {
+                self.error.get_or_insert(Error::Builder(format!(
+                    ".{modifier}(..) applies to routers, but the step added last (`{name}`) is not one"
+                )));
+            }
+            None => {
+                self.error
+                    .get_or_insert(Error::Builder(format!(".{modifier}(..) was called before any step was added")));
+            }
+        }
+    }
+}
+
+fn router_spec<R: Route>() -> RouterSpec {
+    RouterSpec {
+        labels: R::LABELS.unwrap_or_default().iter().map(|l| Arc::from(*l)).collect(),
+        terminal: R::TERMINAL.iter().map(|l| Arc::from(*l)).collect(),
+        route_type: R::TYPE_NAME,
+    }
+}
+
+/// Wraps a typed handler into the engine's erased form.
+fn erase<S, I, O, F, Fut>(name: &str, handler: F, finish: fn(O) -> StepOutcome) -> Handler<S>
+where
+    S: FlowState,
+    F: Fn(Cx<S>, I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, StepError>> + Send + 'static,
+    I: DeserializeOwned + Clone + Send + 'static,
+    O: Send + 'static,
+{
+    let name: Arc<str> = Arc::from(name);
+    Arc::new(move |cx: Cx<S>, payload: Option<Output>| -> BoxFuture<Completion> {
+        let activation = cx.activation();
+        let scope = cx.scope();
+        let failed =
+            |name: &Arc<str>, source: crate::error::BoxError| Error::StepFailed { step: name.to_string(), source };
+        // The closure's synchronous part runs here: a panic in it is the step's failure too.
+        let body = extract_input::<I>(payload.as_ref(), &name).and_then(|input| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| handler(cx, input)))
+                .map_err(|panic| failed(&name, panic_message(panic).into()))
+        });
+        let name = name.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = match body {
+                Err(e) => Err(e),
+                Ok(body) => match AssertUnwindSafe(scope.enter(body)).catch_unwind().await {
+                    Ok(Ok(out)) => Ok(finish(out)),
+                    Ok(Err(e)) => Err(failed(&name, e.into())),
+                    Err(panic) => Err(failed(&name, panic_message(panic).into())),
+                },
+            };
+            Completion { activation, result, elapsed: started.elapsed() }
+        })
+    })
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string());
+    format!("the step panicked: {text}")
+}
+
+fn plain<S, I, O, F, Fut>(name: &str, handler: F) -> Handler<S>
+where
+    S: FlowState,
+    F: Fn(Cx<S>, I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, StepError>> + Send + 'static,
+    I: DeserializeOwned + Clone + Send + 'static,
+    O: Serialize + Send + Sync + 'static,
+{
+    erase(name, handler, |out| StepOutcome { output: Output::new(out), label: None })
+}
+
+fn routing<S, I, R, F, Fut>(name: &str, handler: F) -> Handler<S>
+where
+    S: FlowState,
+    F: Fn(Cx<S>, I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, StepError>> + Send + 'static,
+    I: DeserializeOwned + Clone + Send + 'static,
+    R: Route,
+{
+    erase(name, handler, |route: R| {
+        let label = Arc::from(route.label().as_ref());
+        StepOutcome { output: Output::new(route), label: Some(label) }
+    })
+}

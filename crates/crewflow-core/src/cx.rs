@@ -1,0 +1,198 @@
+//! The step context: what a running step can reach.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::cancel::Canceller;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::event::EventKind;
+use crate::id::RunId;
+use crate::input::{Answer, InputProvider, InputRecord, InputRequest, record};
+use crate::scope::{HasTelemetry, RunTelemetry, TokenUsage};
+
+/// What a run shares between its steps.
+pub(crate) struct RunShared<S> {
+    pub id: RunId,
+    pub flow: Arc<str>,
+    pub state: Mutex<S>,
+    pub cancel: Canceller,
+    pub telemetry: RunTelemetry,
+    pub input: Option<Arc<dyn InputProvider>>,
+    pub input_history: Mutex<Vec<InputRecord>>,
+}
+
+impl<S: Send + Sync> HasTelemetry for RunShared<S> {
+    fn telemetry(&self) -> &RunTelemetry {
+        &self.telemetry
+    }
+}
+
+impl<S> RunShared<S> {
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
+        // A step that panicked while updating the state fails the run; the state itself is
+        // still well-formed (the closure ran to its panic), so poisoning is not fatal here.
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut guard)
+    }
+
+    pub fn with_input_history<R>(&self, f: impl FnOnce(&mut Vec<InputRecord>) -> R) -> R {
+        f(&mut self.input_history.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// The context of one step execution: the run's state, its id, cancellation and events.
+///
+/// State is reached through short closures ([`state`](Cx::state), [`update`](Cx::update)). The
+/// lock is held only while the closure runs and a closure cannot `.await`, so concurrent steps
+/// never deadlock on it and no update is lost.
+///
+/// ```
+/// # use crewflow_core::Cx;
+/// # #[derive(Default)] struct Counter { n: u32 }
+/// # fn demo(cx: &Cx<Counter>) {
+/// let before = cx.state(|s| s.n);
+/// cx.update(|s| s.n += 1);
+/// # }
+/// ```
+pub struct Cx<S> {
+    run: Arc<RunShared<S>>,
+    step: Arc<str>,
+    activation: u64,
+}
+
+impl<S> Clone for Cx<S> {
+    fn clone(&self) -> Self {
+        Cx { run: self.run.clone(), step: self.step.clone(), activation: self.activation }
+    }
+}
+
+impl<S: Send + Sync + 'static> Cx<S> {
+    pub(crate) fn new(run: Arc<RunShared<S>>, step: Arc<str>, activation: u64) -> Self {
+        Cx { run, step, activation }
+    }
+
+    /// Reads the state.
+    pub fn state<R>(&self, read: impl FnOnce(&S) -> R) -> R {
+        self.run.with_state(|s| read(s))
+    }
+
+    /// Changes the state.
+    pub fn update<R>(&self, change: impl FnOnce(&mut S) -> R) -> R {
+        self.run.with_state(change)
+    }
+
+    /// A copy of the whole state.
+    pub fn snapshot(&self) -> S
+    where
+        S: Clone,
+    {
+        self.state(S::clone)
+    }
+
+    /// The run's id.
+    pub fn run_id(&self) -> RunId {
+        self.run.id
+    }
+
+    /// The flow's name.
+    pub fn flow_name(&self) -> &str {
+        &self.run.flow
+    }
+
+    /// This step's name.
+    pub fn step(&self) -> &str {
+        &self.step
+    }
+
+    /// The step scope of this execution (see [`crate::scope`]).
+    pub(crate) fn scope(&self) -> crate::scope::StepScope {
+        crate::scope::StepScope::new(self.run.id, self.step.clone(), self.run.clone())
+    }
+
+    /// This execution's id within the run.
+    pub fn activation(&self) -> u64 {
+        self.activation
+    }
+
+    /// Whether the run is being cancelled (a sibling failed, or the run's handle cancelled it).
+    pub fn is_cancelled(&self) -> bool {
+        self.run.cancel.is_cancelled()
+    }
+
+    /// Resolves when the run is cancelled; `select!` on it to stop long work early.
+    pub async fn cancelled(&self) {
+        self.run.cancel.cancelled().await
+    }
+
+    /// Asks for free-form input (a person at a terminal, a chat front end, ...) through the
+    /// flow's [`InputProvider`] and waits for the answer without blocking the runtime.
+    ///
+    /// With a `timeout`, an answer that does not come in time is [`Answer::TimedOut`]. The
+    /// question and the answer are events (`input_requested`, `input_received`) and entries
+    /// of the run's input history.
+    pub async fn ask(&self, message: impl Into<String>, timeout: Option<Duration>) -> Result<Answer, Error> {
+        self.ask_with(message, None, timeout).await
+    }
+
+    /// [`ask`](Cx::ask), with metadata for the provider.
+    pub async fn ask_with(
+        &self,
+        message: impl Into<String>,
+        metadata: Option<Value>,
+        timeout: Option<Duration>,
+    ) -> Result<Answer, Error> {
+        let provider = self.run.input.clone().ok_or_else(|| Error::NoInputProvider { step: self.step.to_string() })?;
+        let request = InputRequest { run_id: self.run.id, step: self.step.clone(), message: message.into(), metadata };
+        let (message, metadata) = (request.message.clone(), request.metadata.clone());
+        self.run
+            .telemetry
+            .events
+            .emit(self.run.id, Some(&self.step), || EventKind::InputRequested { message, metadata });
+        let pending = provider.request(&request);
+        let answered = match timeout {
+            Some(limit) => tokio::time::timeout(limit, pending).await.ok(),
+            None => Some(pending.await),
+        };
+        let answer = match answered {
+            None => Answer::TimedOut,
+            Some(Ok(Some(response))) => Answer::Given(response),
+            Some(Ok(None)) => Answer::Closed,
+            Some(Err(e)) => {
+                return Err(Error::InputProvider { step: self.step.to_string(), source: e.into() });
+            }
+        };
+        let entry = record(&request, &answer);
+        let (message, response) = (entry.message.clone(), entry.response.clone());
+        let timed_out = answer == Answer::TimedOut;
+        self.run.with_input_history(|h| h.push(entry));
+        self.run.telemetry.events.emit(self.run.id, Some(&self.step), || EventKind::InputReceived {
+            message,
+            response,
+            timed_out,
+        });
+        Ok(answer)
+    }
+
+    /// Every question asked in this run so far, with its answer.
+    pub fn input_history(&self) -> Vec<InputRecord> {
+        self.run.with_input_history(|h| h.clone())
+    }
+
+    /// Tokens the run's model calls have used so far.
+    pub fn usage(&self) -> TokenUsage {
+        self.run.telemetry.usage()
+    }
+
+    /// Emits a custom event on the run's stream.
+    pub fn emit(&self, name: &str, data: impl Serialize) {
+        let data =
+            serde_json::to_value(data).unwrap_or_else(|e| serde_json::json!({ "unserializable": e.to_string() }));
+        self.run
+            .telemetry
+            .events
+            .emit(self.run.id, Some(&self.step), || EventKind::Custom { name: Arc::from(name), data });
+    }
+}

@@ -1,0 +1,668 @@
+//! The driver: a small async loop around the [`Frontier`].
+//!
+//! It takes the ready activations, runs them concurrently, feeds each completion back to the
+//! frontier and emits events, until nothing is left in flight, a step fails, or the run is
+//! cancelled.
+//!
+//! A run's steps are polled by the run's own task (its concurrent steps interleave at their
+//! `.await`s, like `join!`), so a run costs one task however many steps it has; runs
+//! themselves spread over the runtime's threads. A step doing long CPU work should hand it to
+//! `tokio::task::spawn_blocking` (or its own thread pool) so its siblings keep moving.
+//!
+//! Failure: the first failing step fails the run. The run's cancellation token fires, so
+//! siblings can stop cooperatively ([`Cx::cancelled`]); steps still running after the flow's
+//! cancellation grace period (100 ms by default) are dropped at their next `.await`. The error
+//! names the step and keeps its cause. Cancelling a run through its handle works the same way.
+//!
+//! Durability (when the flow has a store, see [`crate::persist`]): the run is recorded before
+//! its first step; after each completed step the policy selects, a checkpoint (state, frontier,
+//! outputs of the steps completed since the last one) is written before the steps it made
+//! ready start; the end is recorded. A resumed run restores all of it and re-launches the
+//! steps that were in flight.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::cancel::Canceller;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde_json::Value;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::builder::{BoxFuture, Completion};
+use crate::cx::{Cx, RunShared};
+use crate::error::Error;
+use crate::event::{Event, EventHub, EventKind, micros};
+use crate::flow::{FlowInner, Kickoff, Run, StepRecord};
+use crate::frontier::{Activation, Frontier};
+use crate::id::RunId;
+use crate::output::Output;
+use crate::persist::{Checkpoint, Claim, NewRun, RunEnd, RunStatus, RunStore, StepRow, StoredRun, process_owner};
+use crate::scope::RunTelemetry;
+use crate::state::{FlowState, initial_state};
+
+/// A run whose inputs were checked and whose state is built, not yet started.
+pub(crate) struct Prepared<S> {
+    shared: Arc<RunShared<S>>,
+    payload: Option<Output>,
+    budget: u64,
+    inputs: Option<serde_json::Map<String, Value>>,
+}
+
+impl<S> Prepared<S> {
+    pub fn run_id(&self) -> RunId {
+        self.shared.id
+    }
+
+    pub fn cancel_token(&self) -> Canceller {
+        self.shared.cancel.clone()
+    }
+}
+
+/// Checks the kickoff and builds the run's initial state: bad inputs fail here, before any
+/// event or step.
+pub(crate) fn prepare<S: FlowState>(
+    flow: &FlowInner<S>,
+    kickoff: Kickoff,
+    stream: Option<UnboundedSender<Event>>,
+    initial: Option<S>,
+) -> Result<Prepared<S>, Error> {
+    if let Some(e) = kickoff.error {
+        return Err(e);
+    }
+    let state = match initial {
+        Some(base) => match &kickoff.inputs {
+            Some(inputs) if !inputs.is_empty() => crate::state::merge_inputs(base, inputs)?,
+            _ => base,
+        },
+        None => initial_state::<S>(kickoff.inputs.as_ref())?,
+    };
+    let shared = new_shared(flow, kickoff.run_id.unwrap_or_default(), state, stream, Canceller::new());
+    Ok(Prepared {
+        shared,
+        payload: kickoff.payload,
+        budget: kickoff.max_steps.unwrap_or(flow.max_steps),
+        inputs: kickoff.inputs,
+    })
+}
+
+fn new_shared<S>(
+    flow: &FlowInner<S>,
+    id: RunId,
+    state: S,
+    stream: Option<UnboundedSender<Event>>,
+    cancel: Canceller,
+) -> Arc<RunShared<S>> {
+    Arc::new(RunShared {
+        id,
+        flow: flow.graph.name.clone(),
+        state: Mutex::new(state),
+        cancel,
+        telemetry: RunTelemetry::new(EventHub::new(flow.observers.clone(), stream)),
+        input: flow.input.clone(),
+        input_history: Mutex::new(Vec::new()),
+    })
+}
+
+/// Runs a prepared run from its start to its end.
+pub(crate) async fn drive<S: FlowState>(flow: Arc<FlowInner<S>>, prepared: Prepared<S>) -> Result<Run<S>, Error> {
+    let frontier = Frontier::new(&flow.graph, prepared.budget);
+    // The driver lives on the heap: the run's future then holds a pointer, not a copy per await.
+    let mut driver = Box::new(Driver::new(flow, prepared.shared, prepared.payload, frontier, None));
+    let ready = driver.start()?;
+    let inputs_json = prepared.inputs.map(Value::Object);
+    if let Some(store) = driver.flow.store.clone() {
+        // Boxed, like every store path: runs without a store should not pay for its futures.
+        let new = Durable::new_run(&driver, &inputs_json)?;
+        let durable = Box::pin(Durable::record(store, new)).await?;
+        driver.durable = Some(durable);
+    }
+    let flow_name = driver.shared.flow.clone();
+    let inputs = if driver.shared.telemetry.events.is_active() { inputs_json } else { None };
+    driver.emit(None, || EventKind::RunStarted { flow: flow_name, inputs });
+    driver.launch(ready);
+    driver.complete().await
+}
+
+/// The record of a run queued for a worker: its starts are activated (in flight), so the
+/// worker that claims it launches them.
+pub(crate) fn queued_run<S: FlowState>(
+    flow: &FlowInner<S>,
+    prepared: &Prepared<S>,
+    inputs: Option<Value>,
+) -> Result<NewRun, Error> {
+    let mut frontier = Frontier::new(&flow.graph, prepared.budget);
+    let shared = &prepared.shared;
+    let enabled = |step: u32| match &flow.steps[step as usize].when {
+        Some(predicate) => shared.with_state(|s| predicate(s)),
+        None => true,
+    };
+    frontier.start(&flow.graph, enabled)?;
+    Ok(NewRun {
+        run_id: shared.id,
+        flow: flow.graph.name.clone(),
+        fingerprint: flow.graph.fingerprint(),
+        status: RunStatus::Queued,
+        inputs: inputs.as_ref().map(Value::to_string),
+        payload: prepared.payload.as_ref().map(|p| output_json(p, "the kickoff payload")).transpose()?,
+        state: state_json(shared)?,
+        frontier: frontier_json(&frontier)?,
+        owner: Arc::from(""),
+        lease: flow.lease,
+    })
+}
+
+/// Continues a stored run from its last checkpoint, after it was claimed.
+pub(crate) async fn drive_resumed<S: FlowState>(
+    flow: Arc<FlowInner<S>>,
+    stored: StoredRun,
+    claim: Claim,
+    stream: Option<UnboundedSender<Event>>,
+    cancel: Canceller,
+) -> Result<Run<S>, Error> {
+    let corrupt = |what: &str, e: serde_json::Error| Error::CorruptCheckpoint {
+        run_id: stored.run_id.to_string(),
+        message: format!("its {what} does not parse: {e}"),
+    };
+    let state: S = serde_json::from_str(&stored.state).map_err(|e| corrupt("state", e))?;
+    let frontier: Frontier = serde_json::from_str(&stored.frontier).map_err(|e| corrupt("frontier", e))?;
+    if !frontier.fits(&flow.graph) {
+        return Err(Error::CorruptCheckpoint {
+            run_id: stored.run_id.to_string(),
+            message: "its frontier does not fit this flow's graph".into(),
+        });
+    }
+    let Some(store) = flow.store.clone() else {
+        return Err(Error::NoStore { call: "Flow::resume" });
+    };
+    let shared = new_shared(&flow, stored.run_id, state, stream, cancel);
+    let payload = stored_payload(&stored)?;
+    let mut driver = Box::new(Driver::new(flow, shared, payload, frontier, None));
+    driver.restore_outputs(&stored)?;
+    driver.durable = Some(Durable { store, fencing: claim.fencing, seq: stored.seq, unsaved: Vec::new() });
+    let (flow_name, steps_done) = (driver.shared.flow.clone(), stored.steps.len() as u64);
+    driver.emit(None, || EventKind::RunResumed { flow: flow_name, checkpoint: stored.seq, steps_done });
+    let in_flight: Vec<Activation> = driver.frontier.in_flight().collect();
+    driver.relaunch(in_flight);
+    driver.complete().await
+}
+
+/// A finished stored run, as a `Run`.
+pub(crate) fn finished_run<S: FlowState>(stored: &StoredRun) -> Result<Run<S>, Error> {
+    let state: S = serde_json::from_str(&stored.state).map_err(|e| Error::CorruptCheckpoint {
+        run_id: stored.run_id.to_string(),
+        message: format!("its state does not parse: {e}"),
+    })?;
+    let records = stored_records(stored)?;
+    let last = stored.final_activation.and_then(|a| records.iter().find(|r| r.activation == a));
+    Ok(Run {
+        id: stored.run_id,
+        state,
+        output: last.map(|r| r.output.clone()),
+        final_step: last.map(|r| r.step.clone()),
+        records,
+        inputs: Vec::new(),
+        usage: crate::scope::TokenUsage::default(),
+    })
+}
+
+fn stored_records(stored: &StoredRun) -> Result<Vec<StepRecord>, Error> {
+    stored
+        .steps
+        .iter()
+        .map(|row| {
+            let value: Value = serde_json::from_str(&row.output).map_err(|e| Error::CorruptCheckpoint {
+                run_id: stored.run_id.to_string(),
+                message: format!("the output of step `{}` does not parse: {e}", row.step),
+            })?;
+            Ok(StepRecord { step: row.step.clone(), activation: row.activation, output: Output::from_json(value) })
+        })
+        .collect()
+}
+
+fn stored_payload(stored: &StoredRun) -> Result<Option<Output>, Error> {
+    stored
+        .payload
+        .as_deref()
+        .map(|p| {
+            serde_json::from_str::<Value>(p).map(Output::from_json).map_err(|e| Error::CorruptCheckpoint {
+                run_id: stored.run_id.to_string(),
+                message: format!("its kickoff payload does not parse: {e}"),
+            })
+        })
+        .transpose()
+}
+
+/// The run's record in the store and what has not been written yet.
+struct Durable {
+    store: Arc<dyn RunStore>,
+    fencing: u64,
+    seq: u64,
+    /// Activations completed since the last checkpoint, in completion order, with the time.
+    unsaved: Vec<(u64, DateTime<Utc>)>,
+}
+
+impl Durable {
+    /// The record of a new run, with its starts in flight.
+    fn new_run<S: FlowState>(driver: &Driver<S>, inputs: &Option<Value>) -> Result<NewRun, Error> {
+        let flow = &driver.flow;
+        let new = NewRun {
+            run_id: driver.shared.id,
+            flow: flow.graph.name.clone(),
+            fingerprint: flow.graph.fingerprint(),
+            status: RunStatus::Running,
+            inputs: inputs.as_ref().map(Value::to_string),
+            payload: driver.kickoff_payload.as_ref().map(|p| output_json(p, "the kickoff payload")).transpose()?,
+            state: state_json(&driver.shared)?,
+            frontier: frontier_json(&driver.frontier)?,
+            owner: process_owner(),
+            lease: flow.lease,
+        };
+        Ok(new)
+    }
+
+    /// Records the new run before its first step runs.
+    async fn record(store: Arc<dyn RunStore>, new: NewRun) -> Result<Durable, Error> {
+        store.create_run(&new).await.map_err(|e| Error::from_store(store.as_ref(), "record the new run", e))?;
+        Ok(Durable { store, fencing: 1, seq: 0, unsaved: Vec::new() })
+    }
+}
+
+fn state_json<S: FlowState>(shared: &RunShared<S>) -> Result<String, Error> {
+    shared.with_state(|s| serde_json::to_string(s)).map_err(|e| Error::StateSerialization {
+        state_type: std::any::type_name::<S>(),
+        action: "converted to",
+        message: e.to_string(),
+    })
+}
+
+fn frontier_json(frontier: &Frontier) -> Result<String, Error> {
+    serde_json::to_string(frontier).map_err(|e| Error::Internal(format!("the frontier did not serialize: {e}")))
+}
+
+fn output_json(output: &Output, what: &str) -> Result<String, Error> {
+    output.to_json_string().map_err(|e| Error::Unpersistable { what: what.to_string(), message: e.to_string() })
+}
+
+/// What the driver keeps per step execution. Kept small: every run holds one per execution.
+struct ActRecord {
+    step: u32,
+    output: Option<Output>,
+}
+
+impl ActRecord {
+    fn pending(step: u32) -> Self {
+        ActRecord { step, output: None }
+    }
+}
+
+/// The sequence numbers of an execution's finished and route-taken events (for the
+/// `triggered_by` of the steps it starts); only kept when the run is observed.
+#[derive(Clone, Copy, Default)]
+struct ActSeqs {
+    finished: u64,
+    route: u64,
+}
+
+struct Driver<S> {
+    flow: Arc<FlowInner<S>>,
+    shared: Arc<RunShared<S>>,
+    kickoff_payload: Option<Output>,
+    frontier: Frontier,
+    /// Indexed by activation id.
+    acts: Vec<ActRecord>,
+    /// Indexed by activation id; empty when nobody observes the run.
+    seqs: Vec<ActSeqs>,
+    /// Activation ids in completion order.
+    completed: Vec<u64>,
+    /// The steps in flight, polled by the run's own task; created on the first concurrent
+    /// launch (a chain never needs it).
+    running: Option<FuturesUnordered<BoxFuture<Completion>>>,
+    /// The one step in flight when it is the only one (a chain): polled directly, which
+    /// spares the per-future bookkeeping of `running`.
+    inline: Option<BoxFuture<Completion>>,
+    durable: Option<Durable>,
+}
+
+impl<S: FlowState> Driver<S> {
+    fn new(
+        flow: Arc<FlowInner<S>>,
+        shared: Arc<RunShared<S>>,
+        kickoff_payload: Option<Output>,
+        frontier: Frontier,
+        durable: Option<Durable>,
+    ) -> Self {
+        Driver {
+            flow,
+            shared,
+            kickoff_payload,
+            frontier,
+            acts: Vec::new(),
+            seqs: Vec::new(),
+            completed: Vec::new(),
+            running: None,
+            inline: None,
+            durable,
+        }
+    }
+
+    /// Activates the entry steps (evaluating `when` predicates on the initial state).
+    fn start(&mut self) -> Result<Vec<Activation>, Error> {
+        let (flow, shared) = (self.flow.clone(), self.shared.clone());
+        let enabled = |step: u32| match &flow.steps[step as usize].when {
+            Some(predicate) => shared.with_state(|s| predicate(s)),
+            None => true,
+        };
+        self.frontier.start(&flow.graph, enabled)
+    }
+
+    /// Runs until nothing is in flight, then records the end (or the failure).
+    async fn complete(mut self: Box<Self>) -> Result<Run<S>, Error> {
+        match self.run().await {
+            Ok(()) => Box::pin(self.finish()).await,
+            // Boxed: the failure path's timers would otherwise enlarge every run's future.
+            Err(e) => Err(Box::pin(self.abort(e)).await),
+        }
+    }
+
+    async fn run(&mut self) -> Result<(), Error> {
+        while !self.frontier.is_idle() {
+            let completion = self.next_completion().await?;
+            self.on_completion(completion).await?;
+        }
+        Ok(())
+    }
+
+    /// Fills in the outputs of the steps a stored run completed.
+    fn restore_outputs(&mut self, stored: &StoredRun) -> Result<(), Error> {
+        let records = stored_records(stored)?;
+        let flow = self.flow.clone();
+        let graph = &flow.graph;
+        for r in records {
+            let step = graph.step_index(&r.step).ok_or_else(|| Error::CorruptCheckpoint {
+                run_id: stored.run_id.to_string(),
+                message: format!("it has an output of step `{}`, which this flow does not have", r.step),
+            })?;
+            let slot = self.slot(r.activation, step);
+            slot.output = Some(r.output);
+            self.completed.push(r.activation);
+        }
+        for a in self.frontier.in_flight().collect::<Vec<_>>() {
+            self.slot(a.id, a.step);
+        }
+        Ok(())
+    }
+
+    fn slot(&mut self, activation: u64, step: u32) -> &mut ActRecord {
+        let ix = activation as usize;
+        while self.acts.len() <= ix {
+            self.acts.push(ActRecord::pending(u32::MAX));
+        }
+        self.acts[ix].step = step;
+        &mut self.acts[ix]
+    }
+
+    fn launch(&mut self, ready: Vec<Activation>) {
+        let alone = ready.len() == 1 && self.running.as_ref().is_none_or(|r| r.is_empty()) && self.inline.is_none();
+        for a in ready {
+            let fut = self.start_step(a);
+            if alone {
+                self.inline = Some(fut);
+            } else {
+                self.running.get_or_insert_with(FuturesUnordered::new).push(fut);
+            }
+        }
+    }
+
+    /// Launches activations that were in flight when a run was checkpointed.
+    fn relaunch(&mut self, in_flight: Vec<Activation>) {
+        for a in in_flight {
+            let fut = self.start_step(a);
+            self.running.get_or_insert_with(FuturesUnordered::new).push(fut);
+        }
+    }
+
+    fn start_step(&mut self, a: Activation) -> BoxFuture<Completion> {
+        self.slot(a.id, a.step);
+        let (payload, triggered_by) = match a.payload {
+            Some(event) => {
+                let producer = event.activation() as usize;
+                let seqs = self.seqs.get(producer).copied().unwrap_or_default();
+                let seq = if event.is_label() { seqs.route } else { seqs.finished };
+                (self.acts[producer].output.clone(), Some(seq))
+            }
+            None => (self.kickoff_payload.clone(), None),
+        };
+        let step = &self.flow.steps[a.step as usize];
+        let name = step.name.clone();
+        self.shared.telemetry.events.emit(self.shared.id, Some(&name), || EventKind::StepStarted {
+            activation: a.id,
+            triggered_by,
+            input: payload.clone(),
+        });
+        (step.handler)(Cx::new(self.shared.clone(), name, a.id), payload)
+    }
+
+    async fn next_completion(&mut self) -> Result<Completion, Error> {
+        let cancel = self.shared.cancel.clone();
+        if let Some(mut fut) = self.inline.take() {
+            return tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    self.inline = Some(fut); // left to wind down in `abort`
+                    Err(self.cancelled())
+                }
+                c = &mut fut => Ok(c),
+            };
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(self.cancelled()),
+            next = async {
+                match self.running.as_mut() {
+                    Some(running) => running.next().await,
+                    None => None,
+                }
+            } => {
+                next.ok_or_else(|| Error::Internal("the frontier has work in flight but no step is running".into()))
+            }
+        }
+    }
+
+    fn cancelled(&self) -> Error {
+        Error::Cancelled { run_id: self.shared.id.to_string() }
+    }
+
+    async fn on_completion(&mut self, c: Completion) -> Result<(), Error> {
+        let step_ix = self.acts[c.activation as usize].step;
+        let name = self.flow.steps[step_ix as usize].name.clone();
+        let outcome = match c.result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let error: Arc<str> = Arc::from(e.to_string());
+                self.emit(Some(&name), || EventKind::StepFailed { activation: c.activation, error });
+                return Err(e);
+            }
+        };
+        let finished_seq = self.emit(Some(&name), || EventKind::StepFinished {
+            activation: c.activation,
+            output: outcome.output.clone(),
+            elapsed_us: micros(c.elapsed),
+        });
+        let graph = &self.flow.graph;
+        let route = match &outcome.label {
+            None => None,
+            Some(label) => {
+                let ix = graph
+                    .label_index(label)
+                    .filter(|ix| graph.steps[step_ix as usize].routes.contains(ix))
+                    .ok_or_else(|| Error::UndeclaredRoute {
+                        router: name.to_string(),
+                        label: label.to_string(),
+                        declared: graph.routes_of(step_ix).map(str::to_string).collect(),
+                    })?;
+                let label = label.clone();
+                let seq = self.emit(Some(&name), || EventKind::RouteTaken { activation: c.activation, label });
+                self.record_seqs(c.activation, |s| s.route = seq);
+                Some(ix)
+            }
+        };
+        self.acts[c.activation as usize].output = Some(outcome.output);
+        self.record_seqs(c.activation, |s| s.finished = finished_seq);
+        self.completed.push(c.activation);
+        let flow = self.flow.clone();
+        let ready = self.frontier.complete(&flow.graph, c.activation, route)?;
+        if let Some(durable) = &mut self.durable {
+            durable.unsaved.push((c.activation, Utc::now()));
+            if flow.checkpoints_after(step_ix) {
+                let checkpoint = self.checkpoint()?;
+                if let Some(store) = self.store() {
+                    Box::pin(write_checkpoint(store, checkpoint, name)).await?;
+                }
+            }
+        }
+        self.launch(ready);
+        Ok(())
+    }
+
+    /// The run's current checkpoint: state, frontier and the unsaved step outputs.
+    fn checkpoint(&mut self) -> Result<Checkpoint, Error> {
+        let state = state_json(&self.shared)?;
+        let frontier = frontier_json(&self.frontier)?;
+        let Some(durable) = &mut self.durable else {
+            return Err(Error::Internal("checkpoint without a store".into()));
+        };
+        let mut steps = Vec::with_capacity(durable.unsaved.len());
+        for (a, finished_at) in durable.unsaved.drain(..) {
+            let r = &self.acts[a as usize];
+            let step = self.flow.steps[r.step as usize].name.clone();
+            let output = match &r.output {
+                Some(o) => output_json(o, &format!("the output of step `{step}`"))?,
+                None => "null".to_string(),
+            };
+            steps.push(StepRow { activation: a, step, output, finished_at });
+        }
+        durable.seq += 1;
+        Ok(Checkpoint { run_id: self.shared.id, fencing: durable.fencing, seq: durable.seq, state, frontier, steps })
+    }
+
+    /// The store, cloned out so that no borrow of the driver is held across an `.await`
+    /// (the driver is `Send` but not `Sync`).
+    fn store(&self) -> Option<Arc<dyn RunStore>> {
+        self.durable.as_ref().map(|d| d.store.clone())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<Run<S>, Error> {
+        let final_act = self.frontier.final_activation();
+        if let Some(store) = self.store() {
+            let checkpoint = self.checkpoint()?;
+            let end = RunEnd {
+                run_id: self.shared.id,
+                fencing: checkpoint.fencing,
+                status: RunStatus::Finished,
+                checkpoint: Some(checkpoint),
+                final_activation: final_act,
+                error: None,
+            };
+            store.end_run(&end).await.map_err(|e| Error::from_store(store.as_ref(), "record the end of the run", e))?;
+        }
+        let output = final_act.and_then(|a| self.acts[a as usize].output.clone());
+        let final_step = final_act.map(|a| self.flow.steps[self.acts[a as usize].step as usize].name.clone());
+        let steps = self.frontier.steps_run();
+        let out = output.clone();
+        self.emit(None, || EventKind::RunFinished { output: out, steps });
+        let state = std::mem::take(&mut *self.shared.state.lock().unwrap_or_else(PoisonError::into_inner));
+        let records = self
+            .completed
+            .iter()
+            .filter_map(|a| {
+                let r = &self.acts[*a as usize];
+                Some(StepRecord {
+                    step: self.flow.steps[r.step as usize].name.clone(),
+                    activation: *a,
+                    output: r.output.clone()?,
+                })
+            })
+            .collect();
+        let inputs = self.shared.with_input_history(std::mem::take);
+        Ok(Run { id: self.shared.id, state, output, final_step, records, inputs, usage: self.shared.telemetry.usage() })
+    }
+
+    /// Stops everything still running and reports the run's end: the cancellation token
+    /// fires, steps get the grace period to finish on their own, the rest are dropped. With a
+    /// store, the run is marked failed or cancelled; its last checkpoint stays, so it can be
+    /// resumed after a fix.
+    async fn abort(mut self: Box<Self>, error: Error) -> Error {
+        self.shared.cancel.cancel();
+        let deadline = tokio::time::Instant::now() + self.flow.cancel_grace;
+        let mut running = self.running.take().unwrap_or_default();
+        if let Some(inline) = self.inline.take() {
+            running.push(inline);
+        }
+        let _ = tokio::time::timeout_at(deadline, async { while running.next().await.is_some() {} }).await;
+        drop(running);
+        if let (Some(store), Some(fencing)) = (self.store(), self.durable.as_ref().map(|d| d.fencing))
+            && !matches!(error, Error::LeaseLost { .. } | Error::Store { .. })
+        {
+            let end = RunEnd {
+                run_id: self.shared.id,
+                fencing,
+                status: if matches!(error, Error::Cancelled { .. }) { RunStatus::Cancelled } else { RunStatus::Failed },
+                checkpoint: None,
+                final_activation: None,
+                error: Some(error.to_string()),
+            };
+            // Best effort: if the store cannot record the failure, the run stays `running` and
+            // its lease expires, after which it can be resumed all the same.
+            let _ = store.end_run(&end).await;
+        }
+        match &error {
+            Error::Cancelled { .. } => {
+                self.emit(None, || EventKind::RunCancelled);
+            }
+            e => {
+                let text: Arc<str> = Arc::from(e.to_string());
+                self.emit(None, || EventKind::RunFailed { error: text });
+            }
+        }
+        error
+    }
+
+    fn record_seqs(&mut self, activation: u64, set: impl FnOnce(&mut ActSeqs)) {
+        if !self.shared.telemetry.events.is_active() {
+            return;
+        }
+        let ix = activation as usize;
+        if self.seqs.len() <= ix {
+            self.seqs.resize(ix + 1, ActSeqs::default());
+        }
+        set(&mut self.seqs[ix]);
+    }
+
+    fn emit(&self, step: Option<&Arc<str>>, kind: impl FnOnce() -> EventKind) -> u64 {
+        self.shared.telemetry.events.emit(self.shared.id, step, kind)
+    }
+}
+
+async fn write_checkpoint(store: Arc<dyn RunStore>, checkpoint: Checkpoint, after: Arc<str>) -> Result<(), Error> {
+    store
+        .save_checkpoint(&checkpoint)
+        .await
+        .map_err(|e| Error::from_store(store.as_ref(), &format!("save the checkpoint after step `{after}`"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{FlowBuilder, Kickoff};
+
+    /// Every concurrent run holds one of these futures: keep it small (the per-run memory goal
+    /// is 4 KiB in all). The failure path is boxed for that reason.
+    #[test]
+    fn a_runs_future_stays_small() {
+        let flow = FlowBuilder::<()>::new("f").start("a", |_cx, (): ()| async move { Ok(()) }).build().unwrap();
+        let prepared = super::prepare(&flow.inner_for_test(), Kickoff::new(), None, None).unwrap();
+        let run = super::drive(flow.inner_for_test(), prepared);
+        let size = std::mem::size_of_val(&run);
+        assert!(size <= 1024, "a run's future grew to {size} bytes");
+    }
+}

@@ -1,0 +1,526 @@
+//! Errors: [`Error`] for everything the engine reports, [`StepError`] for what a step returns.
+
+use std::fmt;
+
+/// A boxed error that can cross threads: the cause carried by a failed step.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with the engine's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything the engine can report: problems found while building a flow (a trigger naming a
+/// step that does not exist, a route nobody handles, ...) and problems while running one (a step
+/// failed, the step budget ran out, bad kickoff inputs, ...).
+///
+/// Each message names the thing at fault and, where there is one, the fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // ---- building a flow ----
+    /// A step name is not a valid identifier.
+    #[error(
+        "invalid step name `{name}`: step names must match ^[A-Za-z_][A-Za-z0-9_]*$ (letters, digits, underscores; not starting with a digit)"
+    )]
+    InvalidStepName {
+        /// The rejected name.
+        name: String,
+    },
+    /// Two steps share a name.
+    #[error("flow `{flow}` declares step `{name}` twice; step names must be unique")]
+    DuplicateStep {
+        /// The flow's name.
+        flow: String,
+        /// The repeated step name.
+        name: String,
+    },
+    /// A trigger names a step that the flow does not have.
+    #[error("step `{listener}` is triggered by `{missing}`, but flow `{flow}` has no step of that name{}", did_you_mean(.suggestion))]
+    UnknownStep {
+        /// The flow's name.
+        flow: String,
+        /// The step whose trigger is wrong.
+        listener: String,
+        /// The name that matches no step.
+        missing: String,
+        /// The closest existing step name, if any is close.
+        suggestion: Option<String>,
+    },
+    /// A trigger names a route label that no router of the flow can return.
+    #[error("step `{listener}` listens to route `{label}`, but no router of flow `{flow}` returns it{}", did_you_mean(.suggestion))]
+    UnknownLabel {
+        /// The flow's name.
+        flow: String,
+        /// The step whose trigger is wrong.
+        listener: String,
+        /// The label nobody returns.
+        label: String,
+        /// The closest declared label, if any is close.
+        suggestion: Option<String>,
+    },
+    /// A router can return a label that no step listens to.
+    #[error(
+        "router `{router}` can return route `{label}`, but no step of flow `{flow}` listens to it; add a step that listens to it, or declare it terminal (#[route(terminal)] on the variant, or .terminal([..]) in the builder)"
+    )]
+    UnhandledRoute {
+        /// The flow's name.
+        flow: String,
+        /// The router.
+        router: String,
+        /// The label nobody handles.
+        label: String,
+    },
+    /// A router did not declare the labels it can return.
+    #[error(
+        "router `{router}` returns `{route_type}`, whose labels are not known in advance; declare them with routes = [\"..\"] (macro) or .routes([..]) (builder)"
+    )]
+    UndeclaredRoutes {
+        /// The router.
+        router: String,
+        /// The router's return type.
+        route_type: &'static str,
+    },
+    /// Two different route types use the same label in one flow.
+    #[error(
+        "label `{label}` is returned by router `{first}` (type `{first_type}`) and by router `{second}` (type `{second_type}`); labels must mean one thing per flow, so rename one variant with #[route(rename = \"..\")]"
+    )]
+    LabelConflict {
+        /// The shared label.
+        label: String,
+        /// The first router declaring it.
+        first: String,
+        /// Its route type.
+        first_type: &'static str,
+        /// The second router declaring it.
+        second: String,
+        /// Its route type.
+        second_type: &'static str,
+    },
+    /// A step's trigger names the step itself.
+    #[error(
+        "step `{step}` is triggered by its own completion, which would loop forever; loop through a router label instead"
+    )]
+    SelfTrigger {
+        /// The step.
+        step: String,
+    },
+    /// A flow with no start step.
+    #[error("flow `{flow}` has no start step; mark at least one step as a start")]
+    NoStart {
+        /// The flow's name.
+        flow: String,
+    },
+    /// A trigger with an empty `or(..)`/`and(..)`.
+    #[error("step `{step}` has an empty {combinator}(..) trigger; give it at least one member")]
+    EmptyTrigger {
+        /// The step.
+        step: String,
+        /// `or` or `and`.
+        combinator: &'static str,
+    },
+    /// A step's input type does not match the output type of a step that triggers it.
+    #[error(
+        "step `{listener}` takes an input of type `{input_type}`, but it is triggered by {trigger} `{source_step}`, whose output is `{output_type}`; make the types match, or take `serde_json::Value`"
+    )]
+    PayloadTypeMismatch {
+        /// The step receiving the payload.
+        listener: String,
+        /// Its declared input type.
+        input_type: &'static str,
+        /// `step` or `route`.
+        trigger: &'static str,
+        /// The triggering step (or the route label).
+        source_step: String,
+        /// The output type of the triggering step.
+        output_type: &'static str,
+    },
+    /// A modifier such as `.routes(..)` was used before any step was added, or on a step it does not apply to.
+    #[error("{0}")]
+    Builder(String),
+
+    // ---- starting a run ----
+    /// A kickoff input names a field the typed state does not have.
+    #[error("unknown input `{key}` for state `{state_type}`{}; the state's fields are: {}", did_you_mean(.suggestion), .fields.join(", "))]
+    UnknownInput {
+        /// The unknown key.
+        key: String,
+        /// The state type.
+        state_type: &'static str,
+        /// The fields the state has (from its default value).
+        fields: Vec<String>,
+        /// The closest field name, if any is close.
+        suggestion: Option<String>,
+    },
+    /// Kickoff inputs that do not fit the state's types.
+    #[error("invalid inputs for state `{state_type}`: {message}")]
+    InvalidInput {
+        /// The state type.
+        state_type: &'static str,
+        /// What serde said.
+        message: String,
+    },
+    /// Kickoff inputs that are not a JSON object.
+    #[error("kickoff inputs must be a JSON object of state fields, got {got}")]
+    InputsNotAnObject {
+        /// What was given instead.
+        got: &'static str,
+    },
+    /// The flow's state could not be converted to or from JSON.
+    #[error("state `{state_type}` could not be {action} JSON: {message}")]
+    StateSerialization {
+        /// The state type.
+        state_type: &'static str,
+        /// `converted to` or `read from`.
+        action: &'static str,
+        /// What serde said.
+        message: String,
+    },
+    /// A step's input could not be built from the payload it was given.
+    #[error("step `{step}` expects an input of type `{expected}`, but {problem}")]
+    BadPayload {
+        /// The step.
+        step: String,
+        /// The declared input type.
+        expected: &'static str,
+        /// What went wrong.
+        problem: String,
+    },
+
+    // ---- running ----
+    /// A step returned an error (or panicked). The run stopped; in-flight siblings were cancelled.
+    #[error("step `{step}` failed: {source}")]
+    StepFailed {
+        /// The failing step.
+        step: String,
+        /// What the step reported.
+        #[source]
+        source: BoxError,
+    },
+    /// The run exceeded its step budget (a loop that does not end, or a budget set too low).
+    #[error(
+        "step budget exceeded: running `{step}` would be step {} of this run, over the budget of {budget}; if the loop is meant to run that long, raise the budget with max_steps",
+        .budget + 1
+    )]
+    StepBudgetExceeded {
+        /// The step that would have run.
+        step: String,
+        /// The budget (steps per run).
+        budget: u64,
+    },
+    /// A router returned a label it did not declare.
+    #[error("router `{router}` returned `{label}`, which is not one of its declared routes ({})", .declared.join(", "))]
+    UndeclaredRoute {
+        /// The router.
+        router: String,
+        /// The label returned.
+        label: String,
+        /// The labels it declared.
+        declared: Vec<String>,
+    },
+    /// A step asked for input, but the flow has no input provider.
+    #[error(
+        "step `{step}` asked for input, but the flow has no input provider; set one with FlowBuilder::input_provider (ConsoleInput reads the terminal)"
+    )]
+    NoInputProvider {
+        /// The step that asked.
+        step: String,
+    },
+    /// The input provider failed.
+    #[error("the input provider failed to answer step `{step}`: {source}")]
+    InputProvider {
+        /// The step that asked.
+        step: String,
+        /// What the provider reported.
+        #[source]
+        source: BoxError,
+    },
+    /// The run was cancelled through its [`RunHandle`](crate::RunHandle).
+    #[error("run {run_id} was cancelled")]
+    Cancelled {
+        /// The cancelled run.
+        run_id: String,
+    },
+    /// A blocking call was made from inside an async runtime, where it would deadlock.
+    #[error("{call} was called inside an async runtime, where blocking would stall it; use `{instead}` instead")]
+    BlockingInsideRuntime {
+        /// The blocking call.
+        call: &'static str,
+        /// The async alternative.
+        instead: &'static str,
+    },
+    /// An async entry point was called outside a Tokio runtime.
+    #[error("{call} needs a Tokio runtime; call it from within #[tokio::main] or use `{instead}`")]
+    NoRuntime {
+        /// The call.
+        call: &'static str,
+        /// The blocking alternative.
+        instead: &'static str,
+    },
+    /// The runtime could not be created for a blocking call.
+    #[error("could not start a Tokio runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// An output was asked for with a type it does not have.
+    #[error("the output of step `{step}` is `{actual}`, not `{requested}`: {message}")]
+    OutputType {
+        /// The step that produced the output.
+        step: String,
+        /// The type it was produced as.
+        actual: &'static str,
+        /// The type asked for.
+        requested: &'static str,
+        /// What serde said when converting.
+        message: String,
+    },
+    /// A run finished without producing any output (every start was disabled).
+    #[error("run {run_id} produced no output: no step ran")]
+    NoOutput {
+        /// The run.
+        run_id: String,
+    },
+    // ---- durable runs ----
+    /// The flow has no store, and the call needs one.
+    #[error(
+        "{call} needs a store; give the flow one with FlowBuilder::store(..) (or #[flow(persist)] for the default SQLite file)"
+    )]
+    NoStore {
+        /// The call.
+        call: &'static str,
+    },
+    /// The store failed.
+    #[error("could not {action} in {store}: {source}")]
+    Store {
+        /// The store, e.g. `sqlite:runs.db`.
+        store: String,
+        /// What the engine was doing.
+        action: String,
+        /// What the store reported.
+        #[source]
+        source: BoxError,
+    },
+    /// Another process took the run over; this one stopped without writing.
+    #[error(transparent)]
+    LeaseLost(#[from] crate::persist::LeaseLost),
+    /// The run is being run by a live process.
+    #[error(transparent)]
+    RunOwned(#[from] crate::persist::RunOwned),
+    /// No run with this id in the store.
+    #[error("no run {run_id} in {store}; list the stored runs to find it (a new run is never started in its place)")]
+    UnknownRun {
+        /// The id asked for.
+        run_id: String,
+        /// The store.
+        store: String,
+    },
+    /// The run belongs to another flow.
+    #[error("run {run_id} belongs to flow `{actual}`, not `{expected}`; resume it with that flow")]
+    RunOfAnotherFlow {
+        /// The run.
+        run_id: String,
+        /// Its flow.
+        actual: String,
+        /// The flow asked to resume it.
+        expected: String,
+    },
+    /// The flow's definition changed since the run was checkpointed.
+    #[error(
+        "flow `{flow}` changed since run {run_id} was checkpointed (its steps, triggers or routes differ), so its checkpoint cannot be continued exactly; resume it with the version that started it, or fork it to start over from its state"
+    )]
+    DefinitionChanged {
+        /// The run.
+        run_id: String,
+        /// The flow.
+        flow: String,
+    },
+    /// A stored checkpoint could not be read back.
+    #[error("the checkpoint of run {run_id} cannot be read: {message}")]
+    CorruptCheckpoint {
+        /// The run.
+        run_id: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value that has to be stored does not convert to JSON.
+    #[error("{what} cannot be stored as JSON: {message}")]
+    Unpersistable {
+        /// What could not be stored.
+        what: String,
+        /// What serde said.
+        message: String,
+    },
+
+    /// The frontier was asked about an activation it does not know (a driver bug or a corrupt checkpoint).
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Wraps an error reported by a store, recognising lost leases and owned runs.
+    pub fn from_store(store: &dyn crate::persist::RunStore, action: &str, source: BoxError) -> Self {
+        let source = match source.downcast::<crate::persist::LeaseLost>() {
+            Ok(lost) => return Error::LeaseLost(*lost),
+            Err(other) => other,
+        };
+        match source.downcast::<crate::persist::RunOwned>() {
+            Ok(owned) => Error::RunOwned(*owned),
+            Err(source) => Error::Store { store: store.describe(), action: action.to_string(), source },
+        }
+    }
+
+    /// True for errors found while building a flow (before anything ran).
+    pub fn is_build_error(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidStepName { .. }
+                | Error::DuplicateStep { .. }
+                | Error::UnknownStep { .. }
+                | Error::UnknownLabel { .. }
+                | Error::UnhandledRoute { .. }
+                | Error::UndeclaredRoutes { .. }
+                | Error::LabelConflict { .. }
+                | Error::SelfTrigger { .. }
+                | Error::NoStart { .. }
+                | Error::EmptyTrigger { .. }
+                | Error::PayloadTypeMismatch { .. }
+                | Error::Builder(_)
+        )
+    }
+
+    /// The step this error is about, when there is one.
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            Error::StepFailed { step, .. }
+            | Error::StepBudgetExceeded { step, .. }
+            | Error::BadPayload { step, .. }
+            | Error::SelfTrigger { step }
+            | Error::EmptyTrigger { step, .. } => Some(step),
+            Error::UndeclaredRoute { router, .. } | Error::UnhandledRoute { router, .. } => Some(router),
+            Error::UnknownStep { listener, .. }
+            | Error::UnknownLabel { listener, .. }
+            | Error::PayloadTypeMismatch { listener, .. } => Some(listener),
+            _ => None,
+        }
+    }
+}
+
+fn did_you_mean(s: &Option<String>) -> String {
+    match s {
+        Some(s) => format!(" (did you mean `{s}`?)"),
+        None => String::new(),
+    }
+}
+
+/// The error a step returns: any error type converts into it with `?`, and
+/// [`StepError::msg`] makes one from text.
+///
+/// Like `anyhow::Error`, it deliberately does not implement `std::error::Error` itself, so that
+/// every error type can convert into it.
+pub struct StepError(BoxError);
+
+impl StepError {
+    /// An error with just a message.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        StepError(message.to_string().into())
+    }
+
+    /// Wraps an already boxed error.
+    pub fn from_boxed(error: BoxError) -> Self {
+        StepError(error)
+    }
+
+    /// The underlying error.
+    pub fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.0
+    }
+
+    /// The underlying error, if it is of type `E`.
+    pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        self.0.downcast_ref::<E>()
+    }
+
+    /// Gives the boxed error back.
+    pub fn into_boxed(self) -> BoxError {
+        self.0
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for StepError {
+    fn from(error: E) -> Self {
+        StepError(Box::new(error))
+    }
+}
+
+impl fmt::Debug for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl From<StepError> for BoxError {
+    /// The error the step returned, unwrapped: `downcast_ref` on it finds the original type.
+    fn from(error: StepError) -> Self {
+        error.0
+    }
+}
+
+/// The closest candidate to `name` by edit distance, if it is close enough to be a likely typo.
+pub(crate) fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let limit = (name.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.to_string())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    // Optimal string alignment: insertions, deletions, substitutions and adjacent swaps (the
+    // most common typo) each cost 1.
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_find_typos_only() {
+        assert_eq!(closest("reserch", ["research", "write"]), Some("research".into()));
+        assert_eq!(closest("zzz", ["research", "write"]), None);
+        assert_eq!(closest("rigth", ["left", "right"]), Some("right".into()));
+    }
+
+    #[test]
+    fn step_errors_keep_the_type_of_their_cause() {
+        let io = std::io::Error::other("disk full");
+        let e: StepError = io.into();
+        let boxed: BoxError = e.into();
+        assert!(boxed.downcast_ref::<std::io::Error>().is_some());
+        let back = StepError::from_boxed(boxed);
+        assert_eq!(back.to_string(), "disk full");
+        assert!(back.downcast_ref::<std::io::Error>().is_some());
+    }
+}

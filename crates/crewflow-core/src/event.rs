@@ -1,0 +1,295 @@
+//! Events: one ordered stream per run.
+//!
+//! Every event carries the run's id, a sequence number (strictly increasing within the run), a
+//! timestamp and the step that caused it. Events are delivered in sequence order to the flow's
+//! [`Observer`]s (synchronously, by the run itself) and to a run's [`EventStream`] (through a
+//! channel), so subscribers always see them in the order they happened. When nobody observes a
+//! run, no event is even built.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use crate::id::RunId;
+use crate::output::Output;
+
+/// Something that happened in a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    /// Position in the run's stream, from 1, strictly increasing.
+    pub seq: u64,
+    /// The run.
+    pub run_id: RunId,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// The step that caused it, if any.
+    pub step: Option<Arc<str>>,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The run started (after its inputs were merged into the state).
+    RunStarted {
+        /// The flow's name.
+        flow: Arc<str>,
+        /// The kickoff inputs, if any.
+        inputs: Option<Value>,
+    },
+    /// A stored run continued from its last checkpoint ([`Flow::resume`](crate::Flow::resume)).
+    RunResumed {
+        /// The flow's name.
+        flow: Arc<str>,
+        /// The checkpoint it continued from (0: the run's start).
+        checkpoint: u64,
+        /// How many step executions were already done.
+        steps_done: u64,
+    },
+    /// A step execution started.
+    StepStarted {
+        /// The execution's id within the run.
+        activation: u64,
+        /// The `seq` of the event that triggered it (none for starts run at kickoff).
+        triggered_by: Option<u64>,
+        /// The input it was given.
+        input: Option<Output>,
+    },
+    /// A step execution finished.
+    StepFinished {
+        /// The execution's id within the run.
+        activation: u64,
+        /// Its output.
+        output: Output,
+        /// How long it ran, in microseconds.
+        elapsed_us: u64,
+    },
+    /// A step execution failed.
+    StepFailed {
+        /// The execution's id within the run.
+        activation: u64,
+        /// The error, as text.
+        error: Arc<str>,
+    },
+    /// A router chose a route.
+    RouteTaken {
+        /// The router execution's id within the run.
+        activation: u64,
+        /// The label dispatched.
+        label: Arc<str>,
+    },
+    /// The run finished.
+    RunFinished {
+        /// The run's output (see [`Frontier::final_activation`](crate::frontier::Frontier::final_activation)).
+        output: Option<Output>,
+        /// How many step executions ran.
+        steps: u64,
+    },
+    /// The run failed.
+    RunFailed {
+        /// The error, as text.
+        error: Arc<str>,
+    },
+    /// The run was cancelled.
+    RunCancelled,
+    /// A step asked for input ([`Cx::ask`](crate::Cx::ask)).
+    InputRequested {
+        /// The question.
+        message: String,
+        /// The metadata sent with it.
+        metadata: Option<Value>,
+    },
+    /// The answer to a question came (or the wait ended).
+    InputReceived {
+        /// The question.
+        message: String,
+        /// The answer's text; `None` when it timed out or the input was closed.
+        response: Option<String>,
+        /// True when nobody answered in time.
+        timed_out: bool,
+    },
+    /// A model call started.
+    LlmCallStarted {
+        /// The call's number within the run (pairs its events).
+        call: u64,
+        /// The provider (`openai`, `anthropic`, `local`, ...).
+        provider: Arc<str>,
+        /// The model.
+        model: Arc<str>,
+        /// The sampling parameters and request options (temperature, top_p, max_tokens, seed,
+        /// stop, tools, response format), as JSON.
+        params: Value,
+        /// Whether the reply streams.
+        stream: bool,
+    },
+    /// A piece of a streamed reply.
+    LlmChunk {
+        /// The call.
+        call: u64,
+        /// The text added.
+        text: String,
+    },
+    /// A model call finished.
+    LlmCallFinished {
+        /// The call.
+        call: u64,
+        /// The provider.
+        provider: Arc<str>,
+        /// The model that answered (as the provider reports it).
+        model: Arc<str>,
+        /// Why the model stopped (`stop`, `length`, `tool_calls`, ...).
+        finish_reason: Option<String>,
+        /// Tokens used.
+        usage: crate::scope::TokenUsage,
+        /// The provider's id of the response.
+        response_id: Option<String>,
+        /// How long the call took, in milliseconds.
+        latency_ms: f64,
+    },
+    /// A model call failed (after its retries).
+    LlmCallFailed {
+        /// The call.
+        call: u64,
+        /// The provider.
+        provider: Arc<str>,
+        /// The model.
+        model: Arc<str>,
+        /// The error, as text.
+        error: Arc<str>,
+    },
+    /// An event a step emitted with [`Cx::emit`](crate::Cx::emit).
+    Custom {
+        /// Its name.
+        name: Arc<str>,
+        /// Its data.
+        data: Value,
+    },
+}
+
+impl EventKind {
+    /// A short name for the kind, e.g. `step_finished`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::RunStarted { .. } => "run_started",
+            EventKind::RunResumed { .. } => "run_resumed",
+            EventKind::StepStarted { .. } => "step_started",
+            EventKind::StepFinished { .. } => "step_finished",
+            EventKind::StepFailed { .. } => "step_failed",
+            EventKind::RouteTaken { .. } => "route_taken",
+            EventKind::RunFinished { .. } => "run_finished",
+            EventKind::RunFailed { .. } => "run_failed",
+            EventKind::RunCancelled => "run_cancelled",
+            EventKind::LlmCallStarted { .. } => "llm_call_started",
+            EventKind::LlmChunk { .. } => "llm_chunk",
+            EventKind::LlmCallFinished { .. } => "llm_call_finished",
+            EventKind::LlmCallFailed { .. } => "llm_call_failed",
+            EventKind::InputRequested { .. } => "input_requested",
+            EventKind::InputReceived { .. } => "input_received",
+            EventKind::Custom { .. } => "custom",
+        }
+    }
+}
+
+impl Serialize for Output {
+    fn serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+        self.to_json().map_err(serde::ser::Error::custom)?.serialize(serializer)
+    }
+}
+
+/// Receives every event of every run of a flow, in order, synchronously.
+///
+/// Observers run on the run's own task, so they should be quick (hand heavy work to a channel).
+/// Closures `Fn(&Event)` are observers.
+pub trait Observer: Send + Sync + 'static {
+    /// Called once per event, in sequence order.
+    fn on_event(&self, event: &Event);
+}
+
+impl<F: Fn(&Event) + Send + Sync + 'static> Observer for F {
+    fn on_event(&self, event: &Event) {
+        self(event)
+    }
+}
+
+/// The events of one run, as a stream (see [`Flow::stream`](crate::Flow::stream)). It ends
+/// after the run's last event.
+pub struct EventStream(UnboundedReceiver<Event>);
+
+impl EventStream {
+    /// The next event, or `None` once the run is over and every event was delivered.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.0.recv().await
+    }
+}
+
+impl futures::Stream for EventStream {
+    type Item = Event;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// One run's event emitter: assigns sequence numbers and delivers in order.
+pub(crate) struct EventHub {
+    observers: Arc<[Arc<dyn Observer>]>,
+    inner: Mutex<HubInner>,
+    active: bool,
+}
+
+struct HubInner {
+    seq: u64,
+    stream: Option<UnboundedSender<Event>>,
+}
+
+impl EventHub {
+    pub fn new(observers: Arc<[Arc<dyn Observer>]>, stream: Option<UnboundedSender<Event>>) -> Self {
+        let active = !observers.is_empty() || stream.is_some();
+        EventHub { observers, inner: Mutex::new(HubInner { seq: 0, stream }), active }
+    }
+
+    /// Whether anyone listens; when not, events are not built at all.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// Emits an event and returns its sequence number (0 when nobody listens).
+    pub fn emit(&self, run_id: RunId, step: Option<&Arc<str>>, kind: impl FnOnce() -> EventKind) -> u64 {
+        if !self.active {
+            return 0;
+        }
+        let kind = kind();
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.seq += 1;
+        let event = Event { seq: inner.seq, run_id, at: Utc::now(), step: step.cloned(), kind };
+        for o in self.observers.iter() {
+            o.on_event(&event);
+        }
+        let seq = event.seq;
+        if let Some(tx) = &inner.stream
+            && tx.send(event).is_err()
+        {
+            inner.stream = None; // the receiver is gone: stop sending
+        }
+        seq
+    }
+}
+
+/// Creates the channel behind an [`EventStream`].
+pub(crate) fn stream_channel() -> (UnboundedSender<Event>, EventStream) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    (tx, EventStream(rx))
+}
+
+pub(crate) fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}

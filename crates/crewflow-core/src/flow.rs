@@ -1,0 +1,474 @@
+//! A built flow and its runs.
+
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::cancel::Canceller;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use tokio::task::JoinHandle;
+
+use crate::builder::{Handler, Predicate};
+use crate::driver;
+use crate::error::Error;
+use crate::event::{EventStream, Observer, stream_channel};
+use crate::graph::Graph;
+use crate::id::RunId;
+use crate::output::Output;
+use crate::persist::{RunStatus, RunStore, process_owner};
+use crate::state::{FlowState, json_kind};
+
+pub(crate) struct StepRuntime<S> {
+    pub name: Arc<str>,
+    pub handler: Handler<S>,
+    pub when: Option<Predicate<S>>,
+    /// Checkpoint after this step (when any step is marked, only marked steps checkpoint).
+    pub persisted: bool,
+}
+
+pub(crate) struct FlowInner<S> {
+    pub graph: Graph,
+    pub steps: Vec<StepRuntime<S>>,
+    pub max_steps: u64,
+    pub cancel_grace: std::time::Duration,
+    pub observers: Arc<[Arc<dyn Observer>]>,
+    pub input: Option<Arc<dyn crate::input::InputProvider>>,
+    pub store: Option<Arc<dyn RunStore>>,
+    pub lease: std::time::Duration,
+    /// Some step is marked `persisted`: only those checkpoint.
+    pub selective: bool,
+}
+
+impl<S> FlowInner<S> {
+    /// Whether a checkpoint is written after step `ix` completes.
+    pub fn checkpoints_after(&self, ix: u32) -> bool {
+        !self.selective || self.steps[ix as usize].persisted
+    }
+}
+
+/// A flow, ready to run: an immutable definition shared by all its runs.
+///
+/// Cloning is cheap (an `Arc`); one flow serves any number of concurrent runs, each with its
+/// own state.
+pub struct Flow<S> {
+    inner: Arc<FlowInner<S>>,
+}
+
+impl<S> Clone for Flow<S> {
+    fn clone(&self) -> Self {
+        Flow { inner: self.inner.clone() }
+    }
+}
+
+impl<S: FlowState> Flow<S> {
+    pub(crate) fn from_inner(inner: FlowInner<S>) -> Self {
+        Flow { inner: Arc::new(inner) }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn inner_for_test(&self) -> Arc<FlowInner<S>> {
+        self.inner.clone()
+    }
+
+    /// The flow's name.
+    pub fn name(&self) -> &str {
+        self.inner.graph.name()
+    }
+
+    /// The validated graph (steps, triggers, routes).
+    pub fn graph(&self) -> &Graph {
+        &self.inner.graph
+    }
+
+    /// Runs the flow to the end and returns the finished run.
+    ///
+    /// `kickoff` takes inputs (`json!({..})`, a `Map`, `()` for none) or a [`Kickoff`] with
+    /// more options. Inputs are merged into the default state; an input the state does not
+    /// have is an error, before any step runs.
+    pub async fn kickoff(&self, kickoff: impl Into<Kickoff>) -> Result<Run<S>, Error> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime { call: "Flow::kickoff", instead: "Flow::kickoff_blocking" });
+        }
+        let prepared = driver::prepare(&self.inner, kickoff.into(), None, None)?;
+        driver::drive(self.inner.clone(), prepared).await
+    }
+
+    /// The store runs of this flow are kept in, if any.
+    pub fn store(&self) -> Option<&Arc<dyn RunStore>> {
+        self.inner.store.as_ref()
+    }
+
+    fn require_store(&self, call: &'static str) -> Result<&Arc<dyn RunStore>, Error> {
+        self.inner.store.as_ref().ok_or(Error::NoStore { call })
+    }
+
+    /// Continues a stored run exactly from its last checkpoint.
+    ///
+    /// Steps that completed do not run again; steps that were in flight when the run stopped
+    /// run again (at-least-once); `and` progress, `or` rounds and step counts are restored. A
+    /// finished run is not run again: its stored result is returned. An unknown id is an error
+    /// (never a new run), and so is a run of another flow, or of a changed definition.
+    pub async fn resume(&self, run_id: RunId) -> Result<Run<S>, Error> {
+        self.resume_with(run_id, None, Canceller::new()).await
+    }
+
+    /// [`resume`](Flow::resume) in the background, with a handle to await or cancel it.
+    pub fn spawn_resume(&self, run_id: RunId) -> Result<RunHandle<S>, Error> {
+        let rt = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::NoRuntime { call: "Flow::spawn_resume", instead: "Flow::resume in a runtime" })?;
+        let cancel = Canceller::new();
+        let flow = self.clone();
+        let token = cancel.clone();
+        let join = rt.spawn(async move { flow.resume_with(run_id, None, token).await });
+        Ok(RunHandle { id: run_id, cancel, join })
+    }
+
+    async fn resume_with(
+        &self,
+        run_id: RunId,
+        stream: Option<tokio::sync::mpsc::UnboundedSender<crate::Event>>,
+        cancel: Canceller,
+    ) -> Result<Run<S>, Error> {
+        let store = self.require_store("Flow::resume")?.clone();
+        let stored = self.load_own(store.as_ref(), run_id).await?;
+        if stored.status == RunStatus::Finished {
+            return driver::finished_run(&stored);
+        }
+        let me = process_owner();
+        let claim = match store.claim_run(run_id, &me, self.inner.lease, None).await {
+            Ok(claim) => claim,
+            Err(e) => match Error::from_store(store.as_ref(), "claim the run", e) {
+                // The owner died on this machine (a crash): take over without waiting for
+                // its lease to run out. Only that exact owner is replaced.
+                Error::RunOwned(owned) if crate::persist::owner_is_dead(&owned.owner) => store
+                    .claim_run(run_id, &me, self.inner.lease, Some(&owned.owner))
+                    .await
+                    .map_err(|e| Error::from_store(store.as_ref(), "claim the run", e))?,
+                other => return Err(other),
+            },
+        };
+        driver::drive_resumed(self.inner.clone(), stored, claim, stream, cancel).await
+    }
+
+    /// Continues a run this process has already claimed (used by [`Worker`](crate::Worker)).
+    pub(crate) async fn resume_claimed(&self, claim: crate::persist::Claim) -> Result<Run<S>, Error> {
+        let store = self.require_store("Worker")?.clone();
+        let stored = self.load_own(store.as_ref(), claim.run_id).await?;
+        if stored.status == RunStatus::Finished {
+            return driver::finished_run(&stored);
+        }
+        driver::drive_resumed(self.inner.clone(), stored, claim, None, Canceller::new()).await
+    }
+
+    async fn load_own(&self, store: &dyn RunStore, run_id: RunId) -> Result<crate::persist::StoredRun, Error> {
+        let stored = store
+            .load_run(run_id)
+            .await
+            .map_err(|e| Error::from_store(store, "load the run", e))?
+            .ok_or_else(|| Error::UnknownRun { run_id: run_id.to_string(), store: store.describe() })?;
+        if stored.flow != self.name() {
+            return Err(Error::RunOfAnotherFlow {
+                run_id: run_id.to_string(),
+                actual: stored.flow,
+                expected: self.name().to_string(),
+            });
+        }
+        if stored.fingerprint != self.inner.graph.fingerprint() {
+            return Err(Error::DefinitionChanged { run_id: run_id.to_string(), flow: stored.flow });
+        }
+        Ok(stored)
+    }
+
+    /// Starts a new run from the state another run reached (its last checkpoint), with the
+    /// kickoff's inputs merged over it. The new run starts from the flow's starts, under a new
+    /// id (or the kickoff's); the source run is left untouched.
+    pub async fn fork(&self, source: RunId, kickoff: impl Into<Kickoff>) -> Result<Run<S>, Error> {
+        let store = self.require_store("Flow::fork")?.clone();
+        // Unlike resume, a fork may follow a changed definition: it starts over from the state.
+        let stored = match self.load_own(store.as_ref(), source).await {
+            Ok(stored) => stored,
+            Err(Error::DefinitionChanged { .. }) => store
+                .load_run(source)
+                .await
+                .map_err(|e| Error::from_store(store.as_ref(), "load the run", e))?
+                .ok_or_else(|| Error::UnknownRun { run_id: source.to_string(), store: store.describe() })?,
+            Err(e) => return Err(e),
+        };
+        let state: S = serde_json::from_str(&stored.state).map_err(|e| Error::CorruptCheckpoint {
+            run_id: source.to_string(),
+            message: format!("its state does not parse: {e}"),
+        })?;
+        let prepared = driver::prepare(&self.inner, kickoff.into(), None, Some(state))?;
+        driver::drive(self.inner.clone(), prepared).await
+    }
+
+    /// Records a run for a [`Worker`](crate::Worker) to pick up, and returns its id. The
+    /// inputs are checked now.
+    pub async fn enqueue(&self, kickoff: impl Into<Kickoff>) -> Result<RunId, Error> {
+        let store = self.require_store("Flow::enqueue")?.clone();
+        let kickoff = kickoff.into();
+        let inputs = kickoff.inputs.clone().map(serde_json::Value::Object);
+        let prepared = driver::prepare(&self.inner, kickoff, None, None)?;
+        let new = driver::queued_run(&self.inner, &prepared, inputs)?;
+        store.create_run(&new).await.map_err(|e| Error::from_store(store.as_ref(), "queue the run", e))?;
+        Ok(new.run_id)
+    }
+
+    /// Runs the flow to the end from synchronous code (it starts its own runtime). Called from
+    /// inside an async runtime it returns an error instead of blocking it.
+    pub fn kickoff_blocking(&self, kickoff: impl Into<Kickoff>) -> Result<Run<S>, Error> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::BlockingInsideRuntime {
+                call: "Flow::kickoff_blocking",
+                instead: "flow.kickoff(..).await",
+            });
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(Error::Runtime)?;
+        rt.block_on(self.kickoff(kickoff))
+    }
+
+    /// Starts a run in the background and returns a handle to await or cancel it.
+    pub fn spawn(&self, kickoff: impl Into<Kickoff>) -> Result<RunHandle<S>, Error> {
+        self.spawn_with(kickoff.into(), None)
+    }
+
+    /// Starts a run in the background and returns its handle and its event stream. The stream
+    /// is attached before the run starts, so it sees every event.
+    pub fn stream(&self, kickoff: impl Into<Kickoff>) -> Result<(RunHandle<S>, EventStream), Error> {
+        let (tx, rx) = stream_channel();
+        let handle = self.spawn_with(kickoff.into(), Some(tx))?;
+        Ok((handle, rx))
+    }
+
+    fn spawn_with(
+        &self,
+        kickoff: Kickoff,
+        stream: Option<tokio::sync::mpsc::UnboundedSender<crate::Event>>,
+    ) -> Result<RunHandle<S>, Error> {
+        let rt = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::NoRuntime { call: "Flow::spawn", instead: "Flow::kickoff_blocking" })?;
+        let prepared = driver::prepare(&self.inner, kickoff, stream, None)?;
+        let id = prepared.run_id();
+        let cancel = prepared.cancel_token();
+        let join = rt.spawn(driver::drive(self.inner.clone(), prepared));
+        Ok(RunHandle { id, cancel, join })
+    }
+}
+
+/// How to start a run: inputs merged into the state, a payload for the start steps, a run id,
+/// a step budget.
+///
+/// Plain inputs convert into a `Kickoff`: `flow.kickoff(json!({"topic": "rust"}))`,
+/// `flow.kickoff(())`.
+#[derive(Default)]
+pub struct Kickoff {
+    pub(crate) inputs: Option<Map<String, Value>>,
+    pub(crate) payload: Option<Output>,
+    pub(crate) run_id: Option<RunId>,
+    pub(crate) max_steps: Option<u64>,
+    pub(crate) error: Option<Error>,
+}
+
+impl Kickoff {
+    /// No inputs, no payload.
+    pub fn new() -> Self {
+        Kickoff::default()
+    }
+
+    /// Inputs to merge into the state: anything that serializes to a JSON object.
+    pub fn inputs(mut self, inputs: impl Serialize) -> Self {
+        match serde_json::to_value(inputs) {
+            Ok(Value::Object(map)) => self.inputs = Some(map),
+            Ok(Value::Null) => self.inputs = None,
+            Ok(other) => self.error = Some(Error::InputsNotAnObject { got: json_kind(&other) }),
+            Err(e) => self.error = Some(Error::InvalidInput { state_type: "inputs", message: e.to_string() }),
+        }
+        self
+    }
+
+    /// One input.
+    pub fn input(mut self, key: impl Into<String>, value: impl Serialize) -> Self {
+        match serde_json::to_value(value) {
+            Ok(v) => {
+                self.inputs.get_or_insert_with(Map::new).insert(key.into(), v);
+            }
+            Err(e) => self.error = Some(Error::InvalidInput { state_type: "inputs", message: e.to_string() }),
+        }
+        self
+    }
+
+    /// A payload for the start steps that take an input (for instance the webhook body that
+    /// triggered the run).
+    pub fn payload<T: Serialize + Send + Sync + 'static>(mut self, payload: T) -> Self {
+        self.payload = Some(Output::new(payload));
+        self
+    }
+
+    /// Runs under this id instead of a fresh one.
+    pub fn run_id(mut self, id: RunId) -> Self {
+        self.run_id = Some(id);
+        self
+    }
+
+    /// The step budget of this run (overrides the flow's).
+    pub fn max_steps(mut self, budget: u64) -> Self {
+        self.max_steps = Some(budget);
+        self
+    }
+}
+
+impl From<()> for Kickoff {
+    fn from(_: ()) -> Self {
+        Kickoff::new()
+    }
+}
+
+impl From<Value> for Kickoff {
+    fn from(inputs: Value) -> Self {
+        Kickoff::new().inputs(inputs)
+    }
+}
+
+impl From<Map<String, Value>> for Kickoff {
+    fn from(inputs: Map<String, Value>) -> Self {
+        Kickoff { inputs: Some(inputs), ..Kickoff::default() }
+    }
+}
+
+/// One step execution of a run and its output.
+#[derive(Clone, Debug)]
+pub struct StepRecord {
+    /// The step.
+    pub step: Arc<str>,
+    /// The execution's id within the run.
+    pub activation: u64,
+    /// What it returned (for a router, the route).
+    pub output: Output,
+}
+
+/// A finished run: its id, its final state, its output and what each step produced.
+#[derive(Debug)]
+pub struct Run<S> {
+    /// The run's id.
+    pub id: RunId,
+    /// The state at the end of the run.
+    pub state: S,
+    pub(crate) output: Option<Output>,
+    pub(crate) final_step: Option<Arc<str>>,
+    pub(crate) records: Vec<StepRecord>,
+    pub(crate) inputs: Vec<crate::input::InputRecord>,
+    pub(crate) usage: crate::scope::TokenUsage,
+}
+
+impl<S> Run<S> {
+    /// The run's output as a `T`: the output of its final step (see
+    /// [`Frontier::final_activation`](crate::frontier::Frontier::final_activation) for the rule).
+    pub fn output<T: DeserializeOwned + Clone + 'static>(&self) -> Result<T, Error> {
+        let out = self.output.as_ref().ok_or_else(|| Error::NoOutput { run_id: self.id.to_string() })?;
+        out.get::<T>().map_err(|e| Error::OutputType {
+            step: self.final_step.as_deref().unwrap_or_default().to_string(),
+            actual: out.type_name(),
+            requested: std::any::type_name::<T>(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The run's output, untyped.
+    pub fn raw_output(&self) -> Option<&Output> {
+        self.output.as_ref()
+    }
+
+    /// The run's output as JSON (`None` when no step ran).
+    pub fn output_json(&self) -> Option<Value> {
+        self.output.as_ref().and_then(|o| o.to_json().ok())
+    }
+
+    /// The step whose output is the run's output.
+    pub fn final_step(&self) -> Option<&str> {
+        self.final_step.as_deref()
+    }
+
+    /// Every step execution, in the order they finished.
+    pub fn steps(&self) -> &[StepRecord] {
+        &self.records
+    }
+
+    /// Every question the run's steps asked ([`Cx::ask`](crate::Cx::ask)), with its answer.
+    pub fn inputs(&self) -> &[crate::input::InputRecord] {
+        &self.inputs
+    }
+
+    /// Tokens the run's model calls used (in this process: a resumed run counts from the
+    /// resume).
+    pub fn usage(&self) -> crate::scope::TokenUsage {
+        self.usage
+    }
+
+    /// How many step executions ran.
+    pub fn steps_run(&self) -> usize {
+        self.records.len()
+    }
+
+    /// How many times `step` ran.
+    pub fn count(&self, step: &str) -> usize {
+        self.records.iter().filter(|r| &*r.step == step).count()
+    }
+
+    /// The names of the steps that ran, in the order they finished.
+    pub fn step_names(&self) -> Vec<&str> {
+        self.records.iter().map(|r| &*r.step).collect()
+    }
+
+    /// The output of the last execution of `step`, as a `T`.
+    pub fn output_of<T: DeserializeOwned + Clone + 'static>(&self, step: &str) -> Option<Result<T, Error>> {
+        let r = self.records.iter().rev().find(|r| &*r.step == step)?;
+        Some(r.output.get::<T>().map_err(|e| Error::OutputType {
+            step: step.to_string(),
+            actual: r.output.type_name(),
+            requested: std::any::type_name::<T>(),
+            message: e.to_string(),
+        }))
+    }
+}
+
+/// A run in progress: await it for the result, or cancel it.
+pub struct RunHandle<S> {
+    id: RunId,
+    cancel: Canceller,
+    join: JoinHandle<Result<Run<S>, Error>>,
+}
+
+impl<S> RunHandle<S> {
+    /// The run's id.
+    pub fn id(&self) -> RunId {
+        self.id
+    }
+
+    /// Asks the run to stop: in-flight steps are cancelled and the run ends with
+    /// [`Error::Cancelled`].
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// A cancellation handle that can be moved elsewhere.
+    pub fn canceller(&self) -> Canceller {
+        self.cancel.clone()
+    }
+}
+
+impl<S: Send + 'static> IntoFuture for RunHandle<S> {
+    type Output = Result<Run<S>, Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            match self.join.await {
+                Ok(result) => result,
+                Err(e) if e.is_cancelled() => Err(Error::Cancelled { run_id: self.id.to_string() }),
+                Err(e) => Err(Error::Internal(format!("the run's task failed: {e}"))),
+            }
+        })
+    }
+}

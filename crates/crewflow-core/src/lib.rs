@@ -1,0 +1,106 @@
+//! The crewflow engine.
+//!
+//! Most users depend on the `crewflow` facade, which re-exports this crate and adds the
+//! `#[flow]` macros. This crate holds:
+//!
+//! - [`trigger`]: the trigger algebra (`step`, `label`, `route`, `or`, `and`);
+//! - [`graph`]: a flow's definition, validated ([`GraphSpec::compile`](graph::GraphSpec::compile));
+//! - [`frontier`]: the pure state machine deciding what runs next;
+//! - the driver behind [`Flow::kickoff`], [`FlowBuilder`] to assemble flows at run time,
+//!   [`Cx`] (what a step sees), [`Event`]s, and [`Error`].
+
+mod builder;
+mod cancel;
+mod cx;
+mod driver;
+mod error;
+mod event;
+mod flow;
+pub mod frontier;
+pub mod graph;
+mod id;
+mod input;
+mod output;
+pub mod persist;
+mod route;
+pub mod scope;
+mod state;
+pub mod trigger;
+mod worker;
+
+pub use builder::{DEFAULT_CANCEL_GRACE, DEFAULT_MAX_STEPS, FlowBuilder};
+pub use cancel::Canceller;
+pub use cx::Cx;
+pub use error::{BoxError, Error, Result, StepError};
+pub use event::{Event, EventKind, EventStream, Observer};
+pub use flow::{Flow, Kickoff, Run, RunHandle, StepRecord};
+pub use id::RunId;
+pub use input::{Answer, ConsoleInput, InputFuture, InputProvider, InputRecord, InputRequest, InputResponse};
+pub use output::{Output, TypeInfo};
+pub use route::Route;
+pub use scope::TokenUsage;
+pub use state::FlowState;
+pub use trigger::Trigger;
+pub use worker::{Worker, WorkerReport};
+
+/// A type whose methods are the steps of a flow; `#[flow]` implements it.
+pub trait IntoFlow: Sized + Send + Sync + 'static {
+    /// The flow's state type.
+    type State: FlowState;
+
+    /// The flow's definition as a builder, to extend or adjust before building.
+    fn into_builder(self) -> FlowBuilder<Self::State>;
+
+    /// Builds the flow.
+    fn into_flow(self) -> Result<Flow<Self::State>> {
+        self.into_builder().build()
+    }
+}
+
+/// Support for the code the macros generate. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+    pub use std::sync::Arc;
+
+    pub use crate::persist::RunStore;
+
+    use crate::error::{BoxError, StepError};
+
+    /// Converts whatever error a step method returns.
+    pub fn step_error<E: Into<BoxError>>(error: E) -> StepError {
+        StepError::from_boxed(error.into())
+    }
+
+    /// The success type of a step method's return type.
+    pub trait StepReturn {
+        /// `T` in `Result<T, E>`.
+        type Ok;
+    }
+
+    impl<T, E> StepReturn for Result<T, E> {
+        type Ok = T;
+    }
+
+    /// The index of the first label that is neither handled nor terminal.
+    pub const fn first_unhandled(labels: Option<&[&str]>, terminal: &[bool], handled: &[usize]) -> Option<usize> {
+        let count = match labels {
+            Some(l) => l.len(),
+            None => 0,
+        };
+        let mut i = 0;
+        while i < count {
+            let mut ok = i < terminal.len() && terminal[i];
+            let mut j = 0;
+            while !ok && j < handled.len() {
+                ok = handled[j] == i;
+                j += 1;
+            }
+            if !ok {
+                return Some(i);
+            }
+            i += 1;
+        }
+        None
+    }
+}

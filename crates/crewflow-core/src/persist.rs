@@ -1,0 +1,349 @@
+//! Durable runs: what the engine writes to a store, and the interface a store implements.
+//!
+//! The engine knows nothing of SQL: a store (`crewflow-store` has SQLite and PostgreSQL) implements
+//! [`RunStore`]. With a store, a run is recorded when it starts; after each completed step the
+//! policy selects, a [`Checkpoint`] — the state, the whole frontier, and the outputs of the steps
+//! completed since the last one — is written in one transaction; the run's end is recorded too.
+//! [`Flow::resume`](crate::Flow::resume) continues a run exactly from its last checkpoint.
+//!
+//! **Ownership.** A run is owned by one process at a time, through a lease (`owner`,
+//! `lease_until`) and a fencing token that increases every time the run changes hands. Every
+//! write names the token it holds; a write with a stale token fails with [`LeaseLost`], so a
+//! process that lost its lease (paused, partitioned) can never overwrite the new owner's work.
+//!
+//! What else lives in a store, designed now and implemented with their features: pending
+//! human feedback (a paused run's request, in the run record), conversation sessions and their
+//! turns, traces, and memories (see `docs/store.md`).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::BoxError;
+use crate::id::RunId;
+
+/// The future a store method returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'a>>;
+
+/// Where a run stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Waiting for a worker to claim it.
+    Queued,
+    /// Being run (or orphaned, if its owner's lease expired).
+    Running,
+    /// Waiting for human input.
+    Paused,
+    /// Finished; its output is recorded.
+    Finished,
+    /// A step failed; it can be resumed from its last checkpoint.
+    Failed,
+    /// Cancelled; it can be resumed from its last checkpoint.
+    Cancelled,
+}
+
+impl RunStatus {
+    /// The status as stored (`queued`, `running`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Paused => "paused",
+            RunStatus::Finished => "finished",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored status.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => RunStatus::Queued,
+            "running" => RunStatus::Running,
+            "paused" => RunStatus::Paused,
+            "finished" => RunStatus::Finished,
+            "failed" => RunStatus::Failed,
+            "cancelled" => RunStatus::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A completed step execution, as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepRow {
+    /// The execution's id within the run.
+    pub activation: u64,
+    /// The step.
+    pub step: Arc<str>,
+    /// Its output, as JSON text.
+    pub output: String,
+    /// When it finished.
+    pub finished_at: DateTime<Utc>,
+}
+
+/// A new run, recorded before its first step.
+#[derive(Clone, Debug)]
+pub struct NewRun {
+    /// The run's id.
+    pub run_id: RunId,
+    /// The flow's name.
+    pub flow: Arc<str>,
+    /// The flow's graph fingerprint (a run is only resumed by the same definition).
+    pub fingerprint: u64,
+    /// `Running` (owned by `owner`) or `Queued` (for a worker).
+    pub status: RunStatus,
+    /// The kickoff inputs, as JSON text.
+    pub inputs: Option<String>,
+    /// The kickoff payload, as JSON text (start steps in flight at a crash get it again).
+    pub payload: Option<String>,
+    /// The initial state, as JSON text.
+    pub state: String,
+    /// The initial frontier, as JSON text.
+    pub frontier: String,
+    /// The owning process.
+    pub owner: Arc<str>,
+    /// How long the lease lasts without renewal.
+    pub lease: Duration,
+}
+
+/// A checkpoint: written after a completed step, in one transaction.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    /// The run.
+    pub run_id: RunId,
+    /// The fencing token the writer holds.
+    pub fencing: u64,
+    /// Increases with every checkpoint of the run.
+    pub seq: u64,
+    /// The state, as JSON text.
+    pub state: String,
+    /// The frontier, as JSON text.
+    pub frontier: String,
+    /// The steps completed since the previous checkpoint (at least one).
+    pub steps: Vec<StepRow>,
+}
+
+/// How a run ended, recorded with the same fencing guard.
+#[derive(Clone, Debug)]
+pub struct RunEnd {
+    /// The run.
+    pub run_id: RunId,
+    /// The fencing token the writer holds.
+    pub fencing: u64,
+    /// `Finished`, `Failed`, `Cancelled` (or `Paused`).
+    pub status: RunStatus,
+    /// For a finished run: the final checkpoint (state, frontier, remaining step outputs).
+    pub checkpoint: Option<Checkpoint>,
+    /// The activation whose output is the run's output.
+    pub final_activation: Option<u64>,
+    /// For a failed run: the error, as text.
+    pub error: Option<String>,
+}
+
+/// A run as stored: its latest checkpoint and every stored step output.
+#[derive(Clone, Debug)]
+pub struct StoredRun {
+    /// The run.
+    pub run_id: RunId,
+    /// The flow's name.
+    pub flow: String,
+    /// The definition's fingerprint.
+    pub fingerprint: u64,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// The current fencing token.
+    pub fencing: u64,
+    /// The current owner, if any.
+    pub owner: Option<String>,
+    /// Until when the owner's lease holds.
+    pub lease_until: Option<DateTime<Utc>>,
+    /// The last checkpoint's sequence number (0: none yet).
+    pub seq: u64,
+    /// The kickoff inputs, as JSON text.
+    pub inputs: Option<String>,
+    /// The kickoff payload, as JSON text.
+    pub payload: Option<String>,
+    /// The state at the last checkpoint, as JSON text.
+    pub state: String,
+    /// The frontier at the last checkpoint, as JSON text.
+    pub frontier: String,
+    /// Completed steps, by activation.
+    pub steps: Vec<StepRow>,
+    /// The activation whose output is the run's output (finished runs).
+    pub final_activation: Option<u64>,
+    /// The error of a failed run.
+    pub error: Option<String>,
+    /// When the run was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One line of a run listing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// The run.
+    pub run_id: RunId,
+    /// The flow's name.
+    pub flow: String,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// How many step executions are stored.
+    pub steps_done: u64,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// The error of a failed run.
+    pub error: Option<String>,
+}
+
+/// Which runs to list.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    /// Only runs of this flow.
+    pub flow: Option<String>,
+    /// Only runs with this status.
+    pub status: Option<RunStatus>,
+    /// At most this many (newest first); 0 means 100.
+    pub limit: usize,
+}
+
+/// A run taken over by a process, with the fencing token to write with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The run.
+    pub run_id: RunId,
+    /// The flow it belongs to.
+    pub flow: String,
+    /// The new fencing token.
+    pub fencing: u64,
+}
+
+/// The write was refused: another process owns the run now (its fencing token is newer).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "run {run_id} is owned by another process now (fencing token {current}, this process held {held}); it stopped without writing"
+)]
+pub struct LeaseLost {
+    /// The run.
+    pub run_id: RunId,
+    /// The token this process held.
+    pub held: u64,
+    /// The token in the store.
+    pub current: u64,
+}
+
+/// A claim was refused: the run is owned by a live process.
+#[derive(Debug, thiserror::Error)]
+#[error("run {run_id} is being run by {owner} (lease until {until}); wait for it, or for its lease to expire")]
+pub struct RunOwned {
+    /// The run.
+    pub run_id: RunId,
+    /// Its owner.
+    pub owner: String,
+    /// Until when the owner's lease holds.
+    pub until: DateTime<Utc>,
+}
+
+/// Where runs are kept. Implemented by `crewflow-store` for SQLite and PostgreSQL.
+pub trait RunStore: Send + Sync + 'static {
+    /// A short description for error messages (`sqlite:/path/runs.db`, `postgres://host/db`).
+    fn describe(&self) -> String;
+
+    /// Records a new run with fencing token 1. Fails if a run with this id exists.
+    fn create_run<'a>(&'a self, run: &'a NewRun) -> StoreFuture<'a, ()>;
+
+    /// Writes a checkpoint in one transaction; fails with [`LeaseLost`] if the run's fencing
+    /// token is not `checkpoint.fencing`. (Leases are renewed by the store's heartbeat, not by
+    /// checkpoints, so a checkpoint touches no indexed column.)
+    fn save_checkpoint<'a>(&'a self, checkpoint: &'a Checkpoint) -> StoreFuture<'a, ()>;
+
+    /// Records how the run ended (and its final checkpoint, if any), releasing the lease; fails
+    /// with [`LeaseLost`] on a stale token.
+    fn end_run<'a>(&'a self, end: &'a RunEnd) -> StoreFuture<'a, ()>;
+
+    /// The run, or `None` if the store has no run with this id.
+    fn load_run(&self, run_id: RunId) -> StoreFuture<'_, Option<StoredRun>>;
+
+    /// Takes over a run to resume it: increments its fencing token and makes `owner` the owner.
+    /// Fails with [`RunOwned`] if another owner's lease has not expired, unless that owner is
+    /// `replacing` (an owner known to be dead, see [`owner_is_dead`]).
+    fn claim_run<'a>(
+        &'a self,
+        run_id: RunId,
+        owner: &'a str,
+        lease: Duration,
+        replacing: Option<&'a str>,
+    ) -> StoreFuture<'a, Claim>;
+
+    /// Claims up to `limit` runs of the given flows that are queued, or running with an expired
+    /// lease (their owner stopped), oldest first. Concurrent claimers never get the same run.
+    fn claim_orphans<'a>(
+        &'a self,
+        flows: &'a [String],
+        owner: &'a str,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<Claim>>;
+
+    /// Extends the lease of every running run `owner` holds; returns how many.
+    fn heartbeat<'a>(&'a self, owner: &'a str, lease: Duration) -> StoreFuture<'a, u64>;
+
+    /// Lists runs, newest first.
+    fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>>;
+}
+
+/// The identity this process uses as a lease owner: `host:pid:tag`, where the tag is random.
+pub fn process_owner() -> Arc<str> {
+    static OWNER: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    OWNER
+        .get_or_init(|| {
+            let tag = uuid::Uuid::now_v7().simple().to_string();
+            Arc::from(format!("{}:{}:{}", host_name(), std::process::id(), &tag[tag.len() - 8..]))
+        })
+        .clone()
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && !h.contains(':'))
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Whether a lease owner is certainly dead: a process of this host (by [`process_owner`]'s
+/// format) that no longer runs. Owners on other hosts, and processes whose state cannot be
+/// read, are never declared dead: their leases are left to expire.
+pub fn owner_is_dead(owner: &str) -> bool {
+    let mut parts = owner.split(':');
+    let (Some(host), Some(pid)) = (parts.next(), parts.next().and_then(|p| p.parse::<u32>().ok())) else {
+        return false;
+    };
+    if host != host_name() || pid == std::process::id() {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie (state Z) has exited; it only waits to be reaped.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound && std::path::Path::new("/proc/self").exists(),
+    }
+}
+
+/// How long a lease lasts without renewal, unless the flow sets another.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);

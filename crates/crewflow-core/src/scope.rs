@@ -1,0 +1,120 @@
+//! The step scope: which run and step the current task is working for.
+//!
+//! The driver runs every step inside a scope, so code called from a step — a model call, a tool
+//! — can report to the run's event stream and usage totals without being handed the step's
+//! context. Outside a step, [`current`] is `None` and such code simply reports nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{EventHub, EventKind};
+use crate::id::RunId;
+
+/// Tokens a model call (or a whole run) used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// Tokens of the prompt.
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    pub completion_tokens: u64,
+    /// Prompt tokens served from the provider's cache (included in `prompt_tokens`).
+    pub cached_tokens: u64,
+}
+
+impl TokenUsage {
+    /// Prompt plus completion tokens.
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+
+    /// Adds another usage to this one.
+    pub fn add(&mut self, other: &TokenUsage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cached_tokens += other.cached_tokens;
+    }
+}
+
+/// What a run shares with the code its steps call. Part of the run's shared record (no
+/// allocation of its own).
+pub(crate) struct RunTelemetry {
+    pub events: EventHub,
+    calls: AtomicU64,
+    usage: Mutex<TokenUsage>,
+}
+
+impl RunTelemetry {
+    pub fn new(events: EventHub) -> Self {
+        RunTelemetry { events, calls: AtomicU64::new(0), usage: Mutex::new(TokenUsage::default()) }
+    }
+
+    pub fn usage(&self) -> TokenUsage {
+        *self.usage.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A run's telemetry, whatever the run's state type.
+pub(crate) trait HasTelemetry: Send + Sync {
+    fn telemetry(&self) -> &RunTelemetry;
+}
+
+/// The run and step the current task works for (see the [module docs](self)).
+#[derive(Clone)]
+pub struct StepScope {
+    run_id: RunId,
+    step: Arc<str>,
+    run: Arc<dyn HasTelemetry>,
+}
+
+tokio::task_local! {
+    static CURRENT: StepScope;
+}
+
+/// The scope of the step the current task is running, if any.
+pub fn current() -> Option<StepScope> {
+    CURRENT.try_with(StepScope::clone).ok()
+}
+
+impl StepScope {
+    pub(crate) fn new(run_id: RunId, step: Arc<str>, run: Arc<dyn HasTelemetry>) -> Self {
+        StepScope { run_id, step, run }
+    }
+
+    /// Runs `future` inside this scope.
+    pub(crate) async fn enter<F: std::future::Future>(self, future: F) -> F::Output {
+        CURRENT.scope(self, future).await
+    }
+
+    /// The run.
+    pub fn run_id(&self) -> RunId {
+        self.run_id
+    }
+
+    /// The step.
+    pub fn step(&self) -> &str {
+        &self.step
+    }
+
+    /// Whether anyone observes the run's events (when not, building them can be skipped).
+    pub fn observed(&self) -> bool {
+        self.run.telemetry().events.is_active()
+    }
+
+    /// Emits an event on the run's stream, attributed to this step.
+    pub fn emit(&self, kind: impl FnOnce() -> EventKind) -> u64 {
+        self.run.telemetry().events.emit(self.run_id, Some(&self.step), kind)
+    }
+
+    /// A number for the next model or tool call of the run (from 1), to pair its events.
+    pub fn next_call(&self) -> u64 {
+        self.run.telemetry().calls.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Adds tokens to the run's usage totals.
+    pub fn add_usage(&self, usage: &TokenUsage) {
+        self.run.telemetry().usage.lock().unwrap_or_else(PoisonError::into_inner).add(usage);
+    }
+}

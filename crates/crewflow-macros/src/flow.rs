@@ -1,0 +1,718 @@
+//! `#[flow]`: turns an impl block whose async methods are marked `#[start]`, `#[listen(..)]`
+//! and `#[router(..)]` into an `IntoFlow` implementation, checking at compile time what can be
+//! checked: step names, labels, routes nobody handles, input types, arity.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{
+    Attribute, Expr, FnArg, GenericArgument, Ident, ImplItem, ImplItemFn, ItemImpl, LitInt, LitStr, PathArguments,
+    ReceiverKind, ReturnType, Token, Type,
+};
+
+use crate::trigger::{TriggerAst, last_ident};
+
+/// Options of `#[flow(..)]`.
+#[derive(Default)]
+pub struct FlowArgs {
+    state: Option<Type>,
+    name: Option<LitStr>,
+    max_steps: Option<LitInt>,
+    persist: bool,
+}
+
+impl FlowArgs {
+    pub fn parse(tokens: TokenStream) -> syn::Result<Self> {
+        let mut args = FlowArgs::default();
+        let parser = syn::meta::parser(|meta| {
+            if meta.path.is_ident("state") {
+                args.state = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident("name") {
+                args.name = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident("max_steps") {
+                args.max_steps = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident("persist") {
+                args.persist = true;
+            } else {
+                return Err(meta.error(
+                    "unknown #[flow] option; expected `state = Type`, `name = \"..\"`, `max_steps = N` or `persist`",
+                ));
+            }
+            Ok(())
+        });
+        parser.parse2(tokens)?;
+        Ok(args)
+    }
+}
+
+/// How a step starts.
+enum Role {
+    Start,
+    StartOn(TriggerAst),
+    StartWhen(Expr),
+    Listen(TriggerAst),
+}
+
+impl Role {
+    fn trigger(&self) -> Option<&TriggerAst> {
+        match self {
+            Role::StartOn(t) | Role::Listen(t) => Some(t),
+            Role::Start | Role::StartWhen(_) => None,
+        }
+    }
+}
+
+struct RouterAttr {
+    routes: Vec<LitStr>,
+    terminal: Vec<LitStr>,
+    span: Span,
+}
+
+enum Param {
+    Cx,
+    Input(Box<Type>),
+}
+
+struct StepMethod {
+    ident: Ident,
+    /// Marked `#[persist]`: checkpoint after it.
+    persisted: bool,
+    role: Role,
+    router: Option<RouterAttr>,
+    params: Vec<Param>,
+    ret: Type,
+    /// `T` in a return type written `Result<T>` / `Result<T, E>`.
+    ok_ty: Option<Type>,
+}
+
+impl StepMethod {
+    fn input(&self) -> Option<&Type> {
+        self.params.iter().find_map(|p| match p {
+            Param::Input(t) => Some(&**t),
+            Param::Cx => None,
+        })
+    }
+
+    fn takes_cx(&self) -> bool {
+        self.params.iter().any(|p| matches!(p, Param::Cx))
+    }
+
+    fn is_start(&self) -> bool {
+        !matches!(self.role, Role::Listen(_))
+    }
+
+    /// The route type's last identifier, for typed routers (`Lane` in `Result<Lane>`).
+    fn route_type(&self) -> Option<&Ident> {
+        self.router.as_ref()?;
+        match self.ok_ty.as_ref()? {
+            Type::Path(p) => last_ident(&p.path),
+            _ => None,
+        }
+    }
+
+    fn is_string_router(&self) -> bool {
+        self.router.as_ref().is_some_and(|r| !r.routes.is_empty()) || self.route_type().is_some_and(|t| t == "String")
+    }
+}
+
+/// Collects every error so the user sees them all at once.
+#[derive(Default)]
+struct Errors(Option<syn::Error>);
+
+impl Errors {
+    fn push(&mut self, span: Span, message: impl std::fmt::Display) {
+        self.add(syn::Error::new(span, message));
+    }
+
+    fn add(&mut self, e: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(e),
+            None => self.0 = Some(e),
+        }
+    }
+}
+
+const STEP_ATTRS: [&str; 3] = ["start", "listen", "router"];
+
+fn is_step_attr(a: &Attribute) -> bool {
+    a.path().segments.last().is_some_and(|s| STEP_ATTRS.iter().any(|n| s.ident == n))
+}
+
+fn is_persist_attr(a: &Attribute) -> bool {
+    a.path().segments.last().is_some_and(|s| s.ident == "persist")
+}
+
+pub fn expand(args: FlowArgs, mut item: ItemImpl, krate: &TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    if let Some((path, _)) = &item.trait_ {
+        errors.push(path.span(), "#[flow] goes on an inherent impl block (`impl MyFlow { .. }`), not a trait impl");
+    }
+    if !item.generics.params.is_empty() {
+        errors.push(
+            item.generics.span(),
+            "#[flow] does not support generic impl blocks; keep generic parts in fields (for example an `Llm` handle)",
+        );
+    }
+
+    let mut steps = Vec::new();
+    let mut plain_methods = BTreeSet::new();
+    let mut unparsed = false;
+    for impl_item in &mut item.items {
+        let ImplItem::Fn(f) = impl_item else { continue };
+        let persist_attr = f.attrs.iter().find(|a| is_persist_attr(a)).cloned();
+        f.attrs.retain(|a| !is_persist_attr(a));
+        if !f.attrs.iter().any(is_step_attr) {
+            if let Some(p) = persist_attr {
+                errors.push(p.span(), format!("#[persist] goes on a step; `{}` is not one", f.sig.ident));
+            }
+            plain_methods.insert(f.sig.ident.to_string());
+            continue;
+        }
+        let attrs: Vec<Attribute> = f.attrs.iter().filter(|a| is_step_attr(a)).cloned().collect();
+        f.attrs.retain(|a| !is_step_attr(a));
+        match parse_step(f, &attrs) {
+            Ok(mut step) => {
+                step.persisted = persist_attr.is_some();
+                steps.push(step);
+            }
+            Err(e) => {
+                unparsed = true;
+                errors.add(e);
+            }
+        }
+    }
+
+    let self_ty = &item.self_ty;
+    let flow_name = args.name.as_ref().map(LitStr::value).unwrap_or_else(|| match &**self_ty {
+        Type::Path(p) => last_ident(&p.path).map(Ident::to_string).unwrap_or_default(),
+        _ => "flow".to_string(),
+    });
+    let context = CheckContext { flow: &flow_name, impl_span: self_ty.span(), plain_methods: &plain_methods, unparsed };
+    check(&steps, &context, &mut errors);
+
+    if let Some(e) = errors.0 {
+        let err = e.to_compile_error();
+        return quote!(#item #err);
+    }
+    let generated = generate(&args, &item, &steps, &flow_name, krate);
+    quote!(#item #generated)
+}
+
+fn parse_step(f: &ImplItemFn, attrs: &[Attribute]) -> syn::Result<StepMethod> {
+    let ident = f.sig.ident.clone();
+    let mut role: Option<Role> = None;
+    let mut router: Option<RouterAttr> = None;
+    let mut router_trigger: Option<TriggerAst> = None;
+    for attr in attrs {
+        let kind = attr.path().segments.last().map(|s| s.ident.to_string()).unwrap_or_default();
+        let args: Vec<Expr> = match &attr.meta {
+            syn::Meta::Path(_) => Vec::new(),
+            _ => attr.parse_args_with(Punctuated::<Expr, Token![,]>::parse_terminated)?.into_iter().collect(),
+        };
+        match kind.as_str() {
+            "start" => {
+                if role.is_some() {
+                    return Err(syn::Error::new(
+                        attr.span(),
+                        format!("step `{ident}` has two step attributes; a step is a start or a listener, not both"),
+                    ));
+                }
+                role = Some(match args.as_slice() {
+                    [] => Role::Start,
+                    [Expr::Assign(a)] if matches!(&*a.left, Expr::Path(p) if p.path.is_ident("when")) => {
+                        Role::StartWhen((*a.right).clone())
+                    }
+                    [t] => Role::StartOn(TriggerAst::parse(t)?),
+                    _ => {
+                        return Err(syn::Error::new(
+                            attr.span(),
+                            "#[start] takes nothing, one trigger (#[start(approved)]), or a predicate (#[start(when = Self::ready)])",
+                        ));
+                    }
+                });
+            }
+            "listen" => {
+                if role.is_some() {
+                    return Err(syn::Error::new(
+                        attr.span(),
+                        format!("step `{ident}` has two step attributes; a step is a start or a listener, not both"),
+                    ));
+                }
+                let [t] = args.as_slice() else {
+                    return Err(syn::Error::new(
+                        attr.span(),
+                        "#[listen] takes one trigger: #[listen(step)], #[listen(or(a, b))], #[listen(Route::Label)]",
+                    ));
+                };
+                role = Some(Role::Listen(TriggerAst::parse(t)?));
+            }
+            "router" => {
+                if router.is_some() {
+                    return Err(syn::Error::new(attr.span(), format!("step `{ident}` has two #[router] attributes")));
+                }
+                let mut r = RouterAttr { routes: Vec::new(), terminal: Vec::new(), span: attr.meta.path().span() };
+                for arg in &args {
+                    match arg {
+                        Expr::Assign(a) => {
+                            let key = match &*a.left {
+                                Expr::Path(p) => p.path.get_ident().map(Ident::to_string),
+                                _ => None,
+                            };
+                            let list = match key.as_deref() {
+                                Some("routes") => &mut r.routes,
+                                Some("terminal") => &mut r.terminal,
+                                _ => {
+                                    return Err(syn::Error::new(
+                                        a.left.span(),
+                                        "unknown router option; expected `routes = [..]` or `terminal = [..]`",
+                                    ));
+                                }
+                            };
+                            list.extend(string_list(&a.right)?);
+                        }
+                        t if router_trigger.is_none() => router_trigger = Some(TriggerAst::parse(t)?),
+                        other => return Err(syn::Error::new(other.span(), "a router has one trigger")),
+                    }
+                }
+                router = Some(r);
+            }
+            _ => unreachable!("filtered by is_step_attr"),
+        }
+    }
+    let role = match (role, router_trigger) {
+        (Some(Role::Listen(_)), Some(_)) | (Some(Role::Listen(_)), None) if router.is_some() => {
+            return Err(syn::Error::new(
+                f.sig.ident.span(),
+                format!(
+                    "a router is a listener: put the trigger in the router attribute, #[router(trigger)], and drop #[listen] from `{ident}`"
+                ),
+            ));
+        }
+        (Some(_), Some(t)) => {
+            return Err(syn::Error::new(
+                t.span(),
+                "a start router takes its trigger in #[start(..)]; write #[start] #[router] (or #[start(label)] #[router])",
+            ));
+        }
+        (Some(role), None) => role,
+        (None, Some(t)) => Role::Listen(t),
+        (None, None) => {
+            return Err(syn::Error::new(
+                f.sig.ident.span(),
+                format!(
+                    "router `{ident}` needs a trigger: #[router(step_name)]; or add #[start] to make it a start router"
+                ),
+            ));
+        }
+    };
+
+    let sig = &f.sig;
+    if sig.asyncness.is_none() {
+        return Err(syn::Error::new(sig.fn_token.span(), format!("step `{ident}` must be an `async fn`")));
+    }
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new(sig.generics.span(), format!("step `{ident}` cannot be generic")));
+    }
+    match sig.receiver() {
+        Some(r) if matches!(r.kind, ReceiverKind::Reference(_, _, None)) => {}
+        _ => {
+            return Err(syn::Error::new(
+                sig.ident.span(),
+                format!("step `{ident}` must take `&self` first: `async fn {ident}(&self, cx: &Cx<State>, ..)`"),
+            ));
+        }
+    }
+    let mut params = Vec::new();
+    for arg in sig.inputs.iter().skip(1) {
+        let FnArg::Typed(pt) = arg else { continue };
+        match &*pt.ty {
+            Type::Reference(r) if is_cx(&r.elem) => {
+                if params.iter().any(|p| matches!(p, Param::Cx)) {
+                    return Err(syn::Error::new(pt.span(), format!("step `{ident}` takes the context twice")));
+                }
+                params.push(Param::Cx);
+            }
+            ty if is_cx(ty) => {
+                return Err(syn::Error::new(ty.span(), "take the step context by reference: `cx: &Cx<State>`"));
+            }
+            ty => {
+                if params.iter().any(|p| matches!(p, Param::Input(_))) {
+                    return Err(syn::Error::new(
+                        pt.span(),
+                        format!(
+                            "step `{ident}` takes two inputs; a step takes at most one: the output of the step or route that triggers it"
+                        ),
+                    ));
+                }
+                params.push(Param::Input(Box::new(ty.clone())));
+            }
+        }
+    }
+    let ReturnType::Type(_, ret) = &sig.output else {
+        return Err(syn::Error::new(
+            sig.ident.span(),
+            format!("step `{ident}` must return a `Result`, e.g. `-> Result<String>`"),
+        ));
+    };
+    let ok_ty = result_ok_type(ret);
+    Ok(StepMethod { ident, persisted: false, role, router, params, ret: (**ret).clone(), ok_ty })
+}
+
+fn string_list(e: &Expr) -> syn::Result<Vec<LitStr>> {
+    let Expr::Array(a) = e else {
+        return Err(syn::Error::new(e.span(), "expected a list of labels: [\"a\", \"b\"]"));
+    };
+    a.elems
+        .iter()
+        .map(|x| match x {
+            Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => Ok(s.clone()),
+            other => Err(syn::Error::new(other.span(), "labels are string literals")),
+        })
+        .collect()
+}
+
+fn is_cx(ty: &Type) -> bool {
+    matches!(ty, Type::Path(p) if last_ident(&p.path).is_some_and(|i| i == "Cx"))
+}
+
+fn result_ok_type(ret: &Type) -> Option<Type> {
+    let Type::Path(p) = ret else { return None };
+    let seg = p.path.segments.last()?;
+    if seg.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &seg.arguments else { return None };
+    match args.args.first()? {
+        GenericArgument::Type(t) => Some(t.clone()),
+        _ => None,
+    }
+}
+
+/// Types that accept any input: `serde_json::Value` (converted) and `()` (ignored).
+fn accepts_anything(ty: &Type) -> bool {
+    match ty {
+        Type::Tuple(t) => t.elems.is_empty(),
+        Type::Path(p) => last_ident(&p.path).is_some_and(|i| i == "Value"),
+        _ => false,
+    }
+}
+
+fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (name.chars().count() / 3).max(1);
+    candidates.map(|c| (edit_distance(name, c), c)).filter(|(d, _)| *d <= limit).min_by_key(|(d, _)| *d).map(|(_, c)| c)
+}
+
+// The same distance as `crewflow_core::error`'s: the macro crate does not depend on the
+// runtime crate, so that the two compile in parallel.
+fn edit_distance(a: &str, b: &str) -> usize {
+    // Optimal string alignment: insertions, deletions, substitutions and adjacent swaps (the
+    // most common typo) each cost 1.
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+struct CheckContext<'a> {
+    flow: &'a str,
+    impl_span: Span,
+    /// Methods of the impl that are not steps.
+    plain_methods: &'a BTreeSet<String>,
+    /// Some step failed to parse (its own error says why; do not pile on).
+    unparsed: bool,
+}
+
+fn check(steps: &[StepMethod], cx: &CheckContext<'_>, errors: &mut Errors) {
+    let flow = cx.flow;
+    if !cx.unparsed && !steps.iter().any(StepMethod::is_start) {
+        errors.push(cx.impl_span, format!("flow `{flow}` has no start step: mark at least one method #[start]"));
+    }
+    let names: BTreeSet<String> = steps.iter().map(|s| s.ident.to_string()).collect();
+    let string_labels: BTreeMap<String, &LitStr> = steps
+        .iter()
+        .filter(|s| s.is_string_router())
+        .flat_map(|s| s.router.iter().flat_map(|r| r.routes.iter()))
+        .map(|l| (l.value(), l))
+        .collect();
+    let typed_routers: BTreeSet<String> =
+        steps.iter().filter(|s| !s.is_string_router()).filter_map(|s| s.route_type().map(Ident::to_string)).collect();
+
+    let mut used_labels = BTreeSet::new();
+    for s in steps {
+        if let Some(r) = &s.router {
+            if s.is_string_router() && r.routes.is_empty() {
+                errors.push(
+                    r.span,
+                    format!(
+                        "router `{}` returns String: declare its labels, #[router(.., routes = [\"a\", \"b\"])]",
+                        s.ident
+                    ),
+                );
+            }
+            if !s.is_string_router() && s.route_type().is_some() && !r.terminal.is_empty() {
+                errors.push(
+                    r.span,
+                    "terminal = [..] is for string routers; mark a typed route's variant #[route(terminal)] instead",
+                );
+            }
+        }
+        let Some(t) = s.role.trigger() else { continue };
+        for leaf in t.leaves() {
+            match leaf {
+                TriggerAst::Step(i) => {
+                    let name = i.to_string();
+                    if s.ident == name {
+                        errors.push(i.span(), format!("step `{name}` is triggered by its own completion, which would loop forever; loop through a router label instead"));
+                    } else if cx.plain_methods.contains(&name) {
+                        errors.push(i.span(), format!("`{name}` is a method of `{flow}` but not a step; mark it #[start] or #[listen(..)] to trigger on it"));
+                    } else if !names.contains(&name) && !cx.unparsed {
+                        let hint = match closest(&name, names.iter().map(String::as_str)) {
+                            Some(c) => format!(" (did you mean `{c}`?)"),
+                            None => String::new(),
+                        };
+                        errors.push(i.span(), format!("no step named `{name}` in flow `{flow}`{hint}; a trigger names a step method of this impl, a typed route (`Route::Variant`) or a string label (\"label\")"));
+                    }
+                }
+                TriggerAst::Route { path, ty } => {
+                    let Some(ty_name) = last_ident(ty).map(Ident::to_string) else { continue };
+                    if !typed_routers.contains(&ty_name) {
+                        let have = if typed_routers.is_empty() {
+                            "no router of this flow returns a typed route".to_string()
+                        } else {
+                            format!(
+                                "routers here return: {}",
+                                typed_routers.iter().cloned().collect::<Vec<_>>().join(", ")
+                            )
+                        };
+                        errors.push(path.span(), format!("no router in flow `{flow}` returns `{ty_name}`, so this route can never be taken; {have}"));
+                    }
+                }
+                TriggerAst::Label(l) => {
+                    used_labels.insert(l.value());
+                    if !string_labels.contains_key(&l.value()) {
+                        let hint = match closest(&l.value(), string_labels.keys().map(String::as_str)) {
+                            Some(c) => format!(" (did you mean \"{c}\"?)"),
+                            None => String::new(),
+                        };
+                        errors.push(l.span(), format!("no router of flow `{flow}` declares the label \"{}\"{hint}; string labels come from routes = [..] of a string router (for a typed route write its path, e.g. `Lane::Security`)", l.value()));
+                    }
+                }
+                TriggerAst::Or(_) | TriggerAst::And(_) => {}
+            }
+        }
+    }
+    for s in steps.iter().filter(|s| s.is_string_router()) {
+        let Some(r) = &s.router else { continue };
+        let terminal: BTreeSet<String> = r.terminal.iter().map(LitStr::value).collect();
+        for l in &r.routes {
+            if !used_labels.contains(&l.value()) && !terminal.contains(&l.value()) {
+                errors.push(l.span(), format!("router `{}` can return \"{}\" but no step listens to it; add a step with #[listen(\"{}\")], or list it in terminal = [..]", s.ident, l.value(), l.value()));
+            }
+        }
+        for l in &r.terminal {
+            if !r.routes.iter().any(|x| x.value() == l.value()) {
+                errors.push(l.span(), format!("terminal label \"{}\" is not one of the router's routes", l.value()));
+            }
+        }
+    }
+}
+
+fn generate(
+    args: &FlowArgs,
+    item: &ItemImpl,
+    steps: &[StepMethod],
+    flow_name: &str,
+    krate: &TokenStream,
+) -> TokenStream {
+    let self_ty = &item.self_ty;
+    let state = args.state.clone().unwrap_or_else(|| syn::parse_quote!(()));
+    let adds = steps.iter().map(|s| add_step(s, &state, krate));
+    let max_steps = args.max_steps.as_ref().map(|n| quote!(let builder = builder.max_steps(#n);));
+    let persist = (args.persist || steps.iter().any(|s| s.persisted))
+        .then(|| quote!(let builder = builder.default_store(#krate::__private::default_store);));
+    let input_checks = input_checks(steps, krate);
+    let route_checks = route_checks(steps, krate);
+
+    quote! {
+        impl #krate::IntoFlow for #self_ty {
+            type State = #state;
+
+            fn into_builder(self) -> #krate::FlowBuilder<#state> {
+                let this = #krate::__private::Arc::new(self);
+                let builder = #krate::FlowBuilder::<#state>::new(#flow_name);
+                #(#adds)*
+                #max_steps
+                #persist
+                builder
+            }
+        }
+
+        impl #self_ty {
+            /// Compile-time checks of the flow's input types (never called).
+            #[doc(hidden)]
+            #[allow(dead_code, non_snake_case)]
+            fn __crewflow_type_checks() {
+                #(#input_checks)*
+            }
+        }
+
+        #(#route_checks)*
+    }
+}
+
+fn add_step(s: &StepMethod, state: &Type, krate: &TokenStream) -> TokenStream {
+    let ident = &s.ident;
+    let name = ident.to_string();
+    let cx_pat = if s.takes_cx() { quote!(cx) } else { quote!(_cx) };
+    let (input_pat, input_ty) = match s.input() {
+        Some(ty) => (quote!(input), quote!(#ty)),
+        None => (quote!(_), quote!(())),
+    };
+    let call_args = s.params.iter().map(|p| match p {
+        Param::Cx => quote!(&cx),
+        Param::Input(_) => quote!(input),
+    });
+    let handler = quote! {{
+        let this = #krate::__private::Arc::clone(&this);
+        move |#cx_pat: #krate::Cx<#state>, #input_pat: #input_ty| {
+            let this = #krate::__private::Arc::clone(&this);
+            async move { Self::#ident(&this, #(#call_args),*).await.map_err(#krate::__private::step_error) }
+        }
+    }};
+    let trigger = s.role.trigger().map(|t| t.to_tokens(krate));
+    let call = match (&s.role, s.router.is_some()) {
+        (Role::Start, false) => quote!(builder.start(#name, #handler)),
+        (Role::Start, true) => quote!(builder.start_router(#name, #handler)),
+        (Role::StartWhen(pred), false) => quote!(builder.start_when(#name, #pred, #handler)),
+        (Role::StartWhen(pred), true) => {
+            quote_spanned!(pred.span()=> ::core::compile_error!("a start router cannot have a `when` predicate"))
+        }
+        (Role::StartOn(_), false) => quote!(builder.start_on(#name, #trigger, #handler)),
+        (Role::StartOn(_), true) => quote!(builder.start_router_on(#name, #trigger, #handler)),
+        (Role::Listen(_), false) => quote!(builder.listen(#name, #trigger, #handler)),
+        (Role::Listen(_), true) => quote!(builder.router(#name, #trigger, #handler)),
+    };
+    let modifiers = s.router.as_ref().map(|r| {
+        let routes = (!r.routes.is_empty()).then(|| {
+            let l = &r.routes;
+            quote!(.routes([#(#l),*]))
+        });
+        let terminal = (!r.terminal.is_empty()).then(|| {
+            let l = &r.terminal;
+            quote!(.terminal([#(#l),*]))
+        });
+        quote!(#routes #terminal)
+    });
+    let persisted = s.persisted.then(|| quote!(.persisted()));
+    quote!(let builder = #call #modifiers #persisted;)
+}
+
+/// For every (listener, trigger leaf): a local trait whose only impls accept matching types,
+/// and a call that needs it. A mismatch is a compile error at the listener's input, naming
+/// both steps and both types.
+fn input_checks(steps: &[StepMethod], krate: &TokenStream) -> Vec<TokenStream> {
+    let by_name: BTreeMap<String, &StepMethod> = steps.iter().map(|s| (s.ident.to_string(), s)).collect();
+    let mut out = Vec::new();
+    for s in steps {
+        let (Some(input), Some(t)) = (s.input(), s.role.trigger()) else { continue };
+        if accepts_anything(input) {
+            continue;
+        }
+        for (n, leaf) in t.leaves().into_iter().enumerate() {
+            let (produced, source) = match leaf {
+                TriggerAst::Step(i) => match by_name.get(&i.to_string()) {
+                    Some(src) => {
+                        let ret = &src.ret;
+                        (quote!(<#ret as #krate::__private::StepReturn>::Ok), format!("step `{i}`"))
+                    }
+                    None => continue,
+                },
+                TriggerAst::Route { ty, path } => {
+                    (quote!(#ty), format!("route `{}`", quote!(#path).to_string().replace(' ', "")))
+                }
+                TriggerAst::Label(l) => (quote!(::std::string::String), format!("label \"{}\"", l.value())),
+                TriggerAst::Or(_) | TriggerAst::And(_) => continue,
+            };
+            let message = format!(
+                "step `{}` takes `{{Self}}` as input, but it is triggered by {source}, whose output is `{{O}}`",
+                s.ident
+            );
+            let label = format!("the output of {source} is `{{O}}`");
+            let check = quote::format_ident!("__CrewflowInputOf_{}_{}", s.ident, n);
+            let span = input.span();
+            // A `&'static str` output feeds a `String` input.
+            let string_input = matches!(input, Type::Path(p) if last_ident(&p.path).is_some_and(|i| i == "String"));
+            let from_str = string_input.then(|| quote!(impl #check<&'static str> for ::std::string::String {}));
+            out.push(quote_spanned! {span=>
+                #[allow(non_camel_case_types)]
+                #[diagnostic::on_unimplemented(
+                    message = #message,
+                    label = #label,
+                    note = "make the types match, or take `serde_json::Value` to accept any output"
+                )]
+                trait #check<O> {}
+                impl<T> #check<T> for T {}
+                #from_str
+                fn #check<I: #check<O>, O>() {}
+                #check::<#input, #produced>();
+            });
+        }
+    }
+    out
+}
+
+/// For each typed route a router returns: a constant that fails to compile if one of its
+/// variants is neither listened to nor `#[route(terminal)]`.
+fn route_checks(steps: &[StepMethod], krate: &TokenStream) -> Vec<TokenStream> {
+    let mut routers: BTreeMap<String, &Type> = BTreeMap::new();
+    for s in steps.iter().filter(|s| !s.is_string_router()) {
+        if let (Some(name), Some(ty)) = (s.route_type(), s.ok_ty.as_ref()) {
+            routers.entry(name.to_string()).or_insert(ty);
+        }
+    }
+    routers
+        .into_iter()
+        .map(|(name, ty)| {
+            let handled = steps
+                .iter()
+                .filter_map(|s| s.role.trigger())
+                .flat_map(TriggerAst::leaves)
+                .filter_map(|leaf| match leaf {
+                    TriggerAst::Route { path, ty } if last_ident(ty).is_some_and(|i| *i == name) => Some(path),
+                    _ => None,
+                })
+                .map(|path| quote!(#path.__crewflow_route_index()));
+            quote_spanned! {ty.span()=>
+                const _: () = {
+                    let handled: &[usize] = &[#(#handled),*];
+                    if let ::core::option::Option::Some(i) = #krate::__private::first_unhandled(
+                        <#ty as #krate::Route>::LABELS,
+                        <#ty>::__CREWFLOW_TERMINAL_MASK,
+                        handled,
+                    ) {
+                        ::core::panic!("{}", <#ty as #krate::Route>::UNHANDLED_MESSAGES[i]);
+                    }
+                };
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,88 @@
+//! Procedural macros for crewflow. Use them through the `crewflow` crate, which re-exports
+//! them; the generated code refers to `::crewflow`.
+
+mod flow;
+mod route;
+mod trigger;
+
+use proc_macro::TokenStream;
+use proc_macro_crate::{FoundCrate, crate_name};
+use quote::quote;
+
+/// The path of the `crewflow` crate as the user named it.
+fn krate() -> proc_macro2::TokenStream {
+    match crate_name("crewflow") {
+        Ok(FoundCrate::Name(name)) if name != "crewflow" => {
+            let ident = syn::Ident::new(&name, proc_macro2::Span::call_site());
+            quote!(::#ident)
+        }
+        _ => quote!(::crewflow),
+    }
+}
+
+/// Makes an impl block a flow: its `#[start]`, `#[listen(..)]` and `#[router(..)]` async
+/// methods are the steps. See the `crewflow` crate documentation.
+#[proc_macro_attribute]
+pub fn flow(args: TokenStream, item: TokenStream) -> TokenStream {
+    let args = match flow::FlowArgs::parse(args.into()) {
+        Ok(a) => a,
+        Err(e) => return e.to_compile_error().into(),
+    };
+    let item = match syn::parse::<syn::ItemImpl>(item) {
+        Ok(i) => i,
+        Err(e) => {
+            return syn::Error::new(
+                e.span(),
+                "#[flow] goes on an impl block: `#[flow(state = MyState)] impl MyFlow { .. }`",
+            )
+            .to_compile_error()
+            .into();
+        }
+    };
+    flow::expand(args, item, &krate()).into()
+}
+
+/// Derives `Route` (and `Serialize`/`Deserialize` as the label) for an enum of unit variants.
+/// Variant options: `#[route(terminal)]` (may go unhandled), `#[route(rename = "label")]`.
+#[proc_macro_derive(Route, attributes(route))]
+pub fn derive_route(item: TokenStream) -> TokenStream {
+    let input = match syn::parse::<syn::DeriveInput>(item) {
+        Ok(i) => i,
+        Err(e) => return e.to_compile_error().into(),
+    };
+    match route::expand(input, &krate()) {
+        Ok(t) => t.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+fn outside_flow(attr: &str, item: TokenStream) -> TokenStream {
+    let msg = format!("#[{attr}] marks a step: use it on an async method inside an impl block marked #[flow(..)]");
+    let item = proc_macro2::TokenStream::from(item);
+    quote!(::core::compile_error!(#msg); #item).into()
+}
+
+/// Marks a start step. Only meaningful inside a `#[flow]` impl block.
+#[proc_macro_attribute]
+pub fn start(_args: TokenStream, item: TokenStream) -> TokenStream {
+    outside_flow("start", item)
+}
+
+/// Marks a listener step. Only meaningful inside a `#[flow]` impl block.
+#[proc_macro_attribute]
+pub fn listen(_args: TokenStream, item: TokenStream) -> TokenStream {
+    outside_flow("listen", item)
+}
+
+/// Checkpoints after this step (only marked steps checkpoint, when any is marked). Only
+/// meaningful on a step inside a `#[flow]` impl block.
+#[proc_macro_attribute]
+pub fn persist(_args: TokenStream, item: TokenStream) -> TokenStream {
+    outside_flow("persist", item)
+}
+
+/// Marks a router step. Only meaningful inside a `#[flow]` impl block.
+#[proc_macro_attribute]
+pub fn router(_args: TokenStream, item: TokenStream) -> TokenStream {
+    outside_flow("router", item)
+}

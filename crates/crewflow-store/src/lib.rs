@@ -1,0 +1,146 @@
+//! Durable runs for crewflow: where runs, checkpoints and step outputs are kept.
+//!
+//! Two backends implement the engine's [`RunStore`](crewflow_core::persist::RunStore):
+//!
+//! - [`SqliteStore`] (feature `sqlite`, on by default): a file, no server; the default.
+//! - [`PostgresStore`] (feature `postgres`): for several processes or machines sharing runs,
+//!   with workers taking over runs whose process stopped.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = crewflow_store::open("sqlite://runs.db")?; // nothing is opened yet
+//! # Ok(()) }
+//! ```
+//!
+//! The tables, the lease protocol and the planned tables (sessions, traces, memories) are
+//! described in `docs/store.md`.
+
+mod error;
+mod heartbeat;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+mod util;
+
+use std::sync::Arc;
+
+use crewflow_core::persist::RunStore;
+
+pub use error::StoreError;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+
+/// Opens a store by URL, lazily (no file or connection until first use):
+/// `sqlite://PATH` (or a bare path), `sqlite::memory:`, `postgres://USER@HOST:PORT/DB`.
+pub fn open(url: &str) -> Result<Arc<dyn RunStore>, StoreError> {
+    #[allow(unused_variables)] // unused when every backend is compiled in
+    let disabled = |feature| StoreError::FeatureDisabled { url: url.to_string(), feature };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        return Ok(Arc::new(PostgresStore::connect_lazy(url)?));
+        #[cfg(not(feature = "postgres"))]
+        return Err(disabled("postgres"));
+    }
+    let path = if url == "sqlite::memory:" {
+        None
+    } else if let Some(p) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        Some(p)
+    } else if url.contains("://") {
+        return Err(StoreError::InvalidUrl(url.to_string()));
+    } else {
+        Some(url)
+    };
+    #[cfg(feature = "sqlite")]
+    return Ok(match path {
+        Some(p) => Arc::new(SqliteStore::open(p)),
+        None => Arc::new(SqliteStore::in_memory()),
+    });
+    #[cfg(not(feature = "sqlite"))]
+    {
+        let _ = path;
+        Err(disabled("sqlite"))
+    }
+}
+
+/// The variable naming the default store (a path or URL).
+pub const DEFAULT_STORE_VAR: &str = "CREWFLOW_DB";
+
+/// The default store: `$CREWFLOW_DB` (a path or URL) if set, else the SQLite file
+/// `crewflow.db` in the working directory. Opened on first use, never before.
+pub fn default_store() -> Arc<dyn RunStore> {
+    let url = std::env::var(DEFAULT_STORE_VAR).ok().filter(|v| !v.is_empty());
+    match url.as_deref().map(open) {
+        Some(Ok(store)) => store,
+        // A bad URL surfaces on first use, with the URL in the message.
+        Some(Err(e)) => Arc::new(Unusable { url: url.unwrap_or_default(), reason: e.to_string() }),
+        None => open("crewflow.db")
+            .unwrap_or_else(|e| Arc::new(Unusable { url: "crewflow.db".into(), reason: e.to_string() })),
+    }
+}
+
+/// A store that could not be opened: every call reports why.
+struct Unusable {
+    url: String,
+    reason: String,
+}
+
+impl Unusable {
+    fn fail<T>(&self) -> crewflow_core::persist::StoreFuture<'_, T> {
+        let msg = format!("the store `{}` cannot be used: {}", self.url, self.reason);
+        Box::pin(async move { Err(msg.into()) })
+    }
+}
+
+impl RunStore for Unusable {
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+    fn create_run<'a>(&'a self, _: &'a crewflow_core::persist::NewRun) -> crewflow_core::persist::StoreFuture<'a, ()> {
+        self.fail()
+    }
+    fn save_checkpoint<'a>(
+        &'a self,
+        _: &'a crewflow_core::persist::Checkpoint,
+    ) -> crewflow_core::persist::StoreFuture<'a, ()> {
+        self.fail()
+    }
+    fn end_run<'a>(&'a self, _: &'a crewflow_core::persist::RunEnd) -> crewflow_core::persist::StoreFuture<'a, ()> {
+        self.fail()
+    }
+    fn load_run(
+        &self,
+        _: crewflow_core::RunId,
+    ) -> crewflow_core::persist::StoreFuture<'_, Option<crewflow_core::persist::StoredRun>> {
+        self.fail()
+    }
+    fn claim_run<'a>(
+        &'a self,
+        _: crewflow_core::RunId,
+        _: &'a str,
+        _: std::time::Duration,
+        _: Option<&'a str>,
+    ) -> crewflow_core::persist::StoreFuture<'a, crewflow_core::persist::Claim> {
+        self.fail()
+    }
+    fn claim_orphans<'a>(
+        &'a self,
+        _: &'a [String],
+        _: &'a str,
+        _: std::time::Duration,
+        _: usize,
+    ) -> crewflow_core::persist::StoreFuture<'a, Vec<crewflow_core::persist::Claim>> {
+        self.fail()
+    }
+    fn heartbeat<'a>(&'a self, _: &'a str, _: std::time::Duration) -> crewflow_core::persist::StoreFuture<'a, u64> {
+        self.fail()
+    }
+    fn list_runs<'a>(
+        &'a self,
+        _: &'a crewflow_core::persist::RunFilter,
+    ) -> crewflow_core::persist::StoreFuture<'a, Vec<crewflow_core::persist::RunSummary>> {
+        self.fail()
+    }
+}

@@ -1,0 +1,567 @@
+//! The PostgreSQL store: for several processes or machines sharing runs.
+//!
+//! Leases use the server's clock (`now()`), so machines whose clocks disagree still agree on
+//! who owns a run. A checkpoint is one statement (a data-modifying CTE), one round trip.
+//! Workers claim runs with `FOR UPDATE SKIP LOCKED`, so concurrent workers never block on or
+//! claim the same run.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use crewflow_core::RunId;
+use crewflow_core::persist::{
+    Checkpoint, Claim, LeaseLost, NewRun, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, RunSummary, StepRow,
+    StoreFuture, StoredRun,
+};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::OnceCell;
+use tokio_postgres::NoTls;
+
+use crate::StoreError;
+use crate::heartbeat::Heartbeat;
+use crate::util::{fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status};
+
+/// The newest schema this crewflow writes.
+const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATIONS: [&str; 1] = [r#"
+CREATE TABLE crewflow_runs (
+    id               TEXT PRIMARY KEY,
+    flow             TEXT NOT NULL,
+    fingerprint      TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    owner            TEXT,
+    lease_until      TIMESTAMPTZ,
+    fencing          BIGINT NOT NULL,
+    seq              BIGINT NOT NULL,
+    inputs           JSONB,
+    payload          JSONB,
+    state            JSONB NOT NULL,
+    frontier         JSONB NOT NULL,
+    final_activation BIGINT,
+    error            TEXT,
+    pending          JSONB,
+    created_at       TIMESTAMPTZ NOT NULL,
+    updated_at       TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX crewflow_runs_by_flow ON crewflow_runs (flow, status, created_at);
+CREATE INDEX crewflow_runs_claimable ON crewflow_runs (status, lease_until);
+CREATE TABLE crewflow_steps (
+    run_id      TEXT NOT NULL REFERENCES crewflow_runs (id) ON DELETE CASCADE,
+    activation  BIGINT NOT NULL,
+    step        TEXT NOT NULL,
+    output      JSONB NOT NULL,
+    finished_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (run_id, activation)
+);
+"#];
+
+struct Inner {
+    /// `postgres://user@host:port/db`, without a password.
+    target: String,
+    pool: Pool,
+    migrated: OnceCell<()>,
+    heartbeat: Heartbeat,
+}
+
+/// A store in a PostgreSQL database, shared by any number of processes.
+///
+/// The pool connects lazily: nothing is opened until the first run is recorded or read. The
+/// tables are created on first use (`crewflow_schema`, `crewflow_runs`, `crewflow_steps`) and
+/// may share a database with other applications.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+impl PostgresStore {
+    /// A store for the database at `url` (`postgres://user[:password]@host[:port]/db`),
+    /// connecting on first use.
+    pub fn connect_lazy(url: &str) -> Result<Self, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+            StoreError::PostgresUnavailable { target: redact(url), message: format!("invalid URL: {e}") }
+        })?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(5)))
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .build()
+            .map_err(|e| StoreError::PostgresUnavailable { target: redact(url), message: e.to_string() })?;
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                target: redact(url),
+                pool,
+                migrated: OnceCell::new(),
+                heartbeat: Heartbeat::default(),
+            }),
+        })
+    }
+
+    /// Connects now, creating or checking the tables.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let store = Self::connect_lazy(url)?;
+        drop(store.client().await?);
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        let client = self.inner.pool.get().await.map_err(|e| self.unavailable(e))?;
+        self.inner.migrated.get_or_try_init(|| migrate(&client, &self.inner.target)).await?;
+        Ok(client)
+    }
+
+    fn unavailable(&self, e: deadpool_postgres::PoolError) -> StoreError {
+        StoreError::PostgresUnavailable { target: self.inner.target.clone(), message: e.to_string() }
+    }
+
+    fn keep_leases_alive(&self, owner: &str, lease: Duration) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        self.inner.heartbeat.ensure(owner, lease, move |owner, lease| {
+            let weak = weak.clone();
+            async move {
+                let inner = weak.upgrade()?;
+                Some(PostgresStore { inner }.renew(&owner, lease).await)
+            }
+        });
+    }
+
+    async fn renew(&self, owner: &str, lease: Duration) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .execute(
+                "UPDATE crewflow_runs SET lease_until = now() + $2 * interval '1 millisecond'
+                 WHERE owner = $1 AND status = 'running'",
+                &[&owner, &lease_ms(lease)],
+            )
+            .await?)
+    }
+
+    async fn fenced(&self, client: &tokio_postgres::Client, run_id: RunId, held: u64) -> StoreError {
+        match client.query_opt("SELECT fencing FROM crewflow_runs WHERE id = $1", &[&run_id.to_string()]).await {
+            Ok(Some(row)) => StoreError::Lost(LeaseLost { run_id, held, current: row.get::<_, i64>(0) as u64 }),
+            Ok(None) => StoreError::NoSuchRun(run_id.to_string()),
+            Err(e) => e.into(),
+        }
+    }
+}
+
+async fn migrate(client: &tokio_postgres::Client, target: &str) -> Result<(), StoreError> {
+    // One process migrates at a time: the advisory lock lasts until the transaction ends.
+    client
+        .batch_execute(
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('crewflow_schema'));
+             CREATE TABLE IF NOT EXISTS crewflow_schema (version INTEGER NOT NULL);",
+        )
+        .await?;
+    let result = async {
+        let version: i64 =
+            client.query_one("SELECT coalesce(max(version), 0)::bigint FROM crewflow_schema", &[]).await?.get(0);
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                store: target.to_string(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if version == 0 {
+            let clash = client
+                .query_opt(
+                    "SELECT table_name::text FROM information_schema.tables
+                     WHERE table_schema = current_schema() AND table_name IN ('crewflow_runs', 'crewflow_steps')",
+                    &[],
+                )
+                .await?;
+            if let Some(row) = clash {
+                return Err(StoreError::ForeignDatabase { store: target.to_string(), tables: row.get(0) });
+            }
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            client.batch_execute(sql).await?;
+            client.execute("INSERT INTO crewflow_schema (version) VALUES ($1)", &[&(i as i32 + 1)]).await?;
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => client.batch_execute("COMMIT").await.map_err(Into::into),
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+fn boxed<T>(r: Result<T, StoreError>) -> Result<T, crewflow_core::BoxError> {
+    r.map_err(StoreError::into_boxed)
+}
+
+/// The steps of a checkpoint as one JSON array, for `jsonb_to_recordset`.
+fn steps_json(steps: &[StepRow]) -> String {
+    let mut out = String::from("[");
+    for (i, s) in steps.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let step = serde_json::to_string(&*s.step).unwrap_or_else(|_| "\"?\"".into());
+        out.push_str(&format!(
+            r#"{{"activation":{},"step":{},"output":{},"finished_at":"{}"}}"#,
+            s.activation,
+            step,
+            s.output,
+            s.finished_at.to_rfc3339()
+        ));
+    }
+    out.push(']');
+    out
+}
+
+const INSERT_STEPS: &str = "INSERT INTO crewflow_steps (run_id, activation, step, output, finished_at)
+    SELECT run.id, s.activation, s.step, coalesce(s.output, 'null'::jsonb), s.finished_at
+    FROM run, jsonb_to_recordset($STEPS::text::jsonb) AS s(activation bigint, step text, output jsonb, finished_at timestamptz)
+    ON CONFLICT (run_id, activation) DO UPDATE SET step = excluded.step, output = excluded.output,
+        finished_at = excluded.finished_at
+    RETURNING 1";
+
+impl RunStore for PostgresStore {
+    fn describe(&self) -> String {
+        self.inner.target.clone()
+    }
+
+    fn create_run<'a>(&'a self, run: &'a NewRun) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let client = self.client().await?;
+                    let queued = run.status == RunStatus::Queued;
+                    let owner: Option<&str> = (!queued).then_some(&*run.owner);
+                    let inserted = client
+                        .execute(
+                            "INSERT INTO crewflow_runs (id, flow, fingerprint, status, owner, lease_until, fencing, seq,
+                                 inputs, payload, state, frontier, created_at, updated_at)
+                             VALUES ($1, $2, $3, $4, $5,
+                                 CASE WHEN $5::text IS NULL THEN NULL ELSE now() + $6 * interval '1 millisecond' END,
+                                 $7, 0, $8::text::jsonb, $9::text::jsonb, $10::text::jsonb, $11::text::jsonb, now(), now())
+                             ON CONFLICT (id) DO NOTHING",
+                            &[
+                                &run.run_id.to_string(),
+                                &&*run.flow,
+                                &fingerprint(run.fingerprint),
+                                &run.status.as_str(),
+                                &owner,
+                                &lease_ms(run.lease),
+                                &if queued { 0i64 } else { 1 },
+                                &run.inputs,
+                                &run.payload,
+                                &run.state,
+                                &run.frontier,
+                            ],
+                        )
+                        .await?;
+                    if inserted == 0 {
+                        return Err(StoreError::RunExists(run.run_id.to_string()));
+                    }
+                    if !queued {
+                        self.keep_leases_alive(&run.owner, run.lease);
+                    }
+                    Ok(())
+                }
+                .await,
+            )
+        })
+    }
+
+    fn save_checkpoint<'a>(&'a self, cp: &'a Checkpoint) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let client = self.client().await?;
+                    let sql = format!(
+                        "WITH run AS (
+                             UPDATE crewflow_runs SET state = $2::text::jsonb, frontier = $3::text::jsonb, seq = $4,
+                                 updated_at = now()
+                             WHERE id = $1 AND fencing = $5 RETURNING id),
+                         steps AS ({})
+                         SELECT count(*) FROM run",
+                        INSERT_STEPS.replace("$STEPS", "$6")
+                    );
+                    let stmt = client.prepare_cached(&sql).await?;
+                    let row = client
+                        .query_one(
+                            &stmt,
+                            &[
+                                &cp.run_id.to_string(),
+                                &cp.state,
+                                &cp.frontier,
+                                &(cp.seq as i64),
+                                &(cp.fencing as i64),
+                                &steps_json(&cp.steps),
+                            ],
+                        )
+                        .await?;
+                    if row.get::<_, i64>(0) == 0 {
+                        return Err(self.fenced(&client, cp.run_id, cp.fencing).await);
+                    }
+                    Ok(())
+                }
+                .await,
+            )
+        })
+    }
+
+    fn end_run<'a>(&'a self, end: &'a RunEnd) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let client = self.client().await?;
+                    let (state, frontier, seq, steps) = match &end.checkpoint {
+                        Some(cp) => (Some(&cp.state), Some(&cp.frontier), Some(cp.seq as i64), steps_json(&cp.steps)),
+                        None => (None, None, None, "[]".to_string()),
+                    };
+                    let sql = format!(
+                        "WITH run AS (
+                             UPDATE crewflow_runs SET status = $2, error = $3, final_activation = $4, owner = NULL,
+                                 lease_until = NULL, updated_at = now(),
+                                 state = coalesce($5::text::jsonb, state), frontier = coalesce($6::text::jsonb, frontier),
+                                 seq = coalesce($7, seq)
+                             WHERE id = $1 AND fencing = $8 RETURNING id),
+                         steps AS ({})
+                         SELECT count(*) FROM run",
+                        INSERT_STEPS.replace("$STEPS", "$9")
+                    );
+                    let row = client
+                        .query_one(
+                            &sql,
+                            &[
+                                &end.run_id.to_string(),
+                                &end.status.as_str(),
+                                &end.error,
+                                &end.final_activation.map(|a| a as i64),
+                                &state,
+                                &frontier,
+                                &seq,
+                                &(end.fencing as i64),
+                                &steps,
+                            ],
+                        )
+                        .await?;
+                    if row.get::<_, i64>(0) == 0 {
+                        return Err(self.fenced(&client, end.run_id, end.fencing).await);
+                    }
+                    Ok(())
+                }
+                .await,
+            )
+        })
+    }
+
+    fn load_run(&self, run_id: RunId) -> StoreFuture<'_, Option<StoredRun>> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let client = self.client().await?;
+                    let id = run_id.to_string();
+                    let Some(r) = client
+                        .query_opt(
+                            "SELECT flow, fingerprint, status, fencing, owner, lease_until, seq, inputs::text,
+                                 payload::text, state::text, frontier::text, final_activation, error, created_at, updated_at
+                             FROM crewflow_runs WHERE id = $1",
+                            &[&id],
+                        )
+                        .await?
+                    else {
+                        return Ok(None);
+                    };
+                    let status: String = r.get(2);
+                    let steps = client
+                        .query(
+                            "SELECT activation, step, output::text, finished_at FROM crewflow_steps
+                             WHERE run_id = $1 ORDER BY activation",
+                            &[&id],
+                        )
+                        .await?
+                        .into_iter()
+                        .map(|s| StepRow {
+                            activation: s.get::<_, i64>(0) as u64,
+                            step: Arc::from(s.get::<_, String>(1)),
+                            output: s.get(2),
+                            finished_at: s.get(3),
+                        })
+                        .collect();
+                    Ok(Some(StoredRun {
+                        run_id,
+                        flow: r.get(0),
+                        fingerprint: parse_fingerprint(&r.get::<_, String>(1)),
+                        status: parse_status(&status)?,
+                        fencing: r.get::<_, i64>(3) as u64,
+                        owner: r.get(4),
+                        lease_until: r.get(5),
+                        seq: r.get::<_, i64>(6) as u64,
+                        inputs: r.get(7),
+                        payload: r.get(8),
+                        state: r.get(9),
+                        frontier: r.get(10),
+                        final_activation: r.get::<_, Option<i64>>(11).map(|a| a as u64),
+                        error: r.get(12),
+                        created_at: r.get(13),
+                        updated_at: r.get(14),
+                        steps,
+                    }))
+                }
+                .await,
+            )
+        })
+    }
+
+    fn claim_run<'a>(
+        &'a self,
+        run_id: RunId,
+        owner: &'a str,
+        lease: Duration,
+        replacing: Option<&'a str>,
+    ) -> StoreFuture<'a, Claim> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let mut client = self.client().await?;
+                    let tx = client.transaction().await?;
+                    let id = run_id.to_string();
+                    let current = tx
+                        .query_opt(
+                            "SELECT flow, owner, lease_until, lease_until > now() FROM crewflow_runs
+                             WHERE id = $1 FOR UPDATE",
+                            &[&id],
+                        )
+                        .await?
+                        .ok_or_else(|| StoreError::NoSuchRun(id.clone()))?;
+                    let flow: String = current.get(0);
+                    let holder: Option<String> = current.get(1);
+                    let until: Option<DateTime<Utc>> = current.get(2);
+                    let live: Option<bool> = current.get(3);
+                    if !may_claim(holder.as_deref(), live == Some(true), owner, replacing) {
+                        let (owner, until) = (holder.unwrap_or_default(), until.unwrap_or_else(Utc::now));
+                        return Err(StoreError::Owned(RunOwned { run_id, owner, until }));
+                    }
+                    let fencing: i64 = tx
+                        .query_one(
+                            "UPDATE crewflow_runs SET owner = $2, lease_until = now() + $3 * interval '1 millisecond',
+                                 fencing = fencing + 1, status = 'running', error = NULL, updated_at = now()
+                             WHERE id = $1 RETURNING fencing",
+                            &[&id, &owner, &lease_ms(lease)],
+                        )
+                        .await?
+                        .get(0);
+                    tx.commit().await?;
+                    self.keep_leases_alive(owner, lease);
+                    Ok(Claim { run_id, flow, fencing: fencing as u64 })
+                }
+                .await,
+            )
+        })
+    }
+
+    fn claim_orphans<'a>(
+        &'a self,
+        flows: &'a [String],
+        owner: &'a str,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<Claim>> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    if flows.is_empty() || limit == 0 {
+                        return Ok(Vec::new());
+                    }
+                    let client = self.client().await?;
+                    let rows = client
+                        .query(
+                            "UPDATE crewflow_runs SET owner = $1, lease_until = now() + $2 * interval '1 millisecond',
+                                 fencing = fencing + 1, status = 'running', updated_at = now()
+                             WHERE id IN (
+                                 SELECT id FROM crewflow_runs
+                                 WHERE flow = ANY($3)
+                                   AND (status = 'queued'
+                                        OR (status = 'running' AND (lease_until IS NULL OR lease_until < now())))
+                                 ORDER BY updated_at LIMIT $4
+                                 FOR UPDATE SKIP LOCKED)
+                             RETURNING id, flow, fencing",
+                            &[&owner, &lease_ms(lease), &flows, &(limit as i64)],
+                        )
+                        .await?;
+                    let claims = rows
+                        .into_iter()
+                        .map(|r| {
+                            let id: String = r.get(0);
+                            Ok(Claim { run_id: parse_run_id(&id)?, flow: r.get(1), fencing: r.get::<_, i64>(2) as u64 })
+                        })
+                        .collect::<Result<Vec<_>, StoreError>>()?;
+                    if !claims.is_empty() {
+                        self.keep_leases_alive(owner, lease);
+                    }
+                    Ok(claims)
+                }
+                .await,
+            )
+        })
+    }
+
+    fn heartbeat<'a>(&'a self, owner: &'a str, lease: Duration) -> StoreFuture<'a, u64> {
+        Box::pin(async move { boxed(self.renew(owner, lease).await) })
+    }
+
+    fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let client = self.client().await?;
+                    let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
+                    let rows = client
+                        .query(
+                            "SELECT r.id, r.flow, r.status, r.created_at, r.updated_at, r.error,
+                                 (SELECT count(*) FROM crewflow_steps s WHERE s.run_id = r.id)
+                             FROM crewflow_runs r
+                             WHERE ($1::text IS NULL OR r.flow = $1) AND ($2::text IS NULL OR r.status = $2)
+                             ORDER BY r.created_at DESC, r.id DESC LIMIT $3",
+                            &[&filter.flow, &filter.status.map(RunStatus::as_str), &limit],
+                        )
+                        .await?;
+                    rows.into_iter()
+                        .map(|r| {
+                            let id: String = r.get(0);
+                            let status: String = r.get(2);
+                            Ok(RunSummary {
+                                run_id: parse_run_id(&id)?,
+                                flow: r.get(1),
+                                status: parse_status(&status)?,
+                                created_at: r.get(3),
+                                updated_at: r.get(4),
+                                error: r.get(5),
+                                steps_done: r.get::<_, i64>(6) as u64,
+                            })
+                        })
+                        .collect()
+                }
+                .await,
+            )
+        })
+    }
+}
+
+fn lease_ms(lease: Duration) -> f64 {
+    lease.as_millis() as f64
+}
+
+/// The URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}@{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,145 @@
+//! Asking for input inside a step: `cx.ask` (reference cases C45, C89, C91).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crewflow::prelude::*;
+use crewflow::{Answer, Error, InputRequest, InputResponse};
+use serde_json::json;
+
+/// Answers from a script, then reports the input closed.
+fn scripted(answers: &[&str]) -> impl crewflow::InputProvider {
+    let queue = Arc::new(Mutex::new(answers.iter().map(|a| a.to_string()).collect::<VecDeque<_>>()));
+    move |_req: &InputRequest| {
+        let next = queue.lock().unwrap().pop_front();
+        async move { Ok(next.map(InputResponse::from)) }
+    }
+}
+
+fn kinds(events: &[Event]) -> Vec<&'static str> {
+    events.iter().map(|e| e.kind.name()).collect()
+}
+
+/// C45: a start that asks still produces the run's started and finished events.
+#[tokio::test]
+async fn c45_ask_preserves_the_run_lifecycle() {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let flow = FlowBuilder::<()>::new("asking")
+        .start("greet", |cx: Cx<()>, (): ()| async move {
+            let name = cx.ask("What is your name?", None).await?;
+            Ok(format!("hello, {}", name.text().unwrap_or("stranger")))
+        })
+        .input_provider(scripted(&["Ada"]))
+        .observe(move |e: &Event| sink.lock().unwrap().push(e.clone()))
+        .build()
+        .unwrap();
+    let run = flow.kickoff(()).await.unwrap();
+    assert_eq!(run.output::<String>().unwrap(), "hello, Ada");
+    assert_eq!(
+        kinds(&events.lock().unwrap()),
+        ["run_started", "step_started", "input_requested", "input_received", "step_finished", "run_finished"]
+    );
+}
+
+/// C89: a slow provider and a short timeout give a typed `TimedOut`, promptly; an
+/// ask-until-closed loop terminates.
+#[tokio::test]
+async fn c89_timeouts_are_typed_and_loops_terminate() {
+    let slow = |_req: &InputRequest| async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok(Some(InputResponse::from("too late")))
+    };
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let flow = FlowBuilder::<()>::new("impatient")
+        .start("wait", |cx: Cx<()>, (): ()| async move {
+            Ok(cx.ask("anyone?", Some(Duration::from_millis(100))).await? == Answer::TimedOut)
+        })
+        .input_provider(slow)
+        .observe(move |e: &Event| sink.lock().unwrap().push(e.clone()))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let run = flow.kickoff(()).await.unwrap();
+    assert!(run.output::<bool>().unwrap());
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let received = events.lock().unwrap().iter().find_map(|e| match &e.kind {
+        EventKind::InputReceived { response, timed_out, .. } => Some((response.clone(), *timed_out)),
+        _ => None,
+    });
+    assert_eq!(received, Some((None, true)));
+
+    let chat = FlowBuilder::<()>::new("chat")
+        .start("loop", |cx: Cx<()>, (): ()| async move {
+            let mut count = 0;
+            while let Answer::Given(_) = cx.ask("next?", None).await? {
+                count += 1;
+            }
+            Ok(count)
+        })
+        .input_provider(scripted(&["hello", "world"]))
+        .build()
+        .unwrap();
+    assert_eq!(chat.kickoff(()).await.unwrap().output::<u32>().unwrap(), 2);
+}
+
+/// C91: metadata goes to the provider and into the events and the history; two parallel steps
+/// asking at once each get their own answer.
+#[tokio::test]
+async fn c91_metadata_history_and_parallel_questions() {
+    let echo = |req: &InputRequest| {
+        let who = req.metadata.as_ref().and_then(|m| m["user"].as_str()).unwrap_or("?").to_string();
+        let step = req.step.to_string();
+        async move {
+            Ok(Some(InputResponse { text: format!("{who} answers {step}"), metadata: Some(json!({ "via": "test" })) }))
+        }
+    };
+    let flow = FlowBuilder::<()>::new("parallel")
+        .start("go", |_cx, (): ()| async move { Ok(()) })
+        .listen("left", "go", |cx: Cx<()>, (): ()| async move {
+            Ok(cx.ask_with("left?", Some(json!({ "user": "ada" })), None).await?.text().unwrap_or("").to_string())
+        })
+        .listen("right", "go", |cx: Cx<()>, (): ()| async move {
+            Ok(cx.ask_with("right?", Some(json!({ "user": "bob" })), None).await?.text().unwrap_or("").to_string())
+        })
+        .input_provider(echo)
+        .build()
+        .unwrap();
+    let run = flow.kickoff(()).await.unwrap();
+    assert_eq!(run.output_of::<String>("left").unwrap().unwrap(), "ada answers left");
+    assert_eq!(run.output_of::<String>("right").unwrap().unwrap(), "bob answers right");
+    let mut history: Vec<_> = run.inputs().iter().map(|r| (r.step.to_string(), r.message.clone())).collect();
+    history.sort();
+    assert_eq!(history, [("left".into(), "left?".into()), ("right".into(), "right?".into())]);
+    let left = run.inputs().iter().find(|r| &*r.step == "left").unwrap();
+    assert_eq!(left.metadata, Some(json!({ "user": "ada" })));
+    assert_eq!(left.response_metadata, Some(json!({ "via": "test" })));
+}
+
+/// Asking without a provider, or a failing provider, is an error naming the step.
+#[tokio::test]
+async fn asking_without_a_provider_or_with_a_failing_one() {
+    let flow = FlowBuilder::<()>::new("lonely")
+        .start("ask", |cx: Cx<()>, (): ()| async move { Ok(cx.ask("hello?", None).await?.text().is_some()) })
+        .build()
+        .unwrap();
+    let err = flow.kickoff(()).await.err().unwrap();
+    assert!(err.to_string().contains("no input provider"), "{err}");
+
+    let broken = |_req: &InputRequest| async move { Err(StepError::msg("the chat socket closed")) };
+    let flow = FlowBuilder::<()>::new("broken")
+        .start("ask", |cx: Cx<()>, (): ()| async move { Ok(cx.ask("hello?", None).await?.text().is_some()) })
+        .input_provider(broken)
+        .build()
+        .unwrap();
+    let err = flow.kickoff(()).await.err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "step `ask` failed: the input provider failed to answer step `ask`: the chat socket closed"
+    );
+    assert!(matches!(err, Error::StepFailed { .. }));
+}

@@ -1,0 +1,144 @@
+//! The Gemini provider against a loopback server replaying the generateContent wire format
+//! (JSON, and SSE with `alt=sse`), from Google's API reference.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+mod common;
+
+use common::http::{Reply, TestServer};
+use crewflow::llm::{
+    ChatRequest, FinishReason, Image, Llm, LlmOptions, Message, RetryPolicy, StreamEvent, Tool, ToolChoice,
+};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+fn llm(server: &TestServer, model: &str) -> Llm {
+    Llm::with_options(
+        &format!("gemini/{model}"),
+        LlmOptions::default().base_url(server.url.clone()).api_key("g-test").retry(RetryPolicy::none()),
+    )
+    .unwrap()
+}
+
+fn reply(parts: Value, finish: &str) -> Value {
+    json!({ "candidates": [{ "content": { "role": "model", "parts": parts }, "finishReason": finish, "index": 0 }],
+        "usageMetadata": { "promptTokenCount": 17, "candidatesTokenCount": 5, "totalTokenCount": 22, "cachedContentTokenCount": 4 },
+        "modelVersion": "gemini-2.5-flash", "responseId": "resp-1" })
+}
+
+#[tokio::test]
+async fn requests_map_roles_tools_and_generation_config() {
+    let server = TestServer::start(vec![Reply::json(
+        200,
+        &reply(json!([{ "functionCall": { "name": "weather", "args": { "city": "Rome" } } }]), "STOP"),
+    )])
+    .await;
+    let call = crewflow::llm::ToolCall {
+        id: "call_0".into(),
+        name: "weather".into(),
+        arguments: "{\"city\":\"Oslo\"}".into(),
+    };
+    let request = ChatRequest::new([
+        Message::system("Be exact."),
+        Message::user("Weather?")
+            .with_image(Image::Base64 { media_type: "image/png".into(), data: "iVBORw0KGgo=".into() }),
+        Message::assistant_tool_calls("", vec![call.clone()]),
+        Message::tool_result(&call, "{\"celsius\": 3}"),
+    ])
+    .tool(Tool::new(
+        "weather",
+        "Current weather",
+        json!({ "type": "object", "properties": { "city": { "type": "string" } } }),
+    ))
+    .tool_choice(ToolChoice::Tool("weather".into()))
+    .temperature(0.5)
+    .max_tokens(100)
+    .seed(3);
+    let r = llm(&server, "gemini-2.5-flash").chat(request).await.unwrap();
+    assert_eq!(r.tool_calls[0].name, "weather");
+    assert_eq!(r.tool_calls[0].args::<Value>().unwrap(), json!({ "city": "Rome" }));
+    assert_eq!(r.finish_reason, Some(FinishReason::ToolCalls));
+    assert_eq!((r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.cached_tokens), (17, 5, 4));
+    assert_eq!((r.id.as_deref(), r.model.as_str()), (Some("resp-1"), "gemini-2.5-flash"));
+
+    let sent = &server.requests()[0];
+    assert_eq!(sent.path, "/v1beta/models/gemini-2.5-flash:generateContent");
+    assert_eq!(sent.header("x-goog-api-key"), Some("g-test"));
+    let body = sent.json();
+    assert_eq!(body["systemInstruction"], json!({ "parts": [{ "text": "Be exact." }] }));
+    let roles: Vec<&str> = body["contents"].as_array().unwrap().iter().map(|c| c["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "model", "user"]);
+    assert_eq!(
+        body["contents"][0]["parts"][1],
+        json!({ "inlineData": { "mimeType": "image/png", "data": "iVBORw0KGgo=" } })
+    );
+    assert_eq!(
+        body["contents"][1]["parts"][0],
+        json!({ "functionCall": { "name": "weather", "args": { "city": "Oslo" } } })
+    );
+    assert_eq!(
+        body["contents"][2]["parts"][0],
+        json!({ "functionResponse": { "name": "weather", "response": { "result": { "celsius": 3 } } } })
+    );
+    assert_eq!(body["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"]["type"], "object");
+    assert_eq!(
+        body["toolConfig"]["functionCallingConfig"],
+        json!({ "mode": "ANY", "allowedFunctionNames": ["weather"] })
+    );
+    assert_eq!(body["generationConfig"]["maxOutputTokens"], 100);
+    assert_eq!(body["generationConfig"]["seed"], 3);
+}
+
+#[tokio::test]
+async fn streams_and_structured_output() {
+    let chunks = vec![
+        (None, reply(json!([{ "text": "Grüße " }]), "").to_string().replace(",\"finishReason\":\"\"", "")),
+        (None, reply(json!([{ "text": "aus Köln" }]), "STOP").to_string()),
+    ];
+    let server = TestServer::start(vec![
+        Reply::sse(&chunks),
+        Reply::json(200, &reply(json!([{ "text": "{\"city\": \"Köln\"}" }]), "STOP")),
+    ])
+    .await;
+    let llm = llm(&server, "gemini-2.5-flash");
+    let mut stream = llm.stream("Greet me in German.").await.unwrap();
+    let mut text = String::new();
+    let mut done = None;
+    while let Some(e) = stream.next().await {
+        match e.unwrap() {
+            StreamEvent::Text(t) => text.push_str(&t),
+            StreamEvent::Done(r) => done = Some(r),
+            StreamEvent::ToolCall { .. } => {}
+        }
+    }
+    assert_eq!(text, "Grüße aus Köln");
+    assert_eq!(done.unwrap().finish_reason, Some(FinishReason::Stop));
+    assert_eq!(server.requests()[0].path, "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse");
+
+    #[derive(serde::Deserialize, schemars::JsonSchema)]
+    struct City {
+        city: String,
+    }
+    let city: City = llm.generate("Which city?").await.unwrap();
+    assert_eq!(city.city, "Köln");
+    let config = server.requests()[1].json()["generationConfig"].clone();
+    assert_eq!(config["responseMimeType"], "application/json");
+    assert_eq!(config["responseJsonSchema"]["properties"]["city"]["type"], "string");
+}
+
+#[tokio::test]
+async fn embeddings_in_a_batch() {
+    let server = TestServer::start(vec![Reply::json(
+        200,
+        &json!({ "embeddings": [{ "values": [0.5, 0.25] }, { "values": [1.0, 0.0] }] }),
+    )])
+    .await;
+    let vectors = llm(&server, "text-embedding-004").embed(&["a", "b"]).await.unwrap();
+    assert_eq!(vectors, vec![vec![0.5, 0.25], vec![1.0, 0.0]]);
+    let sent = &server.requests()[0];
+    assert_eq!(sent.path, "/v1beta/models/text-embedding-004:batchEmbedContents");
+    assert_eq!(
+        sent.json()["requests"][1],
+        json!({ "model": "models/text-embedding-004", "content": { "parts": [{ "text": "b" }] } })
+    );
+}

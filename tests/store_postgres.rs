@@ -1,0 +1,387 @@
+//! Durable runs on PostgreSQL: several processes, workers, leases and fencing, a server that
+//! goes away mid-run. These tests need `CREWFLOW_TEST_POSTGRES` (`.ci/run` sets it for the
+//! local server); without it they report themselves ignored.
+//!
+//! Each test works in a schema of its own, so tests sharing a database never see each other's
+//! runs. Child processes are this test binary, re-executed in the role given by `PG_ROLE`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crewflow::prelude::*;
+use crewflow::store::{RunFilter, RunStatus, RunStore};
+use crewflow::{Error, FlowBuilder, RunId, Worker};
+use crewflow_store::PostgresStore;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+fn base_url() -> String {
+    std::env::var("CREWFLOW_TEST_POSTGRES").expect("CREWFLOW_TEST_POSTGRES")
+}
+
+/// A fresh schema for one test, and the URL that works in it. Schemas of earlier test runs
+/// older than an hour are dropped on the way (their names carry their creation time).
+async fn fresh_schema() -> String {
+    let now = chrono::Utc::now().timestamp();
+    let schema = format!("crewflow_t_{now}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let (client, conn) = tokio_postgres::connect(&base_url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let old =
+        client.query("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'crewflow_t_%'", &[]).await.unwrap();
+    for row in old {
+        let name: String = row.get(0);
+        let created = name.split('_').nth(2).and_then(|t| t.parse::<i64>().ok()).unwrap_or(0);
+        if now - created > 3600 {
+            let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await;
+        }
+    }
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
+    with_search_path(&base_url(), &schema)
+}
+
+fn with_search_path(url: &str, schema: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options=-csearch_path%3D{schema}")
+}
+
+fn store(url: &str) -> Arc<dyn RunStore> {
+    Arc::new(PostgresStore::connect_lazy(url).unwrap())
+}
+
+#[derive(Default, Serialize, Deserialize, Debug, PartialEq)]
+struct Tally {
+    sum: u32,
+    done: Vec<u32>,
+}
+
+/// A chain of `steps` steps; each appends `"<pid> <run> <step>"` to the side file, then waits.
+fn chain(name: &str, steps: u32, pause: Duration, side: std::path::PathBuf, store: Arc<dyn RunStore>) -> Flow<Tally> {
+    let step = move |i: u32| {
+        let side = side.clone();
+        move |cx: Cx<Tally>, (): ()| {
+            let side = side.clone();
+            async move {
+                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&side)?;
+                writeln!(f, "{} {} {i}", std::process::id(), cx.run_id())?;
+                tokio::time::sleep(pause).await;
+                cx.update(|t| {
+                    t.sum += i;
+                    t.done.push(i);
+                });
+                Ok(i)
+            }
+        }
+    };
+    let mut b = FlowBuilder::<Tally>::new(name).start("s1", step(1));
+    for i in 2..=steps {
+        b = b.listen(&format!("s{i}"), format!("s{}", i - 1).as_str(), step(i));
+    }
+    b.store_arc(store).lease(Duration::from_millis(600)).build().unwrap()
+}
+
+fn expected(steps: u32) -> Tally {
+    Tally { sum: (1..=steps).sum(), done: (1..=steps).collect() }
+}
+
+fn side_lines(side: &std::path::Path) -> Vec<(u32, String, u32)> {
+    std::fs::read_to_string(side)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.split(' ');
+            Some((p.next()?.parse().ok()?, p.next()?.to_string(), p.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+const WORK_FLOW: &str = "pg_work";
+const WORK_STEPS: u32 = 5;
+
+/// Child processes: `worker` (a Worker until every queued run is finished) or `owner` (runs
+/// one flow with kickoff, reporting how it ended).
+#[test]
+#[ignore = "a child process of the PostgreSQL tests in this file, started by them with PG_ROLE set"]
+fn pg_child() {
+    let (Ok(role), Ok(url), Ok(side)) = (std::env::var("PG_ROLE"), std::env::var("PG_URL"), std::env::var("PG_SIDE"))
+    else {
+        panic!("pg_child runs only as a child of the PostgreSQL tests");
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let store = store(&url);
+        match role.as_str() {
+            "worker" => {
+                let flow = chain(WORK_FLOW, WORK_STEPS, Duration::from_millis(60), side.into(), store.clone());
+                let stop = crewflow::Canceller::new();
+                let watcher = {
+                    let (stop, store) = (stop.clone(), store.clone());
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let filter = RunFilter { flow: Some(WORK_FLOW.into()), ..RunFilter::default() };
+                            let runs = store.list_runs(&filter).await.unwrap_or_default();
+                            if !runs.is_empty() && runs.iter().all(|r| r.status == RunStatus::Finished) {
+                                stop.cancel();
+                                break;
+                            }
+                        }
+                    })
+                };
+                let worker = Worker::new(store)
+                    .flow(&flow)
+                    .lease(Duration::from_millis(600))
+                    .poll_interval(Duration::from_millis(50))
+                    .concurrency(3);
+                worker
+                    .run(stop, |report| {
+                        assert!(report.result.is_ok(), "{:?}", report.result);
+                        println!("DONE {}", report.run_id);
+                    })
+                    .await
+                    .unwrap();
+                watcher.await.unwrap();
+            }
+            _ => {
+                let run: RunId = std::env::var("PG_RUN").unwrap().parse().unwrap();
+                let flow = chain("pg_fenced", 10, Duration::from_millis(100), side.into(), store);
+                match flow.kickoff(Kickoff::new().run_id(run)).await {
+                    Ok(_) => println!("OWNER FINISHED"),
+                    Err(Error::LeaseLost(lost)) => println!("OWNER LOST {lost}"),
+                    Err(e) => println!("OWNER FAILED {e}"),
+                }
+            }
+        }
+    });
+}
+
+fn pg_child_command(role: &str, url: &str, side: &std::path::Path) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["pg_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("PG_ROLE", role)
+        .env("PG_URL", url)
+        .env("PG_SIDE", side)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn done_lines(output: &str) -> Vec<String> {
+    output.lines().filter_map(|l| l.split_once("DONE ").map(|(_, id)| id.trim().to_string())).collect()
+}
+
+/// Two worker processes share queued runs; one is killed mid-run. The other takes over its
+/// runs once their leases expire, and every run finishes exactly once.
+#[tokio::test]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
+async fn two_workers_one_killed_every_run_finishes_exactly_once() {
+    let url = fresh_schema().await;
+    let dir = tempfile::tempdir().unwrap();
+    let side = dir.path().join("side.log");
+    let store = store(&url);
+    let flow = chain(WORK_FLOW, WORK_STEPS, Duration::from_millis(60), side.clone(), store.clone());
+    let mut queued = BTreeSet::new();
+    for _ in 0..8 {
+        queued.insert(flow.enqueue(()).await.unwrap().to_string());
+    }
+
+    let mut doomed = pg_child_command("worker", &url, &side).spawn().unwrap();
+    let survivor = pg_child_command("worker", &url, &side).spawn().unwrap();
+    let doomed_pid = doomed.id();
+    let started = Instant::now();
+    while side_lines(&side).iter().filter(|(pid, _, _)| *pid == doomed_pid).count() < 4 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the first worker never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    doomed.kill().unwrap();
+    let doomed_out = doomed.wait_with_output().unwrap();
+    let survivor_out = survivor.wait_with_output().unwrap();
+    let survivor_stdout = String::from_utf8_lossy(&survivor_out.stdout).to_string();
+    assert!(survivor_out.status.success(), "{survivor_stdout}\n{}", String::from_utf8_lossy(&survivor_out.stderr));
+
+    let mut finished: BTreeMap<String, usize> = BTreeMap::new();
+    for id in done_lines(&String::from_utf8_lossy(&doomed_out.stdout)).into_iter().chain(done_lines(&survivor_stdout)) {
+        *finished.entry(id).or_default() += 1;
+    }
+    assert_eq!(finished.keys().cloned().collect::<BTreeSet<_>>(), queued, "every run finished");
+    assert!(finished.values().all(|n| *n == 1), "a run finished twice: {finished:?}");
+
+    let lines = side_lines(&side);
+    let taken_over: BTreeSet<&String> = lines
+        .iter()
+        .filter(|(pid, _, _)| *pid == doomed_pid)
+        .map(|(_, run, _)| run)
+        .filter(|run| lines.iter().any(|(pid, r, _)| *pid != doomed_pid && r == *run))
+        .collect();
+    assert!(!taken_over.is_empty(), "the survivor took over the killed worker's runs");
+    for id in &queued {
+        let run = store.load_run(id.parse().unwrap()).await.unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Finished);
+        assert_eq!(serde_json::from_str::<Tally>(&run.state).unwrap(), expected(WORK_STEPS));
+        let checkpointed: Vec<u64> = run.steps.iter().map(|s| s.activation).collect();
+        assert_eq!(checkpointed, (0..WORK_STEPS as u64).collect::<Vec<_>>(), "each step stored once");
+    }
+}
+
+/// A process that stopped (SIGSTOP) past its lease loses the run to a new owner; when it
+/// wakes up, its next write is refused by the fencing token and it stops without writing.
+#[tokio::test]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
+async fn a_late_owner_cannot_write_after_losing_its_lease() {
+    let url = fresh_schema().await;
+    let dir = tempfile::tempdir().unwrap();
+    let side = dir.path().join("side.log");
+    let run = RunId::new();
+    let mut owner = pg_child_command("owner", &url, &side).env("PG_RUN", run.to_string()).spawn().unwrap();
+    let started = Instant::now();
+    while side_lines(&side).len() < 3 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the owner made no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = owner.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(1200)).await; // past the 600 ms lease
+
+    let store = store(&url);
+    let flow = chain("pg_fenced", 10, Duration::from_millis(100), side.clone(), store.clone());
+    let resumed = flow.resume(run).await.unwrap();
+    assert_eq!(resumed.state, expected(10));
+
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    let mut stdout = String::new();
+    for line in BufReader::new(owner.stdout.take().unwrap()).lines() {
+        stdout.push_str(&line.unwrap());
+        stdout.push('\n');
+    }
+    owner.wait().unwrap();
+    assert!(stdout.contains("OWNER LOST"), "the late owner should have been fenced:\n{stdout}");
+    let stored = store.load_run(run).await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::Finished);
+    assert_eq!(serde_json::from_str::<Tally>(&stored.state).unwrap(), expected(10), "the late owner wrote nothing");
+}
+
+/// A TCP proxy in front of the server, which the test can cut and restore.
+struct Proxy {
+    port: u16,
+    cut: CancellationToken,
+}
+
+impl Proxy {
+    async fn start(port: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = CancellationToken::new();
+        let stop = cut.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => return },
+                };
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else { return };
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, cut }
+    }
+}
+
+/// The server goes away mid-run: the run fails with a clear error naming the server and what
+/// was being saved; when the server is back, the run resumes and finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
+async fn a_run_survives_the_server_going_away() {
+    let direct = fresh_schema().await;
+    let proxy = Proxy::start(0).await;
+    let port = proxy.port;
+    let schema = direct.rsplit("search_path%3D").next().unwrap().to_string();
+    let via_proxy = with_search_path(&format!("postgres://postgres@127.0.0.1:{port}/test"), &schema);
+    let dir = tempfile::tempdir().unwrap();
+    let side = dir.path().join("side.log");
+    let cut_now = Arc::new(AtomicBool::new(false));
+
+    let flow = chain("pg_outage", 6, Duration::from_millis(50), side.clone(), store(&via_proxy));
+    let run = flow.spawn(()).unwrap();
+    let id = run.id();
+    let started = Instant::now();
+    while side_lines(&side).len() < 3 {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    proxy.cut.cancel();
+    cut_now.store(true, Ordering::SeqCst);
+    let err = run.await.err().unwrap();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Store { .. }), "{msg}");
+    assert!(msg.contains(&format!("postgres://postgres@127.0.0.1:{port}/test")), "names the server: {msg}");
+    assert!(msg.contains("save the checkpoint after step"), "says what was being saved: {msg}");
+
+    let _back = Proxy::start(port).await;
+    let resumed = flow.resume(id).await.unwrap();
+    assert_eq!(resumed.state, expected(6));
+    let stored = store(&direct).load_run(id).await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::Finished);
+}
+
+/// Resume after a fix, fork, and listing, on PostgreSQL.
+#[tokio::test]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
+async fn resume_fork_and_list_on_postgres() {
+    let url = fresh_schema().await;
+    let broken = Arc::new(AtomicBool::new(true));
+    let b = broken.clone();
+    let flow = FlowBuilder::<Tally>::new("pg_basic")
+        .start("one", |cx: Cx<Tally>, (): ()| async move {
+            cx.update(|t| t.sum += 1);
+            Ok(1u32)
+        })
+        .listen("two", "one", move |cx: Cx<Tally>, n: u32| {
+            let b = b.clone();
+            async move {
+                if b.load(Ordering::SeqCst) {
+                    return Err(StepError::msg("down"));
+                }
+                cx.update(|t| t.sum += 10 * n);
+                Ok(())
+            }
+        })
+        .store_arc(store(&url))
+        .build()
+        .unwrap();
+    flow.kickoff(()).await.unwrap_err();
+    let store = flow.store().unwrap();
+    let listed = store.list_runs(&RunFilter { status: Some(RunStatus::Failed), ..RunFilter::default() }).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].steps_done, 1);
+    broken.store(false, Ordering::SeqCst);
+    let run = flow.resume(listed[0].run_id).await.unwrap();
+    assert_eq!(run.state.sum, 11);
+    let fork = flow.fork(run.id, ()).await.unwrap();
+    assert_eq!(fork.state.sum, 22);
+    let all = store.list_runs(&RunFilter::default()).await.unwrap();
+    assert_eq!(all.iter().filter(|r| r.status == RunStatus::Finished).count(), 2);
+}
+
+/// A database whose crewflow schema is newer than this crewflow is refused with a clear error.
+#[tokio::test]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
+async fn a_newer_schema_is_refused_on_postgres() {
+    let url = fresh_schema().await;
+    PostgresStore::connect(&url).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client.batch_execute("INSERT INTO crewflow_schema (version) VALUES (7)").await.unwrap();
+    let err = PostgresStore::connect(&url).await.err().unwrap();
+    assert!(err.to_string().contains("has schema version 7, newer than this crewflow supports (1)"), "{err}");
+}

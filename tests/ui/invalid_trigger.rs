@@ -1,0 +1,18 @@
+use crewflow::prelude::*;
+
+struct Bad;
+
+#[flow]
+impl Bad {
+    #[start(123)]
+    async fn begin(&self) -> Result<()> {
+        Ok(())
+    }
+
+    #[listen(xor(begin))]
+    async fn next(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn main() {}

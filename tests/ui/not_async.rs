@@ -1,0 +1,13 @@
+use crewflow::prelude::*;
+
+struct Sync;
+
+#[flow]
+impl Sync {
+    #[start]
+    fn begin(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn main() {}
