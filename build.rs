@@ -1,10 +1,17 @@
-//! Tells the integration tests whether a PostgreSQL server was given (`CREWFLOW_TEST_POSTGRES`),
-//! so that its tests report themselves ignored, not passed, without one.
+//! Tells the integration tests which real services they may use, so that tests needing one
+//! that was not given report themselves ignored, not passed:
+//! - `CREWFLOW_TEST_POSTGRES`: a PostgreSQL server's URL;
+//! - `CREWFLOW_TEST_LOCAL_MODELS=1`: the local models are installed (`scripts/fetch-models`).
 
 fn main() {
-    println!("cargo::rerun-if-env-changed=CREWFLOW_TEST_POSTGRES");
-    println!("cargo::rustc-check-cfg=cfg(crewflow_postgres_tests)");
-    if std::env::var("CREWFLOW_TEST_POSTGRES").is_ok_and(|v| !v.is_empty()) {
-        println!("cargo::rustc-cfg=crewflow_postgres_tests");
+    for (var, cfg) in [
+        ("CREWFLOW_TEST_POSTGRES", "crewflow_postgres_tests"),
+        ("CREWFLOW_TEST_LOCAL_MODELS", "crewflow_local_model_tests"),
+    ] {
+        println!("cargo::rerun-if-env-changed={var}");
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        if std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "0") {
+            println!("cargo::rustc-cfg={cfg}");
+        }
     }
 }

@@ -31,6 +31,8 @@
 mod embed;
 mod error;
 mod http;
+#[cfg(feature = "local")]
+pub mod local;
 mod provider;
 mod stream;
 mod structured;
@@ -195,6 +197,13 @@ pub(crate) fn provider_for(model: &str, options: LlmOptions) -> Result<Arc<dyn P
     })
 }
 
+/// `local` is the default model; `local/<path>` a GGUF file.
+#[cfg(feature = "local")]
+fn local_provider(name: &str) -> Result<Arc<dyn Provider>, LlmError> {
+    Ok(Arc::new(local::LazyLocal::new(name)?))
+}
+
+#[cfg(not(feature = "local"))]
 fn local_provider(_name: &str) -> Result<Arc<dyn Provider>, LlmError> {
     Err(LlmError::Local(
         "the local model needs crewflow's `local` feature (on in the examples and the CLI); or choose a provider with CREWFLOW_MODEL".into(),
@@ -211,6 +220,10 @@ impl Llm {
     /// [`new`](Llm::new), with explicit options (key, base URL, retries, timeout).
     pub fn with_options(model: &str, options: LlmOptions) -> Result<Self, LlmError> {
         Ok(Llm { provider: provider_for(model, options)? })
+    }
+
+    pub(crate) fn from_provider(provider: Arc<dyn Provider>) -> Self {
+        Llm { provider }
     }
 
     /// The model named by `CREWFLOW_MODEL`, or `local` when it is not set.

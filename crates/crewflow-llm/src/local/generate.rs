@@ -1,0 +1,439 @@
+//! The local text model: a GGUF file (SmolLM2 by default) run on the CPU with candle.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::LogitsProcessor;
+use candle_transformers::models::quantized_llama::ModelWeights;
+use futures::StreamExt;
+use tokenizers::Tokenizer;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+
+use super::tokens::{Piece, TextStream};
+use super::{default_model_path, default_threads, failed, pool, require};
+use crate::error::LlmError;
+use crate::provider::{BoxFuture, Provider};
+use crate::stream::{Assembler, Delta, DeltaStream};
+use crate::types::{ChatRequest, ChatResponse, FinishReason, Part, ResponseFormat, Role, TokenUsage};
+
+/// How the local model generates, where a request does not say.
+#[derive(Clone, Debug)]
+pub struct LocalOptions {
+    /// The reply's length limit when the request sets none.
+    pub max_tokens: u32,
+    /// The penalty on recently used tokens (1.0 = none); small models loop without it.
+    pub repeat_penalty: f32,
+    /// How many recent tokens the penalty looks at.
+    pub repeat_last_n: usize,
+    /// The seed for sampling when the request sets a temperature but no seed.
+    pub seed: u64,
+    /// Inference threads (see [the module docs](super)).
+    pub threads: usize,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        LocalOptions {
+            max_tokens: 256,
+            repeat_penalty: 1.1,
+            repeat_last_n: 64,
+            seed: 299_792_458,
+            threads: default_threads(),
+        }
+    }
+}
+
+/// A small language model on the CPU. Cheap to clone: clones share the loaded weights;
+/// calls take turns on them.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), crewflow_llm::LlmError> {
+/// use crewflow_llm::{Llm, local::LocalModel};
+///
+/// let llm = Llm::from(LocalModel::load_default()?);
+/// println!("{}", llm.complete("Write one sentence about the sea.").await?);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct LocalModel {
+    inner: Arc<Loaded>,
+    options: LocalOptions,
+}
+
+struct Loaded {
+    name: String,
+    path: PathBuf,
+    weights: Mutex<ModelWeights>,
+    tokenizer: Tokenizer,
+    template: Option<String>,
+    stop_ids: Vec<u32>,
+    context_length: usize,
+}
+
+impl std::fmt::Debug for LocalModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalModel").field("model", &self.inner.name).field("path", &self.inner.path).finish()
+    }
+}
+
+impl LocalModel {
+    /// Loads the default model ([`default_model_path`](super::default_model_path)); once per
+    /// process, later calls share it.
+    pub fn load_default() -> Result<Self, LlmError> {
+        Self::load(default_model_path())
+    }
+
+    /// Loads a GGUF file (llama architecture: SmolLM, Llama, ...); once per process and
+    /// path, later calls share it. Takes about a second for the default model.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, LlmError> {
+        static LOADED: Mutex<Option<HashMap<PathBuf, Arc<Loaded>>>> = Mutex::new(None);
+        let path = path.as_ref().to_path_buf();
+        require(&path, "model", super::MODEL_VAR)?;
+        let options = LocalOptions::default();
+        // Held while loading, so that concurrent first calls load once.
+        let mut loaded = LOADED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(inner) = loaded.get_or_insert_with(HashMap::new).get(&path) {
+            return Ok(LocalModel { inner: inner.clone(), options });
+        }
+        let inner = Arc::new(pool(options.threads)?.install(|| Loaded::read(&path))?);
+        loaded.get_or_insert_with(HashMap::new).insert(path, inner.clone());
+        Ok(LocalModel { inner, options })
+    }
+
+    /// Changes the defaults (reply length, repeat penalty, seed).
+    pub fn with_options(mut self, options: LocalOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The model's name, from the file's metadata.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The prompt the model sees for these messages (its chat template, rendered).
+    pub fn prompt(&self, request: &ChatRequest) -> Result<String, LlmError> {
+        self.inner.prompt(request)
+    }
+
+    /// Generates a reply on the calling thread, passing each text piece to `on_text`
+    /// (return `false` to stop). Blocking: call it from a blocking thread.
+    fn generate(
+        &self,
+        request: &ChatRequest,
+        on_text: &mut (dyn FnMut(String) -> bool + Send),
+    ) -> Result<(FinishReason, TokenUsage), LlmError> {
+        let prompt = self.inner.prompt(request)?;
+        let ids = self.inner.tokenizer.encode(prompt, false).map_err(|e| self.fail("cannot tokenize for", e))?;
+        let ids = ids.get_ids().to_vec();
+        let room = self.inner.context_length.saturating_sub(ids.len());
+        if room == 0 {
+            return Err(LlmError::ContextTooLong {
+                provider: "local",
+                message: format!(
+                    "the prompt has {} tokens; {} holds {}",
+                    ids.len(),
+                    self.inner.name,
+                    self.inner.context_length
+                ),
+            });
+        }
+        let max_tokens = (request.max_tokens.unwrap_or(self.options.max_tokens) as usize).min(room);
+        let mut sampler = LogitsProcessor::new(
+            request.seed.unwrap_or(self.options.seed),
+            request.temperature.map(f64::from),
+            request.top_p.map(f64::from),
+        );
+        pool(self.options.threads)?.install(|| self.decode(ids, max_tokens, &request.stop, &mut sampler, on_text))
+    }
+
+    fn decode(
+        &self,
+        prompt: Vec<u32>,
+        max_tokens: usize,
+        stops: &[String],
+        sampler: &mut LogitsProcessor,
+        on_text: &mut (dyn FnMut(String) -> bool + Send),
+    ) -> Result<(FinishReason, TokenUsage), LlmError> {
+        let mut weights = self.inner.weights.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        weights.clear_kv_cache();
+        let fail = |e: candle_core::Error| self.fail("cannot run", e);
+        let mut usage = TokenUsage { prompt_tokens: prompt.len() as u64, ..TokenUsage::default() };
+        let mut text = TextStream::new(stops);
+        let mut tokens = prompt;
+        let mut input = tokens.clone();
+        let decode = |ids: &[u32]| self.inner.tokenizer.decode(ids, true).unwrap_or_default();
+        let finish = loop {
+            let position = tokens.len() - input.len();
+            let x = Tensor::new(input.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(fail)?;
+            let logits = weights.forward(&x, position).and_then(|l| l.squeeze(0)).map_err(fail)?;
+            let recent = &tokens[tokens.len().saturating_sub(self.options.repeat_last_n)..];
+            let logits = if self.options.repeat_penalty == 1.0 {
+                logits
+            } else {
+                candle_transformers::utils::apply_repeat_penalty(&logits, self.options.repeat_penalty, recent)
+                    .map_err(fail)?
+            };
+            let next = sampler.sample(&logits).map_err(fail)?;
+            if self.inner.stop_ids.contains(&next) {
+                break FinishReason::Stop;
+            }
+            usage.completion_tokens += 1;
+            tokens.push(next);
+            input = vec![next];
+            let (piece, stopped) = match text.push(next, decode) {
+                Piece::Text(piece) => (piece, false),
+                Piece::Stop(piece) => (piece, true),
+            };
+            if !piece.is_empty() && !on_text(piece) {
+                break FinishReason::Other("cancelled".into());
+            }
+            if stopped {
+                break FinishReason::Stop;
+            }
+            if usage.completion_tokens as usize >= max_tokens {
+                break FinishReason::Length;
+            }
+        };
+        let rest = text.finish();
+        if !rest.is_empty() {
+            on_text(rest);
+        }
+        Ok((finish, usage))
+    }
+
+    fn fail(&self, doing: &str, error: impl std::fmt::Display) -> LlmError {
+        failed(doing, &self.inner.path, error)
+    }
+
+    /// The request, checked for what a small local model can do.
+    fn check(request: &ChatRequest) -> Result<(), LlmError> {
+        let unsupported = |what: &str| Err(LlmError::Unsupported { provider: "local", what: what.into() });
+        if !request.tools.is_empty() {
+            return unsupported("tool calls (choose a hosted model with CREWFLOW_MODEL for tools)");
+        }
+        if request.messages.iter().flat_map(|m| &m.content).any(|p| matches!(p, Part::Image(_))) {
+            return unsupported("images");
+        }
+        Ok(())
+    }
+}
+
+impl Loaded {
+    fn read(path: &Path) -> Result<Loaded, LlmError> {
+        let bytes = std::fs::read(path).map_err(|e| failed("cannot read", path, e))?;
+        let content = gguf_file::Content::read(&mut Cursor::new(&bytes))
+            .map_err(|e| failed("not a GGUF model file:", path, e))?;
+        let meta = |key: &str| content.metadata.get(key);
+        let architecture = meta("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+        if architecture != "llama" {
+            return Err(failed(
+                "unsupported model architecture",
+                path,
+                format!("`{architecture}` (the local provider runs llama-architecture GGUF files, like SmolLM2)"),
+            ));
+        }
+        let name = super::model_label(path);
+        let context_length = meta("llama.context_length").and_then(|v| v.to_u32().ok()).unwrap_or(2048) as usize;
+        let template = meta("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
+        let tokenizer = tokenizer_from(&content, path)?;
+        let eos = meta("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok());
+        let stop_ids: Vec<u32> = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"]
+            .iter()
+            .filter_map(|t| tokenizer.token_to_id(t))
+            .chain(eos)
+            .collect();
+        let weights = fast_weights(content, bytes, path)?;
+        Ok(Loaded {
+            name,
+            path: path.to_path_buf(),
+            weights: Mutex::new(weights),
+            tokenizer,
+            template,
+            stop_ids,
+            context_length,
+        })
+    }
+
+    fn prompt(&self, request: &ChatRequest) -> Result<String, LlmError> {
+        let mut messages: Vec<(String, String)> = request
+            .messages
+            .iter()
+            .map(|m| {
+                let role = match m.role {
+                    Role::System => "system",
+                    Role::User => "user",
+                    Role::Assistant => "assistant",
+                    Role::Tool => "tool",
+                };
+                (role.to_string(), m.text_content())
+            })
+            .collect();
+        if let Some(instruction) = format_instruction(request.response_format.as_ref()) {
+            match messages.first_mut() {
+                Some((role, text)) if role == "system" => text.push_str(&format!("\n\n{instruction}")),
+                _ => messages.insert(0, ("system".into(), instruction)),
+            }
+        }
+        Ok(self.template.as_deref().and_then(|t| render_template(t, &messages)).unwrap_or_else(|| chatml(&messages)))
+    }
+}
+
+/// What to tell the model about a JSON reply: it has no constrained decoding.
+fn format_instruction(format: Option<&ResponseFormat>) -> Option<String> {
+    match format? {
+        ResponseFormat::Text => None,
+        ResponseFormat::Json => Some("Reply with a single JSON object and nothing else.".into()),
+        ResponseFormat::JsonSchema { schema, .. } => {
+            Some(format!("Reply with a single JSON object matching this JSON Schema, and nothing else: {schema}"))
+        }
+    }
+}
+
+/// The GGUF's own chat template, rendered; `None` if it does not render.
+fn render_template(template: &str, messages: &[(String, String)]) -> Option<String> {
+    let mut env = minijinja::Environment::new();
+    env.add_template("chat", template).ok()?;
+    let messages: Vec<_> = messages.iter().map(|(role, content)| minijinja::context! { role, content }).collect();
+    env.get_template("chat")
+        .ok()?
+        .render(minijinja::context! { messages, add_generation_prompt => true, bos_token => "", eos_token => "" })
+        .ok()
+}
+
+/// ChatML, the format SmolLM2 and Qwen use, for files without a usable template.
+fn chatml(messages: &[(String, String)]) -> String {
+    let mut out = String::new();
+    for (role, content) in messages {
+        out.push_str(&format!("<|im_start|>{role}\n{content}<|im_end|>\n"));
+    }
+    out.push_str("<|im_start|>assistant\n");
+    out
+}
+
+/// The tokenizer stored in the GGUF. SmolLM's pre-tokenizer (`smollm`) is not one candle
+/// knows; it is digits one by one, then byte-level without a prefix space (as in the
+/// model's tokenizer.json), which gives the same ids as llama.cpp.
+fn tokenizer_from(content: &gguf_file::Content, path: &Path) -> Result<Tokenizer, LlmError> {
+    use candle_core::quantized::tokenizer::TokenizerFromGguf;
+    let mut tokenizer = Tokenizer::from_gguf(content).map_err(|e| failed("cannot read the tokenizer of", path, e))?;
+    let pre = content.metadata.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok());
+    if pre.map(String::as_str) == Some("smollm") {
+        let digits = Digits::new(true);
+        let bytes = ByteLevel::new(false, true, true);
+        tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![digits.into(), bytes.into()])));
+    }
+    Ok(tokenizer)
+}
+
+/// The weights, with Q4_1/Q5_0/Q5_1 matrices re-quantized to Q8_0: candle has SIMD kernels
+/// for Q8_0 but runs those formats scalar, about 5× slower. Takes under a second for 135M.
+fn fast_weights(content: gguf_file::Content, bytes: Vec<u8>, path: &Path) -> Result<ModelWeights, LlmError> {
+    let slow = |t: GgmlDType| matches!(t, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1);
+    let fail = |e: candle_core::Error| failed("cannot load the weights of", path, e);
+    let mut reader = Cursor::new(bytes);
+    if !content.tensor_infos.values().any(|info| slow(info.ggml_dtype)) {
+        return ModelWeights::from_gguf(content, &mut reader, &Device::Cpu).map_err(fail);
+    }
+    let mut tensors = Vec::with_capacity(content.tensor_infos.len());
+    for name in content.tensor_infos.keys() {
+        let tensor = content.tensor(&mut reader, name, &Device::Cpu).map_err(fail)?;
+        let block_fits = tensor.shape().dims().last().is_some_and(|d| d % GgmlDType::Q8_0.block_size() == 0);
+        let tensor = if slow(tensor.dtype()) && block_fits {
+            QTensor::quantize(&tensor.dequantize(&Device::Cpu).map_err(fail)?, GgmlDType::Q8_0).map_err(fail)?
+        } else {
+            tensor
+        };
+        tensors.push((name.as_str(), tensor));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    let mut fast = Cursor::new(Vec::new());
+    gguf_file::write(&mut fast, &metadata, &tensor_refs).map_err(fail)?;
+    drop(tensors);
+    fast.set_position(0);
+    let content = gguf_file::Content::read(&mut fast).map_err(fail)?;
+    ModelWeights::from_gguf(content, &mut fast, &Device::Cpu).map_err(fail)
+}
+
+impl From<LocalModel> for crate::Llm {
+    fn from(model: LocalModel) -> Self {
+        crate::Llm::from_provider(Arc::new(model))
+    }
+}
+
+impl Provider for LocalModel {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn model(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn chat<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(async move {
+            let mut deltas = self.chat_stream(req).await?;
+            let mut reply = Assembler::new(&self.inner.name);
+            while let Some(delta) = deltas.next().await {
+                reply.add(delta?);
+            }
+            Ok(reply.finish())
+        })
+    }
+
+    fn chat_stream<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<DeltaStream, LlmError>> {
+        Box::pin(async move {
+            LocalModel::check(req)?;
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Delta, LlmError>>(32);
+            let (model, request) = (self.clone(), req.clone());
+            tokio::task::spawn_blocking(move || {
+                // Dropping the stream closes the channel: generation stops at the next token.
+                let mut on_text = |piece: String| tx.blocking_send(Ok(Delta::Text(piece))).is_ok();
+                let end = model.generate(&request, &mut on_text);
+                let deltas = match end {
+                    Ok((finish, usage)) => vec![Ok(Delta::Usage(usage)), Ok(Delta::Finish(finish))],
+                    Err(e) => vec![Err(e)],
+                };
+                for delta in deltas {
+                    if tx.blocking_send(delta).is_err() {
+                        break;
+                    }
+                }
+            });
+            Ok(Box::pin(tokio_stream_from(rx)) as DeltaStream)
+        })
+    }
+}
+
+/// A receiver as a stream.
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMOL_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+    #[test]
+    fn the_gguf_template_renders_like_chatml_with_its_default_system_prompt() {
+        let messages = vec![("user".to_string(), "Hi".to_string())];
+        assert_eq!(
+            render_template(SMOL_TEMPLATE, &messages).unwrap(),
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let with_system = vec![("system".to_string(), "Be brief.".to_string()), ("user".to_string(), "Hi".to_string())];
+        assert_eq!(render_template(SMOL_TEMPLATE, &with_system).unwrap(), chatml(&with_system));
+        assert_eq!(render_template("{% for %}", &messages), None, "a broken template falls back to ChatML");
+    }
+}
