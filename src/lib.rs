@@ -69,7 +69,16 @@ pub struct ReadmeDoctests;
 extern crate self as crewflow;
 
 pub use crewflow_core::*;
-pub use crewflow_macros::{Route, flow, listen, persist, router, start};
+pub use crewflow_macros::{Route, flow, human_feedback, listen, persist, router, start};
+
+mod webhook;
+
+/// Human feedback: [`HumanFeedback`], its providers (console, deferred, webhook) and the pause
+/// / resume protocol. See `docs/human_feedback.md`.
+pub mod feedback {
+    pub use crate::webhook::WebhookFeedback;
+    pub use crewflow_core::feedback::*;
+}
 
 /// Language models: providers, streaming, tools, structured output, embeddings.
 pub mod llm {
@@ -98,8 +107,8 @@ pub mod prelude {
     pub use crate::llm::{ChatRequest, Llm, Message};
     pub use crate::trigger::{and, label, or, route, step};
     pub use crate::{
-        Cx, Event, EventKind, Flow, FlowBuilder, IntoFlow, Kickoff, Route, Run, RunId, StepError, Trigger, flow,
-        listen, persist, router, start,
+        Cx, Event, EventKind, FeedbackResult, Flow, FlowBuilder, HumanFeedback, IntoFlow, Kickoff, Route, Run, RunId,
+        StepError, Trigger, flow, human_feedback, listen, persist, router, start,
     };
 
     /// The result type of step methods: any error converts into [`StepError`] with `?`.

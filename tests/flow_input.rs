@@ -143,3 +143,77 @@ async fn asking_without_a_provider_or_with_a_failing_one() {
     );
     assert!(matches!(err, Error::StepFailed { .. }));
 }
+
+#[derive(Default, Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Draft {
+    text: String,
+}
+
+/// Before a step waits for an answer, the run is checkpointed: what the step put in the state
+/// so far is in the store while the person thinks (a crash then loses nothing of it).
+#[tokio::test]
+async fn a_step_is_checkpointed_before_it_waits_for_an_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn crewflow::store::RunStore> =
+        Arc::new(crewflow::store::SqliteStore::open(dir.path().join("runs.db")));
+    let seen = Arc::new(Mutex::new(None));
+    let provider = {
+        let (store, seen) = (store.clone(), seen.clone());
+        move |req: &InputRequest| {
+            let (store, seen, run_id) = (store.clone(), seen.clone(), req.run_id);
+            async move {
+                let stored = store.load_run(run_id).await.unwrap().unwrap();
+                *seen.lock().unwrap() = Some(stored.state);
+                Ok(Some(InputResponse::from("yes")))
+            }
+        }
+    };
+    let flow = FlowBuilder::<Draft>::new("checkpointed")
+        .start("write", |cx: Cx<Draft>, (): ()| async move {
+            cx.update(|d| d.text = "half written".into());
+            let answer = cx.ask("keep going?", None).await?;
+            Ok(answer.text().map(str::to_string))
+        })
+        .input_provider(provider)
+        .store_arc(store)
+        .build()
+        .unwrap();
+    let run = flow.kickoff(()).await.unwrap();
+    assert_eq!(run.output::<Option<String>>().unwrap().as_deref(), Some("yes"));
+    let state: Draft = serde_json::from_str(&seen.lock().unwrap().clone().expect("asked")).unwrap();
+    assert_eq!(state.text, "half written");
+}
+
+/// Waiting for an answer never blocks the runtime: on a single-threaded runtime, another task
+/// keeps running while a step waits, and a timeout ends the wait with a typed answer.
+#[test]
+fn waiting_never_blocks_the_runtime() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let slow = |_req: &InputRequest| async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(Some(InputResponse::from("late")))
+        };
+        let flow = FlowBuilder::<()>::new("patient")
+            .start("ask", |cx: Cx<()>, (): ()| async move {
+                Ok(cx.ask("anyone?", Some(Duration::from_millis(200))).await? == Answer::TimedOut)
+            })
+            .input_provider(slow)
+            .build()
+            .unwrap();
+        let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let ticker = {
+            let ticks = ticks.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        };
+        let run = flow.kickoff(()).await.unwrap();
+        ticker.abort();
+        assert!(run.output::<bool>().unwrap(), "the wait timed out");
+        assert!(ticks.load(std::sync::atomic::Ordering::Relaxed) >= 5, "the other task ran meanwhile");
+    });
+}

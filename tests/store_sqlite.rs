@@ -525,6 +525,7 @@ async fn leases_and_fencing_tokens_guard_ownership() {
         state: stored.state.clone(),
         frontier: stored.frontier.clone(),
         steps: vec![],
+        feedback: None,
     };
     let err = store.save_checkpoint(&stale).await.err().unwrap();
     let lost = err.downcast_ref::<crewflow::store::LeaseLost>().expect("a LeaseLost");

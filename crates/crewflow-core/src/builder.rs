@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::cx::Cx;
 use crate::error::{Error, StepError};
 use crate::event::Observer;
+use crate::feedback::{FeedbackProvider, FeedbackResult, HumanFeedback};
 use crate::flow::{Flow, FlowInner, StepRuntime};
 use crate::graph::{GraphSpec, RouterSpec, StartKind, StepSpec};
 use crate::input::InputProvider;
@@ -35,6 +36,8 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>
 pub(crate) struct StepOutcome {
     pub output: Output,
     pub label: Option<Arc<str>>,
+    /// The step asked for feedback and the answer comes later: the run pauses.
+    pub pause: Option<Box<crate::feedback::PendingFeedback>>,
 }
 
 /// A finished step execution, as the driver receives it.
@@ -55,6 +58,7 @@ struct StepDef<S> {
     handler: Handler<S>,
     when: Option<Predicate<S>>,
     persisted: bool,
+    feedback: Option<Arc<HumanFeedback>>,
 }
 
 /// Assembles a [`Flow`] step by step.
@@ -89,6 +93,7 @@ pub struct FlowBuilder<S> {
     cancel_grace: Duration,
     observers: Vec<Arc<dyn Observer>>,
     input: Option<Arc<dyn InputProvider>>,
+    feedback: Option<Arc<dyn FeedbackProvider>>,
     store: Option<Arc<dyn RunStore>>,
     default_store: Option<fn() -> Arc<dyn RunStore>>,
     lease: Duration,
@@ -105,6 +110,7 @@ impl<S: FlowState> FlowBuilder<S> {
             cancel_grace: DEFAULT_CANCEL_GRACE,
             observers: Vec::new(),
             input: None,
+            feedback: None,
             store: None,
             default_store: None,
             lease: DEFAULT_LEASE,
@@ -250,6 +256,34 @@ impl<S: FlowState> FlowBuilder<S> {
         self
     }
 
+    /// Sets who collects human feedback for steps that do not name their own provider
+    /// (default: [`ConsoleFeedback`](crate::ConsoleFeedback)).
+    pub fn feedback_provider(mut self, provider: impl FeedbackProvider) -> Self {
+        self.feedback = Some(Arc::new(provider));
+        self
+    }
+
+    /// [`feedback_provider`](FlowBuilder::feedback_provider), shared.
+    pub fn feedback_provider_arc(mut self, provider: Arc<dyn FeedbackProvider>) -> Self {
+        self.feedback = Some(provider);
+        self
+    }
+
+    /// Asks for human feedback on the output of the step added last, after its body runs (see
+    /// [`crate::feedback`]). With [`emit`](HumanFeedback::emit) the step becomes a router whose
+    /// labels are the outcomes (each may go unhandled); its listeners, like those of a step
+    /// without outcomes, receive a [`FeedbackResult`](crate::FeedbackResult).
+    pub fn human_feedback(mut self, feedback: HumanFeedback) -> Self {
+        match self.steps.last_mut() {
+            Some(last) => last.feedback = Some(Arc::new(feedback)),
+            None => {
+                self.error
+                    .get_or_insert(Error::Builder(".human_feedback(..) was called before any step was added".into()));
+            }
+        }
+        self
+    }
+
     /// Keeps this flow's runs in `store`: each run is recorded when it starts, checkpointed
     /// after every step (or only after the steps marked [`persisted`](FlowBuilder::persisted),
     /// if any are) and can be resumed with [`Flow::resume`].
@@ -306,6 +340,7 @@ impl<S: FlowState> FlowBuilder<S> {
         self.steps.extend(other.steps);
         self.observers.extend(other.observers);
         self.input = self.input.or(other.input);
+        self.feedback = self.feedback.or(other.feedback);
         self.store = self.store.or(other.store);
         self.default_store = self.default_store.or(other.default_store);
         self
@@ -313,7 +348,7 @@ impl<S: FlowState> FlowBuilder<S> {
 
     /// The definition as it stands, without handlers.
     pub fn spec(&self) -> GraphSpec {
-        GraphSpec { name: self.name.clone(), steps: self.steps.iter().map(|s| s.spec.clone()).collect() }
+        GraphSpec { name: self.name.clone(), steps: self.steps.iter().map(StepDef::effective_spec).collect() }
     }
 
     /// Validates the definition and builds the flow.
@@ -322,13 +357,20 @@ impl<S: FlowState> FlowBuilder<S> {
             return Err(e);
         }
         let graph = self.spec().compile()?;
+        self.check_feedback(self.store.is_some() || self.default_store.is_some())?;
+        let store = self.store.or_else(|| self.default_store.map(|make| make()));
         let selective = self.steps.iter().any(|d| d.persisted);
         let steps = self
             .steps
             .into_iter()
-            .map(|d| StepRuntime { name: d.spec.name, handler: d.handler, when: d.when, persisted: d.persisted })
+            .map(|d| {
+                let handler = match &d.feedback {
+                    Some(config) => with_feedback(d.handler, config.clone(), d.spec.router.is_some()),
+                    None => d.handler,
+                };
+                StepRuntime { name: d.spec.name, handler, when: d.when, persisted: d.persisted, feedback: d.feedback }
+            })
             .collect();
-        let store = self.store.or_else(|| self.default_store.map(|make| make()));
         Ok(Flow::from_inner(FlowInner {
             graph,
             steps,
@@ -336,6 +378,7 @@ impl<S: FlowState> FlowBuilder<S> {
             cancel_grace: self.cancel_grace,
             observers: self.observers.into(),
             input: self.input,
+            feedback: self.feedback,
             store,
             lease: self.lease,
             selective,
@@ -359,8 +402,21 @@ impl<S: FlowState> FlowBuilder<S> {
             input: (!input.is_unit()).then_some(input),
             output: Some(TypeInfo::of::<O>()),
         };
-        self.steps.push(StepDef { spec, handler, when: None, persisted: false });
+        self.steps.push(StepDef { spec, handler, when: None, persisted: false, feedback: None });
         self
+    }
+
+    /// Feedback configurations are sound, and a flow whose feedback may pause keeps a store.
+    fn check_feedback(&self, has_store: bool) -> Result<(), Error> {
+        for d in &self.steps {
+            let Some(config) = &d.feedback else { continue };
+            config.check(&d.spec.name, d.spec.router.is_some())?;
+            let pauses = config.provider.as_ref().or(self.feedback.as_ref()).is_some_and(|p| p.pauses());
+            if pauses && !has_store {
+                return Err(Error::PauseWithoutStore { flow: self.name.clone(), step: d.spec.name.to_string() });
+            }
+        }
+        Ok(())
     }
 
     fn with_last_router(&mut self, modifier: &str, f: impl FnOnce(&mut RouterSpec)) {
@@ -377,6 +433,42 @@ impl<S: FlowState> FlowBuilder<S> {
             }
         }
     }
+}
+
+impl<S> StepDef<S> {
+    /// The step as the graph sees it: a step with feedback outcomes routes by them, and a
+    /// reviewed plain step outputs a [`FeedbackResult`].
+    fn effective_spec(&self) -> StepSpec {
+        let mut spec = self.spec.clone();
+        let Some(config) = &self.feedback else { return spec };
+        if spec.router.is_some() {
+            return spec;
+        }
+        spec.output = Some(TypeInfo::of::<FeedbackResult>());
+        if !config.emit.is_empty() {
+            spec.router = Some(RouterSpec {
+                labels: config.emit.clone(),
+                terminal: config.emit.clone(),
+                route_type: <String as Route>::TYPE_NAME,
+            });
+        }
+        spec
+    }
+}
+
+/// Runs the feedback phase after the step's body (see [`crate::feedback`]).
+fn with_feedback<S: FlowState>(handler: Handler<S>, config: Arc<HumanFeedback>, is_router: bool) -> Handler<S> {
+    Arc::new(move |cx: Cx<S>, payload: Option<Output>| -> BoxFuture<Completion> {
+        let body = handler(cx.clone(), payload);
+        let config = config.clone();
+        Box::pin(async move {
+            let mut completion = body.await;
+            if let Ok(outcome) = completion.result {
+                completion.result = crate::feedback::after_step(&cx, &config, outcome, is_router).await;
+            }
+            completion
+        })
+    })
 }
 
 fn router_spec<R: Route>() -> RouterSpec {
@@ -440,7 +532,7 @@ where
     I: DeserializeOwned + Clone + Send + 'static,
     O: Serialize + Send + Sync + 'static,
 {
-    erase(name, handler, |out| StepOutcome { output: Output::new(out), label: None })
+    erase(name, handler, |out| StepOutcome { output: Output::new(out), label: None, pause: None })
 }
 
 fn routing<S, I, R, F, Fut>(name: &str, handler: F) -> Handler<S>
@@ -453,6 +545,6 @@ where
 {
     erase(name, handler, |route: R| {
         let label = Arc::from(route.label().as_ref());
-        StepOutcome { output: Output::new(route), label: Some(label) }
+        StepOutcome { output: Output::new(route), label: Some(label), pause: None }
     })
 }

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::error::Error;
 use crate::event::EventKind;
+use crate::feedback::{FeedbackProvider, FeedbackResult};
 use crate::id::RunId;
 use crate::input::{Answer, InputProvider, InputRecord, InputRequest, record};
 use crate::scope::{HasTelemetry, RunTelemetry, TokenUsage};
@@ -22,6 +23,28 @@ pub(crate) struct RunShared<S> {
     pub telemetry: RunTelemetry,
     pub input: Option<Arc<dyn InputProvider>>,
     pub input_history: Mutex<Vec<InputRecord>>,
+    /// The flow's feedback provider (a step's own provider comes first).
+    pub feedback: Option<Arc<dyn FeedbackProvider>>,
+    pub feedback_history: Mutex<Vec<FeedbackResult>>,
+    /// Asks the driver for a checkpoint (before a step waits for a person); present when the
+    /// run is durable.
+    pub checkpoints: Option<CheckpointAsks>,
+}
+
+/// A step's request for a checkpoint now, answered once it is written.
+pub(crate) type CheckpointAsk = tokio::sync::oneshot::Sender<()>;
+
+/// Both ends of the checkpoint-request channel: steps send, the driver takes the receiver.
+pub(crate) struct CheckpointAsks {
+    pub tx: tokio::sync::mpsc::UnboundedSender<CheckpointAsk>,
+    pub rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<CheckpointAsk>>>,
+}
+
+impl CheckpointAsks {
+    pub fn new() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        CheckpointAsks { tx, rx: Mutex::new(Some(rx)) }
+    }
 }
 
 impl<S: Send + Sync> HasTelemetry for RunShared<S> {
@@ -40,6 +63,20 @@ impl<S> RunShared<S> {
 
     pub fn with_input_history<R>(&self, f: impl FnOnce(&mut Vec<InputRecord>) -> R) -> R {
         f(&mut self.input_history.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub fn with_feedback_history<R>(&self, f: impl FnOnce(&mut Vec<FeedbackResult>) -> R) -> R {
+        f(&mut self.feedback_history.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Writes a checkpoint now (if the run is durable) and waits until it is written.
+    pub async fn checkpoint_now(&self) {
+        let Some(asks) = &self.checkpoints else { return };
+        let (done, written) = tokio::sync::oneshot::channel();
+        if asks.tx.send(done).is_ok() {
+            // An error means the driver stopped listening (the run is ending): nothing to wait for.
+            let _ = written.await;
+        }
     }
 }
 
@@ -151,6 +188,8 @@ impl<S: Send + Sync + 'static> Cx<S> {
             .telemetry
             .events
             .emit(self.run.id, Some(&self.step), || EventKind::InputRequested { message, metadata });
+        // Whatever the step did so far survives a crash while the person thinks.
+        self.run.checkpoint_now().await;
         let pending = provider.request(&request);
         let answered = match timeout {
             Some(limit) => tokio::time::timeout(limit, pending).await.ok(),
@@ -179,6 +218,20 @@ impl<S: Send + Sync + 'static> Cx<S> {
     /// Every question asked in this run so far, with its answer.
     pub fn input_history(&self) -> Vec<InputRecord> {
         self.run.with_input_history(|h| h.clone())
+    }
+
+    /// The latest feedback of this run (from any step), if any.
+    pub fn last_feedback(&self) -> Option<FeedbackResult> {
+        self.run.with_feedback_history(|h| h.last().cloned())
+    }
+
+    /// Every feedback of this run so far, in the order it came (kept across pauses).
+    pub fn feedback_history(&self) -> Vec<FeedbackResult> {
+        self.run.with_feedback_history(|h| h.clone())
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<RunShared<S>> {
+        &self.run
     }
 
     /// Tokens the run's model calls have used so far.

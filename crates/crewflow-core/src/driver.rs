@@ -27,12 +27,13 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use serde_json::Value;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::builder::{BoxFuture, Completion};
-use crate::cx::{Cx, RunShared};
+use crate::cx::{CheckpointAsk, CheckpointAsks, Cx, RunShared};
 use crate::error::Error;
 use crate::event::{Event, EventHub, EventKind, micros};
+use crate::feedback::{FeedbackRecord, Paused, PendingFeedback, Reviewed, apply_answer};
 use crate::flow::{FlowInner, Kickoff, Run, StepRecord};
 use crate::frontier::{Activation, Frontier};
 use crate::id::RunId;
@@ -101,6 +102,9 @@ fn new_shared<S>(
         telemetry: RunTelemetry::new(EventHub::new(flow.observers.clone(), stream)),
         input: flow.input.clone(),
         input_history: Mutex::new(Vec::new()),
+        feedback: flow.feedback.clone(),
+        feedback_history: Mutex::new(Vec::new()),
+        checkpoints: flow.store.is_some().then(CheckpointAsks::new),
     })
 }
 
@@ -152,13 +156,21 @@ pub(crate) fn queued_run<S: FlowState>(
     })
 }
 
-/// Continues a stored run from its last checkpoint, after it was claimed.
+/// The answer to a paused run's first pending request, already mapped to its outcome.
+pub(crate) struct Answered {
+    pub text: String,
+    pub outcome: Option<Arc<str>>,
+}
+
+/// Continues a stored run from its last checkpoint, after it was claimed; for a paused run,
+/// `answer` answers its first pending feedback request.
 pub(crate) async fn drive_resumed<S: FlowState>(
     flow: Arc<FlowInner<S>>,
     stored: StoredRun,
     claim: Claim,
     stream: Option<UnboundedSender<Event>>,
     cancel: Canceller,
+    answer: Option<Answered>,
 ) -> Result<Run<S>, Error> {
     let corrupt = |what: &str, e: serde_json::Error| Error::CorruptCheckpoint {
         run_id: stored.run_id.to_string(),
@@ -179,12 +191,42 @@ pub(crate) async fn drive_resumed<S: FlowState>(
     let payload = stored_payload(&stored)?;
     let mut driver = Box::new(Driver::new(flow, shared, payload, frontier, None));
     driver.restore_outputs(&stored)?;
+    let record = feedback_record(&stored)?;
+    driver.shared.with_feedback_history(|h| *h = record.history);
+    driver.paused = record.pending;
     driver.durable = Some(Durable { store, fencing: claim.fencing, seq: stored.seq, unsaved: Vec::new() });
     let (flow_name, steps_done) = (driver.shared.flow.clone(), stored.steps.len() as u64);
     driver.emit(None, || EventKind::RunResumed { flow: flow_name, checkpoint: stored.seq, steps_done });
-    let in_flight: Vec<Activation> = driver.frontier.in_flight().collect();
+    let waiting: Vec<u64> = driver.paused.iter().map(|p| p.activation).collect();
+    let in_flight: Vec<Activation> = driver.frontier.in_flight().filter(|a| !waiting.contains(&a.id)).collect();
     driver.relaunch(in_flight);
+    if let Some(answer) = answer {
+        let completion = driver.answer_first(answer)?;
+        driver.on_completion(completion).await?;
+    }
     driver.complete().await
+}
+
+/// The feedback record kept with a stored run (empty when it has none).
+pub(crate) fn feedback_record(stored: &StoredRun) -> Result<FeedbackRecord, Error> {
+    match stored.feedback.as_deref() {
+        None => Ok(FeedbackRecord::default()),
+        Some(text) => serde_json::from_str(text).map_err(|e| Error::CorruptCheckpoint {
+            run_id: stored.run_id.to_string(),
+            message: format!("its feedback record does not parse: {e}"),
+        }),
+    }
+}
+
+/// A paused stored run, as a `Run` (resuming it without an answer changes nothing).
+pub(crate) fn paused_run<S: FlowState>(stored: &StoredRun) -> Result<Run<S>, Error> {
+    let mut run = finished_run::<S>(stored)?;
+    let record = feedback_record(stored)?;
+    run.output = None;
+    run.final_step = None;
+    run.paused = record.pending.first().map(|p| Paused { run_id: stored.run_id, request: p.request.clone() });
+    run.feedback = record.history;
+    Ok(run)
 }
 
 /// A finished stored run, as a `Run`.
@@ -203,6 +245,8 @@ pub(crate) fn finished_run<S: FlowState>(stored: &StoredRun) -> Result<Run<S>, E
         records,
         inputs: Vec::new(),
         usage: crate::scope::TokenUsage::default(),
+        paused: None,
+        feedback: feedback_record(stored)?.history,
     })
 }
 
@@ -322,6 +366,16 @@ struct Driver<S> {
     /// spares the per-future bookkeeping of `running`.
     inline: Option<BoxFuture<Completion>>,
     durable: Option<Durable>,
+    /// Executions waiting for feedback (still in flight in the frontier), oldest first.
+    paused: Vec<PendingFeedback>,
+    /// Steps asking for a checkpoint before they wait for a person.
+    checkpoint_asks: Option<UnboundedReceiver<CheckpointAsk>>,
+}
+
+/// What the driver waits for next.
+enum Signal {
+    Completed(Completion),
+    CheckpointAsked(CheckpointAsk),
 }
 
 impl<S: FlowState> Driver<S> {
@@ -343,7 +397,16 @@ impl<S: FlowState> Driver<S> {
             running: None,
             inline: None,
             durable,
+            paused: Vec::new(),
+            checkpoint_asks: None,
         }
+        .with_checkpoint_asks()
+    }
+
+    fn with_checkpoint_asks(mut self) -> Self {
+        self.checkpoint_asks =
+            self.shared.checkpoints.as_ref().and_then(|c| c.rx.lock().unwrap_or_else(PoisonError::into_inner).take());
+        self
     }
 
     /// Activates the entry steps (evaluating `when` predicates on the initial state).
@@ -356,9 +419,13 @@ impl<S: FlowState> Driver<S> {
         self.frontier.start(&flow.graph, enabled)
     }
 
-    /// Runs until nothing is in flight, then records the end (or the failure).
+    /// Runs until nothing is running, then records the end, the pause, or the failure.
     async fn complete(mut self: Box<Self>) -> Result<Run<S>, Error> {
         match self.run().await {
+            Ok(()) if !self.paused.is_empty() => match Box::pin(self.pause_end()).await {
+                Ok(run) => Ok(run),
+                Err((driver, e)) => Err(Box::pin(driver.abort(e)).await),
+            },
             Ok(()) => Box::pin(self.finish()).await,
             // Boxed: the failure path's timers would otherwise enlarge every run's future.
             Err(e) => Err(Box::pin(self.abort(e)).await),
@@ -366,11 +433,40 @@ impl<S: FlowState> Driver<S> {
     }
 
     async fn run(&mut self) -> Result<(), Error> {
-        while !self.frontier.is_idle() {
+        while self.is_running() {
             let completion = self.next_completion().await?;
             self.on_completion(completion).await?;
         }
         Ok(())
+    }
+
+    /// Whether a step is running (executions paused for feedback are not).
+    fn is_running(&self) -> bool {
+        self.inline.is_some() || self.running.as_ref().is_some_and(|r| !r.is_empty())
+    }
+
+    /// Applies the answer to the first pending feedback request: the paused execution
+    /// completes with it.
+    fn answer_first(&mut self, answer: Answered) -> Result<Completion, Error> {
+        if self.paused.is_empty() {
+            return Err(Error::Internal("a paused run without a pending request".into()));
+        }
+        let pending = self.paused.remove(0);
+        let step_ix = self.acts.get(pending.activation as usize).map(|a| a.step).unwrap_or(u32::MAX);
+        let step = self.flow.steps.get(step_ix as usize).ok_or_else(|| Error::CorruptCheckpoint {
+            run_id: self.shared.id.to_string(),
+            message: format!("its pending feedback names execution {}, which is not in flight", pending.activation),
+        })?;
+        // A step with outcomes routes by them; one with routes but no outcomes is a router.
+        let has_outcomes = step.feedback.as_ref().is_some_and(|f| !f.emit.is_empty());
+        let reviewed = Reviewed {
+            body_output: Output::from_json(pending.request.output.clone()),
+            body_label: pending.label,
+            is_router: !has_outcomes && !self.flow.graph.steps[step_ix as usize].routes.is_empty(),
+            request: pending.request,
+        };
+        let outcome = apply_answer(&self.shared, &step.name, reviewed, answer.text, answer.outcome);
+        Ok(Completion { activation: pending.activation, result: Ok(outcome), elapsed: std::time::Duration::ZERO })
     }
 
     /// Fills in the outputs of the steps a stored run completed.
@@ -444,7 +540,26 @@ impl<S: FlowState> Driver<S> {
     }
 
     async fn next_completion(&mut self) -> Result<Completion, Error> {
+        loop {
+            match self.next_signal().await? {
+                Signal::Completed(c) => return Ok(c),
+                Signal::CheckpointAsked(done) => {
+                    self.checkpoint_now().await?;
+                    let _ = done.send(()); // the step may have stopped waiting
+                }
+            }
+        }
+    }
+
+    async fn next_signal(&mut self) -> Result<Signal, Error> {
         let cancel = self.shared.cancel.clone();
+        let asks = self.checkpoint_asks.as_mut();
+        let asked = async move {
+            match asks {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         if let Some(mut fut) = self.inline.take() {
             return tokio::select! {
                 biased;
@@ -452,21 +567,36 @@ impl<S: FlowState> Driver<S> {
                     self.inline = Some(fut); // left to wind down in `abort`
                     Err(self.cancelled())
                 }
-                c = &mut fut => Ok(c),
+                c = &mut fut => Ok(Signal::Completed(c)),
+                Some(done) = asked => {
+                    self.inline = Some(fut);
+                    Ok(Signal::CheckpointAsked(done))
+                }
             };
         }
+        let running = self.running.as_mut();
         tokio::select! {
             biased;
             _ = cancel.cancelled() => Err(self.cancelled()),
             next = async {
-                match self.running.as_mut() {
+                match running {
                     Some(running) => running.next().await,
                     None => None,
                 }
             } => {
-                next.ok_or_else(|| Error::Internal("the frontier has work in flight but no step is running".into()))
+                next.map(Signal::Completed)
+                    .ok_or_else(|| Error::Internal("the frontier has work in flight but no step is running".into()))
             }
+            Some(done) = asked => Ok(Signal::CheckpointAsked(done)),
         }
+    }
+
+    /// A checkpoint in the middle of a step (it is about to wait for a person).
+    async fn checkpoint_now(&mut self) -> Result<(), Error> {
+        let Some(store) = self.store() else { return Ok(()) };
+        let checkpoint = self.checkpoint()?;
+        let step: Arc<str> = Arc::from("(a step waiting for input)");
+        Box::pin(write_checkpoint(store, checkpoint, step)).await
     }
 
     fn cancelled(&self) -> Error {
@@ -476,7 +606,7 @@ impl<S: FlowState> Driver<S> {
     async fn on_completion(&mut self, c: Completion) -> Result<(), Error> {
         let step_ix = self.acts[c.activation as usize].step;
         let name = self.flow.steps[step_ix as usize].name.clone();
-        let outcome = match c.result {
+        let mut outcome = match c.result {
             Ok(outcome) => outcome,
             Err(e) => {
                 let error: Arc<str> = Arc::from(e.to_string());
@@ -484,6 +614,11 @@ impl<S: FlowState> Driver<S> {
                 return Err(e);
             }
         };
+        if let Some(pending) = outcome.pause.take() {
+            // The execution stays in flight in the frontier; the rest of the run goes on.
+            self.paused.push(*pending);
+            return Ok(());
+        }
         let finished_seq = self.emit(Some(&name), || EventKind::StepFinished {
             activation: c.activation,
             output: outcome.output.clone(),
@@ -543,7 +678,25 @@ impl<S: FlowState> Driver<S> {
             steps.push(StepRow { activation: a, step, output, finished_at });
         }
         durable.seq += 1;
-        Ok(Checkpoint { run_id: self.shared.id, fencing: durable.fencing, seq: durable.seq, state, frontier, steps })
+        let record =
+            FeedbackRecord { pending: self.paused.clone(), history: self.shared.with_feedback_history(|h| h.clone()) };
+        let feedback = if record.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&record).map_err(|e| Error::Unpersistable {
+                what: "the run's feedback record".into(),
+                message: e.to_string(),
+            })?)
+        };
+        Ok(Checkpoint {
+            run_id: self.shared.id,
+            fencing: durable.fencing,
+            seq: durable.seq,
+            state,
+            frontier,
+            steps,
+            feedback,
+        })
     }
 
     /// The store, cloned out so that no borrow of the driver is held across an `.await`
@@ -571,6 +724,42 @@ impl<S: FlowState> Driver<S> {
         let steps = self.frontier.steps_run();
         let out = output.clone();
         self.emit(None, || EventKind::RunFinished { output: out, steps });
+        Ok(self.into_run(output, final_step, None))
+    }
+
+    /// Ends the run paused: one checkpoint holding the frontier (the paused executions in
+    /// flight) and the pending requests, then the `Paused` status. On failure the driver comes
+    /// back with the error, to abort.
+    async fn pause_end(mut self: Box<Self>) -> Result<Run<S>, (Box<Self>, Error)> {
+        let Some(store) = self.store() else {
+            let step = self.paused[0].request.step.clone();
+            let e = Error::PauseWithoutStore { flow: self.shared.flow.to_string(), step };
+            return Err((self, e));
+        };
+        let checkpoint = match self.checkpoint() {
+            Ok(c) => c,
+            Err(e) => return Err((self, e)),
+        };
+        let end = RunEnd {
+            run_id: self.shared.id,
+            fencing: checkpoint.fencing,
+            status: RunStatus::Paused,
+            checkpoint: Some(checkpoint),
+            final_activation: None,
+            error: None,
+        };
+        if let Err(e) = store.end_run(&end).await {
+            let e = Error::from_store(store.as_ref(), "record the paused run", e);
+            return Err((self, e));
+        }
+        let first = self.paused[0].request.clone();
+        let (message, step) = (first.message.clone(), Arc::from(first.step.as_str()));
+        self.emit(Some(&step), || EventKind::RunPaused { message });
+        let paused = Paused { run_id: self.shared.id, request: first };
+        Ok(self.into_run(None, None, Some(paused)))
+    }
+
+    fn into_run(&mut self, output: Option<Output>, final_step: Option<Arc<str>>, paused: Option<Paused>) -> Run<S> {
         let state = std::mem::take(&mut *self.shared.state.lock().unwrap_or_else(PoisonError::into_inner));
         let records = self
             .completed
@@ -585,7 +774,18 @@ impl<S: FlowState> Driver<S> {
             })
             .collect();
         let inputs = self.shared.with_input_history(std::mem::take);
-        Ok(Run { id: self.shared.id, state, output, final_step, records, inputs, usage: self.shared.telemetry.usage() })
+        let feedback = self.shared.with_feedback_history(std::mem::take);
+        Run {
+            id: self.shared.id,
+            state,
+            output,
+            final_step,
+            records,
+            inputs,
+            usage: self.shared.telemetry.usage(),
+            paused,
+            feedback,
+        }
     }
 
     /// Stops everything still running and reports the run's end: the cancellation token

@@ -347,6 +347,61 @@ pub enum Error {
         message: String,
     },
 
+    // ---- human feedback ----
+    /// Feedback matched none of a step's outcomes and the step has no default.
+    #[error(
+        "the feedback \"{feedback}\" on step `{step}` matches none of its outcomes {outcomes} ({classifier}); answer with one of them, or give the step a default outcome"
+    )]
+    UnmatchedFeedback {
+        /// The reviewed step.
+        step: String,
+        /// What the reviewer said.
+        feedback: String,
+        /// The step's outcomes.
+        outcomes: String,
+        /// What the classifier did.
+        classifier: String,
+    },
+    /// The feedback provider failed.
+    #[error("the feedback provider failed to answer step `{step}`: {source}")]
+    FeedbackProvider {
+        /// The reviewed step.
+        step: String,
+        /// What the provider reported.
+        #[source]
+        source: BoxError,
+    },
+    /// A run paused for feedback, but the flow keeps no store to hold it.
+    #[error(
+        "step `{step}` paused for feedback, but flow `{flow}` has no store to keep the paused run; give it one (FlowBuilder::store, or #[flow(persist)] for the default SQLite file)"
+    )]
+    PauseWithoutStore {
+        /// The flow.
+        flow: String,
+        /// The step that paused.
+        step: String,
+    },
+    /// Feedback was given to a run that is not waiting for any.
+    #[error("run {run_id} is not waiting for feedback (it is {status}); only a paused run takes feedback")]
+    NotPaused {
+        /// The run.
+        run_id: String,
+        /// Its status.
+        status: String,
+    },
+    /// The run is paused for feedback, so it has no output yet.
+    #[error(
+        "run {run_id} is paused: step `{step}` waits for feedback (\"{message}\"); answer with flow.resume_with_feedback({run_id}, ..)"
+    )]
+    Paused {
+        /// The run.
+        run_id: String,
+        /// The step waiting.
+        step: String,
+        /// The question.
+        message: String,
+    },
+
     /// The frontier was asked about an activation it does not know (a driver bug or a corrupt checkpoint).
     #[error("internal: {0}")]
     Internal(String),

@@ -167,6 +167,27 @@ pub enum EventKind {
         /// The error, as text.
         error: Arc<str>,
     },
+    /// A step's output was put to a reviewer ([`HumanFeedback`](crate::HumanFeedback)).
+    FeedbackRequested {
+        /// The question.
+        message: String,
+        /// The output under review.
+        output: Value,
+        /// The outcomes the answer maps to.
+        emit: Vec<String>,
+    },
+    /// The reviewer answered.
+    FeedbackReceived {
+        /// The reviewer's words.
+        feedback: String,
+        /// The outcome dispatched, if the step has outcomes.
+        outcome: Option<String>,
+    },
+    /// The run paused, waiting for feedback; it is checkpointed and can be resumed anywhere.
+    RunPaused {
+        /// The question waiting for an answer.
+        message: String,
+    },
     /// An event a step emitted with [`Cx::emit`](crate::Cx::emit).
     Custom {
         /// Its name.
@@ -195,6 +216,9 @@ impl EventKind {
             EventKind::LlmCallFailed { .. } => "llm_call_failed",
             EventKind::InputRequested { .. } => "input_requested",
             EventKind::InputReceived { .. } => "input_received",
+            EventKind::FeedbackRequested { .. } => "feedback_requested",
+            EventKind::FeedbackReceived { .. } => "feedback_received",
+            EventKind::RunPaused { .. } => "run_paused",
             EventKind::Custom { .. } => "custom",
         }
     }

@@ -26,6 +26,8 @@ pub(crate) struct StepRuntime<S> {
     pub when: Option<Predicate<S>>,
     /// Checkpoint after this step (when any step is marked, only marked steps checkpoint).
     pub persisted: bool,
+    /// Asks for human feedback after its body.
+    pub feedback: Option<Arc<crate::feedback::HumanFeedback>>,
 }
 
 pub(crate) struct FlowInner<S> {
@@ -35,6 +37,7 @@ pub(crate) struct FlowInner<S> {
     pub cancel_grace: std::time::Duration,
     pub observers: Arc<[Arc<dyn Observer>]>,
     pub input: Option<Arc<dyn crate::input::InputProvider>>,
+    pub feedback: Option<Arc<dyn crate::feedback::FeedbackProvider>>,
     pub store: Option<Arc<dyn RunStore>>,
     pub lease: std::time::Duration,
     /// Some step is marked `persisted`: only those checkpoint.
@@ -111,7 +114,7 @@ impl<S: FlowState> Flow<S> {
     /// finished run is not run again: its stored result is returned. An unknown id is an error
     /// (never a new run), and so is a run of another flow, or of a changed definition.
     pub async fn resume(&self, run_id: RunId) -> Result<Run<S>, Error> {
-        self.resume_with(run_id, None, Canceller::new()).await
+        self.resume_with(run_id, None, Canceller::new(), None).await
     }
 
     /// [`resume`](Flow::resume) in the background, with a handle to await or cancel it.
@@ -121,7 +124,7 @@ impl<S: FlowState> Flow<S> {
         let cancel = Canceller::new();
         let flow = self.clone();
         let token = cancel.clone();
-        let join = rt.spawn(async move { flow.resume_with(run_id, None, token).await });
+        let join = rt.spawn(async move { flow.resume_with(run_id, None, token, None).await });
         Ok(RunHandle { id: run_id, cancel, join })
     }
 
@@ -130,12 +133,24 @@ impl<S: FlowState> Flow<S> {
         run_id: RunId,
         stream: Option<tokio::sync::mpsc::UnboundedSender<crate::Event>>,
         cancel: Canceller,
+        answer: Option<String>,
     ) -> Result<Run<S>, Error> {
         let store = self.require_store("Flow::resume")?.clone();
         let stored = self.load_own(store.as_ref(), run_id).await?;
-        if stored.status == RunStatus::Finished {
-            return driver::finished_run(&stored);
+        match stored.status {
+            RunStatus::Paused if answer.is_some() => {}
+            other if answer.is_some() => {
+                return Err(Error::NotPaused { run_id: run_id.to_string(), status: other.to_string() });
+            }
+            RunStatus::Finished => return driver::finished_run(&stored),
+            // Still waiting for its answer: nothing to run until it comes.
+            RunStatus::Paused => return driver::paused_run(&stored),
+            _ => {}
         }
+        let answer = match answer {
+            Some(text) => Some(self.map_answer(&stored, text).await?),
+            None => None,
+        };
         let me = process_owner();
         let claim = match store.claim_run(run_id, &me, self.inner.lease, None).await {
             Ok(claim) => claim,
@@ -149,7 +164,46 @@ impl<S: FlowState> Flow<S> {
                 other => return Err(other),
             },
         };
-        driver::drive_resumed(self.inner.clone(), stored, claim, stream, cancel).await
+        driver::drive_resumed(self.inner.clone(), stored, claim, stream, cancel, answer).await
+    }
+
+    /// Maps feedback for a paused run to its step's outcome, before the run is touched: an
+    /// answer that matches nothing leaves the run paused.
+    async fn map_answer(&self, stored: &crate::persist::StoredRun, text: String) -> Result<driver::Answered, Error> {
+        let record = driver::feedback_record(stored)?;
+        let corrupt = |message: String| Error::CorruptCheckpoint { run_id: stored.run_id.to_string(), message };
+        let pending =
+            record.pending.first().ok_or_else(|| corrupt("it is paused but has no pending request".into()))?;
+        let config = self
+            .inner
+            .graph
+            .step_index(&pending.request.step)
+            .and_then(|ix| self.inner.steps[ix as usize].feedback.clone())
+            .ok_or_else(|| {
+                corrupt(format!("step `{}` of its pending request asks for no feedback", pending.request.step))
+            })?;
+        let outcome = crate::feedback::resolve_outcome(&config, &pending.request.step, &text).await?;
+        Ok(driver::Answered { text, outcome })
+    }
+
+    /// Answers the feedback a paused run waits for and continues it exactly where it paused: in
+    /// this process, a new one, or (with PostgreSQL) another machine. With outcomes, the answer
+    /// is mapped first (exact, case-insensitive, the classifier, the default); an answer that
+    /// matches none is an error and the run stays paused. If the run asks again (a review
+    /// loop, or another pending step), the returned run is paused again.
+    pub async fn resume_with_feedback(&self, run_id: RunId, feedback: impl Into<String>) -> Result<Run<S>, Error> {
+        self.resume_with(run_id, None, Canceller::new(), Some(feedback.into())).await
+    }
+
+    /// What a paused run waits for (`None` if it is not paused).
+    pub async fn pending_feedback(&self, run_id: RunId) -> Result<Option<crate::feedback::Paused>, Error> {
+        let store = self.require_store("Flow::pending_feedback")?.clone();
+        let stored = self.load_own(store.as_ref(), run_id).await?;
+        if stored.status != RunStatus::Paused {
+            return Ok(None);
+        }
+        let record = driver::feedback_record(&stored)?;
+        Ok(record.pending.first().map(|p| crate::feedback::Paused { run_id, request: p.request.clone() }))
     }
 
     /// Continues a run this process has already claimed (used by [`Worker`](crate::Worker)).
@@ -159,7 +213,7 @@ impl<S: FlowState> Flow<S> {
         if stored.status == RunStatus::Finished {
             return driver::finished_run(&stored);
         }
-        driver::drive_resumed(self.inner.clone(), stored, claim, None, Canceller::new()).await
+        driver::drive_resumed(self.inner.clone(), stored, claim, None, Canceller::new(), None).await
     }
 
     async fn load_own(&self, store: &dyn RunStore, run_id: RunId) -> Result<crate::persist::StoredRun, Error> {
@@ -360,12 +414,21 @@ pub struct Run<S> {
     pub(crate) records: Vec<StepRecord>,
     pub(crate) inputs: Vec<crate::input::InputRecord>,
     pub(crate) usage: crate::scope::TokenUsage,
+    pub(crate) paused: Option<crate::feedback::Paused>,
+    pub(crate) feedback: Vec<crate::feedback::FeedbackResult>,
 }
 
 impl<S> Run<S> {
     /// The run's output as a `T`: the output of its final step (see
     /// [`Frontier::final_activation`](crate::frontier::Frontier::final_activation) for the rule).
     pub fn output<T: DeserializeOwned + Clone + 'static>(&self) -> Result<T, Error> {
+        if let Some(p) = &self.paused {
+            return Err(Error::Paused {
+                run_id: self.id.to_string(),
+                step: p.request.step.clone(),
+                message: p.request.message.clone(),
+            });
+        }
         let out = self.output.as_ref().ok_or_else(|| Error::NoOutput { run_id: self.id.to_string() })?;
         out.get::<T>().map_err(|e| Error::OutputType {
             step: self.final_step.as_deref().unwrap_or_default().to_string(),
@@ -404,6 +467,27 @@ impl<S> Run<S> {
     /// resume).
     pub fn usage(&self) -> crate::scope::TokenUsage {
         self.usage
+    }
+
+    /// Whether the run paused for feedback, and what it waits for: resume it with
+    /// [`Flow::resume_with_feedback`]. A paused run has no output yet.
+    pub fn paused(&self) -> Option<&crate::feedback::Paused> {
+        self.paused.as_ref()
+    }
+
+    /// Whether the run ran to its end (it did not pause).
+    pub fn is_finished(&self) -> bool {
+        self.paused.is_none()
+    }
+
+    /// Every feedback the run received, in order (across pauses).
+    pub fn feedback_history(&self) -> &[crate::feedback::FeedbackResult] {
+        &self.feedback
+    }
+
+    /// The latest feedback the run received.
+    pub fn last_feedback(&self) -> Option<&crate::feedback::FeedbackResult> {
+        self.feedback.last()
     }
 
     /// How many step executions ran.

@@ -15,6 +15,7 @@ mod cx;
 mod driver;
 mod error;
 mod event;
+pub mod feedback;
 mod flow;
 pub mod frontier;
 pub mod graph;
@@ -33,6 +34,10 @@ pub use cancel::Canceller;
 pub use cx::Cx;
 pub use error::{BoxError, Error, Result, StepError};
 pub use event::{Event, EventKind, EventStream, Observer};
+pub use feedback::{
+    ConsoleFeedback, DeferredFeedback, FeedbackProvider, FeedbackReply, FeedbackRequest, FeedbackResult, HumanFeedback,
+    OutcomeClassifier, Paused,
+};
 pub use flow::{Flow, Kickoff, Run, RunHandle, StepRecord};
 pub use id::RunId;
 pub use input::{Answer, ConsoleInput, InputFuture, InputProvider, InputRecord, InputRequest, InputResponse};

@@ -11,9 +11,10 @@
 //! write names the token it holds; a write with a stale token fails with [`LeaseLost`], so a
 //! process that lost its lease (paused, partitioned) can never overwrite the new owner's work.
 //!
-//! What else lives in a store, designed now and implemented with their features: pending
-//! human feedback (a paused run's request, in the run record), conversation sessions and their
-//! turns, traces, and memories (see `docs/store.md`).
+//! A paused run's feedback record (its pending requests and the answers so far) is kept with
+//! its checkpoint (the `pending` column). What else lives in a store, designed now and
+//! implemented with their features: conversation sessions and their turns, traces, and
+//! memories (see `docs/store.md`).
 
 use std::fmt;
 use std::future::Future;
@@ -134,6 +135,9 @@ pub struct Checkpoint {
     pub frontier: String,
     /// The steps completed since the previous checkpoint (at least one).
     pub steps: Vec<StepRow>,
+    /// The run's feedback record (pending requests and answers so far), as JSON text; `None`
+    /// leaves the stored record as it is.
+    pub feedback: Option<String>,
 }
 
 /// How a run ended, recorded with the same fencing guard.
@@ -186,6 +190,8 @@ pub struct StoredRun {
     pub final_activation: Option<u64>,
     /// The error of a failed run.
     pub error: Option<String>,
+    /// The feedback record (pending requests and answers), as JSON text.
+    pub feedback: Option<String>,
     /// When the run was created.
     pub created_at: DateTime<Utc>,
     /// When it last changed.

@@ -357,6 +357,27 @@ fn type_label<T>() -> String {
     if clean.is_empty() { "output".into() } else { clean }
 }
 
+/// A model maps free-text human feedback to one of a step's outcomes (`#[human_feedback(llm =
+/// ..)]`, [`HumanFeedback::classifier`](crewflow_core::HumanFeedback::classifier)).
+impl crewflow_core::OutcomeClassifier for Llm {
+    fn classify(&self, feedback: &str, outcomes: &[Arc<str>]) -> crewflow_core::feedback::ClassifyFuture {
+        let (llm, feedback) = (self.clone(), feedback.to_string());
+        let outcomes: Vec<String> = outcomes.iter().map(|o| o.to_string()).collect();
+        Box::pin(async move {
+            let labels: Vec<&str> = outcomes.iter().map(String::as_str).collect();
+            let text = format!(
+                "A reviewer gave this feedback on a piece of work: \"{feedback}\". Which outcome does it mean?"
+            );
+            match llm.classify(&text, &labels).await {
+                Ok(label) => Ok(Some(label)),
+                // The model answered, but with none of the outcomes: not a failure of the call.
+                Err(LlmError::InvalidOutput { .. }) => Ok(None),
+                Err(e) => Err(crewflow_core::StepError::from_boxed(Box::new(e))),
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,10 +77,94 @@ enum Param {
     Input(Box<Type>),
 }
 
+/// `#[human_feedback(message = "..", emit = [..], default = "..", llm = expr, provider = expr,
+/// metadata = expr)]`.
+struct FeedbackAttr {
+    message: LitStr,
+    emit: Vec<LitStr>,
+    default: Option<LitStr>,
+    llm: Option<Expr>,
+    provider: Option<Expr>,
+    metadata: Option<Expr>,
+    span: Span,
+}
+
+impl FeedbackAttr {
+    fn parse(attr: &Attribute) -> syn::Result<Self> {
+        let mut message = None;
+        let (mut emit, mut default, mut llm, mut provider, mut metadata) = (Vec::new(), None, None, None, None);
+        let args = attr.parse_args_with(Punctuated::<Expr, Token![,]>::parse_terminated)?;
+        for arg in args {
+            let Expr::Assign(a) = &arg else {
+                return Err(syn::Error::new(arg.span(), "expected `key = value`, e.g. message = \"Approve?\""));
+            };
+            let key = match &*a.left {
+                Expr::Path(p) => p.path.get_ident().map(Ident::to_string),
+                _ => None,
+            };
+            let lit = |e: &Expr| match e {
+                Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => Ok(s.clone()),
+                other => Err(syn::Error::new(other.span(), "expected a string literal")),
+            };
+            match key.as_deref() {
+                Some("message") => message = Some(lit(&a.right)?),
+                Some("emit") => emit = string_list(&a.right)?,
+                Some("default") => default = Some(lit(&a.right)?),
+                Some("llm") => llm = Some((*a.right).clone()),
+                Some("provider") => provider = Some((*a.right).clone()),
+                Some("metadata") => metadata = Some((*a.right).clone()),
+                _ => {
+                    return Err(syn::Error::new(
+                        a.left.span(),
+                        "unknown #[human_feedback] option; expected message, emit, default, llm, provider or metadata",
+                    ));
+                }
+            }
+        }
+        let message = message.ok_or_else(|| {
+            syn::Error::new(attr.span(), "#[human_feedback] needs a message: #[human_feedback(message = \"Approve?\")]")
+        })?;
+        if let Some(d) = &default {
+            if emit.is_empty() {
+                return Err(syn::Error::new(d.span(), "`default` needs `emit = [..]` outcomes to choose from"));
+            }
+            if !emit.iter().any(|e| e.value() == d.value()) {
+                return Err(syn::Error::new(
+                    d.span(),
+                    format!("default \"{}\" is not one of the emit outcomes", d.value()),
+                ));
+            }
+        }
+        Ok(FeedbackAttr { message, emit, default, llm, provider, metadata, span: attr.span() })
+    }
+
+    fn var(step: &Ident) -> Ident {
+        quote::format_ident!("__crewflow_feedback_{}", step)
+    }
+
+    /// The `HumanFeedback` value, built before `self` moves into the flow (so options may
+    /// read `self`'s fields).
+    fn build(&self, step: &Ident, krate: &TokenStream) -> TokenStream {
+        let var = Self::var(step);
+        let message = &self.message;
+        let emit = (!self.emit.is_empty()).then(|| {
+            let l = &self.emit;
+            quote!(.emit([#(#l),*]))
+        });
+        let default = self.default.as_ref().map(|d| quote!(.default_outcome(#d)));
+        let llm = self.llm.as_ref().map(|e| quote!(.classifier(#e)));
+        let provider = self.provider.as_ref().map(|e| quote!(.provider(#e)));
+        let metadata = self.metadata.as_ref().map(|e| quote!(.metadata(#e)));
+        quote!(let #var = #krate::HumanFeedback::new(#message) #emit #default #llm #provider #metadata;)
+    }
+}
+
 struct StepMethod {
     ident: Ident,
     /// Marked `#[persist]`: checkpoint after it.
     persisted: bool,
+    /// Marked `#[human_feedback(..)]`.
+    feedback: Option<FeedbackAttr>,
     role: Role,
     router: Option<RouterAttr>,
     params: Vec<Param>,
@@ -112,6 +196,11 @@ impl StepMethod {
             Type::Path(p) => last_ident(&p.path),
             _ => None,
         }
+    }
+
+    /// A plain step with feedback outcomes: it routes by them.
+    fn emits(&self) -> bool {
+        self.router.is_none() && self.feedback.as_ref().is_some_and(|f| !f.emit.is_empty())
     }
 
     fn is_string_router(&self) -> bool {
@@ -146,6 +235,10 @@ fn is_persist_attr(a: &Attribute) -> bool {
     a.path().segments.last().is_some_and(|s| s.ident == "persist")
 }
 
+fn is_feedback_attr(a: &Attribute) -> bool {
+    a.path().segments.last().is_some_and(|s| s.ident == "human_feedback")
+}
+
 pub fn expand(args: FlowArgs, mut item: ItemImpl, krate: &TokenStream) -> TokenStream {
     let mut errors = Errors::default();
     if let Some((path, _)) = &item.trait_ {
@@ -165,9 +258,14 @@ pub fn expand(args: FlowArgs, mut item: ItemImpl, krate: &TokenStream) -> TokenS
         let ImplItem::Fn(f) = impl_item else { continue };
         let persist_attr = f.attrs.iter().find(|a| is_persist_attr(a)).cloned();
         f.attrs.retain(|a| !is_persist_attr(a));
+        let feedback_attr = f.attrs.iter().find(|a| is_feedback_attr(a)).cloned();
+        f.attrs.retain(|a| !is_feedback_attr(a));
         if !f.attrs.iter().any(is_step_attr) {
             if let Some(p) = persist_attr {
                 errors.push(p.span(), format!("#[persist] goes on a step; `{}` is not one", f.sig.ident));
+            }
+            if let Some(p) = feedback_attr {
+                errors.push(p.span(), format!("#[human_feedback] goes on a step; `{}` is not one", f.sig.ident));
             }
             plain_methods.insert(f.sig.ident.to_string());
             continue;
@@ -177,6 +275,17 @@ pub fn expand(args: FlowArgs, mut item: ItemImpl, krate: &TokenStream) -> TokenS
         match parse_step(f, &attrs) {
             Ok(mut step) => {
                 step.persisted = persist_attr.is_some();
+                match feedback_attr.as_ref().map(FeedbackAttr::parse).transpose() {
+                    Ok(feedback) => {
+                        if let (Some(fb), Some(_)) = (&feedback, &step.router)
+                            && !fb.emit.is_empty()
+                        {
+                            errors.push(fb.span, format!("router `{}` already chooses its label; drop `emit` (its feedback is then recorded) or make it a plain step", step.ident));
+                        }
+                        step.feedback = feedback;
+                    }
+                    Err(e) => errors.add(e),
+                }
                 steps.push(step);
             }
             Err(e) => {
@@ -359,7 +468,7 @@ fn parse_step(f: &ImplItemFn, attrs: &[Attribute]) -> syn::Result<StepMethod> {
         ));
     };
     let ok_ty = result_ok_type(ret);
-    Ok(StepMethod { ident, persisted: false, role, router, params, ret: (**ret).clone(), ok_ty })
+    Ok(StepMethod { ident, persisted: false, feedback: None, role, router, params, ret: (**ret).clone(), ok_ty })
 }
 
 fn string_list(e: &Expr) -> syn::Result<Vec<LitStr>> {
@@ -451,6 +560,7 @@ fn check(steps: &[StepMethod], cx: &CheckContext<'_>, errors: &mut Errors) {
         .iter()
         .filter(|s| s.is_string_router())
         .flat_map(|s| s.router.iter().flat_map(|r| r.routes.iter()))
+        .chain(steps.iter().filter(|s| s.emits()).flat_map(|s| s.feedback.iter().flat_map(|f| f.emit.iter())))
         .map(|l| (l.value(), l))
         .collect();
     let typed_routers: BTreeSet<String> =
@@ -551,12 +661,14 @@ fn generate(
         .then(|| quote!(let builder = builder.default_store(#krate::__private::default_store);));
     let input_checks = input_checks(steps, krate);
     let route_checks = route_checks(steps, krate);
+    let feedbacks = steps.iter().filter_map(|s| s.feedback.as_ref().map(|f| f.build(&s.ident, krate)));
 
     quote! {
         impl #krate::IntoFlow for #self_ty {
             type State = #state;
 
             fn into_builder(self) -> #krate::FlowBuilder<#state> {
+                #(#feedbacks)*
                 let this = #krate::__private::Arc::new(self);
                 let builder = #krate::FlowBuilder::<#state>::new(#flow_name);
                 #(#adds)*
@@ -623,7 +735,11 @@ fn add_step(s: &StepMethod, state: &Type, krate: &TokenStream) -> TokenStream {
         quote!(#routes #terminal)
     });
     let persisted = s.persisted.then(|| quote!(.persisted()));
-    quote!(let builder = #call #modifiers #persisted;)
+    let feedback = s.feedback.as_ref().map(|_| {
+        let var = FeedbackAttr::var(&s.ident);
+        quote!(.human_feedback(#var))
+    });
+    quote!(let builder = #call #modifiers #persisted #feedback;)
 }
 
 /// For every (listener, trigger leaf): a local trait whose only impls accept matching types,
@@ -631,6 +747,11 @@ fn add_step(s: &StepMethod, state: &Type, krate: &TokenStream) -> TokenStream {
 /// both steps and both types.
 fn input_checks(steps: &[StepMethod], krate: &TokenStream) -> Vec<TokenStream> {
     let by_name: BTreeMap<String, &StepMethod> = steps.iter().map(|s| (s.ident.to_string(), s)).collect();
+    let emitted: BTreeSet<String> = steps
+        .iter()
+        .filter(|s| s.emits())
+        .flat_map(|s| s.feedback.iter().flat_map(|f| f.emit.iter().map(LitStr::value)))
+        .collect();
     let mut out = Vec::new();
     for s in steps {
         let (Some(input), Some(t)) = (s.input(), s.role.trigger()) else { continue };
@@ -640,6 +761,10 @@ fn input_checks(steps: &[StepMethod], krate: &TokenStream) -> Vec<TokenStream> {
         for (n, leaf) in t.leaves().into_iter().enumerate() {
             let (produced, source) = match leaf {
                 TriggerAst::Step(i) => match by_name.get(&i.to_string()) {
+                    // A reviewed plain step outputs the feedback result.
+                    Some(src) if src.feedback.is_some() && src.router.is_none() => {
+                        (quote!(#krate::FeedbackResult), format!("step `{i}` (reviewed)"))
+                    }
                     Some(src) => {
                         let ret = &src.ret;
                         (quote!(<#ret as #krate::__private::StepReturn>::Ok), format!("step `{i}`"))
@@ -648,6 +773,9 @@ fn input_checks(steps: &[StepMethod], krate: &TokenStream) -> Vec<TokenStream> {
                 },
                 TriggerAst::Route { ty, path } => {
                     (quote!(#ty), format!("route `{}`", quote!(#path).to_string().replace(' ', "")))
+                }
+                TriggerAst::Label(l) if emitted.contains(&l.value()) => {
+                    (quote!(#krate::FeedbackResult), format!("feedback outcome \"{}\"", l.value()))
                 }
                 TriggerAst::Label(l) => (quote!(::std::string::String), format!("label \"{}\"", l.value())),
                 TriggerAst::Or(_) | TriggerAst::And(_) => continue,

@@ -81,6 +81,15 @@ pub fn persist(_args: TokenStream, item: TokenStream) -> TokenStream {
     outside_flow("persist", item)
 }
 
+/// Asks a person for feedback on the step's output after its body runs:
+/// `#[human_feedback(message = "Approve?", emit = ["approved", "rejected"], default = "rejected",
+/// llm = self.llm.clone(), provider = DeferredFeedback, metadata = json!({..}))]`. Only
+/// meaningful on a step inside a `#[flow]` impl block; see `crewflow::feedback`.
+#[proc_macro_attribute]
+pub fn human_feedback(_args: TokenStream, item: TokenStream) -> TokenStream {
+    outside_flow("human_feedback", item)
+}
+
 /// Marks a router step. Only meaningful inside a `#[flow]` impl block.
 #[proc_macro_attribute]
 pub fn router(_args: TokenStream, item: TokenStream) -> TokenStream {

@@ -281,7 +281,7 @@ impl RunStore for PostgresStore {
                     let sql = format!(
                         "WITH run AS (
                              UPDATE crewflow_runs SET state = $2::text::jsonb, frontier = $3::text::jsonb, seq = $4,
-                                 updated_at = now()
+                                 updated_at = now(), pending = coalesce($7::text::jsonb, pending)
                              WHERE id = $1 AND fencing = $5 RETURNING id),
                          steps AS ({})
                          SELECT count(*) FROM run",
@@ -298,6 +298,7 @@ impl RunStore for PostgresStore {
                                 &(cp.seq as i64),
                                 &(cp.fencing as i64),
                                 &steps_json(&cp.steps),
+                                &cp.feedback,
                             ],
                         )
                         .await?;
@@ -316,16 +317,22 @@ impl RunStore for PostgresStore {
             boxed(
                 async {
                     let client = self.client().await?;
-                    let (state, frontier, seq, steps) = match &end.checkpoint {
-                        Some(cp) => (Some(&cp.state), Some(&cp.frontier), Some(cp.seq as i64), steps_json(&cp.steps)),
-                        None => (None, None, None, "[]".to_string()),
+                    let (state, frontier, seq, steps, feedback) = match &end.checkpoint {
+                        Some(cp) => (
+                            Some(&cp.state),
+                            Some(&cp.frontier),
+                            Some(cp.seq as i64),
+                            steps_json(&cp.steps),
+                            cp.feedback.as_ref(),
+                        ),
+                        None => (None, None, None, "[]".to_string(), None),
                     };
                     let sql = format!(
                         "WITH run AS (
                              UPDATE crewflow_runs SET status = $2, error = $3, final_activation = $4, owner = NULL,
                                  lease_until = NULL, updated_at = now(),
                                  state = coalesce($5::text::jsonb, state), frontier = coalesce($6::text::jsonb, frontier),
-                                 seq = coalesce($7, seq)
+                                 seq = coalesce($7, seq), pending = coalesce($10::text::jsonb, pending)
                              WHERE id = $1 AND fencing = $8 RETURNING id),
                          steps AS ({})
                          SELECT count(*) FROM run",
@@ -344,6 +351,7 @@ impl RunStore for PostgresStore {
                                 &seq,
                                 &(end.fencing as i64),
                                 &steps,
+                                &feedback,
                             ],
                         )
                         .await?;
@@ -366,7 +374,8 @@ impl RunStore for PostgresStore {
                     let Some(r) = client
                         .query_opt(
                             "SELECT flow, fingerprint, status, fencing, owner, lease_until, seq, inputs::text,
-                                 payload::text, state::text, frontier::text, final_activation, error, created_at, updated_at
+                                 payload::text, state::text, frontier::text, final_activation, error, created_at, updated_at,
+                                 pending::text
                              FROM crewflow_runs WHERE id = $1",
                             &[&id],
                         )
@@ -407,6 +416,7 @@ impl RunStore for PostgresStore {
                         error: r.get(12),
                         created_at: r.get(13),
                         updated_at: r.get(14),
+                        feedback: r.get(15),
                         steps,
                     }))
                 }

@@ -221,7 +221,8 @@ impl RunStore for SqliteStore {
                     let t = ms(now());
                     let updated = tx
                         .prepare_cached(
-                            "UPDATE crewflow_runs SET state = ?1, frontier = ?2, seq = ?3, updated_at = ?4
+                            "UPDATE crewflow_runs SET state = ?1, frontier = ?2, seq = ?3, updated_at = ?4,
+                                 pending = coalesce(?7, pending)
                              WHERE id = ?5 AND fencing = ?6",
                         )?
                         .execute(params![
@@ -230,7 +231,8 @@ impl RunStore for SqliteStore {
                             cp.seq as i64,
                             t,
                             cp.run_id.to_string(),
-                            cp.fencing as i64
+                            cp.fencing as i64,
+                            cp.feedback,
                         ])?;
                     if updated == 0 {
                         return Err(fenced(&tx, cp.run_id, cp.fencing));
@@ -255,7 +257,8 @@ impl RunStore for SqliteStore {
                     let updated = match &end.checkpoint {
                         Some(cp) => tx.execute(
                             "UPDATE crewflow_runs SET status = ?1, error = ?2, final_activation = ?3, owner = NULL,
-                                 lease_until = NULL, updated_at = ?4, state = ?5, frontier = ?6, seq = ?7
+                                 lease_until = NULL, updated_at = ?4, state = ?5, frontier = ?6, seq = ?7,
+                                 pending = coalesce(?10, pending)
                              WHERE id = ?8 AND fencing = ?9",
                             params![
                                 end.status.as_str(),
@@ -266,7 +269,8 @@ impl RunStore for SqliteStore {
                                 cp.frontier,
                                 cp.seq as i64,
                                 id,
-                                end.fencing as i64
+                                end.fencing as i64,
+                                cp.feedback,
                             ],
                         )?,
                         None => tx.execute(
@@ -304,7 +308,7 @@ impl RunStore for SqliteStore {
                     let run = c
                         .prepare_cached(
                             "SELECT flow, fingerprint, status, fencing, owner, lease_until, seq, inputs, payload, state,
-                                 frontier, final_activation, error, created_at, updated_at
+                                 frontier, final_activation, error, created_at, updated_at, pending
                              FROM crewflow_runs WHERE id = ?1",
                         )?
                         .query_row([&id], |r| {
@@ -325,6 +329,7 @@ impl RunStore for SqliteStore {
                                 error: r.get(12)?,
                                 created_at: from_ms(r.get(13)?),
                                 updated_at: from_ms(r.get(14)?),
+                                feedback: r.get(15)?,
                                 steps: Vec::new(),
                             })
                         })

@@ -1,0 +1,514 @@
+//! Human feedback on a step's output: [`HumanFeedback`] (`#[human_feedback(..)]` in a
+//! `#[flow]`), the providers that collect it, and the pause / resume protocol.
+//!
+//! After a step marked for feedback returns, the run asks a [`FeedbackProvider`] about the
+//! step's output. A *blocking* provider ([`ConsoleFeedback`], or any provider that answers)
+//! answers in place and the run goes on. A *non-blocking* provider ([`DeferredFeedback`], a
+//! webhook, a queue) answers [`FeedbackReply::Pending`]: the run lets the branches already in
+//! flight finish, writes one checkpoint holding the whole frontier and the request, and ends
+//! *paused* ([`Run::paused`](crate::Run::paused)). [`Flow::resume_with_feedback`]
+//! continues it exactly, in this process or in another one sharing the store.
+//!
+//! Without `emit`, listeners of the step receive a [`FeedbackResult`] (the output and the
+//! feedback). With `emit`, the feedback is mapped to one outcome — an exact match first, then a
+//! case-insensitive one, then the [`OutcomeClassifier`] (a model), then the default — and the
+//! outcome is dispatched as a route label, with the [`FeedbackResult`] as the payload. A router
+//! with feedback (and no `emit`) keeps routing by its own label; its feedback goes to the
+//! history only.
+//!
+//! [`Flow::resume_with_feedback`]: crate::Flow::resume_with_feedback
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::builder::StepOutcome;
+use crate::cx::{Cx, RunShared};
+use crate::error::{Error, StepError};
+use crate::event::EventKind;
+use crate::id::RunId;
+use crate::output::Output;
+
+/// How a step asks for feedback on its output (the builder form of `#[human_feedback(..)]`).
+///
+/// ```
+/// use crewflow_core::HumanFeedback;
+///
+/// let review = HumanFeedback::new("Publish this draft?")
+///     .emit(["approved", "rejected"])
+///     .default_outcome("rejected");
+/// ```
+#[derive(Clone)]
+pub struct HumanFeedback {
+    pub(crate) message: String,
+    pub(crate) emit: Vec<Arc<str>>,
+    pub(crate) default_outcome: Option<Arc<str>>,
+    pub(crate) classifier: Option<Arc<dyn OutcomeClassifier>>,
+    pub(crate) provider: Option<Arc<dyn FeedbackProvider>>,
+    pub(crate) metadata: Option<Value>,
+}
+
+impl std::fmt::Debug for HumanFeedback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HumanFeedback")
+            .field("message", &self.message)
+            .field("emit", &self.emit)
+            .field("default_outcome", &self.default_outcome)
+            .field("classifier", &self.classifier.is_some())
+            .field("provider", &self.provider.is_some())
+            .field("metadata", &self.metadata)
+            .finish()
+    }
+}
+
+impl HumanFeedback {
+    /// Asks `message` about the step's output.
+    pub fn new(message: impl Into<String>) -> Self {
+        HumanFeedback {
+            message: message.into(),
+            emit: Vec::new(),
+            default_outcome: None,
+            classifier: None,
+            provider: None,
+            metadata: None,
+        }
+    }
+
+    /// The outcomes the feedback maps to; each is dispatched as a route label.
+    pub fn emit<L: Into<Arc<str>>>(mut self, outcomes: impl IntoIterator<Item = L>) -> Self {
+        self.emit = outcomes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The outcome when the feedback is empty or matches nothing.
+    pub fn default_outcome(mut self, outcome: impl Into<Arc<str>>) -> Self {
+        self.default_outcome = Some(outcome.into());
+        self
+    }
+
+    /// Maps free-text feedback to an outcome when it matches none exactly (`crewflow::llm::Llm`
+    /// implements [`OutcomeClassifier`]).
+    pub fn classifier(mut self, classifier: impl OutcomeClassifier) -> Self {
+        self.classifier = Some(Arc::new(classifier));
+        self
+    }
+
+    /// [`classifier`](HumanFeedback::classifier), shared.
+    pub fn classifier_arc(mut self, classifier: Arc<dyn OutcomeClassifier>) -> Self {
+        self.classifier = Some(classifier);
+        self
+    }
+
+    /// Who collects this step's feedback (default: the flow's provider, else the console).
+    pub fn provider(mut self, provider: impl FeedbackProvider) -> Self {
+        self.provider = Some(Arc::new(provider));
+        self
+    }
+
+    /// [`provider`](HumanFeedback::provider), shared.
+    pub fn provider_arc(mut self, provider: Arc<dyn FeedbackProvider>) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+
+    /// Data passed to the provider and kept in the result.
+    pub fn metadata(mut self, metadata: impl Serialize) -> Self {
+        self.metadata = serde_json::to_value(metadata).ok();
+        self
+    }
+
+    /// The configuration problems a build reports.
+    pub(crate) fn check(&self, step: &str, is_router: bool) -> Result<(), Error> {
+        let fail = |why: String| Err(Error::Builder(format!("human feedback on step `{step}`: {why}")));
+        if is_router && !self.emit.is_empty() {
+            return fail(
+                "a router already chooses its label; drop `emit` (its feedback is then recorded) or make it a plain step"
+                    .into(),
+            );
+        }
+        if let Some(d) = &self.default_outcome {
+            if self.emit.is_empty() {
+                return fail(format!("default outcome \"{d}\" needs `emit` outcomes to choose from"));
+            }
+            if !self.emit.contains(d) {
+                return fail(format!("default outcome \"{d}\" is not one of the outcomes {}", list(&self.emit)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the reviewer is asked.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackRequest {
+    /// The run waiting for the answer.
+    pub run_id: RunId,
+    /// The flow's name.
+    pub flow: String,
+    /// The step whose output is reviewed.
+    pub step: String,
+    /// The question.
+    pub message: String,
+    /// The step's output, as JSON.
+    pub output: Value,
+    /// The outcomes the answer maps to (empty: free feedback).
+    pub emit: Vec<String>,
+    /// The outcome of an empty answer.
+    pub default_outcome: Option<String>,
+    /// The step's feedback metadata.
+    pub metadata: Option<Value>,
+    /// When it was asked.
+    pub requested_at: DateTime<Utc>,
+}
+
+/// A provider's reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedbackReply {
+    /// The reviewer answered now.
+    Answer(String),
+    /// The answer will come later, through
+    /// [`Flow::resume_with_feedback`](crate::Flow::resume_with_feedback): the run pauses.
+    Pending,
+}
+
+/// The future a [`FeedbackProvider`] returns.
+pub type FeedbackFuture = Pin<Box<dyn Future<Output = Result<FeedbackReply, StepError>> + Send>>;
+
+/// Collects feedback. Closures `Fn(&FeedbackRequest) -> Fut` are providers.
+pub trait FeedbackProvider: Send + Sync + 'static {
+    /// Asks for feedback; returns the answer, or [`FeedbackReply::Pending`] to pause the run.
+    fn request(&self, request: &FeedbackRequest) -> FeedbackFuture;
+
+    /// Whether this provider may pause runs (then the flow must have a store, checked at
+    /// build time).
+    fn pauses(&self) -> bool {
+        false
+    }
+}
+
+impl<F, Fut> FeedbackProvider for F
+where
+    F: Fn(&FeedbackRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<FeedbackReply, StepError>> + Send + 'static,
+{
+    fn request(&self, request: &FeedbackRequest) -> FeedbackFuture {
+        Box::pin(self(request))
+    }
+}
+
+/// Asks on the terminal: prints the output and the question, reads a line on a blocking thread
+/// (the runtime keeps running). End of input counts as an empty answer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConsoleFeedback;
+
+impl FeedbackProvider for ConsoleFeedback {
+    fn request(&self, request: &FeedbackRequest) -> FeedbackFuture {
+        let output = match &request.output {
+            Value::String(s) => s.clone(),
+            other => serde_json::to_string_pretty(other).unwrap_or_else(|_| other.to_string()),
+        };
+        let choices = if request.emit.is_empty() { String::new() } else { format!(" [{}]", request.emit.join(" / ")) };
+        let prompt = format!("\n--- {} ---\n{output}\n\n{}{choices} ", request.step, request.message);
+        Box::pin(async move {
+            let line = tokio::task::spawn_blocking(move || {
+                use std::io::{BufRead, Write};
+                let mut out = std::io::stdout().lock();
+                let _ = write!(out, "{prompt}");
+                let _ = out.flush();
+                let mut line = String::new();
+                std::io::stdin().lock().read_line(&mut line).map(|_| line)
+            })
+            .await
+            .map_err(|e| StepError::msg(format!("the console reader stopped: {e}")))??;
+            Ok(FeedbackReply::Answer(line.trim_end_matches(['\r', '\n']).to_string()))
+        })
+    }
+}
+
+/// Pauses the run and waits for the answer to come through
+/// [`Flow::resume_with_feedback`](crate::Flow::resume_with_feedback): for reviews done in
+/// another program (a web page, a chat, a command line run later).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeferredFeedback;
+
+impl FeedbackProvider for DeferredFeedback {
+    fn request(&self, _: &FeedbackRequest) -> FeedbackFuture {
+        Box::pin(async { Ok(FeedbackReply::Pending) })
+    }
+
+    fn pauses(&self) -> bool {
+        true
+    }
+}
+
+/// The future an [`OutcomeClassifier`] returns.
+pub type ClassifyFuture = Pin<Box<dyn Future<Output = Result<Option<String>, StepError>> + Send>>;
+
+/// Maps free-text feedback to one of a closed set of outcomes (usually a language model).
+pub trait OutcomeClassifier: Send + Sync + 'static {
+    /// The outcome `feedback` means, or `None` if it means none of them.
+    fn classify(&self, feedback: &str, outcomes: &[Arc<str>]) -> ClassifyFuture;
+}
+
+/// A reviewed output: what the step produced, what the reviewer said, what it meant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackResult {
+    /// The reviewed step.
+    pub step: String,
+    /// The step's output, as JSON.
+    pub output: Value,
+    /// The reviewer's words.
+    pub feedback: String,
+    /// The outcome dispatched (steps with `emit`), else `None`.
+    pub outcome: Option<String>,
+    /// The step's feedback metadata.
+    pub metadata: Option<Value>,
+    /// When the answer came.
+    pub at: DateTime<Utc>,
+}
+
+impl FeedbackResult {
+    /// The reviewed output as a `T`.
+    pub fn output_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(&self.output)
+    }
+}
+
+/// A run waiting for feedback: what [`Run::paused`](crate::Run::paused) reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Paused {
+    /// The run to resume with [`Flow::resume_with_feedback`](crate::Flow::resume_with_feedback).
+    pub run_id: RunId,
+    /// What the reviewer is asked.
+    pub request: FeedbackRequest,
+}
+
+/// A step execution waiting for feedback, as kept in the run's checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct PendingFeedback {
+    /// The paused execution (still in flight in the frontier).
+    pub activation: u64,
+    pub request: FeedbackRequest,
+    /// A router's own label (routers with feedback keep routing by it).
+    pub label: Option<Arc<str>>,
+}
+
+/// What a run keeps about feedback, stored with its checkpoints.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct FeedbackRecord {
+    pub pending: Vec<PendingFeedback>,
+    pub history: Vec<FeedbackResult>,
+}
+
+impl FeedbackRecord {
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.history.is_empty()
+    }
+}
+
+/// The feedback phase after a reviewed step's body: ask, then map the answer (re-asking up to
+/// twice when it matches no outcome), or hand the driver a pause.
+pub(crate) async fn after_step<S: Send + Sync + 'static>(
+    cx: &Cx<S>,
+    config: &HumanFeedback,
+    body: StepOutcome,
+    is_router: bool,
+) -> Result<StepOutcome, Error> {
+    let run = cx.shared();
+    let step: Arc<str> = Arc::from(cx.step());
+    let output = body.output.to_json().map_err(|e| Error::Unpersistable {
+        what: format!("the output of step `{step}` (to show the reviewer)"),
+        message: e.to_string(),
+    })?;
+    let mut request = FeedbackRequest {
+        run_id: run.id,
+        flow: run.flow.to_string(),
+        step: step.to_string(),
+        message: config.message.clone(),
+        output,
+        emit: config.emit.iter().map(|l| l.to_string()).collect(),
+        default_outcome: config.default_outcome.as_ref().map(|l| l.to_string()),
+        metadata: config.metadata.clone(),
+        requested_at: Utc::now(),
+    };
+    let provider: Arc<dyn FeedbackProvider> =
+        config.provider.clone().or_else(|| run.feedback.clone()).unwrap_or_else(|| Arc::new(ConsoleFeedback));
+    let mut attempts = 0;
+    loop {
+        let (message, output, emit) = (request.message.clone(), request.output.clone(), request.emit.clone());
+        run.telemetry.events.emit(run.id, Some(&step), || EventKind::FeedbackRequested { message, output, emit });
+        let reply = provider
+            .request(&request)
+            .await
+            .map_err(|e| Error::FeedbackProvider { step: step.to_string(), source: e.into() })?;
+        let answer = match reply {
+            FeedbackReply::Pending => {
+                request.message = config.message.clone();
+                let pending = PendingFeedback { activation: cx.activation(), request, label: body.label.clone() };
+                return Ok(StepOutcome { pause: Some(Box::new(pending)), ..body });
+            }
+            FeedbackReply::Answer(answer) => answer,
+        };
+        match resolve_outcome(config, &step, &answer).await {
+            Ok(outcome) => {
+                let reviewed = Reviewed { request, body_output: body.output, body_label: body.label, is_router };
+                return Ok(apply_answer(run, &step, reviewed, answer, outcome));
+            }
+            Err(e) if attempts < 2 => {
+                attempts += 1;
+                request.message = format!("{e}\n{}", config.message);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A reviewed step execution, waiting for its answer to be applied.
+pub(crate) struct Reviewed {
+    pub request: FeedbackRequest,
+    pub body_output: Output,
+    pub body_label: Option<Arc<str>>,
+    pub is_router: bool,
+}
+
+/// Records an answer (history, event) and builds the step's outcome from it: a router keeps
+/// its own output and label; another step outputs the [`FeedbackResult`] and dispatches the
+/// outcome, if it has outcomes.
+pub(crate) fn apply_answer<S>(
+    run: &RunShared<S>,
+    step: &Arc<str>,
+    reviewed: Reviewed,
+    answer: String,
+    outcome: Option<Arc<str>>,
+) -> StepOutcome {
+    let result = FeedbackResult {
+        step: step.to_string(),
+        output: reviewed.request.output,
+        feedback: answer,
+        outcome: outcome.as_ref().map(|o| o.to_string()),
+        metadata: reviewed.request.metadata,
+        at: Utc::now(),
+    };
+    let (feedback, reported) = (result.feedback.clone(), result.outcome.clone());
+    run.with_feedback_history(|h| h.push(result.clone()));
+    run.telemetry.events.emit(run.id, Some(step), || EventKind::FeedbackReceived { feedback, outcome: reported });
+    if reviewed.is_router {
+        StepOutcome { output: reviewed.body_output, label: reviewed.body_label, pause: None }
+    } else {
+        StepOutcome { output: Output::new(result), label: outcome, pause: None }
+    }
+}
+
+/// Maps an answer to an outcome of `config`: exact, then case-insensitive, then the classifier,
+/// then the default. `Ok(None)` for steps without `emit`; an error when nothing matches and
+/// there is no default.
+pub(crate) async fn resolve_outcome(
+    config: &HumanFeedback,
+    step: &str,
+    answer: &str,
+) -> Result<Option<Arc<str>>, Error> {
+    if config.emit.is_empty() {
+        return Ok(None);
+    }
+    let trimmed = answer.trim();
+    if trimmed.is_empty() {
+        return Ok(Some(config.default_outcome.clone().unwrap_or_else(|| config.emit[0].clone())));
+    }
+    if let Some(exact) = match_outcome(&config.emit, trimmed) {
+        return Ok(Some(exact));
+    }
+    let mut classifier_error = None;
+    if let Some(classifier) = &config.classifier {
+        match classifier.classify(trimmed, &config.emit).await {
+            Ok(Some(label)) => {
+                if let Some(m) = match_outcome(&config.emit, label.trim()) {
+                    return Ok(Some(m));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => classifier_error = Some(e.to_string()),
+        }
+    }
+    if let Some(d) = &config.default_outcome {
+        return Ok(Some(d.clone()));
+    }
+    Err(Error::UnmatchedFeedback {
+        step: step.to_string(),
+        feedback: trimmed.to_string(),
+        outcomes: list(&config.emit),
+        classifier: match (&config.classifier, classifier_error) {
+            (None, _) => "no classifier is set".to_string(),
+            (Some(_), Some(e)) => format!("the classifier failed: {e}"),
+            (Some(_), None) => "the classifier matched none".to_string(),
+        },
+    })
+}
+
+fn match_outcome(emit: &[Arc<str>], answer: &str) -> Option<Arc<str>> {
+    emit.iter().find(|o| &***o == answer).or_else(|| emit.iter().find(|o| o.eq_ignore_ascii_case(answer))).cloned()
+}
+
+fn list(labels: &[Arc<str>]) -> String {
+    labels.iter().map(|l| format!("\"{l}\"")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> HumanFeedback {
+        HumanFeedback::new("ok?").emit(["approved", "rejected"])
+    }
+
+    async fn outcome(c: &HumanFeedback, answer: &str) -> Result<Option<Arc<str>>, Error> {
+        resolve_outcome(c, "review", answer).await
+    }
+
+    #[tokio::test]
+    async fn answers_map_exactly_then_case_insensitively_then_by_default() {
+        let c = config().default_outcome("rejected");
+        assert_eq!(outcome(&c, "approved").await.unwrap().as_deref(), Some("approved"));
+        assert_eq!(outcome(&c, "  APPROVED ").await.unwrap().as_deref(), Some("approved"));
+        assert_eq!(outcome(&c, "").await.unwrap().as_deref(), Some("rejected"));
+        assert_eq!(outcome(&c, "meh").await.unwrap().as_deref(), Some("rejected"));
+        assert_eq!(outcome(&HumanFeedback::new("free"), "anything").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn an_unmatched_answer_without_default_is_an_error_naming_the_outcomes() {
+        let e = outcome(&config(), "maybe later").await.unwrap_err().to_string();
+        assert!(e.contains("maybe later") && e.contains("\"approved\", \"rejected\""), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_classifier_decides_free_text_and_is_checked_against_the_outcomes() {
+        let c = config().classifier(|fb: &str, _: &[Arc<str>]| -> ClassifyFuture {
+            let label = if fb.contains("good") { "Approved" } else { "nonsense" };
+            Box::pin(async move { Ok(Some(label.to_string())) })
+        });
+        assert_eq!(outcome(&c, "looks good to me").await.unwrap().as_deref(), Some("approved"));
+        assert!(outcome(&c, "hmm").await.is_err(), "a label outside the outcomes is not taken");
+    }
+
+    #[test]
+    fn bad_configurations_are_build_errors() {
+        assert!(config().check("s", true).is_err(), "emit on a router");
+        assert!(HumanFeedback::new("x").default_outcome("a").check("s", false).is_err());
+        assert!(config().default_outcome("maybe").check("s", false).is_err());
+        assert!(config().default_outcome("approved").check("s", false).is_ok());
+    }
+}
+
+impl<F> OutcomeClassifier for F
+where
+    F: Fn(&str, &[Arc<str>]) -> ClassifyFuture + Send + Sync + 'static,
+{
+    fn classify(&self, feedback: &str, outcomes: &[Arc<str>]) -> ClassifyFuture {
+        self(feedback, outcomes)
+    }
+}
