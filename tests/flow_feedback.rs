@@ -436,3 +436,98 @@ fn console_child() {
     let run = flow.kickoff_blocking(()).unwrap();
     println!("RESULT={}", run.output::<String>().unwrap());
 }
+
+mod over_http {
+    use super::*;
+    use crate::common::http::{Reply, TestServer};
+    use crewflow::feedback::WebhookFeedback;
+    use crewflow::llm::{Llm, LlmOptions, RetryPolicy};
+    use crewflow::store::{RunStore, SqliteStore};
+
+    fn completion(content: &str) -> serde_json::Value {
+        json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000, "model": "gpt-4o-mini",
+            "choices": [{ "index": 0, "finish_reason": "stop", "logprobs": null,
+                "message": { "role": "assistant", "content": content, "refusal": null } }],
+            "usage": { "prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35 }
+        })
+    }
+
+    /// `llm = ..`: a real model client (OpenAI wire format over loopback) maps free text to an
+    /// outcome; its call is one of the run's events.
+    #[tokio::test]
+    async fn a_model_maps_free_text_to_an_outcome() {
+        let server = TestServer::start(vec![Reply::json(200, &completion(r#"{"label": "approved"}"#))]).await;
+        let llm = Llm::with_options(
+            "openai/gpt-4o-mini",
+            LlmOptions::default().base_url(format!("{}/v1", server.url)).api_key("sk-test").retry(RetryPolicy::none()),
+        )
+        .unwrap();
+        let flow = FlowBuilder::<Doc>::new("model")
+            .start("draft", |_cx, (): ()| async move { Ok("text") })
+            .human_feedback(
+                HumanFeedback::new("ok?")
+                    .emit(["approved", "rejected"])
+                    .classifier(llm)
+                    .provider(Scripted::new(&["ship it, nice work"])),
+            )
+            .listen("ship", label("approved"), |_cx, (): ()| async move { Ok("shipped") })
+            .build()
+            .unwrap();
+        let run = flow.kickoff(()).await.unwrap();
+        assert_eq!(run.output::<String>().unwrap(), "shipped");
+        let sent = server.requests()[0].json().to_string();
+        assert!(
+            sent.contains("ship it, nice work") && sent.contains("approved") && sent.contains("rejected"),
+            "{sent}"
+        );
+    }
+
+    /// The webhook provider posts the request (retrying a 5xx) and pauses the run; the answer
+    /// comes back through `resume_with_feedback`. A 404 fails the step, naming the URL.
+    #[tokio::test]
+    async fn the_webhook_provider_posts_and_pauses() {
+        let server =
+            TestServer::start(vec![Reply::text(503, "busy"), Reply::json(202, &json!({"queued": true}))]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(dir.path().join("runs.db")));
+        let hook = WebhookFeedback::new(format!("{}/hooks/review", server.url)).bearer("s3cret");
+        let flow =
+            FlowBuilder::<Doc>::new("hooked")
+                .start("draft", |_cx, (): ()| async move { Ok("refund 40 EUR") })
+                .human_feedback(HumanFeedback::new("Refund?").emit(["approved", "rejected"]).provider(hook))
+                .listen("pay", label("approved"), |_cx, r: FeedbackResult| async move {
+                    Ok(format!("paid: {}", r.feedback))
+                })
+                .store_arc(store.clone())
+                .build()
+                .unwrap();
+        let run = flow.kickoff(()).await.unwrap();
+        let paused = run.paused().expect("paused").clone();
+        let posted = server.requests();
+        assert_eq!(posted.len(), 2, "one retry after the 503");
+        assert_eq!((posted[1].method.as_str(), posted[1].path.as_str()), ("POST", "/hooks/review"));
+        assert_eq!(posted[1].header("authorization"), Some("Bearer s3cret"));
+        let body = posted[1].json();
+        assert_eq!(body["run_id"], json!(run.id.to_string()));
+        assert_eq!((body["step"].clone(), body["message"].clone()), (json!("draft"), json!("Refund?")));
+        assert_eq!(
+            (body["output"].clone(), body["emit"].clone()),
+            (json!("refund 40 EUR"), json!(["approved", "rejected"]))
+        );
+        assert_eq!(paused.request.output, json!("refund 40 EUR"));
+
+        let done = flow.resume_with_feedback(run.id, "approved").await.unwrap();
+        assert_eq!(done.output::<String>().unwrap(), "paid: approved");
+
+        let missing = TestServer::start(vec![Reply::text(404, "no such hook")]).await;
+        let flow = FlowBuilder::<Doc>::new("lost")
+            .start("draft", |_cx, (): ()| async move { Ok("x") })
+            .human_feedback(HumanFeedback::new("?").provider(WebhookFeedback::new(format!("{}/nope", missing.url))))
+            .store_arc(store)
+            .build()
+            .unwrap();
+        let err = flow.kickoff(()).await.unwrap_err().to_string();
+        assert!(err.contains("/nope") && err.contains("404"), "{err}");
+    }
+}

@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::Log;
 use crewflow::prelude::*;
 use crewflow::store::{RunFilter, RunStatus, RunStore, SqliteStore};
-use crewflow::{DeferredFeedback, Error, FeedbackResult, HumanFeedback};
+use crewflow::{DeferredFeedback, Error, FeedbackResult, HumanFeedback, RunId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -332,4 +332,86 @@ async fn loops_and_parallel_reviews_pause_again_until_done() {
     assert_eq!(second.paused().unwrap().request.step, "b");
     let done = parallel.resume_with_feedback(first.id, "yes B").await.unwrap();
     assert_eq!(done.output::<Vec<String>>().unwrap(), ["a=yes A", "b=yes B"]);
+}
+
+/// A store whose claims of paused runs take a while, so that two answers racing for one pause
+/// both read it before either claims it.
+struct SlowClaims(Arc<dyn RunStore>);
+
+impl RunStore for SlowClaims {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    fn create_run<'a>(&'a self, run: &'a crewflow::store::NewRun) -> crewflow::store::StoreFuture<'a, ()> {
+        self.0.create_run(run)
+    }
+    fn save_checkpoint<'a>(&'a self, c: &'a crewflow::store::Checkpoint) -> crewflow::store::StoreFuture<'a, ()> {
+        self.0.save_checkpoint(c)
+    }
+    fn end_run<'a>(&'a self, end: &'a crewflow::store::RunEnd) -> crewflow::store::StoreFuture<'a, ()> {
+        self.0.end_run(end)
+    }
+    fn load_run(&self, id: RunId) -> crewflow::store::StoreFuture<'_, Option<crewflow::store::StoredRun>> {
+        self.0.load_run(id)
+    }
+    fn claim_run<'a>(
+        &'a self,
+        id: RunId,
+        owner: &'a str,
+        lease: Duration,
+        replacing: Option<&'a str>,
+    ) -> crewflow::store::StoreFuture<'a, crewflow::store::Claim> {
+        self.0.claim_run(id, owner, lease, replacing)
+    }
+    fn claim_paused<'a>(
+        &'a self,
+        id: RunId,
+        seq: u64,
+        owner: &'a str,
+        lease: Duration,
+    ) -> crewflow::store::StoreFuture<'a, Option<crewflow::store::Claim>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            self.0.claim_paused(id, seq, owner, lease).await
+        })
+    }
+    fn claim_orphans<'a>(
+        &'a self,
+        flows: &'a [String],
+        owner: &'a str,
+        lease: Duration,
+        limit: usize,
+    ) -> crewflow::store::StoreFuture<'a, Vec<crewflow::store::Claim>> {
+        self.0.claim_orphans(flows, owner, lease, limit)
+    }
+    fn heartbeat<'a>(&'a self, owner: &'a str, lease: Duration) -> crewflow::store::StoreFuture<'a, u64> {
+        self.0.heartbeat(owner, lease)
+    }
+    fn list_runs<'a>(
+        &'a self,
+        filter: &'a RunFilter,
+    ) -> crewflow::store::StoreFuture<'a, Vec<crewflow::store::RunSummary>> {
+        self.0.list_runs(filter)
+    }
+}
+
+/// Two answers to one pause at once (a double click, a webhook delivered twice): exactly one
+/// continues the run; the other is told the run was already resumed; nothing runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_answers_to_one_pause_continue_it_once() {
+    let (_dir, store) = sqlite();
+    let log = Log::default();
+    let flow = outcome_flow(Arc::new(SlowClaims(store)), None, log.clone());
+    for _ in 0..3 {
+        let id = flow.kickoff(()).await.unwrap().id;
+        let (f1, f2) = (flow.clone(), flow.clone());
+        let a = tokio::spawn(async move { f1.resume_with_feedback(id, "approved").await });
+        let b = tokio::spawn(async move { f2.resume_with_feedback(id, "approved").await });
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        let oks = [a.is_ok(), b.is_ok()].iter().filter(|ok| **ok).count();
+        assert_eq!(oks, 1, "{a:?} / {b:?}");
+        let err = a.err().or(b.err()).unwrap();
+        assert!(err.to_string().contains("already resumed by another answer"), "{err}");
+    }
+    assert_eq!(log.count("on_approved:approved"), 3);
 }

@@ -194,7 +194,9 @@ pub fn extract(text: &str) -> Extracted {
     Extracted {
         vendor: field(text, "vendor"),
         number: field(text, "invoice").or_else(|| field(text, "number")),
-        currency: total.as_deref().and_then(|t| t.split_whitespace().find(|w| w.len() == 3 && w.chars().all(|c| c.is_ascii_uppercase())).map(str::to_string)),
+        currency: total.as_deref().and_then(|t| {
+            t.split_whitespace().find(|w| w.len() == 3 && w.chars().all(|c| c.is_ascii_uppercase())).map(str::to_string)
+        }),
         total: total.as_deref().and_then(cents),
         lines_sum: text
             .lines()

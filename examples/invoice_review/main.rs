@@ -46,7 +46,10 @@ async fn run(args: Vec<String>) -> Result<(), Error> {
             _ => Err("usage: invoice_review review <run-id> <answer>".into()),
         },
         Some("report") => report(&flow, store.as_ref()).await,
-        Some(other) => Err(format!("unknown command `{other}`; use process [DIR], pending, review <run-id> <answer> or report").into()),
+        Some(other) => {
+            Err(format!("unknown command `{other}`; use process [DIR], pending, review <run-id> <answer> or report")
+                .into())
+        }
     }
 }
 
@@ -104,8 +107,11 @@ async fn report(flow: &crewflow::Flow<Invoice>, store: &dyn crewflow::store::Run
     let by_type = flow::accuracy(flow, store).await?;
     println!("{:<10} {:>9} {:>8} {:>9} {:>10}", "type", "automatic", "checked", "correct", "accuracy");
     for (doc_type, a) in by_type {
-        let accuracy =
-            if a.reviewed == 0 { "-".to_string() } else { format!("{:.0}%", 100.0 * a.correct as f64 / a.reviewed as f64) };
+        let accuracy = if a.reviewed == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.0}%", 100.0 * a.correct as f64 / a.reviewed as f64)
+        };
         println!("{doc_type:<10} {:>9} {:>8} {:>9} {accuracy:>10}", a.automatic, a.reviewed, a.correct);
     }
     Ok(())

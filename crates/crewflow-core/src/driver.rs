@@ -224,7 +224,7 @@ pub(crate) fn paused_run<S: FlowState>(stored: &StoredRun) -> Result<Run<S>, Err
     let record = feedback_record(stored)?;
     run.output = None;
     run.final_step = None;
-    run.paused = record.pending.first().map(|p| Paused { run_id: stored.run_id, request: p.request.clone() });
+    run.paused = record.pending.first().map(|p| Box::new(Paused { run_id: stored.run_id, request: p.request.clone() }));
     run.feedback = record.history;
     Ok(run)
 }
@@ -544,7 +544,7 @@ impl<S: FlowState> Driver<S> {
             match self.next_signal().await? {
                 Signal::Completed(c) => return Ok(c),
                 Signal::CheckpointAsked(done) => {
-                    self.checkpoint_now().await?;
+                    Box::pin(self.checkpoint_now()).await?; // boxed: rare, keep the run future small
                     let _ = done.send(()); // the step may have stopped waiting
                 }
             }
@@ -724,7 +724,7 @@ impl<S: FlowState> Driver<S> {
         let steps = self.frontier.steps_run();
         let out = output.clone();
         self.emit(None, || EventKind::RunFinished { output: out, steps });
-        Ok(self.into_run(output, final_step, None))
+        Ok(self.take_run(output, final_step, None))
     }
 
     /// Ends the run paused: one checkpoint holding the frontier (the paused executions in
@@ -756,10 +756,15 @@ impl<S: FlowState> Driver<S> {
         let (message, step) = (first.message.clone(), Arc::from(first.step.as_str()));
         self.emit(Some(&step), || EventKind::RunPaused { message });
         let paused = Paused { run_id: self.shared.id, request: first };
-        Ok(self.into_run(None, None, Some(paused)))
+        Ok(self.take_run(None, None, Some(Box::new(paused))))
     }
 
-    fn into_run(&mut self, output: Option<Output>, final_step: Option<Arc<str>>, paused: Option<Paused>) -> Run<S> {
+    fn take_run(
+        &mut self,
+        output: Option<Output>,
+        final_step: Option<Arc<str>>,
+        paused: Option<Box<Paused>>,
+    ) -> Run<S> {
         let state = std::mem::take(&mut *self.shared.state.lock().unwrap_or_else(PoisonError::into_inner));
         let records = self
             .completed

@@ -255,6 +255,15 @@ pub trait OutcomeClassifier: Send + Sync + 'static {
     fn classify(&self, feedback: &str, outcomes: &[Arc<str>]) -> ClassifyFuture;
 }
 
+impl<F> OutcomeClassifier for F
+where
+    F: Fn(&str, &[Arc<str>]) -> ClassifyFuture + Send + Sync + 'static,
+{
+    fn classify(&self, feedback: &str, outcomes: &[Arc<str>]) -> ClassifyFuture {
+        self(feedback, outcomes)
+    }
+}
+
 /// A reviewed output: what the step produced, what the reviewer said, what it meant.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FeedbackResult {
@@ -501,14 +510,5 @@ mod tests {
         assert!(HumanFeedback::new("x").default_outcome("a").check("s", false).is_err());
         assert!(config().default_outcome("maybe").check("s", false).is_err());
         assert!(config().default_outcome("approved").check("s", false).is_ok());
-    }
-}
-
-impl<F> OutcomeClassifier for F
-where
-    F: Fn(&str, &[Arc<str>]) -> ClassifyFuture + Send + Sync + 'static,
-{
-    fn classify(&self, feedback: &str, outcomes: &[Arc<str>]) -> ClassifyFuture {
-        self(feedback, outcomes)
     }
 }

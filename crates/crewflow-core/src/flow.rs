@@ -152,6 +152,18 @@ impl<S: FlowState> Flow<S> {
             None => None,
         };
         let me = process_owner();
+        if answer.is_some() {
+            let claim = store
+                .claim_paused(run_id, stored.seq, &me, self.inner.lease)
+                .await
+                .map_err(|e| Error::from_store(store.as_ref(), "claim the paused run", e))?;
+            let Some(claim) = claim else {
+                // Another answer took it between our read and our claim.
+                let status = "already resumed by another answer".to_string();
+                return Err(Error::NotPaused { run_id: run_id.to_string(), status });
+            };
+            return driver::drive_resumed(self.inner.clone(), stored, claim, stream, cancel, answer).await;
+        }
         let claim = match store.claim_run(run_id, &me, self.inner.lease, None).await {
             Ok(claim) => claim,
             Err(e) => match Error::from_store(store.as_ref(), "claim the run", e) {
@@ -414,7 +426,8 @@ pub struct Run<S> {
     pub(crate) records: Vec<StepRecord>,
     pub(crate) inputs: Vec<crate::input::InputRecord>,
     pub(crate) usage: crate::scope::TokenUsage,
-    pub(crate) paused: Option<crate::feedback::Paused>,
+    // Boxed: rare, and every run future holds a `Run`.
+    pub(crate) paused: Option<Box<crate::feedback::Paused>>,
     pub(crate) feedback: Vec<crate::feedback::FeedbackResult>,
 }
 
@@ -472,7 +485,7 @@ impl<S> Run<S> {
     /// Whether the run paused for feedback, and what it waits for: resume it with
     /// [`Flow::resume_with_feedback`]. A paused run has no output yet.
     pub fn paused(&self) -> Option<&crate::feedback::Paused> {
-        self.paused.as_ref()
+        self.paused.as_deref()
     }
 
     /// Whether the run ran to its end (it did not pause).

@@ -296,6 +296,23 @@ pub trait RunStore: Send + Sync + 'static {
         replacing: Option<&'a str>,
     ) -> StoreFuture<'a, Claim>;
 
+    /// Takes over a *paused* run to answer it: like [`claim_run`](RunStore::claim_run), but only
+    /// while the run is still paused at checkpoint `seq` (the one the answer was read against),
+    /// checked and changed atomically, so two answers to one pause (a double-clicked button, a
+    /// webhook delivered twice) never both continue it. `None` when the run is not paused at
+    /// that checkpoint (any more). The default falls back to `claim_run` (without that
+    /// guarantee) for stores that do not implement it.
+    fn claim_paused<'a>(
+        &'a self,
+        run_id: RunId,
+        seq: u64,
+        owner: &'a str,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<Claim>> {
+        let _ = seq;
+        Box::pin(async move { self.claim_run(run_id, owner, lease, None).await.map(Some) })
+    }
+
     /// Claims up to `limit` runs of the given flows that are queued, or running with an expired
     /// lease (their owner stopped), oldest first. Concurrent claimers never get the same run.
     fn claim_orphans<'a>(

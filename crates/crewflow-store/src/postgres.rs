@@ -472,6 +472,34 @@ impl RunStore for PostgresStore {
         })
     }
 
+    fn claim_paused<'a>(
+        &'a self,
+        run_id: RunId,
+        seq: u64,
+        owner: &'a str,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<Claim>> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let client = self.client().await?;
+                    let row = client
+                        .query_opt(
+                            "UPDATE crewflow_runs SET owner = $2, lease_until = now() + $3 * interval '1 millisecond',
+                                 fencing = fencing + 1, status = 'running', error = NULL, updated_at = now()
+                             WHERE id = $1 AND status = 'paused' AND seq = $4 RETURNING flow, fencing",
+                            &[&run_id.to_string(), &owner, &lease_ms(lease), &(seq as i64)],
+                        )
+                        .await?;
+                    let Some(row) = row else { return Ok(None) };
+                    self.keep_leases_alive(owner, lease);
+                    Ok(Some(Claim { run_id, flow: row.get(0), fencing: row.get::<_, i64>(1) as u64 }))
+                }
+                .await,
+            )
+        })
+    }
+
     fn claim_orphans<'a>(
         &'a self,
         flows: &'a [String],

@@ -401,6 +401,39 @@ impl RunStore for SqliteStore {
         })
     }
 
+    fn claim_paused<'a>(
+        &'a self,
+        run_id: RunId,
+        seq: u64,
+        owner: &'a str,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<Claim>> {
+        Box::pin(async move {
+            let me = owner.to_string();
+            let claim = boxed(
+                self.call(move |c| {
+                    let t = ms(now());
+                    let claimed: Option<(String, i64)> = c
+                        .prepare_cached(
+                            "UPDATE crewflow_runs SET owner = ?1, lease_until = ?2, fencing = fencing + 1,
+                                 status = 'running', error = NULL, updated_at = ?3
+                             WHERE id = ?4 AND status = 'paused' AND seq = ?5 RETURNING flow, fencing",
+                        )?
+                        .query_row(params![me, t + lease_ms(lease), t, run_id.to_string(), seq as i64], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                        .optional()?;
+                    Ok(claimed.map(|(flow, fencing)| Claim { run_id, flow, fencing: fencing as u64 }))
+                })
+                .await,
+            )?;
+            if claim.is_some() {
+                self.keep_leases_alive(owner, lease);
+            }
+            Ok(claim)
+        })
+    }
+
     fn claim_orphans<'a>(
         &'a self,
         flows: &'a [String],
