@@ -187,7 +187,7 @@ async fn a_step_is_checkpointed_before_it_waits_for_an_answer() {
 /// Waiting for an answer never blocks the runtime: on a single-threaded runtime, another task
 /// keeps running while a step waits, and a timeout ends the wait with a typed answer.
 #[test]
-fn waiting_never_blocks_the_runtime() {
+fn weakness_24_waiting_never_blocks_the_runtime() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let slow = |_req: &InputRequest| async move {

@@ -685,3 +685,32 @@ async fn c53_forks_of_forks_keep_overrides() {
     let third = flow.fork(second.id, ()).await.unwrap();
     assert_eq!((third.state.sentence_count, third.state.poem_type.as_str()), (5, "limerick"));
 }
+
+/// Weakness 11: kicking a persisted flow off again runs it again (a new run, every step), never
+/// a silent replay of the previous result; reusing a stored run's id is refused, pointing at
+/// `resume`.
+#[tokio::test]
+async fn weakness_11_kicking_off_again_runs_again() {
+    let (_dir, path) = temp_db();
+    let log = Log::default();
+    let l = log.clone();
+    let flow = FlowBuilder::<serde_json::Map<String, serde_json::Value>>::new("again")
+        .start("count", move |_cx, (): ()| {
+            let log = l.clone();
+            async move {
+                log.push("count");
+                Ok(log.count("count"))
+            }
+        })
+        .store(SqliteStore::open(&path))
+        .build()
+        .unwrap();
+    let first = flow.kickoff(json!({"id": "same"})).await.unwrap();
+    let second = flow.kickoff(json!({"id": "same"})).await.unwrap();
+    assert_ne!(first.id, second.id);
+    assert_eq!((first.output::<usize>().unwrap(), second.output::<usize>().unwrap()), (1, 2));
+
+    let err = flow.kickoff(Kickoff::new().run_id(first.id)).await.unwrap_err().to_string();
+    assert!(err.contains(&first.id.to_string()) && err.contains("Flow::resume"), "{err}");
+    assert_eq!(log.count("count"), 2, "a refused kickoff runs nothing");
+}
