@@ -21,6 +21,8 @@ mod heartbeat;
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "sqlite")]
+mod sqlite_sessions;
 mod util;
 
 use std::sync::Arc;
