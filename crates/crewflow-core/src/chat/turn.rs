@@ -467,10 +467,10 @@ fn take_reply<S: Conversational>(
     if let Some(reply) = run.state.chat_mut().pending_reply.take() {
         return Ok(reply);
     }
-    let routes = routes_of(run, flow);
+    // A router's label is how the turn was routed, not what to say.
+    let by_router = run.final_step().and_then(|s| flow.graph.step_index(s)).is_some_and(|ix| flow.graph.is_router(ix));
     match run.output::<String>() {
-        // A route label is how the turn was routed, not what to say.
-        Ok(text) if !routes.contains(&text) => Ok(text),
+        Ok(text) if !by_router => Ok(text),
         _ => Err(Error::NoReply {
             session: session.to_string(),
             turn: index,
