@@ -173,3 +173,28 @@ async fn a_model_summarizes_older_turns() {
     let sent = server.requests()[0].json().to_string();
     assert!(sent.contains("hello 0") && sent.contains("hello 1") && !sent.contains("hello 2"), "{sent}");
 }
+
+/// The support example's intents on the local MiniLM embedder, with paraphrases that share
+/// few words with the examples (so matching is by meaning, not by word overlap).
+#[tokio::test]
+#[cfg_attr(not(crewflow_local_model_tests), ignore = "set CREWFLOW_TEST_LOCAL_MODELS=1 after scripts/fetch-models")]
+async fn minilm_routes_paraphrases_to_their_intents() {
+    let embedder = crewflow::llm::local::LocalEmbedder::load_default().unwrap();
+    let intents = Intents::new(embedder)
+        .intent("billing", ["I was charged twice this month.", "My invoice shows the wrong amount."])
+        .intent("bug_report", ["The app crashes when I click save.", "I get an error 500 when uploading a file."])
+        .intent("security", ["Someone logged into my account from another country.", "I think my password was stolen."])
+        .intent("small_talk", ["Hello!", "How are you today?"])
+        .threshold(0.45);
+    let cases = [
+        ("Why did you bill my card two times?", "billing"),
+        ("The program freezes and closes whenever I press the save button", "bug_report"),
+        ("A stranger got into my account and changed my email", "security"),
+        ("Hi there, good morning!", "small_talk"),
+        ("What is the boiling point of tungsten?", "unknown"),
+    ];
+    for (text, expected) in cases {
+        let found = intents.classify(text).await.unwrap();
+        assert_eq!(found.label, expected, "{text}: {found:?}");
+    }
+}

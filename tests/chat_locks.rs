@@ -96,3 +96,24 @@ async fn turns_of_different_sessions_do_not_wait_for_each_other() {
     b.unwrap();
     assert!(started.elapsed() < Duration::from_millis(550), "took {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn separately_built_copies_of_a_flow_share_the_session_lock() {
+    let (_dir, path) = temp_db();
+    // A server that builds the flow per request: two values, two store handles, one session.
+    let copies: Vec<_> = (0..4).map(|_| slow_echo(&path, Duration::from_millis(2), ChatOptions::default())).collect();
+    let mut tasks = Vec::new();
+    for (c, flow) in copies.iter().enumerate() {
+        let flow = flow.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..5 {
+                flow.handle_turn("shared", &format!("c{c}-{i}")).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let state = copies[0].session("shared").await.unwrap().unwrap().state;
+    assert_eq!(state.messages.len(), 40, "no turn was refused or lost");
+}

@@ -79,3 +79,51 @@ async fn a_stored_state_that_no_longer_parses_is_reported_with_the_fix() {
     assert!(matches!(err, Error::CorruptSession { .. }), "{err:?}");
     assert!(err.to_string().contains("#[serde(default)]"), "{err}");
 }
+
+#[tokio::test]
+async fn a_turn_saved_elsewhere_in_between_is_a_conflict_not_a_silent_loss() {
+    use crewflow::chat::{TurnRecord, TurnSave};
+    use crewflow::store::RunStore;
+
+    let (_dir, path) = temp_db();
+    let other_path = path.clone();
+    // The step plays another process without a cross-process lock: it saves a turn of the
+    // same session directly in the store while this turn runs.
+    let flow = FlowBuilder::<ChatState>::new("raced")
+        .start("answer", move |_cx, m: String| {
+            let other = SqliteStore::open(&other_path);
+            async move {
+                let now = chrono::Utc::now();
+                let record = TurnRecord {
+                    session_id: "s".into(),
+                    index: 0,
+                    run_id: crewflow::RunId::new(),
+                    user_message: "elsewhere".into(),
+                    reply: "saved elsewhere".into(),
+                    intent: None,
+                    usage: Default::default(),
+                    started_at: now,
+                    finished_at: now,
+                };
+                let save = TurnSave {
+                    session_id: "s".into(),
+                    flow: "raced".into(),
+                    state: serde_json::to_string(&ChatState::default()).unwrap(),
+                    expected_turns: 0,
+                    turn: record,
+                    trace: None,
+                };
+                other.sessions().unwrap().save_turn(&save).await.map_err(StepError::from_boxed)?;
+                Ok(m)
+            }
+        })
+        .store(SqliteStore::open(&path))
+        .build()
+        .unwrap();
+    let err = flow.handle_turn("s", "here").await.unwrap_err();
+    assert!(matches!(err, Error::SessionConflict(_)), "{err:?}");
+    assert!(err.to_string().contains("nothing of this turn was saved"), "{err}");
+    let session = flow.session("s").await.unwrap().unwrap();
+    let replies: Vec<_> = session.turns.iter().map(|t| t.reply.as_str()).collect();
+    assert_eq!(replies, ["saved elsewhere"], "the other save stands; this one was refused whole");
+}

@@ -1,7 +1,8 @@
 //! In-process session locks: one async mutex per session that has a turn running or waiting.
 //!
 //! Entries exist only while a turn holds or waits for the lock, so a million idle sessions
-//! cost nothing. Waiters are served in arrival order (tokio's mutex is fair).
+//! cost nothing. Waiters are served in arrival order (tokio's mutex is fair). The map's own
+//! mutex is held only to find or drop an entry, never while waiting.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -10,6 +11,14 @@ use std::time::Duration;
 use tokio::sync::OwnedMutexGuard;
 
 type Entry = Arc<tokio::sync::Mutex<()>>;
+
+/// The locks of this process, keyed by flow name and session id: shared by every `Flow` value,
+/// so two separately built copies of a flow (a server building one per request) still run a
+/// session's turns one at a time.
+pub(crate) fn process_locks() -> &'static Arc<SessionLocks> {
+    static LOCKS: std::sync::OnceLock<Arc<SessionLocks>> = std::sync::OnceLock::new();
+    LOCKS.get_or_init(Arc::default)
+}
 
 /// The per-session locks of one flow.
 #[derive(Default)]

@@ -139,12 +139,11 @@ impl ChatOptions {
     }
 }
 
-/// What a flow keeps for its conversations: options, session locks, and the store-less copy
-/// of the flow that runs turns.
+/// What a flow keeps for its conversations: options and the store-less copy of the flow that
+/// runs turns. (Session locks are process-wide, see [`lock::process_locks`].)
 #[derive(Default)]
 pub(crate) struct ChatRuntime {
     pub options: ChatOptions,
-    pub locks: Arc<lock::SessionLocks>,
     /// The flow's definition without its run store, built on the first turn: a turn's durable
     /// record is the session (one row), not a run record per turn holding the transcript again.
     pub turn_flow: OnceLock<Box<dyn std::any::Any + Send + Sync>>,

@@ -240,7 +240,8 @@ impl<S: Conversational> Flow<S> {
         let (clock, started_at) = (Instant::now(), Utc::now());
         let wait = chat.options.lock_timeout;
         let busy = || Error::SessionBusy { session: session_id.to_string(), waited: wait };
-        let local = chat.locks.lock(session_id, wait).await.ok_or_else(busy)?;
+        let key = format!("{}\0{session_id}", self.name());
+        let local = super::lock::process_locks().lock(&key, wait).await.ok_or_else(busy)?;
         let remote = sessions
             .lock_session(self.name(), session_id, wait.saturating_sub(clock.elapsed()))
             .await
