@@ -142,3 +142,56 @@ async fn flows_nested_in_a_turn_never_finalize_the_sessions_trace() {
     assert_eq!(traces.len(), 1);
     assert_eq!((traces[0].turns, traces[0].finalized_at), (2, None), "still open, with both turns");
 }
+
+fn chunk(delta: serde_json::Value, finish: serde_json::Value) -> String {
+    json!({ "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }], "usage": null })
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_streamed_model_reply_reaches_the_turn_stream_as_tokens_in_order() {
+    use crewflow::chat::TurnEvent;
+    let events: Vec<(Option<&str>, String)> = vec![
+        (None, chunk(json!({ "role": "assistant", "content": "" }), serde_json::Value::Null)),
+        (None, chunk(json!({ "content": "Hel" }), serde_json::Value::Null)),
+        (None, chunk(json!({ "content": "lo, " }), serde_json::Value::Null)),
+        (None, chunk(json!({ "content": "Ada!" }), json!("stop"))),
+        (None, "[DONE]".to_string()),
+    ];
+    let server = TestServer::start(vec![Reply::sse(&events)]).await;
+    let llm = Llm::with_options(
+        "openai/gpt-4o-mini",
+        LlmOptions::default().base_url(format!("{}/v1", server.url)).api_key("sk-test").retry(RetryPolicy::none()),
+    )
+    .unwrap();
+    let (_dir, path) = temp_db();
+    let flow = FlowBuilder::<ChatState>::new("streamed")
+        .start("answer", move |_cx, m: String| {
+            let llm = llm.clone();
+            async move { Ok(llm.stream(m.as_str()).await?.response().await?.text) }
+        })
+        .store(SqliteStore::open(&path))
+        .build()
+        .unwrap();
+    let mut stream = flow.stream_turn("s", "Say hello to Ada");
+    let (mut tokens, mut reply, mut kinds) = (String::new(), None, Vec::new());
+    while let Some(item) = stream.next().await {
+        match item.unwrap() {
+            TurnEvent::Token(t) => {
+                assert!(reply.is_none(), "tokens come before the turn");
+                tokens.push_str(&t);
+                kinds.push("token");
+            }
+            TurnEvent::Event(e) => kinds.push(e.kind.name()),
+            TurnEvent::Finished(turn) => reply = Some(turn.reply),
+            _ => {}
+        }
+    }
+    assert_eq!(tokens, "Hello, Ada!");
+    assert_eq!(reply.as_deref(), Some("Hello, Ada!"));
+    let first_token = kinds.iter().position(|k| *k == "token").unwrap();
+    let started = kinds.iter().position(|k| *k == "llm_call_started").unwrap();
+    let finished = kinds.iter().position(|k| *k == "llm_call_finished").unwrap();
+    assert!(started < first_token && first_token < finished, "{kinds:?}");
+}
