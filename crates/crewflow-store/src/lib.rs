@@ -12,8 +12,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The tables, the lease protocol and the planned tables (sessions, traces, memories) are
-//! described in `docs/store.md`.
+//! Both also keep conversation sessions, their turns and traces
+//! ([`SessionStore`](crewflow_core::chat::SessionStore)); PostgreSQL adds session locks across
+//! processes. The tables and the lease protocol are described in `docs/store.md`, sessions in
+//! `docs/chat.md`.
 
 mod error;
 mod heartbeat;
