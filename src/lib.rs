@@ -104,6 +104,7 @@ pub mod __private {
 
 /// What most flows need: `use crewflow::prelude::*;`.
 pub mod prelude {
+    pub use crate::chat::{ChatOptions, ChatState, Conversational};
     pub use crate::llm::{ChatRequest, Llm, Message};
     pub use crate::trigger::{and, label, or, route, step};
     pub use crate::{

@@ -42,6 +42,8 @@ pub(crate) struct FlowInner<S> {
     pub lease: std::time::Duration,
     /// Some step is marked `persisted`: only those checkpoint.
     pub selective: bool,
+    /// Conversations: options and session locks (see [`crate::chat`]).
+    pub chat: crate::chat::ChatRuntime,
 }
 
 impl<S> FlowInner<S> {
@@ -68,6 +70,10 @@ impl<S> Clone for Flow<S> {
 impl<S: FlowState> Flow<S> {
     pub(crate) fn from_inner(inner: FlowInner<S>) -> Self {
         Flow { inner: Arc::new(inner) }
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<FlowInner<S>> {
+        &self.inner
     }
 
     #[cfg(test)]

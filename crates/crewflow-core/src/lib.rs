@@ -11,6 +11,7 @@
 
 mod builder;
 mod cancel;
+pub mod chat;
 mod cx;
 mod driver;
 mod error;
@@ -31,6 +32,7 @@ mod worker;
 
 pub use builder::{DEFAULT_CANCEL_GRACE, DEFAULT_MAX_STEPS, FlowBuilder};
 pub use cancel::Canceller;
+pub use chat::{ChatOptions, ChatState, Conversational, Turn, TurnEvent};
 pub use cx::Cx;
 pub use error::{BoxError, Error, Result, StepError};
 pub use event::{Event, EventKind, EventStream, Observer};

@@ -328,6 +328,11 @@ pub trait RunStore: Send + Sync + 'static {
 
     /// Lists runs, newest first.
     fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>>;
+
+    /// Where this store keeps conversation sessions, if it does (see [`crate::chat`]).
+    fn sessions(&self) -> Option<&dyn crate::chat::SessionStore> {
+        None
+    }
 }
 
 /// The identity this process uses as a lease owner: `host:pid:tag`, where the tag is random.

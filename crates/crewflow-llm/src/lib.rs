@@ -31,6 +31,7 @@
 mod embed;
 mod error;
 mod http;
+mod intents;
 #[cfg(feature = "local")]
 pub mod local;
 mod provider;
@@ -47,6 +48,7 @@ use serde::de::DeserializeOwned;
 pub use embed::{EmbedFuture, Embedder, HashEmbedder, ProviderEmbedder, cosine};
 pub use error::LlmError;
 pub use http::RetryPolicy;
+pub use intents::{IntentMatch, Intents, LlmIntents};
 pub use stream::{ChatStream, StreamEvent};
 pub use structured::schema_of;
 pub use types::{

@@ -84,6 +84,12 @@ pub enum StoreError {
         /// Why.
         message: String,
     },
+    /// Another turn of the session was saved in between.
+    #[error(transparent)]
+    SessionConflict(crewflow_core::chat::SessionConflict),
+    /// The session's lock is held by another process.
+    #[error(transparent)]
+    SessionLocked(crewflow_core::chat::SessionLockTimeout),
 }
 
 impl StoreError {
@@ -93,6 +99,8 @@ impl StoreError {
         match self {
             StoreError::Lost(lost) => Box::new(lost),
             StoreError::Owned(owned) => Box::new(owned),
+            StoreError::SessionConflict(conflict) => Box::new(conflict),
+            StoreError::SessionLocked(locked) => Box::new(locked),
             other => Box::new(other),
         }
     }

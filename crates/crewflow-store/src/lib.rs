@@ -12,15 +12,21 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The tables, the lease protocol and the planned tables (sessions, traces, memories) are
-//! described in `docs/store.md`.
+//! Both also keep conversation sessions, their turns and traces
+//! ([`SessionStore`](crewflow_core::chat::SessionStore)); PostgreSQL adds session locks across
+//! processes. The tables and the lease protocol are described in `docs/store.md`, sessions in
+//! `docs/chat.md`.
 
 mod error;
 mod heartbeat;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+mod postgres_sessions;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "sqlite")]
+mod sqlite_sessions;
 mod util;
 
 use std::sync::Arc;

@@ -23,9 +23,10 @@ use crate::heartbeat::Heartbeat;
 use crate::util::{fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status};
 
 /// The newest schema this crewflow writes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
-const MIGRATIONS: [&str; 1] = [r#"
+const MIGRATIONS: [&str; 2] = [
+    r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
     flow             TEXT NOT NULL,
@@ -55,7 +56,9 @@ CREATE TABLE crewflow_steps (
     finished_at TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (run_id, activation)
 );
-"#];
+"#,
+    crate::postgres_sessions::MIGRATION,
+];
 
 struct Inner {
     /// `postgres://user@host:port/db`, without a password.
@@ -107,7 +110,7 @@ impl PostgresStore {
         Ok(store)
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         let client = self.inner.pool.get().await.map_err(|e| self.unavailable(e))?;
         self.inner.migrated.get_or_try_init(|| migrate(&client, &self.inner.target)).await?;
         Ok(client)
@@ -194,7 +197,7 @@ async fn migrate(client: &tokio_postgres::Client, target: &str) -> Result<(), St
     }
 }
 
-fn boxed<T>(r: Result<T, StoreError>) -> Result<T, crewflow_core::BoxError> {
+pub(crate) fn boxed<T>(r: Result<T, StoreError>) -> Result<T, crewflow_core::BoxError> {
     r.map_err(StoreError::into_boxed)
 }
 
@@ -544,6 +547,10 @@ impl RunStore for PostgresStore {
                 .await,
             )
         })
+    }
+
+    fn sessions(&self) -> Option<&dyn crewflow_core::chat::SessionStore> {
+        Some(self)
     }
 
     fn heartbeat<'a>(&'a self, owner: &'a str, lease: Duration) -> StoreFuture<'a, u64> {

@@ -26,10 +26,11 @@ use crate::heartbeat::Heartbeat;
 use crate::util::{fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status};
 
 /// The newest schema this crewflow writes.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// Schema migrations, applied in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: [&str; 1] = [r#"
+const MIGRATIONS: [&str; 2] = [
+    r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
     flow             TEXT NOT NULL,
@@ -59,7 +60,9 @@ CREATE TABLE crewflow_steps (
     finished_at INTEGER NOT NULL,
     PRIMARY KEY (run_id, activation)
 ) WITHOUT ROWID;
-"#];
+"#,
+    crate::sqlite_sessions::MIGRATION,
+];
 
 enum Location {
     File(PathBuf),
@@ -117,7 +120,7 @@ impl SqliteStore {
     /// Runs `f` on the connection (opening it first if needed), without blocking the runtime:
     /// on a multi-thread runtime the worker lends itself to the call (`block_in_place`),
     /// otherwise the call goes to the blocking pool.
-    async fn call<T: Send + 'static>(
+    pub(crate) async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -153,7 +156,7 @@ impl SqliteStore {
     }
 }
 
-fn boxed<T>(r: Result<T, StoreError>) -> Result<T, crewflow_core::BoxError> {
+pub(crate) fn boxed<T>(r: Result<T, StoreError>) -> Result<T, crewflow_core::BoxError> {
     r.map_err(StoreError::into_boxed)
 }
 
@@ -496,6 +499,10 @@ impl RunStore for SqliteStore {
         Box::pin(async move { boxed(self.renew(Arc::from(owner), lease).await) })
     }
 
+    fn sessions(&self) -> Option<&dyn crewflow_core::chat::SessionStore> {
+        Some(self)
+    }
+
     fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>> {
         Box::pin(async move {
             let filter = filter.clone();
@@ -672,15 +679,15 @@ fn not_a_database(e: StoreError, path: Option<&Path>) -> StoreError {
     }
 }
 
-fn now() -> DateTime<Utc> {
+pub(crate) fn now() -> DateTime<Utc> {
     Utc::now()
 }
 
-fn ms(t: DateTime<Utc>) -> i64 {
+pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-fn from_ms(ms: i64) -> DateTime<Utc> {
+pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 

@@ -1,0 +1,139 @@
+//! Conversation benchmarks: `scripts/bench` (or `cargo bench --bench chat -- [--only a,b]`).
+//!
+//! Prints one JSON line per figure:
+//! `{"bench": NAME, "metric": NAME, "median": X, "min": X, "max": X, "unit": U, "n": N}`.
+//! Each benchmark runs in its own process (the harness re-executes itself), so the memory
+//! figure is not polluted by the benchmark before it.
+//!
+//! - `turn_overhead`: 100 turns on one session, SQLite, a reply step with no model call
+//!   (`per_turn_us`, with the default session trace; `per_turn_us_untraced` without).
+//! - `sessions_10k`: 10,000 sessions × 10 turns, 64 sessions at a time (`turns_per_s`,
+//!   `peak_rss_mb`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // benchmarks may panic
+
+use std::time::Instant;
+
+use crewflow::chat::{ChatOptions, ChatState};
+use crewflow::prelude::*;
+use crewflow::store::SqliteStore;
+use futures::StreamExt;
+
+const BENCHES: [&str; 2] = ["turn_overhead", "sessions_10k"];
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(pos) = args.iter().position(|a| a == "--child") {
+        let name = args.get(pos + 1).cloned().unwrap_or_default();
+        run_child(&name);
+        return;
+    }
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|p| args.get(p + 1))
+        .map(|list| list.split(',').map(str::to_string).collect());
+    let exe = std::env::current_exe().expect("the benchmark binary knows its path");
+    for name in BENCHES {
+        if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == name)) {
+            continue;
+        }
+        let status = std::process::Command::new(&exe).args(["--child", name]).status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!("benchmark {name} failed: {status:?}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run_child(name: &str) {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
+    rt.block_on(async {
+        match name {
+            "turn_overhead" => turn_overhead().await,
+            "sessions_10k" => sessions_10k().await,
+            other => eprintln!("unknown benchmark {other}"),
+        }
+    });
+}
+
+fn report(bench: &str, metric: &str, unit: &str, mut samples: Vec<f64>) {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let n = samples.len();
+    let median = if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2.0 };
+    let line = serde_json::json!({
+        "bench": bench, "metric": metric,
+        "median": round(median), "min": round(samples[0]), "max": round(samples[n - 1]),
+        "unit": unit, "n": n,
+    });
+    println!("{line}");
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// A conversational flow whose one step replies without a model.
+fn reply_flow(path: &std::path::Path, traces: bool) -> Flow<ChatState> {
+    FlowBuilder::<ChatState>::new("bench_chat")
+        .start("reply", |_cx, message: String| async move { Ok(format!("you said: {message}")) })
+        .store(SqliteStore::open(path))
+        .chat(ChatOptions::default().traces(traces))
+        .build()
+        .expect("a flow")
+}
+
+/// Microseconds per turn of 100 turns on one fresh session.
+async fn hundred_turns(flow: &Flow<ChatState>, session: &str) -> f64 {
+    let started = Instant::now();
+    for i in 0..100 {
+        flow.handle_turn(session, &format!("message number {i}")).await.expect("a turn");
+    }
+    started.elapsed().as_secs_f64() * 1e6 / 100.0
+}
+
+async fn turn_overhead() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    for (traces, metric) in [(true, "per_turn_us"), (false, "per_turn_us_untraced")] {
+        let flow = reply_flow(&dir.path().join(format!("turns-{traces}.db")), traces);
+        hundred_turns(&flow, "warmup").await;
+        let mut samples = Vec::new();
+        for s in 0..7 {
+            samples.push(hundred_turns(&flow, &format!("session-{s}")).await);
+        }
+        report("turn_overhead", metric, "us", samples);
+    }
+}
+
+async fn sessions_10k() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let flow = reply_flow(&dir.path().join("sessions.db"), true);
+    let started = Instant::now();
+    let sessions = futures::stream::iter(0..10_000)
+        .map(|s| {
+            let flow = flow.clone();
+            async move {
+                let id = format!("session-{s}");
+                for t in 0..10 {
+                    flow.handle_turn(&id, &format!("turn {t} of {id}")).await.expect("a turn");
+                }
+            }
+        })
+        .buffer_unordered(64);
+    sessions.collect::<Vec<()>>().await;
+    let elapsed = started.elapsed().as_secs_f64();
+    report("sessions_10k", "turns_per_s", "turns/s", vec![100_000.0 / elapsed]);
+    report("sessions_10k", "peak_rss_mb", "MB", vec![peak_rss_bytes() as f64 / (1024.0 * 1024.0)]);
+}
+
+fn peak_rss_bytes() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<i64>().ok()))
+        })
+        .unwrap_or(0)
+        * 1024
+}

@@ -1,0 +1,211 @@
+//! Chat state: the transcript and what a conversational flow remembers between turns.
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::FlowState;
+
+/// Who wrote a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The person (or program) talking to the flow.
+    User,
+    /// The flow's reply.
+    Assistant,
+    /// Instructions for the model.
+    System,
+    /// A tool's result.
+    Tool,
+}
+
+impl Role {
+    /// The role as stored and sent to models (`user`, `assistant`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::System => "system",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+/// One message of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Who wrote it.
+    pub role: Role,
+    /// Its text.
+    pub content: String,
+    /// The turn it belongs to (0 for the first turn).
+    #[serde(default)]
+    pub turn: u64,
+}
+
+impl ChatMessage {
+    /// A message of `role` in turn `turn`.
+    pub fn new(role: Role, content: impl Into<String>, turn: u64) -> Self {
+        ChatMessage { role, content: content.into(), turn }
+    }
+}
+
+/// The part of a flow's state a conversation needs: the transcript, the last user message and
+/// intent, and the summary of compacted turns.
+///
+/// Embed it in your own state and implement [`Conversational`], or use `ChatState` itself as
+/// the state (`Flow<ChatState>`). The engine appends the user message before a turn's graph
+/// runs and the reply after it; steps read the history with [`ChatState::history`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatState {
+    /// The whole transcript, oldest first (compacted turns stay here; models get
+    /// [`history`](ChatState::history), which leaves them out).
+    #[serde(default)]
+    pub messages: Vec<ChatMessage>,
+    /// The text of the current (or last) user message.
+    #[serde(default)]
+    pub last_user_message: Option<String>,
+    /// The intent this turn was routed by (cleared when a turn starts, so a stale intent is
+    /// never replayed).
+    #[serde(default)]
+    pub last_intent: Option<String>,
+    /// The intent of the turn before.
+    #[serde(default)]
+    pub previous_intent: Option<String>,
+    /// A summary of the messages before [`summarized`](ChatState::summarized), written by the
+    /// flow's [`Summarizer`](super::Summarizer).
+    #[serde(default)]
+    pub summary: Option<String>,
+    /// How many messages, from the start, the summary covers.
+    #[serde(default)]
+    pub summarized: usize,
+    /// How many turns completed.
+    #[serde(default)]
+    pub turns: u64,
+    /// The reply set with [`Cx::reply`](crate::Cx::reply) during the current turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) pending_reply: Option<String>,
+    /// The flow's window ([`ChatOptions::window`](super::ChatOptions::window)), set for each turn.
+    #[serde(skip)]
+    pub(crate) window: usize,
+}
+
+/// The recent history a model should see: the summary of older turns, then the last messages.
+#[derive(Clone, Copy, Debug)]
+pub struct History<'a> {
+    /// The summary of what came before `recent`, if any.
+    pub summary: Option<&'a str>,
+    /// The last messages, oldest first.
+    pub recent: &'a [ChatMessage],
+}
+
+impl ChatState {
+    /// The last `n` messages (fewer if the transcript is shorter).
+    pub fn window(&self, n: usize) -> &[ChatMessage] {
+        &self.messages[self.messages.len().saturating_sub(n)..]
+    }
+
+    /// What a model should see: the summary of compacted messages, then the last `n` messages
+    /// that the summary does not cover.
+    pub fn history(&self, n: usize) -> History<'_> {
+        let start = self.messages.len().saturating_sub(n).max(self.summarized.min(self.messages.len()));
+        History { summary: self.summary.as_deref(), recent: &self.messages[start..] }
+    }
+
+    /// [`history`](ChatState::history) with the flow's window
+    /// ([`ChatOptions::window`](super::ChatOptions::window)): what a replying step should send
+    /// to its model.
+    pub fn recent(&self) -> History<'_> {
+        self.history(if self.window == 0 { super::ChatOptions::default().window } else { self.window })
+    }
+
+    /// The messages of one role, in order.
+    pub fn by_role(&self, role: Role) -> impl Iterator<Item = &ChatMessage> {
+        self.messages.iter().filter(move |m| m.role == role)
+    }
+
+    /// The reply set during the current turn, if any.
+    pub fn pending_reply(&self) -> Option<&str> {
+        self.pending_reply.as_deref()
+    }
+
+    /// Appends the user message of a new turn; the intent of the last turn becomes the previous one.
+    pub(crate) fn begin_turn(&mut self, message: &str) {
+        self.messages.push(ChatMessage::new(Role::User, message, self.turns));
+        self.last_user_message = Some(message.to_string());
+        self.previous_intent = self.last_intent.take();
+        self.pending_reply = None;
+    }
+
+    /// Appends the reply and counts the turn.
+    pub(crate) fn end_turn(&mut self, reply: &str) {
+        self.messages.push(ChatMessage::new(Role::Assistant, reply, self.turns));
+        self.turns += 1;
+    }
+}
+
+/// A state that holds a conversation: implemented by [`ChatState`], and by your own state
+/// through the [`conversational!`](crate::conversational) macro or by hand.
+///
+/// ```
+/// use crewflow_core::chat::{ChatState, Conversational};
+/// # use serde::{Deserialize, Serialize};
+/// #[derive(Default, Serialize, Deserialize)]
+/// struct Support { chat: ChatState, customer: Option<String> }
+///
+/// impl Conversational for Support {
+///     fn chat(&self) -> &ChatState { &self.chat }
+///     fn chat_mut(&mut self) -> &mut ChatState { &mut self.chat }
+/// }
+/// ```
+pub trait Conversational: FlowState {
+    /// The conversation.
+    fn chat(&self) -> &ChatState;
+    /// The conversation, to change.
+    fn chat_mut(&mut self) -> &mut ChatState;
+}
+
+impl Conversational for ChatState {
+    fn chat(&self) -> &ChatState {
+        self
+    }
+    fn chat_mut(&mut self) -> &mut ChatState {
+        self
+    }
+}
+
+/// Implements [`Conversational`] for a state type with a [`ChatState`] field:
+/// `crewflow_core::conversational!(Support, chat);`.
+#[macro_export]
+macro_rules! conversational {
+    ($state:ty, $field:ident) => {
+        impl $crate::chat::Conversational for $state {
+            fn chat(&self) -> &$crate::chat::ChatState {
+                &self.$field
+            }
+            fn chat_mut(&mut self) -> &mut $crate::chat::ChatState {
+                &mut self.$field
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_leaves_out_what_the_summary_covers() {
+        let mut s = ChatState::default();
+        for i in 0..6 {
+            s.begin_turn(&format!("q{i}"));
+            s.end_turn(&format!("a{i}"));
+        }
+        assert_eq!(s.window(3).len(), 3);
+        s.summarized = 10;
+        s.summary = Some("earlier".into());
+        let h = s.history(4);
+        assert_eq!(h.recent.len(), 2, "messages covered by the summary are left out");
+        assert_eq!(h.recent[0].content, "q5");
+        assert_eq!(h.summary, Some("earlier"));
+    }
+}

@@ -1,0 +1,247 @@
+//! Where sessions, their turns and their traces live: the interface a store implements.
+//!
+//! The engine knows no SQL: `crewflow-store` implements [`SessionStore`] for SQLite and
+//! PostgreSQL, and a store offers it through [`RunStore::sessions`](crate::persist::RunStore::sessions).
+//! A session is one row (its state, transcript included, replaced at each turn: the transcript
+//! is stored once, never once per step or per turn), one record per turn, and its traces.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::id::RunId;
+use crate::persist::StoreFuture;
+use crate::scope::TokenUsage;
+
+/// A session as stored.
+#[derive(Clone, Debug)]
+pub struct StoredSession {
+    /// The caller's id.
+    pub id: String,
+    /// The flow it belongs to.
+    pub flow: String,
+    /// The state after the last turn, as JSON text.
+    pub state: String,
+    /// How many turns completed.
+    pub turns: u64,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When its last turn was saved.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The record of one completed turn.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TurnRecord {
+    /// The session.
+    pub session_id: String,
+    /// The turn's index in the session, from 0.
+    pub index: u64,
+    /// The run that handled it.
+    pub run_id: RunId,
+    /// What the user said.
+    pub user_message: String,
+    /// The reply.
+    pub reply: String,
+    /// The intent the turn was routed by, if any.
+    pub intent: Option<String>,
+    /// Tokens the turn's model calls used.
+    pub usage: TokenUsage,
+    /// When the turn started.
+    pub started_at: DateTime<Utc>,
+    /// When it finished.
+    pub finished_at: DateTime<Utc>,
+}
+
+/// One span of a trace: the session, a turn, a step, a model call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SpanRecord {
+    /// Unique within the trace: `session`, `t3` (turn 3), `t3.s2` (activation 2 of turn 3),
+    /// `t3.l1` (model call 1 of turn 3).
+    pub span_id: String,
+    /// The enclosing span (`None` for the session span).
+    pub parent_id: Option<String>,
+    /// `session`, `turn`, `step`, `llm_call`, `tool_call`.
+    pub kind: String,
+    /// The step's name, the model, `turn 3`, ...
+    pub name: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it ended (`None` while open: the session span until the trace is finalized).
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Everything else (route taken, token usage, error, ...), as JSON.
+    pub attributes: serde_json::Value,
+}
+
+/// A trace: one per session (until finalized; a later turn then opens a new one).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceSummary {
+    /// The trace's id.
+    pub trace_id: String,
+    /// The session.
+    pub session_id: String,
+    /// The flow.
+    pub flow: String,
+    /// How many turns it spans.
+    pub turns: u64,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When its last turn was added.
+    pub updated_at: DateTime<Utc>,
+    /// When it was finalized (`None`: still open).
+    pub finalized_at: Option<DateTime<Utc>>,
+}
+
+/// The spans of one turn, to add to the session's open trace.
+#[derive(Clone, Debug)]
+pub struct TraceWrite {
+    /// A new trace's id, used when the session has no open trace (or its trace was idle too long).
+    pub new_trace_id: String,
+    /// An open trace idle for longer than this is finalized first, and the turn opens a new one.
+    pub idle_after: Option<Duration>,
+    /// The turn's spans (the session span is created with the trace).
+    pub spans: Vec<SpanRecord>,
+}
+
+/// Everything a completed turn writes, in one transaction.
+#[derive(Clone, Debug)]
+pub struct TurnSave {
+    /// The session.
+    pub session_id: String,
+    /// The flow.
+    pub flow: String,
+    /// The state after the turn, as JSON text.
+    pub state: String,
+    /// How many turns the session had when this turn loaded it; the save fails with
+    /// [`SessionConflict`] if another turn was saved in between.
+    pub expected_turns: u64,
+    /// The turn.
+    pub turn: TurnRecord,
+    /// The turn's spans, if the flow keeps traces.
+    pub trace: Option<TraceWrite>,
+}
+
+/// One line of a session listing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    /// The session.
+    pub id: String,
+    /// Its flow.
+    pub flow: String,
+    /// How many turns completed.
+    pub turns: u64,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When its last turn was saved.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Which sessions to list.
+#[derive(Clone, Debug, Default)]
+pub struct SessionFilter {
+    /// Only sessions of this flow.
+    pub flow: Option<String>,
+    /// At most this many (most recently updated first); 0 means 100.
+    pub limit: usize,
+}
+
+/// The save was refused: another turn of the session was saved since this one loaded it
+/// (two processes ran turns of one session without a cross-process lock).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "session `{session}` changed while this turn ran (it had {expected} turns, now {found}); nothing of this turn was saved. Run turns of one session one at a time across processes (PostgreSQL session locks do), then retry"
+)]
+pub struct SessionConflict {
+    /// The session.
+    pub session: String,
+    /// The turn count the turn started from.
+    pub expected: u64,
+    /// The turn count found at save time.
+    pub found: u64,
+}
+
+/// A session lock held across processes; released by [`release`](SessionGuard::release), or
+/// in the background when dropped.
+pub struct SessionGuard {
+    release: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl SessionGuard {
+    /// A guard whose release runs `release`.
+    pub fn new(release: impl Future<Output = ()> + Send + 'static) -> Self {
+        SessionGuard { release: Some(Box::pin(release)) }
+    }
+
+    /// Releases the lock now.
+    pub async fn release(mut self) {
+        if let Some(release) = self.release.take() {
+            release.await;
+        }
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        // A turn that was cancelled or panicked: release in the background. Without a runtime
+        // the future is dropped, and the store's own guard must release (closing its connection).
+        if let (Some(release), Ok(rt)) = (self.release.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(release);
+        }
+    }
+}
+
+/// Where sessions, turns and traces are kept. Implemented by `crewflow-store`.
+pub trait SessionStore: Send + Sync {
+    /// The session, or `None` if the store has none with this id (for this flow).
+    fn load_session<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, Option<StoredSession>>;
+
+    /// Saves a turn in one transaction: the session's state (creating the session on its
+    /// first turn), the turn record, and its spans. Fails with [`SessionConflict`] when the
+    /// session's turn count is not `save.expected_turns`.
+    fn save_turn<'a>(&'a self, save: &'a TurnSave) -> StoreFuture<'a, ()>;
+
+    /// Lists sessions, most recently updated first.
+    fn list_sessions<'a>(&'a self, filter: &'a SessionFilter) -> StoreFuture<'a, Vec<SessionSummary>>;
+
+    /// The turns of a session, in order.
+    fn list_turns<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, Vec<TurnRecord>>;
+
+    /// Deletes a session, its turns and its traces; returns whether it existed.
+    fn delete_session<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, bool>;
+
+    /// Takes the session's lock across processes, waiting at most `wait`; `Ok(None)` when the
+    /// store has no such locks (one process per store: the in-process lock is enough), and
+    /// an error of type [`SessionLockTimeout`] when the wait ran out.
+    fn lock_session<'a>(
+        &'a self,
+        _flow: &'a str,
+        _id: &'a str,
+        _wait: Duration,
+    ) -> StoreFuture<'a, Option<SessionGuard>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Finalizes the session's open trace (closing its session span); `false` when it had no
+    /// open trace (already finalized, or none yet). Safe to repeat.
+    fn finalize_trace<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, bool>;
+
+    /// Finalizes every open trace whose last turn is older than `idle`; returns how many.
+    fn finalize_idle_traces(&self, idle: Duration) -> StoreFuture<'_, u64>;
+
+    /// The traces of a session, oldest first.
+    fn list_traces<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, Vec<TraceSummary>>;
+
+    /// The spans of a trace, in the order they were recorded.
+    fn trace_spans<'a>(&'a self, trace_id: &'a str) -> StoreFuture<'a, Vec<SpanRecord>>;
+}
+
+/// The cross-process session lock could not be taken in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the lock of session `{session}` is held by another process")]
+pub struct SessionLockTimeout {
+    /// The session.
+    pub session: String,
+}

@@ -1,0 +1,533 @@
+//! Conversation sessions, turns and traces in PostgreSQL (schema migration 2), and session
+//! locks across processes.
+//!
+//! A session lock is a PostgreSQL advisory lock on a connection held for the whole turn
+//! (keyed by a 64-bit hash of flow and session id). The wait is bounded by `lock_timeout`, so
+//! waiters queue in the server and are served in order. If the turn's process dies, its
+//! connection closes and the server releases the lock.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use crewflow_core::chat::{
+    SessionConflict, SessionFilter, SessionGuard, SessionLockTimeout, SessionStore, SessionSummary, SpanRecord,
+    StoredSession, TraceSummary, TraceWrite, TurnRecord, TurnSave,
+};
+use crewflow_core::persist::StoreFuture;
+use deadpool_postgres::Object;
+use deadpool_postgres::Transaction;
+use tokio_postgres::error::SqlState;
+
+use crate::StoreError;
+use crate::postgres::{PostgresStore, boxed};
+use crate::util::parse_run_id;
+
+/// Migration 2: sessions, turns, traces and spans.
+pub(crate) const MIGRATION: &str = r#"
+CREATE TABLE crewflow_sessions (
+    flow       TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    state      JSONB NOT NULL,
+    turns      BIGINT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (flow, id)
+);
+CREATE INDEX crewflow_sessions_by_update ON crewflow_sessions (flow, updated_at);
+CREATE TABLE crewflow_turns (
+    flow         TEXT NOT NULL,
+    session_id   TEXT NOT NULL,
+    idx          BIGINT NOT NULL,
+    run_id       TEXT NOT NULL,
+    user_message TEXT NOT NULL,
+    reply        TEXT NOT NULL,
+    intent       TEXT,
+    usage        JSONB NOT NULL,
+    started_at   TIMESTAMPTZ NOT NULL,
+    finished_at  TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (flow, session_id, idx)
+);
+CREATE TABLE crewflow_traces (
+    id           TEXT PRIMARY KEY,
+    flow         TEXT NOT NULL,
+    session_id   TEXT NOT NULL,
+    turns        BIGINT NOT NULL,
+    started_at   TIMESTAMPTZ NOT NULL,
+    updated_at   TIMESTAMPTZ NOT NULL,
+    finalized_at TIMESTAMPTZ
+);
+CREATE INDEX crewflow_traces_by_session ON crewflow_traces (flow, session_id, started_at);
+CREATE UNIQUE INDEX crewflow_traces_one_open ON crewflow_traces (flow, session_id) WHERE finalized_at IS NULL;
+CREATE INDEX crewflow_traces_idle ON crewflow_traces (updated_at) WHERE finalized_at IS NULL;
+CREATE TABLE crewflow_spans (
+    trace_id   TEXT NOT NULL,
+    seq        BIGINT NOT NULL,
+    span_id    TEXT NOT NULL,
+    parent_id  TEXT,
+    kind       TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL,
+    ended_at   TIMESTAMPTZ,
+    attributes JSONB NOT NULL,
+    PRIMARY KEY (trace_id, seq)
+);
+"#;
+
+/// The advisory lock key of a session: FNV-1a over flow and id (stable across processes and
+/// versions, unlike `std`'s hasher).
+fn lock_key(flow: &str, id: &str) -> i64 {
+    let bytes = flow.bytes().chain(std::iter::once(0)).chain(id.bytes());
+    bytes.fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)) as i64
+}
+
+/// A connection holding an advisory lock. Dropped without a clean unlock (a cancelled turn
+/// without a runtime), it closes its connection instead of returning it to the pool, so the
+/// server releases the lock.
+struct HeldLock {
+    client: Option<Object>,
+    key: i64,
+}
+
+impl HeldLock {
+    async fn unlock(mut self) {
+        if let Some(client) = self.client.take() {
+            match client.query_one("SELECT pg_advisory_unlock($1)", &[&self.key]).await {
+                Ok(_) => drop(client),                // back to the pool, unlocked
+                Err(_) => drop(Object::take(client)), // closes the connection: the lock goes with it
+            }
+        }
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            drop(Object::take(client));
+        }
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+fn corrupt(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+impl PostgresStore {
+    async fn lock(&self, flow: &str, id: &str, wait: Duration) -> Result<Option<SessionGuard>, StoreError> {
+        let client = self.client().await?;
+        let key = lock_key(flow, id);
+        let locked = if wait.is_zero() {
+            client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await?.get::<_, bool>(0)
+        } else {
+            // lock_timeout bounds the wait; the server queues the waiters in order.
+            client
+                .execute("SELECT set_config('lock_timeout', $1, false)", &[&format!("{}ms", ms(wait).max(1))])
+                .await?;
+            let result = client.query_one("SELECT pg_advisory_lock($1)", &[&key]).await;
+            client.batch_execute("RESET lock_timeout").await?;
+            match result {
+                Ok(_) => true,
+                Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => false,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if !locked {
+            return Err(StoreError::SessionLocked(SessionLockTimeout { session: id.to_string() }));
+        }
+        let held = HeldLock { client: Some(client), key };
+        Ok(Some(SessionGuard::new(held.unlock())))
+    }
+}
+
+impl SessionStore for PostgresStore {
+    fn load_session<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, Option<StoredSession>> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let client = self.client().await?;
+                    let stmt = client
+                        .prepare_cached(
+                            "SELECT state::text, turns, created_at, updated_at FROM crewflow_sessions WHERE flow = $1 AND id = $2",
+                        )
+                        .await?;
+                    let row = client.query_opt(&stmt, &[&flow, &id]).await?;
+                    Ok(row.map(|r| StoredSession {
+                        id: id.to_string(),
+                        flow: flow.to_string(),
+                        state: r.get(0),
+                        turns: r.get::<_, i64>(1) as u64,
+                        created_at: r.get(2),
+                        updated_at: r.get(3),
+                    }))
+                }
+                .await,
+            )
+        })
+    }
+
+    fn save_turn<'a>(&'a self, save: &'a TurnSave) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let mut client = self.client().await?;
+                    let tx = client.transaction().await?;
+                    save_turn(&tx, save).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+                .await,
+            )
+        })
+    }
+
+    fn list_sessions<'a>(&'a self, filter: &'a SessionFilter) -> StoreFuture<'a, Vec<SessionSummary>> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let client = self.client().await?;
+                    let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
+                    let rows = client
+                        .query(
+                            "SELECT flow, id, turns, created_at, updated_at FROM crewflow_sessions
+                             WHERE ($1::text IS NULL OR flow = $1) ORDER BY updated_at DESC, id LIMIT $2",
+                            &[&filter.flow, &limit],
+                        )
+                        .await?;
+                    Ok(rows
+                        .iter()
+                        .map(|r| SessionSummary {
+                            flow: r.get(0),
+                            id: r.get(1),
+                            turns: r.get::<_, i64>(2) as u64,
+                            created_at: r.get(3),
+                            updated_at: r.get(4),
+                        })
+                        .collect())
+                }
+                .await,
+            )
+        })
+    }
+
+    fn list_turns<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, Vec<TurnRecord>> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let client = self.client().await?;
+                    let rows = client
+                        .query(
+                            "SELECT idx, run_id, user_message, reply, intent, usage::text, started_at, finished_at
+                             FROM crewflow_turns WHERE flow = $1 AND session_id = $2 ORDER BY idx",
+                            &[&flow, &id],
+                        )
+                        .await?;
+                    rows.iter()
+                        .map(|r| {
+                            Ok(TurnRecord {
+                                session_id: id.to_string(),
+                                index: r.get::<_, i64>(0) as u64,
+                                run_id: parse_run_id(r.get(1))?,
+                                user_message: r.get(2),
+                                reply: r.get(3),
+                                intent: r.get(4),
+                                usage: serde_json::from_str(r.get(5)).map_err(corrupt)?,
+                                started_at: r.get(6),
+                                finished_at: r.get(7),
+                            })
+                        })
+                        .collect()
+                }
+                .await,
+            )
+        })
+    }
+
+    fn delete_session<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let mut client = self.client().await?;
+                    let tx = client.transaction().await?;
+                    tx.execute(
+                        "DELETE FROM crewflow_spans WHERE trace_id IN
+                             (SELECT id FROM crewflow_traces WHERE flow = $1 AND session_id = $2)",
+                        &[&flow, &id],
+                    )
+                    .await?;
+                    tx.execute("DELETE FROM crewflow_traces WHERE flow = $1 AND session_id = $2", &[&flow, &id])
+                        .await?;
+                    tx.execute("DELETE FROM crewflow_turns WHERE flow = $1 AND session_id = $2", &[&flow, &id]).await?;
+                    let n =
+                        tx.execute("DELETE FROM crewflow_sessions WHERE flow = $1 AND id = $2", &[&flow, &id]).await?;
+                    tx.commit().await?;
+                    Ok(n > 0)
+                }
+                .await,
+            )
+        })
+    }
+
+    fn lock_session<'a>(&'a self, flow: &'a str, id: &'a str, wait: Duration) -> StoreFuture<'a, Option<SessionGuard>> {
+        Box::pin(async move { boxed(self.lock(flow, id, wait).await) })
+    }
+
+    fn finalize_trace<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let mut client = self.client().await?;
+                    let tx = client.transaction().await?;
+                    let open = tx
+                        .query_opt(
+                            "SELECT id FROM crewflow_traces WHERE flow = $1 AND session_id = $2 AND finalized_at IS NULL
+                             FOR UPDATE",
+                            &[&flow, &id],
+                        )
+                        .await?;
+                    let done = match open {
+                        Some(row) => finalize(&tx, row.get(0), Utc::now()).await?,
+                        None => false,
+                    };
+                    tx.commit().await?;
+                    Ok(done)
+                }
+                .await,
+            )
+        })
+    }
+
+    fn finalize_idle_traces(&self, idle: Duration) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let mut client = self.client().await?;
+                    let tx = client.transaction().await?;
+                    let rows = tx
+                        .query(
+                            "SELECT id FROM crewflow_traces
+                             WHERE finalized_at IS NULL AND updated_at < now() - $1 * interval '1 millisecond'
+                             FOR UPDATE SKIP LOCKED",
+                            &[&(ms(idle) as f64)],
+                        )
+                        .await?;
+                    let at = Utc::now();
+                    let mut n = 0;
+                    for row in rows {
+                        n += u64::from(finalize(&tx, row.get(0), at).await?);
+                    }
+                    tx.commit().await?;
+                    Ok(n)
+                }
+                .await,
+            )
+        })
+    }
+
+    fn list_traces<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, Vec<TraceSummary>> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let client = self.client().await?;
+                    let rows = client
+                        .query(
+                            "SELECT id, turns, started_at, updated_at, finalized_at FROM crewflow_traces
+                             WHERE flow = $1 AND session_id = $2 ORDER BY started_at, id",
+                            &[&flow, &id],
+                        )
+                        .await?;
+                    Ok(rows
+                        .iter()
+                        .map(|r| TraceSummary {
+                            trace_id: r.get(0),
+                            session_id: id.to_string(),
+                            flow: flow.to_string(),
+                            turns: r.get::<_, i64>(1) as u64,
+                            started_at: r.get(2),
+                            updated_at: r.get(3),
+                            finalized_at: r.get(4),
+                        })
+                        .collect())
+                }
+                .await,
+            )
+        })
+    }
+
+    fn trace_spans<'a>(&'a self, trace_id: &'a str) -> StoreFuture<'a, Vec<SpanRecord>> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let client = self.client().await?;
+                    let rows = client
+                        .query(
+                            "SELECT span_id, parent_id, kind, name, started_at, ended_at, attributes::text
+                             FROM crewflow_spans WHERE trace_id = $1 ORDER BY seq",
+                            &[&trace_id],
+                        )
+                        .await?;
+                    rows.iter()
+                        .map(|r| {
+                            Ok(SpanRecord {
+                                span_id: r.get(0),
+                                parent_id: r.get(1),
+                                kind: r.get(2),
+                                name: r.get(3),
+                                started_at: r.get(4),
+                                ended_at: r.get(5),
+                                attributes: serde_json::from_str(r.get(6)).map_err(corrupt)?,
+                            })
+                        })
+                        .collect()
+                }
+                .await,
+            )
+        })
+    }
+}
+
+async fn save_turn(tx: &Transaction<'_>, save: &TurnSave) -> Result<(), StoreError> {
+    let expected = save.expected_turns as i64;
+    // One statement creates the session or moves it on, only from the turn count this turn
+    // started from; the row lock it takes orders concurrent saves of the session.
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO crewflow_sessions (flow, id, state, turns, created_at, updated_at)
+             VALUES ($1, $2, $3::text::jsonb, $4::bigint + 1, now(), now())
+             ON CONFLICT (flow, id) DO UPDATE SET state = excluded.state, turns = excluded.turns, updated_at = now()
+             WHERE crewflow_sessions.turns = $4::bigint",
+        )
+        .await?;
+    let n = tx.execute(&stmt, &[&save.flow, &save.session_id, &save.state, &expected]).await?;
+    if n == 0 {
+        let found: i64 = tx
+            .query_one(
+                "SELECT turns FROM crewflow_sessions WHERE flow = $1 AND id = $2",
+                &[&save.flow, &save.session_id],
+            )
+            .await?
+            .get(0);
+        return Err(StoreError::SessionConflict(SessionConflict {
+            session: save.session_id.clone(),
+            expected: save.expected_turns,
+            found: found as u64,
+        }));
+    }
+    let turn = &save.turn;
+    let usage = serde_json::to_string(&turn.usage).map_err(corrupt)?;
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO crewflow_turns (flow, session_id, idx, run_id, user_message, reply, intent, usage, started_at, finished_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10)",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &save.flow,
+            &save.session_id,
+            &(turn.index as i64),
+            &turn.run_id.to_string(),
+            &turn.user_message,
+            &turn.reply,
+            &turn.intent,
+            &usage,
+            &turn.started_at,
+            &turn.finished_at,
+        ],
+    )
+    .await?;
+    if let Some(trace) = &save.trace {
+        add_to_trace(tx, save, trace).await?;
+    }
+    Ok(())
+}
+
+/// Adds the turn's spans to the session's open trace, opening one when there is none or the
+/// open one was idle too long (it is finalized first).
+async fn add_to_trace(tx: &Transaction<'_>, save: &TurnSave, trace: &TraceWrite) -> Result<(), StoreError> {
+    let idle = trace.idle_after.map(|d| ms(d) as f64);
+    let open = tx
+        .query_opt(
+            "SELECT id, updated_at, ($3::float8 IS NOT NULL AND updated_at < now() - $3::float8 * interval '1 millisecond')
+             FROM crewflow_traces WHERE flow = $1 AND session_id = $2 AND finalized_at IS NULL",
+            &[&save.flow, &save.session_id, &idle],
+        )
+        .await?;
+    let open = match open {
+        Some(row) if row.get::<_, bool>(2) => {
+            finalize(tx, row.get(0), row.get(1)).await?;
+            None
+        }
+        other => other.map(|row| row.get::<_, String>(0)),
+    };
+    let trace_id = match open {
+        Some(id) => id,
+        None => {
+            let id = trace.new_trace_id.clone();
+            tx.execute(
+                "INSERT INTO crewflow_traces (id, flow, session_id, turns, started_at, updated_at) VALUES ($1, $2, $3, 0, $4, $4)",
+                &[&id, &save.flow, &save.session_id, &save.turn.started_at],
+            )
+            .await?;
+            let session_span = SpanRecord {
+                span_id: "session".into(),
+                parent_id: None,
+                kind: "session".into(),
+                name: save.session_id.clone(),
+                started_at: save.turn.started_at,
+                ended_at: None,
+                attributes: serde_json::json!({ "flow": save.flow }),
+            };
+            insert_spans(tx, &id, std::slice::from_ref(&session_span)).await?;
+            id
+        }
+    };
+    insert_spans(tx, &trace_id, &trace.spans).await?;
+    tx.execute("UPDATE crewflow_traces SET turns = turns + 1, updated_at = now() WHERE id = $1", &[&trace_id]).await?;
+    Ok(())
+}
+
+async fn insert_spans(tx: &Transaction<'_>, trace_id: &str, spans: &[SpanRecord]) -> Result<(), StoreError> {
+    // All the turn's spans in one statement, as a JSON array.
+    let rows: Vec<serde_json::Value> = spans
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "span_id": s.span_id, "parent_id": s.parent_id, "kind": s.kind, "name": s.name,
+                "started_at": s.started_at, "ended_at": s.ended_at, "attributes": s.attributes,
+            })
+        })
+        .collect();
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO crewflow_spans (trace_id, seq, span_id, parent_id, kind, name, started_at, ended_at, attributes)
+             SELECT $1, (SELECT coalesce(max(seq) + 1, 0) FROM crewflow_spans WHERE trace_id = $1) + e.ord - 1,
+                    e.v->>'span_id', e.v->>'parent_id', e.v->>'kind', e.v->>'name',
+                    (e.v->>'started_at')::timestamptz, (e.v->>'ended_at')::timestamptz, e.v->'attributes'
+             FROM jsonb_array_elements($2::text::jsonb) WITH ORDINALITY AS e(v, ord)",
+        )
+        .await?;
+    tx.execute(&stmt, &[&trace_id, &serde_json::Value::Array(rows).to_string()]).await?;
+    Ok(())
+}
+
+/// Finalizes an open trace at `at`, closing its session span; `false` if it was not open.
+async fn finalize(tx: &Transaction<'_>, trace_id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+    let n = tx
+        .execute(
+            "UPDATE crewflow_traces SET finalized_at = $2 WHERE id = $1 AND finalized_at IS NULL",
+            &[&trace_id, &at],
+        )
+        .await?;
+    if n > 0 {
+        tx.execute(
+            "UPDATE crewflow_spans SET ended_at = $2 WHERE trace_id = $1 AND span_id = 'session'",
+            &[&trace_id, &at],
+        )
+        .await?;
+    }
+    Ok(n > 0)
+}

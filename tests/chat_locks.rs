@@ -1,0 +1,119 @@
+//! Session locks: turns of one session run one at a time, in order; a turn that waits too
+//! long gets a clear error; turns of different sessions do not wait for each other.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::chat::temp_db;
+use crewflow::Error;
+use crewflow::chat::{ChatOptions, ChatState, Role};
+use crewflow::prelude::*;
+use crewflow::store::SqliteStore;
+
+/// Replies `re: <message>` after yielding a few times, so concurrent turns would interleave
+/// if nothing serialised them.
+fn slow_echo(path: &std::path::Path, pause: Duration, options: ChatOptions) -> Flow<ChatState> {
+    FlowBuilder::<ChatState>::new("slow_echo")
+        .start("answer", move |_cx, m: String| async move {
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(pause).await;
+            Ok(format!("re: {m}"))
+        })
+        .store(SqliteStore::open(path))
+        .chat(options)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_turns_from_ten_tasks_give_a_hundred_messages_in_order() {
+    let (_dir, path) = temp_db();
+    let flow = slow_echo(&path, Duration::from_millis(1), ChatOptions::default());
+    let mut tasks = Vec::new();
+    for t in 0..10 {
+        let flow = flow.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..5 {
+                let turn = flow.handle_turn("shared", &format!("m{t}-{i}")).await.unwrap();
+                assert_eq!(turn.reply, format!("re: m{t}-{i}"));
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let state = flow.session("shared").await.unwrap().unwrap().state;
+    assert_eq!(state.messages.len(), 100);
+    assert_eq!(state.turns, 50);
+    let mut seen = std::collections::HashSet::new();
+    for (n, pair) in state.messages.chunks(2).enumerate() {
+        assert_eq!((pair[0].role, pair[1].role), (Role::User, Role::Assistant), "pair {n}");
+        assert_eq!(pair[1].content, format!("re: {}", pair[0].content), "each reply follows its message");
+        assert_eq!((pair[0].turn, pair[1].turn), (n as u64, n as u64));
+        assert!(seen.insert(pair[0].content.clone()), "{} duplicated", pair[0].content);
+    }
+    // Each task's messages are in the order it sent them.
+    for t in 0..10 {
+        let order: Vec<_> =
+            state.messages.iter().filter(|m| m.content.starts_with(&format!("m{t}-"))).map(|m| &m.content).collect();
+        let expected: Vec<_> = (0..5).map(|i| format!("m{t}-{i}")).collect();
+        assert_eq!(order, expected.iter().collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test]
+async fn a_turn_that_waits_past_the_timeout_gets_session_busy() {
+    let (_dir, path) = temp_db();
+    let options = ChatOptions::default().lock_timeout(Duration::from_millis(50));
+    let flow = slow_echo(&path, Duration::from_millis(400), options);
+    let first = tokio::spawn({
+        let flow = flow.clone();
+        async move { flow.handle_turn("s", "slow").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let err = flow.handle_turn("s", "impatient").await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(300), "it gave up at the timeout");
+    assert!(matches!(&err, Error::SessionBusy { session, .. } if session == "s"), "{err:?}");
+    assert!(err.to_string().contains("lock_timeout"), "the message says what to change: {err}");
+    first.await.unwrap().unwrap();
+    let state = flow.session("s").await.unwrap().unwrap().state;
+    assert_eq!(state.messages.len(), 2, "the refused turn left no trace in the session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn turns_of_different_sessions_do_not_wait_for_each_other() {
+    let (_dir, path) = temp_db();
+    let flow = slow_echo(&path, Duration::from_millis(300), ChatOptions::default());
+    let started = Instant::now();
+    let (a, b) = tokio::join!(flow.handle_turn("a", "x"), flow.handle_turn("b", "y"));
+    a.unwrap();
+    b.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(550), "took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn separately_built_copies_of_a_flow_share_the_session_lock() {
+    let (_dir, path) = temp_db();
+    // A server that builds the flow per request: two values, two store handles, one session.
+    let copies: Vec<_> = (0..4).map(|_| slow_echo(&path, Duration::from_millis(2), ChatOptions::default())).collect();
+    let mut tasks = Vec::new();
+    for (c, flow) in copies.iter().enumerate() {
+        let flow = flow.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..5 {
+                flow.handle_turn("shared", &format!("c{c}-{i}")).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let state = copies[0].session("shared").await.unwrap().unwrap().state;
+    assert_eq!(state.messages.len(), 40, "no turn was refused or lost");
+}
