@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crewflow_core::StepError;
-use crewflow_core::feedback::{FeedbackFuture, FeedbackProvider, FeedbackReply, FeedbackRequest};
+use crewflow_core::feedback::{FeedbackFuture, FeedbackProvider, FeedbackReply, FeedbackRequest, NotifyFuture};
 
 /// Posts each feedback request as JSON to a URL (a review queue, a chat bot, a ticketing
 /// system) and pauses the run. The reviewer's answer comes back through
@@ -11,9 +11,12 @@ use crewflow_core::feedback::{FeedbackFuture, FeedbackProvider, FeedbackReply, F
 /// endpoint when the server is in use).
 ///
 /// The body is the [`FeedbackRequest`] (`run_id`, `flow`, `step`, `message`, `output`, `emit`,
-/// `default_outcome`, `metadata`, `requested_at`). A connection error or a 5xx answer is retried
-/// twice, 200 ms then 800 ms later; any other non-2xx answer fails the step with the status and
-/// the URL, and the run can be resumed once the endpoint is fixed.
+/// `default_outcome`, `metadata`, `requested_at`, and `id`, which
+/// [`Flow::resume_with_feedback_for`](crate::Flow::resume_with_feedback_for) takes). It is posted
+/// once the pause is saved, so an answer that comes right back finds the run waiting. A
+/// connection error or a 5xx answer is retried twice, 200 ms then 800 ms later; after that, or
+/// on any other non-2xx answer, the kickoff returns [`Error::FeedbackNotification`](crate::Error)
+/// naming the URL and the status, and the run stays paused.
 ///
 /// ```no_run
 /// use crewflow::{FlowBuilder, HumanFeedback};
@@ -42,7 +45,7 @@ impl WebhookFeedback {
         self
     }
 
-    async fn post(self, body: FeedbackRequest) -> Result<FeedbackReply, StepError> {
+    async fn post(self, body: FeedbackRequest) -> Result<(), StepError> {
         let mut delays = [Duration::from_millis(200), Duration::from_millis(800)].into_iter();
         loop {
             let mut request = self.client.post(&self.url).json(&body).timeout(Duration::from_secs(30));
@@ -50,7 +53,7 @@ impl WebhookFeedback {
                 request = request.bearer_auth(token);
             }
             let retryable = match request.send().await {
-                Ok(resp) if resp.status().is_success() => return Ok(FeedbackReply::Pending),
+                Ok(resp) if resp.status().is_success() => return Ok(()),
                 Ok(resp) if resp.status().is_server_error() => format!("it answered {}", resp.status()),
                 Ok(resp) => {
                     return Err(StepError::msg(format!(
@@ -75,7 +78,13 @@ impl WebhookFeedback {
 }
 
 impl FeedbackProvider for WebhookFeedback {
-    fn request(&self, request: &FeedbackRequest) -> FeedbackFuture {
+    /// Pauses the run; the request is posted once the pause is saved ([`paused`](Self::paused)),
+    /// so that an answer coming right back finds the run paused.
+    fn request(&self, _: &FeedbackRequest) -> FeedbackFuture {
+        Box::pin(async { Ok(FeedbackReply::Pending) })
+    }
+
+    fn paused(&self, request: &FeedbackRequest) -> NotifyFuture {
         Box::pin(self.clone().post(request.clone()))
     }
 

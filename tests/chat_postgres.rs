@@ -11,26 +11,13 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::postgres::fresh_schema;
 use crewflow::Error;
 use crewflow::chat::{ChatOptions, ChatState, Role};
 use crewflow::prelude::*;
 use crewflow_store::PostgresStore;
-
-fn base_url() -> String {
-    std::env::var("CREWFLOW_TEST_POSTGRES").expect("CREWFLOW_TEST_POSTGRES")
-}
-
-/// A fresh schema for one test, and the URL that works in it.
-async fn fresh_schema() -> String {
-    let now = chrono::Utc::now().timestamp();
-    let schema = format!("crewflow_t_{now}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let (client, conn) = tokio_postgres::connect(&base_url(), tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
-    let url = base_url();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}options=-csearch_path%3D{schema}")
-}
 
 /// Replies `re: <message>` after a pause; prints `IN TURN` when a turn's step starts.
 fn chat_flow(url: &str, pause: Duration, options: ChatOptions) -> Flow<ChatState> {
@@ -193,4 +180,80 @@ async fn a_turn_waiting_on_another_process_past_the_timeout_gets_session_busy() 
     // Once the holder is done, the lock is free again.
     let turn = flow.handle_turn("held", "now").await.unwrap();
     assert_eq!(turn.index, 1);
+}
+
+/// More sessions than the store's connection pool has connections take turns at once: each
+/// turn holds its session lock on a connection of its own, so none starves another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
+async fn many_sessions_at_once_never_starve_the_pool() {
+    let url = fresh_schema().await;
+    let flow = chat_flow(&url, Duration::from_millis(50), ChatOptions::default().lock_timeout(Duration::from_secs(10)));
+    let started = Instant::now();
+    let turns: Vec<_> = (0..24)
+        .map(|i| {
+            let flow = flow.clone();
+            tokio::spawn(async move { flow.handle_turn(&format!("s{i}"), "hi").await })
+        })
+        .collect();
+    for t in turns {
+        assert_eq!(t.await.unwrap().unwrap().reply, "re: hi");
+    }
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+}
+
+/// A turn given up while it waits for the session's lock (its future dropped) leaves nothing
+/// queued on the server: the next turn gets the lock as soon as the holder is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
+async fn a_cancelled_wait_for_a_lock_leaves_no_lock_behind() {
+    let url = fresh_schema().await;
+    let slow = chat_flow(&url, Duration::from_millis(600), ChatOptions::default());
+    // Another process's view: a separate store, so the in-process lock does not serialize.
+    let other = chat_flow(&url, Duration::from_millis(1), ChatOptions::default().lock_timeout(Duration::from_secs(5)));
+    let holder = tokio::spawn({
+        let slow = slow.clone();
+        async move { slow.handle_turn("s", "first").await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), other.handle_turn("s", "impatient")).await;
+    assert!(gave_up.is_err(), "the wait was cancelled");
+    holder.await.unwrap().unwrap();
+    let started = Instant::now();
+    let third = chat_flow(&url, Duration::from_millis(1), ChatOptions::default().lock_timeout(Duration::from_secs(3)));
+    let turn = third.handle_turn("s", "next").await.unwrap();
+    assert_eq!(turn.index, 1);
+    assert!(started.elapsed() < Duration::from_secs(2), "waited {:?}", started.elapsed());
+}
+
+/// A session deleted while one of its turns runs stays deleted: the turn's save is refused.
+#[tokio::test]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
+async fn a_session_deleted_during_a_turn_is_not_brought_back() {
+    let url = fresh_schema().await;
+    let in_step = std::sync::Arc::new(tokio::sync::Notify::new());
+    let signal = in_step.clone();
+    let flow = FlowBuilder::<ChatState>::new("pg_chat")
+        .start("answer", move |_cx, m: String| {
+            let signal = signal.clone();
+            async move {
+                signal.notify_one();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok(format!("re: {m}"))
+            }
+        })
+        .store(PostgresStore::connect_lazy(&url).unwrap())
+        .build()
+        .unwrap();
+    flow.handle_turn("s", "hello").await.unwrap();
+    in_step.notified().await; // the first turn's own signal
+    let turn = tokio::spawn({
+        let flow = flow.clone();
+        async move { flow.handle_turn("s", "again").await }
+    });
+    in_step.notified().await; // the second turn loaded the session and runs its step
+    assert!(flow.delete_session("s").await.unwrap());
+    let err = turn.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::SessionConflict(_)), "{err}");
+    assert!(flow.session("s").await.unwrap().is_none());
 }

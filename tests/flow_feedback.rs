@@ -524,10 +524,58 @@ mod over_http {
         let flow = FlowBuilder::<Doc>::new("lost")
             .start("draft", |_cx, (): ()| async move { Ok("x") })
             .human_feedback(HumanFeedback::new("?").provider(WebhookFeedback::new(format!("{}/nope", missing.url))))
-            .store_arc(store)
+            .store_arc(store.clone())
             .build()
             .unwrap();
-        let err = flow.kickoff(()).await.unwrap_err().to_string();
-        assert!(err.contains("/nope") && err.contains("404"), "{err}");
+        let err = flow.kickoff(()).await.unwrap_err();
+        assert!(matches!(err, Error::FeedbackNotification { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("/nope") && text.contains("404") && text.contains("is paused and saved"), "{text}");
+        let paused = store
+            .list_runs(&crewflow::store::RunFilter {
+                flow: Some("lost".into()),
+                status: Some(crewflow::store::RunStatus::Paused),
+                limit: 0,
+            })
+            .await
+            .unwrap();
+        assert_eq!(paused.len(), 1, "the run waits all the same");
+    }
+
+    /// The webhook is posted once the pause is saved: a reviewer answering the moment the
+    /// request arrives (while a slow sibling branch is still finishing) is never refused.
+    #[tokio::test]
+    async fn an_answer_right_after_the_webhook_is_taken() {
+        let server = TestServer::start(vec![Reply::json(200, &json!({}))]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let flow = FlowBuilder::<Doc>::new("quick")
+            .start("draft", |_cx, (): ()| async move { Ok("refund 40 EUR") })
+            .human_feedback(
+                HumanFeedback::new("Refund?")
+                    .emit(["approved", "rejected"])
+                    .provider(WebhookFeedback::new(format!("{}/hook", server.url))),
+            )
+            .start("slow_sibling", |_cx, (): ()| async move {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                Ok(())
+            })
+            .listen("pay", label("approved"), |_cx, (): ()| async move { Ok("paid") })
+            .store(SqliteStore::open(dir.path().join("runs.db")))
+            .build()
+            .unwrap();
+        let kickoff = tokio::spawn({
+            let flow = flow.clone();
+            async move { flow.kickoff(()).await }
+        });
+        let request = loop {
+            if let Some(r) = server.requests().first() {
+                break r.json();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        };
+        let run_id: crewflow::RunId = request["run_id"].as_str().unwrap().parse().unwrap();
+        let done = flow.resume_with_feedback_for(run_id, request["id"].as_u64().unwrap(), "approved").await.unwrap();
+        assert_eq!(done.output::<String>().unwrap(), "paid");
+        assert!(kickoff.await.unwrap().unwrap().paused().is_some());
     }
 }

@@ -332,6 +332,17 @@ async fn loops_and_parallel_reviews_pause_again_until_done() {
     assert_eq!(second.paused().unwrap().request.step, "b");
     let done = parallel.resume_with_feedback(first.id, "yes B").await.unwrap();
     assert_eq!(done.output::<Vec<String>>().unwrap(), ["a=yes A", "b=yes B"]);
+
+    // Answers may come in any order when they name their request.
+    let run = parallel.kickoff(()).await.unwrap();
+    let pending = parallel.pending_requests(run.id).await.unwrap();
+    assert_eq!(pending.iter().map(|r| r.step.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    let err = parallel.resume_with_feedback_for(run.id, 999, "?").await.unwrap_err().to_string();
+    assert!(err.contains("999") && err.contains("(step `a`)") && err.contains("(step `b`)"), "{err}");
+    let after_b = parallel.resume_with_feedback_for(run.id, pending[1].id, "B first").await.unwrap();
+    assert_eq!(after_b.paused().unwrap().request.step, "a");
+    let done = parallel.resume_with_feedback_for(run.id, pending[0].id, "then A").await.unwrap();
+    assert_eq!(done.output::<Vec<String>>().unwrap(), ["b=B first", "a=then A"]);
 }
 
 /// A store whose claims of paused runs take a while, so that two answers racing for one pause

@@ -33,7 +33,9 @@ use crate::builder::{BoxFuture, Completion};
 use crate::cx::{CheckpointAsk, CheckpointAsks, Cx, RunShared};
 use crate::error::Error;
 use crate::event::{Event, EventHub, EventKind, micros};
-use crate::feedback::{FeedbackRecord, Paused, PendingFeedback, Reviewed, apply_answer};
+use crate::feedback::{
+    FeedbackProvider, FeedbackRecord, FeedbackRequest, Paused, PendingFeedback, Reviewed, apply_answer,
+};
 use crate::flow::{FlowInner, Kickoff, Run, StepRecord};
 use crate::frontier::{Activation, Frontier};
 use crate::id::RunId;
@@ -158,6 +160,8 @@ pub(crate) fn queued_run<S: FlowState>(
 
 /// The answer to a paused run's first pending request, already mapped to its outcome.
 pub(crate) struct Answered {
+    /// The request answered (its id, the paused execution).
+    pub request: u64,
     pub text: String,
     pub outcome: Option<Arc<str>>,
 }
@@ -424,7 +428,9 @@ impl<S: FlowState> Driver<S> {
         match self.run().await {
             Ok(()) if !self.paused.is_empty() => match Box::pin(self.pause_end()).await {
                 Ok(run) => Ok(run),
-                Err((driver, e)) => Err(Box::pin(driver.abort(e)).await),
+                Err((Some(driver), e)) => Err(Box::pin(driver.abort(e)).await),
+                // The pause is saved; only telling the reviewer failed.
+                Err((None, e)) => Err(e),
             },
             Ok(()) => Box::pin(self.finish()).await,
             // Boxed: the failure path's timers would otherwise enlarge every run's future.
@@ -448,10 +454,10 @@ impl<S: FlowState> Driver<S> {
     /// Applies the answer to the first pending feedback request: the paused execution
     /// completes with it.
     fn answer_first(&mut self, answer: Answered) -> Result<Completion, Error> {
-        if self.paused.is_empty() {
-            return Err(Error::Internal("a paused run without a pending request".into()));
-        }
-        let pending = self.paused.remove(0);
+        let Some(at) = self.paused.iter().position(|p| p.request.id == answer.request) else {
+            return Err(Error::Internal(format!("the run has no pending request {}", answer.request)));
+        };
+        let pending = self.paused.remove(at);
         let step_ix = self.acts.get(pending.activation as usize).map(|a| a.step).unwrap_or(u32::MAX);
         let step = self.flow.steps.get(step_ix as usize).ok_or_else(|| Error::CorruptCheckpoint {
             run_id: self.shared.id.to_string(),
@@ -730,15 +736,15 @@ impl<S: FlowState> Driver<S> {
     /// Ends the run paused: one checkpoint holding the frontier (the paused executions in
     /// flight) and the pending requests, then the `Paused` status. On failure the driver comes
     /// back with the error, to abort.
-    async fn pause_end(mut self: Box<Self>) -> Result<Run<S>, (Box<Self>, Error)> {
+    async fn pause_end(mut self: Box<Self>) -> Result<Run<S>, (Option<Box<Self>>, Error)> {
         let Some(store) = self.store() else {
             let step = self.paused[0].request.step.clone();
             let e = Error::PauseWithoutStore { flow: self.shared.flow.to_string(), step };
-            return Err((self, e));
+            return Err((Some(self), e));
         };
         let checkpoint = match self.checkpoint() {
             Ok(c) => c,
-            Err(e) => return Err((self, e)),
+            Err(e) => return Err((Some(self), e)),
         };
         let end = RunEnd {
             run_id: self.shared.id,
@@ -750,13 +756,29 @@ impl<S: FlowState> Driver<S> {
         };
         if let Err(e) = store.end_run(&end).await {
             let e = Error::from_store(store.as_ref(), "record the paused run", e);
-            return Err((self, e));
+            return Err((Some(self), e));
         }
         let first = self.paused[0].request.clone();
         let (message, step) = (first.message.clone(), Arc::from(first.step.as_str()));
         self.emit(Some(&step), || EventKind::RunPaused { message });
+        if let Err(e) = notify_reviewers(self.shared.id, self.reviewers_to_notify()).await {
+            return Err((None, e));
+        }
         let paused = Paused { run_id: self.shared.id, request: first };
         Ok(self.take_run(None, None, Some(Box::new(paused))))
+    }
+
+    /// The providers of the requests asked in this drive, to tell once the pause is saved.
+    fn reviewers_to_notify(&self) -> Vec<(Arc<dyn FeedbackProvider>, FeedbackRequest)> {
+        self.paused
+            .iter()
+            .filter(|p| p.fresh)
+            .filter_map(|p| {
+                let step = self.flow.graph.step_index(&p.request.step).map(|ix| &self.flow.steps[ix as usize]);
+                let own = step.and_then(|s| s.feedback.as_ref()).and_then(|f| f.provider.clone());
+                Some((own.or_else(|| self.flow.feedback.clone())?, p.request.clone()))
+            })
+            .collect()
     }
 
     fn take_run(
@@ -847,6 +869,21 @@ impl<S: FlowState> Driver<S> {
     fn emit(&self, step: Option<&Arc<str>>, kind: impl FnOnce() -> EventKind) -> u64 {
         self.shared.telemetry.events.emit(self.shared.id, step, kind)
     }
+}
+
+/// Tells each provider that its request's pause is saved (see [`FeedbackProvider::paused`]).
+async fn notify_reviewers(
+    run_id: RunId,
+    reviewers: Vec<(Arc<dyn FeedbackProvider>, FeedbackRequest)>,
+) -> Result<(), Error> {
+    for (provider, request) in reviewers {
+        provider.paused(&request).await.map_err(|e| Error::FeedbackNotification {
+            run_id: run_id.to_string(),
+            step: request.step.clone(),
+            source: e.into(),
+        })?;
+    }
+    Ok(())
 }
 
 async fn write_checkpoint(store: Arc<dyn RunStore>, checkpoint: Checkpoint, after: Arc<str>) -> Result<(), Error> {

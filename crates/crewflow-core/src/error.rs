@@ -381,6 +381,16 @@ pub enum Error {
         /// The step that paused.
         step: String,
     },
+    /// Feedback named a request the run does not wait for.
+    #[error("run {run_id} has no pending feedback request {request}; it waits for: {pending}")]
+    UnknownFeedbackRequest {
+        /// The run.
+        run_id: String,
+        /// The request named.
+        request: u64,
+        /// The requests it waits for (id and step).
+        pending: String,
+    },
     /// Feedback was given to a run that is not waiting for any.
     #[error("run {run_id} is not waiting for feedback (it is {status}); only a paused run takes feedback")]
     NotPaused {
@@ -388,6 +398,19 @@ pub enum Error {
         run_id: String,
         /// Its status.
         status: String,
+    },
+    /// A run paused (and was saved), but telling the reviewer failed.
+    #[error(
+        "run {run_id} is paused and saved, but telling the reviewer about step `{step}` failed: {source}; the run waits all the same: answer it with resume_with_feedback (pending_feedback shows the request)"
+    )]
+    FeedbackNotification {
+        /// The paused run.
+        run_id: String,
+        /// The step waiting.
+        step: String,
+        /// What the provider reported.
+        #[source]
+        source: BoxError,
     },
     /// A conversation turn reached a feedback step whose provider pauses.
     #[error(

@@ -148,6 +148,10 @@ impl HumanFeedback {
 pub struct FeedbackRequest {
     /// The run waiting for the answer.
     pub run_id: RunId,
+    /// The request's id within the run (the reviewed step execution's id): answers to a run
+    /// with several pending requests name it
+    /// ([`Flow::resume_with_feedback_for`](crate::Flow::resume_with_feedback_for)).
+    pub id: u64,
     /// The flow's name.
     pub flow: String,
     /// The step whose output is reviewed.
@@ -179,10 +183,23 @@ pub enum FeedbackReply {
 /// The future a [`FeedbackProvider`] returns.
 pub type FeedbackFuture = Pin<Box<dyn Future<Output = Result<FeedbackReply, StepError>> + Send>>;
 
+/// The future [`FeedbackProvider::paused`] returns.
+pub type NotifyFuture = Pin<Box<dyn Future<Output = Result<(), StepError>> + Send>>;
+
 /// Collects feedback. Closures `Fn(&FeedbackRequest) -> Fut` are providers.
 pub trait FeedbackProvider: Send + Sync + 'static {
     /// Asks for feedback; returns the answer, or [`FeedbackReply::Pending`] to pause the run.
     fn request(&self, request: &FeedbackRequest) -> FeedbackFuture;
+
+    /// Called for each request this provider answered `Pending` to, once the run is paused and
+    /// its checkpoint written: the place to tell the reviewer (a webhook post, a queue
+    /// message), because an answer is only taken once the pause is recorded. A failure is
+    /// returned by the kickoff (or resume) as [`Error::FeedbackNotification`]; the run stays
+    /// paused all the same.
+    fn paused(&self, request: &FeedbackRequest) -> NotifyFuture {
+        let _ = request;
+        Box::pin(async { Ok(()) })
+    }
 
     /// Whether this provider may pause runs (then the flow must have a store, checked at
     /// build time).
@@ -305,6 +322,9 @@ pub(crate) struct PendingFeedback {
     pub request: FeedbackRequest,
     /// A router's own label (routers with feedback keep routing by it).
     pub label: Option<Arc<str>>,
+    /// Asked in this process's drive of the run: its provider is told once the pause is saved.
+    #[serde(skip)]
+    pub fresh: bool,
 }
 
 /// What a run keeps about feedback, stored with its checkpoints.
@@ -336,6 +356,7 @@ pub(crate) async fn after_step<S: Send + Sync + 'static>(
     })?;
     let mut request = FeedbackRequest {
         run_id: run.id,
+        id: cx.activation(),
         flow: run.flow.to_string(),
         step: step.to_string(),
         message: config.message.clone(),
@@ -358,7 +379,8 @@ pub(crate) async fn after_step<S: Send + Sync + 'static>(
         let answer = match reply {
             FeedbackReply::Pending => {
                 request.message = config.message.clone();
-                let pending = PendingFeedback { activation: cx.activation(), request, label: body.label.clone() };
+                let pending =
+                    PendingFeedback { activation: cx.activation(), request, label: body.label.clone(), fresh: true };
                 return Ok(StepOutcome { pause: Some(Box::new(pending)), ..body });
             }
             FeedbackReply::Answer(answer) => answer,

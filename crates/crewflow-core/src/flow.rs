@@ -139,7 +139,7 @@ impl<S: FlowState> Flow<S> {
         run_id: RunId,
         stream: Option<tokio::sync::mpsc::UnboundedSender<crate::Event>>,
         cancel: Canceller,
-        answer: Option<String>,
+        answer: Option<(Option<u64>, String)>,
     ) -> Result<Run<S>, Error> {
         let store = self.require_store("Flow::resume")?.clone();
         let stored = self.load_own(store.as_ref(), run_id).await?;
@@ -154,7 +154,7 @@ impl<S: FlowState> Flow<S> {
             _ => {}
         }
         let answer = match answer {
-            Some(text) => Some(self.map_answer(&stored, text).await?),
+            Some((request, text)) => Some(self.map_answer(&stored, request, text).await?),
             None => None,
         };
         let me = process_owner();
@@ -187,11 +187,26 @@ impl<S: FlowState> Flow<S> {
 
     /// Maps feedback for a paused run to its step's outcome, before the run is touched: an
     /// answer that matches nothing leaves the run paused.
-    async fn map_answer(&self, stored: &crate::persist::StoredRun, text: String) -> Result<driver::Answered, Error> {
+    async fn map_answer(
+        &self,
+        stored: &crate::persist::StoredRun,
+        request: Option<u64>,
+        text: String,
+    ) -> Result<driver::Answered, Error> {
         let record = driver::feedback_record(stored)?;
         let corrupt = |message: String| Error::CorruptCheckpoint { run_id: stored.run_id.to_string(), message };
-        let pending =
-            record.pending.first().ok_or_else(|| corrupt("it is paused but has no pending request".into()))?;
+        let pending = match request {
+            None => record.pending.first().ok_or_else(|| corrupt("it is paused but has no pending request".into()))?,
+            Some(id) => record.pending.iter().find(|p| p.request.id == id).ok_or_else(|| {
+                let waits: Vec<String> =
+                    record.pending.iter().map(|p| format!("{} (step `{}`)", p.request.id, p.request.step)).collect();
+                Error::UnknownFeedbackRequest {
+                    run_id: stored.run_id.to_string(),
+                    request: id,
+                    pending: waits.join(", "),
+                }
+            })?,
+        };
         let config = self
             .inner
             .graph
@@ -201,7 +216,7 @@ impl<S: FlowState> Flow<S> {
                 corrupt(format!("step `{}` of its pending request asks for no feedback", pending.request.step))
             })?;
         let outcome = crate::feedback::resolve_outcome(&config, &pending.request.step, &text).await?;
-        Ok(driver::Answered { text, outcome })
+        Ok(driver::Answered { request: pending.request.id, text, outcome })
     }
 
     /// Answers the feedback a paused run waits for and continues it exactly where it paused: in
@@ -210,7 +225,30 @@ impl<S: FlowState> Flow<S> {
     /// matches none is an error and the run stays paused. If the run asks again (a review
     /// loop, or another pending step), the returned run is paused again.
     pub async fn resume_with_feedback(&self, run_id: RunId, feedback: impl Into<String>) -> Result<Run<S>, Error> {
-        self.resume_with(run_id, None, Canceller::new(), Some(feedback.into())).await
+        self.resume_with(run_id, None, Canceller::new(), Some((None, feedback.into()))).await
+    }
+
+    /// [`resume_with_feedback`](Flow::resume_with_feedback) for one named request of a run
+    /// waiting for several (parallel reviews): `request` is the
+    /// [`FeedbackRequest::id`](crate::FeedbackRequest::id) the provider was given. An id the run
+    /// does not wait for is an error listing the ones it does.
+    pub async fn resume_with_feedback_for(
+        &self,
+        run_id: RunId,
+        request: u64,
+        feedback: impl Into<String>,
+    ) -> Result<Run<S>, Error> {
+        self.resume_with(run_id, None, Canceller::new(), Some((Some(request), feedback.into()))).await
+    }
+
+    /// Every request a paused run waits for, oldest first (empty if it is not paused).
+    pub async fn pending_requests(&self, run_id: RunId) -> Result<Vec<crate::feedback::FeedbackRequest>, Error> {
+        let store = self.require_store("Flow::pending_requests")?.clone();
+        let stored = self.load_own(store.as_ref(), run_id).await?;
+        if stored.status != RunStatus::Paused {
+            return Ok(Vec::new());
+        }
+        Ok(driver::feedback_record(&stored)?.pending.into_iter().map(|p| p.request).collect())
     }
 
     /// What a paused run waits for (`None` if it is not paused).

@@ -64,6 +64,9 @@ struct Inner {
     /// `postgres://user@host:port/db`, without a password.
     target: String,
     pool: Pool,
+    /// Connections holding session locks, apart from `pool`: a turn holds one for its whole
+    /// length while its queries take connections from `pool`.
+    locks: Pool,
     migrated: OnceCell<()>,
     heartbeat: Heartbeat,
 }
@@ -85,18 +88,22 @@ impl PostgresStore {
         let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
             StoreError::PostgresUnavailable { target: redact(url), message: format!("invalid URL: {e}") }
         })?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .runtime(Runtime::Tokio1)
-            .create_timeout(Some(Duration::from_secs(5)))
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .build()
-            .map_err(|e| StoreError::PostgresUnavailable { target: redact(url), message: e.to_string() })?;
+        let pool_of = |size: usize| {
+            let manager =
+                Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .create_timeout(Some(Duration::from_secs(5)))
+                .wait_timeout(Some(Duration::from_secs(30)))
+                .build()
+                .map_err(|e| StoreError::PostgresUnavailable { target: redact(url), message: e.to_string() })
+        };
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 target: redact(url),
-                pool,
+                pool: pool_of(16)?,
+                locks: pool_of(64)?,
                 migrated: OnceCell::new(),
                 heartbeat: Heartbeat::default(),
             }),
@@ -114,6 +121,11 @@ impl PostgresStore {
         let client = self.inner.pool.get().await.map_err(|e| self.unavailable(e))?;
         self.inner.migrated.get_or_try_init(|| migrate(&client, &self.inner.target)).await?;
         Ok(client)
+    }
+
+    /// A connection for holding a session lock (no migration needed: it only locks).
+    pub(crate) async fn lock_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.inner.locks.get().await.map_err(|e| self.unavailable(e))
     }
 
     fn unavailable(&self, e: deadpool_postgres::PoolError) -> StoreError {

@@ -116,29 +116,38 @@ fn corrupt(e: serde_json::Error) -> StoreError {
 }
 
 impl PostgresStore {
+    /// Locks a session on a connection of the lock pool (never the pool the turn's own
+    /// queries use, so lock holders cannot starve them).
     async fn lock(&self, flow: &str, id: &str, wait: Duration) -> Result<Option<SessionGuard>, StoreError> {
-        let client = self.client().await?;
-        let key = lock_key(flow, id);
-        let locked = if wait.is_zero() {
-            client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await?.get::<_, bool>(0)
-        } else {
-            // lock_timeout bounds the wait; the server queues the waiters in order.
-            client
-                .execute("SELECT set_config('lock_timeout', $1, false)", &[&format!("{}ms", ms(wait).max(1))])
-                .await?;
-            let result = client.query_one("SELECT pg_advisory_lock($1)", &[&key]).await;
-            client.batch_execute("RESET lock_timeout").await?;
-            match result {
-                Ok(_) => true,
-                Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => false,
-                Err(e) => return Err(e.into()),
-            }
-        };
-        if !locked {
+        let client = self.lock_client().await?;
+        // Until the lock is ours, dropping `held` (a cancelled or failed wait) closes the
+        // connection, which withdraws the queued lock request on the server.
+        let held = HeldLock { client: Some(client), key: lock_key(flow, id) };
+        if !held.acquire(wait).await? {
             return Err(StoreError::SessionLocked(SessionLockTimeout { session: id.to_string() }));
         }
-        let held = HeldLock { client: Some(client), key };
         Ok(Some(SessionGuard::new(held.unlock())))
+    }
+}
+
+impl HeldLock {
+    /// Waits for the lock at most `wait`; `false` when it did not come.
+    async fn acquire(&self, wait: Duration) -> Result<bool, StoreError> {
+        let Some(client) = self.client.as_ref() else { return Ok(false) };
+        let key = self.key;
+        if wait.is_zero() {
+            return Ok(client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await?.get::<_, bool>(0));
+        }
+        // lock_timeout bounds the wait; the server queues the waiters in order.
+        client.execute("SELECT set_config('lock_timeout', $1, false)", &[&format!("{}ms", ms(wait).max(1))]).await?;
+        match client.query_one("SELECT pg_advisory_lock($1)", &[&key]).await {
+            Ok(_) => {
+                client.batch_execute("RESET lock_timeout").await?;
+                Ok(true)
+            }
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -390,25 +399,34 @@ impl SessionStore for PostgresStore {
 
 async fn save_turn(tx: &Transaction<'_>, save: &TurnSave) -> Result<(), StoreError> {
     let expected = save.expected_turns as i64;
-    // One statement creates the session or moves it on, only from the turn count this turn
-    // started from; the row lock it takes orders concurrent saves of the session.
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO crewflow_sessions (flow, id, state, turns, created_at, updated_at)
-             VALUES ($1, $2, $3::text::jsonb, $4::bigint + 1, now(), now())
-             ON CONFLICT (flow, id) DO UPDATE SET state = excluded.state, turns = excluded.turns, updated_at = now()
-             WHERE crewflow_sessions.turns = $4::bigint",
-        )
-        .await?;
-    let n = tx.execute(&stmt, &[&save.flow, &save.session_id, &save.state, &expected]).await?;
+    // A new session is created only if no row exists; an existing one moves on only from the
+    // turn count this turn started from (never re-created if it was deleted meanwhile). The row
+    // lock these take orders concurrent saves of the session.
+    let n = if expected == 0 {
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO crewflow_sessions (flow, id, state, turns, created_at, updated_at)
+                 VALUES ($1, $2, $3::text::jsonb, 1, now(), now()) ON CONFLICT (flow, id) DO NOTHING",
+            )
+            .await?;
+        tx.execute(&stmt, &[&save.flow, &save.session_id, &save.state]).await?
+    } else {
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE crewflow_sessions SET state = $3::text::jsonb, turns = $4::bigint + 1, updated_at = now()
+                 WHERE flow = $1 AND id = $2 AND turns = $4::bigint",
+            )
+            .await?;
+        tx.execute(&stmt, &[&save.flow, &save.session_id, &save.state, &expected]).await?
+    };
     if n == 0 {
-        let found: i64 = tx
-            .query_one(
+        let found = tx
+            .query_opt(
                 "SELECT turns FROM crewflow_sessions WHERE flow = $1 AND id = $2",
                 &[&save.flow, &save.session_id],
             )
             .await?
-            .get(0);
+            .map_or(0, |row| row.get::<_, i64>(0));
         return Err(StoreError::SessionConflict(SessionConflict {
             session: save.session_id.clone(),
             expected: save.expected_turns,
@@ -452,7 +470,8 @@ async fn add_to_trace(tx: &Transaction<'_>, save: &TurnSave, trace: &TraceWrite)
     let open = tx
         .query_opt(
             "SELECT id, updated_at, ($3::float8 IS NOT NULL AND updated_at < now() - $3::float8 * interval '1 millisecond')
-             FROM crewflow_traces WHERE flow = $1 AND session_id = $2 AND finalized_at IS NULL",
+             FROM crewflow_traces WHERE flow = $1 AND session_id = $2 AND finalized_at IS NULL
+             FOR UPDATE",
             &[&save.flow, &save.session_id, &idle],
         )
         .await?;
