@@ -420,6 +420,22 @@ fn the_console_provider_reads_the_terminal() {
     assert!(stdout.contains("RESULT=binned"), "{stdout}");
 }
 
+/// End of input is no answer: the console provider fails the step instead of taking an empty
+/// answer (which would silently choose the default outcome).
+#[test]
+fn the_console_provider_refuses_to_approve_on_closed_input() {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args(["--exact", "console_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("FEEDBACK_CONSOLE_CHILD", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("RESULT="), "{stdout}");
+    assert!(stdout.contains("ERROR=") && stdout.contains("standard input ended before anyone reviewed step `draft`"), "{stdout}");
+}
+
 #[test]
 #[ignore = "a child process of the_console_provider_reads_the_terminal, started with FEEDBACK_CONSOLE_CHILD"]
 fn console_child() {
@@ -433,8 +449,10 @@ fn console_child() {
         .listen("on_approved", label("approved"), |_cx, (): ()| async move { Ok("kept") })
         .build()
         .unwrap();
-    let run = flow.kickoff_blocking(()).unwrap();
-    println!("RESULT={}", run.output::<String>().unwrap());
+    match flow.kickoff_blocking(()) {
+        Ok(run) => println!("RESULT={}", run.output::<String>().unwrap()),
+        Err(e) => println!("ERROR={e}"),
+    }
 }
 
 mod over_http {

@@ -217,3 +217,58 @@ fn weakness_24_waiting_never_blocks_the_runtime() {
         assert!(ticks.load(std::sync::atomic::Ordering::Relaxed) >= 5, "the other task ran meanwhile");
     });
 }
+
+/// Weakness 24 on a real terminal: a console question that times out leaves no reader behind:
+/// the line typed afterwards goes to the next question, and a program whose question timed out
+/// exits without waiting for a line nobody types.
+#[test]
+fn weakness_24_a_timed_out_console_question_leaves_no_reader_behind() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let spawn = || {
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "console_input_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .env("CONSOLE_INPUT_CHILD", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    std::thread::sleep(Duration::from_millis(600)); // past the first question's timeout
+    child.stdin.as_mut().unwrap().write_all(b"late line\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("FIRST=timed out") && stdout.contains("SECOND=late line"), "{stdout}");
+
+    // Nobody types, and the input stays open: the program still ends.
+    let mut child = spawn();
+    let started = Instant::now();
+    let _keep_open = child.stdin.take();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the program hung on its stdin reader");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "a child process of weakness_24_a_timed_out_console_question_leaves_no_reader_behind"]
+fn console_input_child() {
+    assert!(std::env::var("CONSOLE_INPUT_CHILD").is_ok(), "runs only as a child of the console input test");
+    let flow = FlowBuilder::<()>::new("console")
+        .start("ask", |cx: Cx<()>, (): ()| async move {
+            let first = cx.ask("first?", Some(Duration::from_millis(200))).await?;
+            println!("FIRST={}", if first == Answer::TimedOut { "timed out" } else { "answered" });
+            // Only wait for a second line when one is being typed (the first child).
+            let second = cx.ask("second?", Some(Duration::from_millis(1500))).await?;
+            println!("SECOND={}", second.text().unwrap_or("none"));
+            Ok(())
+        })
+        .input_provider(crewflow::ConsoleInput)
+        .build()
+        .unwrap();
+    flow.kickoff_blocking(()).unwrap();
+}

@@ -218,8 +218,9 @@ where
     }
 }
 
-/// Asks on the terminal: prints the output and the question, reads a line on a blocking thread
-/// (the runtime keeps running). End of input counts as an empty answer.
+/// Asks on the terminal: prints the output and the question and takes the next line of standard
+/// input (the runtime keeps running). End of input is an error, never an empty answer that
+/// would silently take the default outcome.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConsoleFeedback;
 
@@ -231,18 +232,16 @@ impl FeedbackProvider for ConsoleFeedback {
         };
         let choices = if request.emit.is_empty() { String::new() } else { format!(" [{}]", request.emit.join(" / ")) };
         let prompt = format!("\n--- {} ---\n{output}\n\n{}{choices} ", request.step, request.message);
+        let step = request.step.clone();
         Box::pin(async move {
-            let line = tokio::task::spawn_blocking(move || {
-                use std::io::{BufRead, Write};
-                let mut out = std::io::stdout().lock();
-                let _ = write!(out, "{prompt}");
-                let _ = out.flush();
-                let mut line = String::new();
-                std::io::stdin().lock().read_line(&mut line).map(|_| line)
-            })
-            .await
-            .map_err(|e| StepError::msg(format!("the console reader stopped: {e}")))??;
-            Ok(FeedbackReply::Answer(line.trim_end_matches(['\r', '\n']).to_string()))
+            match crate::console::ask_line(&prompt).await {
+                Ok(Some(line)) => Ok(FeedbackReply::Answer(line)),
+                // Never an empty answer (which would take the default outcome): nobody answered.
+                Ok(None) => Err(StepError::msg(format!(
+                    "standard input ended before anyone reviewed step `{step}`; run it in a terminal, or use a provider that pauses (DeferredFeedback)"
+                ))),
+                Err(e) => Err(StepError::msg(format!("reading standard input failed: {e}"))),
+            }
         })
     }
 }

@@ -108,29 +108,19 @@ where
     }
 }
 
-/// Asks on the terminal: prints the question, reads a line from standard input on a blocking
-/// thread (the runtime keeps running), and reports end of input as [`Answer::Closed`].
+/// Asks on the terminal: prints the question and takes the next line of standard input (read by
+/// one thread per process, so the runtime keeps running and a timed-out question leaves no
+/// reader behind); end of input is [`Answer::Closed`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConsoleInput;
 
 impl InputProvider for ConsoleInput {
     fn request(&self, request: &InputRequest) -> InputFuture {
-        let message = request.message.clone();
+        let prompt = format!("{} ", request.message);
         Box::pin(async move {
-            let line = tokio::task::spawn_blocking(move || {
-                use std::io::{BufRead, Write};
-                let mut out = std::io::stdout().lock();
-                let _ = write!(out, "{message} ");
-                let _ = out.flush();
-                let mut line = String::new();
-                match std::io::stdin().lock().read_line(&mut line) {
-                    Ok(0) => Ok(None),
-                    Ok(_) => Ok(Some(line.trim_end_matches(['\r', '\n']).to_string())),
-                    Err(e) => Err(e),
-                }
-            })
-            .await
-            .map_err(|e| StepError::msg(format!("the console reader stopped: {e}")))??;
+            let line = crate::console::ask_line(&prompt)
+                .await
+                .map_err(|e| StepError::msg(format!("reading standard input failed: {e}")))?;
             Ok(line.map(InputResponse::from))
         })
     }

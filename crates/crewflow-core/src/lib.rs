@@ -11,6 +11,7 @@
 
 mod builder;
 mod cancel;
+mod console;
 pub mod chat;
 mod cx;
 mod driver;
