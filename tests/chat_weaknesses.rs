@@ -144,7 +144,8 @@ async fn weakness_a6_the_context_a_step_sees_is_bounded() {
     let flow = FlowBuilder::<ChatState>::new("bounded")
         .start("answer", |cx: Cx<ChatState>, _m: String| async move {
             let (summary, recent) = cx.recent_history();
-            Ok(format!("{}|{}", recent.len(), summary.unwrap_or_default()))
+            let (covered, total) = cx.state(|s| (if s.summary.is_some() { s.summarized } else { 0 }, s.messages.len()));
+            Ok(format!("{}|{covered}|{total}|{}", recent.len(), summary.unwrap_or_default()))
         })
         .store(SqliteStore::open(&path))
         .chat(ChatOptions::default().window(4).summarize(10, summarizer.clone()))
@@ -154,11 +155,20 @@ async fn weakness_a6_the_context_a_step_sees_is_bounded() {
     for i in 0..30 {
         seen.push(flow.handle_turn("s", &format!("q{i}")).await.unwrap().reply);
     }
-    let longest = seen.iter().map(|r| r.split('|').next().unwrap().parse::<usize>().unwrap()).max().unwrap();
-    assert!(longest <= 4, "a step never saw more than the window: {seen:?}");
+    for reply in &seen {
+        let parts: Vec<&str> = reply.split('|').collect();
+        let (recent, covered, total): (usize, usize, usize) =
+            (parts[0].parse().unwrap(), parts[1].parse().unwrap(), parts[2].parse().unwrap());
+        assert!(recent <= 11, "a step saw at most summarize_after + the new message: {seen:?}");
+        if covered > 0 {
+            assert_eq!(covered + recent, total, "no message is in neither the summary nor the history: {reply}");
+        } else {
+            assert!(recent <= 4, "before any summary, the window: {reply}");
+        }
+    }
     let state = flow.session("s").await.unwrap().unwrap().state;
     assert_eq!(state.messages.len(), 60, "the transcript itself is kept whole");
-    assert!(state.summarized >= 50, "older messages were compacted: {}", state.summarized);
+    assert!(state.summarized >= 48, "older messages were compacted: {}", state.summarized);
     assert_eq!(state.summary.as_deref(), Some(format!("{} messages", state.summarized).as_str()));
 }
 

@@ -104,10 +104,15 @@ impl ChatState {
         &self.messages[self.messages.len().saturating_sub(n)..]
     }
 
-    /// What a model should see: the summary of compacted messages, then the last `n` messages
-    /// that the summary does not cover.
+    /// What a model should see. Without a summary: the last `n` messages. With one: the
+    /// summary, then every message it does not cover — never a gap between the two, so nothing
+    /// said is invisible to the model; compaction
+    /// ([`ChatOptions::summarize`](super::ChatOptions::summarize)) keeps that tail bounded.
     pub fn history(&self, n: usize) -> History<'_> {
-        let start = self.messages.len().saturating_sub(n).max(self.summarized.min(self.messages.len()));
+        let start = match self.summary {
+            Some(_) => self.summarized.min(self.messages.len()),
+            None => self.messages.len().saturating_sub(n),
+        };
         History { summary: self.summary.as_deref(), recent: &self.messages[start..] }
     }
 
