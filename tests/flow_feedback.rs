@@ -433,7 +433,10 @@ fn the_console_provider_refuses_to_approve_on_closed_input() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("RESULT="), "{stdout}");
-    assert!(stdout.contains("ERROR=") && stdout.contains("standard input ended before anyone reviewed step `draft`"), "{stdout}");
+    assert!(
+        stdout.contains("ERROR=") && stdout.contains("standard input ended before anyone reviewed step `draft`"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -426,3 +426,62 @@ async fn two_answers_to_one_pause_continue_it_once() {
     }
     assert_eq!(log.count("on_approved:approved"), 3);
 }
+
+/// `inspect` reads a run as it stands and never runs or claims it: a paused run stays paused
+/// (same fencing token), a failed one is not run again.
+#[tokio::test]
+async fn inspect_reads_without_running_or_claiming() {
+    let (_dir, store) = sqlite();
+    let flow = generate_flow(store.clone(), true);
+    let paused = flow.kickoff(()).await.unwrap();
+    let before = store.load_run(paused.id).await.unwrap().unwrap();
+    let seen = flow.inspect(paused.id).await.unwrap();
+    assert_eq!(seen.paused().unwrap().request.step, "generate");
+    assert_eq!(seen.state.counter, 42);
+    let after = store.load_run(paused.id).await.unwrap().unwrap();
+    assert_eq!((after.status, after.fencing), (RunStatus::Paused, before.fencing));
+
+    let log = Log::default();
+    let l = log.clone();
+    let failing = FlowBuilder::<Counter>::new("failing")
+        .start("boom", move |cx: Cx<Counter>, (): ()| {
+            let log = l.clone();
+            async move {
+                log.push("boom");
+                cx.update(|c| c.counter = 7);
+                Err::<(), _>(StepError::msg("broken"))
+            }
+        })
+        .store_arc(store.clone())
+        .build()
+        .unwrap();
+    failing.kickoff(()).await.unwrap_err();
+    let id =
+        store.list_runs(&RunFilter { flow: Some("failing".into()), ..Default::default() }).await.unwrap()[0].run_id;
+    let seen = failing.inspect(id).await.unwrap();
+    assert!(seen.raw_output().is_none());
+    assert_eq!(log.count("boom"), 1, "inspecting ran nothing");
+    assert_eq!(store.load_run(id).await.unwrap().unwrap().status, RunStatus::Failed);
+}
+
+/// What a run asked with `cx.ask` before it paused is kept with it, like its feedback.
+#[tokio::test]
+async fn questions_asked_before_a_pause_are_kept_with_the_run() {
+    let (_dir, store) = sqlite();
+    let answers = |_req: &crewflow::InputRequest| async { Ok(Some(crewflow::InputResponse::from("Berlin"))) };
+    let flow = FlowBuilder::<Counter>::new("asking")
+        .start("where", |cx: Cx<Counter>, (): ()| async move {
+            Ok(cx.ask("Which office?", None).await?.text().map(str::to_string))
+        })
+        .listen("confirm", step("where"), |_cx, office: Option<String>| async move { Ok(office) })
+        .human_feedback(HumanFeedback::new("Book it?").provider(DeferredFeedback))
+        .input_provider(answers)
+        .store_arc(store)
+        .build()
+        .unwrap();
+    let paused = flow.kickoff(()).await.unwrap();
+    let run = flow.resume_with_feedback(paused.id, "yes").await.unwrap();
+    let asked: Vec<(&str, Option<&str>)> =
+        run.inputs().iter().map(|r| (r.message.as_str(), r.response.as_deref())).collect();
+    assert_eq!(asked, [("Which office?", Some("Berlin"))]);
+}

@@ -244,8 +244,8 @@ pub async fn accuracy(
         store.list_runs(&filter).await.map_err(|e| crewflow::Error::from_store(store, "list the invoice runs", e))?;
     let mut by_type = std::collections::BTreeMap::<String, Accuracy>::new();
     for summary in runs {
-        // A finished or paused run comes back as it is; nothing runs again.
-        let run = flow.resume(summary.run_id).await?;
+        // Read only: nothing runs, nothing is claimed.
+        let run = flow.inspect(summary.run_id).await?;
         let tally = by_type.entry(run.state.doc_type.clone()).or_default();
         let checks: Vec<_> = run.feedback_history().iter().filter(|f| f.step == "check").collect();
         if checks.is_empty() && run.state.outcome == "booked" && run.count("approve") == 0 {

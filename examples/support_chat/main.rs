@@ -165,7 +165,10 @@ async fn chat_loop(flow: &Flow<ChatState>, session: &str, interactive: bool) -> 
                 if !interactive {
                     println!("you> {message}");
                 }
-                turn(flow, session, message).await?;
+                // A failed turn saved nothing; say so and keep the conversation going.
+                if let Err(e) = turn(flow, session, message).await {
+                    eprintln!("\n(that turn failed and was not saved: {e})");
+                }
             }
         }
     }

@@ -170,6 +170,10 @@ impl<S: Send + Sync + 'static> Cx<S> {
     /// With a `timeout`, an answer that does not come in time is [`Answer::TimedOut`]. The
     /// question and the answer are events (`input_requested`, `input_received`) and entries
     /// of the run's input history.
+    ///
+    /// A durable run is checkpointed before the wait, with this step still in flight: after a
+    /// crash during the wait the step runs again from its start and finds the state it wrote
+    /// before asking, so make those writes idempotent (set, do not increment).
     pub async fn ask(&self, message: impl Into<String>, timeout: Option<Duration>) -> Result<Answer, Error> {
         self.ask_with(message, None, timeout).await
     }

@@ -197,6 +197,7 @@ pub(crate) async fn drive_resumed<S: FlowState>(
     driver.restore_outputs(&stored)?;
     let record = feedback_record(&stored)?;
     driver.shared.with_feedback_history(|h| *h = record.history);
+    driver.shared.with_input_history(|h| *h = record.inputs);
     driver.paused = record.pending;
     driver.durable = Some(Durable { store, fencing: claim.fencing, seq: stored.seq, unsaved: Vec::new() });
     let (flow_name, steps_done) = (driver.shared.flow.clone(), stored.steps.len() as u64);
@@ -205,8 +206,14 @@ pub(crate) async fn drive_resumed<S: FlowState>(
     let in_flight: Vec<Activation> = driver.frontier.in_flight().filter(|a| !waiting.contains(&a.id)).collect();
     driver.relaunch(in_flight);
     if let Some(answer) = answer {
-        let completion = driver.answer_first(answer)?;
-        driver.on_completion(completion).await?;
+        let applied = match driver.answer_first(answer) {
+            Ok(completion) => driver.on_completion(completion).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = applied {
+            // Like any failure: relaunched steps stop, the run's end is recorded.
+            return Err(Box::pin(driver.abort(e)).await);
+        }
     }
     driver.complete().await
 }
@@ -241,16 +248,17 @@ pub(crate) fn finished_run<S: FlowState>(stored: &StoredRun) -> Result<Run<S>, E
     })?;
     let records = stored_records(stored)?;
     let last = stored.final_activation.and_then(|a| records.iter().find(|r| r.activation == a));
+    let record = feedback_record(stored)?;
     Ok(Run {
         id: stored.run_id,
         state,
         output: last.map(|r| r.output.clone()),
         final_step: last.map(|r| r.step.clone()),
         records,
-        inputs: Vec::new(),
+        inputs: record.inputs,
         usage: crate::scope::TokenUsage::default(),
         paused: None,
-        feedback: feedback_record(stored)?.history,
+        feedback: record.history,
     })
 }
 
@@ -684,8 +692,11 @@ impl<S: FlowState> Driver<S> {
             steps.push(StepRow { activation: a, step, output, finished_at });
         }
         durable.seq += 1;
-        let record =
-            FeedbackRecord { pending: self.paused.clone(), history: self.shared.with_feedback_history(|h| h.clone()) };
+        let record = FeedbackRecord {
+            pending: self.paused.clone(),
+            history: self.shared.with_feedback_history(|h| h.clone()),
+            inputs: self.shared.with_input_history(|h| h.clone()),
+        };
         let feedback = if record.is_empty() {
             None
         } else {

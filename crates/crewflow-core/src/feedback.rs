@@ -331,11 +331,14 @@ pub(crate) struct PendingFeedback {
 pub(crate) struct FeedbackRecord {
     pub pending: Vec<PendingFeedback>,
     pub history: Vec<FeedbackResult>,
+    /// The questions asked with `cx.ask` and their answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<crate::input::InputRecord>,
 }
 
 impl FeedbackRecord {
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty() && self.history.is_empty()
+        self.pending.is_empty() && self.history.is_empty() && self.inputs.is_empty()
     }
 }
 

@@ -251,6 +251,32 @@ impl<S: FlowState> Flow<S> {
         Ok(driver::feedback_record(&stored)?.pending.into_iter().map(|p| p.request).collect())
     }
 
+    /// A stored run as it stands, read only: nothing runs and nothing is claimed, whatever its
+    /// status (its state at the last checkpoint, the outputs stored so far, the feedback it
+    /// received, what it waits for if it is paused). Unlike [`resume`](Flow::resume), this
+    /// also reads runs of an earlier definition of the flow: for reports and dashboards.
+    pub async fn inspect(&self, run_id: RunId) -> Result<Run<S>, Error> {
+        let store = self.require_store("Flow::inspect")?.clone();
+        let stored = match self.load_own(store.as_ref(), run_id).await {
+            Err(Error::DefinitionChanged { .. }) => store
+                .load_run(run_id)
+                .await
+                .map_err(|e| Error::from_store(store.as_ref(), "load the run", e))?
+                .ok_or_else(|| Error::UnknownRun { run_id: run_id.to_string(), store: store.describe() })?,
+            other => other?,
+        };
+        match stored.status {
+            RunStatus::Finished => driver::finished_run(&stored),
+            RunStatus::Paused => driver::paused_run(&stored),
+            _ => {
+                let mut run = driver::finished_run::<S>(&stored)?;
+                run.output = None;
+                run.final_step = None;
+                Ok(run)
+            }
+        }
+    }
+
     /// What a paused run waits for (`None` if it is not paused).
     pub async fn pending_feedback(&self, run_id: RunId) -> Result<Option<crate::feedback::Paused>, Error> {
         let store = self.require_store("Flow::pending_feedback")?.clone();

@@ -11,8 +11,8 @@
 
 mod builder;
 mod cancel;
-mod console;
 pub mod chat;
+mod console;
 mod cx;
 mod driver;
 mod error;
