@@ -195,3 +195,53 @@ async fn a_streamed_model_reply_reaches_the_turn_stream_as_tokens_in_order() {
     let finished = kinds.iter().position(|k| *k == "llm_call_finished").unwrap();
     assert!(started < first_token && first_token < finished, "{kinds:?}");
 }
+
+/// Tool calls a model asks for reach the turn stream and the trace, nested in their model call.
+#[tokio::test]
+async fn tool_calls_reach_the_turn_stream_and_the_trace() {
+    use crewflow::chat::TurnEvent;
+    use crewflow::llm::{ChatRequest, Message, Tool};
+    let reply = json!({
+        "id": "r2", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{ "index": 0, "finish_reason": "tool_calls", "message": { "role": "assistant", "content": null,
+            "tool_calls": [{ "id": "call_7", "type": "function",
+                "function": { "name": "lookup_order", "arguments": "{\"order\":\"A-17\"}" } }] } }],
+        "usage": { "prompt_tokens": 20, "completion_tokens": 9, "total_tokens": 29 }
+    });
+    let server = TestServer::start(vec![Reply::json(200, &reply)]).await;
+    let llm = Llm::with_options(
+        "openai/gpt-4o-mini",
+        LlmOptions::default().base_url(format!("{}/v1", server.url)).api_key("sk-test").retry(RetryPolicy::none()),
+    )
+    .unwrap();
+    let (_dir, path) = temp_db();
+    let flow = FlowBuilder::<ChatState>::new("tools")
+        .start("answer", move |_cx, m: String| {
+            let llm = llm.clone();
+            async move {
+                let request = ChatRequest::new([Message::user(m)]).tool(Tool::new(
+                    "lookup_order",
+                    "Find an order",
+                    json!({ "type": "object", "properties": { "order": { "type": "string" } } }),
+                ));
+                let response = llm.chat(request).await?;
+                Ok(format!("looking up {}", response.tool_calls[0].arguments))
+            }
+        })
+        .store(SqliteStore::open(&path))
+        .build()
+        .unwrap();
+    let mut stream = flow.stream_turn("s", "Where is order A-17?");
+    let mut calls = Vec::new();
+    while let Some(item) = stream.next().await {
+        if let TurnEvent::ToolCall { id, name, arguments } = item.unwrap() {
+            calls.push((id, name, arguments));
+        }
+    }
+    assert_eq!(calls, [("call_7".to_string(), "lookup_order".to_string(), "{\"order\":\"A-17\"}".to_string())]);
+    let traces = flow.session_traces("s").await.unwrap();
+    let spans = flow.trace_spans(&traces[0].trace_id).await.unwrap();
+    let tool = spans.iter().find(|s| s.kind == "tool_call").expect("a tool call span");
+    assert_eq!((tool.name.as_str(), tool.parent_id.as_deref()), ("lookup_order", Some("t0.l1")));
+    assert_eq!(tool.attributes["arguments"], json!("{\"order\":\"A-17\"}"));
+}

@@ -167,6 +167,18 @@ pub enum EventKind {
         /// The error, as text.
         error: Arc<str>,
     },
+    /// A model asked for a tool to be called (one event per requested call, after the model
+    /// call's `llm_call_finished`).
+    ToolCallRequested {
+        /// The model call that asked.
+        call: u64,
+        /// The tool call's id (pairs it with its result).
+        id: String,
+        /// The tool.
+        name: String,
+        /// The arguments, as JSON text.
+        arguments: String,
+    },
     /// A step's output was put to a reviewer ([`HumanFeedback`](crate::HumanFeedback)).
     FeedbackRequested {
         /// The question.
@@ -216,6 +228,7 @@ impl EventKind {
             EventKind::LlmCallFailed { .. } => "llm_call_failed",
             EventKind::InputRequested { .. } => "input_requested",
             EventKind::InputReceived { .. } => "input_received",
+            EventKind::ToolCallRequested { .. } => "tool_call_requested",
             EventKind::FeedbackRequested { .. } => "feedback_requested",
             EventKind::FeedbackReceived { .. } => "feedback_received",
             EventKind::RunPaused { .. } => "run_paused",

@@ -202,6 +202,14 @@ impl CallReport {
             response_id: response.id.clone(),
             latency_ms,
         });
+        for tool in &response.tool_calls {
+            s.emit(|| EventKind::ToolCallRequested {
+                call,
+                id: tool.id.clone(),
+                name: tool.name.clone(),
+                arguments: tool.arguments.clone(),
+            });
+        }
     }
 
     pub fn failed(&mut self, error: &str) {

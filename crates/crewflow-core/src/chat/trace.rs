@@ -1,4 +1,4 @@
-//! A turn's spans, built from its run's events: turn > step > model call.
+//! A turn's spans, built from its run's events: turn > step > model call > tool call.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -87,6 +87,14 @@ fn on_event(
         }
         EventKind::LlmCallFailed { call, error, .. } => {
             end(spans, open, &format!("{turn_id}.l{call}"), e.at, "error", json!(error));
+        }
+        EventKind::ToolCallRequested { call, id, name, arguments } => {
+            // A point in time: the model asked; running the tool is the step's (or an agent's)
+            // own span.
+            let span_id = format!("{turn_id}.l{call}.{id}");
+            let attrs = json!({ "tool_call_id": id, "arguments": arguments });
+            start(span_id.clone(), format!("{turn_id}.l{call}"), "tool_call", name.clone(), attrs);
+            end(spans, open, &span_id, e.at, "requested", json!(true));
         }
         _ => {}
     }

@@ -54,6 +54,15 @@ pub struct Turn {
 pub enum TurnEvent {
     /// A piece of a streamed model reply.
     Token(String),
+    /// A model asked for a tool call.
+    ToolCall {
+        /// The tool call's id.
+        id: String,
+        /// The tool.
+        name: String,
+        /// The arguments, as JSON text.
+        arguments: String,
+    },
     /// An event of the turn's run (step started, route taken, model call, ...).
     Event(Event),
     /// The turn completed and was saved.
@@ -442,6 +451,9 @@ async fn drive_observed<S: FlowState>(
         if let Some(sink) = sink {
             let item = match &e.kind {
                 EventKind::LlmChunk { text, .. } => TurnEvent::Token(text.clone()),
+                EventKind::ToolCallRequested { id, name, arguments, .. } => {
+                    TurnEvent::ToolCall { id: id.clone(), name: name.clone(), arguments: arguments.clone() }
+                }
                 _ => TurnEvent::Event(e.clone()),
             };
             let _ = sink.send(Ok(item));
