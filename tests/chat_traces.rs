@@ -101,6 +101,9 @@ async fn idle_sessions_finalize_after_the_timeout() {
     let (_dir, path) = temp_db();
     let idle = ChatOptions::default().idle_finalize_after(Duration::from_millis(60));
     let flow = common::chat::echo_builder(&path).chat(idle).build().unwrap();
+    // Another flow in the same store, whose sessions stay open for a long time.
+    let patient = common::chat::echo_builder(&path).rename("patient").build().unwrap();
+    patient.handle_turn("other", "one").await.unwrap();
     flow.handle_turn("lazy", "one").await.unwrap();
     flow.handle_turn("swept", "one").await.unwrap();
     assert_eq!(flow.finalize_idle_sessions().await.unwrap(), 0, "not idle yet");
@@ -113,6 +116,8 @@ async fn idle_sessions_finalize_after_the_timeout() {
     // The sweep finalizes the others.
     assert_eq!(flow.finalize_idle_sessions().await.unwrap(), 1);
     assert!(flow.session_traces("swept").await.unwrap()[0].finalized_at.is_some());
+    // Each flow's idle timeout applies to its own sessions only.
+    assert!(patient.session_traces("other").await.unwrap()[0].finalized_at.is_none());
 }
 
 #[tokio::test]

@@ -308,7 +308,7 @@ impl SessionStore for PostgresStore {
         })
     }
 
-    fn finalize_idle_traces(&self, idle: Duration) -> StoreFuture<'_, u64> {
+    fn finalize_idle_traces<'a>(&'a self, flow: &'a str, idle: Duration) -> StoreFuture<'a, u64> {
         Box::pin(async move {
             boxed(
                 async {
@@ -317,9 +317,9 @@ impl SessionStore for PostgresStore {
                     let rows = tx
                         .query(
                             "SELECT id FROM crewflow_traces
-                             WHERE finalized_at IS NULL AND updated_at < now() - $1 * interval '1 millisecond'
+                             WHERE flow = $2 AND finalized_at IS NULL AND updated_at < now() - $1 * interval '1 millisecond'
                              FOR UPDATE SKIP LOCKED",
-                            &[&(ms(idle) as f64)],
+                            &[&(ms(idle) as f64), &flow],
                         )
                         .await?;
                     let at = Utc::now();

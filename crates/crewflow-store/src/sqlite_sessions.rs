@@ -230,7 +230,8 @@ impl SessionStore for SqliteStore {
         })
     }
 
-    fn finalize_idle_traces(&self, idle: Duration) -> StoreFuture<'_, u64> {
+    fn finalize_idle_traces<'a>(&'a self, flow: &'a str, idle: Duration) -> StoreFuture<'a, u64> {
+        let flow = flow.to_string();
         Box::pin(async move {
             boxed(
                 self.call(move |c| {
@@ -238,8 +239,10 @@ impl SessionStore for SqliteStore {
                     let t = now();
                     let before = ms(t) - i64::try_from(idle.as_millis()).unwrap_or(i64::MAX / 2);
                     let idle: Vec<String> = tx
-                        .prepare("SELECT id FROM crewflow_traces WHERE finalized_at IS NULL AND updated_at < ?1")?
-                        .query_map([before], |r| r.get(0))?
+                        .prepare(
+                            "SELECT id FROM crewflow_traces WHERE flow = ?2 AND finalized_at IS NULL AND updated_at < ?1",
+                        )?
+                        .query_map(rusqlite::params![before, flow], |r| r.get(0))?
                         .collect::<Result<_, _>>()?;
                     let mut n = 0;
                     for trace in idle {

@@ -228,8 +228,9 @@ pub trait SessionStore: Send + Sync {
     /// open trace (already finalized, or none yet). Safe to repeat.
     fn finalize_trace<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, bool>;
 
-    /// Finalizes every open trace whose last turn is older than `idle`; returns how many.
-    fn finalize_idle_traces(&self, idle: Duration) -> StoreFuture<'_, u64>;
+    /// Finalizes every open trace of `flow`'s sessions whose last turn is older than `idle`;
+    /// returns how many.
+    fn finalize_idle_traces<'a>(&'a self, flow: &'a str, idle: Duration) -> StoreFuture<'a, u64>;
 
     /// The traces of a session, oldest first.
     fn list_traces<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, Vec<TraceSummary>>;

@@ -214,14 +214,14 @@ impl<S: Conversational> Flow<S> {
         sessions.finalize_trace(self.name(), session_id).await.map_err(|e| fail(&store, "finalize the trace", e))
     }
 
-    /// Finalizes the traces of every session idle for longer than
-    /// [`ChatOptions::idle_finalize_after`](super::ChatOptions::idle_finalize_after) (of any
-    /// flow in the store); returns how many. Call it periodically; a session's own next turn
+    /// Finalizes the traces of this flow's sessions idle for longer than
+    /// [`ChatOptions::idle_finalize_after`](super::ChatOptions::idle_finalize_after); returns
+    /// how many. Call it periodically; a session's own next turn
     /// does it too.
     pub async fn finalize_idle_sessions(&self) -> Result<u64, Error> {
         let (store, sessions) = self.sessions_store("Flow::finalize_idle_sessions")?;
         let idle = self.inner_chat().options.idle_finalize_after;
-        sessions.finalize_idle_traces(idle).await.map_err(|e| fail(&store, "finalize idle traces", e))
+        sessions.finalize_idle_traces(self.name(), idle).await.map_err(|e| fail(&store, "finalize idle traces", e))
     }
 
     /// The session's traces, oldest first.
