@@ -255,5 +255,6 @@ async fn a_session_deleted_during_a_turn_is_not_brought_back() {
     assert!(flow.delete_session("s").await.unwrap());
     let err = turn.await.unwrap().unwrap_err();
     assert!(matches!(err, Error::SessionConflict(_)), "{err}");
+    assert!(err.to_string().contains("was deleted while this turn ran"), "{err}");
     assert!(flow.session("s").await.unwrap().is_none());
 }

@@ -60,6 +60,15 @@ CREATE TABLE crewflow_steps (
     crate::postgres_sessions::MIGRATION,
 ];
 
+/// Connections for the store's own queries.
+const QUERY_CONNECTIONS: usize = 16;
+
+/// Connections holding session locks, at most: as many sessions of this process can be in a
+/// turn at once (more wait, up to their lock timeout, then get `SessionBusy`). With
+/// [`QUERY_CONNECTIONS`], up to 48 connections per process: mind PostgreSQL's
+/// `max_connections` (100 by default) when running several processes.
+const LOCK_CONNECTIONS: usize = 32;
+
 struct Inner {
     /// `postgres://user@host:port/db`, without a password.
     target: String,
@@ -102,8 +111,8 @@ impl PostgresStore {
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 target: redact(url),
-                pool: pool_of(16)?,
-                locks: pool_of(64)?,
+                pool: pool_of(QUERY_CONNECTIONS)?,
+                locks: pool_of(LOCK_CONNECTIONS)?,
                 migrated: OnceCell::new(),
                 heartbeat: Heartbeat::default(),
             }),
@@ -123,9 +132,19 @@ impl PostgresStore {
         Ok(client)
     }
 
-    /// A connection for holding a session lock (no migration needed: it only locks).
-    pub(crate) async fn lock_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.inner.locks.get().await.map_err(|e| self.unavailable(e))
+    /// A connection for holding a session lock (no migration needed: it only locks); `None`
+    /// when none frees up within `wait` (every lock connection holds a session).
+    pub(crate) async fn lock_client(&self, wait: Duration) -> Result<Option<deadpool_postgres::Object>, StoreError> {
+        let timeouts = deadpool_postgres::Timeouts {
+            wait: Some(wait),
+            create: Some(Duration::from_secs(5)),
+            recycle: Some(Duration::from_secs(5)),
+        };
+        match self.inner.locks.timeout_get(&timeouts).await {
+            Ok(client) => Ok(Some(client)),
+            Err(deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)) => Ok(None),
+            Err(e) => Err(self.unavailable(e)),
+        }
     }
 
     fn unavailable(&self, e: deadpool_postgres::PoolError) -> StoreError {

@@ -16,7 +16,6 @@ use crewflow_core::chat::{
 use crewflow_core::persist::StoreFuture;
 use deadpool_postgres::Object;
 use deadpool_postgres::Transaction;
-use tokio_postgres::error::SqlState;
 
 use crate::StoreError;
 use crate::postgres::{PostgresStore, boxed};
@@ -117,37 +116,36 @@ fn corrupt(e: serde_json::Error) -> StoreError {
 
 impl PostgresStore {
     /// Locks a session on a connection of the lock pool (never the pool the turn's own
-    /// queries use, so lock holders cannot starve them).
+    /// queries use, so lock holders cannot starve them), waiting at most `wait` in all.
+    ///
+    /// The lock is tried, not queued for (`pg_try_advisory_lock`, retried with a short
+    /// backoff): a turn given up while it waits (its future dropped) leaves no request behind
+    /// on the server that could later take the lock for nobody.
     async fn lock(&self, flow: &str, id: &str, wait: Duration) -> Result<Option<SessionGuard>, StoreError> {
-        let client = self.lock_client().await?;
-        // Until the lock is ours, dropping `held` (a cancelled or failed wait) closes the
-        // connection, which withdraws the queued lock request on the server.
+        let busy = || StoreError::SessionLocked(SessionLockTimeout { session: id.to_string() });
+        let deadline = tokio::time::Instant::now() + wait;
+        let client = self.lock_client(wait).await?.ok_or_else(busy)?;
         let held = HeldLock { client: Some(client), key: lock_key(flow, id) };
-        if !held.acquire(wait).await? {
-            return Err(StoreError::SessionLocked(SessionLockTimeout { session: id.to_string() }));
+        let mut pause = Duration::from_millis(2);
+        loop {
+            if held.try_acquire().await? {
+                return Ok(Some(SessionGuard::new(held.unlock())));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(busy());
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
-        Ok(Some(SessionGuard::new(held.unlock())))
     }
 }
 
 impl HeldLock {
-    /// Waits for the lock at most `wait`; `false` when it did not come.
-    async fn acquire(&self, wait: Duration) -> Result<bool, StoreError> {
+    async fn try_acquire(&self) -> Result<bool, StoreError> {
         let Some(client) = self.client.as_ref() else { return Ok(false) };
-        let key = self.key;
-        if wait.is_zero() {
-            return Ok(client.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await?.get::<_, bool>(0));
-        }
-        // lock_timeout bounds the wait; the server queues the waiters in order.
-        client.execute("SELECT set_config('lock_timeout', $1, false)", &[&format!("{}ms", ms(wait).max(1))]).await?;
-        match client.query_one("SELECT pg_advisory_lock($1)", &[&key]).await {
-            Ok(_) => {
-                client.batch_execute("RESET lock_timeout").await?;
-                Ok(true)
-            }
-            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        let stmt = client.prepare_cached("SELECT pg_try_advisory_lock($1)").await?;
+        Ok(client.query_one(&stmt, &[&self.key]).await?.get::<_, bool>(0))
     }
 }
 
@@ -260,6 +258,11 @@ impl SessionStore for PostgresStore {
                 async {
                     let mut client = self.client().await?;
                     let tx = client.transaction().await?;
+                    // The session row first, as a turn's save takes it (then its trace): one
+                    // lock order, so a delete and a save never deadlock; a save waiting here
+                    // then finds the row gone and reports a conflict.
+                    tx.execute("SELECT 1 FROM crewflow_sessions WHERE flow = $1 AND id = $2 FOR UPDATE", &[&flow, &id])
+                        .await?;
                     tx.execute(
                         "DELETE FROM crewflow_spans WHERE trace_id IN
                              (SELECT id FROM crewflow_traces WHERE flow = $1 AND session_id = $2)",

@@ -87,6 +87,10 @@ pub struct ChatState {
     /// The flow's window ([`ChatOptions::window`](super::ChatOptions::window)), set for each turn.
     #[serde(skip)]
     pub(crate) window: usize,
+    /// The flow's [`ChatOptions::summarize_after`](super::ChatOptions::summarize_after), set for
+    /// each turn.
+    #[serde(skip)]
+    pub(crate) compact_after: Option<usize>,
 }
 
 /// The recent history a model should see: the summary of older turns, then the last messages.
@@ -104,23 +108,27 @@ impl ChatState {
         &self.messages[self.messages.len().saturating_sub(n)..]
     }
 
-    /// What a model should see. Without a summary: the last `n` messages. With one: the
-    /// summary, then every message it does not cover — never a gap between the two, so nothing
-    /// said is invisible to the model; compaction
-    /// ([`ChatOptions::summarize`](super::ChatOptions::summarize)) keeps that tail bounded.
+    /// What a model should see: the summary, then the messages it does not cover, at most
+    /// `n` of them (the last `n` messages when there is no summary).
     pub fn history(&self, n: usize) -> History<'_> {
-        let start = match self.summary {
-            Some(_) => self.summarized.min(self.messages.len()),
-            None => self.messages.len().saturating_sub(n),
-        };
+        let covered = if self.summary.is_some() { self.summarized.min(self.messages.len()) } else { 0 };
+        let start = self.messages.len().saturating_sub(n).max(covered);
         History { summary: self.summary.as_deref(), recent: &self.messages[start..] }
     }
 
-    /// [`history`](ChatState::history) with the flow's window
-    /// ([`ChatOptions::window`](super::ChatOptions::window)): what a replying step should send
-    /// to its model.
+    /// [`history`](ChatState::history) with the flow's options: what a replying step should
+    /// send to its model. Without compaction, the last [`window`](super::ChatOptions::window)
+    /// messages. With it ([`ChatOptions::summarize`](super::ChatOptions::summarize)), the summary
+    /// and every message it does not cover — never a gap between the two, so nothing said is
+    /// invisible to the model — at most `summarize_after + 1` of them (compaction runs before
+    /// more pile up; if the summarizer keeps failing, the oldest uncovered ones drop out of view,
+    /// never out of the transcript).
     pub fn recent(&self) -> History<'_> {
-        self.history(if self.window == 0 { super::ChatOptions::default().window } else { self.window })
+        let window = if self.window == 0 { super::ChatOptions::default().window } else { self.window };
+        match self.compact_after {
+            Some(after) => self.history(after.saturating_add(1).max(window)),
+            None => self.history(window),
+        }
     }
 
     /// The messages of one role, in order.

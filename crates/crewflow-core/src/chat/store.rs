@@ -148,20 +148,38 @@ pub struct SessionFilter {
     pub limit: usize,
 }
 
-/// The save was refused: another turn of the session was saved since this one loaded it
-/// (two processes ran turns of one session without a cross-process lock).
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "session `{session}` changed while this turn ran (it had {expected} turns, now {found}); nothing of this turn was saved. Run turns of one session one at a time across processes (PostgreSQL session locks do), then retry"
-)]
+/// The save was refused: the session changed since this turn loaded it — another turn was
+/// saved (two processes ran turns of one session without a cross-process lock), or the session
+/// was deleted.
+#[derive(Debug)]
 pub struct SessionConflict {
     /// The session.
     pub session: String,
     /// The turn count the turn started from.
     pub expected: u64,
-    /// The turn count found at save time.
+    /// The turn count found at save time (0: the session is gone).
     pub found: u64,
 }
+
+impl std::fmt::Display for SessionConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let session = &self.session;
+        if self.found == 0 && self.expected > 0 {
+            write!(
+                f,
+                "session `{session}` was deleted while this turn ran; nothing of this turn was saved (a new turn starts a fresh session)"
+            )
+        } else {
+            write!(
+                f,
+                "session `{session}` changed while this turn ran (it had {} turns, now {}); nothing of this turn was saved. Run turns of one session one at a time across processes (PostgreSQL session locks do), then retry",
+                self.expected, self.found
+            )
+        }
+    }
+}
+
+impl std::error::Error for SessionConflict {}
 
 /// A session lock held across processes; released by [`release`](SessionGuard::release), or
 /// in the background when dropped.

@@ -283,6 +283,7 @@ impl<S: Conversational> Flow<S> {
             None => (S::default(), 0),
         };
         state.chat_mut().window = options.window;
+        state.chat_mut().compact_after = options.summarize_after;
         state.chat_mut().begin_turn(message);
         let index = state.chat().turns;
 
