@@ -541,7 +541,7 @@ mod over_http {
         let done = flow.resume_with_feedback(run.id, "approved").await.unwrap();
         assert_eq!(done.output::<String>().unwrap(), "paid: approved");
 
-        let missing = TestServer::start(vec![Reply::text(404, "no such hook")]).await;
+        let missing = TestServer::start(vec![Reply::text(404, "no such hook"), Reply::json(200, &json!({}))]).await;
         let flow = FlowBuilder::<Doc>::new("lost")
             .start("draft", |_cx, (): ()| async move { Ok("x") })
             .human_feedback(HumanFeedback::new("?").provider(WebhookFeedback::new(format!("{}/nope", missing.url))))
@@ -561,6 +561,11 @@ mod over_http {
             .await
             .unwrap();
         assert_eq!(paused.len(), 1, "the run waits all the same");
+        // Once the endpoint is back, the reviewer is told again.
+        assert_eq!(flow.notify_pending(paused[0].run_id).await.unwrap(), 1);
+        let sent = missing.requests();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[1].json()["run_id"], json!(paused[0].run_id.to_string()));
     }
 
     /// The webhook is posted once the pause is saved: a reviewer answering the moment the

@@ -328,8 +328,14 @@ async fn loops_and_parallel_reviews_pause_again_until_done() {
         .unwrap();
     let first = parallel.kickoff(()).await.unwrap();
     assert_eq!(first.paused().unwrap().request.step, "a");
-    let second = parallel.resume_with_feedback(first.id, "yes A").await.unwrap();
+    // With two requests pending, an answer that does not say which is refused, not guessed.
+    let err = parallel.resume_with_feedback(first.id, "yes").await.unwrap_err();
+    assert!(matches!(err, Error::FeedbackRequestNeeded { .. }), "{err}");
+    assert!(err.to_string().contains("resume_with_feedback_for"), "{err}");
+    let a = first.paused().unwrap().request.id;
+    let second = parallel.resume_with_feedback_for(first.id, a, "yes A").await.unwrap();
     assert_eq!(second.paused().unwrap().request.step, "b");
+    // One request left: an unnamed answer is unambiguous.
     let done = parallel.resume_with_feedback(first.id, "yes B").await.unwrap();
     assert_eq!(done.output::<Vec<String>>().unwrap(), ["a=yes A", "b=yes B"]);
 
@@ -484,4 +490,43 @@ async fn questions_asked_before_a_pause_are_kept_with_the_run() {
     let asked: Vec<(&str, Option<&str>)> =
         run.inputs().iter().map(|r| (r.message.as_str(), r.response.as_deref())).collect();
     assert_eq!(asked, [("Which office?", Some("Berlin"))]);
+}
+
+/// Two reviewers answer two parallel requests at the same moment: both answers land (one may be
+/// told to retry while the other is applied, and then lands), none is lost or misapplied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_answers_to_parallel_requests_both_land() {
+    let (_dir, store) = sqlite();
+    let flow = FlowBuilder::<Counter>::new("two_reviewers")
+        .start("a", |_cx, (): ()| async move { Ok("A") })
+        .human_feedback(HumanFeedback::new("A?").provider(DeferredFeedback))
+        .start("b", |_cx, (): ()| async move { Ok("B") })
+        .human_feedback(HumanFeedback::new("B?").provider(DeferredFeedback))
+        .listen("both", and([step("a"), step("b")]), |cx: Cx<Counter>, (): ()| async move {
+            let mut got: Vec<String> =
+                cx.feedback_history().into_iter().map(|f| format!("{}={}", f.step, f.feedback)).collect();
+            got.sort();
+            Ok(got)
+        })
+        .store_arc(Arc::new(SlowClaims(store)))
+        .build()
+        .unwrap();
+    let run = flow.kickoff(()).await.unwrap();
+    let pending = flow.pending_requests(run.id).await.unwrap();
+    let answer = |id: u64, text: &'static str| {
+        let flow = flow.clone();
+        let run_id = run.id;
+        tokio::spawn(async move {
+            loop {
+                match flow.resume_with_feedback_for(run_id, id, text).await {
+                    Err(Error::FeedbackBusy { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    other => return other,
+                }
+            }
+        })
+    };
+    let (x, y) = (answer(pending[0].id, "ok A"), answer(pending[1].id, "ok B"));
+    let (x, y) = (x.await.unwrap().unwrap(), y.await.unwrap().unwrap());
+    let finished = if x.is_finished() { x } else { y };
+    assert_eq!(finished.output::<Vec<String>>().unwrap(), ["a=ok A", "b=ok B"]);
 }

@@ -2,9 +2,13 @@
 //! [`ConsoleFeedback`](crate::ConsoleFeedback)).
 //!
 //! One thread per process reads standard input line by line into a channel, and questions take
-//! lines from it. So a question that times out leaves no reader behind to swallow the next line
-//! (a line typed late goes to the next question), and a program can exit while nobody types:
-//! the reader is a detached thread, not a runtime task the runtime would wait for.
+//! lines from it, one question at a time. So a question that times out leaves no reader behind
+//! to swallow the next line, and a program can exit while nobody types: the reader is a
+//! detached thread, not a runtime task the runtime would wait for. On a terminal, lines typed
+//! before a question is shown are dropped (they answered nothing); piped input is kept.
+//!
+//! Once a console provider has asked, this reader owns standard input: a program that also
+//! reads standard input itself should ask through a provider instead.
 
 use std::io::BufRead;
 use std::sync::OnceLock;
@@ -42,13 +46,20 @@ fn lines() -> &'static Lines {
 /// Prints `prompt` and waits for the next line of standard input, without blocking the runtime;
 /// `Ok(None)` once the input has ended.
 pub(crate) async fn ask_line(prompt: &str) -> std::io::Result<Option<String>> {
-    use std::io::Write;
+    use std::io::{IsTerminal, Write};
+    // One question at a time owns the terminal: its prompt is printed only once it will get
+    // the next line, so parallel questions never swap answers.
+    let mut lines = lines().lock().await;
+    if std::io::stdin().is_terminal() {
+        // Lines a person typed before this question was shown (say, late for a question that
+        // timed out) answer no one; piped input is kept, it was written for the questions.
+        while lines.try_recv().is_ok() {}
+    }
     {
         let mut out = std::io::stdout().lock();
         write!(out, "{prompt}")?;
         out.flush()?;
     }
-    let mut lines = lines().lock().await;
     match lines.recv().await {
         Some(Ok(line)) => Ok(Some(line.trim_end_matches('\r').to_string())),
         Some(Err(e)) => Err(e),

@@ -784,11 +784,7 @@ impl<S: FlowState> Driver<S> {
         self.paused
             .iter()
             .filter(|p| p.fresh)
-            .filter_map(|p| {
-                let step = self.flow.graph.step_index(&p.request.step).map(|ix| &self.flow.steps[ix as usize]);
-                let own = step.and_then(|s| s.feedback.as_ref()).and_then(|f| f.provider.clone());
-                Some((own.or_else(|| self.flow.feedback.clone())?, p.request.clone()))
-            })
+            .filter_map(|p| Some((provider_of(&self.flow, &p.request.step)?, p.request.clone())))
             .collect()
     }
 
@@ -883,18 +879,34 @@ impl<S: FlowState> Driver<S> {
 }
 
 /// Tells each provider that its request's pause is saved (see [`FeedbackProvider::paused`]).
-async fn notify_reviewers(
+/// Every provider is told even when one fails; the error names every step whose reviewer was
+/// not told, with the first failure as its cause.
+pub(crate) async fn notify_reviewers(
     run_id: RunId,
     reviewers: Vec<(Arc<dyn FeedbackProvider>, FeedbackRequest)>,
 ) -> Result<(), Error> {
+    let mut failed: Vec<String> = Vec::new();
+    let mut first = None;
     for (provider, request) in reviewers {
-        provider.paused(&request).await.map_err(|e| Error::FeedbackNotification {
-            run_id: run_id.to_string(),
-            step: request.step.clone(),
-            source: e.into(),
-        })?;
+        if let Err(e) = provider.paused(&request).await {
+            failed.push(format!("`{}`", request.step));
+            first.get_or_insert(e);
+        }
     }
-    Ok(())
+    match first {
+        None => Ok(()),
+        Some(e) => Err(Error::FeedbackNotification {
+            run_id: run_id.to_string(),
+            step: failed.join(", ").trim_matches('`').to_string(),
+            source: e.into(),
+        }),
+    }
+}
+
+/// The provider that answers a step's feedback: its own, else the flow's.
+pub(crate) fn provider_of<S>(flow: &FlowInner<S>, step: &str) -> Option<Arc<dyn FeedbackProvider>> {
+    let own = flow.graph.step_index(step).and_then(|ix| flow.steps[ix as usize].feedback.as_ref()?.provider.clone());
+    own.or_else(|| flow.feedback.clone())
 }
 
 async fn write_checkpoint(store: Arc<dyn RunStore>, checkpoint: Checkpoint, after: Arc<str>) -> Result<(), Error> {

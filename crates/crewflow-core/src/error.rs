@@ -381,6 +381,24 @@ pub enum Error {
         /// The step that paused.
         step: String,
     },
+    /// An answer did not name its request, and the run waits for several.
+    #[error(
+        "run {run_id} waits for several feedback requests: {pending}; name the one you answer with resume_with_feedback_for(run_id, id, ..)"
+    )]
+    FeedbackRequestNeeded {
+        /// The run.
+        run_id: String,
+        /// The requests it waits for (id and step).
+        pending: String,
+    },
+    /// Another answer to the run is being applied; this request is still pending.
+    #[error("run {run_id} is applying another answer right now; request {request} is still pending: retry in a moment")]
+    FeedbackBusy {
+        /// The run.
+        run_id: String,
+        /// The request still pending.
+        request: u64,
+    },
     /// Feedback named a request the run does not wait for.
     #[error("run {run_id} has no pending feedback request {request}; it waits for: {pending}")]
     UnknownFeedbackRequest {
@@ -401,7 +419,7 @@ pub enum Error {
     },
     /// A run paused (and was saved), but telling the reviewer failed.
     #[error(
-        "run {run_id} is paused and saved, but telling the reviewer about step `{step}` failed: {source}; the run waits all the same: answer it with resume_with_feedback (pending_feedback shows the request)"
+        "run {run_id} is paused and saved, but telling the reviewer about step `{step}` failed: {source}; the run waits all the same: re-send with flow.notify_pending({run_id}), or answer it with resume_with_feedback (pending_requests shows the requests)"
     )]
     FeedbackNotification {
         /// The paused run.

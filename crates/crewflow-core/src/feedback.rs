@@ -151,6 +151,7 @@ pub struct FeedbackRequest {
     /// The request's id within the run (the reviewed step execution's id): answers to a run
     /// with several pending requests name it
     /// ([`Flow::resume_with_feedback_for`](crate::Flow::resume_with_feedback_for)).
+    #[serde(default)]
     pub id: u64,
     /// The flow's name.
     pub flow: String,

@@ -141,35 +141,18 @@ impl<S: FlowState> Flow<S> {
         cancel: Canceller,
         answer: Option<(Option<u64>, String)>,
     ) -> Result<Run<S>, Error> {
+        if let Some((request, text)) = answer {
+            return self.answer_paused(run_id, request, text, stream, cancel).await;
+        }
         let store = self.require_store("Flow::resume")?.clone();
         let stored = self.load_own(store.as_ref(), run_id).await?;
         match stored.status {
-            RunStatus::Paused if answer.is_some() => {}
-            other if answer.is_some() => {
-                return Err(Error::NotPaused { run_id: run_id.to_string(), status: other.to_string() });
-            }
             RunStatus::Finished => return driver::finished_run(&stored),
             // Still waiting for its answer: nothing to run until it comes.
             RunStatus::Paused => return driver::paused_run(&stored),
             _ => {}
         }
-        let answer = match answer {
-            Some((request, text)) => Some(self.map_answer(&stored, request, text).await?),
-            None => None,
-        };
         let me = process_owner();
-        if answer.is_some() {
-            let claim = store
-                .claim_paused(run_id, stored.seq, &me, self.inner.lease)
-                .await
-                .map_err(|e| Error::from_store(store.as_ref(), "claim the paused run", e))?;
-            let Some(claim) = claim else {
-                // Another answer took it between our read and our claim.
-                let status = "already resumed by another answer".to_string();
-                return Err(Error::NotPaused { run_id: run_id.to_string(), status });
-            };
-            return driver::drive_resumed(self.inner.clone(), stored, claim, stream, cancel, answer).await;
-        }
         let claim = match store.claim_run(run_id, &me, self.inner.lease, None).await {
             Ok(claim) => claim,
             Err(e) => match Error::from_store(store.as_ref(), "claim the run", e) {
@@ -182,7 +165,58 @@ impl<S: FlowState> Flow<S> {
                 other => return Err(other),
             },
         };
-        driver::drive_resumed(self.inner.clone(), stored, claim, stream, cancel, answer).await
+        driver::drive_resumed(self.inner.clone(), stored, claim, stream, cancel, None).await
+    }
+
+    /// Answers a pending request of a paused run and continues it. The claim is atomic on the
+    /// run being paused at the checkpoint the answer was read against; when another answer
+    /// moved the run on in between, the request is looked up again.
+    async fn answer_paused(
+        &self,
+        run_id: RunId,
+        request: Option<u64>,
+        text: String,
+        stream: Option<tokio::sync::mpsc::UnboundedSender<crate::Event>>,
+        cancel: Canceller,
+    ) -> Result<Run<S>, Error> {
+        let store = self.require_store("Flow::resume_with_feedback")?.clone();
+        let me = process_owner();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let stored = self.load_own(store.as_ref(), run_id).await?;
+            let record = driver::feedback_record(&stored)?;
+            let still_pending = request.is_some_and(|id| record.pending.iter().any(|p| p.request.id == id));
+            match stored.status {
+                RunStatus::Paused => {}
+                // Another answer is being applied; this request waits on (named requests only:
+                // an unnamed answer cannot tell whether it was meant for the one being applied).
+                RunStatus::Running if still_pending => {
+                    return Err(Error::FeedbackBusy {
+                        run_id: run_id.to_string(),
+                        request: request.unwrap_or_default(),
+                    });
+                }
+                other => return Err(Error::NotPaused { run_id: run_id.to_string(), status: other.to_string() }),
+            }
+            let answer = self.map_answer(&stored, request, text.clone()).await?;
+            let claim = store
+                .claim_paused(run_id, stored.seq, &me, self.inner.lease)
+                .await
+                .map_err(|e| Error::from_store(store.as_ref(), "claim the paused run", e))?;
+            match claim {
+                Some(claim) => {
+                    let answer = Some(answer);
+                    return driver::drive_resumed(self.inner.clone(), stored, claim, stream, cancel, answer).await;
+                }
+                // Moved on since we read it: look again (a named request may still be pending).
+                None if request.is_some() && attempts < 3 => continue,
+                None => {
+                    let status = "already resumed by another answer".to_string();
+                    return Err(Error::NotPaused { run_id: run_id.to_string(), status });
+                }
+            }
+        }
     }
 
     /// Maps feedback for a paused run to its step's outcome, before the run is touched: an
@@ -195,17 +229,24 @@ impl<S: FlowState> Flow<S> {
     ) -> Result<driver::Answered, Error> {
         let record = driver::feedback_record(stored)?;
         let corrupt = |message: String| Error::CorruptCheckpoint { run_id: stored.run_id.to_string(), message };
+        let waits = || {
+            record.pending.iter().map(|p| format!("{} (step `{}`)", p.request.id, p.request.step)).collect::<Vec<_>>()
+        };
         let pending = match request {
+            None if record.pending.len() > 1 => {
+                return Err(Error::FeedbackRequestNeeded {
+                    run_id: stored.run_id.to_string(),
+                    pending: waits().join(", "),
+                });
+            }
             None => record.pending.first().ok_or_else(|| corrupt("it is paused but has no pending request".into()))?,
-            Some(id) => record.pending.iter().find(|p| p.request.id == id).ok_or_else(|| {
-                let waits: Vec<String> =
-                    record.pending.iter().map(|p| format!("{} (step `{}`)", p.request.id, p.request.step)).collect();
-                Error::UnknownFeedbackRequest {
+            Some(id) => {
+                record.pending.iter().find(|p| p.request.id == id).ok_or_else(|| Error::UnknownFeedbackRequest {
                     run_id: stored.run_id.to_string(),
                     request: id,
-                    pending: waits.join(", "),
-                }
-            })?,
+                    pending: waits().join(", "),
+                })?
+            }
         };
         let config = self
             .inner
@@ -220,7 +261,10 @@ impl<S: FlowState> Flow<S> {
     }
 
     /// Answers the feedback a paused run waits for and continues it exactly where it paused: in
-    /// this process, a new one, or (with PostgreSQL) another machine. With outcomes, the answer
+    /// this process, a new one, or (with PostgreSQL) another machine. When the run waits for
+    /// several requests (parallel reviews), name the one answered with
+    /// [`resume_with_feedback_for`](Flow::resume_with_feedback_for); an unnamed answer is then
+    /// refused ([`Error::FeedbackRequestNeeded`]) rather than guessed. With outcomes, the answer
     /// is mapped first (exact, case-insensitive, the classifier, the default); an answer that
     /// matches none is an error and the run stays paused. If the run asks again (a review
     /// loop, or another pending step), the returned run is paused again.
@@ -239,6 +283,19 @@ impl<S: FlowState> Flow<S> {
         feedback: impl Into<String>,
     ) -> Result<Run<S>, Error> {
         self.resume_with(run_id, None, Canceller::new(), Some((Some(request), feedback.into()))).await
+    }
+
+    /// Tells the reviewers of a paused run's pending requests again
+    /// ([`FeedbackProvider::paused`](crate::FeedbackProvider::paused)): after a failed
+    /// notification ([`Error::FeedbackNotification`]), or a crash between the pause and the
+    /// notification. Returns how many requests were re-sent; every provider is tried.
+    pub async fn notify_pending(&self, run_id: RunId) -> Result<usize, Error> {
+        let requests = self.pending_requests(run_id).await?;
+        let reviewers: Vec<_> =
+            requests.into_iter().filter_map(|r| Some((driver::provider_of(&self.inner, &r.step)?, r))).collect();
+        let n = reviewers.len();
+        driver::notify_reviewers(run_id, reviewers).await?;
+        Ok(n)
     }
 
     /// Every request a paused run waits for, oldest first (empty if it is not paused).

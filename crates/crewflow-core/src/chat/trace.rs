@@ -91,7 +91,9 @@ fn on_event(
         EventKind::ToolCallRequested { call, id, name, arguments } => {
             // A point in time: the model asked; running the tool is the step's (or an agent's)
             // own span.
-            let span_id = format!("{turn_id}.l{call}.{id}");
+            // The event's sequence number keeps span ids unique even if a provider repeats a
+            // tool call id.
+            let span_id = format!("{turn_id}.l{call}.e{}", e.seq);
             let attrs = json!({ "tool_call_id": id, "arguments": arguments });
             start(span_id.clone(), format!("{turn_id}.l{call}"), "tool_call", name.clone(), attrs);
             end(spans, open, &span_id, e.at, "requested", json!(true));
