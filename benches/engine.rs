@@ -53,28 +53,14 @@ const BENCHES: [&str; 8] = [
     "resume_1000",
 ];
 
+mod harness;
+
+use harness::{peak_rss_bytes, report, rss_bytes};
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(pos) = args.iter().position(|a| a == "--child") {
-        let name = args.get(pos + 1).cloned().unwrap_or_default();
-        run_child(&name);
-        return;
-    }
-    let only: Option<Vec<String>> = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|p| args.get(p + 1))
-        .map(|list| list.split(',').map(str::to_string).collect());
-    let exe = std::env::current_exe().expect("the benchmark binary knows its path");
-    for name in BENCHES {
-        if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == name)) {
-            continue;
-        }
-        let status = std::process::Command::new(&exe).args(["--child", name]).status();
-        if !matches!(status, Ok(s) if s.success()) {
-            eprintln!("benchmark {name} failed: {status:?}");
-            std::process::exit(1);
-        }
+    match harness::child_name() {
+        Some(name) => run_child(&name),
+        None => harness::run_children(&BENCHES),
     }
 }
 
@@ -93,22 +79,6 @@ fn run_child(name: &str) {
             other => eprintln!("unknown benchmark {other}"),
         }
     });
-}
-
-fn report(bench: &str, metric: &str, unit: &str, mut samples: Vec<f64>) {
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let n = samples.len();
-    let median = if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2.0 };
-    let line = serde_json::json!({
-        "bench": bench, "metric": metric,
-        "median": round(median), "min": round(samples[0]), "max": round(samples[n - 1]),
-        "unit": unit, "n": n,
-    });
-    println!("{line}");
-}
-
-fn round(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 #[derive(Default, Debug, Serialize, Deserialize)]
@@ -344,23 +314,4 @@ async fn resume_1000() {
         assert_eq!(run.steps_run(), 1002);
     }
     report("resume_1000", "resume_ms", "ms", samples);
-}
-
-fn rss_bytes() -> i64 {
-    status_kb("VmRSS:") * 1024
-}
-
-fn peak_rss_bytes() -> i64 {
-    status_kb("VmHWM:") * 1024
-}
-
-fn status_kb(field: &str) -> i64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }

@@ -24,18 +24,13 @@ use tokio::net::TcpListener;
 
 const BENCHES: [&str; 3] = ["local_generate", "local_embed", "llm_overhead"];
 
+mod harness;
+
+use harness::report;
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let only: Option<Vec<String>> = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|p| args.get(p + 1))
-        .map(|list| list.split(',').map(str::to_string).collect());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
-    for name in BENCHES {
-        if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == name)) {
-            continue;
-        }
+    for name in harness::selected(&BENCHES) {
         rt.block_on(async {
             match name {
                 "local_generate" => local_generate().await,
@@ -44,19 +39,6 @@ fn main() {
             }
         });
     }
-}
-
-fn report(bench: &str, metric: &str, unit: &str, mut samples: Vec<f64>) {
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let n = samples.len();
-    let median = if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2.0 };
-    let round = |x: f64| (x * 100.0).round() / 100.0;
-    let line = serde_json::json!({
-        "bench": bench, "metric": metric,
-        "median": round(median), "min": round(samples[0]), "max": round(samples[n - 1]),
-        "unit": unit, "n": n,
-    });
-    println!("{line}");
 }
 
 async fn local_generate() {
