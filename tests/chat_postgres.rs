@@ -34,7 +34,8 @@ fn chat_flow(url: &str, pause: Duration, options: ChatOptions) -> Flow<ChatState
 }
 
 /// Child processes: `hammer` (5 tasks × 5 turns on session `shared`, tagged with `CHAT_PG_TAG`)
-/// or `hold` (one slow turn).
+/// or `hold` (one slow turn). Not a test of its own: the cross-process tests re-run this binary
+/// with only this function; ignored so `cargo test` skips it.
 #[test]
 #[ignore = "a child process of the PostgreSQL chat tests, started by them with CHAT_PG_ROLE set"]
 fn chat_pg_child() {

@@ -439,6 +439,8 @@ fn the_console_provider_refuses_to_approve_on_closed_input() {
     );
 }
 
+/// Not a test of its own: the console tests above re-run this binary with only this function,
+/// so that a real process reads a real standard input. Ignored so `cargo test` skips it.
 #[test]
 #[ignore = "a child process of the_console_provider_reads_the_terminal, started with FEEDBACK_CONSOLE_CHILD"]
 fn console_child() {

@@ -254,6 +254,8 @@ fn weakness_24_a_timed_out_console_question_leaves_no_reader_behind() {
     }
 }
 
+/// Not a test of its own: the weakness 24 console test above re-runs this binary with only this
+/// function, so that a real process reads a real standard input. Ignored so `cargo test` skips it.
 #[test]
 #[ignore = "a child process of weakness_24_a_timed_out_console_question_leaves_no_reader_behind"]
 fn console_input_child() {
