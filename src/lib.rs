@@ -85,6 +85,12 @@ pub mod llm {
     pub use crewflow_llm::*;
 }
 
+/// Declarative flows: a flow written in YAML or JSON, built at run time against a registry of
+/// Rust functions and providers. See `docs/declarative.md`.
+pub mod declarative {
+    pub use crewflow_declarative::*;
+}
+
 /// Stores for durable runs: SQLite (default) and PostgreSQL (feature `postgres`).
 pub mod store {
     pub use crewflow_core::persist::*;

@@ -258,6 +258,12 @@ impl<S: FlowState> FlowBuilder<S> {
         self
     }
 
+    /// [`input_provider`](FlowBuilder::input_provider), shared.
+    pub fn input_provider_arc(mut self, provider: Arc<dyn InputProvider>) -> Self {
+        self.input = Some(provider);
+        self
+    }
+
     /// Sets who collects human feedback for steps that do not name their own provider
     /// (default: [`ConsoleFeedback`](crate::ConsoleFeedback)).
     pub fn feedback_provider(mut self, provider: impl FeedbackProvider) -> Self {

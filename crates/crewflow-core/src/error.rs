@@ -627,8 +627,9 @@ impl From<StepError> for BoxError {
     }
 }
 
-/// The closest candidate to `name` by edit distance, if it is close enough to be a likely typo.
-pub(crate) fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+/// The closest candidate to `name` by edit distance, if it is close enough to be a likely typo
+/// (for "did you mean" hints in error messages).
+pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let limit = (name.chars().count() / 3).max(1);
     candidates
         .into_iter()

@@ -1,0 +1,260 @@
+//! Expressions ([CEL](https://cel.dev)) and `${...}` templates.
+//!
+//! Both are compiled when the flow is built, so a syntax error is a build error naming the
+//! method, never a surprise halfway through a run. They are evaluated over:
+//!
+//! - `state`: the run's state (a map);
+//! - `outputs`: the latest output of each method that has run, by method name;
+//! - `input`: what triggered the step (the output of the step or router before it, the
+//!   feedback result after a `human_feedback` step; `null` for a start);
+//! - `item`: the current element inside an `each` action.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+/// The values an expression sees.
+pub(crate) struct Scope<'a> {
+    pub state: &'a Map<String, Value>,
+    pub outputs: &'a Map<String, Value>,
+    pub input: &'a Value,
+    pub item: Option<&'a Value>,
+}
+
+/// A compiled CEL expression and its source (for messages).
+#[derive(Clone)]
+pub(crate) struct Expr {
+    source: Arc<str>,
+    program: Arc<cel::Program>,
+}
+
+impl std::fmt::Debug for Expr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Expr({})", self.source)
+    }
+}
+
+impl Expr {
+    /// Compiles `source`; the error says what is wrong with it.
+    pub fn compile(source: &str) -> Result<Expr, String> {
+        let program = cel::Program::compile(source)
+            .map_err(|e| format!("the expression `{source}` does not parse: {}", one_line(&e.to_string())))?;
+        Ok(Expr { source: source.into(), program: Arc::new(program) })
+    }
+
+    /// The expression's value in `scope`, as JSON.
+    pub fn eval(&self, scope: &Scope<'_>) -> Result<Value, String> {
+        let mut cx = cel::Context::default();
+        cx.add_variable_from_value("state", object_to_cel(scope.state));
+        cx.add_variable_from_value("outputs", object_to_cel(scope.outputs));
+        cx.add_variable_from_value("input", to_cel(scope.input));
+        if let Some(item) = scope.item {
+            cx.add_variable_from_value("item", to_cel(item));
+        }
+        let value = self.program.execute(&cx).map_err(|e| format!("the expression `{}` failed: {e}", self.source))?;
+        value.json().map_err(|e| format!("the expression `{}` gave a value JSON cannot hold: {e}", self.source))
+    }
+
+    /// Whether the expression's value is `true` (anything else but `false` is an error).
+    pub fn test(&self, scope: &Scope<'_>) -> Result<bool, String> {
+        match self.eval(scope)? {
+            Value::Bool(b) => Ok(b),
+            other => Err(format!("the condition `{}` gave {other}, not true or false", self.source)),
+        }
+    }
+}
+
+/// JSON to CEL. Integers become CEL `int` whenever they fit (JSON has one number type; CEL
+/// refuses `int + uint`, so `state.count + 1` must see an `int`).
+fn to_cel(value: &Value) -> cel::Value {
+    match value {
+        Value::Null => cel::Value::Null,
+        Value::Bool(b) => cel::Value::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => cel::Value::Int(i),
+            (None, Some(u), _) => cel::Value::UInt(u),
+            (_, _, Some(f)) => cel::Value::Float(f),
+            _ => cel::Value::Null,
+        },
+        Value::String(s) => cel::Value::String(Arc::new(s.clone())),
+        Value::Array(items) => cel::Value::List(Arc::new(items.iter().map(to_cel).collect())),
+        Value::Object(map) => object_to_cel(map),
+    }
+}
+
+fn object_to_cel(map: &Map<String, Value>) -> cel::Value {
+    let entries: HashMap<String, cel::Value> = map.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
+    cel::Value::from(entries)
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A string with `${expression}` parts, compiled.
+///
+/// A template that is exactly one `${...}` keeps the value's type (`"${state.count}"` is a
+/// number); otherwise parts are joined as text, with non-strings written as JSON and `null` as
+/// nothing. `$${` writes a literal `${`.
+#[derive(Clone, Debug)]
+pub(crate) enum Template {
+    Whole(Expr),
+    Parts(Vec<Part>),
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Part {
+    Text(String),
+    Expr(Expr),
+}
+
+impl Template {
+    pub fn compile(source: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut text = String::new();
+        let mut rest = source;
+        while let Some(at) = rest.find("${") {
+            if rest[..at].ends_with('$') {
+                text.push_str(&rest[..at - 1]);
+                text.push_str("${");
+                rest = &rest[at + 2..];
+                continue;
+            }
+            text.push_str(&rest[..at]);
+            let body = &rest[at + 2..];
+            let end = closing_brace(body)
+                .ok_or_else(|| format!("the template `{source}` opens `${{` without a closing `}}`"))?;
+            if !text.is_empty() {
+                parts.push(Part::Text(std::mem::take(&mut text)));
+            }
+            parts.push(Part::Expr(Expr::compile(body[..end].trim())?));
+            rest = &body[end + 1..];
+        }
+        text.push_str(rest);
+        if !text.is_empty() {
+            parts.push(Part::Text(text));
+        }
+        Ok(match parts.as_slice() {
+            [Part::Expr(e)] => Template::Whole(e.clone()),
+            _ => Template::Parts(parts),
+        })
+    }
+
+    pub fn render(&self, scope: &Scope<'_>) -> Result<Value, String> {
+        match self {
+            Template::Whole(e) => e.eval(scope),
+            Template::Parts(parts) => {
+                let mut out = String::new();
+                for part in parts {
+                    match part {
+                        Part::Text(t) => out.push_str(t),
+                        Part::Expr(e) => match e.eval(scope)? {
+                            Value::Null => {}
+                            Value::String(s) => out.push_str(&s),
+                            other => out.push_str(&other.to_string()),
+                        },
+                    }
+                }
+                Ok(Value::String(out))
+            }
+        }
+    }
+}
+
+/// The index of the `}` closing an expression, skipping braces inside it and string literals.
+fn closing_brace(body: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (i, c) in body.char_indices() {
+        if let Some(q) = quote {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                _ if c == q => quote = None,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' => quote = Some(c),
+            '{' => depth += 1,
+            '}' if depth == 0 => return Some(i),
+            '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A JSON value whose strings may hold templates (the `with:` of an action), compiled.
+#[derive(Clone, Debug)]
+pub(crate) enum ValueTemplate {
+    Literal(Value),
+    String(Template),
+    Array(Vec<ValueTemplate>),
+    Object(Vec<(String, ValueTemplate)>),
+}
+
+impl ValueTemplate {
+    pub fn compile(value: &Value) -> Result<ValueTemplate, String> {
+        Ok(match value {
+            Value::String(s) if s.contains("${") => ValueTemplate::String(Template::compile(s)?),
+            Value::Array(items) => {
+                ValueTemplate::Array(items.iter().map(ValueTemplate::compile).collect::<Result<_, _>>()?)
+            }
+            Value::Object(map) => ValueTemplate::Object(
+                map.iter().map(|(k, v)| Ok((k.clone(), ValueTemplate::compile(v)?))).collect::<Result<_, String>>()?,
+            ),
+            other => ValueTemplate::Literal(other.clone()),
+        })
+    }
+
+    pub fn render(&self, scope: &Scope<'_>) -> Result<Value, String> {
+        Ok(match self {
+            ValueTemplate::Literal(v) => v.clone(),
+            ValueTemplate::String(t) => t.render(scope)?,
+            ValueTemplate::Array(items) => {
+                Value::Array(items.iter().map(|t| t.render(scope)).collect::<Result<_, _>>()?)
+            }
+            ValueTemplate::Object(entries) => Value::Object(
+                entries.iter().map(|(k, t)| Ok((k.clone(), t.render(scope)?))).collect::<Result<_, String>>()?,
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scope_eval(template: &str, state: Value, input: Value) -> Result<Value, String> {
+        let state = state.as_object().cloned().unwrap_or_default();
+        let outputs = Map::new();
+        Template::compile(template)?.render(&Scope { state: &state, outputs: &outputs, input: &input, item: None })
+    }
+
+    #[test]
+    fn a_whole_template_keeps_the_type_and_mixed_text_renders_json() {
+        assert_eq!(scope_eval("${state.n + 1}", json!({"n": 41}), Value::Null), Ok(json!(42)));
+        assert_eq!(
+            scope_eval("n=${state.n}, tags=${state.tags}, none=${input}.", json!({"n": 1, "tags": ["a"]}), Value::Null),
+            Ok(json!("n=1, tags=[\"a\"], none=."))
+        );
+        assert_eq!(scope_eval("cost $${x}", json!({}), Value::Null), Ok(json!("cost ${x}")));
+        assert_eq!(scope_eval("${'}' + input}", json!({}), json!("x")), Ok(json!("}x")));
+        assert_eq!(scope_eval("${ {'a': 1}.a }", json!({}), Value::Null), Ok(json!(1)));
+    }
+
+    #[test]
+    fn bad_templates_and_expressions_say_what_is_wrong() {
+        let open = Template::compile("hello ${state.name").unwrap_err();
+        assert!(open.contains("without a closing"), "{open}");
+        let syntax = Expr::compile("state.(").unwrap_err();
+        assert!(syntax.contains("does not parse"), "{syntax}");
+        let missing = scope_eval("${state.missing}", json!({}), Value::Null).unwrap_err();
+        assert!(missing.contains("state.missing"), "{missing}");
+    }
+}
