@@ -89,6 +89,16 @@ async fn a_yaml_method_pauses_into_the_declared_store_and_resumes_from_the_defin
     assert!(rebuilt.pending_feedback(paused.run_id).await.unwrap().is_none(), "the pending request is gone");
     assert_eq!(store.load_run(paused.run_id).await.unwrap().unwrap().status, RunStatus::Finished);
     assert_eq!(run.state.get("topic"), Some(&json!("YAML")), "the state came back from the store");
+
+    // A definition whose graph changed since the pause does not continue the run.
+    let second = flow.kickoff(()).await.unwrap().paused().unwrap().run_id;
+    let extended =
+        format!("{}\n  audit:\n    listen: finish\n    do: {{call: expression, expr: '1'}}\n", REVIEWED.trim_end())
+            .replace("${DECL_DB}", &db);
+    let changed = FlowDefinition::from_yaml(&extended).unwrap().build(&registry(generated.clone())).unwrap();
+    let err = changed.resume_with_feedback(second, "looks good").await.unwrap_err();
+    assert!(matches!(err, crewflow::Error::DefinitionChanged { .. }), "{err}");
+    assert!(flow.pending_feedback(second).await.unwrap().is_some(), "the refused answer lost nothing");
 }
 
 /// C87, second half: no provider in the file, a flow-wide one in the program → it is asked
