@@ -168,7 +168,9 @@ async fn feedback_is_distilled_into_lessons_stored_with_source_hitl() {
     assert_eq!(lesson.categories, ["lesson"]);
     assert_eq!(lesson.metadata["run_id"], json!(run.id.to_string()));
     assert_eq!(lesson.metadata["feedback"], json!("Always add citations"));
-    assert!(kinds(&events).iter().any(|k| matches!(k, EventKind::FeedbackLearned { lessons } if lessons == &["Cite a source for every claim."])));
+    assert!(kinds(&events).iter().any(
+        |k| matches!(k, EventKind::FeedbackLearned { lessons } if lessons == &["Cite a source for every claim."])
+    ));
 }
 
 #[tokio::test]
@@ -179,7 +181,8 @@ async fn lessons_are_stored_and_recalled_by_the_configured_source() {
     // A lesson of another source is not applied.
     memory.remember("Write in French.", RememberOptions::new().scope("lessons/draft").source("hitl")).await.unwrap();
     let lessons = Lessons::new(memory.clone(), llm(&server));
-    let review = HumanFeedback::new("Send it?").provider(Reviewer::new(&["Too long"])).learn(lessons).learn_source("qa");
+    let review =
+        HumanFeedback::new("Send it?").provider(Reviewer::new(&["Too long"])).learn(lessons).learn_source("qa");
     let (flow, _) = flow(review, None);
     flow.kickoff(()).await.unwrap();
     assert_eq!(server.requests().len(), 1, "no improvement call: no `qa` lesson yet");
@@ -200,7 +203,8 @@ async fn a_stored_lesson_improves_the_output_the_reviewer_sees_and_the_step_reco
         .await
         .unwrap();
     let reviewer = Reviewer::new(&[""]);
-    let review = HumanFeedback::new("Send it?").provider(reviewer.clone()).learn(Lessons::new(memory.clone(), llm(&server)));
+    let review =
+        HumanFeedback::new("Send it?").provider(reviewer.clone()).learn(Lessons::new(memory.clone(), llm(&server)));
     let (flow, events) = flow(review, None);
     let run = flow.kickoff(()).await.unwrap();
 
@@ -211,7 +215,11 @@ async fn a_stored_lesson_improves_the_output_the_reviewer_sees_and_the_step_reco
     assert_eq!(requests.len(), 1, "one call: the improvement (blank feedback distills nothing)");
     let prompt = requests[0].json()["messages"].to_string();
     assert!(prompt.contains("Cite a source for every claim.") && prompt.contains(DRAFT), "{prompt}");
-    assert!(kinds(&events).iter().any(|k| matches!(k, EventKind::FeedbackImproved { output } if output == &json!(improved))));
+    assert!(
+        kinds(&events)
+            .iter()
+            .any(|k| matches!(k, EventKind::FeedbackImproved { output } if output == &json!(improved)))
+    );
     assert_eq!(lessons_in(&memory).await.len(), 1, "nothing new stored");
 }
 
@@ -310,7 +318,9 @@ async fn a_failed_distillation_warns_and_the_flow_completes_storing_nothing() {
     assert_eq!(run.last_feedback().unwrap().feedback, "Always add citations");
     assert_eq!(server.requests().len(), 1);
     assert!(lessons_in(&memory).await.is_empty());
-    assert!(kinds(&events).iter().any(|k| matches!(k, EventKind::FeedbackLearnFailed { phase, .. } if phase == "learn")));
+    assert!(
+        kinds(&events).iter().any(|k| matches!(k, EventKind::FeedbackLearnFailed { phase, .. } if phase == "learn"))
+    );
 }
 
 // ---- the resume path (weakness 14): lessons distilled once per answer ----

@@ -168,7 +168,10 @@ async fn source_and_categories_filter_recall(backend: Backend) {
         c.sort();
         c
     };
-    assert_eq!(contents(m.recall("always add", RecallOptions::new().source("hitl")).await.unwrap()), ["Always add citations"]);
+    assert_eq!(
+        contents(m.recall("always add", RecallOptions::new().source("hitl")).await.unwrap()),
+        ["Always add citations"]
+    );
     assert_eq!(
         contents(m.recall("always add", RecallOptions::new().category("style")).await.unwrap()),
         ["Always add a summary", "Always add citations"]
@@ -236,7 +239,12 @@ async fn recall_blends_meaning_recency_and_importance(backend: Backend) {
         let expected = 0.5 * x.semantic + 0.3 * x.recency + 0.2 * x.record.importance;
         assert!((x.score - expected).abs() < 1e-5, "the documented blend: {x:?}");
     }
-    let recency_only = m.clone().scoring(Scoring { semantic_weight: 0.0, recency_weight: 1.0, importance_weight: 0.0, half_life_days: 30.0 });
+    let recency_only = m.clone().scoring(Scoring {
+        semantic_weight: 0.0,
+        recency_weight: 1.0,
+        importance_weight: 0.0,
+        half_life_days: 30.0,
+    });
     let found = recency_only.recall("quarterly tax report for europe", RecallOptions::new().scope("s")).await.unwrap();
     assert_eq!(found[0].record.id, fresh.id);
 }
@@ -246,9 +254,13 @@ async fn vectors_of_another_model_are_never_compared(backend: Backend) {
     let f = backend.fixture().await;
     let clock = Clock::at(t0());
     memory(&f, &clock).remember("invoice terms", RememberOptions::new()).await.unwrap();
-    let small = Memory::from_arcs(f.store.clone(), Arc::new(HashEmbedder { dimensions: 64 })).root_scope("/flow/invoice");
+    let small =
+        Memory::from_arcs(f.store.clone(), Arc::new(HashEmbedder { dimensions: 64 })).root_scope("/flow/invoice");
     let err = small.recall("invoice", RecallOptions::new()).await.unwrap_err();
-    assert!(matches!(err, MemoryError::ModelMismatch { ref stored, ref embedder, count: 1, .. } if stored == "hash-256" && embedder == "hash-64"), "{err:?}");
+    assert!(
+        matches!(err, MemoryError::ModelMismatch { ref stored, ref embedder, count: 1, .. } if stored == "hash-256" && embedder == "hash-64"),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("forget them"), "the message names a fix: {err}");
     // Forgetting that model's memories makes the scope usable again.
     assert_eq!(small.forget(&MemoryFilter::new().model("hash-256")).await.unwrap(), 1);

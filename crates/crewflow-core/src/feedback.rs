@@ -477,10 +477,9 @@ pub(crate) async fn after_step<S: Send + Sync + 'static>(
             }
             Err(e) => {
                 let error = e.to_string();
-                run.telemetry.events.emit(run.id, Some(&step), || EventKind::FeedbackLearnFailed {
-                    phase: "improve".into(),
-                    error,
-                });
+                run.telemetry
+                    .events
+                    .emit(run.id, Some(&step), || EventKind::FeedbackLearnFailed { phase: "improve".into(), error });
             }
         }
     }
@@ -565,10 +564,9 @@ pub(crate) async fn learn_from<S>(run: &RunShared<S>, config: &HumanFeedback, re
         }
         Err(e) => {
             let error = e.to_string();
-            run.telemetry.events.emit(run.id, Some(&step), || EventKind::FeedbackLearnFailed {
-                phase: "learn".into(),
-                error,
-            });
+            run.telemetry
+                .events
+                .emit(run.id, Some(&step), || EventKind::FeedbackLearnFailed { phase: "learn".into(), error });
         }
     }
 }

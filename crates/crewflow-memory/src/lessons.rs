@@ -67,7 +67,8 @@ impl Lessons {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        let options = RecallOptions::new().scope(self.step_scope(&request.step)).source(&request.source).limit(self.limit);
+        let options =
+            RecallOptions::new().scope(self.step_scope(&request.step)).source(&request.source).limit(self.limit);
         let found = self.memory.recall(&text, options).await?;
         if found.is_empty() {
             return Ok(None);

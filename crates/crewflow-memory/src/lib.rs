@@ -409,8 +409,12 @@ impl Memory {
 
     async fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let model = self.inner.embedder.model_id();
-        let vectors =
-            self.inner.embedder.embed(texts).await.map_err(|source| MemoryError::Embed { model: model.clone(), source })?;
+        let vectors = self
+            .inner
+            .embedder
+            .embed(texts)
+            .await
+            .map_err(|source| MemoryError::Embed { model: model.clone(), source })?;
         if vectors.len() != texts.len() {
             let problem = format!("returned {} vectors for {} texts", vectors.len(), texts.len());
             return Err(MemoryError::BadEmbedding { model, problem });
@@ -448,7 +452,11 @@ impl Memory {
 
     /// Remembers several texts with the same options: one embedding call, one transaction
     /// (all are stored, or none).
-    pub async fn remember_many<T: AsRef<str>>(&self, contents: &[T], options: RememberOptions) -> Result<Vec<MemoryRecord>> {
+    pub async fn remember_many<T: AsRef<str>>(
+        &self,
+        contents: &[T],
+        options: RememberOptions,
+    ) -> Result<Vec<MemoryRecord>> {
         let texts: Vec<&str> = contents.iter().map(|c| c.as_ref().trim()).collect();
         if texts.is_empty() {
             return Ok(Vec::new());
@@ -503,7 +511,8 @@ impl Memory {
             ..MemoryQuery::default()
         };
         let rows = self.inner.store.query_memories(&q).await.map_err(self.store_error("read memories"))?;
-        let rows: Vec<MemoryRow> = rows.into_iter().filter(|r| any_category(&options.categories, &r.categories)).collect();
+        let rows: Vec<MemoryRow> =
+            rows.into_iter().filter(|r| any_category(&options.categories, &r.categories)).collect();
         if rows.is_empty() || options.limit == 0 {
             return Ok(Vec::new()); // nothing to compare: the embedder is not even asked
         }
@@ -524,7 +533,8 @@ impl Memory {
             .map(|row| {
                 let semantic = cosine(&query_vector, &row.embedding).max(0.0);
                 let recency = s.recency(now - row.created_at);
-                let score = s.semantic_weight * semantic + s.recency_weight * recency + s.importance_weight * row.importance;
+                let score =
+                    s.semantic_weight * semantic + s.recency_weight * recency + s.importance_weight * row.importance;
                 (score, semantic, recency, row)
             })
             .collect();
@@ -555,7 +565,8 @@ impl Memory {
 
     /// The memories `filter` takes, newest first.
     pub async fn find(&self, filter: &MemoryFilter) -> Result<Vec<MemoryRecord>> {
-        let rows = self.inner.store.query_memories(&self.query(filter)).await.map_err(self.store_error("find memories"))?;
+        let rows =
+            self.inner.store.query_memories(&self.query(filter)).await.map_err(self.store_error("find memories"))?;
         rows.into_iter().filter(|r| filter.keeps(r)).map(record).collect()
     }
 

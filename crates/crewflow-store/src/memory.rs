@@ -101,7 +101,7 @@ pub(crate) fn vector_bytes(v: &[f32]) -> Vec<u8> {
 
 /// An embedding from its stored bytes.
 pub(crate) fn vector_from(bytes: &[u8]) -> Result<Vec<f32>, crate::StoreError> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(crate::StoreError::Corrupt(format!(
             "a memory's embedding has {} bytes, not a whole number of f32s",
             bytes.len()

@@ -39,7 +39,8 @@ fn conditions(q: &MemoryQuery) -> (String, Vec<Sql>) {
         format!("?{}", args.len())
     };
     if let Some((exact, lo, hi)) = scope_bounds(q.scope_prefix.as_deref()) {
-        let (a, b, c) = (arg(Sql::Text(exact), &mut args), arg(Sql::Text(lo), &mut args), arg(Sql::Text(hi), &mut args));
+        let (a, b, c) =
+            (arg(Sql::Text(exact), &mut args), arg(Sql::Text(lo), &mut args), arg(Sql::Text(hi), &mut args));
         sql.push(format!("(scope = {a} OR (scope >= {b} AND scope < {c}))"));
     }
     if let Some(source) = &q.source {
@@ -180,7 +181,8 @@ impl MemoryStore for SqliteStore {
             boxed(
                 self.call(move |c| {
                     let (cond, args) = conditions(&q);
-                    let n = c.execute(&format!("DELETE FROM crewflow_memories WHERE {cond}"), params_from_iter(args))?;
+                    let n =
+                        c.execute(&format!("DELETE FROM crewflow_memories WHERE {cond}"), params_from_iter(args))?;
                     Ok(n as u64)
                 })
                 .await,
