@@ -508,6 +508,7 @@ impl Memory {
             scope_prefix: Some(scope.clone()),
             source: options.source.clone(),
             with_embeddings: true,
+            unordered: true,
             ..MemoryQuery::default()
         };
         let rows = self.inner.store.query_memories(&q).await.map_err(self.store_error("read memories"))?;

@@ -58,6 +58,9 @@ pub struct MemoryQuery {
     pub offset: u64,
     /// Whether to read the embeddings (left empty otherwise).
     pub with_embeddings: bool,
+    /// Rows in any order, not newest first: no sort of the rows (and their embeddings), for
+    /// callers that rank them anyway.
+    pub unordered: bool,
 }
 
 /// Which embedding models a scope's memories use, and how many of each.
@@ -80,7 +83,7 @@ pub trait MemoryStore: Send + Sync + 'static {
     /// Adds memories, all or none (one transaction).
     fn insert_memories<'a>(&'a self, rows: &'a [MemoryRow]) -> StoreFuture<'a, ()>;
 
-    /// The memories matching `query`, newest first.
+    /// The memories matching `query`, newest first (unless [`MemoryQuery::unordered`]).
     fn query_memories<'a>(&'a self, query: &'a MemoryQuery) -> StoreFuture<'a, Vec<MemoryRow>>;
 
     /// The models of the memories matching `query` (its limit and offset are ignored).

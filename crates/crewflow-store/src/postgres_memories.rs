@@ -145,9 +145,9 @@ impl MemoryStore for PostgresStore {
                     args.push(Box::new(limit));
                     args.push(Box::new(i64::try_from(query.offset).unwrap_or(i64::MAX)));
                     let n = args.len();
+                    let order = if query.unordered { "" } else { "ORDER BY created_at DESC, id DESC" };
                     let sql = format!(
-                        "SELECT {COLUMNS}{embedding} FROM crewflow_memories WHERE {cond}
-                         ORDER BY created_at DESC, id DESC LIMIT ${} OFFSET ${n}",
+                        "SELECT {COLUMNS}{embedding} FROM crewflow_memories WHERE {cond} {order} LIMIT ${} OFFSET ${n}",
                         n - 1
                     );
                     let rows = client.query(&sql, &refs(&args)).await?;

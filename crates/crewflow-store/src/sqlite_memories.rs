@@ -65,7 +65,14 @@ fn conditions(q: &MemoryQuery) -> (String, Vec<Sql>) {
 fn read_row(r: &rusqlite::Row<'_>, with_embedding: bool) -> Result<MemoryRow, StoreError> {
     let categories: String = r.get("categories")?;
     let metadata: String = r.get("metadata")?;
-    let embedding = if with_embedding { vector_from(&r.get::<_, Vec<u8>>("embedding")?)? } else { Vec::new() };
+    let embedding = if with_embedding {
+        // Borrowed, not copied: recall reads every row's vector.
+        let bytes =
+            r.get_ref("embedding")?.as_blob().map_err(|e| StoreError::Corrupt(format!("a memory's embedding: {e}")))?;
+        vector_from(bytes)?
+    } else {
+        Vec::new()
+    };
     Ok(MemoryRow {
         id: r.get("id")?,
         content: r.get("content")?,
@@ -129,12 +136,17 @@ impl MemoryStore for SqliteStore {
             boxed(
                 self.call(move |c| {
                     let (cond, mut args) = conditions(&q);
-                    let columns = if q.with_embeddings { "*" } else { "id, scope, content, categories, metadata, importance, source, model, created_at, last_accessed" };
+                    let columns = if q.with_embeddings {
+                        "*"
+                    } else {
+                        "id, scope, content, categories, metadata, importance, source, model, created_at, last_accessed"
+                    };
                     args.push(Sql::Integer(q.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX))));
                     args.push(Sql::Integer(i64::try_from(q.offset).unwrap_or(i64::MAX)));
                     let n = args.len();
+                    let order = if q.unordered { "" } else { "ORDER BY created_at DESC, id DESC" };
                     let sql = format!(
-                        "SELECT {columns} FROM crewflow_memories WHERE {cond} ORDER BY created_at DESC, id DESC LIMIT ?{} OFFSET ?{n}",
+                        "SELECT {columns} FROM crewflow_memories WHERE {cond} {order} LIMIT ?{} OFFSET ?{n}",
                         n - 1
                     );
                     let mut stmt = c.prepare_cached(&sql)?;
