@@ -91,6 +91,12 @@ pub mod declarative {
     pub use crewflow_declarative::*;
 }
 
+/// Memory: remember, recall (by meaning, recency and importance), forget, extract; lessons
+/// from human review ([`memory::Lessons`]). See `docs/memory.md`.
+pub mod memory {
+    pub use crewflow_memory::*;
+}
+
 /// Stores for durable runs: SQLite (default) and PostgreSQL (feature `postgres`).
 pub mod store {
     pub use crewflow_core::persist::*;

@@ -3,7 +3,7 @@
 //!
 //! Adaptations (see docs/human_feedback.md): a reviewed step's output is always a
 //! `FeedbackResult` (with `emit` too), so listeners of the step and of its outcomes receive the
-//! same thing; C77 (lesson learning) waits for the memory issue.
+//! same thing. C77 (lesson learning) is in `flow_feedback_learn.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 

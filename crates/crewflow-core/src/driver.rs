@@ -206,6 +206,12 @@ pub(crate) async fn drive_resumed<S: FlowState>(
     let in_flight: Vec<Activation> = driver.frontier.in_flight().filter(|a| !waiting.contains(&a.id)).collect();
     driver.relaunch(in_flight);
     if let Some(answer) = answer {
+        // Lessons are distilled here, after the claim and before the answer's checkpoint: a
+        // resume that crashes in between is answered again and the learner is asked again for
+        // the same (run, request), which it keeps once (see `FeedbackLearner::learn`).
+        if let Some(learning) = driver.learn_from_answer(&answer) {
+            learning.await;
+        }
         let applied = match driver.answer_first(answer) {
             Ok(completion) => driver.on_completion(completion).await,
             Err(e) => Err(e),
@@ -481,6 +487,16 @@ impl<S: FlowState> Driver<S> {
         };
         let outcome = apply_answer(&self.shared, &step.name, reviewed, answer.text, answer.outcome);
         Ok(Completion { activation: pending.activation, result: Ok(outcome), elapsed: std::time::Duration::ZERO })
+    }
+
+    /// Distills lessons from an answer to a paused run (steps with a learner only).
+    /// (Boxed and owning its parts: the driver is not `Sync`, and most resumes learn nothing.)
+    fn learn_from_answer(&self, answer: &Answered) -> Option<BoxFuture<()>> {
+        let pending = self.paused.iter().find(|p| p.request.id == answer.request)?;
+        let ix = self.flow.graph.step_index(&pending.request.step)?;
+        let config = self.flow.steps[ix as usize].feedback.clone().filter(|c| c.learner.is_some())?;
+        let (shared, request, text) = (self.shared.clone(), pending.request.clone(), answer.text.clone());
+        Some(Box::pin(async move { crate::feedback::learn_from(&shared, &config, &request, &text).await }))
     }
 
     /// Fills in the outputs of the steps a stored run completed.

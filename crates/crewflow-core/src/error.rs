@@ -371,6 +371,19 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// Learning from reviews failed on a step with `learn_strict`.
+    #[error(
+        "the feedback learner failed to {phase} the output of step `{step}`: {source}; fix the learner's model or memory, or drop `learn_strict` to show the raw output with a warning"
+    )]
+    FeedbackLearn {
+        /// The reviewed step.
+        step: String,
+        /// What the learner was doing (`improve`).
+        phase: &'static str,
+        /// What it reported.
+        #[source]
+        source: BoxError,
+    },
     /// A run paused for feedback, but the flow keeps no store to hold it.
     #[error(
         "step `{step}` paused for feedback, but flow `{flow}` has no store to keep the paused run; give it one (FlowBuilder::store, or #[flow(persist)] for the default SQLite file)"

@@ -195,6 +195,25 @@ pub enum EventKind {
         /// The outcome dispatched, if the step has outcomes.
         outcome: Option<String>,
     },
+    /// The output under review was improved with lessons of earlier reviews
+    /// ([`HumanFeedback::learn`](crate::HumanFeedback::learn)); the reviewer sees this one.
+    FeedbackImproved {
+        /// The improved output.
+        output: Value,
+    },
+    /// Lessons were distilled from the reviewer's answer and kept.
+    FeedbackLearned {
+        /// The lessons kept (empty when there was nothing new to keep).
+        lessons: Vec<String>,
+    },
+    /// Learning from a review failed; the run went on (a warning).
+    FeedbackLearnFailed {
+        /// `improve` (before review: the raw output was shown) or `learn` (after: nothing
+        /// was kept).
+        phase: String,
+        /// What went wrong.
+        error: String,
+    },
     /// The run paused, waiting for feedback; it is checkpointed and can be resumed anywhere.
     RunPaused {
         /// The question waiting for an answer.
@@ -231,6 +250,9 @@ impl EventKind {
             EventKind::ToolCallRequested { .. } => "tool_call_requested",
             EventKind::FeedbackRequested { .. } => "feedback_requested",
             EventKind::FeedbackReceived { .. } => "feedback_received",
+            EventKind::FeedbackImproved { .. } => "feedback_improved",
+            EventKind::FeedbackLearned { .. } => "feedback_learned",
+            EventKind::FeedbackLearnFailed { .. } => "feedback_learn_failed",
             EventKind::RunPaused { .. } => "run_paused",
             EventKind::Custom { .. } => "custom",
         }

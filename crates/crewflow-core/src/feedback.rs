@@ -16,6 +16,10 @@
 //! with feedback (and no `emit`) keeps routing by its own label; its feedback goes to the
 //! history only.
 //!
+//! Learning ([`HumanFeedback::learn`]): a [`FeedbackLearner`] (e.g. `crewflow::memory::Lessons`)
+//! improves the output with the lessons of earlier reviews before the reviewer sees it, and
+//! distills lessons from every non-blank answer afterwards, live and on resume alike.
+//!
 //! [`Flow::resume_with_feedback`]: crate::Flow::resume_with_feedback
 
 use std::future::Future;
@@ -51,7 +55,13 @@ pub struct HumanFeedback {
     pub(crate) classifier: Option<Arc<dyn OutcomeClassifier>>,
     pub(crate) provider: Option<Arc<dyn FeedbackProvider>>,
     pub(crate) metadata: Option<Value>,
+    pub(crate) learner: Option<Arc<dyn FeedbackLearner>>,
+    pub(crate) learn_source: Arc<str>,
+    pub(crate) learn_strict: bool,
 }
+
+/// The default [`HumanFeedback::learn_source`]: lessons from human review.
+pub const DEFAULT_LEARN_SOURCE: &str = "hitl";
 
 impl std::fmt::Debug for HumanFeedback {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,6 +72,9 @@ impl std::fmt::Debug for HumanFeedback {
             .field("classifier", &self.classifier.is_some())
             .field("provider", &self.provider.is_some())
             .field("metadata", &self.metadata)
+            .field("learner", &self.learner.is_some())
+            .field("learn_source", &self.learn_source)
+            .field("learn_strict", &self.learn_strict)
             .finish()
     }
 }
@@ -76,6 +89,9 @@ impl HumanFeedback {
             classifier: None,
             provider: None,
             metadata: None,
+            learner: None,
+            learn_source: Arc::from(DEFAULT_LEARN_SOURCE),
+            learn_strict: false,
         }
     }
 
@@ -122,6 +138,49 @@ impl HumanFeedback {
         self
     }
 
+    /// Learns from the reviews of this step (see [`FeedbackLearner`]): before the reviewer
+    /// sees the output, the learner may improve it with the lessons of earlier reviews (the
+    /// improved output is what the reviewer sees and what the step records); after a
+    /// non-blank answer, it distills lessons from it. Failures are `feedback_learn_failed`
+    /// events and the run goes on, unless [`learn_strict`](HumanFeedback::learn_strict).
+    ///
+    /// ```
+    /// use crewflow_core::feedback::{FeedbackLearner, HumanFeedback, ImproveFuture, LearnFuture, LearnRequest};
+    ///
+    /// struct Nothing;
+    /// impl FeedbackLearner for Nothing {
+    ///     fn improve(&self, _: &LearnRequest) -> ImproveFuture { Box::pin(async { Ok(None) }) }
+    ///     fn learn(&self, _: &LearnRequest) -> LearnFuture { Box::pin(async { Ok(Vec::new()) }) }
+    /// }
+    ///
+    /// let review = HumanFeedback::new("Good to send?").learn(Nothing).learn_strict(true);
+    /// ```
+    pub fn learn(mut self, learner: impl FeedbackLearner) -> Self {
+        self.learner = Some(Arc::new(learner));
+        self
+    }
+
+    /// [`learn`](HumanFeedback::learn), shared.
+    pub fn learn_arc(mut self, learner: Arc<dyn FeedbackLearner>) -> Self {
+        self.learner = Some(learner);
+        self
+    }
+
+    /// The source lessons are stored with and recalled by (default [`DEFAULT_LEARN_SOURCE`],
+    /// `"hitl"`).
+    pub fn learn_source(mut self, source: impl Into<Arc<str>>) -> Self {
+        self.learn_source = source.into();
+        self
+    }
+
+    /// When the pre-review improvement fails, fail the step (an [`Error::FeedbackLearn`])
+    /// instead of showing the raw output with a warning event. Distillation failures never
+    /// fail the run. Needs [`learn`](HumanFeedback::learn).
+    pub fn learn_strict(mut self, strict: bool) -> Self {
+        self.learn_strict = strict;
+        self
+    }
+
     /// The configuration problems a build reports.
     pub(crate) fn check(&self, step: &str, is_router: bool) -> Result<(), Error> {
         let fail = |why: String| Err(Error::Builder(format!("human feedback on step `{step}`: {why}")));
@@ -130,6 +189,9 @@ impl HumanFeedback {
                 "a router already chooses its label; drop `emit` (its feedback is then recorded) or make it a plain step"
                     .into(),
             );
+        }
+        if self.learner.is_none() && self.learn_strict {
+            return fail("`learn_strict` needs a learner: add `.learn(..)` (or `learn = ..` in the attribute)".into());
         }
         if let Some(d) = &self.default_outcome {
             if self.emit.is_empty() {
@@ -281,6 +343,48 @@ where
     }
 }
 
+/// What a [`FeedbackLearner`] is told about one review.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LearnRequest {
+    /// The run.
+    pub run_id: RunId,
+    /// The review's id within the run ([`FeedbackRequest::id`]): with `run_id`, it names one
+    /// answer, so a learner can store its lessons once however often it is called for it.
+    pub request_id: u64,
+    /// The flow's name.
+    pub flow: String,
+    /// The reviewed step.
+    pub step: String,
+    /// The question put to the reviewer.
+    pub message: String,
+    /// The output (before review: the step's own; after: the one the reviewer saw).
+    pub output: Value,
+    /// The reviewer's words (empty before review).
+    pub feedback: String,
+    /// Where the lessons come from and are recalled by ([`HumanFeedback::learn_source`]).
+    pub source: String,
+}
+
+/// The future [`FeedbackLearner::improve`] returns.
+pub type ImproveFuture = Pin<Box<dyn Future<Output = Result<Option<Value>, StepError>> + Send>>;
+
+/// The future [`FeedbackLearner::learn`] returns.
+pub type LearnFuture = Pin<Box<dyn Future<Output = Result<Vec<String>, StepError>> + Send>>;
+
+/// Learns from human reviews ([`HumanFeedback::learn`]); `crewflow::memory::Lessons`
+/// implements it over a memory and a model.
+pub trait FeedbackLearner: Send + Sync + 'static {
+    /// Before review: the output improved with what earlier reviews taught, or `None` to show
+    /// it as it is.
+    fn improve(&self, request: &LearnRequest) -> ImproveFuture;
+
+    /// After a non-blank answer: distills lessons from it and keeps them; returns the lessons
+    /// kept. Called once per answer, but may be called again for the same
+    /// ([`run_id`](LearnRequest::run_id), [`request_id`](LearnRequest::request_id)) after a
+    /// crash: keep the lessons of one answer once.
+    fn learn(&self, request: &LearnRequest) -> LearnFuture;
+}
+
 /// A reviewed output: what the step produced, what the reviewer said, what it meant.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FeedbackResult {
@@ -353,10 +457,32 @@ pub(crate) async fn after_step<S: Send + Sync + 'static>(
 ) -> Result<StepOutcome, Error> {
     let run = cx.shared();
     let step: Arc<str> = Arc::from(cx.step());
-    let output = body.output.to_json().map_err(|e| Error::Unpersistable {
+    let mut body = body;
+    let mut output = body.output.to_json().map_err(|e| Error::Unpersistable {
         what: format!("the output of step `{step}` (to show the reviewer)"),
         message: e.to_string(),
     })?;
+    // Routers keep their own (typed) output: their label decides the route.
+    if let (Some(learner), false) = (&config.learner, is_router) {
+        let ask = learn_request(run, cx.activation(), &step, config, output.clone(), String::new());
+        match learner.improve(&ask).await {
+            Ok(Some(improved)) => {
+                output = improved.clone();
+                body.output = Output::from_json(improved.clone());
+                run.telemetry.events.emit(run.id, Some(&step), || EventKind::FeedbackImproved { output: improved });
+            }
+            Ok(None) => {}
+            Err(e) if config.learn_strict => {
+                return Err(Error::FeedbackLearn { step: step.to_string(), phase: "improve", source: e.into() });
+            }
+            Err(e) => {
+                let error = e.to_string();
+                run.telemetry
+                    .events
+                    .emit(run.id, Some(&step), || EventKind::FeedbackLearnFailed { phase: "improve".into(), error });
+            }
+        }
+    }
     let mut request = FeedbackRequest {
         run_id: run.id,
         id: cx.activation(),
@@ -390,6 +516,7 @@ pub(crate) async fn after_step<S: Send + Sync + 'static>(
         };
         match resolve_outcome(config, &step, &answer).await {
             Ok(outcome) => {
+                learn_from(run, config, &request, &answer).await;
                 let reviewed = Reviewed { request, body_output: body.output, body_label: body.label, is_router };
                 return Ok(apply_answer(run, &step, reviewed, answer, outcome));
             }
@@ -398,6 +525,48 @@ pub(crate) async fn after_step<S: Send + Sync + 'static>(
                 request.message = format!("{e}\n{}", config.message);
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+fn learn_request<S>(
+    run: &RunShared<S>,
+    request_id: u64,
+    step: &str,
+    config: &HumanFeedback,
+    output: Value,
+    feedback: String,
+) -> LearnRequest {
+    LearnRequest {
+        run_id: run.id,
+        request_id,
+        flow: run.flow.to_string(),
+        step: step.to_string(),
+        message: config.message.clone(),
+        output,
+        feedback,
+        source: config.learn_source.to_string(),
+    }
+}
+
+/// Distills lessons from an accepted answer (steps with a learner, non-blank answers only).
+/// Never fails the run: a failure is a `feedback_learn_failed` event.
+pub(crate) async fn learn_from<S>(run: &RunShared<S>, config: &HumanFeedback, request: &FeedbackRequest, answer: &str) {
+    let Some(learner) = &config.learner else { return };
+    if answer.trim().is_empty() {
+        return;
+    }
+    let step: Arc<str> = Arc::from(request.step.as_str());
+    let ask = learn_request(run, request.id, &request.step, config, request.output.clone(), answer.to_string());
+    match learner.learn(&ask).await {
+        Ok(lessons) => {
+            run.telemetry.events.emit(run.id, Some(&step), || EventKind::FeedbackLearned { lessons });
+        }
+        Err(e) => {
+            let error = e.to_string();
+            run.telemetry
+                .events
+                .emit(run.id, Some(&step), || EventKind::FeedbackLearnFailed { phase: "learn".into(), error });
         }
     }
 }

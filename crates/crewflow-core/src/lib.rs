@@ -38,8 +38,8 @@ pub use cx::Cx;
 pub use error::{BoxError, Error, Result, StepError, closest};
 pub use event::{Event, EventKind, EventStream, Observer};
 pub use feedback::{
-    ConsoleFeedback, DeferredFeedback, FeedbackProvider, FeedbackReply, FeedbackRequest, FeedbackResult, HumanFeedback,
-    OutcomeClassifier, Paused,
+    ConsoleFeedback, DeferredFeedback, FeedbackLearner, FeedbackProvider, FeedbackReply, FeedbackRequest,
+    FeedbackResult, HumanFeedback, LearnRequest, OutcomeClassifier, Paused,
 };
 pub use flow::{Flow, Kickoff, Run, RunHandle, StepRecord};
 pub use id::RunId;

@@ -78,7 +78,7 @@ enum Param {
 }
 
 /// `#[human_feedback(message = "..", emit = [..], default = "..", llm = expr, provider = expr,
-/// metadata = expr)]`.
+/// metadata = expr, learn = expr, learn_source = "..", learn_strict = bool)]`.
 struct FeedbackAttr {
     message: LitStr,
     emit: Vec<LitStr>,
@@ -86,6 +86,9 @@ struct FeedbackAttr {
     llm: Option<Expr>,
     provider: Option<Expr>,
     metadata: Option<Expr>,
+    learn: Option<Expr>,
+    learn_source: Option<LitStr>,
+    learn_strict: Option<syn::LitBool>,
     span: Span,
 }
 
@@ -93,6 +96,7 @@ impl FeedbackAttr {
     fn parse(attr: &Attribute) -> syn::Result<Self> {
         let mut message = None;
         let (mut emit, mut default, mut llm, mut provider, mut metadata) = (Vec::new(), None, None, None, None);
+        let (mut learn, mut learn_source, mut learn_strict) = (None, None, None);
         let args = attr.parse_args_with(Punctuated::<Expr, Token![,]>::parse_terminated)?;
         for arg in args {
             let Expr::Assign(a) = &arg else {
@@ -113,10 +117,16 @@ impl FeedbackAttr {
                 Some("llm") => llm = Some((*a.right).clone()),
                 Some("provider") => provider = Some((*a.right).clone()),
                 Some("metadata") => metadata = Some((*a.right).clone()),
+                Some("learn") => learn = Some((*a.right).clone()),
+                Some("learn_source") => learn_source = Some(lit(&a.right)?),
+                Some("learn_strict") => match &*a.right {
+                    Expr::Lit(syn::ExprLit { lit: syn::Lit::Bool(b), .. }) => learn_strict = Some(b.clone()),
+                    other => return Err(syn::Error::new(other.span(), "expected `true` or `false`")),
+                },
                 _ => {
                     return Err(syn::Error::new(
                         a.left.span(),
-                        "unknown #[human_feedback] option; expected message, emit, default, llm, provider or metadata",
+                        "unknown #[human_feedback] option; expected message, emit, default, llm, provider, metadata, learn, learn_source or learn_strict",
                     ));
                 }
             }
@@ -135,7 +145,32 @@ impl FeedbackAttr {
                 ));
             }
         }
-        Ok(FeedbackAttr { message, emit, default, llm, provider, metadata, span: attr.span() })
+        if learn.is_none() {
+            if let Some(strict) = &learn_strict {
+                return Err(syn::Error::new(
+                    strict.span(),
+                    "`learn_strict` needs `learn = <learner>` (e.g. learn = self.lessons.clone())",
+                ));
+            }
+            if let Some(source) = &learn_source {
+                return Err(syn::Error::new(
+                    source.span(),
+                    "`learn_source` needs `learn = <learner>` (e.g. learn = self.lessons.clone())",
+                ));
+            }
+        }
+        Ok(FeedbackAttr {
+            message,
+            emit,
+            default,
+            llm,
+            provider,
+            metadata,
+            learn,
+            learn_source,
+            learn_strict,
+            span: attr.span(),
+        })
     }
 
     fn var(step: &Ident) -> Ident {
@@ -155,7 +190,10 @@ impl FeedbackAttr {
         let llm = self.llm.as_ref().map(|e| quote!(.classifier(#e)));
         let provider = self.provider.as_ref().map(|e| quote!(.provider(#e)));
         let metadata = self.metadata.as_ref().map(|e| quote!(.metadata(#e)));
-        quote!(let #var = #krate::HumanFeedback::new(#message) #emit #default #llm #provider #metadata;)
+        let learn = self.learn.as_ref().map(|e| quote!(.learn(#e)));
+        let learn_source = self.learn_source.as_ref().map(|s| quote!(.learn_source(#s)));
+        let learn_strict = self.learn_strict.as_ref().map(|b| quote!(.learn_strict(#b)));
+        quote!(let #var = #krate::HumanFeedback::new(#message) #emit #default #llm #provider #metadata #learn #learn_source #learn_strict;)
     }
 }
 

@@ -83,8 +83,10 @@ pub fn persist(_args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// Asks a person for feedback on the step's output after its body runs:
 /// `#[human_feedback(message = "Approve?", emit = ["approved", "rejected"], default = "rejected",
-/// llm = self.llm.clone(), provider = DeferredFeedback, metadata = json!({..}))]`. Only
-/// meaningful on a step inside a `#[flow]` impl block; see `crewflow::feedback`.
+/// llm = self.llm.clone(), provider = DeferredFeedback, metadata = json!({..}),
+/// learn = self.lessons.clone(), learn_source = "hitl", learn_strict = true)]`. `learn` takes a
+/// `FeedbackLearner` (e.g. `crewflow::memory::Lessons`); `learn_source` and `learn_strict` need
+/// it. Only meaningful on a step inside a `#[flow]` impl block; see `crewflow::feedback`.
 #[proc_macro_attribute]
 pub fn human_feedback(_args: TokenStream, item: TokenStream) -> TokenStream {
     outside_flow("human_feedback", item)

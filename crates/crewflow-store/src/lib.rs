@@ -15,16 +15,22 @@
 //! Both also keep conversation sessions, their turns and traces
 //! ([`SessionStore`](crewflow_core::chat::SessionStore)); PostgreSQL adds session locks across
 //! processes. The tables and the lease protocol are described in `docs/store.md`, sessions in
-//! `docs/chat.md`.
+//! `docs/chat.md`. Both keep memories too ([`MemoryStore`], used by `crewflow-memory`; see
+//! `docs/memory.md`).
 
 mod error;
 mod heartbeat;
+mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+mod postgres_memories;
 #[cfg(feature = "postgres")]
 mod postgres_sessions;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "sqlite")]
+mod sqlite_memories;
 #[cfg(feature = "sqlite")]
 mod sqlite_sessions;
 mod util;
@@ -34,6 +40,7 @@ use std::sync::Arc;
 use crewflow_core::persist::RunStore;
 
 pub use error::StoreError;
+pub use memory::{MemoryQuery, MemoryRow, MemoryStore, ModelCount};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]

@@ -23,9 +23,9 @@ use crate::heartbeat::Heartbeat;
 use crate::util::{fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status};
 
 /// The newest schema this crewflow writes.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -58,6 +58,7 @@ CREATE TABLE crewflow_steps (
 );
 "#,
     crate::postgres_sessions::MIGRATION,
+    crate::postgres_memories::MIGRATION,
 ];
 
 /// Connections for the store's own queries.

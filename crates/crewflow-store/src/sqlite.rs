@@ -26,10 +26,10 @@ use crate::heartbeat::Heartbeat;
 use crate::util::{fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status};
 
 /// The newest schema this crewflow writes.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// Schema migrations, applied in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -62,6 +62,7 @@ CREATE TABLE crewflow_steps (
 ) WITHOUT ROWID;
 "#,
     crate::sqlite_sessions::MIGRATION,
+    crate::sqlite_memories::MIGRATION,
 ];
 
 enum Location {
