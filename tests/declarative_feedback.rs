@@ -245,3 +245,81 @@ async fn a_yaml_pause_moves_to_another_process_on_postgres() {
     let stored = store.load_run(id).await.unwrap().unwrap();
     assert_eq!(stored.status, RunStatus::Finished);
 }
+
+/// `learn:` in a file names a registered learner: a review's advice is distilled into a lesson
+/// (by the model, over loopback HTTP) and the next run's draft is improved with it before the
+/// reviewer sees it (reference case C77, declared).
+#[tokio::test]
+async fn a_yaml_review_teaches_the_registered_learner() {
+    use common::http::{Reply, TestServer};
+    use crewflow::llm::{HashEmbedder, Llm, LlmOptions, RetryPolicy};
+    use crewflow::memory::{Lessons, Memory, MemoryFilter};
+
+    let completion = |text: &str| {
+        Reply::json(
+            200,
+            &json!({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000, "model": "gpt-4o-mini",
+                "choices": [{ "index": 0, "finish_reason": "stop", "logprobs": null,
+                    "message": { "role": "assistant", "content": text, "refusal": null } }],
+                "usage": { "prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25 }
+            }),
+        )
+    };
+    let server = TestServer::start(vec![
+        completion(&json!({"lessons": ["Cite a source for every claim."]}).to_string()),
+        completion("Rust 1.95 ships faster builds (source: the release notes)."),
+    ])
+    .await;
+    let llm = Llm::with_options(
+        "openai/gpt-4o-mini",
+        LlmOptions::default().base_url(format!("{}/v1", server.url)).api_key("sk-test").retry(RetryPolicy::none()),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let memory = Memory::new(crewflow::store::SqliteStore::open(dir.path().join("m.db")), HashEmbedder::default());
+    let shown = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = shown.clone();
+    let reviewer = move |request: &FeedbackRequest| {
+        seen.lock().unwrap().push(request.output.clone());
+        async move { Ok::<_, StepError>(FeedbackReply::Answer("Always add citations".into())) }
+    };
+    let registry =
+        Registry::new().learner("lessons", Lessons::new(memory.clone(), llm)).default_feedback_provider(reviewer);
+    let flow = FlowDefinition::from_yaml(
+        r#"
+name: newsletter
+methods:
+  draft:
+    start: true
+    do: {call: expression, expr: '"Rust 1.95 ships faster builds."'}
+    human_feedback: {message: Send it?, learn: lessons}
+"#,
+    )
+    .unwrap()
+    .build(&registry)
+    .unwrap();
+
+    flow.kickoff(()).await.unwrap();
+    let lessons = memory.find(&MemoryFilter::new().scope("lessons/draft")).await.unwrap();
+    assert_eq!(lessons.iter().map(|l| l.content.as_str()).collect::<Vec<_>>(), ["Cite a source for every claim."]);
+    assert_eq!(lessons[0].source.as_deref(), Some("hitl"));
+
+    // The second run's draft is improved with the lesson before the reviewer sees it.
+    let server_calls_before = server.requests().len();
+    let second = flow.kickoff(()).await.unwrap();
+    let shown = shown.lock().unwrap().clone();
+    assert_eq!(shown[0], json!("Rust 1.95 ships faster builds."));
+    assert_eq!(shown[1], json!("Rust 1.95 ships faster builds (source: the release notes)."));
+    assert!(server.requests().len() > server_calls_before);
+    assert_eq!(second.last_feedback().unwrap().feedback, "Always add citations");
+
+    let unknown = FlowDefinition::from_yaml(
+        "name: x\nmethods:\n  a: {start: true, do: {call: expression, expr: '1'}, human_feedback: {message: ok?, learn: lesons}}",
+    )
+    .unwrap()
+    .build(&registry)
+    .unwrap_err()
+    .to_string();
+    assert!(unknown.contains("no learner `lesons` is registered — did you mean `lessons`?"), "{unknown}");
+}

@@ -387,6 +387,22 @@ fn human_feedback(doc: &FeedbackDoc, registry: &Registry) -> Result<HumanFeedbac
     if let Some(name) = &doc.provider {
         feedback = feedback.provider_arc(feedback_provider(registry, name)?);
     }
+    match &doc.learn {
+        Some(name) => {
+            let Some(learner) = registry.learners.get(name) else {
+                let known: Vec<&str> = registry.learners.keys().map(String::as_str).collect();
+                return Err(unknown("learner", name, &known, "Registry::learner"));
+            };
+            feedback = feedback.learn_arc(learner.clone()).learn_strict(doc.learn_strict);
+            if let Some(source) = &doc.learn_source {
+                feedback = feedback.learn_source(source.as_str());
+            }
+        }
+        None if doc.learn_strict || doc.learn_source.is_some() => {
+            return Err("`learn_strict` and `learn_source` need `learn: <learner>`".into());
+        }
+        None => {}
+    }
     Ok(feedback)
 }
 

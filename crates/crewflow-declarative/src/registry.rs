@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crewflow_core::persist::RunStore;
-use crewflow_core::{Cx, FeedbackProvider, InputProvider, StepError};
+use crewflow_core::{Cx, FeedbackLearner, FeedbackProvider, InputProvider, StepError};
 use crewflow_llm::Llm;
 use serde::Serialize;
 use serde_json::Value;
@@ -60,6 +60,7 @@ pub struct Registry {
     pub(crate) feedback_providers: BTreeMap<String, Arc<dyn FeedbackProvider>>,
     pub(crate) default_feedback: Option<Arc<dyn FeedbackProvider>>,
     pub(crate) input_providers: BTreeMap<String, Arc<dyn InputProvider>>,
+    pub(crate) learners: BTreeMap<String, Arc<dyn FeedbackLearner>>,
     pub(crate) models: BTreeMap<String, Llm>,
     pub(crate) default_model: Option<Llm>,
     pub(crate) store: Option<Arc<dyn RunStore>>,
@@ -72,6 +73,7 @@ impl std::fmt::Debug for Registry {
             .field("feedback_providers", &self.feedback_providers.keys().collect::<Vec<_>>())
             .field("default_feedback", &self.default_feedback.is_some())
             .field("input_providers", &self.input_providers.keys().collect::<Vec<_>>())
+            .field("learners", &self.learners.keys().collect::<Vec<_>>())
             .field("models", &self.models.keys().collect::<Vec<_>>())
             .field("store", &self.store.is_some())
             .finish()
@@ -122,6 +124,13 @@ impl Registry {
     /// Registers an input provider as `name`, for `config: {input_provider: name}`.
     pub fn input_provider(mut self, name: impl Into<String>, provider: impl InputProvider) -> Self {
         self.input_providers.insert(name.into(), Arc::new(provider));
+        self
+    }
+
+    /// Registers a learner as `name`, for `human_feedback: {learn: name}` (for example
+    /// `crewflow::memory::Lessons`, which keeps lessons from reviews in the store).
+    pub fn learner(mut self, name: impl Into<String>, learner: impl FeedbackLearner) -> Self {
+        self.learners.insert(name.into(), Arc::new(learner));
         self
     }
 

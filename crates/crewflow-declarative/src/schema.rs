@@ -138,4 +138,14 @@ pub struct FeedbackDoc {
     /// The registry name of the provider collecting this step's feedback.
     #[serde(default)]
     pub provider: Option<String>,
+    /// The registry name of a learner (e.g. `crewflow::memory::Lessons`): earlier reviews
+    /// improve the output before it is shown, and each answer teaches it.
+    #[serde(default)]
+    pub learn: Option<String>,
+    /// The source lessons are stored under (default `hitl`).
+    #[serde(default)]
+    pub learn_source: Option<String>,
+    /// Fail the step when the improvement before review fails (default: show the raw output).
+    #[serde(default)]
+    pub learn_strict: bool,
 }
