@@ -4,30 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+mod common;
 
-/// The example's binary, built on demand (`cargo test` builds examples only for whole runs).
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
-    let binary = profile_dir.join("examples").join("support_chat");
-    if !binary.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "--example", "support_chat"]);
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        assert!(build.status().unwrap().success(), "the example did not build");
-    }
-    binary
-}
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 /// Runs the example in `dir` with `input` on its standard input; returns its output.
 fn run(dir: &std::path::Path, args: &[&str], input: &str) -> String {
-    let mut child = Command::new(example_binary())
+    let mut child = Command::new(common::example_binary("support_chat"))
         .args(args)
         .current_dir(dir)
         .env_remove("CREWFLOW_DB")

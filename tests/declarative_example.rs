@@ -4,32 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
+mod common;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crewflow::declarative::{Call, FlowDefinition, Registry};
 
-/// The example's binary, built on demand (`cargo test` builds examples only for whole runs).
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
-    let binary = profile_dir.join("examples").join("yaml_review");
-    if !binary.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "--example", "yaml_review"]);
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        assert!(build.status().unwrap().success(), "the example did not build");
-    }
-    binary
-}
-
 /// Runs the example in `dir` with `args` and `input` on its standard input.
 fn run(dir: &Path, args: &[&str], input: &str) -> String {
-    let mut child = Command::new(example_binary())
+    let mut child = Command::new(common::example_binary("yaml_review"))
         .args(args)
         .current_dir(dir)
         .env_remove("CREWFLOW_DB")

@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -198,24 +197,9 @@ fn declarative_child() {
 }
 
 fn child(role: &str, db: &str, run: Option<RunId>) -> String {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "declarative_child", "--ignored", "--nocapture", "--test-threads=1"])
-        .env("DECL_ROLE", role)
-        .env("DECL_DB", db);
-    if let Some(id) = run {
-        cmd.env("DECL_RUN", id.to_string());
-    }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "child {role} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    stdout
-}
-
-fn line_after<'a>(stdout: &'a str, tag: &str) -> &'a str {
-    stdout
-        .lines()
-        .find_map(|l| l.find(tag).map(|at| &l[at + tag.len()..]))
-        .unwrap_or_else(|| panic!("no `{tag}` line in:\n{stdout}"))
+    let mut env = vec![("DECL_ROLE", role.to_string()), ("DECL_DB", db.to_string())];
+    env.extend(run.map(|id| ("DECL_RUN", id.to_string())));
+    common::run_child("declarative_child", &env)
 }
 
 #[tokio::test]
@@ -223,7 +207,7 @@ async fn a_yaml_pause_survives_its_process_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("reviews.db").to_string_lossy().to_string();
     let out = child("pause", &db, None);
-    let id: RunId = line_after(&out, "PAUSED ").trim().parse().unwrap();
+    let id: RunId = common::line_after(&out, "PAUSED ").trim().parse().unwrap();
 
     let flow = reviewed_flow(Some(&db), Arc::new(AtomicUsize::new(0)));
     let pending = flow.pending_feedback(id).await.unwrap().expect("pending in the declared store");
@@ -237,9 +221,9 @@ async fn a_yaml_pause_survives_its_process_on_sqlite() {
 async fn a_yaml_pause_moves_to_another_process_on_postgres() {
     let db = common::postgres::fresh_schema().await;
     let out = child("pause", &db, None);
-    let id: RunId = line_after(&out, "PAUSED ").trim().parse().unwrap();
+    let id: RunId = common::line_after(&out, "PAUSED ").trim().parse().unwrap();
     let out = child("resume", &db, Some(id));
-    assert_eq!(line_after(&out, "RESULT ").trim(), "\"resumed:ship it\"");
+    assert_eq!(common::line_after(&out, "RESULT ").trim(), "\"resumed:ship it\"");
 
     let store = crewflow_store::open(&db).unwrap();
     let stored = store.load_run(id).await.unwrap().unwrap();
@@ -251,31 +235,16 @@ async fn a_yaml_pause_moves_to_another_process_on_postgres() {
 /// reviewer sees it (reference case C77, declared).
 #[tokio::test]
 async fn a_yaml_review_teaches_the_registered_learner() {
-    use common::http::{Reply, TestServer};
-    use crewflow::llm::{HashEmbedder, Llm, LlmOptions, RetryPolicy};
+    use common::http::{TestServer, openai_completion, openai_llm};
+    use crewflow::llm::HashEmbedder;
     use crewflow::memory::{Lessons, Memory, MemoryFilter};
 
-    let completion = |text: &str| {
-        Reply::json(
-            200,
-            &json!({
-                "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000, "model": "gpt-4o-mini",
-                "choices": [{ "index": 0, "finish_reason": "stop", "logprobs": null,
-                    "message": { "role": "assistant", "content": text, "refusal": null } }],
-                "usage": { "prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25 }
-            }),
-        )
-    };
     let server = TestServer::start(vec![
-        completion(&json!({"lessons": ["Cite a source for every claim."]}).to_string()),
-        completion("Rust 1.95 ships faster builds (source: the release notes)."),
+        openai_completion(&json!({"lessons": ["Cite a source for every claim."]}).to_string()),
+        openai_completion("Rust 1.95 ships faster builds (source: the release notes)."),
     ])
     .await;
-    let llm = Llm::with_options(
-        "openai/gpt-4o-mini",
-        LlmOptions::default().base_url(format!("{}/v1", server.url)).api_key("sk-test").retry(RetryPolicy::none()),
-    )
-    .unwrap();
+    let llm = openai_llm(&server);
     let dir = tempfile::tempdir().unwrap();
     let memory = Memory::new(crewflow::store::SqliteStore::open(dir.path().join("m.db")), HashEmbedder::default());
     let shown = Arc::new(std::sync::Mutex::new(Vec::new()));

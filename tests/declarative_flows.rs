@@ -10,9 +10,8 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::http::{Reply, TestServer};
+use common::http::{TestServer, openai_completion, openai_llm};
 use crewflow::declarative::{Call, DeclarativeError, FlowDefinition, Registry};
-use crewflow::llm::{Llm, LlmOptions, RetryPolicy};
 use crewflow::{Error, StepError};
 use serde_json::{Value, json};
 
@@ -223,12 +222,8 @@ methods:
 
 #[tokio::test]
 async fn an_llm_action_sends_the_rendered_prompt_to_the_model() {
-    let server = TestServer::start(vec![Reply::json(200, &completion("A short, friendly summary."))]).await;
-    let llm = Llm::with_options(
-        "openai/gpt-4o-mini",
-        LlmOptions::default().base_url(format!("{}/v1", server.url)).api_key("sk-test").retry(RetryPolicy::none()),
-    )
-    .unwrap();
+    let server = TestServer::start(vec![openai_completion("A short, friendly summary.")]).await;
+    let llm = openai_llm(&server);
     let flow = FlowDefinition::from_yaml(
         r#"
 name: summarise
@@ -250,15 +245,6 @@ methods:
     let sent = server.requests()[0].json();
     assert_eq!(sent["messages"][0], json!({"role": "system", "content": "You write for engineers."}));
     assert_eq!(sent["messages"][1]["content"], json!("Summarise in one sentence: the deploy failed twice"));
-}
-
-fn completion(content: &str) -> Value {
-    json!({
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000, "model": "gpt-4o-mini",
-        "choices": [{ "index": 0, "finish_reason": "stop", "logprobs": null,
-            "message": { "role": "assistant", "content": content, "refusal": null } }],
-        "usage": { "prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35 }
-    })
 }
 
 #[tokio::test]

@@ -10,9 +10,9 @@ mod common;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use common::http::{Reply, TestServer};
+use common::http::{Reply, TestServer, openai_completion, openai_llm};
 use crewflow::feedback::{DeferredFeedback, FeedbackLearner, FeedbackReply, FeedbackRequest, LearnRequest};
-use crewflow::llm::{HashEmbedder, Llm, LlmOptions, RetryPolicy};
+use crewflow::llm::HashEmbedder;
 use crewflow::memory::{Lessons, Memory, MemoryFilter, RememberOptions};
 use crewflow::prelude::*;
 use crewflow::store::SqliteStore;
@@ -48,28 +48,9 @@ impl FeedbackProvider for Reviewer {
     }
 }
 
-fn llm(server: &TestServer) -> Llm {
-    let options =
-        LlmOptions::default().base_url(format!("{}/v1", server.url)).api_key("sk-test").retry(RetryPolicy::none());
-    Llm::with_options("openai/gpt-4o-mini", options).unwrap()
-}
-
-/// A Chat Completions reply with this text.
-fn completion(text: &str) -> Reply {
-    Reply::json(
-        200,
-        &json!({
-            "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000, "model": "gpt-4o-mini",
-            "choices": [{ "index": 0, "finish_reason": "stop", "logprobs": null,
-                "message": { "role": "assistant", "content": text, "refusal": null } }],
-            "usage": { "prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25 }
-        }),
-    )
-}
-
 /// A structured reply listing lessons.
 fn lessons_reply(lessons: &[&str]) -> Reply {
-    completion(&json!({ "lessons": lessons }).to_string())
+    openai_completion(&json!({ "lessons": lessons }).to_string())
 }
 
 fn memory(store: SqliteStore) -> Memory {
@@ -108,7 +89,7 @@ async fn without_learn_the_memory_and_the_model_are_never_touched() {
     let server = TestServer::start(vec![]).await;
     let path = dir.path().join("memory.db");
     // A learner exists, but the step does not learn with it.
-    let _lessons = Lessons::new(memory(SqliteStore::open(&path)), llm(&server));
+    let _lessons = Lessons::new(memory(SqliteStore::open(&path)), openai_llm(&server));
     let reviewer = Reviewer::new(&["Always add citations"]);
     let (flow, events) = flow(HumanFeedback::new("Send it?").provider(reviewer.clone()), None);
     let run = flow.kickoff(()).await.unwrap();
@@ -143,7 +124,7 @@ async fn feedback_is_distilled_into_lessons_stored_with_source_hitl() {
     let reviewer = Reviewer::new(&["Always add citations"]);
     let events: Events = Arc::default();
     let seen = events.clone();
-    let flow = Newsletter { reviewer: reviewer.clone(), lessons: Lessons::new(memory.clone(), llm(&server)) }
+    let flow = Newsletter { reviewer: reviewer.clone(), lessons: Lessons::new(memory.clone(), openai_llm(&server)) }
         .into_builder()
         .observe(move |e: &Event| seen.lock().unwrap().push(e.clone()))
         .build()
@@ -180,7 +161,7 @@ async fn lessons_are_stored_and_recalled_by_the_configured_source() {
     let memory = memory(SqliteStore::open(dir.path().join("memory.db")));
     // A lesson of another source is not applied.
     memory.remember("Write in French.", RememberOptions::new().scope("lessons/draft").source("hitl")).await.unwrap();
-    let lessons = Lessons::new(memory.clone(), llm(&server));
+    let lessons = Lessons::new(memory.clone(), openai_llm(&server));
     let review =
         HumanFeedback::new("Send it?").provider(Reviewer::new(&["Too long"])).learn(lessons).learn_source("qa");
     let (flow, _) = flow(review, None);
@@ -196,15 +177,16 @@ async fn lessons_are_stored_and_recalled_by_the_configured_source() {
 async fn a_stored_lesson_improves_the_output_the_reviewer_sees_and_the_step_records() {
     let dir = tempfile::tempdir().unwrap();
     let improved = "Rust 1.95 ships faster builds [1].\n\n[1] https://blog.rust-lang.org/";
-    let server = TestServer::start(vec![completion(improved)]).await;
+    let server = TestServer::start(vec![openai_completion(improved)]).await;
     let memory = memory(SqliteStore::open(dir.path().join("memory.db")));
     memory
         .remember("Cite a source for every claim.", RememberOptions::new().scope("lessons/draft").source("hitl"))
         .await
         .unwrap();
     let reviewer = Reviewer::new(&[""]);
-    let review =
-        HumanFeedback::new("Send it?").provider(reviewer.clone()).learn(Lessons::new(memory.clone(), llm(&server)));
+    let review = HumanFeedback::new("Send it?")
+        .provider(reviewer.clone())
+        .learn(Lessons::new(memory.clone(), openai_llm(&server)));
     let (flow, events) = flow(review, None);
     let run = flow.kickoff(()).await.unwrap();
 
@@ -232,7 +214,7 @@ async fn blank_feedback_stores_nothing_and_calls_no_model() {
     let memory = memory(SqliteStore::open(dir.path().join("memory.db")));
     let review = HumanFeedback::new("Send it?")
         .provider(Reviewer::new(&["   "]))
-        .learn(Lessons::new(memory.clone(), llm(&server)));
+        .learn(Lessons::new(memory.clone(), openai_llm(&server)));
     let (flow, events) = flow(review, None);
     flow.kickoff(()).await.unwrap();
     assert!(server.requests().is_empty());
@@ -257,7 +239,8 @@ async fn a_failed_improvement_shows_the_raw_output_with_a_warning() {
     let server = TestServer::start(vec![Reply::text(500, "the model is down")]).await;
     let memory = memory_with_a_lesson(&dir).await;
     let reviewer = Reviewer::new(&[""]);
-    let review = HumanFeedback::new("Send it?").provider(reviewer.clone()).learn(Lessons::new(memory, llm(&server)));
+    let review =
+        HumanFeedback::new("Send it?").provider(reviewer.clone()).learn(Lessons::new(memory, openai_llm(&server)));
     let (flow, events) = flow(review, None);
     let run = flow.kickoff(()).await.unwrap();
     assert!(run.is_finished());
@@ -281,7 +264,7 @@ async fn under_learn_strict_a_failed_improvement_fails_the_step() {
     let reviewer = Reviewer::new(&[""]);
     let review = HumanFeedback::new("Send it?")
         .provider(reviewer.clone())
-        .learn(Lessons::new(memory, llm(&server)))
+        .learn(Lessons::new(memory, openai_llm(&server)))
         .learn_strict(true);
     let (flow, _) = flow(review, None);
     let err = flow.kickoff(()).await.unwrap_err();
@@ -310,7 +293,7 @@ async fn a_failed_distillation_warns_and_the_flow_completes_storing_nothing() {
     let memory = memory(SqliteStore::open(dir.path().join("memory.db")));
     let review = HumanFeedback::new("Send it?")
         .provider(Reviewer::new(&["Always add citations"]))
-        .learn(Lessons::new(memory.clone(), llm(&server)))
+        .learn(Lessons::new(memory.clone(), openai_llm(&server)))
         .learn_strict(true); // strictness covers the improvement only
     let (flow, events) = flow(review, None);
     let run = flow.kickoff(()).await.unwrap();
@@ -332,7 +315,7 @@ async fn resume_with_feedback_distills_lessons_exactly_once() {
     // One SQLite file holds the runs and the memories.
     let store = SqliteStore::open(dir.path().join("crewflow.db"));
     let memory = memory(store.clone());
-    let lessons = Lessons::new(memory.clone(), llm(&server));
+    let lessons = Lessons::new(memory.clone(), openai_llm(&server));
     let review = HumanFeedback::new("Send it?").provider(DeferredFeedback).learn(lessons.clone());
     let (flow, events) = flow(review, Some(store));
 
@@ -372,14 +355,15 @@ async fn resume_with_feedback_distills_lessons_exactly_once() {
 async fn a_paused_review_shows_the_improved_output_and_resumes_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let improved = "Rust 1.95 ships faster builds [1].";
-    let server = TestServer::start(vec![completion(improved)]).await;
+    let server = TestServer::start(vec![openai_completion(improved)]).await;
     let store = SqliteStore::open(dir.path().join("crewflow.db"));
     let memory = memory(store.clone());
     memory
         .remember("Cite a source for every claim.", RememberOptions::new().scope("lessons/draft").source("hitl"))
         .await
         .unwrap();
-    let review = HumanFeedback::new("Send it?").provider(DeferredFeedback).learn(Lessons::new(memory, llm(&server)));
+    let review =
+        HumanFeedback::new("Send it?").provider(DeferredFeedback).learn(Lessons::new(memory, openai_llm(&server)));
     let (flow, _) = flow(review, Some(store));
     let paused = flow.kickoff(()).await.unwrap();
     assert_eq!(paused.paused().unwrap().request.output, json!(improved));

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use common::http::{Reply, TestServer};
-use crewflow::llm::{EmbedFuture, Embedder, HashEmbedder, Llm, LlmOptions, RetryPolicy};
+use common::http::{Reply, TestServer, openai_completion, openai_llm};
+use crewflow::llm::{EmbedFuture, Embedder, HashEmbedder};
 use crewflow::memory::{Memory, MemoryError, MemoryFilter, RecallOptions, RememberOptions, Scoring};
 use crewflow::store::{MemoryStore, PostgresStore, SqliteStore};
 use serde_json::json;
@@ -317,24 +317,6 @@ async fn nothing_is_opened_or_embedded_until_needed_and_bad_input_is_refused() {
     assert_eq!(calls.load(Ordering::SeqCst), 1, "one embedding call for a batch");
 }
 
-fn llm(server: &TestServer) -> Llm {
-    let options =
-        LlmOptions::default().base_url(format!("{}/v1", server.url)).api_key("sk-test").retry(RetryPolicy::none());
-    Llm::with_options("openai/gpt-4o-mini", options).unwrap()
-}
-
-fn completion(text: &str) -> Reply {
-    Reply::json(
-        200,
-        &json!({
-            "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000, "model": "gpt-4o-mini",
-            "choices": [{ "index": 0, "finish_reason": "stop", "logprobs": null,
-                "message": { "role": "assistant", "content": text, "refusal": null } }],
-            "usage": { "prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25 }
-        }),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extract_memories_asks_the_model_and_falls_back_to_the_whole_text() {
     let dir = tempfile::tempdir().unwrap();
@@ -343,8 +325,8 @@ async fn extract_memories_asks_the_model_and_falls_back_to_the_whole_text() {
     assert_eq!(m.extract_memories(text).await, [text], "no model: the whole text");
 
     let reply = json!({ "memories": ["Ana runs the Lisbon office.", "Ana prefers invoices in EUR.", " "] });
-    let server = TestServer::start(vec![completion(&reply.to_string()), Reply::text(500, "down")]).await;
-    let m = m.llm(llm(&server));
+    let server = TestServer::start(vec![openai_completion(&reply.to_string()), Reply::text(500, "down")]).await;
+    let m = m.llm(openai_llm(&server));
     assert_eq!(m.extract_memories(text).await, ["Ana runs the Lisbon office.", "Ana prefers invoices in EUR."]);
     assert!(server.requests()[0].body.contains("Lisbon"));
     assert_eq!(m.extract_memories(text).await, [text], "a failing model: the whole text");

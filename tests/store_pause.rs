@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 
 use crewflow::prelude::*;
@@ -98,25 +97,9 @@ fn pause_child() {
 }
 
 fn child(role: &str, url: &str, run: Option<RunId>) -> String {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "pause_child", "--ignored", "--nocapture", "--test-threads=1"])
-        .env("PAUSE_ROLE", role)
-        .env("PAUSE_DB", url);
-    if let Some(id) = run {
-        cmd.env("PAUSE_RUN", id.to_string());
-    }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "child {role} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    stdout
-}
-
-fn line_after<'a>(stdout: &'a str, tag: &str) -> &'a str {
-    // The test harness prints its own prefix on the same line.
-    stdout
-        .lines()
-        .find_map(|l| l.find(tag).map(|at| &l[at + tag.len()..]))
-        .unwrap_or_else(|| panic!("no `{tag}` line in:\n{stdout}"))
+    let mut env = vec![("PAUSE_ROLE", role.to_string()), ("PAUSE_DB", url.to_string())];
+    env.extend(run.map(|id| ("PAUSE_RUN", id.to_string())));
+    common::run_child("pause_child", &env)
 }
 
 fn check_resumed(state: &Invoice, pauser: u32, resumer: u32) {
@@ -134,7 +117,7 @@ async fn a_pause_survives_its_process_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let url = dir.path().join("runs.db").to_string_lossy().to_string();
     let out = child("pause", &url, None);
-    let id: RunId = line_after(&out, "PAUSED ").trim().parse().unwrap();
+    let id: RunId = common::line_after(&out, "PAUSED ").trim().parse().unwrap();
     let store = open_store(&url);
     assert_eq!(store.load_run(id).await.unwrap().unwrap().status, RunStatus::Paused);
 
@@ -153,9 +136,9 @@ async fn a_pause_survives_its_process_on_sqlite() {
 async fn a_pause_moves_to_another_process_on_postgres() {
     let url = common::postgres::fresh_schema().await;
     let out = child("pause", &url, None);
-    let id: RunId = line_after(&out, "PAUSED ").trim().parse().unwrap();
+    let id: RunId = common::line_after(&out, "PAUSED ").trim().parse().unwrap();
     let out = child("resume", &url, Some(id));
-    assert_eq!(line_after(&out, "RESULT "), "booked after \"Approved\" (vendor known)");
+    assert_eq!(common::line_after(&out, "RESULT "), "booked after \"Approved\" (vendor known)");
 
     let flow = approval_flow(open_store(&url));
     let run = flow.resume(id).await.unwrap();

@@ -253,3 +253,25 @@ async fn serve(
         write.flush().await?;
     }
 }
+
+/// A Chat Completions reply (the OpenAI wire format) whose message is `text`.
+pub fn openai_completion(text: &str) -> Reply {
+    Reply::json(
+        200,
+        &serde_json::json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000, "model": "gpt-4o-mini",
+            "choices": [{ "index": 0, "finish_reason": "stop", "logprobs": null,
+                "message": { "role": "assistant", "content": text, "refusal": null } }],
+            "usage": { "prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25 }
+        }),
+    )
+}
+
+/// A model client speaking the OpenAI wire format to `server`, without retries.
+pub fn openai_llm(server: &TestServer) -> crewflow::llm::Llm {
+    let options = crewflow::llm::LlmOptions::default()
+        .base_url(format!("{}/v1", server.url))
+        .api_key("sk-test")
+        .retry(crewflow::llm::RetryPolicy::none());
+    crewflow::llm::Llm::with_options("openai/gpt-4o-mini", options).unwrap()
+}

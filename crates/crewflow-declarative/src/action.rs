@@ -15,7 +15,7 @@ use crewflow_llm::{ChatRequest, Llm, Message};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::expr::{Expr, Scope, Template, ValueTemplate};
+use crate::expr::{Expr, Scope, Template, Uses, ValueTemplate};
 use crate::registry::{Call, Function, Registry};
 use crate::state::DeclarativeState;
 
@@ -138,10 +138,41 @@ impl Action {
         })
     }
 
-    /// Runs the action for `method`, triggered by `input`.
-    pub fn run<'a>(&'a self, cx: &'a Cx<DeclarativeState>, method: &'a str, input: &'a Value) -> ActionFuture<'a> {
+    /// The parts of the run's state the action's expressions read (`each` steps always see
+    /// `outputs`: they write their own into it).
+    pub fn uses(&self) -> Uses {
+        match self {
+            Action::Code { with, .. } => with.as_ref().map(ValueTemplate::uses).unwrap_or_default(),
+            Action::Expression(e) => e.uses(),
+            Action::Llm { prompt, system, .. } => {
+                system.as_ref().map(Template::uses).unwrap_or_default().union(prompt.uses())
+            }
+            Action::Each { items, steps } => steps.iter().fold(items.uses(), |u, s| {
+                let when = s.when.as_ref().map(Expr::uses).unwrap_or_default();
+                u.union(when).union(s.action.uses())
+            }),
+        }
+    }
+
+    /// Runs the action for `method`, triggered by `input`, reading the parts of the state its
+    /// expressions use (`uses`, computed once at build time).
+    pub fn run<'a>(
+        &'a self,
+        cx: &'a Cx<DeclarativeState>,
+        method: &'a str,
+        input: &'a Value,
+        uses: Uses,
+    ) -> ActionFuture<'a> {
         Box::pin(async move {
-            let (state, outputs) = cx.state(|s| (s.values.clone(), s.outputs.clone()));
+            let (state, outputs) = if uses == Uses::default() {
+                (Map::new(), Map::new())
+            } else {
+                cx.state(|s| {
+                    let state = if uses.state { s.values.clone() } else { Map::new() };
+                    let outputs = if uses.outputs { s.outputs.clone() } else { Map::new() };
+                    (state, outputs)
+                })
+            };
             self.run_in(cx, method, input, &state, &outputs, None).await
         })
     }

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::action::{Action, resolve_model, unknown};
 use crate::error::DeclarativeError;
+use crate::expr::Uses;
 use crate::flow::DeclarativeFlow;
 use crate::registry::Registry;
 use crate::schema::{Document, FeedbackDoc, MethodDoc, PersistDoc, SCHEMA_V1};
@@ -130,7 +131,8 @@ impl FlowDefinition {
         registry: &Registry,
     ) -> Result<FlowBuilder<DeclarativeState>, String> {
         let kind = StepKind::of(method, names)?;
-        let action = Arc::new(Action::compile(&method.action, registry).map_err(|e| format!("do: {e}"))?);
+        let action = Action::compile(&method.action, registry).map_err(|e| format!("do: {e}"))?;
+        let action = Arc::new((action.uses(), action));
         let method_name: Arc<str> = name.into();
         let mut builder = if method.router {
             if method.emit.is_empty() {
@@ -241,12 +243,12 @@ enum Format {
 
 /// Runs a method's action and records its output for `outputs.<method>`.
 async fn run_and_record(
-    action: &Action,
+    (uses, action): &(Uses, Action),
     cx: &Cx<DeclarativeState>,
     method: &str,
     input: Value,
 ) -> Result<Value, StepError> {
-    let output = action.run(cx, method, &input).await?;
+    let output = action.run(cx, method, &input, *uses).await?;
     cx.update(|s| s.outputs.insert(method.to_string(), output.clone()));
     Ok(output)
 }

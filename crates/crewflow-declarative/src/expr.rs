@@ -10,7 +10,7 @@
 //! - `item`: the current element inside an `each` action.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use serde_json::{Map, Value};
 
@@ -22,11 +22,32 @@ pub(crate) struct Scope<'a> {
     pub item: Option<&'a Value>,
 }
 
+/// CEL's standard environment (functions and macros), built once: building it per evaluation
+/// cost more than the evaluation itself.
+static STDLIB: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib()));
+
+/// Which of the scope's variables an expression reads: only those are snapshotted and turned
+/// into CEL values (a chain of 100 steps would otherwise convert every output at every step).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Uses {
+    pub state: bool,
+    pub outputs: bool,
+}
+
+impl Uses {
+    pub fn union(self, other: Uses) -> Uses {
+        Uses { state: self.state || other.state, outputs: self.outputs || other.outputs }
+    }
+}
+
 /// A compiled CEL expression and its source (for messages).
 #[derive(Clone)]
 pub(crate) struct Expr {
     source: Arc<str>,
     program: Arc<cel::Program>,
+    uses: Uses,
+    uses_input: bool,
+    uses_item: bool,
 }
 
 impl std::fmt::Debug for Expr {
@@ -38,18 +59,33 @@ impl std::fmt::Debug for Expr {
 impl Expr {
     /// Compiles `source`; the error says what is wrong with it.
     pub fn compile(source: &str) -> Result<Expr, String> {
-        let program = cel::Program::compile(source)
+        let program = STDLIB
+            .compile(source)
             .map_err(|e| format!("the expression `{source}` does not parse: {}", one_line(&e.to_string())))?;
-        Ok(Expr { source: source.into(), program: Arc::new(program) })
+        let refs = program.references();
+        let uses = Uses { state: refs.has_variable("state"), outputs: refs.has_variable("outputs") };
+        let (uses_input, uses_item) = (refs.has_variable("input"), refs.has_variable("item"));
+        Ok(Expr { source: source.into(), program: Arc::new(program), uses, uses_input, uses_item })
+    }
+
+    /// The parts of the scope this expression reads.
+    pub fn uses(&self) -> Uses {
+        self.uses
     }
 
     /// The expression's value in `scope`, as JSON.
     pub fn eval(&self, scope: &Scope<'_>) -> Result<Value, String> {
-        let mut cx = cel::Context::default();
-        cx.add_variable_from_value("state", object_to_cel(scope.state));
-        cx.add_variable_from_value("outputs", object_to_cel(scope.outputs));
-        cx.add_variable_from_value("input", to_cel(scope.input));
-        if let Some(item) = scope.item {
+        let mut cx = cel::Context::with_env(STDLIB.clone());
+        if self.uses.state {
+            cx.add_variable_from_value("state", object_to_cel(scope.state));
+        }
+        if self.uses.outputs {
+            cx.add_variable_from_value("outputs", object_to_cel(scope.outputs));
+        }
+        if self.uses_input {
+            cx.add_variable_from_value("input", to_cel(scope.input));
+        }
+        if let (true, Some(item)) = (self.uses_item, scope.item) {
             cx.add_variable_from_value("item", to_cel(item));
         }
         let value = self.program.execute(&cx).map_err(|e| format!("the expression `{}` failed: {e}", self.source))?;
@@ -141,6 +177,17 @@ impl Template {
         })
     }
 
+    /// The parts of the scope the template reads.
+    pub fn uses(&self) -> Uses {
+        match self {
+            Template::Whole(e) => e.uses(),
+            Template::Parts(parts) => parts.iter().fold(Uses::default(), |u, p| match p {
+                Part::Expr(e) => u.union(e.uses()),
+                Part::Text(_) => u,
+            }),
+        }
+    }
+
     pub fn render(&self, scope: &Scope<'_>) -> Result<Value, String> {
         match self {
             Template::Whole(e) => e.eval(scope),
@@ -209,6 +256,16 @@ impl ValueTemplate {
             ),
             other => ValueTemplate::Literal(other.clone()),
         })
+    }
+
+    /// The parts of the scope the templates read.
+    pub fn uses(&self) -> Uses {
+        match self {
+            ValueTemplate::Literal(_) => Uses::default(),
+            ValueTemplate::String(t) => t.uses(),
+            ValueTemplate::Array(items) => items.iter().fold(Uses::default(), |u, t| u.union(t.uses())),
+            ValueTemplate::Object(entries) => entries.iter().fold(Uses::default(), |u, (_, t)| u.union(t.uses())),
+        }
     }
 
     pub fn render(&self, scope: &Scope<'_>) -> Result<Value, String> {
