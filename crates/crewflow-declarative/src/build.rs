@@ -104,7 +104,7 @@ impl FlowDefinition {
             .builder(registry)?
             .build()
             .map_err(|e| DeclarativeError::Flow { flow: self.document.name.clone(), source: Box::new(e) })?;
-        DeclarativeFlow::new(flow, self, registry)
+        DeclarativeFlow::new(flow, self)
     }
 
     /// The flow as a [`FlowBuilder`], to add what a file cannot say (observers, a store, more

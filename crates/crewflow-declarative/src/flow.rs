@@ -10,7 +10,6 @@ use serde_json::{Map, Value};
 
 use crate::build::FlowDefinition;
 use crate::error::DeclarativeError;
-use crate::registry::Registry;
 use crate::state::{DeclarativeState, OUTPUTS_KEY};
 
 /// A flow built from a definition.
@@ -42,7 +41,6 @@ impl DeclarativeFlow {
     pub(crate) fn new(
         flow: Flow<DeclarativeState>,
         definition: &FlowDefinition,
-        _registry: &Registry,
     ) -> Result<DeclarativeFlow, DeclarativeError> {
         let state = &definition.document().state;
         let mut defaults = state.default.clone();
