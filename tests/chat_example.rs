@@ -6,25 +6,8 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-/// Runs the example in `dir` with `input` on its standard input; returns its output.
 fn run(dir: &std::path::Path, args: &[&str], input: &str) -> String {
-    let mut child = Command::new(common::example_binary("support_chat"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("CREWFLOW_DB")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    stdout
+    common::run_example("support_chat", dir, args, input)
 }
 
 #[test]

@@ -6,29 +6,12 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use crewflow::declarative::{Call, FlowDefinition, Registry};
 
-/// Runs the example in `dir` with `args` and `input` on its standard input.
-fn run(dir: &Path, args: &[&str], input: &str) -> String {
-    let mut child = Command::new(common::example_binary("yaml_review"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("CREWFLOW_DB")
-        .env_remove("CREWFLOW_MODEL")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    stdout
+fn run(dir: &std::path::Path, args: &[&str], input: &str) -> String {
+    common::run_example("yaml_review", dir, args, input)
 }
 
 fn run_id(output: &str) -> String {

@@ -70,3 +70,26 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
     }
     binary
 }
+
+/// Runs example `name` in `dir` with `args` and `input` on its standard input, on its defaults
+/// (no `$CREWFLOW_DB`, no `$CREWFLOW_MODEL`: the SQLite file in `dir` and the local model);
+/// returns its standard output and panics with both outputs if it fails.
+pub fn run_example(name: &str, dir: &std::path::Path, args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(example_binary(name))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CREWFLOW_DB")
+        .env_remove("CREWFLOW_MODEL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
