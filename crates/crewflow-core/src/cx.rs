@@ -13,6 +13,7 @@ use crate::feedback::{FeedbackProvider, FeedbackResult};
 use crate::id::RunId;
 use crate::input::{Answer, InputProvider, InputRecord, InputRequest, record};
 use crate::scope::{HasTelemetry, RunTelemetry, TokenUsage};
+use crate::uncommitted::StateLog;
 
 /// What a run shares between its steps.
 pub(crate) struct RunShared<S> {
@@ -29,6 +30,9 @@ pub(crate) struct RunShared<S> {
     /// Asks the driver for a checkpoint (before a step waits for a person); present when the
     /// run is durable.
     pub checkpoints: Option<CheckpointAsks>,
+    /// The changes of executions in flight, kept out of checkpoints; present when the run is
+    /// durable (see [`crate::uncommitted`]).
+    pub uncommitted: Option<StateLog<S>>,
 }
 
 /// A step's request for a checkpoint now, answered once it is written.
@@ -117,8 +121,15 @@ impl<S: Send + Sync + 'static> Cx<S> {
     }
 
     /// Changes the state.
+    ///
+    /// Other steps see the change at once. In a durable run, a checkpoint holds it only once
+    /// this step has completed: if the step fails, or the process dies before it completes,
+    /// the step runs again on the state without its changes (see `docs/store.md`).
     pub fn update<R>(&self, change: impl FnOnce(&mut S) -> R) -> R {
-        self.run.with_state(change)
+        match &self.run.uncommitted {
+            Some(log) => self.run.with_state(|s| log.update(self.activation, s, change)),
+            None => self.run.with_state(change),
+        }
     }
 
     /// A copy of the whole state.

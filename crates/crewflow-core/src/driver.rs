@@ -43,6 +43,7 @@ use crate::output::Output;
 use crate::persist::{Checkpoint, Claim, NewRun, RunEnd, RunStatus, RunStore, StepRow, StoredRun, process_owner};
 use crate::scope::RunTelemetry;
 use crate::state::{FlowState, initial_state};
+use crate::uncommitted::StateLog;
 
 /// A run whose inputs were checked and whose state is built, not yet started.
 pub(crate) struct Prepared<S> {
@@ -89,7 +90,7 @@ pub(crate) fn prepare<S: FlowState>(
     })
 }
 
-fn new_shared<S>(
+fn new_shared<S: FlowState>(
     flow: &FlowInner<S>,
     id: RunId,
     state: S,
@@ -107,6 +108,7 @@ fn new_shared<S>(
         feedback: flow.feedback.clone(),
         feedback_history: Mutex::new(Vec::new()),
         checkpoints: flow.store.is_some().then(CheckpointAsks::new),
+        uncommitted: flow.store.is_some().then(StateLog::new),
     })
 }
 
@@ -330,8 +332,17 @@ impl Durable {
     }
 }
 
+/// The state as a checkpoint holds it: without the changes of executions still in flight or
+/// failed (see [`crate::uncommitted`]).
 fn state_json<S: FlowState>(shared: &RunShared<S>) -> Result<String, Error> {
-    shared.with_state(|s| serde_json::to_string(s)).map_err(|e| Error::StateSerialization {
+    let written = shared.with_state(|s| match &shared.uncommitted {
+        Some(log) if !log.changes.is_empty() => match log.committed_json(s) {
+            Some(value) => serde_json::to_string(&value),
+            None => serde_json::to_string(s), // reports why the state does not convert
+        },
+        _ => serde_json::to_string(s),
+    });
+    written.map_err(|e| Error::StateSerialization {
         state_type: std::any::type_name::<S>(),
         action: "converted to",
         message: e.to_string(),
@@ -486,6 +497,8 @@ impl<S: FlowState> Driver<S> {
             request: pending.request,
         };
         let outcome = apply_answer(&self.shared, &step.name, reviewed, answer.text, answer.outcome);
+        // The answered execution ends here like a launched one (see `on_completion`).
+        self.count_launched(1);
         Ok(Completion { activation: pending.activation, result: Ok(outcome), elapsed: std::time::Duration::ZERO })
     }
 
@@ -529,6 +542,7 @@ impl<S: FlowState> Driver<S> {
     }
 
     fn launch(&mut self, ready: Vec<Activation>) {
+        self.count_launched(ready.len());
         let alone = ready.len() == 1 && self.running.as_ref().is_none_or(|r| r.is_empty()) && self.inline.is_none();
         for a in ready {
             let fut = self.start_step(a);
@@ -542,9 +556,18 @@ impl<S: FlowState> Driver<S> {
 
     /// Launches activations that were in flight when a run was checkpointed.
     fn relaunch(&mut self, in_flight: Vec<Activation>) {
+        self.count_launched(in_flight.len());
         for a in in_flight {
             let fut = self.start_step(a);
             self.running.get_or_insert_with(FuturesUnordered::new).push(fut);
+        }
+    }
+
+    /// Counts executions in flight, so that updates record their changes while a checkpoint
+    /// can come before they complete.
+    fn count_launched(&self, count: usize) {
+        if let Some(log) = &self.shared.uncommitted {
+            log.changes.launched(count);
         }
     }
 
@@ -634,6 +657,11 @@ impl<S: FlowState> Driver<S> {
     }
 
     async fn on_completion(&mut self, c: Completion) -> Result<(), Error> {
+        if let Some(log) = &self.shared.uncommitted {
+            // A completed execution's changes belong to the run now (a paused one's too: it
+            // does not run again); a failed one's never do.
+            log.changes.ended(c.activation, c.result.is_ok());
+        }
         let step_ix = self.acts[c.activation as usize].step;
         let name = self.flow.steps[step_ix as usize].name.clone();
         let mut outcome = match c.result {

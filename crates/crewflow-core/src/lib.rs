@@ -29,6 +29,7 @@ mod route;
 pub mod scope;
 mod state;
 pub mod trigger;
+mod uncommitted;
 mod worker;
 
 pub use builder::{DEFAULT_CANCEL_GRACE, DEFAULT_MAX_STEPS, FlowBuilder};
