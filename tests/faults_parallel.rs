@@ -70,7 +70,13 @@ struct Dying {
 
 impl Dying {
     fn new(inner: Arc<dyn RunStore>, kill: Option<Kill>) -> Arc<Self> {
-        Arc::new(Dying { inner, kill, writes: AtomicU32::new(0), dead: AtomicBool::new(false), died: Default::default() })
+        Arc::new(Dying {
+            inner,
+            kill,
+            writes: AtomicU32::new(0),
+            dead: AtomicBool::new(false),
+            died: Default::default(),
+        })
     }
 
     fn die<'a, T: 'a>(&'a self) -> StoreFuture<'a, T> {
@@ -143,8 +149,8 @@ impl RunStore for Dying {
     ) -> StoreFuture<'a, Vec<Claim>> {
         self.read(self.inner.claim_orphans(flows, owner, lease, limit))
     }
-    fn heartbeat<'a>(&'a self, owner: &'a str, lease: Duration) -> StoreFuture<'a, u64> {
-        self.read(self.inner.heartbeat(owner, lease))
+    fn heartbeat<'a>(&'a self, owner: &'a str, runs: &'a [RunId], lease: Duration) -> StoreFuture<'a, u64> {
+        self.read(self.inner.heartbeat(owner, runs, lease))
     }
     fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>> {
         self.read(self.inner.list_runs(filter))
@@ -214,7 +220,12 @@ fn shape() -> impl Strategy<Value = Shape> {
 
 /// The steps' bodies: two updates around a pause; the step named in `fail` fails its first
 /// attempt after its first update (the run fails; a resume runs it again).
-fn build(shape: &Shape, store: Arc<dyn RunStore>, fail: Option<String>, attempts: Arc<Mutex<Vec<String>>>) -> Flow<Tally> {
+fn build(
+    shape: &Shape,
+    store: Arc<dyn RunStore>,
+    fail: Option<String>,
+    attempts: Arc<Mutex<Vec<String>>>,
+) -> Flow<Tally> {
     let body = |name: String, weight: i64, pause_ms: u64| {
         let fail = fail.clone();
         let attempts = attempts.clone();

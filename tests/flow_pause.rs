@@ -401,8 +401,13 @@ impl RunStore for SlowClaims {
     ) -> crewflow::store::StoreFuture<'a, Vec<crewflow::store::Claim>> {
         self.0.claim_orphans(flows, owner, lease, limit)
     }
-    fn heartbeat<'a>(&'a self, owner: &'a str, lease: Duration) -> crewflow::store::StoreFuture<'a, u64> {
-        self.0.heartbeat(owner, lease)
+    fn heartbeat<'a>(
+        &'a self,
+        owner: &'a str,
+        runs: &'a [crewflow::RunId],
+        lease: Duration,
+    ) -> crewflow::store::StoreFuture<'a, u64> {
+        self.0.heartbeat(owner, runs, lease)
     }
     fn list_runs<'a>(
         &'a self,

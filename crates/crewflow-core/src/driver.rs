@@ -40,7 +40,9 @@ use crate::flow::{FlowInner, Kickoff, Run, StepRecord};
 use crate::frontier::{Activation, Frontier};
 use crate::id::RunId;
 use crate::output::Output;
-use crate::persist::{Checkpoint, Claim, NewRun, RunEnd, RunStatus, RunStore, StepRow, StoredRun, process_owner};
+use crate::persist::{
+    Checkpoint, Claim, Driving, NewRun, RunEnd, RunStatus, RunStore, StepRow, StoredRun, process_owner,
+};
 use crate::scope::RunTelemetry;
 use crate::state::{FlowState, initial_state};
 use crate::uncommitted::StateLog;
@@ -168,42 +170,76 @@ pub(crate) struct Answered {
     pub outcome: Option<Arc<str>>,
 }
 
+/// A stored run, decoded and checked against the flow before anything claims it: a run that
+/// cannot be resumed is refused without touching its record (its status and error stay).
+pub(crate) struct Restored<S> {
+    run_id: RunId,
+    seq: u64,
+    state: S,
+    frontier: Frontier,
+    payload: Option<Output>,
+    records: Vec<StepRecord>,
+    feedback: FeedbackRecord,
+}
+
+impl<S: FlowState> Restored<S> {
+    pub fn decode(flow: &FlowInner<S>, stored: &StoredRun) -> Result<Self, Error> {
+        let corrupt = |what: &str, e: serde_json::Error| Error::CorruptCheckpoint {
+            run_id: stored.run_id.to_string(),
+            message: format!("its {what} does not parse: {e}"),
+        };
+        let state: S = serde_json::from_str(&stored.state).map_err(|e| corrupt("state", e))?;
+        let frontier: Frontier = serde_json::from_str(&stored.frontier).map_err(|e| corrupt("frontier", e))?;
+        if !frontier.fits(&flow.graph) {
+            return Err(Error::CorruptCheckpoint {
+                run_id: stored.run_id.to_string(),
+                message: "its frontier does not fit this flow's graph".into(),
+            });
+        }
+        let records = stored_records(stored)?;
+        if let Some(r) = records.iter().find(|r| flow.graph.step_index(&r.step).is_none()) {
+            return Err(Error::CorruptCheckpoint {
+                run_id: stored.run_id.to_string(),
+                message: format!("it has an output of step `{}`, which this flow does not have", r.step),
+            });
+        }
+        Ok(Restored {
+            run_id: stored.run_id,
+            seq: stored.seq,
+            state,
+            frontier,
+            payload: stored_payload(stored)?,
+            records,
+            feedback: feedback_record(stored)?,
+        })
+    }
+}
+
 /// Continues a stored run from its last checkpoint, after it was claimed; for a paused run,
 /// `answer` answers its first pending feedback request.
 pub(crate) async fn drive_resumed<S: FlowState>(
     flow: Arc<FlowInner<S>>,
-    stored: StoredRun,
+    restored: Restored<S>,
     claim: Claim,
+    driving: Driving,
     stream: Option<UnboundedSender<Event>>,
     cancel: Canceller,
     answer: Option<Answered>,
 ) -> Result<Run<S>, Error> {
-    let corrupt = |what: &str, e: serde_json::Error| Error::CorruptCheckpoint {
-        run_id: stored.run_id.to_string(),
-        message: format!("its {what} does not parse: {e}"),
-    };
-    let state: S = serde_json::from_str(&stored.state).map_err(|e| corrupt("state", e))?;
-    let frontier: Frontier = serde_json::from_str(&stored.frontier).map_err(|e| corrupt("frontier", e))?;
-    if !frontier.fits(&flow.graph) {
-        return Err(Error::CorruptCheckpoint {
-            run_id: stored.run_id.to_string(),
-            message: "its frontier does not fit this flow's graph".into(),
-        });
-    }
     let Some(store) = flow.store.clone() else {
         return Err(Error::NoStore { call: "Flow::resume" });
     };
-    let shared = new_shared(&flow, stored.run_id, state, stream, cancel);
-    let payload = stored_payload(&stored)?;
+    let Restored { run_id, seq, state, frontier, payload, records, feedback } = restored;
+    let shared = new_shared(&flow, run_id, state, stream, cancel);
     let mut driver = Box::new(Driver::new(flow, shared, payload, frontier, None));
-    driver.restore_outputs(&stored)?;
-    let record = feedback_record(&stored)?;
-    driver.shared.with_feedback_history(|h| *h = record.history);
-    driver.shared.with_input_history(|h| *h = record.inputs);
-    driver.paused = record.pending;
-    driver.durable = Some(Durable { store, fencing: claim.fencing, seq: stored.seq, unsaved: Vec::new() });
-    let (flow_name, steps_done) = (driver.shared.flow.clone(), stored.steps.len() as u64);
-    driver.emit(None, || EventKind::RunResumed { flow: flow_name, checkpoint: stored.seq, steps_done });
+    let steps_done = records.len() as u64;
+    driver.restore_outputs(records);
+    driver.shared.with_feedback_history(|h| *h = feedback.history);
+    driver.shared.with_input_history(|h| *h = feedback.inputs);
+    driver.paused = feedback.pending;
+    driver.durable = Some(Durable { store, fencing: claim.fencing, seq, unsaved: Vec::new(), _driving: driving });
+    let flow_name = driver.shared.flow.clone();
+    driver.emit(None, || EventKind::RunResumed { flow: flow_name, checkpoint: seq, steps_done });
     let waiting: Vec<u64> = driver.paused.iter().map(|p| p.activation).collect();
     let in_flight: Vec<Activation> = driver.frontier.in_flight().filter(|a| !waiting.contains(&a.id)).collect();
     driver.relaunch(in_flight);
@@ -304,6 +340,8 @@ struct Durable {
     seq: u64,
     /// Activations completed since the last checkpoint, in completion order, with the time.
     unsaved: Vec<(u64, DateTime<Utc>)>,
+    /// Lists the run in [`driven_runs`](crate::persist::driven_runs) while the driver lives.
+    _driving: Driving,
 }
 
 impl Durable {
@@ -327,8 +365,10 @@ impl Durable {
 
     /// Records the new run before its first step runs.
     async fn record(store: Arc<dyn RunStore>, new: NewRun) -> Result<Durable, Error> {
+        let driving =
+            Driving::start(new.run_id).ok_or_else(|| Error::AlreadyDriven { run_id: new.run_id.to_string() })?;
         store.create_run(&new).await.map_err(|e| Error::from_store(store.as_ref(), "record the new run", e))?;
-        Ok(Durable { store, fencing: 1, seq: 0, unsaved: Vec::new() })
+        Ok(Durable { store, fencing: 1, seq: 0, unsaved: Vec::new(), _driving: driving })
     }
 }
 
@@ -512,16 +552,12 @@ impl<S: FlowState> Driver<S> {
         Some(Box::pin(async move { crate::feedback::learn_from(&shared, &config, &request, &text).await }))
     }
 
-    /// Fills in the outputs of the steps a stored run completed.
-    fn restore_outputs(&mut self, stored: &StoredRun) -> Result<(), Error> {
-        let records = stored_records(stored)?;
+    /// Fills in the outputs of the steps a stored run completed (checked by
+    /// [`Restored::decode`]: every step is the flow's).
+    fn restore_outputs(&mut self, records: Vec<StepRecord>) {
         let flow = self.flow.clone();
-        let graph = &flow.graph;
         for r in records {
-            let step = graph.step_index(&r.step).ok_or_else(|| Error::CorruptCheckpoint {
-                run_id: stored.run_id.to_string(),
-                message: format!("it has an output of step `{}`, which this flow does not have", r.step),
-            })?;
+            let Some(step) = flow.graph.step_index(&r.step) else { continue };
             let slot = self.slot(r.activation, step);
             slot.output = Some(r.output);
             self.completed.push(r.activation);
@@ -529,7 +565,6 @@ impl<S: FlowState> Driver<S> {
         for a in self.frontier.in_flight().collect::<Vec<_>>() {
             self.slot(a.id, a.step);
         }
-        Ok(())
     }
 
     fn slot(&mut self, activation: u64, step: u32) -> &mut ActRecord {

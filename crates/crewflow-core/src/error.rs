@@ -302,6 +302,14 @@ pub enum Error {
     /// The run is being run by a live process.
     #[error(transparent)]
     RunOwned(#[from] crate::persist::RunOwned),
+    /// This process is running the run already (a second resume of it, a retried request).
+    #[error(
+        "run {run_id} is already running in this process; wait for that run to end (await its RunHandle) instead of resuming it again"
+    )]
+    AlreadyDriven {
+        /// The run.
+        run_id: String,
+    },
     /// No run with this id in the store.
     #[error("no run {run_id} in {store}; list the stored runs to find it (a new run is never started in its place)")]
     UnknownRun {

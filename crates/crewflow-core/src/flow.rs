@@ -17,7 +17,7 @@ use crate::event::{EventStream, Observer, stream_channel};
 use crate::graph::Graph;
 use crate::id::RunId;
 use crate::output::Output;
-use crate::persist::{RunStatus, RunStore, process_owner};
+use crate::persist::{Driving, RunStatus, RunStore, process_owner};
 use crate::state::{FlowState, json_kind};
 
 pub(crate) struct StepRuntime<S> {
@@ -152,6 +152,9 @@ impl<S: FlowState> Flow<S> {
             RunStatus::Paused => return driver::paused_run(&stored),
             _ => {}
         }
+        // Refused before the claim, so a refusal leaves the stored run as it was.
+        let driving = Driving::start(run_id).ok_or_else(|| Error::AlreadyDriven { run_id: run_id.to_string() })?;
+        let restored = driver::Restored::decode(&self.inner, &stored)?;
         let me = process_owner();
         let claim = match store.claim_run(run_id, &me, self.inner.lease, None).await {
             Ok(claim) => claim,
@@ -165,7 +168,7 @@ impl<S: FlowState> Flow<S> {
                 other => return Err(other),
             },
         };
-        driver::drive_resumed(self.inner.clone(), stored, claim, stream, cancel, None).await
+        driver::drive_resumed(self.inner.clone(), restored, claim, driving, stream, cancel, None).await
     }
 
     /// Answers a pending request of a paused run and continues it. The claim is atomic on the
@@ -200,6 +203,15 @@ impl<S: FlowState> Flow<S> {
                 other => return Err(Error::NotPaused { run_id: run_id.to_string(), status: other.to_string() }),
             }
             let answer = self.map_answer(&stored, request, text.clone()).await?;
+            let restored = driver::Restored::decode(&self.inner, &stored)?;
+            // Another answer of this process is being applied: look again, as for a lost claim.
+            let Some(driving) = Driving::start(run_id) else {
+                if request.is_some() && attempts < 3 {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+                return Err(Error::AlreadyDriven { run_id: run_id.to_string() });
+            };
             let claim = store
                 .claim_paused(run_id, stored.seq, &me, self.inner.lease)
                 .await
@@ -207,7 +219,8 @@ impl<S: FlowState> Flow<S> {
             match claim {
                 Some(claim) => {
                     let answer = Some(answer);
-                    return driver::drive_resumed(self.inner.clone(), stored, claim, stream, cancel, answer).await;
+                    return driver::drive_resumed(self.inner.clone(), restored, claim, driving, stream, cancel, answer)
+                        .await;
                 }
                 // Moved on since we read it: look again (a named request may still be pending).
                 None if request.is_some() && attempts < 3 => continue,
@@ -352,7 +365,26 @@ impl<S: FlowState> Flow<S> {
         if stored.status == RunStatus::Finished {
             return driver::finished_run(&stored);
         }
-        driver::drive_resumed(self.inner.clone(), stored, claim, None, Canceller::new(), None).await
+        let driving =
+            Driving::start(claim.run_id).ok_or_else(|| Error::AlreadyDriven { run_id: claim.run_id.to_string() })?;
+        let restored = match driver::Restored::decode(&self.inner, &stored) {
+            Ok(restored) => restored,
+            Err(e) => {
+                // Claimed but not resumable: record why, so the run leaves the orphans (and
+                // shows among the failed runs) instead of being claimed again and again.
+                let end = crate::persist::RunEnd {
+                    run_id: claim.run_id,
+                    fencing: claim.fencing,
+                    status: RunStatus::Failed,
+                    checkpoint: None,
+                    final_activation: None,
+                    error: Some(e.to_string()),
+                };
+                let _ = store.end_run(&end).await;
+                return Err(e);
+            }
+        };
+        driver::drive_resumed(self.inner.clone(), restored, claim, driving, None, Canceller::new(), None).await
     }
 
     async fn load_own(&self, store: &dyn RunStore, run_id: RunId) -> Result<crate::persist::StoredRun, Error> {

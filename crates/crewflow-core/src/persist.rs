@@ -323,8 +323,11 @@ pub trait RunStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreFuture<'a, Vec<Claim>>;
 
-    /// Extends the lease of every running run `owner` holds; returns how many.
-    fn heartbeat<'a>(&'a self, owner: &'a str, lease: Duration) -> StoreFuture<'a, u64>;
+    /// Extends the leases `owner` holds on `runs` (those still running); returns how many.
+    /// Callers pass the runs this process is driving ([`driven_runs`]): a run whose driver
+    /// stopped without recording its end is not renewed, so its lease lapses and any process
+    /// can take it over.
+    fn heartbeat<'a>(&'a self, owner: &'a str, runs: &'a [RunId], lease: Duration) -> StoreFuture<'a, u64>;
 
     /// Lists runs, newest first.
     fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>>;
@@ -332,6 +335,36 @@ pub trait RunStore: Send + Sync + 'static {
     /// Where this store keeps conversation sessions, if it does (see [`crate::chat`]).
     fn sessions(&self) -> Option<&dyn crate::chat::SessionStore> {
         None
+    }
+}
+
+/// The runs this process is driving right now (kicked off with a store, resumed, or taken
+/// over by a worker, and not ended): the runs whose leases heartbeats renew.
+pub fn driven_runs() -> Vec<RunId> {
+    driven().iter().copied().collect()
+}
+
+fn driven() -> std::sync::MutexGuard<'static, std::collections::HashSet<RunId>> {
+    static DRIVEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<RunId>>> = std::sync::OnceLock::new();
+    DRIVEN.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A run this process drives, listed in [`driven_runs`] until dropped (when the driver ends,
+/// however it ends: finished, failed, or its future dropped).
+pub(crate) struct Driving(RunId);
+
+impl Driving {
+    /// Starts driving `run_id`; `None` when this process drives it already.
+    pub fn start(run_id: RunId) -> Option<Driving> {
+        let inserted = driven().insert(run_id);
+        // Built only when inserted: a `Driving` dropped here would unlist the other driver.
+        inserted.then(|| Driving(run_id))
+    }
+}
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        driven().remove(&self.0);
     }
 }
 

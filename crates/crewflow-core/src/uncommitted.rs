@@ -179,8 +179,9 @@ fn diff(path: &mut Vec<Key>, before: &Value, after: &Value, out: &mut Vec<Change
         (Value::String(b), Value::String(a)) if a.len() > b.len() && a.starts_with(b.as_str()) => {
             Edit::AppendText(a[b.len()..].to_string())
         }
-        (Value::Number(b), Value::Number(a)) => number_delta(b, a)
-            .unwrap_or_else(|| Edit::Set { old: Some(before.clone()), new: Some(after.clone()) }),
+        (Value::Number(b), Value::Number(a)) => {
+            number_delta(b, a).unwrap_or_else(|| Edit::Set { old: Some(before.clone()), new: Some(after.clone()) })
+        }
         _ => Edit::Set { old: Some(before.clone()), new: Some(after.clone()) },
     };
     out.push(Change { path: path.clone(), edit });
@@ -216,10 +217,7 @@ fn number_delta(before: &Number, after: &Number) -> Option<Edit> {
 }
 
 fn number_from(n: i128) -> Option<Value> {
-    i64::try_from(n)
-        .map(Value::from)
-        .ok()
-        .or_else(|| u64::try_from(n).ok().map(Value::from))
+    i64::try_from(n).map(Value::from).ok().or_else(|| u64::try_from(n).ok().map(Value::from))
 }
 
 /// Undoes one change on the current value (see the module's docs for the rules).
@@ -319,11 +317,7 @@ mod tests {
 
     #[test]
     fn parallel_counters_keep_committed_increments_only() {
-        let steps = [
-            (1, json!({"sum": 1100})),
-            (2, json!({"sum": 1120})),
-            (3, json!({"sum": 1121})),
-        ];
+        let steps = [(1, json!({"sum": 1100})), (2, json!({"sum": 1120})), (3, json!({"sum": 1121}))];
         assert_eq!(replay(json!({"sum": 1000}), &steps, &[2]), json!({"sum": 1020}));
         assert_eq!(replay(json!({"sum": 1000}), &steps, &[1, 3]), json!({"sum": 1101}));
     }
@@ -337,10 +331,7 @@ mod tests {
 
     #[test]
     fn appended_text_and_new_keys_revert() {
-        let steps = [
-            (1, json!({"log": "x;", "m": {"k1": 1}})),
-            (2, json!({"log": "x;y;", "m": {"k1": 1, "k2": 2}})),
-        ];
+        let steps = [(1, json!({"log": "x;", "m": {"k1": 1}})), (2, json!({"log": "x;y;", "m": {"k1": 1, "k2": 2}}))];
         assert_eq!(replay(json!({"log": "", "m": {}}), &steps, &[2]), json!({"log": "y;", "m": {"k2": 2}}));
     }
 

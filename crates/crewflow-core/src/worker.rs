@@ -112,7 +112,8 @@ impl Worker {
                 _ = heartbeat.tick() => {
                     // Renew the leases of the runs this process holds; a failure here only
                     // risks losing a lease, which the fencing token makes safe.
-                    let _ = self.store.heartbeat(&owner, self.lease).await;
+                    let driven = crate::persist::driven_runs();
+                    let _ = self.store.heartbeat(&owner, &driven, self.lease).await;
                 }
                 Some(done) = running.join_next(), if !running.is_empty() => {
                     if let Ok(report) = done {

@@ -147,7 +147,12 @@ impl RunStore for Unusable {
     ) -> crewflow_core::persist::StoreFuture<'a, Vec<crewflow_core::persist::Claim>> {
         self.fail()
     }
-    fn heartbeat<'a>(&'a self, _: &'a str, _: std::time::Duration) -> crewflow_core::persist::StoreFuture<'a, u64> {
+    fn heartbeat<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a [crewflow_core::RunId],
+        _: std::time::Duration,
+    ) -> crewflow_core::persist::StoreFuture<'a, u64> {
         self.fail()
     }
     fn list_runs<'a>(

@@ -128,8 +128,8 @@ impl PostgresStore {
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        let client = self.inner.pool.get().await.map_err(|e| self.unavailable(e))?;
-        self.inner.migrated.get_or_try_init(|| migrate(&client, &self.inner.target)).await?;
+        let mut client = self.inner.pool.get().await.map_err(|e| self.unavailable(e))?;
+        self.inner.migrated.get_or_try_init(|| migrate(&mut client, &self.inner.target)).await?;
         Ok(client)
     }
 
@@ -158,18 +158,23 @@ impl PostgresStore {
             let weak = weak.clone();
             async move {
                 let inner = weak.upgrade()?;
-                Some(PostgresStore { inner }.renew(&owner, lease).await)
+                Some(PostgresStore { inner }.renew(&owner, &crewflow_core::persist::driven_runs(), lease).await)
             }
         });
     }
 
-    async fn renew(&self, owner: &str, lease: Duration) -> Result<u64, StoreError> {
+    /// Renews `owner`'s leases on `runs` (the runs it drives; see `RunStore::heartbeat`).
+    async fn renew(&self, owner: &str, runs: &[RunId], lease: Duration) -> Result<u64, StoreError> {
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = runs.iter().map(RunId::to_string).collect();
         let client = self.client().await?;
         Ok(client
             .execute(
                 "UPDATE crewflow_runs SET lease_until = now() + $2 * interval '1 millisecond'
-                 WHERE owner = $1 AND status = 'running'",
-                &[&owner, &lease_ms(lease)],
+                 WHERE owner = $1 AND status = 'running' AND id = ANY($3)",
+                &[&owner, &lease_ms(lease), &ids],
             )
             .await?)
     }
@@ -183,50 +188,38 @@ impl PostgresStore {
     }
 }
 
-async fn migrate(client: &tokio_postgres::Client, target: &str) -> Result<(), StoreError> {
+async fn migrate(client: &mut tokio_postgres::Client, target: &str) -> Result<(), StoreError> {
+    // A transaction object, not a `BEGIN` sent by hand: if the caller's future is dropped
+    // mid-migration, the transaction is rolled back instead of staying open on a connection
+    // that goes back to the pool (its next user would run inside it).
+    let tx = client.transaction().await?;
     // One process migrates at a time: the advisory lock lasts until the transaction ends.
-    client
-        .batch_execute(
-            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('crewflow_schema'));
-             CREATE TABLE IF NOT EXISTS crewflow_schema (version INTEGER NOT NULL);",
-        )
-        .await?;
-    let result = async {
-        let version: i64 =
-            client.query_one("SELECT coalesce(max(version), 0)::bigint FROM crewflow_schema", &[]).await?.get(0);
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooNew {
-                store: target.to_string(),
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        if version == 0 {
-            let clash = client
-                .query_opt(
-                    "SELECT table_name::text FROM information_schema.tables
-                     WHERE table_schema = current_schema() AND table_name IN ('crewflow_runs', 'crewflow_steps')",
-                    &[],
-                )
-                .await?;
-            if let Some(row) = clash {
-                return Err(StoreError::ForeignDatabase { store: target.to_string(), tables: row.get(0) });
-            }
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            client.batch_execute(sql).await?;
-            client.execute("INSERT INTO crewflow_schema (version) VALUES ($1)", &[&(i as i32 + 1)]).await?;
-        }
-        Ok(())
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(hashtext('crewflow_schema'));
+         CREATE TABLE IF NOT EXISTS crewflow_schema (version INTEGER NOT NULL);",
+    )
+    .await?;
+    let version: i64 = tx.query_one("SELECT coalesce(max(version), 0)::bigint FROM crewflow_schema", &[]).await?.get(0);
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew { store: target.to_string(), found: version, supported: SCHEMA_VERSION });
     }
-    .await;
-    match result {
-        Ok(()) => client.batch_execute("COMMIT").await.map_err(Into::into),
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(e)
+    if version == 0 {
+        let clash = tx
+            .query_opt(
+                "SELECT table_name::text FROM information_schema.tables
+                 WHERE table_schema = current_schema() AND table_name IN ('crewflow_runs', 'crewflow_steps')",
+                &[],
+            )
+            .await?;
+        if let Some(row) = clash {
+            return Err(StoreError::ForeignDatabase { store: target.to_string(), tables: row.get(0) });
         }
     }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.batch_execute(sql).await?;
+        tx.execute("INSERT INTO crewflow_schema (version) VALUES ($1)", &[&(i as i32 + 1)]).await?;
+    }
+    tx.commit().await.map_err(Into::into)
 }
 
 pub(crate) fn boxed<T>(r: Result<T, StoreError>) -> Result<T, crewflow_core::BoxError> {
@@ -558,7 +551,7 @@ impl RunStore for PostgresStore {
                                  WHERE flow = ANY($3)
                                    AND (status = 'queued'
                                         OR (status = 'running' AND (lease_until IS NULL OR lease_until < now())))
-                                 ORDER BY updated_at LIMIT $4
+                                 ORDER BY status = 'queued', updated_at LIMIT $4
                                  FOR UPDATE SKIP LOCKED)
                              RETURNING id, flow, fencing",
                             &[&owner, &lease_ms(lease), &flows, &(limit as i64)],
@@ -585,8 +578,8 @@ impl RunStore for PostgresStore {
         Some(self)
     }
 
-    fn heartbeat<'a>(&'a self, owner: &'a str, lease: Duration) -> StoreFuture<'a, u64> {
-        Box::pin(async move { boxed(self.renew(owner, lease).await) })
+    fn heartbeat<'a>(&'a self, owner: &'a str, runs: &'a [RunId], lease: Duration) -> StoreFuture<'a, u64> {
+        Box::pin(async move { boxed(self.renew(owner, runs, lease).await) })
     }
 
     fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>> {

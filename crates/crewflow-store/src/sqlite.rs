@@ -140,16 +140,22 @@ impl SqliteStore {
             async move {
                 let inner = weak.upgrade()?;
                 let store = SqliteStore { inner };
-                Some(store.renew(owner, lease).await)
+                Some(store.renew(owner, crewflow_core::persist::driven_runs(), lease).await)
             }
         });
     }
 
-    async fn renew(&self, owner: Arc<str>, lease: Duration) -> Result<u64, StoreError> {
+    /// Renews `owner`'s leases on `runs` (the runs it drives; see `RunStore::heartbeat`).
+    async fn renew(&self, owner: Arc<str>, runs: Vec<RunId>, lease: Duration) -> Result<u64, StoreError> {
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        let ids = serde_json::Value::from(runs.iter().map(RunId::to_string).collect::<Vec<_>>()).to_string();
         self.call(move |c| {
             let n = c.execute(
-                "UPDATE crewflow_runs SET lease_until = ?1 WHERE owner = ?2 AND status = 'running'",
-                params![ms(now()) + lease_ms(lease), &*owner],
+                "UPDATE crewflow_runs SET lease_until = ?1
+                 WHERE owner = ?2 AND status = 'running' AND id IN (SELECT value FROM json_each(?3))",
+                params![ms(now()) + lease_ms(lease), &*owner, ids],
             )?;
             Ok(n as u64)
         })
@@ -462,7 +468,7 @@ impl RunStore for SqliteStore {
                              SELECT id FROM crewflow_runs
                              WHERE flow IN ({placeholders})
                                AND (status = 'queued' OR (status = 'running' AND (lease_until IS NULL OR lease_until < ?3)))
-                             ORDER BY updated_at LIMIT ?4)
+                             ORDER BY status = 'queued', updated_at LIMIT ?4)
                          RETURNING id, flow, fencing"
                     );
                     let mut values: Vec<rusqlite::types::Value> = vec![
@@ -496,8 +502,8 @@ impl RunStore for SqliteStore {
         })
     }
 
-    fn heartbeat<'a>(&'a self, owner: &'a str, lease: Duration) -> StoreFuture<'a, u64> {
-        Box::pin(async move { boxed(self.renew(Arc::from(owner), lease).await) })
+    fn heartbeat<'a>(&'a self, owner: &'a str, runs: &'a [RunId], lease: Duration) -> StoreFuture<'a, u64> {
+        Box::pin(async move { boxed(self.renew(Arc::from(owner), runs.to_vec(), lease).await) })
     }
 
     fn sessions(&self) -> Option<&dyn crewflow_core::chat::SessionStore> {
