@@ -357,5 +357,5 @@ async fn a_newer_schema_is_refused_on_postgres() {
     tokio::spawn(conn);
     client.batch_execute("INSERT INTO crewflow_schema (version) VALUES (7)").await.unwrap();
     let err = PostgresStore::connect(&url).await.err().unwrap();
-    assert!(err.to_string().contains("has schema version 7, newer than this crewflow supports (3)"), "{err}");
+    assert!(err.to_string().contains("has schema version 7, newer than this crewflow supports (4)"), "{err}");
 }

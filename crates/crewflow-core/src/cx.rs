@@ -12,6 +12,7 @@ use crate::event::EventKind;
 use crate::feedback::{FeedbackProvider, FeedbackResult};
 use crate::id::RunId;
 use crate::input::{Answer, InputProvider, InputRecord, InputRequest, record};
+use crate::journal::{Journal, OnceError};
 use crate::scope::{HasTelemetry, RunTelemetry, TokenUsage};
 use crate::uncommitted::StateLog;
 
@@ -33,6 +34,9 @@ pub(crate) struct RunShared<S> {
     /// The changes of executions in flight, kept out of checkpoints; present when the run is
     /// durable (see [`crate::uncommitted`]).
     pub uncommitted: Option<StateLog<S>>,
+    /// The journal of side effects: set when a durable run is recorded or claimed, or on the
+    /// first [`Cx::once`] of a run without a store (boxed: most runs never use it).
+    pub journal: std::sync::OnceLock<Box<Journal>>,
 }
 
 /// A step's request for a checkpoint now, answered once it is written.
@@ -55,6 +59,10 @@ impl<S: Send + Sync> HasTelemetry for RunShared<S> {
     fn telemetry(&self) -> &RunTelemetry {
         &self.telemetry
     }
+
+    fn journal(&self) -> &Journal {
+        RunShared::journal(self)
+    }
 }
 
 impl<S> RunShared<S> {
@@ -71,6 +79,11 @@ impl<S> RunShared<S> {
 
     pub fn with_feedback_history<R>(&self, f: impl FnOnce(&mut Vec<FeedbackResult>) -> R) -> R {
         f(&mut self.feedback_history.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The run's journal (a run without a store gets one that records nothing).
+    pub fn journal(&self) -> &Journal {
+        self.journal.get_or_init(|| Box::new(Journal::new(None, self.id)))
     }
 
     /// Writes a checkpoint now (if the run is durable) and waits until it is written.
@@ -157,7 +170,7 @@ impl<S: Send + Sync + 'static> Cx<S> {
 
     /// The step scope of this execution (see [`crate::scope`]).
     pub(crate) fn scope(&self) -> crate::scope::StepScope {
-        crate::scope::StepScope::new(self.run.id, self.step.clone(), self.run.clone())
+        crate::scope::StepScope::new(self.run.id, self.step.clone(), self.activation, self.run.clone())
     }
 
     /// This execution's id within the run.
@@ -228,6 +241,50 @@ impl<S: Send + Sync + 'static> Cx<S> {
             timed_out,
         });
         Ok(answer)
+    }
+
+    /// Runs a side effect once: its result is recorded in the run's journal before this
+    /// returns, and when this step runs again (after a crash, on resume, on a retry) the same
+    /// call returns the recorded result without running `op` again (see [`crate::journal`]).
+    ///
+    /// `op` gets the call's idempotency key (the same as [`idempotency_key`](Cx::idempotency_key)
+    /// gives for `name`); pass it to services that dedupe on their side. Calls are told apart
+    /// by `name` and, for repeated calls with one name in one step, by their order. A failed
+    /// `op` records nothing. The result must serialize to JSON. A run without a store records
+    /// nothing: `op` runs every time.
+    ///
+    /// ```
+    /// # use crewflow_core::{Cx, StepError};
+    /// # #[derive(Default)] struct Order { receipt: Option<String> }
+    /// # async fn charge(key: &str, cents: u64) -> Result<String, std::io::Error> { Ok(format!("receipt-{key}")) }
+    /// # async fn demo(cx: &Cx<Order>) -> Result<(), StepError> {
+    /// let receipt = cx.once("charge", |key| async move { charge(&key, 4_200).await }).await?;
+    /// cx.update(|o| o.receipt = Some(receipt));
+    /// # Ok(()) }
+    /// ```
+    pub async fn once<T, E, Fut>(&self, name: &str, op: impl FnOnce(String) -> Fut) -> Result<T, OnceError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+        E: Into<crate::error::BoxError>,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        self.run.journal().once(self.activation, name, op).await
+    }
+
+    /// A key for calls to outside systems that dedupe on their side (payments, mail): the same
+    /// every time this execution of the step runs (a re-run after a crash, a resume, a retry),
+    /// different in every other run and in every round of a loop.
+    ///
+    /// ```
+    /// # use crewflow_core::Cx;
+    /// # fn demo(cx: &Cx<()>) {
+    /// let key = cx.idempotency_key("send-invoice");
+    /// // request.header("Idempotency-Key", &key)
+    /// # assert!(key.ends_with(":send-invoice"));
+    /// # }
+    /// ```
+    pub fn idempotency_key(&self, name: &str) -> String {
+        crate::journal::idempotency_key(self.run.id, self.activation, name)
     }
 
     /// Every question asked in this run so far, with its answer.

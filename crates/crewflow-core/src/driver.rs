@@ -111,6 +111,7 @@ fn new_shared<S: FlowState>(
         feedback_history: Mutex::new(Vec::new()),
         checkpoints: flow.store.is_some().then(CheckpointAsks::new),
         uncommitted: flow.store.is_some().then(StateLog::new),
+        journal: std::sync::OnceLock::new(),
     })
 }
 
@@ -124,7 +125,8 @@ pub(crate) async fn drive<S: FlowState>(flow: Arc<FlowInner<S>>, prepared: Prepa
     if let Some(store) = driver.flow.store.clone() {
         // Boxed, like every store path: runs without a store should not pay for its futures.
         let new = Durable::new_run(&driver, &inputs_json)?;
-        let durable = Box::pin(Durable::record(store, new)).await?;
+        let durable = Box::pin(Durable::record(store.clone(), new)).await?;
+        driver.start_journal(store, durable.fencing, Vec::new());
         driver.durable = Some(durable);
     }
     let flow_name = driver.shared.flow.clone();
@@ -242,6 +244,14 @@ pub(crate) async fn drive_resumed<S: FlowState>(
     driver.emit(None, || EventKind::RunResumed { flow: flow_name, checkpoint: seq, steps_done });
     let waiting: Vec<u64> = driver.paused.iter().map(|p| p.activation).collect();
     let in_flight: Vec<Activation> = driver.frontier.in_flight().filter(|a| !waiting.contains(&a.id)).collect();
+    // What the executions about to run again already did (their journal) comes back first.
+    let executions: Vec<u64> = in_flight.iter().map(|a| a.id).collect();
+    let store = flow_store(&driver)?;
+    let recorded = store
+        .load_journal(run_id, &executions)
+        .await
+        .map_err(|e| Error::from_store(store.as_ref(), "load the run's journal", e))?;
+    driver.start_journal(store, claim.fencing, recorded);
     driver.relaunch(in_flight);
     if let Some(answer) = answer {
         // Lessons are distilled here, after the claim and before the answer's checkpoint: a
@@ -260,6 +270,10 @@ pub(crate) async fn drive_resumed<S: FlowState>(
         }
     }
     driver.complete().await
+}
+
+fn flow_store<S>(driver: &Driver<S>) -> Result<Arc<dyn RunStore>, Error> {
+    driver.flow.store.clone().ok_or(Error::NoStore { call: "Flow::resume" })
 }
 
 /// The feedback record kept with a stored run (empty when it has none).
@@ -596,6 +610,14 @@ impl<S: FlowState> Driver<S> {
             let fut = self.start_step(a);
             self.running.get_or_insert_with(FuturesUnordered::new).push(fut);
         }
+    }
+
+    /// Sets up the run's journal of side effects with what earlier attempts recorded.
+    fn start_journal(&self, store: Arc<dyn RunStore>, fencing: u64, recorded: Vec<crate::persist::JournalEntry>) {
+        let journal = crate::journal::Journal::new(Some(store), self.shared.id);
+        journal.set_fencing(fencing);
+        journal.restore(recorded);
+        let _ = self.shared.journal.set(Box::new(journal));
     }
 
     /// Counts executions in flight, so that updates record their changes while a checkpoint

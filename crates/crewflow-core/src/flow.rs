@@ -204,13 +204,16 @@ impl<S: FlowState> Flow<S> {
             }
             let answer = self.map_answer(&stored, request, text.clone()).await?;
             let restored = driver::Restored::decode(&self.inner, &stored)?;
-            // Another answer of this process is being applied: look again, as for a lost claim.
+            // Another answer is being applied in this process: as when it is applied elsewhere,
+            // a named request waits its turn; an unnamed answer was meant for that pause.
             let Some(driving) = Driving::start(run_id) else {
-                if request.is_some() && attempts < 3 {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
-                }
-                return Err(Error::AlreadyDriven { run_id: run_id.to_string() });
+                return Err(match request {
+                    Some(request) => Error::FeedbackBusy { run_id: run_id.to_string(), request },
+                    None => Error::NotPaused {
+                        run_id: run_id.to_string(),
+                        status: "already resumed by another answer".to_string(),
+                    },
+                });
             };
             let claim = store
                 .claim_paused(run_id, stored.seq, &me, self.inner.lease)

@@ -23,6 +23,7 @@ pub mod frontier;
 pub mod graph;
 mod id;
 mod input;
+pub mod journal;
 mod output;
 pub mod persist;
 mod route;

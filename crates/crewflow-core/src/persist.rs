@@ -332,10 +332,37 @@ pub trait RunStore: Send + Sync + 'static {
     /// Lists runs, newest first.
     fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>>;
 
+    /// Records one result in the run's journal of side effects (see [`crate::journal`]),
+    /// committed before it returns; fails with [`LeaseLost`] if the run's fencing token is not
+    /// `fencing`. Recording a key twice keeps the first result. The default refuses: a store
+    /// without a journal cannot promise that side effects happen once.
+    fn record_journal<'a>(&'a self, run_id: RunId, fencing: u64, entry: &'a JournalEntry) -> StoreFuture<'a, ()> {
+        let _ = (run_id, fencing, entry);
+        let store = self.describe();
+        Box::pin(async move { Err(format!("the store {store} keeps no journal of side effects").into()) })
+    }
+
+    /// The journal entries of the given executions of a run (those a resumed run re-launches).
+    fn load_journal<'a>(&'a self, run_id: RunId, executions: &'a [u64]) -> StoreFuture<'a, Vec<JournalEntry>> {
+        let _ = (run_id, executions);
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// Where this store keeps conversation sessions, if it does (see [`crate::chat`]).
     fn sessions(&self) -> Option<&dyn crate::chat::SessionStore> {
         None
     }
+}
+
+/// One recorded result of a run's journal of side effects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// The step execution that made the call.
+    pub activation: u64,
+    /// The call's key within the execution (`name`, `name#1`, ...).
+    pub key: String,
+    /// The result, as JSON.
+    pub value: String,
 }
 
 /// The runs this process is driving right now (kicked off with a store, resumed, or taken

@@ -56,9 +56,10 @@ impl RunTelemetry {
     }
 }
 
-/// A run's telemetry, whatever the run's state type.
+/// A run's telemetry and journal, whatever the run's state type.
 pub(crate) trait HasTelemetry: Send + Sync {
     fn telemetry(&self) -> &RunTelemetry;
+    fn journal(&self) -> &crate::journal::Journal;
 }
 
 /// The run and step the current task works for (see the [module docs](self)).
@@ -66,6 +67,7 @@ pub(crate) trait HasTelemetry: Send + Sync {
 pub struct StepScope {
     run_id: RunId,
     step: Arc<str>,
+    activation: u64,
     run: Arc<dyn HasTelemetry>,
 }
 
@@ -79,8 +81,8 @@ pub fn current() -> Option<StepScope> {
 }
 
 impl StepScope {
-    pub(crate) fn new(run_id: RunId, step: Arc<str>, run: Arc<dyn HasTelemetry>) -> Self {
-        StepScope { run_id, step, run }
+    pub(crate) fn new(run_id: RunId, step: Arc<str>, activation: u64, run: Arc<dyn HasTelemetry>) -> Self {
+        StepScope { run_id, step, activation, run }
     }
 
     /// Runs `future` inside this scope.
@@ -111,6 +113,22 @@ impl StepScope {
     /// A number for the next model or tool call of the run (from 1), to pair its events.
     pub fn next_call(&self) -> u64 {
         self.run.telemetry().calls.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Runs `op` once through the run's journal of side effects, as
+    /// [`Cx::once`](crate::Cx::once) does for the step this scope belongs to (model and tool
+    /// calls made from a step use it).
+    pub async fn once<T, E, Fut>(
+        &self,
+        name: &str,
+        op: impl FnOnce(String) -> Fut,
+    ) -> Result<T, crate::journal::OnceError>
+    where
+        T: Serialize + serde::de::DeserializeOwned,
+        E: Into<crate::error::BoxError>,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        self.run.journal().once(self.activation, name, op).await
     }
 
     /// Adds tokens to the run's usage totals.

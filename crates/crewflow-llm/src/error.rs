@@ -8,6 +8,9 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LlmError {
+    /// The reply could not be recorded in the run's journal (or a recorded one read back).
+    #[error("{0}")]
+    Journal(String),
     /// The model string names no provider.
     #[error(
         "unknown model `{0}`; use provider/model: openai/gpt-4o-mini, anthropic/claude-sonnet-4-5, gemini/gemini-2.5-flash, ollama/llama3.2, or local"

@@ -111,6 +111,8 @@ impl LlmOptions {
 #[derive(Clone, Debug)]
 pub struct Llm {
     provider: Arc<dyn Provider>,
+    /// Whether calls made inside a step go through the run's journal (see [`Llm::journaled`]).
+    journaled: bool,
 }
 
 fn env(var: &str) -> Option<String> {
@@ -221,11 +223,22 @@ impl Llm {
 
     /// [`new`](Llm::new), with explicit options (key, base URL, retries, timeout).
     pub fn with_options(model: &str, options: LlmOptions) -> Result<Self, LlmError> {
-        Ok(Llm { provider: provider_for(model, options)? })
+        Ok(Llm { provider: provider_for(model, options)?, journaled: true })
     }
 
     pub(crate) fn from_provider(provider: Arc<dyn Provider>) -> Self {
-        Llm { provider }
+        Llm { provider, journaled: true }
+    }
+
+    /// Whether replies to calls made inside a step of a durable run are recorded in the run's
+    /// journal of side effects (on by default): when the step runs again (after a crash, on
+    /// resume, on a retry), each call it makes again gets the recorded reply instead of being
+    /// paid for again. Calls are matched by order within the step's execution, per model.
+    /// Turn it off for calls whose reply must be fresh on every attempt. Streamed replies
+    /// ([`Llm::stream`]) are not journaled.
+    pub fn journaled(mut self, on: bool) -> Self {
+        self.journaled = on;
+        self
     }
 
     /// The model named by `CREWFLOW_MODEL`, or `local` when it is not set.
@@ -243,11 +256,25 @@ impl Llm {
         self.provider.model()
     }
 
-    /// A whole reply.
+    /// A whole reply. Inside a step of a durable run the reply is recorded in the run's
+    /// journal, and a re-run of the step gets it back without a new call ([`Llm::journaled`]).
     pub async fn chat(&self, request: impl Into<ChatRequest>) -> Result<ChatResponse, LlmError> {
         let request = request.into();
+        let scope = if self.journaled { crewflow_core::scope::current() } else { None };
+        let Some(scope) = scope else { return self.call(&request).await };
+        let name = format!("llm:{}/{}", self.provider(), self.model());
+        scope.once(&name, |_| self.call(&request)).await.map_err(|e| match e {
+            crewflow_core::journal::OnceError::Failed { source, .. } => match source.downcast::<LlmError>() {
+                Ok(e) => *e,
+                Err(other) => LlmError::Journal(other.to_string()),
+            },
+            other => LlmError::Journal(other.to_string()),
+        })
+    }
+
+    async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
         let mut report = CallReport::start(self.provider(), self.model(), request.params(), false);
-        match self.provider.chat(&request).await {
+        match self.provider.chat(request).await {
             Ok(response) => {
                 report.finished(&response);
                 Ok(response)

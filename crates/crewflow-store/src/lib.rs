@@ -24,11 +24,15 @@ mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
+mod postgres_journal;
+#[cfg(feature = "postgres")]
 mod postgres_memories;
 #[cfg(feature = "postgres")]
 mod postgres_sessions;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "sqlite")]
+mod sqlite_journal;
 #[cfg(feature = "sqlite")]
 mod sqlite_memories;
 #[cfg(feature = "sqlite")]

@@ -11,8 +11,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use crewflow_core::RunId;
 use crewflow_core::persist::{
-    Checkpoint, Claim, LeaseLost, NewRun, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, RunSummary, StepRow,
-    StoreFuture, StoredRun,
+    Checkpoint, Claim, JournalEntry, LeaseLost, NewRun, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, RunSummary,
+    StepRow, StoreFuture, StoredRun,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::OnceCell;
@@ -23,9 +23,9 @@ use crate::heartbeat::Heartbeat;
 use crate::util::{fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status};
 
 /// The newest schema this crewflow writes.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -59,6 +59,7 @@ CREATE TABLE crewflow_steps (
 "#,
     crate::postgres_sessions::MIGRATION,
     crate::postgres_memories::MIGRATION,
+    crate::postgres_journal::MIGRATION,
 ];
 
 /// Connections for the store's own queries.
@@ -179,7 +180,7 @@ impl PostgresStore {
             .await?)
     }
 
-    async fn fenced(&self, client: &tokio_postgres::Client, run_id: RunId, held: u64) -> StoreError {
+    pub(crate) async fn fenced(&self, client: &tokio_postgres::Client, run_id: RunId, held: u64) -> StoreError {
         match client.query_opt("SELECT fencing FROM crewflow_runs WHERE id = $1", &[&run_id.to_string()]).await {
             Ok(Some(row)) => StoreError::Lost(LeaseLost { run_id, held, current: row.get::<_, i64>(0) as u64 }),
             Ok(None) => StoreError::NoSuchRun(run_id.to_string()),
@@ -580,6 +581,14 @@ impl RunStore for PostgresStore {
 
     fn heartbeat<'a>(&'a self, owner: &'a str, runs: &'a [RunId], lease: Duration) -> StoreFuture<'a, u64> {
         Box::pin(async move { boxed(self.renew(owner, runs, lease).await) })
+    }
+
+    fn record_journal<'a>(&'a self, run_id: RunId, fencing: u64, entry: &'a JournalEntry) -> StoreFuture<'a, ()> {
+        self.record_journal_entry(run_id, fencing, entry)
+    }
+
+    fn load_journal<'a>(&'a self, run_id: RunId, executions: &'a [u64]) -> StoreFuture<'a, Vec<JournalEntry>> {
+        self.load_journal_entries(run_id, executions)
     }
 
     fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>> {

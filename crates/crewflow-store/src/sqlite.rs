@@ -15,8 +15,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use crewflow_core::RunId;
 use crewflow_core::persist::{
-    Checkpoint, Claim, LeaseLost, NewRun, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, RunSummary, StepRow,
-    StoreFuture, StoredRun,
+    Checkpoint, Claim, JournalEntry, LeaseLost, NewRun, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, RunSummary,
+    StepRow, StoreFuture, StoredRun,
 };
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use tokio::runtime::RuntimeFlavor;
@@ -26,10 +26,10 @@ use crate::heartbeat::Heartbeat;
 use crate::util::{fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status};
 
 /// The newest schema this crewflow writes.
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 
 /// Schema migrations, applied in order; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -63,6 +63,7 @@ CREATE TABLE crewflow_steps (
 "#,
     crate::sqlite_sessions::MIGRATION,
     crate::sqlite_memories::MIGRATION,
+    crate::sqlite_journal::MIGRATION,
 ];
 
 enum Location {
@@ -506,6 +507,14 @@ impl RunStore for SqliteStore {
         Box::pin(async move { boxed(self.renew(Arc::from(owner), runs.to_vec(), lease).await) })
     }
 
+    fn record_journal<'a>(&'a self, run_id: RunId, fencing: u64, entry: &'a JournalEntry) -> StoreFuture<'a, ()> {
+        self.record_journal_entry(run_id, fencing, entry)
+    }
+
+    fn load_journal<'a>(&'a self, run_id: RunId, executions: &'a [u64]) -> StoreFuture<'a, Vec<JournalEntry>> {
+        self.load_journal_entries(run_id, executions)
+    }
+
     fn sessions(&self) -> Option<&dyn crewflow_core::chat::SessionStore> {
         Some(self)
     }
@@ -652,7 +661,7 @@ fn insert_steps(tx: &rusqlite::Transaction<'_>, run_id: RunId, steps: &[StepRow]
 }
 
 /// The error for a write whose fencing token is stale.
-fn fenced(tx: &rusqlite::Transaction<'_>, run_id: RunId, held: u64) -> StoreError {
+pub(crate) fn fenced(tx: &rusqlite::Transaction<'_>, run_id: RunId, held: u64) -> StoreError {
     match tx
         .query_row("SELECT fencing FROM crewflow_runs WHERE id = ?1", [run_id.to_string()], |r| r.get::<_, i64>(0))
         .optional()
