@@ -10,6 +10,14 @@ pub enum StoreError {
     /// The URL names no known store.
     #[error("unknown store `{0}`; use sqlite://PATH, sqlite::memory: or postgres://USER@HOST/DB")]
     InvalidUrl(String),
+    /// An option of the store URL is unknown or has a bad value.
+    #[error("store `{url}`: {problem}")]
+    InvalidOption {
+        /// The URL.
+        url: String,
+        /// What is wrong, and the options there are.
+        problem: String,
+    },
     /// The store's backend is not compiled in.
     #[error("`{url}` needs the `{feature}` feature of crewflow-store")]
     FeatureDisabled {
