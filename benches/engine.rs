@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crewflow::prelude::*;
-use crewflow::store::{RunStore, SqliteStore};
+use crewflow::store::{RunStore, SqliteStore, Synchronous};
 use crewflow::{DEFAULT_MAX_STEPS, FlowBuilder};
 use crewflow_store::PostgresStore;
 use serde::{Deserialize, Serialize};
@@ -42,13 +42,14 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-const BENCHES: [&str; 8] = [
+const BENCHES: [&str; 9] = [
     "chain100",
     "fanout_join",
     "router_loop",
     "concurrent",
     "concurrent_100k",
     "persist_chain20",
+    "persist_chain20_full",
     "persist_chain20_pg",
     "resume_1000",
 ];
@@ -74,6 +75,7 @@ fn run_child(name: &str) {
             "concurrent" => concurrent().await,
             "concurrent_100k" => concurrent_100k().await,
             "persist_chain20" => persist_chain20().await,
+            "persist_chain20_full" => persist_chain20_full().await,
             "persist_chain20_pg" => persist_chain20_pg().await,
             "resume_1000" => resume_1000().await,
             other => eprintln!("unknown benchmark {other}"),
@@ -255,6 +257,14 @@ async fn persisted_chain(bench: &str, store: Arc<dyn RunStore>) {
 async fn persist_chain20() {
     let dir = tempfile::tempdir().expect("a temp dir");
     persisted_chain("persist_chain20", Arc::new(SqliteStore::open(dir.path().join("bench.db")))).await;
+}
+
+/// The same with `synchronous=FULL`: every checkpoint waits for the disk (an fsync each), as
+/// the Python peers' SQLite does.
+async fn persist_chain20_full() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let store = SqliteStore::open(dir.path().join("bench.db")).synchronous(Synchronous::Full);
+    persisted_chain("persist_chain20_full", Arc::new(store)).await;
 }
 
 /// The same on PostgreSQL (`CREWFLOW_TEST_POSTGRES`), in a schema of its own.

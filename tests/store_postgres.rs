@@ -1,6 +1,7 @@
 //! Durable runs on PostgreSQL: several processes, workers, leases and fencing, a server that
 //! goes away mid-run. These tests need `CREWFLOW_TEST_POSTGRES` (`.ci/run` sets it for the
-//! local server); without it they report themselves ignored.
+//! local server); without it they report themselves ignored. The store's own promises, the
+//! same on every backend, are `tests/store_contract.rs`.
 //!
 //! Each test works in a schema of its own, so tests sharing a database never see each other's
 //! runs. Child processes are this test binary, re-executed in the role given by `PG_ROLE`.
@@ -358,4 +359,46 @@ async fn a_newer_schema_is_refused_on_postgres() {
     client.batch_execute("INSERT INTO crewflow_schema (version) VALUES (7)").await.unwrap();
     let err = PostgresStore::connect(&url).await.err().unwrap();
     assert!(err.to_string().contains("has schema version 7, newer than this crewflow supports (4)"), "{err}");
+}
+
+/// PostgreSQL's JSONB cannot hold the character U+0000 in a string (SQLite stores it): a run or
+/// checkpoint holding one is refused with the server's reason, not a bare "db error", and the
+/// checkpoint changes nothing (its state and steps are one statement).
+#[tokio::test]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
+async fn a_value_postgres_cannot_hold_is_refused_with_the_reason() {
+    use crewflow::store::{Checkpoint, NewRun, StepRow};
+    let store = store(&fresh_schema().await);
+    let with_nul = serde_json::json!({"text": "a\u{0}b"}).to_string();
+    let mut run = NewRun {
+        run_id: RunId::new(),
+        flow: Arc::from("pg_nul"),
+        fingerprint: 1,
+        status: RunStatus::Running,
+        inputs: None,
+        payload: None,
+        state: with_nul.clone(),
+        frontier: "{}".into(),
+        owner: Arc::from("owner"),
+        lease: Duration::from_secs(60),
+    };
+    let err = store.create_run(&run).await.unwrap_err().to_string();
+    assert!(err.contains("unsupported Unicode escape sequence"), "the server's reason: {err}");
+    assert!(store.load_run(run.run_id).await.unwrap().is_none());
+
+    run.state = r#"{"text": "fine"}"#.into();
+    store.create_run(&run).await.unwrap();
+    let checkpoint = Checkpoint {
+        run_id: run.run_id,
+        fencing: 1,
+        seq: 1,
+        state: r#"{"text": "new"}"#.into(),
+        frontier: "{}".into(),
+        steps: vec![StepRow { activation: 0, step: Arc::from("s"), output: with_nul, finished_at: chrono::Utc::now() }],
+        feedback: None,
+    };
+    let err = store.save_checkpoint(&checkpoint).await.unwrap_err().to_string();
+    assert!(err.contains("unsupported Unicode escape sequence"), "{err}");
+    let stored = store.load_run(run.run_id).await.unwrap().unwrap();
+    assert_eq!((stored.seq, stored.state.as_str(), stored.steps.len()), (0, r#"{"text": "fine"}"#, 0));
 }

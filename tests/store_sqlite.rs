@@ -1,5 +1,6 @@
 //! Durable runs on SQLite: checkpoints, exact resume, fork, listing, JSON-safe state, faults.
-//! Reference cases E–F (adapted), and spec §0 items 11, 17–21.
+//! Reference cases E–F (adapted), and spec §0 items 11, 17–21. The store's own promises
+//! (leases, fencing, claims, memories), the same on every backend, are `tests/store_contract.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use common::Log;
 use crewflow::prelude::*;
-use crewflow::store::{RunFilter, RunStatus, RunStore, SqliteStore};
+use crewflow::store::{RunFilter, RunStatus, SqliteStore};
 use crewflow::{Error, RunId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -493,43 +494,6 @@ async fn corrupt_foreign_and_newer_databases_are_refused() {
     rusqlite_like::open(&newer).exec("INSERT INTO crewflow_schema (version) VALUES (99)");
     let err = flow_on(&newer).kickoff(()).await.err().unwrap();
     assert!(err.to_string().contains("has schema version 99, newer than this crewflow supports (4)"), "{err}");
-}
-
-/// Ownership: a live owner's run cannot be claimed; once its lease expires it can, with a new
-/// fencing token, and the old owner's writes are then refused.
-#[tokio::test]
-async fn leases_and_fencing_tokens_guard_ownership() {
-    let (_dir, path) = temp_db();
-    let store = SqliteStore::open(&path);
-    let flow = chain(&path, &Log::default(), true);
-    flow.kickoff(()).await.unwrap_err();
-    let id = store.list_runs(&RunFilter::default()).await.unwrap()[0].run_id;
-
-    // Worker a claims the run through its own store handle, whose heartbeat keeps the lease.
-    let worker_a = SqliteStore::open(&path);
-    let a = worker_a.claim_run(id, "worker-a", Duration::from_millis(200), None).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let err = store.claim_run(id, "worker-b", Duration::from_secs(30), None).await.err().unwrap();
-    assert!(err.to_string().contains("is being run by worker-a"), "the heartbeat renewed a's lease: {err}");
-    // Worker a stops (its store, and so its heartbeat, is gone); its lease runs out.
-    drop(worker_a);
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let b = store.claim_run(id, "worker-b", Duration::from_secs(30), None).await.unwrap();
-    assert_eq!(b.fencing, a.fencing + 1);
-
-    let stored = store.load_run(id).await.unwrap().unwrap();
-    let stale = crewflow::store::Checkpoint {
-        run_id: id,
-        fencing: a.fencing,
-        seq: stored.seq + 1,
-        state: stored.state.clone(),
-        frontier: stored.frontier.clone(),
-        steps: vec![],
-        feedback: None,
-    };
-    let err = store.save_checkpoint(&stale).await.err().unwrap();
-    let lost = err.downcast_ref::<crewflow::store::LeaseLost>().expect("a LeaseLost");
-    assert_eq!((lost.held, lost.current), (a.fencing, b.fencing));
 }
 
 /// A tiny SQLite client for setting up test databases, through the store crate's rusqlite.

@@ -10,6 +10,14 @@ pub enum StoreError {
     /// The URL names no known store.
     #[error("unknown store `{0}`; use sqlite://PATH, sqlite::memory: or postgres://USER@HOST/DB")]
     InvalidUrl(String),
+    /// An option of the store URL is unknown or has a bad value.
+    #[error("store `{url}`: {problem}")]
+    InvalidOption {
+        /// The URL.
+        url: String,
+        /// What is wrong, and the options there are.
+        problem: String,
+    },
     /// The store's backend is not compiled in.
     #[error("`{url}` needs the `{feature}` feature of crewflow-store")]
     FeatureDisabled {
@@ -73,7 +81,7 @@ pub enum StoreError {
     SqliteTask(String),
     /// PostgreSQL reported an error.
     #[cfg(feature = "postgres")]
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", postgres_reason(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// No PostgreSQL connection could be had.
     #[cfg(feature = "postgres")]
@@ -90,6 +98,26 @@ pub enum StoreError {
     /// The session's lock is held by another process.
     #[error(transparent)]
     SessionLocked(crewflow_core::chat::SessionLockTimeout),
+}
+
+/// A PostgreSQL error with its reason: the driver's own message is only its kind (`db error`),
+/// the server's message, detail and hint are in its source.
+#[cfg(feature = "postgres")]
+fn postgres_reason(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut reason = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+        if let Some(detail) = db.detail() {
+            reason.push_str(&format!("; {detail}"));
+        }
+        if let Some(hint) = db.hint() {
+            reason.push_str(&format!("; hint: {hint}"));
+        }
+        return reason;
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 impl StoreError {

@@ -1,6 +1,6 @@
 //! Durable runs for crewflow: where runs, checkpoints and step outputs are kept.
 //!
-//! Two backends implement the engine's [`RunStore`](crewflow_core::persist::RunStore):
+//! Two backends implement the engine's [`RunStore`]:
 //!
 //! - [`SqliteStore`] (feature `sqlite`, on by default): a file, no server; the default.
 //! - [`PostgresStore`] (feature `postgres`): for several processes or machines sharing runs,
@@ -48,10 +48,13 @@ pub use memory::{MemoryQuery, MemoryRow, MemoryStore, ModelCount};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, Synchronous};
 
 /// Opens a store by URL, lazily (no file or connection until first use):
 /// `sqlite://PATH` (or a bare path), `sqlite::memory:`, `postgres://USER@HOST:PORT/DB`.
+///
+/// A `sqlite:` URL takes options as a query: `sqlite://runs.db?synchronous=full` makes every
+/// commit wait for the disk ([`Synchronous::Full`]). A bare path is taken as it is, `?` included.
 pub fn open(url: &str) -> Result<Arc<dyn RunStore>, StoreError> {
     #[allow(unused_variables)] // unused when every backend is compiled in
     let disabled = |feature| StoreError::FeatureDisabled { url: url.to_string(), feature };
@@ -61,23 +64,18 @@ pub fn open(url: &str) -> Result<Arc<dyn RunStore>, StoreError> {
         #[cfg(not(feature = "postgres"))]
         return Err(disabled("postgres"));
     }
-    let path = if url == "sqlite::memory:" {
-        None
-    } else if let Some(p) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
-        Some(p)
-    } else if url.contains("://") {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
+    if rest.is_none() && url.contains("://") {
         return Err(StoreError::InvalidUrl(url.to_string()));
-    } else {
-        Some(url)
-    };
+    }
     #[cfg(feature = "sqlite")]
-    return Ok(match path {
-        Some(p) => Arc::new(SqliteStore::open(p)),
-        None => Arc::new(SqliteStore::in_memory()),
-    });
+    return Ok(Arc::new(match rest {
+        Some(rest) => SqliteStore::from_url(url, rest)?,
+        None => SqliteStore::open(url),
+    }));
     #[cfg(not(feature = "sqlite"))]
     {
-        let _ = path;
+        let _ = rest;
         Err(disabled("sqlite"))
     }
 }

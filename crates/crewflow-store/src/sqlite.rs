@@ -4,9 +4,9 @@
 //! current-thread runtime), under the connection's mutex (SQLite has one writer at a time
 //! anyway). Measured here: a checkpoint transaction takes about 26 µs in SQLite; a hop to a
 //! dedicated connection thread added 40–70 µs of thread wake-ups on a 2-core machine, and a
-//! per-statement async driver cost 300 µs in all. `synchronous=NORMAL` in WAL mode: a killed
-//! process loses nothing; a power cut may lose the last transactions (use PostgreSQL where
-//! that matters).
+//! per-statement async driver cost 300 µs in all. `synchronous=NORMAL` in WAL mode by default:
+//! a killed process loses nothing; a power cut may lose the last transactions.
+//! [`Synchronous::Full`] survives power cuts too, at the cost of a disk flush per commit.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -73,9 +73,59 @@ enum Location {
 
 struct Inner {
     location: Location,
-    /// Opened on first use; a failed open is retried on the next call.
-    conn: Mutex<Option<rusqlite::Connection>>,
+    conn: Mutex<Slot>,
     heartbeat: Heartbeat,
+}
+
+/// The connection and the durability it must run with.
+struct Slot {
+    /// Opened on first use; a failed open is retried on the next call.
+    conn: Option<rusqlite::Connection>,
+    /// The mode asked for.
+    synchronous: Synchronous,
+    /// The mode set on `conn` (`None`: not set yet, or no connection).
+    applied: Option<Synchronous>,
+}
+
+/// How a SQLite store waits for the disk at each commit (SQLite's `PRAGMA synchronous`; the
+/// store runs in WAL mode). See `docs/store.md` for what each survives and costs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Synchronous {
+    /// `NORMAL`, the default: a commit is written to the log without waiting for the disk; the
+    /// log is flushed to the disk at SQLite's own checkpoints. A process that crashes or is
+    /// killed loses nothing; a power cut or an operating-system crash may lose the last
+    /// commits (the database stays consistent).
+    #[default]
+    Normal,
+    /// `FULL`: every commit waits until the log is on the disk (an `fsync` per checkpoint of a
+    /// run), so a committed checkpoint also survives a power cut. What the Python peers use.
+    Full,
+}
+
+impl Synchronous {
+    /// The mode as SQLite and store URLs name it (`normal`, `full`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "normal",
+            Synchronous::Full => "full",
+        }
+    }
+
+    /// Reads a mode by name, in any case (`normal`, `FULL`, ...).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "normal" => Some(Synchronous::Normal),
+            "full" => Some(Synchronous::Full),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Synchronous {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A store in a SQLite file (the default) or in memory.
@@ -104,8 +154,54 @@ impl SqliteStore {
         Self::with(Location::Memory)
     }
 
+    /// The store a URL names, after `sqlite:` or `sqlite://`: `PATH` or `:memory:`, with
+    /// options as a query (`runs.db?synchronous=full`).
+    pub(crate) fn from_url(url: &str, rest: &str) -> Result<Self, StoreError> {
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut store = if path == ":memory:" { Self::in_memory() } else { Self::open(path) };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let invalid = |problem: String| StoreError::InvalidOption { url: url.to_string(), problem };
+            match pair.split_once('=').unwrap_or((pair, "")) {
+                ("synchronous", value) => {
+                    let mode = Synchronous::parse(value).ok_or_else(|| {
+                        invalid(format!(
+                            "`synchronous={value}` is not a mode; use `synchronous=normal` (the default) or `synchronous=full`"
+                        ))
+                    })?;
+                    store = store.synchronous(mode);
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "unknown option `{pair}`; a SQLite store takes `synchronous=normal` or `synchronous=full`"
+                    )));
+                }
+            }
+        }
+        Ok(store)
+    }
+
     fn with(location: Location) -> Self {
-        SqliteStore { inner: Arc::new(Inner { location, conn: Mutex::new(None), heartbeat: Heartbeat::default() }) }
+        let slot = Slot { conn: None, synchronous: Synchronous::default(), applied: None };
+        SqliteStore { inner: Arc::new(Inner { location, conn: Mutex::new(slot), heartbeat: Heartbeat::default() }) }
+    }
+
+    /// Sets how commits wait for the disk: [`Synchronous::Normal`] (the default) or
+    /// [`Synchronous::Full`] (survives power cuts; a disk flush per checkpoint). Also
+    /// `sqlite://PATH?synchronous=full` in a store URL. The mode holds for this store and its
+    /// clones; set on a store already in use, it applies from its next call.
+    ///
+    /// ```no_run
+    /// use crewflow_store::{SqliteStore, Synchronous};
+    /// let store = SqliteStore::open("runs.db").synchronous(Synchronous::Full);
+    /// ```
+    pub fn synchronous(self, mode: Synchronous) -> Self {
+        self.inner.conn.lock().unwrap_or_else(PoisonError::into_inner).synchronous = mode;
+        self
+    }
+
+    /// The mode set by [`synchronous`](SqliteStore::synchronous).
+    pub fn synchronous_mode(&self) -> Synchronous {
+        self.inner.conn.lock().unwrap_or_else(PoisonError::into_inner).synchronous
     }
 
     /// The file, for a file store.
@@ -584,16 +680,23 @@ impl Inner {
         f: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        if guard.is_none() {
-            *guard = Some(self.open().map_err(|e| not_a_database(e, self.path()))?);
+        let Slot { conn, synchronous, applied } = &mut *guard;
+        if conn.is_none() {
+            *conn = Some(self.open(*synchronous).map_err(|e| not_a_database(e, self.path()))?);
+            *applied = Some(*synchronous);
         }
-        match guard.as_mut() {
-            Some(conn) => f(conn).map_err(|e| not_a_database(e, self.path())),
-            None => Err(StoreError::SqliteTask("the connection did not open".into())),
+        let Some(conn) = conn.as_mut() else {
+            return Err(StoreError::SqliteTask("the connection did not open".into()));
+        };
+        if *applied != Some(*synchronous) {
+            // The mode changed after the connection opened.
+            conn.pragma_update(None, "synchronous", synchronous.as_str())?;
+            *applied = Some(*synchronous);
         }
+        f(conn).map_err(|e| not_a_database(e, self.path()))
     }
 
-    fn open(&self) -> Result<rusqlite::Connection, StoreError> {
+    fn open(&self, synchronous: Synchronous) -> Result<rusqlite::Connection, StoreError> {
         let mut conn = match self.path() {
             Some(p) => {
                 if !looks_like_sqlite(p) {
@@ -603,16 +706,17 @@ impl Inner {
             }
             None => rusqlite::Connection::open_in_memory()?,
         };
-        prepare(&mut conn, &self.describe())?;
+        prepare(&mut conn, &self.describe(), synchronous)?;
         Ok(conn)
     }
 }
 
 /// Sets the connection up and brings the schema to [`SCHEMA_VERSION`].
-fn prepare(c: &mut rusqlite::Connection, describe: &str) -> Result<(), StoreError> {
+fn prepare(c: &mut rusqlite::Connection, describe: &str, synchronous: Synchronous) -> Result<(), StoreError> {
     // journal_mode returns a row, so it is queried rather than executed.
     let _mode: String = c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-    c.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;")?;
+    c.pragma_update(None, "synchronous", synchronous.as_str())?;
+    c.execute_batch("PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;")?;
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let has_schema: bool = tx.query_row(
         "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'crewflow_schema'",
@@ -709,4 +813,78 @@ pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
 
 fn lease_ms(lease: Duration) -> i64 {
     i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests may panic
+
+    use super::*;
+
+    /// `PRAGMA synchronous` as the store's own connection reports it (the pragma is per
+    /// connection, so another connection to the file would not tell): 1 is NORMAL, 2 FULL.
+    async fn synchronous_in_effect(store: &SqliteStore) -> i64 {
+        store.call(|c| Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?)).await.unwrap()
+    }
+
+    fn url_store(url: &str) -> SqliteStore {
+        let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap();
+        SqliteStore::from_url(url, rest).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_synchronous_option_sets_the_pragma() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| dir.path().join(name).display().to_string();
+
+        let default = SqliteStore::open(file("default.db"));
+        assert_eq!(default.synchronous_mode(), Synchronous::Normal);
+        assert_eq!(synchronous_in_effect(&default).await, 1, "NORMAL by default");
+
+        let full = SqliteStore::open(file("full.db")).synchronous(Synchronous::Full);
+        assert_eq!(synchronous_in_effect(&full).await, 2, "FULL through the builder");
+
+        for (url, expected) in [
+            (format!("sqlite://{}?synchronous=full", file("a.db")), 2),
+            (format!("sqlite:{}?synchronous=FULL", file("b.db")), 2),
+            (format!("sqlite://{}?synchronous=normal", file("c.db")), 1),
+            ("sqlite::memory:?synchronous=full".to_string(), 2),
+            ("sqlite::memory:".to_string(), 1),
+        ] {
+            let store = url_store(&url);
+            assert_eq!(synchronous_in_effect(&store).await, expected, "{url}");
+        }
+        // Through the public entry point, the query is an option, not part of the file name.
+        let store = crate::open(&format!("sqlite://{}?synchronous=full", file("d.db"))).unwrap();
+        assert!(store.load_run(RunId::new()).await.unwrap().is_none());
+        assert!(dir.path().join("d.db").exists() && !dir.path().join("d.db?synchronous=full").exists());
+
+        // Set on a store already in use (through a clone), the mode applies from the next call,
+        // to every handle.
+        let in_use = SqliteStore::open(file("in_use.db"));
+        assert_eq!(synchronous_in_effect(&in_use).await, 1);
+        let _clone = in_use.clone().synchronous(Synchronous::Full);
+        assert_eq!(synchronous_in_effect(&in_use).await, 2);
+        assert_eq!(in_use.synchronous_mode(), Synchronous::Full);
+    }
+
+    #[test]
+    fn bad_store_url_options_are_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.db").display().to_string();
+        let message = |url: String| match crate::open(&url) {
+            Err(e @ StoreError::InvalidOption { .. }) => e.to_string(),
+            Err(e) => panic!("{url}: another error: {e}"),
+            Ok(_) => panic!("{url} was accepted"),
+        };
+        let bad_mode = message(format!("sqlite://{path}?synchronous=fast"));
+        assert!(bad_mode.contains("`synchronous=fast` is not a mode"), "{bad_mode}");
+        assert!(bad_mode.contains("synchronous=full"), "names the modes: {bad_mode}");
+        let unknown = message(format!("sqlite://{path}?sync=full"));
+        assert!(unknown.contains("unknown option `sync=full`"), "{unknown}");
+        assert!(unknown.contains(&path), "names the URL: {unknown}");
+        let no_value = message(format!("sqlite://{path}?synchronous"));
+        assert!(no_value.contains("`synchronous=` is not a mode"), "{no_value}");
+        assert!(!dir.path().join("runs.db").exists(), "a refused URL creates nothing");
+    }
 }
