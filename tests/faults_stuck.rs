@@ -82,6 +82,21 @@ async fn a_stopped_driver_leaves_no_lease(store: Arc<dyn RunStore>) {
     assert!(claim.is_ok(), "the run is still leased by a driver that stopped: {claim:?}", claim = claim.err());
 }
 
+/// The other side: a run being driven keeps its lease however long its step takes.
+async fn a_driven_run_keeps_its_lease(store: Arc<dyn RunStore>) {
+    let started = Arc::new(AtomicU32::new(0));
+    let flow = slow_flow::<Count>(store.clone(), LEASE * 5, started.clone());
+    let id = RunId::new();
+    let run = flow.spawn(Kickoff::new().run_id(id)).unwrap();
+    while started.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(LEASE * 3).await;
+    let taken = store.claim_run(id, "another-host:1:process", LEASE, None).await;
+    assert!(taken.is_err(), "a run being driven was taken over");
+    run.await.unwrap();
+}
+
 /// A resume that cannot decode the stored state is refused before it claims: the run keeps
 /// its failed status and its error.
 async fn a_refused_resume_changes_nothing(store: Arc<dyn RunStore>) {
@@ -177,6 +192,7 @@ macro_rules! on_both_stores {
 
 on_both_stores!(
     a_stopped_driver_leaves_no_lease,
+    a_driven_run_keeps_its_lease,
     a_refused_resume_changes_nothing,
     a_second_resume_in_the_same_process_is_refused,
     orphans_are_claimed_before_queued_runs,

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use crewflow::store::{
-    Checkpoint, Claim, LeaseLost, MemoryQuery, MemoryRow, MemoryStore, ModelCount, NewRun, RunEnd, RunFilter, RunOwned,
-    RunStatus, RunStore, StepRow, StoredRun,
+    Checkpoint, Claim, JournalEntry, LeaseLost, MemoryQuery, MemoryRow, MemoryStore, ModelCount, NewRun, RunEnd,
+    RunFilter, RunOwned, RunStatus, RunStore, StepRow, StoredRun,
 };
 use crewflow::{BoxError, RunId};
 use serde_json::{Value, json};
@@ -54,7 +54,7 @@ macro_rules! store_contract_clauses {
             // leases
             a_live_lease_refuses_other_owners,
             an_expired_lease_is_taken_over_by_another_owner,
-            a_live_store_keeps_its_leases_until_it_stops,
+            a_store_renews_only_the_runs_its_process_drives,
             heartbeat_extends_the_leases_of_its_owners_running_runs,
             // fencing
             a_stale_fencing_token_is_refused_and_changes_nothing,
@@ -62,10 +62,14 @@ macro_rules! store_contract_clauses {
             exactly_one_of_two_concurrent_pause_claims_wins,
             a_pause_claim_against_a_moved_checkpoint_is_refused,
             // worker claims
-            worker_claims_take_queued_and_abandoned_runs_oldest_first,
+            worker_claims_take_abandoned_runs_first_then_queued_oldest_first,
             concurrent_worker_claims_never_share_a_run,
             // errors
             unknown_run_ids_are_errors_that_name_the_run,
+            // the journal of side effects
+            journal_entries_round_trip_per_execution,
+            a_journal_key_keeps_its_first_result,
+            a_stale_fencing_token_records_nothing_in_the_journal,
             // memories
             memories_round_trip,
             memory_queries_filter_by_scope_source_model_ids_and_age,
@@ -528,7 +532,7 @@ pub async fn a_finished_run_keeps_its_final_checkpoint(db: Database) {
     assert_eq!(got.final_activation, Some(1));
     assert_eq!(got.error, None);
     assert_eq!((got.owner, got.lease_until), (None, None), "the lease is released");
-    assert_eq!(store.heartbeat("owner-a", LONG).await.unwrap(), 0, "an ended run is no longer renewed");
+    assert_eq!(store.heartbeat("owner-a", &[id], LONG).await.unwrap(), 0, "an ended run is no longer renewed");
     let finished_runs = RunFilter { status: Some(RunStatus::Finished), ..RunFilter::default() };
     assert_eq!(ids(&store.list_runs(&finished_runs).await.unwrap()), [id]);
 }
@@ -570,6 +574,7 @@ pub async fn a_paused_run_keeps_its_feedback_and_releases_its_lease(db: Database
     let run = paused_run(&*store, 1).await;
     let got = load(&*store, run.run_id).await;
     assert_eq!(got.status, RunStatus::Paused);
+    let id = run.run_id;
     assert_eq!((got.seq, parse(&got.state)), (1, json!({"n": 1})));
     assert_eq!(
         parsed(got.feedback.as_deref()),
@@ -577,7 +582,7 @@ pub async fn a_paused_run_keeps_its_feedback_and_releases_its_lease(db: Database
     );
     assert_eq!(steps(&got), [(0, "review".to_string(), json!("draft"))]);
     assert_eq!((got.owner, got.lease_until, got.fencing), (None, None, 1));
-    assert_eq!(store.heartbeat("owner-a", LONG).await.unwrap(), 0);
+    assert_eq!(store.heartbeat("owner-a", &[id], LONG).await.unwrap(), 0);
     assert!(store.claim_orphans(&[FLOW.to_string()], "worker", LONG, 10).await.unwrap().is_empty());
 }
 
@@ -633,9 +638,11 @@ pub async fn an_expired_lease_is_taken_over_by_another_owner(db: Database) {
     assert_eq!((lease_lost(&err).held, lease_lost(&err).current), (a.fencing, b.fencing));
 }
 
-/// A store renews the leases of the runs it holds while it lives (a process that is alive keeps
-/// its runs, however long they take), and they lapse once it stops.
-pub async fn a_live_store_keeps_its_leases_until_it_stops(db: Database) {
+/// A store's own heartbeat renews only the runs its process drives
+/// (`crewflow::store::driven_runs`): a run claimed through the store alone, with no driver
+/// running it, lapses like a stopped process's run, so nothing stays leased by a driver that
+/// is gone. (Runs driven by a flow keep their leases: tests/faults_stuck.rs.)
+pub async fn a_store_renews_only_the_runs_its_process_drives(db: Database) {
     let lease = Duration::from_millis(1200);
     let run = new_run("owner-a", RunStatus::Queued);
     let store = db.open().runs;
@@ -643,20 +650,17 @@ pub async fn a_live_store_keeps_its_leases_until_it_stops(db: Database) {
     let id = run.run_id;
     let a = Process::start(&db);
     let claim = a.run(move |h| async move { h.runs.claim_run(id, "owner-a", lease, None).await.unwrap() }).await;
+    assert!(!crewflow::store::driven_runs().contains(&id));
 
     tokio::time::sleep(lease * 5 / 2).await;
-    let err = store.claim_run(id, "owner-b", LONG, None).await.expect_err("the live store renewed the lease");
-    assert_eq!(run_owned(&err).owner, "owner-a");
-
-    a.stop();
-    tokio::time::sleep(lease * 3 / 2).await;
-    let b = store.claim_run(id, "owner-b", LONG, None).await.unwrap();
+    let b = store.claim_run(id, "owner-b", LONG, None).await.expect("nobody drives it: its lease lapsed");
     assert_eq!(b.fencing, claim.fencing + 1);
+    a.stop();
 }
 
-/// `heartbeat(owner, lease)` extends the lease of every running run the owner holds (even one
-/// whose lease ran out, as long as nobody took it), and returns how many: not other owners'
-/// runs, not ended ones.
+/// `heartbeat(owner, runs, lease)` extends the lease of each of `runs` that is running and held
+/// by the owner (even one whose lease ran out, as long as nobody took it), and returns how
+/// many: not runs left out of `runs`, not other owners' runs, not ended ones.
 pub async fn heartbeat_extends_the_leases_of_its_owners_running_runs(db: Database) {
     let runs: Vec<NewRun> = (0..4).map(|_| new_run("owner-a", RunStatus::Queued)).collect();
     let store = db.open().runs;
@@ -678,7 +682,8 @@ pub async fn heartbeat_extends_the_leases_of_its_owners_running_runs(db: Databas
     process.stop();
     short_leases_lapse().await;
 
-    assert_eq!(store.heartbeat("owner-a", LONG).await.unwrap(), 2, "r1 and r2; r4 has ended");
+    assert_eq!(store.heartbeat("owner-a", &[], LONG).await.unwrap(), 0, "no runs, nothing renewed");
+    assert_eq!(store.heartbeat("owner-a", &ids, LONG).await.unwrap(), 2, "r1 and r2; r3 is owner-b's, r4 has ended");
     for id in [r1, r2] {
         let until = load(&*store, id).await.lease_until.unwrap();
         assert!(until > Utc::now() + chrono::Duration::seconds(30), "renewed for 60 s: {until}");
@@ -686,7 +691,75 @@ pub async fn heartbeat_extends_the_leases_of_its_owners_running_runs(db: Databas
     let err = store.claim_run(r1, "owner-c", LONG, None).await.expect_err("renewed");
     assert_eq!(run_owned(&err).owner, "owner-a");
     store.claim_run(r3, "owner-c", LONG, None).await.expect("owner-b's lease was not renewed");
-    assert_eq!(store.heartbeat("nobody", LONG).await.unwrap(), 0);
+    assert_eq!(store.heartbeat("nobody", &ids, LONG).await.unwrap(), 0);
+}
+
+// ----------------------------------------------------------------------------------------------
+// The journal of side effects.
+
+fn entry(activation: u64, key: &str, value: Value) -> JournalEntry {
+    JournalEntry { activation, key: key.to_string(), value: value.to_string() }
+}
+
+fn sorted_entries(mut entries: Vec<JournalEntry>) -> Vec<(u64, String, Value)> {
+    entries.sort_by(|a, b| (a.activation, &a.key).cmp(&(b.activation, &b.key)));
+    entries.into_iter().map(|e| (e.activation, e.key, parse(&e.value))).collect()
+}
+
+/// Recorded entries come back for the executions asked for (another handle, as after a
+/// restart), and only for those; values of any JSON shape round-trip.
+pub async fn journal_entries_round_trip_per_execution(db: Database) {
+    let store = db.open().runs;
+    let run = new_run("owner-a", RunStatus::Running);
+    store.create_run(&run).await.unwrap();
+    let id = run.run_id;
+    let tricky = json!({"text": "é ✓ \"quoted\" \n", "n": 1.5, "list": [1, null, {"a": []}]});
+    for e in [
+        entry(3, "charge", json!("receipt-1")),
+        entry(3, "charge#1", tricky.clone()),
+        entry(7, "llm:local/x", json!(42)),
+    ] {
+        store.record_journal(id, 1, &e).await.unwrap();
+    }
+    let other = db.open().runs;
+    assert_eq!(
+        sorted_entries(other.load_journal(id, &[3]).await.unwrap()),
+        [(3, "charge".to_string(), json!("receipt-1")), (3, "charge#1".to_string(), tricky)]
+    );
+    assert_eq!(
+        sorted_entries(other.load_journal(id, &[7, 9]).await.unwrap()),
+        [(7, "llm:local/x".to_string(), json!(42))]
+    );
+    assert!(other.load_journal(id, &[]).await.unwrap().is_empty());
+    assert!(other.load_journal(RunId::new(), &[3]).await.unwrap().is_empty(), "another run's entries are its own");
+}
+
+/// Recording a key twice (a result recorded, then the same call recorded again by a re-run
+/// that raced it) keeps the first result.
+pub async fn a_journal_key_keeps_its_first_result(db: Database) {
+    let store = db.open().runs;
+    let run = new_run("owner-a", RunStatus::Running);
+    store.create_run(&run).await.unwrap();
+    store.record_journal(run.run_id, 1, &entry(0, "mail", json!("first"))).await.unwrap();
+    store.record_journal(run.run_id, 1, &entry(0, "mail", json!("second"))).await.unwrap();
+    assert_eq!(
+        sorted_entries(store.load_journal(run.run_id, &[0]).await.unwrap()),
+        [(0, "mail".to_string(), json!("first"))]
+    );
+}
+
+/// A process that lost the run records nothing: `LeaseLost` naming both tokens.
+pub async fn a_stale_fencing_token_records_nothing_in_the_journal(db: Database) {
+    let run = new_run("owner-a", RunStatus::Running);
+    let a = abandoned(&db, &run, "owner-a").await;
+    short_leases_lapse().await;
+    let store = db.open().runs;
+    let b = store.claim_run(run.run_id, "owner-b", LONG, None).await.unwrap();
+    let err = store.record_journal(run.run_id, a.fencing, &entry(0, "charge", json!(1))).await.expect_err("stale");
+    assert_eq!((lease_lost(&err).held, lease_lost(&err).current), (a.fencing, b.fencing));
+    assert!(store.load_journal(run.run_id, &[0]).await.unwrap().is_empty());
+    store.record_journal(run.run_id, b.fencing, &entry(0, "charge", json!(2))).await.unwrap();
+    assert_eq!(store.load_journal(run.run_id, &[0]).await.unwrap().len(), 1);
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -808,7 +881,7 @@ pub async fn a_pause_claim_against_a_moved_checkpoint_is_refused(db: Database) {
 /// `claim_orphans` takes runs of the given flows that are queued, or running with a lapsed
 /// lease, oldest first, up to the limit, each with the next fencing token; never a run whose
 /// lease holds, a paused, finished, failed or cancelled run, or another flow's run.
-pub async fn worker_claims_take_queued_and_abandoned_runs_oldest_first(db: Database) {
+pub async fn worker_claims_take_abandoned_runs_first_then_queued_oldest_first(db: Database) {
     let store = db.open().runs;
     let pause = || tokio::time::sleep(Duration::from_millis(5));
     let oldest = new_run("nobody", RunStatus::Queued);
@@ -847,8 +920,8 @@ pub async fn worker_claims_take_queued_and_abandoned_runs_oldest_first(db: Datab
     }
     assert_eq!(
         taken.iter().map(|c| (c.run_id, c.fencing)).collect::<Vec<_>>(),
-        [(oldest.run_id, 1), (orphan.run_id, dead.fencing + 1), (newest.run_id, 1)],
-        "oldest first, each with the next token"
+        [(orphan.run_id, dead.fencing + 1), (oldest.run_id, 1), (newest.run_id, 1)],
+        "the abandoned run first (a takeover should not wait behind the queue), then oldest first, each with the next token"
     );
     assert!(taken.iter().all(|c| c.flow == FLOW));
     assert!(worker.claim_orphans(&flows, "worker", LONG, 10).await.unwrap().is_empty(), "nothing else is takeable");
@@ -944,7 +1017,7 @@ pub async fn unknown_run_ids_are_errors_that_name_the_run(db: Database) {
     let finished = RunEnd { checkpoint: Some(cp), final_activation: Some(0), ..end(id, 1, RunStatus::Finished) };
     named(store.end_run(&finished).await.expect_err("ending an unknown run"));
     assert!(store.claim_paused(id, 0, "owner-a", LONG).await.unwrap().is_none());
-    assert_eq!(store.heartbeat("owner-a", LONG).await.unwrap(), 0);
+    assert_eq!(store.heartbeat("owner-a", &[id], LONG).await.unwrap(), 0);
     assert!(store.list_runs(&RunFilter::default()).await.unwrap().is_empty(), "nothing was created");
     assert!(store.load_run(id).await.unwrap().is_none());
 }
