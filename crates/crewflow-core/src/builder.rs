@@ -20,6 +20,7 @@ use crate::graph::{GraphSpec, RouterSpec, StartKind, StepSpec};
 use crate::input::InputProvider;
 use crate::output::{Output, TypeInfo, extract_input};
 use crate::persist::{DEFAULT_LEASE, RunStore};
+use crate::retry::Retry;
 use crate::route::Route;
 use crate::state::FlowState;
 use crate::trigger::Trigger;
@@ -59,6 +60,7 @@ struct StepDef<S> {
     when: Option<Predicate<S>>,
     persisted: bool,
     feedback: Option<Arc<HumanFeedback>>,
+    retry: Option<Retry>,
 }
 
 /// Assembles a [`Flow`] step by step.
@@ -237,6 +239,19 @@ impl<S: FlowState> FlowBuilder<S> {
         self
     }
 
+    /// Retries the step added last when it fails (see [`Retry`]): it runs again on the state
+    /// without its failed attempt's changes, and what it completed through
+    /// [`Cx::once`](crate::Cx::once) (model calls included) is not done again.
+    pub fn retry(mut self, retry: Retry) -> Self {
+        match self.steps.last_mut() {
+            Some(step) => step.retry = Some(retry),
+            None => {
+                self.error.get_or_insert(Error::Builder(".retry(..) was called before any step was added".into()));
+            }
+        }
+        self
+    }
+
     /// Sets the per-run step budget (default [`DEFAULT_MAX_STEPS`]): a run that would execute
     /// more steps fails with [`Error::StepBudgetExceeded`].
     pub fn max_steps(mut self, budget: u64) -> Self {
@@ -386,7 +401,14 @@ impl<S: FlowState> FlowBuilder<S> {
                     Some(config) => with_feedback(d.handler, config.clone(), d.spec.router.is_some()),
                     None => d.handler,
                 };
-                StepRuntime { name: d.spec.name, handler, when: d.when, persisted: d.persisted, feedback: d.feedback }
+                StepRuntime {
+                    name: d.spec.name,
+                    handler,
+                    when: d.when,
+                    persisted: d.persisted,
+                    feedback: d.feedback,
+                    retry: d.retry,
+                }
             })
             .collect();
         Ok(Flow::from_inner(FlowInner {
@@ -421,7 +443,7 @@ impl<S: FlowState> FlowBuilder<S> {
             input: (!input.is_unit()).then_some(input),
             output: Some(TypeInfo::of::<O>()),
         };
-        self.steps.push(StepDef { spec, handler, when: None, persisted: false, feedback: None });
+        self.steps.push(StepDef { spec, handler, when: None, persisted: false, feedback: None, retry: None });
         self
     }
 

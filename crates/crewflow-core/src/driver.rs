@@ -110,7 +110,7 @@ fn new_shared<S: FlowState>(
         feedback: flow.feedback.clone(),
         feedback_history: Mutex::new(Vec::new()),
         checkpoints: flow.store.is_some().then(CheckpointAsks::new),
-        uncommitted: flow.store.is_some().then(StateLog::new),
+        uncommitted: (flow.store.is_some() || flow.steps.iter().any(|s| s.retry.is_some())).then(StateLog::new),
         journal: std::sync::OnceLock::new(),
     })
 }
@@ -453,6 +453,8 @@ struct Driver<S> {
     paused: Vec<PendingFeedback>,
     /// Steps asking for a checkpoint before they wait for a person.
     checkpoint_asks: Option<UnboundedReceiver<CheckpointAsk>>,
+    /// Executions retried so far, with the number of their current attempt.
+    attempts: Vec<(u64, u32)>,
 }
 
 /// What the driver waits for next.
@@ -482,6 +484,7 @@ impl<S: FlowState> Driver<S> {
             durable,
             paused: Vec::new(),
             checkpoint_asks: None,
+            attempts: Vec::new(),
         }
         .with_checkpoint_asks()
     }
@@ -552,7 +555,7 @@ impl<S: FlowState> Driver<S> {
         };
         let outcome = apply_answer(&self.shared, &step.name, reviewed, answer.text, answer.outcome);
         // The answered execution ends here like a launched one (see `on_completion`).
-        self.count_launched(1);
+        self.count_launched(&[Activation { id: pending.activation, step: step_ix, payload: None }]);
         Ok(Completion { activation: pending.activation, result: Ok(outcome), elapsed: std::time::Duration::ZERO })
     }
 
@@ -591,7 +594,7 @@ impl<S: FlowState> Driver<S> {
     }
 
     fn launch(&mut self, ready: Vec<Activation>) {
-        self.count_launched(ready.len());
+        self.count_launched(&ready);
         let alone = ready.len() == 1 && self.running.as_ref().is_none_or(|r| r.is_empty()) && self.inline.is_none();
         for a in ready {
             let fut = self.start_step(a);
@@ -605,7 +608,7 @@ impl<S: FlowState> Driver<S> {
 
     /// Launches activations that were in flight when a run was checkpointed.
     fn relaunch(&mut self, in_flight: Vec<Activation>) {
-        self.count_launched(in_flight.len());
+        self.count_launched(&in_flight);
         for a in in_flight {
             let fut = self.start_step(a);
             self.running.get_or_insert_with(FuturesUnordered::new).push(fut);
@@ -622,10 +625,15 @@ impl<S: FlowState> Driver<S> {
 
     /// Counts executions in flight, so that updates record their changes while a checkpoint
     /// can come before they complete.
-    fn count_launched(&self, count: usize) {
+    fn count_launched(&self, launched: &[Activation]) {
         if let Some(log) = &self.shared.uncommitted {
-            log.changes.launched(count);
+            let retrying = launched.iter().filter(|a| self.retries(a.step)).count();
+            log.changes.launched(launched.len(), retrying);
         }
+    }
+
+    fn retries(&self, step: u32) -> bool {
+        self.flow.steps[step as usize].retry.is_some()
     }
 
     fn start_step(&mut self, a: Activation) -> BoxFuture<Completion> {
@@ -714,15 +722,19 @@ impl<S: FlowState> Driver<S> {
     }
 
     async fn on_completion(&mut self, c: Completion) -> Result<(), Error> {
+        let step_ix = self.acts[c.activation as usize].step;
         if let Some(log) = &self.shared.uncommitted {
             // A completed execution's changes belong to the run now (a paused one's too: it
             // does not run again); a failed one's never do.
-            log.changes.ended(c.activation, c.result.is_ok());
+            log.changes.ended(c.activation, c.result.is_ok(), self.retries(step_ix));
         }
-        let step_ix = self.acts[c.activation as usize].step;
         let name = self.flow.steps[step_ix as usize].name.clone();
         let mut outcome = match c.result {
             Ok(outcome) => outcome,
+            Err(e) if self.retry_allowed(c.activation, step_ix, &e) => {
+                self.retry(c.activation, step_ix, e);
+                return Ok(());
+            }
             Err(e) => {
                 let error: Arc<str> = Arc::from(e.to_string());
                 self.emit(Some(&name), || EventKind::StepFailed { activation: c.activation, error });
@@ -773,6 +785,53 @@ impl<S: FlowState> Driver<S> {
         }
         self.launch(ready);
         Ok(())
+    }
+
+    /// Whether a failure of `activation` is retried (its step's [`Retry`](crate::Retry) allows
+    /// another attempt for this error, and its changes can be taken out of the state).
+    fn retry_allowed(&self, activation: u64, step: u32, error: &Error) -> bool {
+        let Some(retry) = &self.flow.steps[step as usize].retry else { return false };
+        let attempt = self.attempts.iter().find(|(a, _)| *a == activation).map_or(1, |(_, n)| *n);
+        retry.retries(attempt, error)
+    }
+
+    /// Runs a failed execution again after its step's backoff: on the state without the
+    /// failed attempt's changes, with its journal (what it completed through `Cx::once`).
+    fn retry(&mut self, activation: u64, step: u32, error: Error) {
+        let attempt = match self.attempts.iter_mut().find(|(a, _)| *a == activation) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                self.attempts.push((activation, 2));
+                2
+            }
+        };
+        if let Some(log) = &self.shared.uncommitted {
+            // A state that does not round-trip through JSON cannot be checkpointed either; it
+            // is retried as it is.
+            let _ = self.shared.with_state(|s| log.revert_live(activation, s));
+        }
+        self.shared.journal().restart(activation);
+        let delay = self.flow.steps[step as usize].retry.as_ref().map(|r| r.delay_before(attempt)).unwrap_or_default();
+        let name = self.flow.steps[step as usize].name.clone();
+        let text: Arc<str> = Arc::from(error.to_string());
+        self.emit(Some(&name), || EventKind::StepRetrying {
+            activation,
+            attempt: attempt - 1,
+            error: text,
+            delay_ms: delay.as_millis() as u64,
+        });
+        let again = self.frontier.in_flight().find(|a| a.id == activation);
+        let Some(again) = again else { return };
+        self.count_launched(std::slice::from_ref(&again));
+        let step_future = self.start_step(again);
+        let delayed: BoxFuture<Completion> = Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            step_future.await
+        });
+        self.running.get_or_insert_with(FuturesUnordered::new).push(delayed);
     }
 
     /// The run's current checkpoint: state, frontier and the unsaved step outputs.

@@ -81,6 +81,17 @@ pub enum EventKind {
         /// The error, as text.
         error: Arc<str>,
     },
+    /// A step execution failed and runs again (its step has a [`Retry`](crate::Retry)).
+    StepRetrying {
+        /// The execution's id within the run (the next attempt keeps it).
+        activation: u64,
+        /// The attempt that failed, from 1.
+        attempt: u32,
+        /// The error, as text.
+        error: Arc<str>,
+        /// The wait before the next attempt, in milliseconds.
+        delay_ms: u64,
+    },
     /// A router chose a route.
     RouteTaken {
         /// The router execution's id within the run.
@@ -237,6 +248,7 @@ impl EventKind {
             EventKind::StepStarted { .. } => "step_started",
             EventKind::StepFinished { .. } => "step_finished",
             EventKind::StepFailed { .. } => "step_failed",
+            EventKind::StepRetrying { .. } => "step_retrying",
             EventKind::RouteTaken { .. } => "route_taken",
             EventKind::RunFinished { .. } => "run_finished",
             EventKind::RunFailed { .. } => "run_failed",

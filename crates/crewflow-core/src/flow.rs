@@ -28,6 +28,8 @@ pub(crate) struct StepRuntime<S> {
     pub persisted: bool,
     /// Asks for human feedback after its body.
     pub feedback: Option<Arc<crate::feedback::HumanFeedback>>,
+    /// Runs again after a failure.
+    pub retry: Option<crate::retry::Retry>,
 }
 
 pub(crate) struct FlowInner<S> {

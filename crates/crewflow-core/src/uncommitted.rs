@@ -69,11 +69,16 @@ pub(crate) struct Change {
 pub(crate) struct StateLog<S> {
     pub changes: Uncommitted,
     to_json: fn(&S) -> Option<Value>,
+    from_json: fn(Value) -> Option<S>,
 }
 
-impl<S: serde::Serialize> StateLog<S> {
+impl<S: serde::Serialize + serde::de::DeserializeOwned> StateLog<S> {
     pub fn new() -> Self {
-        StateLog { changes: Uncommitted::default(), to_json: |s| serde_json::to_value(s).ok() }
+        StateLog {
+            changes: Uncommitted::default(),
+            to_json: |s| serde_json::to_value(s).ok(),
+            from_json: |v| serde_json::from_value(v).ok(),
+        }
     }
 }
 
@@ -93,6 +98,16 @@ impl<S> StateLog<S> {
         result
     }
 
+    /// Takes `execution`'s changes out of the live state (a failed attempt about to be retried)
+    /// and forgets them; false when the state does not round-trip through JSON.
+    pub fn revert_live(&self, execution: u64, state: &mut S) -> bool {
+        let Some(mut value) = (self.to_json)(state) else { return false };
+        self.changes.revert_execution(execution, &mut value);
+        let Some(reverted) = (self.from_json)(value) else { return false };
+        *state = reverted;
+        true
+    }
+
     /// The state's JSON without the uncommitted changes.
     pub fn committed_json(&self, state: &S) -> Option<Value> {
         let mut value = (self.to_json)(state)?;
@@ -106,6 +121,9 @@ impl<S> StateLog<S> {
 pub(crate) struct Uncommitted {
     /// Executions launched and not yet completed (or failed).
     in_flight: AtomicUsize,
+    /// Executions in flight whose step retries: their changes are recorded even when they run
+    /// alone, so that a failed attempt's changes can be taken out before the next.
+    retrying: AtomicUsize,
     /// `(execution, change)` in the order the changes were made.
     changes: Mutex<Vec<(u64, Change)>>,
 }
@@ -114,20 +132,36 @@ impl Uncommitted {
     /// Whether an update now must record its changes: another execution is in flight, so a
     /// checkpoint may be written before this one completes.
     pub fn recording(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) > 1
+        self.in_flight.load(Ordering::Acquire) > 1 || self.retrying.load(Ordering::Acquire) > 0
     }
 
-    pub fn launched(&self, count: usize) {
+    /// `count` executions started, `retrying` of them of steps that retry.
+    pub fn launched(&self, count: usize, retrying: usize) {
         self.in_flight.fetch_add(count, Ordering::AcqRel);
+        self.retrying.fetch_add(retrying, Ordering::AcqRel);
     }
 
     /// An execution ended: `committed` when it completed (its changes are the run's now),
     /// not when it failed (its changes stay out of every checkpoint).
-    pub fn ended(&self, execution: u64, committed: bool) {
-        let _ = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
+    pub fn ended(&self, execution: u64, committed: bool, retrying: bool) {
+        let less = |n: usize| Some(n.saturating_sub(1));
+        let _ = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, less);
+        if retrying {
+            let _ = self.retrying.fetch_update(Ordering::AcqRel, Ordering::Acquire, less);
+        }
         if committed {
             self.with_changes(|c| c.retain(|(e, _)| *e != execution));
         }
+    }
+
+    /// Reverts `execution`'s changes on `state` and forgets them.
+    fn revert_execution(&self, execution: u64, state: &mut Value) {
+        self.with_changes(|c| {
+            for (_, change) in c.iter().rev().filter(|(e, _)| *e == execution) {
+                revert(state, change);
+            }
+            c.retain(|(e, _)| *e != execution);
+        });
     }
 
     /// Records what one update of `execution` changed.
@@ -309,7 +343,7 @@ mod tests {
             state = after.clone();
         }
         for e in committed {
-            log.ended(*e, true);
+            log.ended(*e, true, false);
         }
         log.revert(&mut state);
         state

@@ -423,6 +423,7 @@ fn without_store<S>(inner: &FlowInner<S>) -> Arc<FlowInner<S>> {
                 when: s.when.clone(),
                 persisted: s.persisted,
                 feedback: s.feedback.clone(),
+                retry: s.retry.clone(),
             })
             .collect(),
         max_steps: inner.max_steps,
