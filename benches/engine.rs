@@ -42,7 +42,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-const BENCHES: [&str; 9] = [
+const BENCHES: [&str; 10] = [
     "chain100",
     "fanout_join",
     "router_loop",
@@ -52,6 +52,7 @@ const BENCHES: [&str; 9] = [
     "persist_chain20_full",
     "persist_chain20_pg",
     "resume_1000",
+    "journal_op",
 ];
 
 mod harness;
@@ -78,6 +79,7 @@ fn run_child(name: &str) {
             "persist_chain20_full" => persist_chain20_full().await,
             "persist_chain20_pg" => persist_chain20_pg().await,
             "resume_1000" => resume_1000().await,
+            "journal_op" => journal_op().await,
             other => eprintln!("unknown benchmark {other}"),
         }
     });
@@ -281,6 +283,36 @@ async fn persist_chain20_pg() {
     let scoped = format!("{url}{sep}options=-csearch_path%3D{schema}");
     persisted_chain("persist_chain20_pg", Arc::new(PostgresStore::connect_lazy(&scoped).expect("a store"))).await;
     let _ = client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await;
+}
+
+/// One journaled operation (`cx.once`) with a small result, recorded in a SQLite file: the
+/// time of 100 calls inside one step, per call.
+async fn journal_op() {
+    const OPS: u32 = 100;
+    let times = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let t = times.clone();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let flow = FlowBuilder::<Counter>::new("journal_op")
+        .start("work", move |cx: Cx<Counter>, (): ()| {
+            let t = t.clone();
+            async move {
+                let started = Instant::now();
+                for i in 0..OPS {
+                    let _: u32 = cx.once("op", |_| async move { Ok::<_, std::io::Error>(i) }).await?;
+                }
+                t.lock().expect("the samples").push(started.elapsed().as_nanos() as f64 / f64::from(OPS) / 1000.0);
+                Ok::<_, StepError>(())
+            }
+        })
+        .store(SqliteStore::open(dir.path().join("journal.db")))
+        .build()
+        .expect("journal_op builds");
+    for _ in 0..31 {
+        flow.kickoff(()).await.expect("run");
+    }
+    let mut samples = std::mem::take(&mut *times.lock().expect("the samples"));
+    samples.remove(0); // warm-up
+    report("journal_op", "per_op_us", "us", samples);
 }
 
 /// Loads and resumes a run with 1,000 completed steps (500 loop iterations of two steps)
