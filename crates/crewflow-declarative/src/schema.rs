@@ -1,7 +1,7 @@
 //! The document: what a YAML or JSON flow definition may say, as serde types.
 //!
 //! Unknown fields are rejected everywhere (a misspelt key is an error, not a silent default).
-//! Conditions and actions are read as JSON values first and checked by [`crate::build`], so
+//! Conditions and actions are read as JSON values first and checked when the flow is built, so
 //! their errors can name the method and say what was expected.
 
 use indexmap::IndexMap;
@@ -131,7 +131,7 @@ pub struct MethodDoc {
     /// Checkpoint after this step (when any step says so, only those steps do).
     #[serde(default)]
     pub persist: bool,
-    /// What the step does: an action (see [`crate::action`]).
+    /// What the step does: an action (`call: code | expression | llm | each`; see docs/declarative.md).
     #[serde(rename = "do")]
     pub action: Value,
 }
