@@ -824,7 +824,7 @@ async fn sqlite_keeps_a_nul_character_in_inputs_state_and_outputs() {
         .unwrap();
     let run = flow.kickoff(json!({"text": "a\u{0}b"})).await.unwrap();
     assert_eq!(run.output::<String>().unwrap(), "a\0b\0!");
-    let stored = SqliteStore::open(&path).load_run(run.id).await.unwrap().unwrap();
+    let stored = flow.store().unwrap().load_run(run.id).await.unwrap().unwrap();
     assert_eq!(stored.status, RunStatus::Finished);
     let state: Notes = serde_json::from_str(&stored.state).unwrap();
     assert_eq!(state, Notes { text: "a\0b".into(), extra: "x\0y".into() });
