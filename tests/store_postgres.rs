@@ -362,8 +362,8 @@ async fn a_newer_schema_is_refused_on_postgres() {
 }
 
 /// PostgreSQL's JSONB cannot hold the character U+0000 in a string (SQLite stores it): a run or
-/// checkpoint holding one is refused with the server's reason, not a bare "db error", and the
-/// checkpoint changes nothing (its state and steps are one statement).
+/// checkpoint holding one is refused before it is sent, naming the value and the path inside
+/// it, and the checkpoint changes nothing.
 #[tokio::test]
 #[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
 async fn a_value_postgres_cannot_hold_is_refused_with_the_reason() {
@@ -383,7 +383,10 @@ async fn a_value_postgres_cannot_hold_is_refused_with_the_reason() {
         lease: Duration::from_secs(60),
     };
     let err = store.create_run(&run).await.unwrap_err().to_string();
-    assert!(err.contains("unsupported Unicode escape sequence"), "the server's reason: {err}");
+    assert!(
+        err.contains("PostgreSQL cannot store the character U+0000 (NUL), found in the initial state at `text`"),
+        "{err}"
+    );
     assert!(store.load_run(run.run_id).await.unwrap().is_none());
 
     run.state = r#"{"text": "fine"}"#.into();
@@ -398,7 +401,99 @@ async fn a_value_postgres_cannot_hold_is_refused_with_the_reason() {
         feedback: None,
     };
     let err = store.save_checkpoint(&checkpoint).await.unwrap_err().to_string();
-    assert!(err.contains("unsupported Unicode escape sequence"), "{err}");
+    assert!(err.contains("found in the output of step `s` at `text`"), "{err}");
     let stored = store.load_run(run.run_id).await.unwrap().unwrap();
     assert_eq!((stored.seq, stored.state.as_str(), stored.steps.len()), (0, r#"{"text": "fine"}"#, 0));
+}
+
+/// The server's own words reach the user, with its SQLSTATE code and the fix, never the
+/// driver's bare "db error": a database that does not exist, a search path naming no schema,
+/// a value the server refuses (an interval out of range). A failed password cannot be
+/// produced here: the test server trusts local connections.
+#[tokio::test]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
+async fn server_errors_keep_the_servers_message_and_say_the_fix() {
+    let base = common::postgres::base_url();
+    let (head, _db) = base.rsplit_once('/').unwrap();
+    let missing_db = format!("crewflow_missing_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let err = PostgresStore::connect(&format!("{head}/{missing_db}")).await.err().unwrap().to_string();
+    assert!(err.contains(&format!("database \"{missing_db}\" does not exist")), "{err}");
+    assert!(err.contains("SQLSTATE 3D000") && err.contains("createdb"), "{err}");
+    assert!(!err.contains("db error"), "{err}");
+
+    let nowhere = with_search_path(&base, "crewflow_no_such_schema");
+    let flow =
+        chain("pg_nowhere", 1, Duration::ZERO, tempfile::tempdir().unwrap().path().join("side"), store(&nowhere));
+    let err = flow.kickoff(()).await.err().unwrap().to_string();
+    assert!(err.contains("no schema has been selected to create in"), "{err}");
+    assert!(err.contains("SQLSTATE 3F000") && err.contains("create the schema"), "{err}");
+    assert!(!err.contains("db error"), "{err}");
+
+    let url = fresh_schema().await;
+    let store = store(&url);
+    let dir = tempfile::tempdir().unwrap();
+    let flow = chain("pg_values", 1, Duration::ZERO, dir.path().join("side"), store.clone());
+    let run = flow.kickoff(()).await.unwrap();
+    let err = store.claim_run(run.id, "w", Duration::from_secs(u64::MAX), None).await.err().unwrap().to_string();
+    assert!(err.contains("interval out of range") && err.contains("SQLSTATE 22008"), "{err}");
+    assert!(!err.contains("db error"), "{err}");
+}
+
+#[derive(Default, Serialize, Deserialize, Debug, PartialEq)]
+struct Notes {
+    text: String,
+    extra: String,
+}
+
+/// A flow whose step echoes its state's text (so a NUL travels from the inputs through the
+/// output), or, with `to_state`, writes `"x\0y"` into the state and returns a clean output.
+fn nul_flow(name: &str, to_state: bool, store: Arc<dyn RunStore>) -> Flow<Notes> {
+    FlowBuilder::<Notes>::new(name)
+        .start("echo", move |cx: Cx<Notes>, (): ()| async move {
+            if to_state {
+                cx.update(|n| n.extra = "x\0y".into());
+                return Ok("clean".to_string());
+            }
+            Ok(cx.state(|n| format!("{}!", n.text)))
+        })
+        .store_arc(store)
+        .build()
+        .unwrap()
+}
+
+/// U+0000 cannot be stored by PostgreSQL (`jsonb` refuses `\u0000`): a value holding it is
+/// refused before it is sent, naming the value and the path inside it; nothing is written.
+/// SQLite keeps it (tests/store_sqlite.rs).
+#[tokio::test]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
+async fn a_nul_character_is_refused_up_front_naming_where_it_is() {
+    let url = fresh_schema().await;
+    let store = store(&url);
+
+    let err =
+        nul_flow("pg_nul", false, store.clone()).kickoff(serde_json::json!({"text": "a\u{0}b"})).await.err().unwrap();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Store { .. }), "{msg}");
+    assert!(msg.contains("PostgreSQL cannot store the character U+0000 (NUL)"), "{msg}");
+    assert!(msg.contains("found in the kickoff inputs at `text`"), "{msg}");
+    assert!(msg.contains("remove it"), "{msg}");
+    assert!(store.list_runs(&RunFilter::default()).await.unwrap().is_empty(), "no run was recorded");
+
+    // Written by a step into the state: refused at the checkpoint, naming the state's field.
+    let err = nul_flow("pg_nul_state", true, store.clone()).kickoff(()).await.err().unwrap().to_string();
+    assert!(err.contains("found in the run's state at `extra`"), "{err}");
+    assert!(err.contains("save the checkpoint after step `echo`"), "{err}");
+
+    // Returned by a step: its output is named first.
+    let echo = FlowBuilder::<()>::new("pg_nul_output")
+        .start("shout", |_cx: Cx<()>, (): ()| async move { Ok(vec!["fine".to_string(), "bad\0".to_string()]) })
+        .store_arc(store.clone())
+        .build()
+        .unwrap();
+    let err = echo.kickoff(()).await.err().unwrap().to_string();
+    assert!(err.contains("found in the output of step `shout` at `[1]`"), "{err}");
+
+    // Without the NUL the same flows run.
+    let run = nul_flow("pg_nul", false, store.clone()).kickoff(serde_json::json!({"text": "ab"})).await.unwrap();
+    assert_eq!(run.output::<String>().unwrap(), "ab!");
 }

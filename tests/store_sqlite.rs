@@ -496,6 +496,130 @@ async fn corrupt_foreign_and_newer_databases_are_refused() {
     assert!(err.to_string().contains("has schema version 99, newer than this crewflow supports (4)"), "{err}");
 }
 
+/// The names in a directory, sorted.
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+/// Another application's SQLite file, and one of a newer crewflow, are refused before anything
+/// is written: the file keeps its bytes and its rollback journal (no switch to WAL, no `-wal`
+/// or `-shm` file appears next to it).
+#[tokio::test]
+async fn a_refused_database_file_is_left_exactly_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = dir.path().join("app.db");
+    rusqlite_like::open(&foreign)
+        .exec("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO users (name) VALUES ('ada');");
+    let newer = dir.path().join("newer.db");
+    rusqlite_like::open(&newer)
+        .exec("CREATE TABLE crewflow_schema (version INTEGER NOT NULL); INSERT INTO crewflow_schema VALUES (99);");
+    let before = (std::fs::read(&foreign).unwrap(), std::fs::read(&newer).unwrap());
+    // Header bytes 18 and 19 are the file format versions: 1 for a rollback journal, 2 for WAL.
+    assert_eq!((&before.0[18..20], &before.1[18..20]), (&[1u8, 1][..], &[1u8, 1][..]));
+    assert_eq!(names_in(dir.path()), ["app.db", "newer.db"]);
+
+    for _ in 0..2 {
+        let err = SqliteStore::open(&foreign).connect().await.unwrap_err();
+        assert!(err.to_string().contains("holds tables of another application (users)"), "{err}");
+        let err = chain(&foreign, &Log::default(), false).kickoff(()).await.err().unwrap();
+        assert!(err.to_string().contains("holds tables of another application (users)"), "{err}");
+        let err = SqliteStore::open(&newer).connect().await.unwrap_err();
+        assert!(err.to_string().contains("has schema version 99, newer than this crewflow supports"), "{err}");
+    }
+    let after = (std::fs::read(&foreign).unwrap(), std::fs::read(&newer).unwrap());
+    assert!(after.0 == before.0, "app.db changed (header bytes 18-19 now {:?})", &after.0[18..20]);
+    assert!(after.1 == before.1, "newer.db changed (header bytes 18-19 now {:?})", &after.1[18..20]);
+    assert_eq!(names_in(dir.path()), ["app.db", "newer.db"], "no journal files were created");
+}
+
+/// Makes `path` read-only even for root, who ignores file modes: `chattr +i` (immutable), undone
+/// on drop. `None` where the file system or the user cannot.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(path: &std::path::Path) -> Option<Immutable> {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Immutable(path.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// "unable to open database file" is all SQLite says; the store says why, naming the path and
+/// the fix: a missing directory, a directory given as the file, a file or directory that cannot
+/// be written.
+#[tokio::test]
+async fn a_file_sqlite_cannot_open_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let open_err = |path: std::path::PathBuf| async move { SqliteStore::open(path).connect().await.unwrap_err() };
+
+    let missing = dir.path().join("no").join("such").join("runs.db");
+    let msg = open_err(missing.clone()).await.to_string();
+    let parent = missing.parent().unwrap().display().to_string();
+    assert!(msg.contains(&format!("cannot use the SQLite database {}", missing.display())), "{msg}");
+    assert!(msg.contains(&format!("its directory {parent} does not exist")), "{msg}");
+    assert!(msg.contains(&format!("mkdir -p {parent}")), "{msg}");
+    assert!(!dir.path().join("no").exists(), "nothing was created");
+
+    let folder = dir.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let msg = open_err(folder.clone()).await.to_string();
+    assert!(msg.contains("it is a directory"), "{msg}");
+    assert!(msg.contains(&folder.join("crewflow.db").display().to_string()), "suggests a file in it: {msg}");
+    let err = chain(&folder, &Log::default(), false).kickoff(()).await.err().unwrap();
+    assert!(err.to_string().contains("it is a directory"), "the same through a flow: {err}");
+
+    // Linux's sysfs refuses new files to everyone, root included: a real "permission denied".
+    if std::path::Path::new("/sys/kernel").is_dir() {
+        let msg = open_err("/sys/crewflow-test.db".into()).await.to_string();
+        assert!(msg.contains("permission denied on /sys/crewflow-test.db"), "{msg}");
+        assert!(msg.contains("make the directory /sys writable"), "{msg}");
+    } else {
+        eprintln!("skipped the /sys case: no sysfs here");
+    }
+
+    // A database that cannot be written (read-only for root too: immutable).
+    let locked = dir.path().join("locked.db");
+    SqliteStore::open(&locked).connect().await.unwrap();
+    match Immutable::set(&locked) {
+        Some(_guard) => {
+            let msg = open_err(locked.clone()).await.to_string();
+            assert!(msg.contains(&format!("permission denied on {}", locked.display())), "{msg}");
+            let err = chain(&locked, &Log::default(), false).kickoff(()).await.err().unwrap();
+            assert!(err.to_string().contains("make the file writable"), "{err}");
+        }
+        None => eprintln!("skipped the read-only file case: chattr +i is not available here"),
+    }
+
+    // A writable database in a directory that cannot be written: SQLite cannot create its
+    // journal next to it.
+    let sealed = dir.path().join("sealed");
+    std::fs::create_dir(&sealed).unwrap();
+    let inside = sealed.join("runs.db");
+    SqliteStore::open(&inside).connect().await.unwrap();
+    assert_eq!(names_in(&sealed), ["runs.db"], "the journal is gone once the store is closed");
+    match Immutable::set(&sealed) {
+        Some(_guard) => {
+            let msg = chain(&inside, &Log::default(), false).kickoff(()).await.err().unwrap().to_string();
+            assert!(msg.contains(&format!("permission denied on {}", sealed.display())), "{msg}");
+            assert!(msg.contains(&format!("SQLite needs to create {}-wal", inside.display())), "{msg}");
+        }
+        None => eprintln!("skipped the read-only directory case: chattr +i is not available here"),
+    }
+}
+
 /// A tiny SQLite client for setting up test databases, through the store crate's rusqlite.
 mod rusqlite_like {
     pub struct Conn(std::path::PathBuf);
@@ -677,4 +801,32 @@ async fn weakness_11_kicking_off_again_runs_again() {
     let err = flow.kickoff(Kickoff::new().run_id(first.id)).await.unwrap_err().to_string();
     assert!(err.contains(&first.id.to_string()) && err.contains("Flow::resume"), "{err}");
     assert_eq!(log.count("count"), 2, "a refused kickoff runs nothing");
+}
+
+#[derive(Default, Serialize, Deserialize, Debug, PartialEq)]
+struct Notes {
+    text: String,
+    extra: String,
+}
+
+/// U+0000 in inputs, state and outputs is kept by SQLite (PostgreSQL refuses it up front:
+/// tests/store_postgres.rs), and reads back unchanged.
+#[tokio::test]
+async fn sqlite_keeps_a_nul_character_in_inputs_state_and_outputs() {
+    let (_dir, path) = temp_db();
+    let flow = FlowBuilder::<Notes>::new("nul")
+        .start("echo", |cx: Cx<Notes>, (): ()| async move {
+            cx.update(|n| n.extra = "x\0y".into());
+            Ok(cx.state(|n| format!("{}\0!", n.text)))
+        })
+        .store(SqliteStore::open(&path))
+        .build()
+        .unwrap();
+    let run = flow.kickoff(json!({"text": "a\u{0}b"})).await.unwrap();
+    assert_eq!(run.output::<String>().unwrap(), "a\0b\0!");
+    let stored = flow.store().unwrap().load_run(run.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::Finished);
+    let state: Notes = serde_json::from_str(&stored.state).unwrap();
+    assert_eq!(state, Notes { text: "a\0b".into(), extra: "x\0y".into() });
+    assert_eq!(serde_json::from_str::<String>(&stored.steps[0].output).unwrap(), "a\0b\0!");
 }

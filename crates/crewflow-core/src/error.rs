@@ -138,17 +138,15 @@ pub enum Error {
     Builder(String),
 
     // ---- starting a run ----
-    /// A kickoff input names a field the typed state does not have.
-    #[error("unknown input `{key}` for state `{state_type}`{}; the state's fields are: {}", did_you_mean(.suggestion), .fields.join(", "))]
+    /// Kickoff inputs name fields the typed state does not have (all of them are reported).
+    #[error("unknown input{} {} for state `{state_type}`; the state's fields are: {}", if .keys.len() == 1 { "" } else { "s" }, unknown_keys(.keys), .fields.join(", "))]
     UnknownInput {
-        /// The unknown key.
-        key: String,
+        /// The unknown keys (a nested one as `field.key`), each with the closest field.
+        keys: Vec<UnknownKey>,
         /// The state type.
         state_type: &'static str,
         /// The fields the state has (from its default value).
         fields: Vec<String>,
-        /// The closest field name, if any is close.
-        suggestion: Option<String>,
     },
     /// Kickoff inputs that do not fit the state's types.
     #[error("invalid inputs for state `{state_type}`: {message}")]
@@ -580,6 +578,19 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// A kickoff input the state has no field for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownKey {
+    /// The key (`field.key` when it is inside a field).
+    pub key: String,
+    /// The closest field name, if any is close.
+    pub suggestion: Option<String>,
+}
+
+fn unknown_keys(keys: &[UnknownKey]) -> String {
+    keys.iter().map(|k| format!("`{}`{}", k.key, did_you_mean(&k.suggestion))).collect::<Vec<_>>().join(", ")
 }
 
 fn did_you_mean(s: &Option<String>) -> String {

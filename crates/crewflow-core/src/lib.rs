@@ -38,7 +38,7 @@ pub use builder::{DEFAULT_CANCEL_GRACE, DEFAULT_MAX_STEPS, FlowBuilder};
 pub use cancel::Canceller;
 pub use chat::{ChatOptions, ChatState, Conversational, Turn, TurnEvent};
 pub use cx::Cx;
-pub use error::{BoxError, Error, Result, StepError, closest};
+pub use error::{BoxError, Error, Result, StepError, UnknownKey, closest};
 pub use event::{Event, EventKind, EventStream, Observer};
 pub use feedback::{
     ConsoleFeedback, DeferredFeedback, FeedbackLearner, FeedbackProvider, FeedbackReply, FeedbackRequest,

@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::error::{Error, closest};
+use crate::error::{Error, UnknownKey, closest};
 
 /// What a flow's state must be: serializable (for checkpoints and events), defaultable (a run
 /// starts from the default) and shareable across the run's concurrent steps.
@@ -25,32 +25,70 @@ pub(crate) fn initial_state<S: FlowState>(inputs: Option<&Map<String, Value>>) -
     }
 }
 
-/// Merges `inputs` over the top-level fields of `state`.
+/// Merges `inputs` over the top-level fields of `state`. Every unknown key is reported at once;
+/// a value of the wrong type is reported with its path (`inputs.items[2].qty: expected u32, got
+/// string "x"`), every such input at once.
 pub(crate) fn merge_inputs<S: FlowState>(state: S, inputs: &Map<String, Value>) -> Result<S, Error> {
     let state_type = std::any::type_name::<S>();
-    let mut base = serde_json::to_value(&state).map_err(|e| Error::StateSerialization {
+    let base = serde_json::to_value(&state).map_err(|e| Error::StateSerialization {
         state_type,
         action: "converted to",
         message: e.to_string(),
     })?;
-    let fields: Vec<String> = match &base {
-        Value::Object(map) => map.keys().cloned().collect(),
-        _ => Vec::new(),
+    let Value::Object(defaults) = base else {
+        // A state without fields (`()`): every input is unknown.
+        let keys = inputs.keys().map(|key| UnknownKey { key: key.clone(), suggestion: None }).collect();
+        return Err(Error::UnknownInput { keys, state_type, fields: Vec::new() });
     };
-    let Value::Object(map) = &mut base else {
-        let key = inputs.keys().next().cloned().unwrap_or_default();
-        return Err(Error::UnknownInput { key, state_type, fields, suggestion: None });
-    };
+    let fields: Vec<String> = defaults.keys().cloned().collect();
+    let mut merged = defaults.clone();
     for (k, v) in inputs {
-        map.insert(k.clone(), v.clone());
+        merged.insert(k.clone(), v.clone());
     }
-    let mut unknown = Vec::new();
-    let merged: Result<S, _> = serde_ignored::deserialize(base, |path| unknown.push(path.to_string()));
-    if let Some(key) = unknown.into_iter().next() {
-        let suggestion = closest(&key, fields.iter().map(String::as_str));
-        return Err(Error::UnknownInput { key, state_type, fields, suggestion });
+    let mut problems = Vec::new();
+    loop {
+        let mut unknown = Vec::new();
+        let mut track = serde_path_to_error::Track::new();
+        let tracked = serde_path_to_error::Deserializer::new(Value::Object(merged.clone()), &mut track);
+        let result: Result<S, _> = serde_ignored::deserialize(tracked, |path| unknown.push(path.to_string()));
+        if !unknown.is_empty() {
+            let keys = unknown
+                .into_iter()
+                .map(|key| {
+                    let suggestion = closest(&key, fields.iter().map(String::as_str));
+                    UnknownKey { key, suggestion }
+                })
+                .collect();
+            return Err(Error::UnknownInput { keys, state_type, fields });
+        }
+        let error = match result {
+            Ok(merged) if problems.is_empty() => return Ok(merged),
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        let path = track.path().to_string();
+        problems.push(format!("inputs.{path}: {}", reworded(&error.to_string())));
+        // Put the field's default back and look for the next bad input; a failure the inputs
+        // did not cause (or one found again) ends the search.
+        let field = path.split(['.', '[']).next().unwrap_or_default();
+        match (inputs.contains_key(field), defaults.get(field)) {
+            (true, Some(default)) if merged.get(field) != Some(default) => {
+                merged.insert(field.to_string(), default.clone());
+            }
+            _ => break,
+        }
     }
-    merged.map_err(|e| Error::InvalidInput { state_type, message: e.to_string() })
+    Err(Error::InvalidInput { state_type, message: problems.join("; ") })
+}
+
+/// serde's "invalid type: string \"x\", expected u32" as "expected u32, got string \"x\"".
+fn reworded(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some((got, expected)) = message.strip_prefix(prefix).and_then(|rest| rest.rsplit_once(", expected ")) {
+            return format!("expected {expected}, got {got}");
+        }
+    }
+    message.to_string()
 }
 
 /// JSON kinds, for error messages.
@@ -104,6 +142,45 @@ mod tests {
     fn wrongly_typed_input_is_an_error() {
         let err = initial_state::<Article>(Some(&obj(json!({"words": "many"})))).unwrap_err();
         assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+    }
+
+    #[test]
+    fn every_unknown_input_is_reported_at_once() {
+        let err = initial_state::<Article>(Some(&obj(json!({"topc": "rust", "wrds": 3, "zzz": 1})))).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(
+                "unknown inputs `topc` (did you mean `topic`?), `wrds` (did you mean `words`?), `zzz` for state"
+            ),
+            "{msg}"
+        );
+        let err = initial_state::<()>(Some(&obj(json!({"a": 1, "b": 2})))).unwrap_err();
+        assert!(err.to_string().starts_with("unknown inputs `a`, `b` for state `()`"), "{err}");
+    }
+
+    #[derive(Default, Serialize, Deserialize, Debug, PartialEq)]
+    struct Order {
+        id: String,
+        count: u32,
+        lines: Vec<Line>,
+    }
+
+    #[derive(Default, Serialize, Deserialize, Debug, PartialEq)]
+    struct Line {
+        qty: u32,
+    }
+
+    #[test]
+    fn a_wrongly_typed_input_names_its_path_and_every_bad_field_is_reported() {
+        let msg = initial_state::<Order>(Some(&obj(json!({"count": "x"})))).unwrap_err().to_string();
+        assert!(msg.ends_with(r#"inputs.count: expected u32, got string "x""#), "{msg}");
+        let inputs = json!({"id": 7, "count": -1, "lines": [{"qty": 1}, {"qty": "two"}]});
+        let msg = initial_state::<Order>(Some(&obj(inputs))).unwrap_err().to_string();
+        assert!(msg.contains("inputs.count: expected u32, got integer `-1`"), "{msg}");
+        assert!(msg.contains(r#"inputs.id: expected a string, got integer `7`"#), "{msg}");
+        assert!(msg.contains(r#"inputs.lines[1].qty: expected u32, got string "two""#), "{msg}");
+        let ok: Order = initial_state(Some(&obj(json!({"lines": [{"qty": 2}]})))).unwrap();
+        assert_eq!(ok.lines, vec![Line { qty: 2 }]);
     }
 
     #[test]

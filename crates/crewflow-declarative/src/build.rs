@@ -64,7 +64,7 @@ impl FlowDefinition {
     }
 
     fn parse(text: &str, origin: &str, format: Format) -> Result<FlowDefinition, DeclarativeError> {
-        let syntax = |message: String| DeclarativeError::Syntax { origin: origin.to_string(), message };
+        let syntax = |message: String| DeclarativeError::Syntax { origin: origin.to_string(), message: plain(message) };
         if text.trim().is_empty() {
             return Err(syntax("it is empty; a definition needs at least `name:` and `methods:`".into()));
         }
@@ -85,7 +85,40 @@ impl FlowDefinition {
         if definition.document.methods.is_empty() {
             return Err(definition.invalid("`methods:` is empty; a flow needs at least one method".into()));
         }
+        definition.check_names()?;
         Ok(definition)
+    }
+
+    /// Names and settings the engine would take but a user cannot mean: an empty or
+    /// multi-line name (it appears in stores, events and errors), an outcome listed twice, a
+    /// step budget of zero.
+    fn check_names(&self) -> Result<(), DeclarativeError> {
+        let document = &self.document;
+        if let Err(problem) = plain_name(&document.name) {
+            return Err(DeclarativeError::Syntax {
+                origin: "the definition".into(),
+                message: format!("`name: {:?}` {problem}; give the flow a name such as `name: triage`", document.name),
+            });
+        }
+        for (name, method) in &document.methods {
+            if let Err(problem) = plain_name(name) {
+                return Err(self.invalid(format!(
+                    "the method name {name:?} under `methods:` {problem}; use a plain name such as `classify`"
+                )));
+            }
+            let method_error = |message: String| self.method_error(name, message);
+            check_labels("emit", &method.emit).map_err(method_error)?;
+            if let Some(feedback) = &method.human_feedback {
+                check_labels("human_feedback.emit", &feedback.emit).map_err(method_error)?;
+            }
+        }
+        if document.config.max_steps == Some(0) {
+            return Err(self.invalid(format!(
+                "`config.max_steps: 0` leaves no step able to run; give a positive budget, or leave it out for the default ({})",
+                crewflow_core::DEFAULT_MAX_STEPS
+            )));
+        }
+        Ok(())
     }
 
     /// The flow's name.
@@ -366,6 +399,49 @@ impl Names {
             "expected a method or label name, `{{or: [...]}}`, `{{and: [...]}}`, `{{step: name}}` or `{{label: name}}`, got {value}"
         )
     }
+}
+
+/// The YAML reader's messages in the words of the file rather than of its implementation.
+fn plain(message: String) -> String {
+    const REWORDED: [(&str, &str); 5] = [
+        (
+            ", set DuplicateKeyPolicy in Options if acceptable",
+            " (a key may appear once in a mapping: remove or rename one)",
+        ),
+        ("invalid u64", "expected a whole number, 0 or more"),
+        ("expected mapping start", "expected a mapping (`key: value` lines, or `{key: value}`)"),
+        ("expected sequence start", "expected a list (`[a, b]`, or `- a` lines)"),
+        ("expected string scalar", "expected a string"),
+    ];
+    REWORDED.iter().fold(message, |text, (from, to)| if text.contains(from) { text.replace(from, to) } else { text })
+}
+
+/// Why `name` cannot name a flow, a method or an outcome: empty, or holding a line break or
+/// another control character.
+fn plain_name(name: &str) -> Result<(), &'static str> {
+    if name.trim().is_empty() {
+        Err("is empty")
+    } else if name.chars().any(|c| c == '\n' || c == '\r') {
+        Err("holds a line break")
+    } else if name.chars().any(char::is_control) {
+        Err("holds a control character")
+    } else {
+        Ok(())
+    }
+}
+
+/// Refuses an outcome list (`emit`) with an unusable or repeated label.
+fn check_labels(key: &str, labels: &[String]) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    for label in labels {
+        if let Err(problem) = plain_name(label) {
+            return Err(format!("`{key}`: the label {label:?} {problem}; use a plain word such as `approved`"));
+        }
+        if !seen.insert(label.as_str()) {
+            return Err(format!("`{key}` lists `{label}` twice; list each outcome once"));
+        }
+    }
+    Ok(())
 }
 
 fn list(names: &BTreeSet<String>) -> String {

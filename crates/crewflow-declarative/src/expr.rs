@@ -56,12 +56,27 @@ impl std::fmt::Debug for Expr {
     }
 }
 
+/// The longest expression, in bytes. Expressions are conditions and small computations; the
+/// cap keeps the CEL parser within what it handles (it panics formatting a syntax error past
+/// column 65,535).
+pub(crate) const MAX_EXPRESSION_BYTES: usize = 4096;
+
+/// The most operator characters (`+ - * / % < > = ! & | ? . [ (`) an expression may hold.
+/// CEL's parser and evaluator recurse once per nested operation; about 1,300 nested additions
+/// overflow a 2 MiB thread stack (an abort, not an error), so the budget stays well below.
+pub(crate) const MAX_OPERATORS: usize = 500;
+
+/// The variables an expression may read (see the module documentation).
+const VARIABLES: [&str; 4] = ["state", "outputs", "input", "item"];
+
 impl Expr {
     /// Compiles `source`; the error says what is wrong with it.
     pub fn compile(source: &str) -> Result<Expr, String> {
+        check_size(source)?;
         let program = STDLIB
             .compile(source)
             .map_err(|e| format!("the expression `{source}` does not parse: {}", one_line(&e.to_string())))?;
+        check_names(source, program.expression())?;
         let refs = program.references();
         let uses = Uses { state: refs.has_variable("state"), outputs: refs.has_variable("outputs") };
         let (uses_input, uses_item) = (refs.has_variable("input"), refs.has_variable("item"));
@@ -98,6 +113,117 @@ impl Expr {
             Value::Bool(b) => Ok(b),
             other => Err(format!("the condition `{}` gave {other}, not true or false", self.source)),
         }
+    }
+}
+
+/// Refuses an expression too long or too deeply nested for the CEL parser, before it runs.
+fn check_size(source: &str) -> Result<(), String> {
+    let shown = || {
+        let head: String = source.chars().take(60).collect();
+        if head.len() < source.len() { format!("{head}…") } else { head }
+    };
+    if source.len() > MAX_EXPRESSION_BYTES {
+        return Err(format!(
+            "the expression `{}` is {} bytes long, over the limit of {MAX_EXPRESSION_BYTES}; split it across steps, or compute the value in a registered function (`call: code`)",
+            shown(),
+            source.len()
+        ));
+    }
+    let operators = operator_count(source);
+    if operators > MAX_OPERATORS {
+        return Err(format!(
+            "the expression `{}` has {operators} operators, over the limit of {MAX_OPERATORS}; split it across steps, or compute the value in a registered function (`call: code`)",
+            shown()
+        ));
+    }
+    Ok(())
+}
+
+/// The operator characters outside string literals: an upper bound on how deeply the
+/// expression nests.
+fn operator_count(source: &str) -> usize {
+    let mut count = 0;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in source.chars() {
+        if let Some(q) = quote {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                _ if c == q => quote = None,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' => quote = Some(c),
+            '+' | '-' | '*' | '/' | '%' | '<' | '>' | '=' | '!' | '&' | '|' | '?' | '.' | '[' | '(' => count += 1,
+            _ => {}
+        }
+    }
+    count
+}
+
+/// Refuses a name no evaluation can resolve (`stat.count` for `state.count`), naming it and the
+/// closest known one: otherwise the typo would fail the run, at the step, every time.
+fn check_names(source: &str, expr: &cel::IdedExpr) -> Result<(), String> {
+    let mut bound = Vec::new();
+    match unknown_name(expr, &mut bound) {
+        None => Ok(()),
+        Some(name) => {
+            let hint =
+                crewflow_core::closest(&name, VARIABLES).map(|c| format!("; did you mean `{c}`?")).unwrap_or_default();
+            Err(format!(
+                "the expression `{source}` reads `{name}`, which is not defined{hint} (expressions see `state`, `outputs`, `input` and, inside `each`, `item`)"
+            ))
+        }
+    }
+}
+
+/// The first identifier in `expr` that is neither a variable, nor bound by a macro around it
+/// (`x` in `list.all(x, x > 0)`), nor a type name (`int`); `bound` holds the macro variables in
+/// scope.
+fn unknown_name(expr: &cel::IdedExpr, bound: &mut Vec<String>) -> Option<String> {
+    use cel::common::ast::{EntryExpr, Expr as Node};
+    match &expr.expr {
+        Node::Ident(name) => {
+            let known = VARIABLES.contains(&name.as_str())
+                || bound.iter().any(|b| b == name)
+                || STDLIB.types().find_type(name).is_some();
+            (!known).then(|| name.clone())
+        }
+        Node::Call(call) => {
+            // `optional.of(x)`: a function in the `optional` namespace, not a variable.
+            let namespaced =
+                matches!(call.target.as_deref(), Some(t) if matches!(&t.expr, Node::Ident(n) if n == "optional"));
+            let target = call.target.as_deref().filter(|_| !namespaced);
+            target.into_iter().chain(&call.args).find_map(|e| unknown_name(e, bound))
+        }
+        Node::Comprehension(c) => {
+            if let Some(name) = unknown_name(&c.iter_range, bound).or_else(|| unknown_name(&c.accu_init, bound)) {
+                return Some(name);
+            }
+            let depth = bound.len();
+            bound.push(c.accu_var.clone());
+            let result = unknown_name(&c.result, bound);
+            bound.push(c.iter_var.clone());
+            bound.extend(c.iter_var2.clone());
+            let found =
+                result.or_else(|| unknown_name(&c.loop_cond, bound)).or_else(|| unknown_name(&c.loop_step, bound));
+            bound.truncate(depth);
+            found
+        }
+        Node::List(list) => list.elements.iter().find_map(|e| unknown_name(e, bound)),
+        Node::Map(map) => map.entries.iter().find_map(|entry| match &entry.expr {
+            EntryExpr::MapEntry(e) => unknown_name(&e.key, bound).or_else(|| unknown_name(&e.value, bound)),
+            EntryExpr::StructField(f) => unknown_name(&f.value, bound),
+        }),
+        Node::Struct(s) => s.entries.iter().find_map(|entry| match &entry.expr {
+            EntryExpr::MapEntry(e) => unknown_name(&e.key, bound).or_else(|| unknown_name(&e.value, bound)),
+            EntryExpr::StructField(f) => unknown_name(&f.value, bound),
+        }),
+        Node::Select(select) => unknown_name(&select.operand, bound),
+        Node::Literal(_) | Node::Unspecified => None,
     }
 }
 

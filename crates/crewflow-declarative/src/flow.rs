@@ -25,6 +25,10 @@ pub struct DeclarativeFlow {
     name: String,
     defaults: Map<String, Value>,
     schema: Option<Arc<jsonschema::Validator>>,
+    /// The state's keys when the definition declares them (`state.default`, the schema's
+    /// `properties`), for refusing unknown inputs; `None` when it declares none or its schema
+    /// allows more (`additionalProperties`, `patternProperties`).
+    keys: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for DeclarativeFlow {
@@ -63,7 +67,8 @@ impl DeclarativeFlow {
         if defaults.contains_key(OUTPUTS_KEY) {
             return Err(definition.invalid(format!("state.default may not use the reserved key `{OUTPUTS_KEY}`")));
         }
-        Ok(DeclarativeFlow { flow, name: definition.name().to_string(), defaults, schema })
+        let keys = declared_keys(&defaults, state.json_schema.as_ref());
+        Ok(DeclarativeFlow { flow, name: definition.name().to_string(), defaults, schema, keys })
     }
 
     /// Starts a run with `inputs` (a JSON object, or `()` for none) over the state's defaults,
@@ -87,6 +92,24 @@ impl DeclarativeFlow {
         };
         if inputs.contains_key(OUTPUTS_KEY) {
             return Err(bad(format!("`{OUTPUTS_KEY}` is reserved for method outputs")));
+        }
+        if let Some(keys) = &self.keys {
+            let unknown: Vec<String> = inputs
+                .keys()
+                .filter(|k| !keys.contains(k))
+                .map(|k| match crewflow_core::closest(k, keys.iter().map(String::as_str)) {
+                    Some(c) => format!("`{k}` (did you mean `{c}`?)"),
+                    None => format!("`{k}`"),
+                })
+                .collect();
+            if !unknown.is_empty() {
+                let (noun, them) = if unknown.len() == 1 { ("input", "it") } else { ("inputs", "them") };
+                return Err(bad(format!(
+                    "unknown {noun} {}; the state's keys are: {}. Declare {them} under `state.default` or `state.json_schema.properties`",
+                    unknown.join(", "),
+                    keys.join(", ")
+                )));
+            }
         }
         let mut state = self.defaults.clone();
         state.extend(inputs);
@@ -113,6 +136,27 @@ impl DeclarativeFlow {
     pub fn flow(&self) -> &Flow<DeclarativeState> {
         &self.flow
     }
+}
+
+/// The keys a definition declares: those of `state.default` and of its schema's `properties`.
+/// `None` when it declares none (any input is taken) or its schema admits other keys.
+fn declared_keys(defaults: &Map<String, Value>, schema: Option<&Value>) -> Option<Vec<String>> {
+    let mut keys: Vec<String> = defaults.keys().cloned().collect();
+    if let Some(schema) = schema {
+        let open = schema.get("patternProperties").is_some()
+            || schema.get("additionalProperties").is_some_and(|a| a != &Value::Bool(false));
+        if open {
+            return None;
+        }
+        let properties = schema.get("properties").and_then(Value::as_object).into_iter().flat_map(|p| p.keys());
+        let required = schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str);
+        for key in properties.map(String::as_str).chain(required) {
+            if !keys.iter().any(|k| k == key) {
+                keys.push(key.to_string());
+            }
+        }
+    }
+    if keys.is_empty() { None } else { Some(keys) }
 }
 
 impl Deref for DeclarativeFlow {

@@ -1,7 +1,7 @@
 //! The document: what a YAML or JSON flow definition may say, as serde types.
 //!
 //! Unknown fields are rejected everywhere (a misspelt key is an error, not a silent default).
-//! Conditions and actions are read as JSON values first and checked by [`crate::build`], so
+//! Conditions and actions are read as JSON values first and checked when the flow is built, so
 //! their errors can name the method and say what was expected.
 
 use indexmap::IndexMap;
@@ -68,14 +68,33 @@ pub struct ConfigDoc {
 }
 
 /// `persist:` — `true`, `false`, or `{store: URL}`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Clone, Debug)]
 pub enum PersistDoc {
     /// `persist: true` keeps runs in the registry's store, else the default store; `false` keeps
     /// nothing.
     Enabled(bool),
     /// `persist: {store: "sqlite://runs.db"}`; `${VAR}` in the URL reads the environment.
     Store(StoreDoc),
+}
+
+// By hand rather than `#[serde(untagged)]`, whose error ("did not match any variant of
+// untagged enum PersistDoc") names a Rust type instead of what to write.
+impl<'de> Deserialize<'de> for PersistDoc {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        match &value {
+            Value::Bool(enabled) => return Ok(PersistDoc::Enabled(*enabled)),
+            Value::Object(map) if map.len() == 1 => {
+                if let Some(Value::String(store)) = map.get("store") {
+                    return Ok(PersistDoc::Store(StoreDoc { store: store.clone() }));
+                }
+            }
+            _ => {}
+        }
+        Err(serde::de::Error::custom(format!(
+            "`persist:` must be `true`, `false` or `{{store: URL}}` (such as `{{store: \"sqlite://runs.db\"}}`), not {value}"
+        )))
+    }
 }
 
 /// `persist: {store: ...}`.
@@ -112,7 +131,7 @@ pub struct MethodDoc {
     /// Checkpoint after this step (when any step says so, only those steps do).
     #[serde(default)]
     pub persist: bool,
-    /// What the step does: an action (see [`crate::action`]).
+    /// What the step does: an action (`call: code | expression | llm | each`; see docs/declarative.md).
     #[serde(rename = "do")]
     pub action: Value,
 }

@@ -28,9 +28,29 @@ pub struct ProviderEmbedder {
 
 impl ProviderEmbedder {
     /// The embedder named by a model string, configured from the environment like [`crate::Llm::new`].
+    ///
+    /// `local` embeds with the local embedding model (all-MiniLM-L6-v2, or
+    /// `$CREWFLOW_LOCAL_EMBEDDER`) and needs only its files; `local/<directory>` names another
+    /// embedding model's directory. Its model id is the one `local::LocalEmbedder` gives, so their
+    /// vectors are compared.
     pub fn new(model: &str) -> Result<Self, LlmError> {
+        if let Some(name) = model.strip_prefix("local").filter(|rest| rest.is_empty() || rest.starts_with('/')) {
+            return Ok(ProviderEmbedder { provider: local_embedder(name.strip_prefix('/').unwrap_or(name))? });
+        }
         Ok(ProviderEmbedder { provider: crate::provider_for(model, crate::LlmOptions::default())? })
     }
+}
+
+#[cfg(feature = "local")]
+fn local_embedder(name: &str) -> Result<Arc<dyn Provider>, LlmError> {
+    Ok(Arc::new(crate::local::LazyLocalEmbedder::new(name)?))
+}
+
+#[cfg(not(feature = "local"))]
+fn local_embedder(_name: &str) -> Result<Arc<dyn Provider>, LlmError> {
+    Err(LlmError::Local(
+        "the local embedding model needs crewflow's `local` feature (on in the examples and the CLI); or choose a provider such as openai/text-embedding-3-small".into(),
+    ))
 }
 
 impl Embedder for ProviderEmbedder {

@@ -34,6 +34,14 @@ pub enum StoreError {
         /// The file.
         path: PathBuf,
     },
+    /// SQLite cannot open or write the file; the reason comes from the file system.
+    #[error("cannot use the SQLite database {path}: {reason}")]
+    CannotOpen {
+        /// The file.
+        path: PathBuf,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// The database belongs to another application.
     #[error(
         "{store} already holds tables of another application ({tables}); crewflow keeps its runs in a database of its own: choose another file or database"
@@ -79,10 +87,21 @@ pub enum StoreError {
     #[cfg(feature = "sqlite")]
     #[error("the SQLite call did not complete: {0}")]
     SqliteTask(String),
-    /// PostgreSQL reported an error.
+    /// PostgreSQL reported an error; the message is the server's (with its detail, hint and
+    /// SQLSTATE code), not the driver's "db error".
     #[cfg(feature = "postgres")]
-    #[error("PostgreSQL: {}", postgres_reason(.0))]
+    #[error("PostgreSQL: {}", crate::postgres::explain(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    /// A value holds U+0000, which PostgreSQL cannot store in text or JSON (`jsonb` refuses
+    /// `\u0000`); refused before anything is written.
+    #[cfg(feature = "postgres")]
+    #[error(
+        "PostgreSQL cannot store the character U+0000 (NUL), found in {place}; remove it from the value (the SQLite store keeps it, if it must stay)"
+    )]
+    NulCharacter {
+        /// Where: the value and the path inside it (`the state at notes[1]`).
+        place: String,
+    },
     /// No PostgreSQL connection could be had.
     #[cfg(feature = "postgres")]
     #[error("cannot reach PostgreSQL at {target}: {message}")]
@@ -98,26 +117,6 @@ pub enum StoreError {
     /// The session's lock is held by another process.
     #[error(transparent)]
     SessionLocked(crewflow_core::chat::SessionLockTimeout),
-}
-
-/// A PostgreSQL error with its reason: the driver's own message is only its kind (`db error`),
-/// the server's message, detail and hint are in its source.
-#[cfg(feature = "postgres")]
-fn postgres_reason(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut reason = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-        if let Some(detail) = db.detail() {
-            reason.push_str(&format!("; {detail}"));
-        }
-        if let Some(hint) = db.hint() {
-            reason.push_str(&format!("; hint: {hint}"));
-        }
-        return reason;
-    }
-    match std::error::Error::source(e) {
-        Some(cause) => format!("{e}: {cause}"),
-        None => e.to_string(),
-    }
 }
 
 impl StoreError {

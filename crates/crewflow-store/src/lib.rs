@@ -3,7 +3,7 @@
 //! Two backends implement the engine's [`RunStore`]:
 //!
 //! - [`SqliteStore`] (feature `sqlite`, on by default): a file, no server; the default.
-//! - [`PostgresStore`] (feature `postgres`): for several processes or machines sharing runs,
+//! - `PostgresStore` (feature `postgres`): for several processes or machines sharing runs,
 //!   with workers taking over runs whose process stopped.
 //!
 //! ```no_run

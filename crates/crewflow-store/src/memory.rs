@@ -75,7 +75,7 @@ pub struct ModelCount {
 }
 
 /// A store that keeps memories: [`SqliteStore`](crate::SqliteStore) and
-/// [`PostgresStore`](crate::PostgresStore). Used through `crewflow::memory::Memory`.
+/// `PostgresStore`. Used through `crewflow::memory::Memory`.
 pub trait MemoryStore: Send + Sync + 'static {
     /// Names the store in messages.
     fn describe(&self) -> String;

@@ -20,7 +20,9 @@ use tokio_postgres::NoTls;
 
 use crate::StoreError;
 use crate::heartbeat::Heartbeat;
-use crate::util::{fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status};
+use crate::util::{
+    fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status, refuse_nul_json, refuse_nul_text,
+};
 
 /// The newest schema this crewflow writes.
 const SCHEMA_VERSION: i64 = 4;
@@ -150,7 +152,7 @@ impl PostgresStore {
     }
 
     fn unavailable(&self, e: deadpool_postgres::PoolError) -> StoreError {
-        StoreError::PostgresUnavailable { target: self.inner.target.clone(), message: e.to_string() }
+        StoreError::PostgresUnavailable { target: self.inner.target.clone(), message: explain_pool(&e) }
     }
 
     fn keep_leases_alive(&self, owner: &str, lease: Duration) {
@@ -223,6 +225,21 @@ async fn migrate(client: &mut tokio_postgres::Client, target: &str) -> Result<()
     tx.commit().await.map_err(Into::into)
 }
 
+/// Refuses a checkpoint holding U+0000 anywhere PostgreSQL would reject it, naming the value:
+/// a step's output first (the likeliest source), then the state, the frontier, the feedback.
+fn refuse_nul_checkpoint(cp: &Checkpoint) -> Result<(), StoreError> {
+    for step in &cp.steps {
+        refuse_nul_text("a step's name", &step.step)?;
+        refuse_nul_json(&format!("the output of step `{}`", step.step), &step.output)?;
+    }
+    refuse_nul_json("the run's state", &cp.state)?;
+    refuse_nul_json("the run's frontier (the inputs waiting for their steps)", &cp.frontier)?;
+    if let Some(feedback) = &cp.feedback {
+        refuse_nul_json("the run's feedback record", feedback)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn boxed<T>(r: Result<T, StoreError>) -> Result<T, crewflow_core::BoxError> {
     r.map_err(StoreError::into_boxed)
 }
@@ -263,6 +280,15 @@ impl RunStore for PostgresStore {
         Box::pin(async move {
             boxed(
                 async {
+                    refuse_nul_text("the flow's name", &run.flow)?;
+                    if let Some(inputs) = &run.inputs {
+                        refuse_nul_json("the kickoff inputs", inputs)?;
+                    }
+                    if let Some(payload) = &run.payload {
+                        refuse_nul_json("the kickoff payload", payload)?;
+                    }
+                    refuse_nul_json("the initial state", &run.state)?;
+                    refuse_nul_json("the run's frontier (the inputs waiting for their steps)", &run.frontier)?;
                     let client = self.client().await?;
                     let queued = run.status == RunStatus::Queued;
                     let owner: Option<&str> = (!queued).then_some(&*run.owner);
@@ -306,6 +332,7 @@ impl RunStore for PostgresStore {
         Box::pin(async move {
             boxed(
                 async {
+                    refuse_nul_checkpoint(cp)?;
                     let client = self.client().await?;
                     let sql = format!(
                         "WITH run AS (
@@ -345,6 +372,12 @@ impl RunStore for PostgresStore {
         Box::pin(async move {
             boxed(
                 async {
+                    if let Some(cp) = &end.checkpoint {
+                        refuse_nul_checkpoint(cp)?;
+                    }
+                    // The error text is kept whatever it holds: refusing it would leave the
+                    // run `running` until its lease ran out.
+                    let error = end.error.as_deref().map(|e| e.replace('\0', "\\u0000"));
                     let client = self.client().await?;
                     let (state, frontier, seq, steps, feedback) = match &end.checkpoint {
                         Some(cp) => (
@@ -373,7 +406,7 @@ impl RunStore for PostgresStore {
                             &[
                                 &end.run_id.to_string(),
                                 &end.status.as_str(),
-                                &end.error,
+                                &error,
                                 &end.final_activation.map(|a| a as i64),
                                 &state,
                                 &frontier,
@@ -626,6 +659,71 @@ impl RunStore for PostgresStore {
                 .await,
             )
         })
+    }
+}
+
+/// What PostgreSQL said: for a server error its message, detail, hint and SQLSTATE code, with
+/// the fix for the usual ones; for others the driver's words and their cause (tokio-postgres
+/// prints only "db error" for every server error).
+pub(crate) fn explain(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        return match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        };
+    };
+    let mut out = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    if let Some(detail) = db.detail() {
+        out.push_str(&format!("; detail: {detail}"));
+    }
+    if let Some(hint) = db.hint() {
+        out.push_str(&format!("; hint: {hint}"));
+    }
+    if let Some(fix) = fix_for(db.code()) {
+        out.push_str("; ");
+        out.push_str(fix);
+    }
+    out
+}
+
+/// What to do about the server errors a user of the store meets.
+fn fix_for(code: &tokio_postgres::error::SqlState) -> Option<&'static str> {
+    use tokio_postgres::error::SqlState;
+    Some(match code {
+        c if *c == SqlState::INVALID_CATALOG_NAME => {
+            "create the database (`createdb <name>`, or CREATE DATABASE) or fix its name in the URL"
+        }
+        c if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+            "check the user and password in the URL (postgres://USER:PASSWORD@HOST/DB)"
+        }
+        c if *c == SqlState::INVALID_SCHEMA_NAME => {
+            "the search path names no schema that exists: create the schema, or choose one with `?options=-csearch_path%3DSCHEMA` in the URL"
+        }
+        c if *c == SqlState::INSUFFICIENT_PRIVILEGE => {
+            "grant the user the rights crewflow needs (GRANT CREATE, USAGE ON SCHEMA ... TO ...), or connect as another user"
+        }
+        c if *c == SqlState::TOO_MANY_CONNECTIONS => {
+            "the server has no free connection: raise max_connections or run fewer processes"
+        }
+        c if *c == SqlState::UNTRANSLATABLE_CHARACTER || *c == SqlState::CHARACTER_NOT_IN_REPERTOIRE => {
+            "PostgreSQL cannot store the character U+0000 (NUL) in text or JSON; remove it from the value"
+        }
+        _ => return None,
+    })
+}
+
+/// Why no connection could be had from the pool.
+fn explain_pool(e: &deadpool_postgres::PoolError) -> String {
+    use deadpool_postgres::{PoolError, TimeoutType};
+    match e {
+        PoolError::Backend(e) => explain(e),
+        PoolError::Timeout(TimeoutType::Create) => {
+            "the server did not answer within 5 s; check the host and port in the URL and that the server runs".into()
+        }
+        PoolError::Timeout(TimeoutType::Wait) => {
+            "every connection of the pool stayed busy for 30 s; the server or the database may be overloaded".into()
+        }
+        other => other.to_string(),
     }
 }
 

@@ -25,6 +25,8 @@ impl PostgresStore {
         entry: &'a JournalEntry,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
+            // The value is JSON in a TEXT column (U+0000 is escaped in it); the key is raw text.
+            boxed(crate::util::refuse_nul_text("a journal key (the name given to cx.once)", &entry.key))?;
             let client = boxed(self.client().await)?;
             let id = run_id.to_string();
             // One round trip, fenced like a checkpoint: a process that lost the run records

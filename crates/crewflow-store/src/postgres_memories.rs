@@ -98,6 +98,14 @@ impl MemoryStore for PostgresStore {
         Box::pin(async move {
             boxed(
                 async {
+                    for m in rows {
+                        crate::util::refuse_nul_text("a memory's content", &m.content)?;
+                        crate::util::refuse_nul_text("a memory's scope", &m.scope)?;
+                        for category in &m.categories {
+                            crate::util::refuse_nul_text("a memory's category", category)?;
+                        }
+                        crate::util::refuse_nul_json("a memory's metadata", &m.metadata.to_string())?;
+                    }
                     let mut client = self.client().await?;
                     let tx = client.transaction().await?;
                     let stmt = tx

@@ -401,6 +401,9 @@ impl SessionStore for PostgresStore {
 }
 
 async fn save_turn(tx: &Transaction<'_>, save: &TurnSave) -> Result<(), StoreError> {
+    crate::util::refuse_nul_json("the session's state", &save.state)?;
+    crate::util::refuse_nul_text("the user's message", &save.turn.user_message)?;
+    crate::util::refuse_nul_text("the reply", &save.turn.reply)?;
     let expected = save.expected_turns as i64;
     // A new session is created only if no row exists; an existing one moves on only from the
     // turn count this turn started from (never re-created if it was deleted meanwhile). The row

@@ -34,9 +34,71 @@ pub(crate) fn may_claim(holder: Option<&str>, live: bool, me: &str, replacing: O
     }
 }
 
+/// Refuses JSON text holding U+0000 (PostgreSQL's `jsonb` cannot), naming `what` and the path
+/// inside it. Cheap when there is none: one substring search.
+#[cfg(feature = "postgres")]
+pub(crate) fn refuse_nul_json(what: &str, json: &str) -> Result<(), StoreError> {
+    // JSON writers escape U+0000 as `\u0000`; only then is the value parsed, to say where.
+    if !json.contains("\\u0000") && !json.contains('\0') {
+        return Ok(());
+    }
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else { return Ok(()) };
+    match nul_path(&value, String::new()) {
+        Some(path) if path.is_empty() => Err(StoreError::NulCharacter { place: what.to_string() }),
+        Some(path) => Err(StoreError::NulCharacter { place: format!("{what} at `{path}`") }),
+        // An escaped backslash before `u0000`: no NUL after all.
+        None => Ok(()),
+    }
+}
+
+/// Refuses text holding U+0000, naming `what`.
+#[cfg(feature = "postgres")]
+pub(crate) fn refuse_nul_text(what: &str, text: &str) -> Result<(), StoreError> {
+    if text.contains('\0') { Err(StoreError::NulCharacter { place: what.to_string() }) } else { Ok(()) }
+}
+
+/// The path of the first string or key holding U+0000 (`notes[1]`, `user.name`, `` for the
+/// value itself).
+#[cfg(feature = "postgres")]
+fn nul_path(value: &serde_json::Value, at: String) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0').then_some(at),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| nul_path(v, format!("{at}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let key = if !k.is_empty() && k.chars().all(|c| c.is_alphanumeric() || c == '_') {
+                if at.is_empty() { k.clone() } else { format!("{at}.{k}") }
+            } else {
+                format!("{at}[\"{}\"]", k.escape_debug())
+            };
+            if k.contains('\0') { Some(format!("{key} (the key)")) } else { nul_path(v, key) }
+        }),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::may_claim;
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn nul_characters_are_found_with_their_path() {
+        use super::{refuse_nul_json, refuse_nul_text};
+        let place = |json: &str| match refuse_nul_json("the state", json) {
+            Err(crate::StoreError::NulCharacter { place }) => Some(place),
+            _ => None,
+        };
+        assert_eq!(place(r#"{"a": "x\u0000y"}"#).as_deref(), Some("the state at `a`"));
+        assert_eq!(place(r#"{"a": {"b": [1, "ok", "\u0000"]}}"#).as_deref(), Some("the state at `a.b[2]`"));
+        assert_eq!(place(r#"{"my key": "\u0000"}"#).as_deref(), Some("the state at `[\"my key\"]`"));
+        assert_eq!(place(r#"{"k\u0000": 1}"#).as_deref(), Some("the state at `[\"k\\0\"] (the key)`"));
+        assert_eq!(place(r#""\u0000""#).as_deref(), Some("the state"));
+        assert_eq!(place(r#"{"a": "a backslash then u0000: \\u0000"}"#), None, "an escaped backslash");
+        assert_eq!(place(r#"{"a": "\u0001"}"#), None);
+        assert!(refuse_nul_text("the reply", "a\0b").is_err());
+        assert!(refuse_nul_text("the reply", "ab").is_ok());
+    }
 
     #[test]
     fn claims_respect_live_leases_and_dead_owner_replacement() {

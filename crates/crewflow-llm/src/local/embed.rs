@@ -61,7 +61,7 @@ impl LocalEmbedder {
     pub fn load(dir: impl AsRef<Path>) -> Result<Self, LlmError> {
         static LOADED: Mutex<Option<HashMap<PathBuf, Arc<Loaded>>>> = Mutex::new(None);
         let dir = dir.as_ref().to_path_buf();
-        require(&dir.join("model.safetensors"), "embedding model", super::EMBEDDER_VAR)?;
+        require_files(&dir)?;
         let mut loaded = LOADED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(inner) = loaded.get_or_insert_with(HashMap::new).get(&dir) {
             return Ok(LocalEmbedder { inner: inner.clone() });
@@ -168,12 +168,45 @@ fn model_name(dir: &Path) -> String {
     names.into_iter().find(|n| n != "model").unwrap_or_else(|| "local-embedder".into())
 }
 
+/// The files an embedding model directory must hold.
+const EMBEDDER_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
+
+/// Checks that `dir` holds the embedding model's files (and nothing else: the text model is not
+/// needed to embed).
+pub(super) fn require_files(dir: &Path) -> Result<(), LlmError> {
+    EMBEDDER_FILES.iter().try_for_each(|file| require(&dir.join(file), "embedding model", super::EMBEDDER_VAR))
+}
+
+/// The id [`LocalEmbedder::model_id`] gives the model in `dir` (`all-MiniLM-L6-v2@1a2b3c4d`),
+/// read from the edges of the weights file without loading them.
+pub(super) fn model_id_of(dir: &Path) -> Result<String, LlmError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = dir.join("model.safetensors");
+    let fail = |e: std::io::Error| failed("cannot read", &path, e);
+    let mut file = std::fs::File::open(&path).map_err(fail)?;
+    let len = file.metadata().map_err(fail)?.len() as usize;
+    let edge = len.min(EDGE);
+    let mut head = vec![0; edge];
+    file.read_exact(&mut head).map_err(fail)?;
+    let mut tail = vec![0; edge];
+    file.seek(SeekFrom::Start((len - edge) as u64)).map_err(fail)?;
+    file.read_exact(&mut tail).map_err(fail)?;
+    Ok(format!("{}@{}", model_name(dir), digest(&head, &tail, len)))
+}
+
+/// Bytes of the weights sampled at each end for their digest.
+const EDGE: usize = 64 * 1024;
+
 /// 8 hex digits identifying the weights (FNV-1a over their size, first and last 64 KiB):
 /// vectors from different weights get different ids.
 fn short_digest(bytes: &[u8]) -> String {
-    let edge = bytes.len().min(64 * 1024);
-    let size = bytes.len().to_le_bytes();
-    let sampled = bytes[..edge].iter().chain(&bytes[bytes.len() - edge..]).chain(&size);
+    let edge = bytes.len().min(EDGE);
+    digest(&bytes[..edge], &bytes[bytes.len() - edge..], bytes.len())
+}
+
+fn digest(head: &[u8], tail: &[u8], len: usize) -> String {
+    let size = len.to_le_bytes();
+    let sampled = head.iter().chain(tail).chain(&size);
     let hash = sampled.fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     format!("{:08x}", hash >> 32)
 }
@@ -185,5 +218,43 @@ impl Embedder for LocalEmbedder {
 
     fn model_id(&self) -> String {
         format!("local/{}", self.inner.id)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A directory removed on drop (the crate has no dev-dependency for it).
+    pub(crate) struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(tag: &str) -> TempDir {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let dir = std::env::temp_dir().join(format!("crewflow-{tag}-{}-{}", std::process::id(), nanos.as_nanos()));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        pub(crate) fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn the_id_read_from_the_file_edges_matches_the_loaded_ids() {
+        let dir = TempDir::new("edges");
+        for len in [0usize, 10, EDGE, EDGE + 1, 3 * EDGE + 17] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            std::fs::write(dir.path().join("model.safetensors"), &bytes).unwrap();
+            let name = model_name(dir.path());
+            assert_eq!(model_id_of(dir.path()).unwrap(), format!("{name}@{}", short_digest(&bytes)), "{len} bytes");
+        }
     }
 }

@@ -145,6 +145,69 @@ fn size_candle_kernels(threads: usize) {
     }
 }
 
+/// The embeddings of [`ProviderEmbedder::new("local")`](crate::ProviderEmbedder::new): checks
+/// the embedding model's files now (and only those: the text model is not needed), loads the
+/// model on the first call, off the async runtime. Its model id is [`LocalEmbedder`]'s, so
+/// vectors from either are compared.
+#[derive(Debug)]
+pub(crate) struct LazyLocalEmbedder {
+    dir: PathBuf,
+    id: String,
+    embedder: OnceCell<LocalEmbedder>,
+}
+
+impl LazyLocalEmbedder {
+    /// `local` (the default embedding model) or `local/<directory of an embedding model>`.
+    pub(crate) fn new(name: &str) -> Result<Self, LlmError> {
+        let dir = if name.is_empty() { default_embedder_dir() } else { PathBuf::from(name) };
+        embed::require_files(&dir)?;
+        let id = embed::model_id_of(&dir)?;
+        Ok(LazyLocalEmbedder { dir, id, embedder: OnceCell::new() })
+    }
+}
+
+impl Provider for LazyLocalEmbedder {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn model(&self) -> &str {
+        &self.id
+    }
+
+    fn chat<'a>(&'a self, _: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
+        Box::pin(async move { Err(self.cannot_chat()) })
+    }
+
+    fn chat_stream<'a>(&'a self, _: &'a ChatRequest) -> BoxFuture<'a, Result<DeltaStream, LlmError>> {
+        Box::pin(async move { Err(self.cannot_chat()) })
+    }
+
+    fn embed<'a>(&'a self, texts: &'a [&'a str]) -> EmbedFuture<'a> {
+        Box::pin(async move {
+            let embedder = self
+                .embedder
+                .get_or_try_init(|| async {
+                    let dir = self.dir.clone();
+                    tokio::task::spawn_blocking(move || LocalEmbedder::load(dir))
+                        .await
+                        .map_err(|e| LlmError::Local(format!("loading the local embedder failed: {e}")))?
+                })
+                .await?;
+            embedder.embed_texts(texts).await
+        })
+    }
+}
+
+impl LazyLocalEmbedder {
+    fn cannot_chat(&self) -> LlmError {
+        LlmError::Unsupported {
+            provider: "local",
+            what: format!("chat with the embedding model {} (use Llm::new(\"local\") for text)", self.id),
+        }
+    }
+}
+
 /// The `local` model string's provider: checks the file now, loads it (about a second) on
 /// the first call, off the async runtime.
 #[derive(Debug)]
@@ -199,5 +262,32 @@ impl Provider for LazyLocal {
                 .map_err(|e| LlmError::Local(format!("loading the local embedder failed: {e}")))??;
             embedder.embed_texts(texts).await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::embed::tests::TempDir;
+    use super::*;
+    use crate::{Embedder, ProviderEmbedder};
+
+    /// The local embedder needs the embedding model's three files and nothing else (the text
+    /// model it used to demand is not involved); a missing one is named with the fix.
+    #[test]
+    fn the_local_embedder_needs_only_the_embedding_models_files() {
+        let dir = TempDir::new("embedder");
+        let model = dir.path().join("minilm_l6_v2").join("model");
+        std::fs::create_dir_all(&model).unwrap();
+        for (file, text) in [("config.json", "{}"), ("tokenizer.json", "{}")] {
+            std::fs::write(model.join(file), text).unwrap();
+        }
+        let err = ProviderEmbedder::new(&format!("local/{}", model.display())).unwrap_err().to_string();
+        assert!(err.contains("model.safetensors does not exist") && err.contains(EMBEDDER_VAR), "{err}");
+        std::fs::write(model.join("model.safetensors"), b"weights").unwrap();
+        let embedder = ProviderEmbedder::new(&format!("local/{}", model.display())).unwrap();
+        let id = embedder.model_id();
+        assert!(id.starts_with("local/all-MiniLM-L6-v2@"), "{id}");
+        assert_eq!(id, format!("local/{}", embed::model_id_of(&model).unwrap()), "LocalEmbedder's id");
+        assert!(!default_model_path().starts_with(&model), "no text model in this directory");
     }
 }
