@@ -95,7 +95,7 @@ async fn when_attempts_run_out_the_run_fails_with_the_last_error() {
         .store(SqliteStore::in_memory())
         .build()
         .unwrap();
-    let err = flow.kickoff(()).await.err().expect("three failures");
+    let Err(err) = flow.kickoff(()).await else { panic!("three failures fail the run") };
     assert_eq!(attempts.load(Ordering::SeqCst), 3);
     assert!(err.to_string().contains("gateway timeout on attempt 3"), "{err}");
 }
