@@ -19,7 +19,8 @@ pub type RetryWhen = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
 ///
 /// // up to 4 attempts in all, waiting 200 ms, 400 ms, then 800 ms between them
 /// let retry = Retry::attempts(4).backoff(Duration::from_millis(200));
-/// assert_eq!(retry.delay_before(2), Duration::from_millis(400));
+/// assert_eq!(retry.delay_before(2), Duration::from_millis(200));
+/// assert_eq!(retry.delay_before(3), Duration::from_millis(400));
 /// ```
 #[derive(Clone)]
 pub struct Retry {
