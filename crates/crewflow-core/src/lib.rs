@@ -7,7 +7,8 @@
 //! - [`graph`]: a flow's definition, validated ([`GraphSpec::compile`](graph::GraphSpec::compile));
 //! - [`frontier`]: the pure state machine deciding what runs next;
 //! - the driver behind [`Flow::kickoff`], [`FlowBuilder`] to assemble flows at run time,
-//!   [`Cx`] (what a step sees), [`Event`]s, and [`Error`].
+//!   [`Cx`] (what a step sees), [`Event`]s, and [`Error`];
+//! - [`host`]: the seam the layers above (conversations, a server) start runs through.
 
 mod builder;
 mod cancel;
@@ -21,6 +22,7 @@ pub mod feedback;
 mod flow;
 pub mod frontier;
 pub mod graph;
+pub mod host;
 mod id;
 mod input;
 pub mod journal;
@@ -45,6 +47,7 @@ pub use feedback::{
     FeedbackResult, HumanFeedback, LearnRequest, OutcomeClassifier, Paused,
 };
 pub use flow::{Flow, Kickoff, Run, RunHandle, StepRecord};
+pub use host::HostedRun;
 pub use id::RunId;
 pub use input::{Answer, ConsoleInput, InputFuture, InputProvider, InputRecord, InputRequest, InputResponse};
 pub use output::{Output, TypeInfo};
