@@ -12,7 +12,6 @@
 
 mod builder;
 mod cancel;
-pub mod chat;
 mod console;
 mod cx;
 mod driver;
@@ -38,7 +37,6 @@ mod worker;
 
 pub use builder::{DEFAULT_CANCEL_GRACE, DEFAULT_MAX_STEPS, FlowBuilder};
 pub use cancel::Canceller;
-pub use chat::{ChatOptions, ChatState, Conversational, Turn, TurnEvent};
 pub use cx::Cx;
 pub use error::{BoxError, Error, Result, StepError, closest};
 pub use event::{Event, EventKind, EventStream, Observer};
