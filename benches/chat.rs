@@ -14,7 +14,7 @@
 
 use std::time::Instant;
 
-use crewflow::chat::{ChatOptions, ChatState};
+use crewflow::chat::{ChatFlow, ChatOptions, ChatState, SessionId};
 use crewflow::prelude::*;
 use crewflow::store::SqliteStore;
 use futures::StreamExt;
@@ -44,17 +44,20 @@ fn run_child(name: &str) {
 }
 
 /// A conversational flow whose one step replies without a model.
-fn reply_flow(path: &std::path::Path, traces: bool) -> Flow<ChatState> {
-    FlowBuilder::<ChatState>::new("bench_chat")
+fn reply_flow(path: &std::path::Path, traces: bool) -> ChatFlow<ChatState> {
+    let flow = FlowBuilder::<ChatState>::new("bench_chat")
         .start("reply", |_cx, message: String| async move { Ok(format!("you said: {message}")) })
-        .store(SqliteStore::open(path))
-        .chat(ChatOptions::default().traces(traces))
         .build()
-        .expect("a flow")
+        .expect("a flow");
+    ChatFlow::new(flow, SqliteStore::open(path)).with_options(ChatOptions::default().traces(traces)).expect("options")
+}
+
+fn session(id: &str) -> SessionId {
+    SessionId::new(id).expect("a valid session id")
 }
 
 /// Microseconds per turn of 100 turns on one fresh session.
-async fn hundred_turns(flow: &Flow<ChatState>, session: &str) -> f64 {
+async fn hundred_turns(flow: &ChatFlow<ChatState>, session: &SessionId) -> f64 {
     let started = Instant::now();
     for i in 0..100 {
         flow.handle_turn(session, &format!("message number {i}")).await.expect("a turn");
@@ -66,10 +69,10 @@ async fn turn_overhead() {
     let dir = tempfile::tempdir().expect("a temp dir");
     for (traces, metric) in [(true, "per_turn_us"), (false, "per_turn_us_untraced")] {
         let flow = reply_flow(&dir.path().join(format!("turns-{traces}.db")), traces);
-        hundred_turns(&flow, "warmup").await;
+        hundred_turns(&flow, &session("warmup")).await;
         let mut samples = Vec::new();
         for s in 0..7 {
-            samples.push(hundred_turns(&flow, &format!("session-{s}")).await);
+            samples.push(hundred_turns(&flow, &session(&format!("session-{s}"))).await);
         }
         report("turn_overhead", metric, "us", samples);
     }
@@ -83,7 +86,7 @@ async fn sessions_10k() {
         .map(|s| {
             let flow = flow.clone();
             async move {
-                let id = format!("session-{s}");
+                let id = session(&format!("session-{s}"));
                 for t in 0..10 {
                     flow.handle_turn(&id, &format!("turn {t} of {id}")).await.expect("a turn");
                 }

@@ -65,6 +65,11 @@
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+/// The code blocks of `docs/chat.md`, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/chat.md")]
+pub struct ChatDocDoctests;
+
 // Lets the macros' generated `::crewflow::..` paths resolve inside this crate's own tests.
 extern crate self as crewflow;
 
@@ -79,6 +84,17 @@ pub mod feedback {
     pub use crate::webhook::WebhookFeedback;
     pub use crewflow_core::feedback::*;
 }
+
+/// Conversations: a [`chat::ChatFlow`] holds sessions of turns over a flow whose state holds a
+/// [`chat::ChatState`]; history windows and summaries, intents, session locks, one trace per
+/// session. See `docs/chat.md`.
+pub mod chat {
+    pub use crewflow_chat::*;
+}
+
+/// Implements [`chat::Conversational`] for a state with a [`chat::ChatState`] field:
+/// `crewflow::conversational!(Support, chat);`.
+pub use crewflow_chat::conversational;
 
 /// Language models: providers, streaming, tools, structured output, embeddings.
 pub mod llm {
@@ -116,7 +132,7 @@ pub mod __private {
 
 /// What most flows need: `use crewflow::prelude::*;`.
 pub mod prelude {
-    pub use crate::chat::{ChatOptions, ChatState, Conversational};
+    pub use crate::chat::{ChatCx, ChatFlow, ChatOptions, ChatState, Conversational, SessionId};
     pub use crate::llm::{ChatRequest, Llm, Message};
     pub use crate::trigger::{and, label, or, route, step};
     pub use crate::{

@@ -5,12 +5,11 @@
 
 mod common;
 
-use common::chat::temp_db;
+use common::chat::{on_file, on_file_with, sid, temp_db};
 use common::http::{Reply, TestServer};
-use crewflow::chat::{ChatOptions, ChatState, TurnEvent};
+use crewflow::chat::{ChatError, ChatOptions, ChatState, TurnEvent};
 use crewflow::llm::{HashEmbedder, Intents, LlmIntents, LlmOptions, RetryPolicy};
 use crewflow::prelude::*;
-use crewflow::store::SqliteStore;
 use crewflow::{Error, EventKind};
 use serde_json::json;
 
@@ -22,7 +21,7 @@ fn support_intents() -> Intents {
 }
 
 /// A flow whose router is the intent classifier; each intent has its own desk.
-fn support_flow(path: &std::path::Path, intents: Intents) -> Flow<ChatState> {
+fn support_flow(path: &std::path::Path, intents: Intents) -> ChatFlow<ChatState> {
     let labels = intents.labels();
     let mut builder = FlowBuilder::<ChatState>::new("support")
         .start_router("route", move |cx: Cx<ChatState>, message: String| {
@@ -36,29 +35,90 @@ fn support_flow(path: &std::path::Path, intents: Intents) -> Flow<ChatState> {
             async move { Ok(format!("{l} desk here")) }
         });
     }
-    builder.store(SqliteStore::open(path)).build().unwrap()
+    on_file(builder, path)
 }
 
 #[tokio::test]
 async fn the_embedder_routes_by_example_and_below_the_threshold_to_unknown() {
     let (_dir, path) = temp_db();
     let flow = support_flow(&path, support_intents());
-    let turn = flow.handle_turn("s", "why is my invoice wrong").await.unwrap();
+    let turn = flow.handle_turn(sid("s"), "why is my invoice wrong").await.unwrap();
     assert_eq!((turn.intent.as_deref(), turn.reply.as_str()), (Some("billing"), "billing desk here"));
-    let turn = flow.handle_turn("s", "it crashes when I click save").await.unwrap();
+    let turn = flow.handle_turn(sid("s"), "it crashes when I click save").await.unwrap();
     assert_eq!((turn.intent.as_deref(), turn.reply.as_str()), (Some("bug_report"), "bug_report desk here"));
-    let turn = flow.handle_turn("s", "lovely weather today").await.unwrap();
+    let turn = flow.handle_turn(sid("s"), "lovely weather today").await.unwrap();
     assert_eq!((turn.intent.as_deref(), turn.reply.as_str()), (Some("unknown"), "unknown desk here"));
-    let turns = flow.session("s").await.unwrap().unwrap().turns;
+    let turns = flow.session(sid("s")).await.unwrap().unwrap().turns;
     let intents: Vec<_> = turns.iter().map(|t| t.intent.as_deref()).collect();
     assert_eq!(intents, [Some("billing"), Some("bug_report"), Some("unknown")], "the intent is stored per turn");
+}
+
+/// Issue 18: the label a router returns is the turn's intent (on the `Turn`, in
+/// `ChatState::last_intent` and in the stored turn record) without any `cx.set_intent`.
+#[tokio::test]
+async fn a_routers_label_is_the_turns_intent() {
+    let (_dir, path) = temp_db();
+    let flow = on_file(
+        FlowBuilder::<ChatState>::new("routed")
+            .start_router("route", |_cx, m: String| async move {
+                Ok(if m.contains("invoice") { "billing" } else { "other" }.to_string())
+            })
+            .routes(["billing", "other"])
+            .listen("desk", or([label("billing"), label("other")]), |cx: Cx<ChatState>, lane: String| async move {
+                // Steps after the router get its label as their input.
+                Ok(format!("{lane} desk, previous intent {:?}", cx.state(|s| s.previous_intent.clone())))
+            }),
+        &path,
+    );
+    let first = flow.handle_turn(sid("s"), "my invoice is wrong").await.unwrap();
+    assert_eq!(
+        (first.intent.as_deref(), first.reply.as_str()),
+        (Some("billing"), "billing desk, previous intent None")
+    );
+    let second = flow.handle_turn(sid("s"), "hello").await.unwrap();
+    assert_eq!(second.intent.as_deref(), Some("other"));
+    assert_eq!(second.reply, r#"other desk, previous intent Some("billing")"#, "the recorded intent carries over");
+    let session = flow.session(sid("s")).await.unwrap().unwrap();
+    assert_eq!(session.state.last_intent.as_deref(), Some("other"));
+    let stored: Vec<_> = session.turns.iter().map(|t| t.intent.as_deref()).collect();
+    assert_eq!(stored, [Some("billing"), Some("other")]);
+}
+
+/// The first router's label is the intent, not a later router's; a step's `cx.set_intent`
+/// wins over both; a turn with no router and no `set_intent` has none.
+#[tokio::test]
+async fn set_intent_wins_and_otherwise_the_first_router_gives_the_intent() {
+    let (_dir, path) = temp_db();
+    let flow = on_file(
+        FlowBuilder::<ChatState>::new("two_routers")
+            .start_router("topic", |_cx, _m: String| async move { Ok("support".to_string()) })
+            .routes(["support"])
+            .router("desk", label("support"), |cx: Cx<ChatState>, (): ()| async move {
+                if cx.user_message().contains("override") {
+                    cx.set_intent("refund");
+                }
+                Ok("billing".to_string())
+            })
+            .routes(["billing"])
+            .listen("answer", label("billing"), |_cx, (): ()| async move { Ok("on it".to_string()) }),
+        &path,
+    );
+    let turn = flow.handle_turn(sid("s"), "help").await.unwrap();
+    assert_eq!(turn.routes, ["support", "billing"]);
+    assert_eq!(turn.intent.as_deref(), Some("support"), "the first router's label");
+    let turn = flow.handle_turn(sid("s"), "override please").await.unwrap();
+    assert_eq!(turn.intent.as_deref(), Some("refund"), "cx.set_intent wins");
+
+    let plain =
+        on_file(FlowBuilder::<ChatState>::new("plain").start("answer", |_cx, m: String| async move { Ok(m) }), &path);
+    assert_eq!(plain.handle_turn(sid("s"), "hi").await.unwrap().intent, None);
 }
 
 #[tokio::test]
 async fn the_routing_decision_is_an_event_with_its_score() {
     let (_dir, path) = temp_db();
     let flow = support_flow(&path, support_intents());
-    let mut stream = flow.stream_turn("s", "nothing like the examples");
+    let mut stream = flow.stream_turn(sid("s"), "nothing like the examples");
     let mut decision = None;
     while let Some(item) = stream.next().await {
         if let TurnEvent::Event(e) = item.unwrap()
@@ -113,19 +173,19 @@ fn completion(text: &str) -> serde_json::Value {
     })
 }
 
-fn llm_flow(path: &std::path::Path, intents: LlmIntents) -> Flow<ChatState> {
+fn llm_flow(path: &std::path::Path, intents: LlmIntents) -> ChatFlow<ChatState> {
     let labels = intents.labels();
-    FlowBuilder::<ChatState>::new("llm_routed")
-        .start_router("route", move |cx: Cx<ChatState>, message: String| {
-            let intents = intents.clone();
-            async move { Ok(intents.route(&cx, &message).await?) }
-        })
-        .routes(labels)
-        .listen("billing_desk", label("billing"), |_cx, (): ()| async move { Ok("billing".to_string()) })
-        .listen("other_desk", label("small_talk"), |_cx, (): ()| async move { Ok("chat".to_string()) })
-        .store(SqliteStore::open(path))
-        .build()
-        .unwrap()
+    on_file(
+        FlowBuilder::<ChatState>::new("llm_routed")
+            .start_router("route", move |cx: Cx<ChatState>, message: String| {
+                let intents = intents.clone();
+                async move { Ok(intents.route(&cx, &message).await?) }
+            })
+            .routes(labels)
+            .listen("billing_desk", label("billing"), |_cx, (): ()| async move { Ok("billing".to_string()) })
+            .listen("other_desk", label("small_talk"), |_cx, (): ()| async move { Ok("chat".to_string()) }),
+        path,
+    )
 }
 
 #[tokio::test]
@@ -133,7 +193,7 @@ async fn a_model_picks_the_intent_from_a_closed_set() {
     let server = TestServer::start(vec![Reply::json(200, &completion(r#"{"label": "billing"}"#))]).await;
     let (_dir, path) = temp_db();
     let flow = llm_flow(&path, LlmIntents::new(llm(&server), ["billing", "small_talk"]));
-    let turn = flow.handle_turn("s", "refund please").await.unwrap();
+    let turn = flow.handle_turn(sid("s"), "refund please").await.unwrap();
     assert_eq!((turn.intent.as_deref(), turn.reply.as_str()), (Some("billing"), "billing"));
     assert_eq!(turn.usage.total(), 12);
     let sent = server.requests()[0].json();
@@ -146,28 +206,27 @@ async fn a_model_naming_no_label_fails_the_turn_instead_of_falling_back() {
     let server = TestServer::start(vec![Reply::json(200, &bad), Reply::json(200, &bad)]).await;
     let (_dir, path) = temp_db();
     let flow = llm_flow(&path, LlmIntents::new(llm(&server), ["billing", "small_talk"]));
-    let err = flow.handle_turn("s", "what's the weather").await.unwrap_err();
-    assert!(matches!(err, Error::StepFailed { .. }), "{err:?}");
+    let err = flow.handle_turn(sid("s"), "what's the weather").await.unwrap_err();
+    assert!(matches!(err, ChatError::Run(Error::StepFailed { .. })), "{err:?}");
     assert!(err.to_string().contains("label"), "{err}");
-    assert!(flow.session("s").await.unwrap().is_none());
+    assert!(flow.session(sid("s")).await.unwrap().is_none());
 }
 
 #[tokio::test]
 async fn a_model_summarizes_older_turns() {
     let server = TestServer::start(vec![Reply::json(200, &completion("They greeted each other."))]).await;
     let (_dir, path) = temp_db();
-    let flow = FlowBuilder::<ChatState>::new("summarized")
-        .start("answer", |_cx, m: String| async move { Ok(m) })
-        .store(SqliteStore::open(&path))
-        .chat(ChatOptions::default().window(2).summarize(4, llm(&server)))
-        .build()
-        .unwrap();
+    let flow = on_file_with(
+        FlowBuilder::<ChatState>::new("summarized").start("answer", |_cx, m: String| async move { Ok(m) }),
+        &path,
+        ChatOptions::default().window(2).summarize(4, llm(&server)),
+    );
     let mut compacted = Vec::new();
     for i in 0..3 {
-        compacted.push(flow.handle_turn("s", &format!("hello {i}")).await.unwrap().compacted);
+        compacted.push(flow.handle_turn(sid("s"), &format!("hello {i}")).await.unwrap().compacted);
     }
     assert_eq!(compacted, [false, false, true], "compaction once more than 4 messages are uncovered");
-    let state = flow.session("s").await.unwrap().unwrap().state;
+    let state = flow.session(sid("s")).await.unwrap().unwrap().state;
     assert_eq!(state.summary.as_deref(), Some("They greeted each other."));
     assert_eq!(state.summarized, 4);
     let sent = server.requests()[0].json().to_string();

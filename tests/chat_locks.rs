@@ -7,27 +7,24 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::chat::temp_db;
-use crewflow::Error;
-use crewflow::chat::{ChatOptions, ChatState, Role};
+use common::chat::{on_file_with, sid, temp_db};
+use crewflow::chat::{ChatError, ChatOptions, ChatState, Role};
 use crewflow::prelude::*;
-use crewflow::store::SqliteStore;
 
 /// Replies `re: <message>` after yielding a few times, so concurrent turns would interleave
 /// if nothing serialised them.
-fn slow_echo(path: &std::path::Path, pause: Duration, options: ChatOptions) -> Flow<ChatState> {
-    FlowBuilder::<ChatState>::new("slow_echo")
-        .start("answer", move |_cx, m: String| async move {
+fn slow_echo(path: &std::path::Path, pause: Duration, options: ChatOptions) -> ChatFlow<ChatState> {
+    on_file_with(
+        FlowBuilder::<ChatState>::new("slow_echo").start("answer", move |_cx, m: String| async move {
             for _ in 0..3 {
                 tokio::task::yield_now().await;
             }
             tokio::time::sleep(pause).await;
             Ok(format!("re: {m}"))
-        })
-        .store(SqliteStore::open(path))
-        .chat(options)
-        .build()
-        .unwrap()
+        }),
+        path,
+        options,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -39,7 +36,7 @@ async fn fifty_concurrent_turns_from_ten_tasks_give_a_hundred_messages_in_order(
         let flow = flow.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..5 {
-                let turn = flow.handle_turn("shared", &format!("m{t}-{i}")).await.unwrap();
+                let turn = flow.handle_turn(sid("shared"), &format!("m{t}-{i}")).await.unwrap();
                 assert_eq!(turn.reply, format!("re: m{t}-{i}"));
             }
         }));
@@ -47,7 +44,7 @@ async fn fifty_concurrent_turns_from_ten_tasks_give_a_hundred_messages_in_order(
     for task in tasks {
         task.await.unwrap();
     }
-    let state = flow.session("shared").await.unwrap().unwrap().state;
+    let state = flow.session(sid("shared")).await.unwrap().unwrap().state;
     assert_eq!(state.messages.len(), 100);
     assert_eq!(state.turns, 50);
     let mut seen = std::collections::HashSet::new();
@@ -73,16 +70,16 @@ async fn a_turn_that_waits_past_the_timeout_gets_session_busy() {
     let flow = slow_echo(&path, Duration::from_millis(400), options);
     let first = tokio::spawn({
         let flow = flow.clone();
-        async move { flow.handle_turn("s", "slow").await }
+        async move { flow.handle_turn(sid("s"), "slow").await }
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
-    let err = flow.handle_turn("s", "impatient").await.unwrap_err();
+    let err = flow.handle_turn(sid("s"), "impatient").await.unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(300), "it gave up at the timeout");
-    assert!(matches!(&err, Error::SessionBusy { session, .. } if session == "s"), "{err:?}");
+    assert!(matches!(&err, ChatError::SessionBusy { session, .. } if session == "s"), "{err:?}");
     assert!(err.to_string().contains("lock_timeout"), "the message says what to change: {err}");
     first.await.unwrap().unwrap();
-    let state = flow.session("s").await.unwrap().unwrap().state;
+    let state = flow.session(sid("s")).await.unwrap().unwrap().state;
     assert_eq!(state.messages.len(), 2, "the refused turn left no trace in the session");
 }
 
@@ -91,7 +88,7 @@ async fn turns_of_different_sessions_do_not_wait_for_each_other() {
     let (_dir, path) = temp_db();
     let flow = slow_echo(&path, Duration::from_millis(300), ChatOptions::default());
     let started = Instant::now();
-    let (a, b) = tokio::join!(flow.handle_turn("a", "x"), flow.handle_turn("b", "y"));
+    let (a, b) = tokio::join!(flow.handle_turn(sid("a"), "x"), flow.handle_turn(sid("b"), "y"));
     a.unwrap();
     b.unwrap();
     assert!(started.elapsed() < Duration::from_millis(550), "took {:?}", started.elapsed());
@@ -107,13 +104,13 @@ async fn separately_built_copies_of_a_flow_share_the_session_lock() {
         let flow = flow.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..5 {
-                flow.handle_turn("shared", &format!("c{c}-{i}")).await.unwrap();
+                flow.handle_turn(sid("shared"), &format!("c{c}-{i}")).await.unwrap();
             }
         }));
     }
     for task in tasks {
         task.await.unwrap();
     }
-    let state = copies[0].session("shared").await.unwrap().unwrap().state;
+    let state = copies[0].session(sid("shared")).await.unwrap().unwrap().state;
     assert_eq!(state.messages.len(), 40, "no turn was refused or lost");
 }

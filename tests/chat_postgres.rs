@@ -13,24 +13,23 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::chat::sid;
 use common::postgres::fresh_schema;
-use crewflow::Error;
-use crewflow::chat::{ChatOptions, ChatState, Role};
+use crewflow::chat::{ChatError, ChatOptions, ChatState, Role};
 use crewflow::prelude::*;
 use crewflow_store::PostgresStore;
 
 /// Replies `re: <message>` after a pause; prints `IN TURN` when a turn's step starts.
-fn chat_flow(url: &str, pause: Duration, options: ChatOptions) -> Flow<ChatState> {
-    FlowBuilder::<ChatState>::new("pg_chat")
+fn chat_flow(url: &str, pause: Duration, options: ChatOptions) -> ChatFlow<ChatState> {
+    let flow = FlowBuilder::<ChatState>::new("pg_chat")
         .start("answer", move |_cx, m: String| async move {
             println!("IN TURN {m}");
             tokio::time::sleep(pause).await;
             Ok(format!("re: {m}"))
         })
-        .store(PostgresStore::connect_lazy(url).unwrap())
-        .chat(options)
         .build()
-        .unwrap()
+        .unwrap();
+    ChatFlow::new(flow, PostgresStore::connect_lazy(url).unwrap()).with_options(options).unwrap()
 }
 
 /// Child processes: `hammer` (5 tasks × 5 turns on session `shared`, tagged with `CHAT_PG_TAG`)
@@ -47,7 +46,7 @@ fn chat_pg_child() {
     rt.block_on(async move {
         if role == "hold" {
             let flow = chat_flow(&url, Duration::from_secs(2), ChatOptions::default());
-            flow.handle_turn("held", "slow").await.unwrap();
+            flow.handle_turn(sid("held"), "slow").await.unwrap();
             println!("HOLD DONE");
             return;
         }
@@ -57,7 +56,7 @@ fn chat_pg_child() {
             let (flow, tag) = (flow.clone(), tag.clone());
             tasks.push(tokio::spawn(async move {
                 for i in 0..5 {
-                    flow.handle_turn("shared", &format!("{tag}{t}-{i}")).await.unwrap();
+                    flow.handle_turn(sid("shared"), &format!("{tag}{t}-{i}")).await.unwrap();
                 }
             }));
         }
@@ -95,25 +94,25 @@ async fn sessions_turns_and_traces_live_in_postgres() {
     let url = fresh_schema().await;
     {
         let flow = chat_flow(&url, Duration::ZERO, ChatOptions::default());
-        flow.handle_turn("s", "one").await.unwrap();
-        flow.handle_turn("s", "two").await.unwrap();
+        flow.handle_turn(sid("s"), "one").await.unwrap();
+        flow.handle_turn(sid("s"), "two").await.unwrap();
     }
     let flow = chat_flow(&url, Duration::ZERO, ChatOptions::default()); // a restart
-    assert_eq!(flow.handle_turn("s", "three").await.unwrap().index, 2);
-    let session = flow.session("s").await.unwrap().unwrap();
+    assert_eq!(flow.handle_turn(sid("s"), "three").await.unwrap().index, 2);
+    let session = flow.session(sid("s")).await.unwrap().unwrap();
     assert_in_order(&session.state, 3);
     assert_eq!(session.turns.len(), 3);
     assert_eq!(flow.list_sessions(0).await.unwrap().len(), 1);
 
-    let traces = flow.session_traces("s").await.unwrap();
+    let traces = flow.session_traces(sid("s")).await.unwrap();
     assert_eq!((traces.len(), traces[0].turns), (1, 3));
     let spans = flow.trace_spans(&traces[0].trace_id).await.unwrap();
     let ids: Vec<_> = spans.iter().map(|s| s.span_id.as_str()).collect();
     assert_eq!(ids, ["session", "t0", "t0.s0", "t1", "t1.s0", "t2", "t2.s0"]);
-    assert!(flow.finalize_session("s").await.unwrap());
-    assert!(!flow.finalize_session("s").await.unwrap(), "finalizing again changes nothing");
-    assert!(flow.delete_session("s").await.unwrap());
-    assert!(flow.session("s").await.unwrap().is_none());
+    assert!(flow.finalize_session(sid("s")).await.unwrap());
+    assert!(!flow.finalize_session(sid("s")).await.unwrap(), "finalizing again changes nothing");
+    assert!(flow.delete_session(sid("s")).await.unwrap());
+    assert!(flow.session(sid("s")).await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -126,14 +125,14 @@ async fn fifty_turns_from_ten_tasks_on_postgres_keep_a_hundred_messages_in_order
         let flow = flow.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..5 {
-                flow.handle_turn("shared", &format!("m{t}-{i}")).await.unwrap();
+                flow.handle_turn(sid("shared"), &format!("m{t}-{i}")).await.unwrap();
             }
         }));
     }
     for task in tasks {
         task.await.unwrap();
     }
-    assert_in_order(&flow.session("shared").await.unwrap().unwrap().state, 50);
+    assert_in_order(&flow.session(sid("shared")).await.unwrap().unwrap().state, 50);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +149,7 @@ async fn two_processes_hammering_one_session_lose_and_duplicate_nothing() {
         assert!(stdout.contains("HAMMER DONE"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     }
     let flow = chat_flow(&url, Duration::ZERO, ChatOptions::default());
-    let state = flow.session("shared").await.unwrap().unwrap().state;
+    let state = flow.session(sid("shared")).await.unwrap().unwrap().state;
     assert_in_order(&state, 50);
     for tag in ["A", "B"] {
         let mine = state.messages.iter().filter(|m| m.role == Role::User && m.content.starts_with(tag)).count();
@@ -174,12 +173,12 @@ async fn a_turn_waiting_on_another_process_past_the_timeout_gets_session_busy() 
     }
     let flow = chat_flow(&url, Duration::ZERO, ChatOptions::default().lock_timeout(Duration::from_millis(200)));
     let started = Instant::now();
-    let err = flow.handle_turn("held", "me too").await.unwrap_err();
+    let err = flow.handle_turn(sid("held"), "me too").await.unwrap_err();
     assert!(started.elapsed() < Duration::from_millis(1500), "gave up at the timeout: {:?}", started.elapsed());
-    assert!(matches!(&err, Error::SessionBusy { session, .. } if session == "held"), "{err:?}");
+    assert!(matches!(&err, ChatError::SessionBusy { session, .. } if session == "held"), "{err:?}");
     assert!(holder.wait().unwrap().success());
     // Once the holder is done, the lock is free again.
-    let turn = flow.handle_turn("held", "now").await.unwrap();
+    let turn = flow.handle_turn(sid("held"), "now").await.unwrap();
     assert_eq!(turn.index, 1);
 }
 
@@ -194,7 +193,7 @@ async fn many_sessions_at_once_never_starve_the_pool() {
     let turns: Vec<_> = (0..24)
         .map(|i| {
             let flow = flow.clone();
-            tokio::spawn(async move { flow.handle_turn(&format!("s{i}"), "hi").await })
+            tokio::spawn(async move { flow.handle_turn(sid(&format!("s{i}")), "hi").await })
         })
         .collect();
     for t in turns {
@@ -214,15 +213,15 @@ async fn a_cancelled_wait_for_a_lock_leaves_no_lock_behind() {
     let other = chat_flow(&url, Duration::from_millis(1), ChatOptions::default().lock_timeout(Duration::from_secs(5)));
     let holder = tokio::spawn({
         let slow = slow.clone();
-        async move { slow.handle_turn("s", "first").await }
+        async move { slow.handle_turn(sid("s"), "first").await }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let gave_up = tokio::time::timeout(Duration::from_millis(100), other.handle_turn("s", "impatient")).await;
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), other.handle_turn(sid("s"), "impatient")).await;
     assert!(gave_up.is_err(), "the wait was cancelled");
     holder.await.unwrap().unwrap();
     let started = Instant::now();
     let third = chat_flow(&url, Duration::from_millis(1), ChatOptions::default().lock_timeout(Duration::from_secs(3)));
-    let turn = third.handle_turn("s", "next").await.unwrap();
+    let turn = third.handle_turn(sid("s"), "next").await.unwrap();
     assert_eq!(turn.index, 1);
     assert!(started.elapsed() < Duration::from_secs(2), "waited {:?}", started.elapsed());
 }
@@ -243,19 +242,19 @@ async fn a_session_deleted_during_a_turn_is_not_brought_back() {
                 Ok(format!("re: {m}"))
             }
         })
-        .store(PostgresStore::connect_lazy(&url).unwrap())
         .build()
         .unwrap();
-    flow.handle_turn("s", "hello").await.unwrap();
+    let flow = ChatFlow::new(flow, PostgresStore::connect_lazy(&url).unwrap());
+    flow.handle_turn(sid("s"), "hello").await.unwrap();
     in_step.notified().await; // the first turn's own signal
     let turn = tokio::spawn({
         let flow = flow.clone();
-        async move { flow.handle_turn("s", "again").await }
+        async move { flow.handle_turn(sid("s"), "again").await }
     });
     in_step.notified().await; // the second turn loaded the session and runs its step
-    assert!(flow.delete_session("s").await.unwrap());
+    assert!(flow.delete_session(sid("s")).await.unwrap());
     let err = turn.await.unwrap().unwrap_err();
-    assert!(matches!(err, Error::SessionConflict(_)), "{err}");
+    assert!(matches!(err, ChatError::SessionConflict(_)), "{err}");
     assert!(err.to_string().contains("was deleted while this turn ran"), "{err}");
-    assert!(flow.session("s").await.unwrap().is_none());
+    assert!(flow.session(sid("s")).await.unwrap().is_none());
 }

@@ -4,9 +4,8 @@
 
 mod common;
 
-use common::chat::{echo_builder, echo_flow, temp_db};
-use crewflow::Error;
-use crewflow::chat::ChatState;
+use common::chat::{echo_builder, echo_flow, on_file, sid, temp_db};
+use crewflow::chat::{ChatError, ChatState, Role, SessionStore};
 use crewflow::prelude::*;
 use crewflow::store::SqliteStore;
 
@@ -15,14 +14,14 @@ async fn a_new_flow_and_store_on_the_same_file_continue_the_session() {
     let (_dir, path) = temp_db();
     {
         let flow = echo_flow(&path);
-        flow.handle_turn("ada", "first").await.unwrap();
-        flow.handle_turn("ada", "second").await.unwrap();
+        flow.handle_turn(sid("ada"), "first").await.unwrap();
+        flow.handle_turn(sid("ada"), "second").await.unwrap();
     } // the flow and its store are gone: a process restart
     let flow = echo_flow(&path);
-    let turn = flow.handle_turn("ada", "third").await.unwrap();
+    let turn = flow.handle_turn(sid("ada"), "third").await.unwrap();
     assert_eq!(turn.index, 2);
     assert_eq!(turn.reply, "echo: third (#2)");
-    let state = flow.session("ada").await.unwrap().unwrap().state;
+    let state = flow.session(sid("ada")).await.unwrap().unwrap().state;
     let texts: Vec<_> = state.messages.iter().map(|m| m.content.as_str()).collect();
     assert_eq!(texts, ["first", "echo: first (#0)", "second", "echo: second (#1)", "third", "echo: third (#2)"]);
 }
@@ -31,38 +30,38 @@ async fn a_new_flow_and_store_on_the_same_file_continue_the_session() {
 async fn sessions_are_listed_shown_and_deleted() {
     let (_dir, path) = temp_db();
     let flow = echo_flow(&path);
-    flow.handle_turn("a", "1").await.unwrap();
-    flow.handle_turn("b", "1").await.unwrap();
-    flow.handle_turn("b", "2").await.unwrap();
+    flow.handle_turn(sid("a"), "1").await.unwrap();
+    flow.handle_turn(sid("b"), "1").await.unwrap();
+    flow.handle_turn(sid("b"), "2").await.unwrap();
     let listed = flow.list_sessions(0).await.unwrap();
     let mut ids: Vec<_> = listed.iter().map(|s| (s.id.as_str(), s.turns)).collect();
     ids.sort();
     assert_eq!(ids, [("a", 1), ("b", 2)]);
-    assert_eq!(flow.session("b").await.unwrap().unwrap().turns.len(), 2);
-    assert!(flow.delete_session("b").await.unwrap());
-    assert!(!flow.delete_session("b").await.unwrap(), "deleting twice finds nothing");
-    assert!(flow.session("b").await.unwrap().is_none());
-    assert!(flow.session_traces("b").await.unwrap().is_empty(), "its traces went with it");
+    assert_eq!(flow.session(sid("b")).await.unwrap().unwrap().turns.len(), 2);
+    assert!(flow.delete_session(sid("b")).await.unwrap());
+    assert!(!flow.delete_session(sid("b")).await.unwrap(), "deleting twice finds nothing");
+    assert!(flow.session(sid("b")).await.unwrap().is_none());
+    assert!(flow.session_traces(sid("b")).await.unwrap().is_empty(), "its traces went with it");
     // A deleted id starts over.
-    assert_eq!(flow.handle_turn("b", "again").await.unwrap().index, 0);
+    assert_eq!(flow.handle_turn(sid("b"), "again").await.unwrap().index, 0);
 }
 
 #[tokio::test]
 async fn sessions_of_two_flows_with_the_same_id_stay_apart() {
     let (_dir, path) = temp_db();
     let echo = echo_flow(&path);
-    let other = echo_builder(&path).rename("other").build().unwrap();
-    echo.handle_turn("same", "for echo").await.unwrap();
-    let turn = other.handle_turn("same", "for other").await.unwrap();
+    let other = on_file(echo_builder().rename("other"), &path);
+    echo.handle_turn(sid("same"), "for echo").await.unwrap();
+    let turn = other.handle_turn(sid("same"), "for other").await.unwrap();
     assert_eq!(turn.index, 0);
-    assert_eq!(other.session("same").await.unwrap().unwrap().state.messages.len(), 2);
+    assert_eq!(other.session(sid("same")).await.unwrap().unwrap().state.messages.len(), 2);
     assert_eq!(other.list_sessions(0).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
 async fn a_stored_state_that_no_longer_parses_is_reported_with_the_fix() {
     let (_dir, path) = temp_db();
-    echo_flow(&path).handle_turn("s", "hi").await.unwrap();
+    echo_flow(&path).handle_turn(sid("s"), "hi").await.unwrap();
 
     #[derive(Default, serde::Serialize, serde::Deserialize)]
     struct Strict {
@@ -70,27 +69,23 @@ async fn a_stored_state_that_no_longer_parses_is_reported_with_the_fix() {
         required: u32, // not in the stored state, and no default
     }
     crewflow::conversational!(Strict, chat);
-    let flow = FlowBuilder::<Strict>::new("echo")
-        .start("answer", |_cx, m: String| async move { Ok(m) })
-        .store(SqliteStore::open(&path))
-        .build()
-        .unwrap();
-    let err = flow.handle_turn("s", "hi").await.unwrap_err();
-    assert!(matches!(err, Error::CorruptSession { .. }), "{err:?}");
+    let flow =
+        on_file(FlowBuilder::<Strict>::new("echo").start("answer", |_cx, m: String| async move { Ok(m) }), &path);
+    let err = flow.handle_turn(sid("s"), "hi").await.unwrap_err();
+    assert!(matches!(err, ChatError::CorruptSession { .. }), "{err:?}");
     assert!(err.to_string().contains("#[serde(default)]"), "{err}");
 }
 
 #[tokio::test]
 async fn a_turn_saved_elsewhere_in_between_is_a_conflict_not_a_silent_loss() {
     use crewflow::chat::{TurnRecord, TurnSave};
-    use crewflow::store::RunStore;
 
     let (_dir, path) = temp_db();
     let other_path = path.clone();
     // The step plays another process without a cross-process lock: it saves a turn of the
     // same session directly in the store while this turn runs.
-    let flow = FlowBuilder::<ChatState>::new("raced")
-        .start("answer", move |_cx, m: String| {
+    let flow = on_file(
+        FlowBuilder::<ChatState>::new("raced").start("answer", move |_cx, m: String| {
             let other = SqliteStore::open(&other_path);
             async move {
                 let now = chrono::Utc::now();
@@ -113,17 +108,60 @@ async fn a_turn_saved_elsewhere_in_between_is_a_conflict_not_a_silent_loss() {
                     turn: record,
                     trace: None,
                 };
-                other.sessions().unwrap().save_turn(&save).await.map_err(StepError::from_boxed)?;
+                SessionStore::save_turn(&other, &save).await.map_err(StepError::from_boxed)?;
                 Ok(m)
             }
-        })
-        .store(SqliteStore::open(&path))
-        .build()
-        .unwrap();
-    let err = flow.handle_turn("s", "here").await.unwrap_err();
-    assert!(matches!(err, Error::SessionConflict(_)), "{err:?}");
+        }),
+        &path,
+    );
+    let err = flow.handle_turn(sid("s"), "here").await.unwrap_err();
+    assert!(matches!(err, ChatError::SessionConflict(_)), "{err:?}");
     assert!(err.to_string().contains("nothing of this turn was saved"), "{err}");
-    let session = flow.session("s").await.unwrap().unwrap();
+    let session = flow.session(sid("s")).await.unwrap().unwrap();
     let replies: Vec<_> = session.turns.iter().map(|t| t.reply.as_str()).collect();
     assert_eq!(replies, ["saved elsewhere"], "the other save stands; this one was refused whole");
+}
+
+/// A session saved before conversations left crewflow-core (the state JSON as that code wrote
+/// it: `ChatState` with its own `Role`) loads and continues: the stored format did not change.
+#[tokio::test]
+async fn a_session_stored_by_earlier_versions_still_loads_and_continues() {
+    use crewflow::chat::{TurnRecord, TurnSave};
+    let (_dir, path) = temp_db();
+    let state = r#"{"messages":[{"role":"user","content":"hello","turn":0},{"role":"assistant","content":"echo: hello (#0)","turn":0}],"last_user_message":"hello","last_intent":"greeting","previous_intent":null,"summary":null,"summarized":0,"turns":1}"#;
+    let now = chrono::Utc::now();
+    let record = TurnRecord {
+        session_id: "old".into(),
+        index: 0,
+        run_id: crewflow::RunId::new(),
+        user_message: "hello".into(),
+        reply: "echo: hello (#0)".into(),
+        intent: Some("greeting".into()),
+        usage: Default::default(),
+        started_at: now,
+        finished_at: now,
+    };
+    let save = TurnSave {
+        session_id: "old".into(),
+        flow: "echo".into(),
+        state: state.into(),
+        expected_turns: 0,
+        turn: record,
+        trace: None,
+    };
+    SessionStore::save_turn(&SqliteStore::open(&path), &save).await.unwrap();
+
+    let flow = echo_flow(&path);
+    let loaded = flow.session(sid("old")).await.unwrap().unwrap();
+    assert_eq!(loaded.state.messages[1].role, Role::Assistant);
+    assert_eq!(loaded.state.last_intent.as_deref(), Some("greeting"));
+    let turn = flow.handle_turn(sid("old"), "again").await.unwrap();
+    assert_eq!((turn.index, turn.reply.as_str()), (1, "echo: again (#1)"));
+    let state = flow.session(sid("old")).await.unwrap().unwrap().state;
+    let texts: Vec<_> = state.messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
+    assert_eq!(
+        texts,
+        [("user", "hello"), ("assistant", "echo: hello (#0)"), ("user", "again"), ("assistant", "echo: again (#1)")]
+    );
+    assert_eq!(state.previous_intent.as_deref(), Some("greeting"));
 }

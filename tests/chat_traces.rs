@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::chat::{echo_flow, temp_db};
+use common::chat::{echo_builder, echo_flow, on_file, on_file_with, sid, temp_db};
 use common::http::{Reply, TestServer};
 use crewflow::chat::{ChatOptions, ChatState};
 use crewflow::llm::{LlmOptions, RetryPolicy};
@@ -37,21 +37,23 @@ async fn one_trace_spans_the_sessions_turns_with_steps_and_model_calls_nested() 
     )
     .unwrap();
     let (_dir, path) = temp_db();
-    let flow = FlowBuilder::<ChatState>::new("traced")
-        .start("prepare", |_cx, m: String| async move { Ok(m) })
-        .listen("answer", step("prepare"), move |_cx, m: String| {
-            let llm = llm.clone();
-            async move { Ok(llm.complete(&m).await?) }
-        })
-        .store(SqliteStore::open(&path))
-        .build()
-        .unwrap();
-    let first = flow.handle_turn("s", "hello").await.unwrap();
+    let flow = on_file(
+        FlowBuilder::<ChatState>::new("traced").start("prepare", |_cx, m: String| async move { Ok(m) }).listen(
+            "answer",
+            step("prepare"),
+            move |_cx, m: String| {
+                let llm = llm.clone();
+                async move { Ok(llm.complete(&m).await?) }
+            },
+        ),
+        &path,
+    );
+    let first = flow.handle_turn(sid("s"), "hello").await.unwrap();
     assert_eq!(first.reply, "Hi there");
     assert_eq!(first.usage.total(), 15, "the turn reports its model usage");
-    flow.handle_turn("s", "again").await.unwrap();
+    flow.handle_turn(sid("s"), "again").await.unwrap();
 
-    let traces = flow.session_traces("s").await.unwrap();
+    let traces = flow.session_traces(sid("s")).await.unwrap();
     assert_eq!(traces.len(), 1, "one trace for the session");
     assert_eq!((traces[0].turns, traces[0].finalized_at), (2, None));
     let spans = flow.trace_spans(&traces[0].trace_id).await.unwrap();
@@ -79,18 +81,18 @@ async fn one_trace_spans_the_sessions_turns_with_steps_and_model_calls_nested() 
 async fn finalize_session_is_idempotent_and_the_next_turn_opens_a_new_trace() {
     let (_dir, path) = temp_db();
     let flow = echo_flow(&path);
-    assert!(!flow.finalize_session("s").await.unwrap(), "nothing to finalize yet");
-    flow.handle_turn("s", "one").await.unwrap();
-    assert!(flow.finalize_session("s").await.unwrap());
+    assert!(!flow.finalize_session(sid("s")).await.unwrap(), "nothing to finalize yet");
+    flow.handle_turn(sid("s"), "one").await.unwrap();
+    assert!(flow.finalize_session(sid("s")).await.unwrap());
     for _ in 0..3 {
-        assert!(!flow.finalize_session("s").await.unwrap(), "a retry changes nothing");
+        assert!(!flow.finalize_session(sid("s")).await.unwrap(), "a retry changes nothing");
     }
-    let traces = flow.session_traces("s").await.unwrap();
+    let traces = flow.session_traces(sid("s")).await.unwrap();
     let closed_at = traces[0].finalized_at.unwrap();
     let spans = flow.trace_spans(&traces[0].trace_id).await.unwrap();
     assert!(spans[0].ended_at.is_some(), "finalizing closes the session span");
-    flow.handle_turn("s", "two").await.unwrap();
-    let traces = flow.session_traces("s").await.unwrap();
+    flow.handle_turn(sid("s"), "two").await.unwrap();
+    let traces = flow.session_traces(sid("s")).await.unwrap();
     assert_eq!(traces.len(), 2);
     assert_eq!(traces[0].finalized_at, Some(closed_at), "the first trace was not touched again");
     assert_eq!((traces[1].turns, traces[1].finalized_at), (1, None));
@@ -100,24 +102,24 @@ async fn finalize_session_is_idempotent_and_the_next_turn_opens_a_new_trace() {
 async fn idle_sessions_finalize_after_the_timeout() {
     let (_dir, path) = temp_db();
     let idle = ChatOptions::default().idle_finalize_after(Duration::from_millis(60));
-    let flow = common::chat::echo_builder(&path).chat(idle).build().unwrap();
+    let flow = on_file_with(echo_builder(), &path, idle);
     // Another flow in the same store, whose sessions stay open for a long time.
-    let patient = common::chat::echo_builder(&path).rename("patient").build().unwrap();
-    patient.handle_turn("other", "one").await.unwrap();
-    flow.handle_turn("lazy", "one").await.unwrap();
-    flow.handle_turn("swept", "one").await.unwrap();
+    let patient = on_file(echo_builder().rename("patient"), &path);
+    patient.handle_turn(sid("other"), "one").await.unwrap();
+    flow.handle_turn(sid("lazy"), "one").await.unwrap();
+    flow.handle_turn(sid("swept"), "one").await.unwrap();
     assert_eq!(flow.finalize_idle_sessions().await.unwrap(), 0, "not idle yet");
     tokio::time::sleep(Duration::from_millis(120)).await;
     // On its next turn, an idle session's trace is finalized and a new one opened.
-    flow.handle_turn("lazy", "two").await.unwrap();
-    let traces = flow.session_traces("lazy").await.unwrap();
+    flow.handle_turn(sid("lazy"), "two").await.unwrap();
+    let traces = flow.session_traces(sid("lazy")).await.unwrap();
     assert_eq!(traces.len(), 2);
     assert!(traces[0].finalized_at.is_some() && traces[1].finalized_at.is_none());
     // The sweep finalizes the others.
     assert_eq!(flow.finalize_idle_sessions().await.unwrap(), 1);
-    assert!(flow.session_traces("swept").await.unwrap()[0].finalized_at.is_some());
+    assert!(flow.session_traces(sid("swept")).await.unwrap()[0].finalized_at.is_some());
     // Each flow's idle timeout applies to its own sessions only.
-    assert!(patient.session_traces("other").await.unwrap()[0].finalized_at.is_none());
+    assert!(patient.session_traces(sid("other")).await.unwrap()[0].finalized_at.is_none());
 }
 
 #[tokio::test]
@@ -129,21 +131,20 @@ async fn flows_nested_in_a_turn_never_finalize_the_sessions_trace() {
         .store(SqliteStore::open(&path))
         .build()
         .unwrap();
-    let flow = FlowBuilder::<ChatState>::new("outer")
-        .start("answer", move |_cx, m: String| {
+    let flow = on_file(
+        FlowBuilder::<ChatState>::new("outer").start("answer", move |_cx, m: String| {
             let (nested_chat, nested_plain) = (nested_chat.clone(), nested_plain.clone());
             async move {
                 nested_plain.kickoff(()).await?;
-                let inner = nested_chat.handle_turn("inner-session", &m).await?;
+                let inner = nested_chat.handle_turn(sid("inner-session"), &m).await?;
                 Ok(format!("outer saw {}", inner.reply))
             }
-        })
-        .store(SqliteStore::open(&path))
-        .build()
-        .unwrap();
-    flow.handle_turn("s", "hi").await.unwrap();
-    flow.handle_turn("s", "again").await.unwrap();
-    let traces = flow.session_traces("s").await.unwrap();
+        }),
+        &path,
+    );
+    flow.handle_turn(sid("s"), "hi").await.unwrap();
+    flow.handle_turn(sid("s"), "again").await.unwrap();
+    let traces = flow.session_traces(sid("s")).await.unwrap();
     assert_eq!(traces.len(), 1);
     assert_eq!((traces[0].turns, traces[0].finalized_at), (2, None), "still open, with both turns");
 }
@@ -171,15 +172,14 @@ async fn a_streamed_model_reply_reaches_the_turn_stream_as_tokens_in_order() {
     )
     .unwrap();
     let (_dir, path) = temp_db();
-    let flow = FlowBuilder::<ChatState>::new("streamed")
-        .start("answer", move |_cx, m: String| {
+    let flow = on_file(
+        FlowBuilder::<ChatState>::new("streamed").start("answer", move |_cx, m: String| {
             let llm = llm.clone();
             async move { Ok(llm.stream(m.as_str()).await?.response().await?.text) }
-        })
-        .store(SqliteStore::open(&path))
-        .build()
-        .unwrap();
-    let mut stream = flow.stream_turn("s", "Say hello to Ada");
+        }),
+        &path,
+    );
+    let mut stream = flow.stream_turn(sid("s"), "Say hello to Ada");
     let (mut tokens, mut reply, mut kinds) = (String::new(), None, Vec::new());
     while let Some(item) = stream.next().await {
         match item.unwrap() {
@@ -220,8 +220,8 @@ async fn tool_calls_reach_the_turn_stream_and_the_trace() {
     )
     .unwrap();
     let (_dir, path) = temp_db();
-    let flow = FlowBuilder::<ChatState>::new("tools")
-        .start("answer", move |_cx, m: String| {
+    let flow = on_file(
+        FlowBuilder::<ChatState>::new("tools").start("answer", move |_cx, m: String| {
             let llm = llm.clone();
             async move {
                 let request = ChatRequest::new([Message::user(m)]).tool(Tool::new(
@@ -232,11 +232,10 @@ async fn tool_calls_reach_the_turn_stream_and_the_trace() {
                 let response = llm.chat(request).await?;
                 Ok(format!("looking up {}", response.tool_calls[0].arguments))
             }
-        })
-        .store(SqliteStore::open(&path))
-        .build()
-        .unwrap();
-    let mut stream = flow.stream_turn("s", "Where is order A-17?");
+        }),
+        &path,
+    );
+    let mut stream = flow.stream_turn(sid("s"), "Where is order A-17?");
     let mut calls = Vec::new();
     while let Some(item) = stream.next().await {
         if let TurnEvent::ToolCall { id, name, arguments } = item.unwrap() {
@@ -244,7 +243,7 @@ async fn tool_calls_reach_the_turn_stream_and_the_trace() {
         }
     }
     assert_eq!(calls, [("call_7".to_string(), "lookup_order".to_string(), "{\"order\":\"A-17\"}".to_string())]);
-    let traces = flow.session_traces("s").await.unwrap();
+    let traces = flow.session_traces(sid("s")).await.unwrap();
     let spans = flow.trace_spans(&traces[0].trace_id).await.unwrap();
     let tool = spans.iter().find(|s| s.kind == "tool_call").expect("a tool call span");
     assert_eq!((tool.name.as_str(), tool.parent_id.as_deref()), ("lookup_order", Some("t0.l1")));

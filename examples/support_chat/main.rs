@@ -16,7 +16,7 @@
 
 use std::io::IsTerminal;
 
-use crewflow::chat::{ChatOptions, ChatState, TurnEvent};
+use crewflow::chat::{ChatError, ChatFlow, ChatOptions, ChatState, SessionId, TurnEvent};
 use crewflow::llm::local::LocalEmbedder;
 use crewflow::llm::{ChatRequest, Embedder, FinishReason, Intents, Llm, Message};
 use crewflow::prelude::*;
@@ -66,10 +66,15 @@ fn instruction(intent: &str) -> &'static str {
     INTENTS.iter().find(|(label, _, _)| *label == intent).map_or(UNKNOWN, |(_, _, how)| how)
 }
 
-fn support_flow(writer: Llm, intents: Intents) -> Result<Flow<ChatState>, crewflow::Error> {
+/// The support flow; its sessions live in `$CREWFLOW_DB`, else `crewflow.db`.
+fn support_flow(
+    writer: Llm,
+    intents: Intents,
+) -> Result<ChatFlow<ChatState>, Box<dyn std::error::Error + Send + Sync>> {
     let labels = intents.labels();
     let answer_on = or(labels.iter().map(|l| label(l.as_str())));
-    FlowBuilder::<ChatState>::new("support_chat")
+    // The router's label is the turn's intent, and the input of the step it triggers.
+    let flow = FlowBuilder::<ChatState>::new("support_chat")
         .start_router("route", move |cx: Cx<ChatState>, message: String| {
             let intents = intents.clone();
             async move { Ok(intents.route(&cx, &message).await?) }
@@ -79,28 +84,20 @@ fn support_flow(writer: Llm, intents: Intents) -> Result<Flow<ChatState>, crewfl
             let writer = writer.clone();
             async move { answer(&writer, &cx, &intent).await }
         })
-        .store_arc(crewflow::store::default_store())
-        .chat(ChatOptions::default().window(6))
-        .build()
+        .build()?;
+    let sessions = crewflow::store::default_session_store()?;
+    Ok(ChatFlow::with_shared_store(flow, sessions).with_options(ChatOptions::default().window(6))?)
 }
 
 /// The reply, streamed by the model from the recent history.
 async fn answer(writer: &Llm, cx: &Cx<ChatState>, intent: &str) -> Result<String> {
-    let (summary, recent) = cx.recent_history();
-    let mut messages = vec![Message::system(format!(
+    let instructions = Message::system(format!(
         "You are a friendly support agent for a software company. The customer's last message is {}. Reply in two or three short sentences. Do not invent details.",
         instruction(intent)
-    ))];
-    if let Some(summary) = summary {
-        messages.push(Message::system(format!("Earlier in this conversation: {summary}")));
-    }
-    for m in recent {
-        messages.push(match m.role {
-            crewflow::chat::Role::Assistant => Message::assistant(m.content),
-            _ => Message::user(m.content),
-        });
-    }
-    let request = ChatRequest::new(messages).max_tokens(80);
+    ));
+    // The summary of older turns (if any) and the recent messages, as model messages.
+    let history = cx.recent_messages();
+    let request = ChatRequest::new(std::iter::once(instructions).chain(history)).max_tokens(80);
     let reply = writer.stream(request).await?.response().await?;
     Ok(whole_sentences(&reply.text, reply.finish_reason == Some(FinishReason::Length)))
 }
@@ -115,9 +112,9 @@ fn whole_sentences(text: &str, cut_off: bool) -> String {
 }
 
 /// `--session ID`, if given.
-fn session_arg() -> Option<String> {
+fn session_arg() -> Result<Option<SessionId>, ChatError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    args.iter().position(|a| a == "--session").and_then(|i| args.get(i + 1).cloned())
+    args.iter().position(|a| a == "--session").and_then(|i| args.get(i + 1)).map(|id| id.parse()).transpose()
 }
 
 #[tokio::main]
@@ -129,7 +126,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error + Send + Sy
         intents = intents.intent(label, examples.iter().copied());
     }
     let flow = support_flow(writer.clone(), intents)?;
-    let session = session_arg().unwrap_or_else(|| RunId::new().to_string());
+    let session = session_arg()?.unwrap_or_else(SessionId::generate);
     let interactive = std::io::stdin().is_terminal();
     match flow.session(&session).await? {
         Some(s) => println!("session {session} (continuing: {} turns so far)", s.turns.len()),
@@ -148,7 +145,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error + Send + Sy
 }
 
 /// Reads lines until `/exit`, `/quit` or the end of the input, one turn per line.
-async fn chat_loop(flow: &Flow<ChatState>, session: &str, interactive: bool) -> Result<(), crewflow::Error> {
+async fn chat_loop(flow: &ChatFlow<ChatState>, session: &SessionId, interactive: bool) -> Result<(), ChatError> {
     let mut lines = stdin_lines();
     loop {
         if interactive {
@@ -190,7 +187,7 @@ fn stdin_lines() -> tokio::sync::mpsc::Receiver<String> {
 }
 
 /// One turn: the reply as the model writes it, then the intent.
-async fn turn(flow: &Flow<ChatState>, session: &str, message: &str) -> Result<(), crewflow::Error> {
+async fn turn(flow: &ChatFlow<ChatState>, session: &SessionId, message: &str) -> Result<(), ChatError> {
     let mut stream = flow.stream_turn(session, message);
     print!("bot> ");
     flush();
@@ -210,7 +207,7 @@ async fn turn(flow: &Flow<ChatState>, session: &str, message: &str) -> Result<()
     Ok(())
 }
 
-async fn print_history(flow: &Flow<ChatState>, session: &str) -> Result<(), crewflow::Error> {
+async fn print_history(flow: &ChatFlow<ChatState>, session: &SessionId) -> Result<(), ChatError> {
     if let Some(s) = flow.session(session).await? {
         for m in &s.state.messages {
             println!("  {}: {}", m.role.as_str(), m.content);

@@ -100,7 +100,6 @@ pub struct FlowBuilder<S> {
     default_store: Option<fn() -> Arc<dyn RunStore>>,
     lease: Duration,
     error: Option<Error>,
-    chat: Option<crate::chat::ChatOptions>,
 }
 
 impl<S: FlowState> FlowBuilder<S> {
@@ -118,7 +117,6 @@ impl<S: FlowState> FlowBuilder<S> {
             default_store: None,
             lease: DEFAULT_LEASE,
             error: None,
-            chat: None,
         }
     }
 
@@ -348,16 +346,6 @@ impl<S: FlowState> FlowBuilder<S> {
         self
     }
 
-    /// How this flow holds conversations ([`Flow::handle_turn`]): history window, summary
-    /// compaction, lock timeout, traces. Without it, the defaults of [`ChatOptions`](crate::chat::ChatOptions).
-    pub fn chat(mut self, options: crate::chat::ChatOptions) -> Self {
-        if let Err(e) = options.check() {
-            self.error.get_or_insert(e);
-        }
-        self.chat = Some(options);
-        self
-    }
-
     /// Adds an observer that receives every event of every run, in order.
     pub fn observe(mut self, observer: impl Observer) -> Self {
         self.observers.push(Arc::new(observer));
@@ -422,7 +410,6 @@ impl<S: FlowState> FlowBuilder<S> {
             store,
             lease: self.lease,
             selective,
-            chat: crate::chat::ChatRuntime::new(self.chat.unwrap_or_default()),
         }))
     }
 

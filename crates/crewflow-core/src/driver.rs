@@ -53,6 +53,8 @@ pub(crate) struct Prepared<S> {
     payload: Option<Output>,
     budget: u64,
     inputs: Option<serde_json::Map<String, Value>>,
+    /// Where the run is recorded: the flow's store, unless a host chose otherwise.
+    store: Option<Arc<dyn RunStore>>,
 }
 
 impl<S> Prepared<S> {
@@ -73,6 +75,19 @@ pub(crate) fn prepare<S: FlowState>(
     stream: Option<UnboundedSender<Event>>,
     initial: Option<S>,
 ) -> Result<Prepared<S>, Error> {
+    prepare_hosted(flow, kickoff, stream, initial, flow.store.clone(), Canceller::new())
+}
+
+/// [`prepare`] with the run's own store (not necessarily the flow's) and canceller: the runs a
+/// host starts ([`crate::host`]).
+pub(crate) fn prepare_hosted<S: FlowState>(
+    flow: &FlowInner<S>,
+    kickoff: Kickoff,
+    stream: Option<UnboundedSender<Event>>,
+    initial: Option<S>,
+    store: Option<Arc<dyn RunStore>>,
+    cancel: Canceller,
+) -> Result<Prepared<S>, Error> {
     if let Some(e) = kickoff.error {
         return Err(e);
     }
@@ -83,12 +98,13 @@ pub(crate) fn prepare<S: FlowState>(
         },
         None => initial_state::<S>(kickoff.inputs.as_ref())?,
     };
-    let shared = new_shared(flow, kickoff.run_id.unwrap_or_default(), state, stream, Canceller::new());
+    let shared = new_shared(flow, kickoff.run_id.unwrap_or_default(), state, stream, cancel, store.is_some());
     Ok(Prepared {
         shared,
         payload: kickoff.payload,
         budget: kickoff.max_steps.unwrap_or(flow.max_steps),
         inputs: kickoff.inputs,
+        store,
     })
 }
 
@@ -98,6 +114,7 @@ fn new_shared<S: FlowState>(
     state: S,
     stream: Option<UnboundedSender<Event>>,
     cancel: Canceller,
+    durable: bool,
 ) -> Arc<RunShared<S>> {
     Arc::new(RunShared {
         id,
@@ -109,8 +126,8 @@ fn new_shared<S: FlowState>(
         input_history: Mutex::new(Vec::new()),
         feedback: flow.feedback.clone(),
         feedback_history: Mutex::new(Vec::new()),
-        checkpoints: flow.store.is_some().then(CheckpointAsks::new),
-        uncommitted: (flow.store.is_some() || flow.steps.iter().any(|s| s.retry.is_some())).then(StateLog::new),
+        checkpoints: durable.then(CheckpointAsks::new),
+        uncommitted: (durable || flow.steps.iter().any(|s| s.retry.is_some())).then(StateLog::new),
         journal: std::sync::OnceLock::new(),
     })
 }
@@ -122,7 +139,7 @@ pub(crate) async fn drive<S: FlowState>(flow: Arc<FlowInner<S>>, prepared: Prepa
     let mut driver = Box::new(Driver::new(flow, prepared.shared, prepared.payload, frontier, None));
     let ready = driver.start()?;
     let inputs_json = prepared.inputs.map(Value::Object);
-    if let Some(store) = driver.flow.store.clone() {
+    if let Some(store) = prepared.store {
         // Boxed, like every store path: runs without a store should not pay for its futures.
         let new = Durable::new_run(&driver, &inputs_json)?;
         let durable = Box::pin(Durable::record(store.clone(), new)).await?;
@@ -232,7 +249,7 @@ pub(crate) async fn drive_resumed<S: FlowState>(
         return Err(Error::NoStore { call: "Flow::resume" });
     };
     let Restored { run_id, seq, state, frontier, payload, records, feedback } = restored;
-    let shared = new_shared(&flow, run_id, state, stream, cancel);
+    let shared = new_shared(&flow, run_id, state, stream, cancel, true);
     let mut driver = Box::new(Driver::new(flow, shared, payload, frontier, None));
     let steps_done = records.len() as u64;
     driver.restore_outputs(records);

@@ -449,16 +449,6 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
-    /// A conversation turn reached a feedback step whose provider pauses.
-    #[error(
-        "turn of session `{session}`: step `{step}` asked for feedback through a provider that pauses the run, but a turn is answered within the turn and saved whole; ask the person in the reply (their next message is the answer), or use a provider that answers in place"
-    )]
-    PauseInTurn {
-        /// The session.
-        session: String,
-        /// The step that paused.
-        step: String,
-    },
     /// The run is paused for feedback, so it has no output yet.
     #[error(
         "run {run_id} is paused: step `{step}` waits for feedback (\"{message}\"); answer with flow.resume_with_feedback({run_id}, ..)"
@@ -475,60 +465,6 @@ pub enum Error {
     /// The frontier was asked about an activation it does not know (a driver bug or a corrupt checkpoint).
     #[error("internal: {0}")]
     Internal(String),
-
-    // ---- conversations ----
-    /// A turn waited too long for its session's lock.
-    #[error(
-        "session `{session}` is busy: another turn of it held the session lock for longer than {waited:?}; retry the turn later, or raise ChatOptions::lock_timeout"
-    )]
-    SessionBusy {
-        /// The session.
-        session: String,
-        /// How long the turn waited.
-        waited: std::time::Duration,
-    },
-    /// Another turn of the session was saved while this one ran.
-    #[error(transparent)]
-    SessionConflict(#[from] crate::chat::SessionConflict),
-    /// A turn ended without a reply.
-    #[error(
-        "turn {turn} of session `{session}` ended without a reply (the final step was {}): call cx.reply(..) in a step, or make the turn's last step return a String",
-        final_step.as_deref().map(|s| format!("`{s}`")).unwrap_or_else(|| "none".into())
-    )]
-    NoReply {
-        /// The session.
-        session: String,
-        /// The turn's index.
-        turn: u64,
-        /// The step whose output was the run's output.
-        final_step: Option<String>,
-    },
-    /// A session id is not usable.
-    #[error(
-        "invalid session id `{id}`: {reason}; use a non-empty string of at most 256 bytes without control characters"
-    )]
-    InvalidSessionId {
-        /// The id (shortened).
-        id: String,
-        /// What is wrong.
-        reason: &'static str,
-    },
-    /// The flow's store does not keep sessions.
-    #[error("the store {store} does not keep conversation sessions; use crewflow-store's SQLite or PostgreSQL store")]
-    NoSessionStore {
-        /// The store.
-        store: String,
-    },
-    /// A stored session's state does not parse as the flow's state type.
-    #[error(
-        "the stored state of session `{session}` cannot be read: {message}; the state type may have changed incompatibly (add #[serde(default)] to new fields), or delete the session"
-    )]
-    CorruptSession {
-        /// The session.
-        session: String,
-        /// What serde said.
-        message: String,
-    },
 }
 
 impl Error {

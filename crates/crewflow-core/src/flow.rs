@@ -44,8 +44,6 @@ pub(crate) struct FlowInner<S> {
     pub lease: std::time::Duration,
     /// Some step is marked `persisted`: only those checkpoint.
     pub selective: bool,
-    /// Conversations: options and session locks (see [`crate::chat`]).
-    pub chat: crate::chat::ChatRuntime,
 }
 
 impl<S> FlowInner<S> {

@@ -7,11 +7,11 @@
 //! - [`graph`]: a flow's definition, validated ([`GraphSpec::compile`](graph::GraphSpec::compile));
 //! - [`frontier`]: the pure state machine deciding what runs next;
 //! - the driver behind [`Flow::kickoff`], [`FlowBuilder`] to assemble flows at run time,
-//!   [`Cx`] (what a step sees), [`Event`]s, and [`Error`].
+//!   [`Cx`] (what a step sees), [`Event`]s, and [`Error`];
+//! - [`host`]: the seam the layers above (conversations, a server) start runs through.
 
 mod builder;
 mod cancel;
-pub mod chat;
 mod console;
 mod cx;
 mod driver;
@@ -21,6 +21,7 @@ pub mod feedback;
 mod flow;
 pub mod frontier;
 pub mod graph;
+pub mod host;
 mod id;
 mod input;
 pub mod journal;
@@ -36,7 +37,6 @@ mod worker;
 
 pub use builder::{DEFAULT_CANCEL_GRACE, DEFAULT_MAX_STEPS, FlowBuilder};
 pub use cancel::Canceller;
-pub use chat::{ChatOptions, ChatState, Conversational, Turn, TurnEvent};
 pub use cx::Cx;
 pub use error::{BoxError, Error, Result, StepError, UnknownKey, closest};
 pub use event::{Event, EventKind, EventStream, Observer};
@@ -45,6 +45,7 @@ pub use feedback::{
     FeedbackResult, HumanFeedback, LearnRequest, OutcomeClassifier, Paused,
 };
 pub use flow::{Flow, Kickoff, Run, RunHandle, StepRecord};
+pub use host::HostedRun;
 pub use id::RunId;
 pub use input::{Answer, ConsoleInput, InputFuture, InputProvider, InputRecord, InputRequest, InputResponse};
 pub use output::{Output, TypeInfo};

@@ -347,11 +347,6 @@ pub trait RunStore: Send + Sync + 'static {
         let _ = (run_id, executions);
         Box::pin(async { Ok(Vec::new()) })
     }
-
-    /// Where this store keeps conversation sessions, if it does (see [`crate::chat`]).
-    fn sessions(&self) -> Option<&dyn crate::chat::SessionStore> {
-        None
-    }
 }
 
 /// One recorded result of a run's journal of side effects.

@@ -3,20 +3,21 @@
 //! [`Intents`] compares the message with example utterances of each intent through an
 //! [`Embedder`] (cosine similarity; the examples are embedded once, on first use) and falls
 //! back to an explicit `unknown` label below a threshold. [`LlmIntents`] asks a model to pick
-//! one label of a closed set. Both record the intent on the turn
-//! ([`Cx::set_intent`](crewflow_core::Cx::set_intent)) and emit an `intent` event with the score, so
-//! a routing decision is never silent.
+//! one label of a closed set. Both emit an `intent` event with the label and the score, so a
+//! routing decision is never silent, and return the label for a router to return: in a
+//! conversation (`crewflow-chat`), the label of a turn's first router is the turn's intent.
 //!
 //! ```no_run
-//! # use crewflow_core::{FlowBuilder, Cx, chat::ChatState};
+//! # use crewflow_core::{FlowBuilder, Cx};
 //! # use crewflow_llm::{HashEmbedder, Intents};
+//! # #[derive(Default, serde::Serialize, serde::Deserialize)] struct Chat;
 //! let intents = Intents::new(HashEmbedder::default())
 //!     .intent("billing", ["my invoice is wrong", "refund my payment"])
 //!     .intent("bug_report", ["the app crashes", "this button does nothing"])
 //!     .threshold(0.3);
 //! let labels = intents.labels();
-//! let flow = FlowBuilder::<ChatState>::new("support")
-//!     .start_router("route", move |cx: Cx<ChatState>, message: String| {
+//! let flow = FlowBuilder::<Chat>::new("support")
+//!     .start_router("route", move |cx: Cx<Chat>, message: String| {
 //!         let intents = intents.clone();
 //!         async move { Ok(intents.route(&cx, &message).await?) }
 //!     })
@@ -26,12 +27,11 @@
 use std::sync::Arc;
 
 use crewflow_core::Cx;
-use crewflow_core::chat::{ChatMessage, Conversational, Summarizer, SummaryFuture};
 use tokio::sync::OnceCell;
 
+use crate::Llm;
 use crate::embed::{Embedder, cosine};
 use crate::error::LlmError;
-use crate::{ChatRequest, Llm, Message};
 
 /// The label chosen for a message.
 #[derive(Clone, Debug, PartialEq)]
@@ -165,17 +165,16 @@ impl Intents {
         })
     }
 
-    /// Classifies `text`, records the intent on the turn and emits an `intent` event; returns
+    /// Classifies `text` and emits an `intent` event (label, score, closest intent); returns
     /// the label, for a router to return.
-    pub async fn route<S: Conversational>(&self, cx: &Cx<S>, text: &str) -> Result<String, LlmError> {
+    pub async fn route<S: Send + Sync + 'static>(&self, cx: &Cx<S>, text: &str) -> Result<String, LlmError> {
         let found = self.classify(text).await?;
         record(cx, &found);
         Ok(found.label)
     }
 }
 
-fn record<S: Conversational>(cx: &Cx<S>, found: &IntentMatch) {
-    cx.set_intent(found.label.clone());
+fn record<S: Send + Sync + 'static>(cx: &Cx<S>, found: &IntentMatch) {
     cx.emit("intent", serde_json::json!({ "label": found.label, "score": found.score, "closest": found.closest }));
 }
 
@@ -205,34 +204,11 @@ impl LlmIntents {
         Ok(IntentMatch { label: label.clone(), score: 1.0, closest: Some(label) })
     }
 
-    /// Classifies `text`, records the intent on the turn and emits an `intent` event.
-    pub async fn route<S: Conversational>(&self, cx: &Cx<S>, text: &str) -> Result<String, LlmError> {
+    /// Classifies `text` and emits an `intent` event; returns the label, for a router to
+    /// return.
+    pub async fn route<S: Send + Sync + 'static>(&self, cx: &Cx<S>, text: &str) -> Result<String, LlmError> {
         let found = self.classify(text).await?;
         record(cx, &found);
         Ok(found.label)
-    }
-}
-
-/// A model writes the summary of compacted turns
-/// ([`ChatOptions::summarize`](crewflow_core::chat::ChatOptions::summarize)).
-impl Summarizer for Llm {
-    fn summarize<'a>(&'a self, previous: Option<&'a str>, messages: &'a [ChatMessage]) -> SummaryFuture<'a> {
-        Box::pin(async move {
-            let mut transcript = String::new();
-            if let Some(p) = previous {
-                transcript.push_str(&format!("Summary so far: {p}\n\n"));
-            }
-            for m in messages {
-                transcript.push_str(&format!("{}: {}\n", m.role.as_str(), m.content));
-            }
-            let request = ChatRequest::new([
-                Message::system(
-                    "Summarize this conversation in a few sentences, keeping names, facts, decisions and open questions.",
-                ),
-                Message::user(transcript),
-            ])
-            .temperature(0.0);
-            Ok(self.chat(request).await?.text)
-        })
     }
 }

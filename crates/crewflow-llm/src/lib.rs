@@ -226,7 +226,7 @@ impl Llm {
         Ok(Llm { provider: provider_for(model, options)?, journaled: true })
     }
 
-    #[cfg(feature = "local")]
+    #[cfg(feature = "local")] // only the local model builds an `Llm` around a provider it made
     pub(crate) fn from_provider(provider: Arc<dyn Provider>) -> Self {
         Llm { provider, journaled: true }
     }

@@ -6,8 +6,9 @@ use serde_json::Value;
 
 pub use crewflow_core::TokenUsage;
 
-/// Who wrote a message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Who wrote a message (of a model request, and of a conversation's transcript in
+/// `crewflow-chat`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Instructions for the model.
@@ -18,6 +19,18 @@ pub enum Role {
     Assistant,
     /// The result of a tool call.
     Tool,
+}
+
+impl Role {
+    /// The role as stored and sent to models: `system`, `user`, `assistant`, `tool`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
 }
 
 /// An image in a message.

@@ -112,11 +112,13 @@ pub enum StoreError {
         message: String,
     },
     /// Another turn of the session was saved in between.
+    #[cfg(feature = "chat")]
     #[error(transparent)]
-    SessionConflict(crewflow_core::chat::SessionConflict),
+    SessionConflict(crewflow_chat::SessionConflict),
     /// The session's lock is held by another process.
+    #[cfg(feature = "chat")]
     #[error(transparent)]
-    SessionLocked(crewflow_core::chat::SessionLockTimeout),
+    SessionLocked(crewflow_chat::SessionLockTimeout),
 }
 
 impl StoreError {
@@ -126,7 +128,9 @@ impl StoreError {
         match self {
             StoreError::Lost(lost) => Box::new(lost),
             StoreError::Owned(owned) => Box::new(owned),
+            #[cfg(feature = "chat")]
             StoreError::SessionConflict(conflict) => Box::new(conflict),
+            #[cfg(feature = "chat")]
             StoreError::SessionLocked(locked) => Box::new(locked),
             other => Box::new(other),
         }

@@ -12,10 +12,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Both also keep conversation sessions, their turns and traces
-//! ([`SessionStore`](crewflow_core::chat::SessionStore)); PostgreSQL adds session locks across
-//! processes. The tables and the lease protocol are described in `docs/store.md`, sessions in
-//! `docs/chat.md`. Both keep memories too ([`MemoryStore`], used by `crewflow-memory`; see
+//! With the `chat` feature, both also keep conversation sessions, their turns and traces
+//! (crewflow-chat's `SessionStore`); PostgreSQL adds session locks across processes. The
+//! tables and the lease protocol are described in `docs/store.md`, sessions in `docs/chat.md`. Both keep memories too ([`MemoryStore`], used by `crewflow-memory`; see
 //! `docs/memory.md`).
 
 mod error;
@@ -27,15 +26,16 @@ mod postgres;
 mod postgres_journal;
 #[cfg(feature = "postgres")]
 mod postgres_memories;
-#[cfg(feature = "postgres")]
+#[cfg(all(feature = "postgres", feature = "chat"))]
 mod postgres_sessions;
+mod sessions_schema;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]
 mod sqlite_journal;
 #[cfg(feature = "sqlite")]
 mod sqlite_memories;
-#[cfg(feature = "sqlite")]
+#[cfg(all(feature = "sqlite", feature = "chat"))]
 mod sqlite_sessions;
 mod util;
 
@@ -55,29 +55,70 @@ pub use sqlite::{SqliteStore, Synchronous};
 ///
 /// A `sqlite:` URL takes options as a query: `sqlite://runs.db?synchronous=full` makes every
 /// commit wait for the disk ([`Synchronous::Full`]). A bare path is taken as it is, `?` included.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(unreachable_code))] // no backend: always an error
 pub fn open(url: &str) -> Result<Arc<dyn RunStore>, StoreError> {
-    #[allow(unused_variables)] // unused when every backend is compiled in
-    let disabled = |feature| StoreError::FeatureDisabled { url: url.to_string(), feature };
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    Ok(match Backend::open(url)? {
+        #[cfg(feature = "sqlite")]
+        Backend::Sqlite(store) => Arc::new(store),
         #[cfg(feature = "postgres")]
-        return Ok(Arc::new(PostgresStore::connect_lazy(url)?));
-        #[cfg(not(feature = "postgres"))]
-        return Err(disabled("postgres"));
-    }
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
-    if rest.is_none() && url.contains("://") {
-        return Err(StoreError::InvalidUrl(url.to_string()));
-    }
+        Backend::Postgres(store) => Arc::new(store),
+    })
+}
+
+/// The store a URL names, as its own type (so it can be offered as any of the interfaces it
+/// implements: runs, and with the `chat` feature, sessions).
+enum Backend {
     #[cfg(feature = "sqlite")]
-    return Ok(Arc::new(match rest {
-        Some(rest) => SqliteStore::from_url(url, rest)?,
-        None => SqliteStore::open(url),
-    }));
-    #[cfg(not(feature = "sqlite"))]
-    {
-        let _ = rest;
-        Err(disabled("sqlite"))
+    Sqlite(SqliteStore),
+    #[cfg(feature = "postgres")]
+    Postgres(PostgresStore),
+}
+
+impl Backend {
+    fn open(url: &str) -> Result<Backend, StoreError> {
+        #[allow(unused_variables)] // unused when every backend is compiled in
+        let disabled = |feature| StoreError::FeatureDisabled { url: url.to_string(), feature };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            #[cfg(feature = "postgres")]
+            return Ok(Backend::Postgres(PostgresStore::connect_lazy(url)?));
+            #[cfg(not(feature = "postgres"))]
+            return Err(disabled("postgres"));
+        }
+        let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
+        if rest.is_none() && url.contains("://") {
+            return Err(StoreError::InvalidUrl(url.to_string()));
+        }
+        #[cfg(feature = "sqlite")]
+        return Ok(Backend::Sqlite(match rest {
+            Some(rest) => SqliteStore::from_url(url, rest)?,
+            None => SqliteStore::open(url),
+        }));
+        #[cfg(not(feature = "sqlite"))]
+        {
+            let _ = rest;
+            Err(disabled("sqlite"))
+        }
     }
+}
+
+/// [`open`], as the store of conversation sessions (crewflow-chat's `SessionStore`).
+#[cfg(feature = "chat")]
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(unreachable_code))] // no backend: always an error
+pub fn open_sessions(url: &str) -> Result<Arc<dyn crewflow_chat::SessionStore>, StoreError> {
+    Ok(match Backend::open(url)? {
+        #[cfg(feature = "sqlite")]
+        Backend::Sqlite(store) => Arc::new(store),
+        #[cfg(feature = "postgres")]
+        Backend::Postgres(store) => Arc::new(store),
+    })
+}
+
+/// The default store ([`default_store`]: `$CREWFLOW_DB`, else `crewflow.db`), as the store of
+/// conversation sessions. Opened on first use; a bad `$CREWFLOW_DB` is an error now.
+#[cfg(feature = "chat")]
+pub fn default_session_store() -> Result<Arc<dyn crewflow_chat::SessionStore>, StoreError> {
+    let url = std::env::var(DEFAULT_STORE_VAR).ok().filter(|v| !v.is_empty());
+    open_sessions(url.as_deref().unwrap_or("crewflow.db"))
 }
 
 /// The variable naming the default store (a path or URL).

@@ -59,7 +59,7 @@ CREATE TABLE crewflow_steps (
     PRIMARY KEY (run_id, activation)
 );
 "#,
-    crate::postgres_sessions::MIGRATION,
+    crate::sessions_schema::POSTGRES,
     crate::postgres_memories::MIGRATION,
     crate::postgres_journal::MIGRATION,
 ];
@@ -138,6 +138,7 @@ impl PostgresStore {
 
     /// A connection for holding a session lock (no migration needed: it only locks); `None`
     /// when none frees up within `wait` (every lock connection holds a session).
+    #[cfg_attr(not(feature = "chat"), allow(dead_code))]
     pub(crate) async fn lock_client(&self, wait: Duration) -> Result<Option<deadpool_postgres::Object>, StoreError> {
         let timeouts = deadpool_postgres::Timeouts {
             wait: Some(wait),
@@ -606,10 +607,6 @@ impl RunStore for PostgresStore {
                 .await,
             )
         })
-    }
-
-    fn sessions(&self) -> Option<&dyn crewflow_core::chat::SessionStore> {
-        Some(self)
     }
 
     fn heartbeat<'a>(&'a self, owner: &'a str, runs: &'a [RunId], lease: Duration) -> StoreFuture<'a, u64> {

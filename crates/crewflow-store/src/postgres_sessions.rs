@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use crewflow_core::chat::{
+use crewflow_chat::{
     SessionConflict, SessionFilter, SessionGuard, SessionLockTimeout, SessionStore, SessionSummary, SpanRecord,
     StoredSession, TraceSummary, TraceWrite, TurnRecord, TurnSave,
 };
@@ -20,57 +20,6 @@ use deadpool_postgres::Transaction;
 use crate::StoreError;
 use crate::postgres::{PostgresStore, boxed};
 use crate::util::parse_run_id;
-
-/// Migration 2: sessions, turns, traces and spans.
-pub(crate) const MIGRATION: &str = r#"
-CREATE TABLE crewflow_sessions (
-    flow       TEXT NOT NULL,
-    id         TEXT NOT NULL,
-    state      JSONB NOT NULL,
-    turns      BIGINT NOT NULL,
-    created_at TIMESTAMPTZ NOT NULL,
-    updated_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (flow, id)
-);
-CREATE INDEX crewflow_sessions_by_update ON crewflow_sessions (flow, updated_at);
-CREATE TABLE crewflow_turns (
-    flow         TEXT NOT NULL,
-    session_id   TEXT NOT NULL,
-    idx          BIGINT NOT NULL,
-    run_id       TEXT NOT NULL,
-    user_message TEXT NOT NULL,
-    reply        TEXT NOT NULL,
-    intent       TEXT,
-    usage        JSONB NOT NULL,
-    started_at   TIMESTAMPTZ NOT NULL,
-    finished_at  TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (flow, session_id, idx)
-);
-CREATE TABLE crewflow_traces (
-    id           TEXT PRIMARY KEY,
-    flow         TEXT NOT NULL,
-    session_id   TEXT NOT NULL,
-    turns        BIGINT NOT NULL,
-    started_at   TIMESTAMPTZ NOT NULL,
-    updated_at   TIMESTAMPTZ NOT NULL,
-    finalized_at TIMESTAMPTZ
-);
-CREATE INDEX crewflow_traces_by_session ON crewflow_traces (flow, session_id, started_at);
-CREATE UNIQUE INDEX crewflow_traces_one_open ON crewflow_traces (flow, session_id) WHERE finalized_at IS NULL;
-CREATE INDEX crewflow_traces_idle ON crewflow_traces (updated_at) WHERE finalized_at IS NULL;
-CREATE TABLE crewflow_spans (
-    trace_id   TEXT NOT NULL,
-    seq        BIGINT NOT NULL,
-    span_id    TEXT NOT NULL,
-    parent_id  TEXT,
-    kind       TEXT NOT NULL,
-    name       TEXT NOT NULL,
-    started_at TIMESTAMPTZ NOT NULL,
-    ended_at   TIMESTAMPTZ,
-    attributes JSONB NOT NULL,
-    PRIMARY KEY (trace_id, seq)
-);
-"#;
 
 /// The advisory lock key of a session: FNV-1a over flow and id (stable across processes and
 /// versions, unlike `std`'s hasher).
@@ -150,6 +99,10 @@ impl HeldLock {
 }
 
 impl SessionStore for PostgresStore {
+    fn describe(&self) -> String {
+        crewflow_core::persist::RunStore::describe(self)
+    }
+
     fn load_session<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, Option<StoredSession>> {
         Box::pin(async move {
             boxed(

@@ -61,7 +61,7 @@ CREATE TABLE crewflow_steps (
     PRIMARY KEY (run_id, activation)
 ) WITHOUT ROWID;
 "#,
-    crate::sqlite_sessions::MIGRATION,
+    crate::sessions_schema::SQLITE,
     crate::sqlite_memories::MIGRATION,
     crate::sqlite_journal::MIGRATION,
 ];
@@ -609,10 +609,6 @@ impl RunStore for SqliteStore {
 
     fn load_journal<'a>(&'a self, run_id: RunId, executions: &'a [u64]) -> StoreFuture<'a, Vec<JournalEntry>> {
         self.load_journal_entries(run_id, executions)
-    }
-
-    fn sessions(&self) -> Option<&dyn crewflow_core::chat::SessionStore> {
-        Some(self)
     }
 
     fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>> {

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use crewflow_core::chat::{
+use crewflow_chat::{
     SessionConflict, SessionFilter, SessionStore, SessionSummary, SpanRecord, StoredSession, TraceSummary, TraceWrite,
     TurnRecord, TurnSave,
 };
@@ -20,58 +20,11 @@ use crate::StoreError;
 use crate::sqlite::{SqliteStore, boxed, from_ms, ms, now};
 use crate::util::parse_run_id;
 
-/// Migration 2: sessions, turns, traces and spans.
-pub(crate) const MIGRATION: &str = r#"
-CREATE TABLE crewflow_sessions (
-    flow       TEXT NOT NULL,
-    id         TEXT NOT NULL,
-    state      TEXT NOT NULL,
-    turns      INTEGER NOT NULL,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
-    PRIMARY KEY (flow, id)
-) WITHOUT ROWID;
-CREATE INDEX crewflow_sessions_by_update ON crewflow_sessions (flow, updated_at);
-CREATE TABLE crewflow_turns (
-    flow         TEXT NOT NULL,
-    session_id   TEXT NOT NULL,
-    idx          INTEGER NOT NULL,
-    run_id       TEXT NOT NULL,
-    user_message TEXT NOT NULL,
-    reply        TEXT NOT NULL,
-    intent       TEXT,
-    usage        TEXT NOT NULL,
-    started_at   INTEGER NOT NULL,
-    finished_at  INTEGER NOT NULL,
-    PRIMARY KEY (flow, session_id, idx)
-) WITHOUT ROWID;
-CREATE TABLE crewflow_traces (
-    id           TEXT PRIMARY KEY,
-    flow         TEXT NOT NULL,
-    session_id   TEXT NOT NULL,
-    turns        INTEGER NOT NULL,
-    started_at   INTEGER NOT NULL,
-    updated_at   INTEGER NOT NULL,
-    finalized_at INTEGER
-);
-CREATE INDEX crewflow_traces_by_session ON crewflow_traces (flow, session_id, started_at);
-CREATE UNIQUE INDEX crewflow_traces_one_open ON crewflow_traces (flow, session_id) WHERE finalized_at IS NULL;
-CREATE INDEX crewflow_traces_idle ON crewflow_traces (updated_at) WHERE finalized_at IS NULL;
-CREATE TABLE crewflow_spans (
-    trace_id   TEXT NOT NULL,
-    seq        INTEGER NOT NULL,
-    span_id    TEXT NOT NULL,
-    parent_id  TEXT,
-    kind       TEXT NOT NULL,
-    name       TEXT NOT NULL,
-    started_us INTEGER NOT NULL,
-    ended_us   INTEGER,
-    attributes TEXT NOT NULL,
-    PRIMARY KEY (trace_id, seq)
-) WITHOUT ROWID;
-"#;
-
 impl SessionStore for SqliteStore {
+    fn describe(&self) -> String {
+        crewflow_core::persist::RunStore::describe(self)
+    }
+
     fn load_session<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, Option<StoredSession>> {
         let (flow, id) = (flow.to_string(), id.to_string());
         Box::pin(async move {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::store::SpanRecord;
-use crate::event::{Event, EventKind};
+use crate::store::SpanRecord;
+use crewflow_core::{Event, EventKind};
 
 /// The id of the session span, parent of every turn span.
 pub(crate) const SESSION_SPAN: &str = "session";

@@ -1,54 +1,31 @@
-//! Conversations: flows that hold multi-turn sessions.
-//!
-//! A conversational flow's state implements [`Conversational`] (it holds a [`ChatState`]).
-//! [`Flow::handle_turn`](crate::Flow::handle_turn) runs one turn of a session:
-//!
-//! 1. take the session's lock (in-process; across processes too when the store has such
-//!    locks), waiting at most [`ChatOptions::lock_timeout`] ([`Error::SessionBusy`](crate::Error::SessionBusy));
-//! 2. load the session's state from the store, or start from the default state for a new id;
-//! 3. append the user message (once), clear the last intent;
-//! 4. run the graph: the start steps get the user message as their input; a router may route by
-//!    intent; a step replies with [`Cx::reply`](crate::Cx::reply) or by returning a string;
-//! 5. append the reply (once), compact old turns into a summary when configured;
-//! 6. save the state, the turn record and the turn's trace spans in one transaction;
-//! 7. release the lock.
-//!
-//! A failed turn saves nothing (the user message is not half-saved). See `docs/chat.md`.
-
-mod lock;
-mod state;
-mod store;
-mod trace;
-mod turn;
+//! How a chat flow holds conversations: [`ChatOptions`] and the [`Summarizer`] of older turns.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-pub use state::{ChatMessage, ChatState, Conversational, History, Role};
-pub use store::{
-    SessionConflict, SessionFilter, SessionGuard, SessionLockTimeout, SessionStore, SessionSummary, SpanRecord,
-    StoredSession, TraceSummary, TraceWrite, TurnRecord, TurnSave,
-};
-pub use turn::{Session, Turn, TurnEvent, TurnStream};
+use crewflow_core::BoxError;
+use crewflow_llm::{ChatRequest, Llm, Message};
 
-use crate::error::BoxError;
+use crate::error::ChatError;
+use crate::state::ChatMessage;
 
 /// The future a [`Summarizer`] returns.
 pub type SummaryFuture<'a> = Pin<Box<dyn Future<Output = Result<String, BoxError>> + Send + 'a>>;
 
-/// Writes the summary of older turns (`crewflow-llm` implements it for its `Llm`).
+/// Writes the summary of older turns; implemented for [`Llm`] (a model writes it).
 pub trait Summarizer: Send + Sync + 'static {
     /// A summary of `previous` (the summary so far, if any) followed by `messages`.
     fn summarize<'a>(&'a self, previous: Option<&'a str>, messages: &'a [ChatMessage]) -> SummaryFuture<'a>;
 }
 
-/// How a flow holds conversations (see [`FlowBuilder::chat`](crate::FlowBuilder::chat)).
+/// How a [`ChatFlow`](crate::ChatFlow) holds conversations
+/// ([`ChatFlow::with_options`](crate::ChatFlow::with_options)).
 #[derive(Clone)]
 pub struct ChatOptions {
-    /// How many recent messages steps should send to a model ([`ChatState::history`]); 20 by
-    /// default.
+    /// How many recent messages steps should send to a model
+    /// ([`ChatState::recent`](crate::ChatState::recent)); 20 by default.
     pub window: usize,
     /// Compact older messages into a summary once more than this many messages are not
     /// covered by the summary (needs a [`summarizer`](ChatOptions::summarizer)); the last
@@ -57,12 +34,12 @@ pub struct ChatOptions {
     /// Who writes summaries.
     pub summarizer: Option<Arc<dyn Summarizer>>,
     /// How long a turn waits for the session's lock before failing with
-    /// [`Error::SessionBusy`](crate::Error::SessionBusy); 30 s by default.
+    /// [`ChatError::SessionBusy`](crate::ChatError::SessionBusy); 30 s by default.
     pub lock_timeout: Duration,
     /// Keep a trace per session (spans of turns, steps and model calls); on by default.
     pub traces: bool,
     /// A session's open trace is finalized when its next turn comes after this long idle (and
-    /// by [`Flow::finalize_idle_sessions`](crate::Flow::finalize_idle_sessions)); 30 min by default.
+    /// by [`ChatFlow::finalize_idle_sessions`](crate::ChatFlow::finalize_idle_sessions)); 30 min by default.
     pub idle_finalize_after: Duration,
 }
 
@@ -124,13 +101,15 @@ impl ChatOptions {
         self
     }
 
-    pub(crate) fn check(&self) -> Result<(), crate::Error> {
+    /// Refuses options that cannot work: a compaction threshold without a summarizer, or one
+    /// not larger than the window (nothing would ever be compacted).
+    pub(crate) fn check(&self) -> Result<(), ChatError> {
         match (self.summarize_after, &self.summarizer) {
-            (Some(_), None) => Err(crate::Error::Builder(
+            (Some(_), None) => Err(ChatError::InvalidOptions(
                 "ChatOptions::summarize_after is set but no summarizer is: use ChatOptions::summarize(after, summarizer)"
                     .into(),
             )),
-            (Some(after), Some(_)) if after <= self.window => Err(crate::Error::Builder(format!(
+            (Some(after), Some(_)) if after <= self.window => Err(ChatError::InvalidOptions(format!(
                 "ChatOptions: summarize_after ({after}) must be larger than the window ({}), or nothing would ever be compacted",
                 self.window
             ))),
@@ -139,18 +118,25 @@ impl ChatOptions {
     }
 }
 
-/// What a flow keeps for its conversations: options and the store-less copy of the flow that
-/// runs turns. (Session locks are process-wide, see [`lock::process_locks`].)
-#[derive(Default)]
-pub(crate) struct ChatRuntime {
-    pub options: ChatOptions,
-    /// The flow's definition without its run store, built on the first turn: a turn's durable
-    /// record is the session (one row), not a run record per turn holding the transcript again.
-    pub turn_flow: OnceLock<Box<dyn std::any::Any + Send + Sync>>,
-}
-
-impl ChatRuntime {
-    pub fn new(options: ChatOptions) -> Self {
-        ChatRuntime { options, ..ChatRuntime::default() }
+/// A model writes the summary of compacted turns ([`ChatOptions::summarize`]).
+impl Summarizer for Llm {
+    fn summarize<'a>(&'a self, previous: Option<&'a str>, messages: &'a [ChatMessage]) -> SummaryFuture<'a> {
+        Box::pin(async move {
+            let mut transcript = String::new();
+            if let Some(p) = previous {
+                transcript.push_str(&format!("Summary so far: {p}\n\n"));
+            }
+            for m in messages {
+                transcript.push_str(&format!("{}: {}\n", m.role.as_str(), m.content));
+            }
+            let request = ChatRequest::new([
+                Message::system(
+                    "Summarize this conversation in a few sentences, keeping names, facts, decisions and open questions.",
+                ),
+                Message::user(transcript),
+            ])
+            .temperature(0.0);
+            Ok(self.chat(request).await?.text)
+        })
     }
 }

@@ -1,36 +1,16 @@
 //! Chat state: the transcript and what a conversational flow remembers between turns.
 
+use crewflow_core::FlowState;
+use crewflow_llm::{Message, Role};
 use serde::{Deserialize, Serialize};
 
-use crate::state::FlowState;
-
-/// Who wrote a message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// The person (or program) talking to the flow.
-    User,
-    /// The flow's reply.
-    Assistant,
-    /// Instructions for the model.
-    System,
-    /// A tool's result.
-    Tool,
-}
-
-impl Role {
-    /// The role as stored and sent to models (`user`, `assistant`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::User => "user",
-            Role::Assistant => "assistant",
-            Role::System => "system",
-            Role::Tool => "tool",
-        }
-    }
-}
-
-/// One message of a conversation.
+/// One message of a conversation, as the transcript keeps it: who wrote it, its text, and its
+/// turn.
+///
+/// The role is the model layer's own [`Role`], and a `ChatMessage` converts into a
+/// [`crewflow_llm::Message`] (`Message::from(&m)`, or `.into()`), so history goes to a model
+/// as it is (see [`ChatCx::recent_messages`](crate::ChatCx::recent_messages)). Stored as
+/// `{"role": "user", "content": "...", "turn": 0}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     /// Who wrote it.
@@ -46,6 +26,26 @@ impl ChatMessage {
     /// A message of `role` in turn `turn`.
     pub fn new(role: Role, content: impl Into<String>, turn: u64) -> Self {
         ChatMessage { role, content: content.into(), turn }
+    }
+}
+
+/// The message a model is sent: same role, same text (the turn number is the transcript's
+/// bookkeeping, not something a model reads).
+impl From<&ChatMessage> for Message {
+    fn from(m: &ChatMessage) -> Self {
+        match m.role {
+            Role::System => Message::system(m.content.clone()),
+            Role::User => Message::user(m.content.clone()),
+            Role::Assistant => Message::assistant(m.content.clone()),
+            // A tool result kept in a transcript has lost its call id: it goes as text.
+            Role::Tool => Message { role: Role::Tool, ..Message::user(m.content.clone()) },
+        }
+    }
+}
+
+impl From<ChatMessage> for Message {
+    fn from(m: ChatMessage) -> Self {
+        Message::from(&m)
     }
 }
 
@@ -72,7 +72,7 @@ pub struct ChatState {
     #[serde(default)]
     pub previous_intent: Option<String>,
     /// A summary of the messages before [`summarized`](ChatState::summarized), written by the
-    /// flow's [`Summarizer`](super::Summarizer).
+    /// chat flow's [`Summarizer`](crate::Summarizer).
     #[serde(default)]
     pub summary: Option<String>,
     /// How many messages, from the start, the summary covers.
@@ -81,13 +81,13 @@ pub struct ChatState {
     /// How many turns completed.
     #[serde(default)]
     pub turns: u64,
-    /// The reply set with [`Cx::reply`](crate::Cx::reply) during the current turn.
+    /// The reply set with [`ChatCx::reply`](crate::ChatCx::reply) during the current turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) pending_reply: Option<String>,
-    /// The flow's window ([`ChatOptions::window`](super::ChatOptions::window)), set for each turn.
+    /// The flow's window ([`ChatOptions::window`](crate::ChatOptions::window)), set for each turn.
     #[serde(skip)]
     pub(crate) window: usize,
-    /// The flow's [`ChatOptions::summarize_after`](super::ChatOptions::summarize_after), set for
+    /// The flow's [`ChatOptions::summarize_after`](crate::ChatOptions::summarize_after), set for
     /// each turn.
     #[serde(skip)]
     pub(crate) compact_after: Option<usize>,
@@ -100,6 +100,15 @@ pub struct History<'a> {
     pub summary: Option<&'a str>,
     /// The last messages, oldest first.
     pub recent: &'a [ChatMessage],
+}
+
+impl History<'_> {
+    /// What to send a model: the summary (as a system message, when there is one), then the
+    /// recent messages. Put your own instructions first.
+    pub fn messages(&self) -> Vec<Message> {
+        let summary = self.summary.map(|s| Message::system(format!("Earlier in this conversation: {s}")));
+        summary.into_iter().chain(self.recent.iter().map(Message::from)).collect()
+    }
 }
 
 impl ChatState {
@@ -117,14 +126,14 @@ impl ChatState {
     }
 
     /// [`history`](ChatState::history) with the flow's options: what a replying step should
-    /// send to its model. Without compaction, the last [`window`](super::ChatOptions::window)
-    /// messages. With it ([`ChatOptions::summarize`](super::ChatOptions::summarize)), the summary
+    /// send to its model. Without compaction, the last [`window`](crate::ChatOptions::window)
+    /// messages. With it ([`ChatOptions::summarize`](crate::ChatOptions::summarize)), the summary
     /// and every message it does not cover — never a gap between the two, so nothing said is
     /// invisible to the model — at most `summarize_after + 1` of them (compaction runs before
     /// more pile up; if the summarizer keeps failing, the oldest uncovered ones drop out of view,
     /// never out of the transcript).
     pub fn recent(&self) -> History<'_> {
-        let window = if self.window == 0 { super::ChatOptions::default().window } else { self.window };
+        let window = if self.window == 0 { crate::ChatOptions::default().window } else { self.window };
         match self.compact_after {
             Some(after) => self.history(after.saturating_add(1).max(window)),
             None => self.history(window),
@@ -160,7 +169,7 @@ impl ChatState {
 /// through the [`conversational!`](crate::conversational) macro or by hand.
 ///
 /// ```
-/// use crewflow_core::chat::{ChatState, Conversational};
+/// use crewflow_chat::{ChatState, Conversational};
 /// # use serde::{Deserialize, Serialize};
 /// #[derive(Default, Serialize, Deserialize)]
 /// struct Support { chat: ChatState, customer: Option<String> }
@@ -187,15 +196,16 @@ impl Conversational for ChatState {
 }
 
 /// Implements [`Conversational`] for a state type with a [`ChatState`] field:
-/// `crewflow_core::conversational!(Support, chat);`.
+/// `crewflow_chat::conversational!(Support, chat);` (`crewflow::conversational!` through the
+/// facade).
 #[macro_export]
 macro_rules! conversational {
     ($state:ty, $field:ident) => {
-        impl $crate::chat::Conversational for $state {
-            fn chat(&self) -> &$crate::chat::ChatState {
+        impl $crate::Conversational for $state {
+            fn chat(&self) -> &$crate::ChatState {
                 &self.$field
             }
-            fn chat_mut(&mut self) -> &mut $crate::chat::ChatState {
+            fn chat_mut(&mut self) -> &mut $crate::ChatState {
                 &mut self.$field
             }
         }

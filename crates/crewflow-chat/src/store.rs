@@ -1,7 +1,7 @@
 //! Where sessions, their turns and their traces live: the interface a store implements.
 //!
-//! The engine knows no SQL: `crewflow-store` implements [`SessionStore`] for SQLite and
-//! PostgreSQL, and a store offers it through [`RunStore::sessions`](crate::persist::RunStore::sessions).
+//! This crate knows no SQL: `crewflow-store` implements [`SessionStore`] for SQLite and
+//! PostgreSQL (its `chat` feature), and a [`ChatFlow`](crate::ChatFlow) is given one.
 //! A session is one row (its state, transcript included, replaced at each turn: the transcript
 //! is stored once, never once per step or per turn), one record per turn, and its traces.
 
@@ -12,9 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::id::RunId;
-use crate::persist::StoreFuture;
-use crate::scope::TokenUsage;
+use crewflow_core::persist::StoreFuture;
+use crewflow_core::{RunId, TokenUsage};
 
 /// A session as stored.
 #[derive(Clone, Debug)]
@@ -211,8 +210,16 @@ impl Drop for SessionGuard {
     }
 }
 
-/// Where sessions, turns and traces are kept. Implemented by `crewflow-store`.
+/// Where sessions, turns and traces are kept. Implemented by `crewflow-store` (feature `chat`)
+/// for SQLite and PostgreSQL.
+///
+/// Errors are boxed; a store reports a refused save as a [`SessionConflict`] and a lock wait
+/// that ran out as a [`SessionLockTimeout`] (boxed as those types, so a turn can tell them
+/// apart).
 pub trait SessionStore: Send + Sync {
+    /// The store, for error messages (a path or URL, without secrets).
+    fn describe(&self) -> String;
+
     /// The session, or `None` if the store has none with this id (for this flow).
     fn load_session<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, Option<StoredSession>>;
 
