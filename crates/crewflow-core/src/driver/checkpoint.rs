@@ -1,0 +1,149 @@
+//! Checkpoints: the run's record in the store, and what a checkpoint holds (the state without
+//! uncommitted changes, the frontier, the outputs completed since the last one).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::Driver;
+use crate::cx::RunShared;
+use crate::error::Error;
+use crate::feedback::FeedbackRecord;
+use crate::frontier::Frontier;
+use crate::output::Output;
+use crate::persist::{Checkpoint, Driving, NewRun, RunStatus, RunStore, StepRow, process_owner};
+use crate::state::FlowState;
+
+/// The run's record in the store and what has not been written yet.
+pub(super) struct Durable {
+    pub(super) store: Arc<dyn RunStore>,
+    pub(super) fencing: u64,
+    pub(super) seq: u64,
+    /// Activations completed since the last checkpoint, in completion order, with the time.
+    pub(super) unsaved: Vec<(u64, DateTime<Utc>)>,
+    /// Lists the run in [`driven_runs`](crate::persist::driven_runs) while the driver lives.
+    pub(super) _driving: Driving,
+}
+
+impl Durable {
+    /// The record of a new run, with its starts in flight.
+    pub(super) fn new_run<S: FlowState>(driver: &Driver<S>, inputs: &Option<Value>) -> Result<NewRun, Error> {
+        let flow = &driver.flow;
+        let new = NewRun {
+            run_id: driver.shared.id,
+            flow: flow.graph.name.clone(),
+            fingerprint: flow.graph.fingerprint(),
+            status: RunStatus::Running,
+            inputs: inputs.as_ref().map(Value::to_string),
+            payload: driver.kickoff_payload.as_ref().map(|p| output_json(p, "the kickoff payload")).transpose()?,
+            state: state_json(&driver.shared)?,
+            frontier: frontier_json(&driver.frontier)?,
+            owner: process_owner(),
+            lease: flow.lease,
+        };
+        Ok(new)
+    }
+
+    /// Records the new run before its first step runs.
+    pub(super) async fn record(store: Arc<dyn RunStore>, new: NewRun) -> Result<Durable, Error> {
+        let driving =
+            Driving::start(new.run_id).ok_or_else(|| Error::AlreadyDriven { run_id: new.run_id.to_string() })?;
+        store.create_run(&new).await.map_err(|e| Error::from_store(store.as_ref(), "record the new run", e))?;
+        Ok(Durable { store, fencing: 1, seq: 0, unsaved: Vec::new(), _driving: driving })
+    }
+}
+
+/// The state as a checkpoint holds it: without the changes of executions still in flight or
+/// failed (see [`crate::uncommitted`]).
+pub(super) fn state_json<S: FlowState>(shared: &RunShared<S>) -> Result<String, Error> {
+    let written = shared.with_state(|s| match &shared.uncommitted {
+        Some(log) if !log.changes.is_empty() => match log.committed_json(s) {
+            Some(value) => serde_json::to_string(&value),
+            None => serde_json::to_string(s), // reports why the state does not convert
+        },
+        _ => serde_json::to_string(s),
+    });
+    written.map_err(|e| Error::StateSerialization {
+        state_type: std::any::type_name::<S>(),
+        action: "converted to",
+        message: e.to_string(),
+    })
+}
+
+pub(super) fn frontier_json(frontier: &Frontier) -> Result<String, Error> {
+    serde_json::to_string(frontier).map_err(|e| Error::Internal(format!("the frontier did not serialize: {e}")))
+}
+
+pub(super) fn output_json(output: &Output, what: &str) -> Result<String, Error> {
+    output.to_json_string().map_err(|e| Error::Unpersistable { what: what.to_string(), message: e.to_string() })
+}
+
+pub(super) async fn write_checkpoint(
+    store: Arc<dyn RunStore>,
+    checkpoint: Checkpoint,
+    after: Arc<str>,
+) -> Result<(), Error> {
+    store
+        .save_checkpoint(&checkpoint)
+        .await
+        .map_err(|e| Error::from_store(store.as_ref(), &format!("save the checkpoint after step `{after}`"), e))
+}
+
+impl<S: FlowState> Driver<S> {
+    /// A checkpoint in the middle of a step (it is about to wait for a person).
+    pub(super) async fn checkpoint_now(&mut self) -> Result<(), Error> {
+        let Some(store) = self.store() else { return Ok(()) };
+        let checkpoint = self.checkpoint()?;
+        let step: Arc<str> = Arc::from("(a step waiting for input)");
+        Box::pin(write_checkpoint(store, checkpoint, step)).await
+    }
+
+    /// The run's current checkpoint: state, frontier and the unsaved step outputs.
+    pub(super) fn checkpoint(&mut self) -> Result<Checkpoint, Error> {
+        let state = state_json(&self.shared)?;
+        let frontier = frontier_json(&self.frontier)?;
+        let Some(durable) = &mut self.durable else {
+            return Err(Error::Internal("checkpoint without a store".into()));
+        };
+        let mut steps = Vec::with_capacity(durable.unsaved.len());
+        for (a, finished_at) in durable.unsaved.drain(..) {
+            let r = &self.acts[a as usize];
+            let step = self.flow.steps[r.step as usize].name.clone();
+            let output = match &r.output {
+                Some(o) => output_json(o, &format!("the output of step `{step}`"))?,
+                None => "null".to_string(),
+            };
+            steps.push(StepRow { activation: a, step, output, finished_at });
+        }
+        durable.seq += 1;
+        let record = FeedbackRecord {
+            pending: self.paused.clone(),
+            history: self.shared.with_feedback_history(|h| h.clone()),
+            inputs: self.shared.with_input_history(|h| h.clone()),
+        };
+        let feedback = if record.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&record).map_err(|e| Error::Unpersistable {
+                what: "the run's feedback record".into(),
+                message: e.to_string(),
+            })?)
+        };
+        Ok(Checkpoint {
+            run_id: self.shared.id,
+            fencing: durable.fencing,
+            seq: durable.seq,
+            state,
+            frontier,
+            steps,
+            feedback,
+        })
+    }
+
+    /// The store, cloned out so that no borrow of the driver is held across an `.await`
+    /// (the driver is `Send` but not `Sync`).
+    pub(super) fn store(&self) -> Option<Arc<dyn RunStore>> {
+        self.durable.as_ref().map(|d| d.store.clone())
+    }
+}
