@@ -34,7 +34,9 @@ pub struct WorkerReport {
     pub result: Result<(), Error>,
 }
 
-/// Claims and resumes orphaned or queued runs of its flows. See the [module docs](self).
+/// Claims and resumes orphaned or queued runs of its flows: runs whose owner stopped renewing
+/// its lease first, then queued ones ([`Flow::enqueue`]), oldest first. Claims go through the
+/// store's lease and fencing token, so two workers never run the same run (`docs/store.md`).
 pub struct Worker {
     store: Arc<dyn RunStore>,
     flows: HashMap<String, Resume>,

@@ -3,7 +3,7 @@
 //! ([`HumanFeedback::learn`](crewflow_core::HumanFeedback::learn)).
 //!
 //! Memories live in the run store ([`SqliteStore`](crewflow_store::SqliteStore) or
-//! [`PostgresStore`](crewflow_store::PostgresStore), table `crewflow_memories`), with their
+//! `PostgresStore`, table `crewflow_memories`), with their
 //! embedding and the id of the model that made it. Recall embeds the query, reads the rows of
 //! the scope and ranks them:
 //!
@@ -334,7 +334,7 @@ impl std::fmt::Debug for Memory {
 
 impl Memory {
     /// A memory in `store` (a [`SqliteStore`](crewflow_store::SqliteStore) or
-    /// [`PostgresStore`](crewflow_store::PostgresStore), usually the flow's run store),
+    /// `PostgresStore`, usually the flow's run store),
     /// embedding with `embedder`, rooted at `/`.
     pub fn new(store: impl MemoryStore, embedder: impl Embedder + 'static) -> Self {
         Self::from_arcs(Arc::new(store), Arc::new(embedder))
