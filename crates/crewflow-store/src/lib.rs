@@ -35,6 +35,8 @@ mod sqlite;
 mod sqlite_journal;
 #[cfg(feature = "sqlite")]
 mod sqlite_memories;
+#[cfg(feature = "sqlite")]
+mod sqlite_open;
 #[cfg(all(feature = "sqlite", feature = "chat"))]
 mod sqlite_sessions;
 mod util;

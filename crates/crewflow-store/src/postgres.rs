@@ -4,6 +4,11 @@
 //! who owns a run. A checkpoint is one statement (a data-modifying CTE), one round trip.
 //! Workers claim runs with `FOR UPDATE SKIP LOCKED`, so concurrent workers never block on or
 //! claim the same run.
+//!
+//! Kept as one file: it is the backend's `RunStore` implementation, one method per trait
+//! method, each a transaction whose SQL reads best next to the others it must agree with
+//! (leases, fencing, claims). Sessions, memories, the journal and (for SQLite) opening a file
+//! live in files of their own.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
