@@ -11,13 +11,13 @@ impl Review {
     }
 
     #[start]
-    #[human_feedback(message = "ok?", default = "maybe")]
+    #[human_feedback(message = "ok?", default_outcome = "maybe")]
     async fn default_without_emit(&self) -> Result<String> {
         Ok("draft".into())
     }
 
     #[start]
-    #[human_feedback(message = "ok?", emit = ["approved", "rejected"], default = "maybe")]
+    #[human_feedback(message = "ok?", emit = ["approved", "rejected"], default_outcome = "maybe")]
     async fn default_not_an_outcome(&self) -> Result<String> {
         Ok("draft".into())
     }
@@ -27,6 +27,12 @@ impl Review {
     #[human_feedback(message = "ok?", emit = ["approved"])]
     async fn router_with_emit(&self) -> Result<String> {
         Ok("a".into())
+    }
+
+    #[start]
+    #[human_feedback(message = "ok?", emit = ["approved", "rejected"], default = "rejected")]
+    async fn default_spelled_the_old_way(&self) -> Result<String> {
+        Ok("draft".into())
     }
 
     #[start]

@@ -77,7 +77,7 @@ enum Param {
     Input(Box<Type>),
 }
 
-/// `#[human_feedback(message = "..", emit = [..], default = "..", llm = expr, provider = expr,
+/// `#[human_feedback(message = "..", emit = [..], default_outcome = "..", llm = expr, provider = expr,
 /// metadata = expr, learn = expr, learn_source = "..", learn_strict = bool)]`.
 struct FeedbackAttr {
     message: LitStr,
@@ -113,7 +113,13 @@ impl FeedbackAttr {
             match key.as_deref() {
                 Some("message") => message = Some(lit(&a.right)?),
                 Some("emit") => emit = string_list(&a.right)?,
-                Some("default") => default = Some(lit(&a.right)?),
+                Some("default_outcome") => default = Some(lit(&a.right)?),
+                Some("default") => {
+                    return Err(syn::Error::new(
+                        a.left.span(),
+                        "the option is `default_outcome` (as in CrewAI, YAML flows and FeedbackRequest::default_outcome): default_outcome = \"...\"",
+                    ));
+                }
                 Some("llm") => llm = Some((*a.right).clone()),
                 Some("provider") => provider = Some((*a.right).clone()),
                 Some("metadata") => metadata = Some((*a.right).clone()),
@@ -126,7 +132,7 @@ impl FeedbackAttr {
                 _ => {
                     return Err(syn::Error::new(
                         a.left.span(),
-                        "unknown #[human_feedback] option; expected message, emit, default, llm, provider, metadata, learn, learn_source or learn_strict",
+                        "unknown #[human_feedback] option; expected message, emit, default_outcome, llm, provider, metadata, learn, learn_source or learn_strict",
                     ));
                 }
             }
@@ -136,12 +142,12 @@ impl FeedbackAttr {
         })?;
         if let Some(d) = &default {
             if emit.is_empty() {
-                return Err(syn::Error::new(d.span(), "`default` needs `emit = [..]` outcomes to choose from"));
+                return Err(syn::Error::new(d.span(), "`default_outcome` needs `emit = [..]` outcomes to choose from"));
             }
             if !emit.iter().any(|e| e.value() == d.value()) {
                 return Err(syn::Error::new(
                     d.span(),
-                    format!("default \"{}\" is not one of the emit outcomes", d.value()),
+                    format!("default_outcome \"{}\" is not one of the emit outcomes", d.value()),
                 ));
             }
         }

@@ -82,7 +82,7 @@ pub fn persist(_args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// Asks a person for feedback on the step's output after its body runs:
-/// `#[human_feedback(message = "Approve?", emit = ["approved", "rejected"], default = "rejected",
+/// `#[human_feedback(message = "Approve?", emit = ["approved", "rejected"], default_outcome = "rejected",
 /// llm = self.llm.clone(), provider = DeferredFeedback, metadata = json!({..}),
 /// learn = self.lessons.clone(), learn_source = "hitl", learn_strict = true)]`. `learn` takes a
 /// `FeedbackLearner` (e.g. `crewflow::memory::Lessons`); `learn_source` and `learn_strict` need
