@@ -48,6 +48,10 @@ pub enum EventKind {
         inputs: Option<Value>,
     },
     /// A stored run continued from its last checkpoint ([`Flow::resume`](crate::Flow::resume)).
+    ///
+    /// Observers of the resumed run see the events from here on: the steps completed before
+    /// the checkpoint are not replayed as events (their outputs are in the store:
+    /// `Run::steps`, `RunStore::load_run`). `steps_done` says how many there were.
     RunResumed {
         /// The flow's name.
         flow: Arc<str>,
