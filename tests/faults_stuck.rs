@@ -157,6 +157,34 @@ async fn orphans_are_claimed_before_queued_runs(store: Arc<dyn RunStore>) {
     assert_eq!(claims.iter().map(|c| c.run_id).collect::<Vec<_>>(), vec![orphan]);
 }
 
+/// A worker took a run over and died after the run's end was recorded but before it reported
+/// it: the next worker reports it (once), from the store.
+async fn a_workers_report_survives_its_crash(store: Arc<dyn RunStore>) {
+    let flow = slow_flow::<Count>(store.clone(), Duration::ZERO, Arc::default());
+    let id = flow.enqueue(Kickoff::new()).await.unwrap();
+    // Worker A claims it…
+    let claims = store.claim_orphans(&["stuck".to_string()], "worker-host:7:a", LEASE, 1).await.unwrap();
+    assert_eq!(claims.iter().map(|c| c.run_id).collect::<Vec<_>>(), vec![id]);
+    // …its lease lapses (A is gone), the run is driven to its end, and nobody reported it.
+    tokio::time::sleep(LEASE * 2).await;
+    flow.resume(id).await.unwrap();
+
+    let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+    for _ in 0..2 {
+        let (r, shutdown) = (reports.clone(), crewflow::Canceller::new());
+        let worker =
+            crewflow::Worker::new(store.clone()).flow(&flow).lease(LEASE).poll_interval(Duration::from_millis(20));
+        let stop = shutdown.clone();
+        let running = tokio::spawn(async move {
+            worker.run(stop, move |report| r.lock().unwrap().push((report.run_id, report.result.is_ok()))).await
+        });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+    }
+    assert_eq!(*reports.lock().unwrap(), vec![(id, true)], "reported once, by the first worker after the crash");
+}
+
 fn sqlite() -> (tempfile::TempDir, Arc<dyn RunStore>) {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(dir.path().join("runs.db")));
@@ -196,4 +224,5 @@ on_both_stores!(
     a_refused_resume_changes_nothing,
     a_second_resume_in_the_same_process_is_refused,
     orphans_are_claimed_before_queued_runs,
+    a_workers_report_survives_its_crash,
 );

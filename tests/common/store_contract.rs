@@ -66,6 +66,8 @@ macro_rules! store_contract_clauses {
             concurrent_worker_claims_never_share_a_run,
             // errors
             unknown_run_ids_are_errors_that_name_the_run,
+            // worker reports
+            ended_worker_runs_are_listed_until_marked_reported_once,
             // the journal of side effects
             journal_entries_round_trip_per_execution,
             a_journal_key_keeps_its_first_result,
@@ -692,6 +694,34 @@ pub async fn heartbeat_extends_the_leases_of_its_owners_running_runs(db: Databas
     assert_eq!(run_owned(&err).owner, "owner-a");
     store.claim_run(r3, "owner-c", LONG, None).await.expect("owner-b's lease was not renewed");
     assert_eq!(store.heartbeat("nobody", &ids, LONG).await.unwrap(), 0);
+}
+
+// ----------------------------------------------------------------------------------------------
+// Worker reports.
+
+/// A run a worker claimed is listed as unreported once it has ended (not while it runs, not a
+/// run nobody claimed through `claim_orphans`), until one caller marks it reported: the first
+/// mark wins, a second is refused.
+pub async fn ended_worker_runs_are_listed_until_marked_reported_once(db: Database) {
+    let store = db.open().runs;
+    let (taken, untaken) = (new_run("nobody", RunStatus::Queued), new_run("owner-a", RunStatus::Running));
+    store.create_run(&taken).await.unwrap();
+    store.create_run(&untaken).await.unwrap();
+    let flows = [FLOW.to_string()];
+    let claim = store.claim_orphans(&flows, "worker", LONG, 10).await.unwrap();
+    assert_eq!(ids_of(&claim), [taken.run_id]);
+    assert!(store.unreported_runs(&flows, 10).await.unwrap().is_empty(), "still running");
+    let failed =
+        RunEnd { error: Some("card declined".into()), ..end(taken.run_id, claim[0].fencing, RunStatus::Failed) };
+    store.end_run(&failed).await.unwrap();
+    store.end_run(&end(untaken.run_id, 1, RunStatus::Finished)).await.unwrap();
+    let listed = db.open().runs.unreported_runs(&flows, 10).await.unwrap();
+    assert_eq!(ids(&listed), [taken.run_id], "only the run a worker took over");
+    assert_eq!((listed[0].status, listed[0].error.as_deref()), (RunStatus::Failed, Some("card declined")));
+    assert!(store.unreported_runs(&["other".to_string()], 10).await.unwrap().is_empty());
+    assert!(store.mark_reported(taken.run_id).await.unwrap());
+    assert!(!db.open().runs.mark_reported(taken.run_id).await.unwrap(), "reported once");
+    assert!(store.unreported_runs(&flows, 10).await.unwrap().is_empty());
 }
 
 // ----------------------------------------------------------------------------------------------

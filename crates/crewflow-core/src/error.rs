@@ -300,6 +300,17 @@ pub enum Error {
     /// The run is being run by a live process.
     #[error(transparent)]
     RunOwned(#[from] crate::persist::RunOwned),
+    /// A run a worker took over ended without success, as the store recorded it (reported by
+    /// a worker after a restart: the process that ran it is gone, and with it the error value).
+    #[error("run {run_id} ended {status}: {message}")]
+    RecordedEnd {
+        /// The run.
+        run_id: String,
+        /// `failed` or `cancelled`.
+        status: String,
+        /// The error the store kept.
+        message: String,
+    },
     /// This process is running the run already (a second resume of it, a retried request).
     #[error(
         "run {run_id} is already running in this process; wait for that run to end (await its RunHandle) instead of resuming it again"

@@ -332,6 +332,23 @@ pub trait RunStore: Send + Sync + 'static {
     /// Lists runs, newest first.
     fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>>;
 
+    /// Runs of `flows` that a worker took over ([`claim_orphans`](RunStore::claim_orphans)) and
+    /// that have ended (finished, failed, cancelled or paused) without their end being reported
+    /// yet ([`mark_reported`](RunStore::mark_reported)), oldest first: what a worker reports after
+    /// a restart. The default lists none.
+    fn unreported_runs<'a>(&'a self, flows: &'a [String], limit: usize) -> StoreFuture<'a, Vec<RunSummary>> {
+        let _ = (flows, limit);
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Marks the end of a run a worker took over as reported; true for the one caller that
+    /// marked it (so two workers never report one run twice). The default reports nothing twice
+    /// by reporting nothing from the store.
+    fn mark_reported(&self, run_id: RunId) -> StoreFuture<'_, bool> {
+        let _ = run_id;
+        Box::pin(async { Ok(true) })
+    }
+
     /// Records one result in the run's journal of side effects (see [`crate::journal`]),
     /// committed before it returns; fails with [`LeaseLost`] if the run's fencing token is not
     /// `fencing`. Recording a key twice keeps the first result. The default refuses: a store

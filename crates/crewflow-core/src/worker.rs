@@ -6,7 +6,7 @@
 //! and fencing token (see [`crate::persist`]): two workers never claim the same run, and a
 //! former owner that wakes up late cannot write over the new owner's work.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use crate::error::Error;
 use crate::flow::Flow;
 use crate::id::RunId;
-use crate::persist::{Claim, DEFAULT_LEASE, RunStore, process_owner};
+use crate::persist::{Claim, DEFAULT_LEASE, RunStatus, RunStore, process_owner};
 use crate::state::FlowState;
 
 type Resume = Arc<dyn Fn(Claim) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send>> + Send + Sync>;
@@ -82,18 +82,25 @@ impl Worker {
     }
 
     /// Runs until `shutdown` is cancelled: claims runs, resumes them, renews their leases.
-    /// Each finished run is reported to `on_run`.
+    /// Each run it took over is reported to `on_run` once it ends, also when this worker (or
+    /// another) stopped in between: reports are kept in the store until delivered, so a worker
+    /// that restarts reports the runs that ended while no worker listened. A report is
+    /// delivered once across workers, unless the store fails while marking it (then it may
+    /// come twice rather than never).
     pub async fn run(self, shutdown: Canceller, mut on_run: impl FnMut(WorkerReport) + Send) -> Result<(), Error> {
         let owner = process_owner();
         let names: Vec<String> = self.flows.keys().cloned().collect();
         let mut running: JoinSet<WorkerReport> = JoinSet::new();
+        let mut in_flight: HashSet<RunId> = HashSet::new();
         let mut heartbeat = tokio::time::interval(self.lease / 3);
         loop {
             while let Some(done) = running.try_join_next() {
                 if let Ok(report) = done {
-                    on_run(report);
+                    in_flight.remove(&report.run_id);
+                    self.deliver(report, &mut on_run).await;
                 }
             }
+            self.deliver_stored(&names, &in_flight, &mut on_run).await;
             let free = self.concurrency.saturating_sub(running.len());
             if free > 0 {
                 let claims = self
@@ -103,6 +110,7 @@ impl Worker {
                     .map_err(|e| Error::from_store(self.store.as_ref(), "claim runs", e))?;
                 for claim in claims {
                     let Some(resume) = self.flows.get(&claim.flow).cloned() else { continue };
+                    in_flight.insert(claim.run_id);
                     running.spawn(async move {
                         let (run_id, flow) = (claim.run_id, claim.flow.clone());
                         WorkerReport { run_id, flow, result: resume(claim).await }
@@ -112,14 +120,15 @@ impl Worker {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = heartbeat.tick() => {
-                    // Renew the leases of the runs this process holds; a failure here only
+                    // Renew the leases of the runs this process drives; a failure here only
                     // risks losing a lease, which the fencing token makes safe.
                     let driven = crate::persist::driven_runs();
                     let _ = self.store.heartbeat(&owner, &driven, self.lease).await;
                 }
                 Some(done) = running.join_next(), if !running.is_empty() => {
                     if let Ok(report) = done {
-                        on_run(report);
+                        in_flight.remove(&report.run_id);
+                        self.deliver(report, &mut on_run).await;
                     }
                 }
                 _ = tokio::time::sleep(self.poll) => {}
@@ -127,5 +136,38 @@ impl Worker {
         }
         running.shutdown().await;
         Ok(())
+    }
+
+    /// Reports a run this worker drove to its end, unless another worker reported it already.
+    async fn deliver(&self, report: WorkerReport, on_run: &mut (impl FnMut(WorkerReport) + Send)) {
+        // A store error here delivers anyway: twice is better than never.
+        if self.store.mark_reported(report.run_id).await.unwrap_or(true) {
+            on_run(report);
+        }
+    }
+
+    /// Reports the runs workers took over that ended while nobody listened (this worker's
+    /// previous life, say), from the store.
+    async fn deliver_stored(
+        &self,
+        flows: &[String],
+        in_flight: &HashSet<RunId>,
+        on_run: &mut (impl FnMut(WorkerReport) + Send),
+    ) {
+        let Ok(ended) = self.store.unreported_runs(flows, 64).await else { return };
+        for run in ended.into_iter().filter(|r| !in_flight.contains(&r.run_id)) {
+            if !self.store.mark_reported(run.run_id).await.unwrap_or(false) {
+                continue;
+            }
+            let result = match run.status {
+                RunStatus::Failed | RunStatus::Cancelled => Err(Error::RecordedEnd {
+                    run_id: run.run_id.to_string(),
+                    status: run.status.to_string(),
+                    message: run.error.unwrap_or_default(),
+                }),
+                _ => Ok(()),
+            };
+            on_run(WorkerReport { run_id: run.run_id, flow: run.flow, result });
+        }
     }
 }

@@ -26,6 +26,8 @@ mod postgres;
 mod postgres_journal;
 #[cfg(feature = "postgres")]
 mod postgres_memories;
+#[cfg(feature = "postgres")]
+mod postgres_reports;
 #[cfg(all(feature = "postgres", feature = "chat"))]
 mod postgres_sessions;
 mod sessions_schema;
@@ -37,6 +39,8 @@ mod sqlite_journal;
 mod sqlite_memories;
 #[cfg(feature = "sqlite")]
 mod sqlite_open;
+#[cfg(feature = "sqlite")]
+mod sqlite_reports;
 #[cfg(all(feature = "sqlite", feature = "chat"))]
 mod sqlite_sessions;
 mod util;

@@ -585,7 +585,7 @@ impl RunStore for PostgresStore {
                     let rows = client
                         .query(
                             "UPDATE crewflow_runs SET owner = $1, lease_until = now() + $2 * interval '1 millisecond',
-                                 fencing = fencing + 1, status = 'running', updated_at = now()
+                                 fencing = fencing + 1, status = 'running', updated_at = now(), report = 'pending'
                              WHERE id IN (
                                  SELECT id FROM crewflow_runs
                                  WHERE flow = ANY($3)
@@ -616,6 +616,14 @@ impl RunStore for PostgresStore {
 
     fn heartbeat<'a>(&'a self, owner: &'a str, runs: &'a [RunId], lease: Duration) -> StoreFuture<'a, u64> {
         Box::pin(async move { boxed(self.renew(owner, runs, lease).await) })
+    }
+
+    fn unreported_runs<'a>(&'a self, flows: &'a [String], limit: usize) -> StoreFuture<'a, Vec<RunSummary>> {
+        self.unreported_runs_of(flows, limit)
+    }
+
+    fn mark_reported(&self, run_id: RunId) -> StoreFuture<'_, bool> {
+        self.mark_run_reported(run_id)
     }
 
     fn record_journal<'a>(&'a self, run_id: RunId, fencing: u64, entry: &'a JournalEntry) -> StoreFuture<'a, ()> {

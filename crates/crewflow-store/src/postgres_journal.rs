@@ -5,7 +5,9 @@ use crewflow_core::persist::{JournalEntry, StoreFuture};
 
 use crate::postgres::{PostgresStore, boxed};
 
-/// Migration 4: one row per recorded result, keyed by run, execution and call.
+/// Migration 4: the journal, one row per recorded result, keyed by run, execution and call;
+/// and `report` on runs: `pending` once a worker took a run over, `done` once its end was
+/// reported (so a report survives the worker's crash).
 pub(crate) const MIGRATION: &str = r#"
 CREATE TABLE crewflow_journal (
     run_id      TEXT NOT NULL,
@@ -15,6 +17,7 @@ CREATE TABLE crewflow_journal (
     recorded_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (run_id, activation, key)
 );
+ALTER TABLE crewflow_runs ADD COLUMN report TEXT;
 "#;
 
 impl PostgresStore {

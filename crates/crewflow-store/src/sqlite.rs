@@ -566,7 +566,7 @@ impl RunStore for SqliteStore {
                     let placeholders = (0..flows.len()).map(|i| format!("?{}", i + 5)).collect::<Vec<_>>().join(", ");
                     let sql = format!(
                         "UPDATE crewflow_runs SET owner = ?1, lease_until = ?2, fencing = fencing + 1,
-                             status = 'running', updated_at = ?3
+                             status = 'running', updated_at = ?3, report = 'pending'
                          WHERE id IN (
                              SELECT id FROM crewflow_runs
                              WHERE flow IN ({placeholders})
@@ -607,6 +607,14 @@ impl RunStore for SqliteStore {
 
     fn heartbeat<'a>(&'a self, owner: &'a str, runs: &'a [RunId], lease: Duration) -> StoreFuture<'a, u64> {
         Box::pin(async move { boxed(self.renew(Arc::from(owner), runs.to_vec(), lease).await) })
+    }
+
+    fn unreported_runs<'a>(&'a self, flows: &'a [String], limit: usize) -> StoreFuture<'a, Vec<RunSummary>> {
+        self.unreported_runs_of(flows, limit)
+    }
+
+    fn mark_reported(&self, run_id: RunId) -> StoreFuture<'_, bool> {
+        self.mark_run_reported(run_id)
     }
 
     fn record_journal<'a>(&'a self, run_id: RunId, fencing: u64, entry: &'a JournalEntry) -> StoreFuture<'a, ()> {

@@ -6,7 +6,9 @@ use rusqlite::{TransactionBehavior, params};
 
 use crate::sqlite::{SqliteStore, boxed, fenced, ms, now};
 
-/// Migration 4: one row per recorded result, keyed by run, execution and call.
+/// Migration 4: the journal, one row per recorded result, keyed by run, execution and call;
+/// and `report` on runs: `pending` once a worker took a run over, `done` once its end was
+/// reported (so a report survives the worker's crash).
 pub(crate) const MIGRATION: &str = r#"
 CREATE TABLE crewflow_journal (
     run_id      TEXT NOT NULL,
@@ -16,6 +18,7 @@ CREATE TABLE crewflow_journal (
     recorded_at INTEGER NOT NULL,
     PRIMARY KEY (run_id, activation, key)
 ) WITHOUT ROWID;
+ALTER TABLE crewflow_runs ADD COLUMN report TEXT;
 "#;
 
 impl SqliteStore {
