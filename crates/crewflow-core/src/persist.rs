@@ -446,4 +446,4 @@ pub fn owner_is_dead(owner: &str) -> bool {
 }
 
 /// How long a lease lasts without renewal, unless the flow sets another.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
