@@ -61,8 +61,9 @@ use crate::cancel::Canceller;
 use crate::driver;
 use crate::error::Error;
 use crate::event::Event;
-use crate::flow::{Flow, Kickoff, Run};
+use crate::flow::{Flow, Kickoff};
 use crate::persist::RunStore;
+use crate::run::Run;
 use crate::state::FlowState;
 
 /// A run a host set up, not started yet ([`Flow::host`]; see [`crate::host`]).

@@ -29,6 +29,7 @@ mod output;
 pub mod persist;
 mod retry;
 mod route;
+mod run;
 pub mod scope;
 mod state;
 pub mod trigger;
@@ -44,13 +45,14 @@ pub use feedback::{
     ConsoleFeedback, DeferredFeedback, FeedbackLearner, FeedbackProvider, FeedbackReply, FeedbackRequest,
     FeedbackResult, HumanFeedback, LearnRequest, OutcomeClassifier, Paused,
 };
-pub use flow::{Flow, Kickoff, Run, RunHandle, StepRecord};
+pub use flow::{Flow, Kickoff, RunHandle};
 pub use host::HostedRun;
 pub use id::RunId;
 pub use input::{Answer, ConsoleInput, InputFuture, InputProvider, InputRecord, InputRequest, InputResponse};
 pub use output::{Output, TypeInfo};
 pub use retry::Retry;
 pub use route::Route;
+pub use run::{Run, StepRecord};
 pub use scope::TokenUsage;
 pub use state::FlowState;
 pub use trigger::Trigger;

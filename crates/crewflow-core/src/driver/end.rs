@@ -9,10 +9,11 @@ use super::Driver;
 use crate::error::Error;
 use crate::event::EventKind;
 use crate::feedback::{FeedbackProvider, FeedbackRequest, Paused};
-use crate::flow::{FlowInner, Run, StepRecord};
+use crate::flow::FlowInner;
 use crate::id::RunId;
 use crate::output::Output;
 use crate::persist::{RunEnd, RunStatus};
+use crate::run::{Run, StepRecord};
 use crate::state::FlowState;
 
 /// Tells each provider that its request's pause is saved (see [`FeedbackProvider::paused`]).

@@ -46,11 +46,12 @@ use crate::cx::{CheckpointAsk, CheckpointAsks, Cx, RunShared};
 use crate::error::Error;
 use crate::event::{Event, EventHub, EventKind, micros};
 use crate::feedback::PendingFeedback;
-use crate::flow::{FlowInner, Kickoff, Run};
+use crate::flow::{FlowInner, Kickoff};
 use crate::frontier::{Activation, Frontier};
 use crate::id::RunId;
 use crate::output::Output;
 use crate::persist::{NewRun, RunStatus, RunStore};
+use crate::run::Run;
 use crate::scope::RunTelemetry;
 use crate::state::{FlowState, initial_state};
 

@@ -12,11 +12,12 @@ use crate::cancel::Canceller;
 use crate::error::Error;
 use crate::event::{Event, EventKind};
 use crate::feedback::{FeedbackRecord, Paused, Reviewed, apply_answer};
-use crate::flow::{FlowInner, Run, StepRecord};
+use crate::flow::FlowInner;
 use crate::frontier::{Activation, Frontier};
 use crate::id::RunId;
 use crate::output::Output;
 use crate::persist::{Claim, Driving, RunStore, StoredRun};
+use crate::run::{Run, StepRecord};
 use crate::state::FlowState;
 
 /// The answer to a paused run's first pending request, already mapped to its outcome.
