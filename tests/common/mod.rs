@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod http;
 pub mod postgres;
+pub mod proxy;
 
 use std::sync::{Arc, Mutex};
 
