@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod chat;
+pub mod faults;
 pub mod http;
 pub mod postgres;
 pub mod proxy;
