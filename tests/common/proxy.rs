@@ -157,20 +157,46 @@ impl Proxy {
     }
 }
 
-/// What a connection does once a rule fired on it.
+/// A connection's exchanges, and the cut waiting for its moment.
 #[derive(Default)]
 struct Conn {
     /// Statement names and their text (from `Parse`).
     statements: HashMap<String, String>,
+    /// The startup, and the `Sync` and `Query` messages passed to the server: each gets one
+    /// `ReadyForQuery`.
+    exchanges: u64,
+    /// `ReadyForQuery` messages from the server: the exchanges answered.
+    answered: u64,
     /// Send `Flush` in place of `Sync` (the statement's transaction is not to commit).
     withhold_sync: bool,
-    /// The server message that ends the connection: `C`/`E` (the statement ran) or `Z` (the
-    /// exchange is over, committed).
-    cut_on: Option<&'static [u8]>,
-    /// The client hears nothing more.
-    silenced: bool,
+    /// A statement the rule fired at, waiting for the server's answer.
+    pending: Option<PendingCut>,
     /// The client asked for TLS: the server answers with one untyped byte.
     tls_reply: bool,
+}
+
+/// A cut waiting for the server: the client may have sent the statement before it read the
+/// answer to its previous exchange (tokio-postgres pipelines), so the cut counts exchanges.
+struct PendingCut {
+    cut: Cut,
+    /// Exchanges sent before the statement's own.
+    earlier: u64,
+}
+
+impl Conn {
+    /// Whether server message `kind` is the one to cut at; messages of earlier exchanges pass.
+    fn cuts_at(&self, kind: u8) -> bool {
+        match &self.pending {
+            Some(PendingCut { cut: Cut::Uncommitted, earlier }) => self.answered >= *earlier && b"CE".contains(&kind),
+            Some(PendingCut { cut: Cut::Committed, earlier }) => self.answered >= *earlier && kind == b'Z',
+            _ => false,
+        }
+    }
+
+    /// Whether the client hears no more: the earlier exchanges are answered.
+    fn silenced(&self) -> bool {
+        self.pending.as_ref().is_some_and(|p| self.answered >= p.earlier)
+    }
 }
 
 async fn serve(inbound: TcpStream, shared: Arc<Shared>) {
@@ -232,6 +258,8 @@ async fn client_to_server(
                 if code == 80_877_103 || code == 80_877_104 {
                     conn.lock().unwrap().tls_reply = true;
                 } else {
+                    // The server's first `ReadyForQuery` ends the startup.
+                    conn.lock().unwrap().exchanges += 1;
                     startup = false;
                 }
                 out.extend_from_slice(&msg);
@@ -239,49 +267,41 @@ async fn client_to_server(
             }
             let body = &msg[5..];
             let mut c = conn.lock().unwrap();
-            match msg[0] {
+            let fired = match msg[0] {
                 b'P' => {
                     let (name, rest) = cstr(body);
                     let (sql, _) = cstr(rest);
                     c.statements.insert(name, sql);
+                    None
                 }
                 b'B' => {
                     let (_portal, rest) = cstr(body);
                     let (name, _) = cstr(rest);
                     let sql = c.statements.get(&name).cloned().unwrap_or_default();
-                    match shared.fires(&sql) {
-                        Some(Cut::Before) => cut_now = true,
-                        Some(Cut::Uncommitted) => {
-                            c.withhold_sync = true;
-                            c.cut_on = Some(b"CE");
-                            c.silenced = true;
-                        }
-                        Some(Cut::Committed) => {
-                            c.cut_on = Some(b"Z");
-                            c.silenced = true;
-                        }
-                        None => {}
-                    }
+                    shared.fires(&sql)
                 }
-                b'Q' => {
-                    let (sql, _) = cstr(body);
-                    match shared.fires(&sql) {
-                        Some(Cut::Before | Cut::Uncommitted) => cut_now = true,
-                        Some(Cut::Committed) => {
-                            c.cut_on = Some(b"Z");
-                            c.silenced = true;
-                        }
-                        None => {}
-                    }
+                // A simple query cannot be left uncommitted: not sending it is the cut.
+                b'Q' => shared.fires(&cstr(body).0).map(|cut| if cut == Cut::Uncommitted { Cut::Before } else { cut }),
+                _ => None,
+            };
+            match fired {
+                Some(Cut::Before) => {
+                    cut_now = true;
+                    break;
                 }
+                Some(cut) => {
+                    c.withhold_sync = cut == Cut::Uncommitted;
+                    c.pending = Some(PendingCut { cut, earlier: c.exchanges });
+                }
+                None => {}
+            }
+            match msg[0] {
                 b'S' if c.withhold_sync => {
                     out.extend_from_slice(&[b'H', 0, 0, 0, 4]); // Flush: answer, but do not commit
                     continue;
                 }
+                b'S' | b'Q' => c.exchanges += 1,
                 _ => {}
-            }
-            if cut_now {
-                break;
             }
             out.extend_from_slice(&msg);
         }
@@ -322,13 +342,24 @@ async fn server_to_client(
                 break;
             }
             let msg: Vec<u8> = buf.drain(..total).collect();
-            let c = conn.lock().unwrap();
-            if !c.silenced {
-                out.extend_from_slice(&msg);
-            }
-            if c.cut_on.is_some_and(|kinds| kinds.contains(&msg[0])) {
+            let mut c = conn.lock().unwrap();
+            if c.cuts_at(msg[0]) {
+                let answer = match msg[0] {
+                    b'C' => "the statement ran",
+                    b'E' => "the statement failed",
+                    _ => "the exchange ended",
+                };
+                if let Some(fired) = shared.fired.lock().unwrap().as_mut() {
+                    fired.push_str(&format!(", cut once the server said {answer}"));
+                }
                 cut_now = true;
                 break;
+            }
+            if !c.silenced() {
+                out.extend_from_slice(&msg);
+            }
+            if msg[0] == b'Z' {
+                c.answered += 1;
             }
         }
         to.write_all(&out).await?;
