@@ -519,17 +519,30 @@ impl WriteHang {
 }
 
 /// Wraps a store; counts its writes (recording a run, checkpoints, ends, claims) and, at the
-/// chosen one, writes the marker file and stops forever, as a process killed there would.
+/// chosen one, writes the marker file and stops forever, as a process killed there would; or
+/// runs a hook just before the chosen write (to fill the disk, say).
 pub struct HangingStore {
     inner: Arc<dyn RunStore>,
     hang: Option<WriteHang>,
     marker: PathBuf,
     writes: AtomicU32,
+    hook: Option<(u32, Box<dyn Fn() + Send + Sync>)>,
 }
 
 impl HangingStore {
     pub fn new(inner: Arc<dyn RunStore>, hang: Option<WriteHang>, marker: &Path) -> Arc<Self> {
-        Arc::new(HangingStore { inner, hang, marker: marker.to_path_buf(), writes: AtomicU32::new(0) })
+        Arc::new(HangingStore { inner, hang, marker: marker.to_path_buf(), writes: AtomicU32::new(0), hook: None })
+    }
+
+    /// A store that runs `hook` just before its `n`-th write (from 1), once.
+    pub fn before_write(inner: Arc<dyn RunStore>, n: u32, hook: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(HangingStore {
+            inner,
+            hang: None,
+            marker: PathBuf::new(),
+            writes: AtomicU32::new(0),
+            hook: Some((n, Box::new(hook))),
+        })
     }
 
     /// The writes so far.
@@ -539,6 +552,9 @@ impl HangingStore {
 
     fn write<'a, T: Send + 'a>(&'a self, what: &'static str, write: StoreFuture<'a, T>) -> StoreFuture<'a, T> {
         let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some((_, hook)) = self.hook.as_ref().filter(|(at, _)| *at == n) {
+            hook();
+        }
         let hang = self.hang;
         Box::pin(async move {
             if hang == Some(WriteHang::Before(n)) {
