@@ -107,7 +107,7 @@ impl FileSizeLimit {
         let status = Command::new("prlimit")
             .args(["--pid", &std::process::id().to_string(), &format!("--fsize={limit}:unlimited")])
             .status()
-            .unwrap();
+            .expect("the file-size fallback needs `prlimit` (util-linux)");
         assert!(status.success(), "prlimit --fsize={limit} failed");
     }
 }
