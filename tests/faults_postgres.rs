@@ -192,8 +192,9 @@ async fn cut_at_the_end(cut: Cut) {
 }
 
 /// A run failed at `s3` (which had updated the state); its resume, after the fix, is cut at
-/// `statement` of its claim.
-async fn cut_during_a_claim(statement: &str, cut: Cut) {
+/// the `nth` run of `statement` (the resume reads the run in a transaction of its own, then
+/// claims it in another: the claim's `COMMIT` is the second).
+async fn cut_during_a_claim(statement: &str, nth: usize, cut: Cut) {
     let setup = Setup::new().await;
     let id = RunId::new();
     let failing = setup.flow(Shape::Chain, StepFaults { fail: Some("s3".into()), ..StepFaults::default() });
@@ -204,7 +205,7 @@ async fn cut_during_a_claim(statement: &str, cut: Cut) {
     assert_exact_checkpoint(&failed, "the failed run");
 
     let fixed = setup.flow(Shape::Chain, StepFaults::default());
-    setup.proxy.cut_at(statement, 1, cut);
+    setup.proxy.cut_at(statement, nth, cut);
     let err = fixed.resume(id).await.expect_err("the resume fails when its server goes away");
     setup.check_error(&err, "claim the run");
 
@@ -257,10 +258,13 @@ async fn a_run_cut_while_recording_its_end_resumes_exactly() {
 async fn a_resume_cut_during_its_claim_is_rolled_back_or_resumable() {
     // In the claim's transaction: before its row is locked, after its update ran, before and
     // after its commit.
-    for (statement, cut) in
-        [(CLAIM_LOCK, Cut::Before), (CLAIM_UPDATE, Cut::Uncommitted), (COMMIT, Cut::Before), (COMMIT, Cut::Committed)]
-    {
-        cut_during_a_claim(statement, cut).await;
+    for (statement, nth, cut) in [
+        (CLAIM_LOCK, 1, Cut::Before),
+        (CLAIM_UPDATE, 1, Cut::Uncommitted),
+        (COMMIT, 2, Cut::Before),
+        (COMMIT, 2, Cut::Committed),
+    ] {
+        cut_during_a_claim(statement, nth, cut).await;
     }
 }
 
@@ -323,4 +327,64 @@ async fn a_fan_out_cut_while_a_branch_is_mid_update_resumes_exactly() {
     setup.check_not_leased(id).await;
     let fixed = setup.flow(Shape::FanOut, StepFaults::default());
     resume_and_check(&setup, &fixed, Shape::FanOut, id).await;
+}
+
+/// A run is read in one snapshot: its state and its steps come from the same checkpoint, even
+/// when another checkpoint commits between the two. That happens after a kill: a process
+/// killed while its checkpoint was on its way to the server leaves the statement to commit
+/// after it died, while another process reads the run to resume it (faults_kill saw a read
+/// with the state of one checkpoint and the steps of the next).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
+async fn a_run_is_read_in_one_snapshot_while_a_checkpoint_commits() {
+    use crewflow::store::{Checkpoint, NewRun, StepRow};
+    let setup = Setup::new().await;
+    let id = RunId::new();
+    let state = |steps: &[&str]| serde_json::to_string(&Tally::after(steps.iter().copied())).unwrap();
+    let new = NewRun {
+        run_id: id,
+        flow: Arc::from("snapshot"),
+        fingerprint: 1,
+        status: RunStatus::Running,
+        inputs: None,
+        payload: None,
+        state: state(&[]),
+        frontier: "{}".into(),
+        owner: Arc::from("writer"),
+        lease: Duration::from_secs(60),
+    };
+    setup.direct.create_run(&new).await.unwrap();
+    let checkpoint = |steps: &[&str]| Checkpoint {
+        run_id: id,
+        fencing: 1,
+        seq: steps.len() as u64,
+        state: state(steps),
+        frontier: "{}".into(),
+        steps: vec![StepRow {
+            activation: steps.len() as u64 - 1,
+            step: Arc::from(*steps.last().unwrap()),
+            output: "null".into(),
+            finished_at: chrono::Utc::now(),
+        }],
+        feedback: None,
+    };
+    setup.direct.save_checkpoint(&checkpoint(&["s1"])).await.unwrap();
+
+    // The reader has the run's row; its read of the steps waits while the next checkpoint
+    // commits.
+    setup.proxy.hold_at("FROM crewflow_steps");
+    let via_proxy = setup.via_proxy.clone();
+    let reader = tokio::spawn(async move { via_proxy.load_run(id).await.unwrap().unwrap() });
+    setup.proxy.held().await;
+    setup.direct.save_checkpoint(&checkpoint(&["s1", "s2"])).await.unwrap();
+    setup.proxy.release();
+    let read = reader.await.unwrap();
+    assert_eq!(
+        read.seq as usize,
+        read.steps.len(),
+        "the state of checkpoint {} with {} steps",
+        read.seq,
+        read.steps.len()
+    );
+    assert_exact_checkpoint(&read, "a run read while a checkpoint commits");
 }

@@ -44,6 +44,11 @@ struct Shared {
     down: watch::Sender<bool>,
     rule: Mutex<Option<Rule>>,
     fired: Mutex<Option<String>>,
+    /// A statement to hold back until released (see [`Proxy::hold_at`]).
+    hold: Mutex<Option<String>>,
+    /// Whether a statement is held now.
+    holding: watch::Sender<bool>,
+    release: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -67,6 +72,16 @@ impl Shared {
 
     fn go_down(&self) {
         self.down.send_replace(true);
+    }
+
+    /// Whether `sql` is the statement to hold; if so the hold is taken (once).
+    fn holds(&self, sql: &str) -> bool {
+        let mut hold = self.hold.lock().unwrap();
+        if hold.as_ref().is_some_and(|h| sql.contains(h.as_str())) {
+            *hold = None;
+            return true;
+        }
+        false
     }
 }
 
@@ -100,6 +115,9 @@ impl Proxy {
             down: watch::channel(false).0,
             rule: Mutex::new(None),
             fired: Mutex::new(None),
+            hold: Mutex::new(None),
+            holding: watch::channel(false).0,
+            release: tokio::sync::Notify::new(),
         });
         let s = shared.clone();
         let accept = tokio::spawn(async move {
@@ -144,6 +162,23 @@ impl Proxy {
     pub fn cut_at(&self, sql: &str, nth: usize, cut: Cut) {
         *self.shared.fired.lock().unwrap() = None;
         *self.shared.rule.lock().unwrap() = Some(Rule { sql: sql.to_string(), nth, cut, seen: 0 });
+    }
+
+    /// Holds back the next statement whose text contains `sql` (and what its client sends after
+    /// it) until [`release`](Proxy::release): another client can act in between.
+    pub fn hold_at(&self, sql: &str) {
+        *self.shared.hold.lock().unwrap() = Some(sql.to_string());
+    }
+
+    /// Returns once a statement is held.
+    pub async fn held(&self) {
+        self.shared.holding.subscribe().wait_for(|h| *h).await.unwrap();
+    }
+
+    /// Lets the held statement go on.
+    pub fn release(&self) {
+        self.shared.holding.send_replace(false);
+        self.shared.release.notify_one();
     }
 
     /// What the last rule fired at, if it fired.
@@ -224,6 +259,16 @@ fn cstr(buf: &[u8]) -> (String, &[u8]) {
     (String::from_utf8_lossy(&buf[..end]).into_owned(), buf.get(end + 1..).unwrap_or_default())
 }
 
+/// What the client's messages read so far call for.
+enum Next {
+    /// Read more.
+    Read,
+    /// Hold the connection's next message until released.
+    Hold,
+    /// Cut now.
+    Cut,
+}
+
 async fn client_to_server(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
@@ -234,82 +279,96 @@ async fn client_to_server(
     let mut startup = true;
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        let n = from.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
         let mut out = Vec::new();
-        let mut cut_now = false;
-        loop {
-            // Startup messages have no type byte.
-            let header = if startup { 0 } else { 1 };
-            if buf.len() < header + 4 {
-                break;
+        let next = pass_on(&mut buf, &mut out, &mut startup, shared, conn);
+        to.write_all(&out).await?;
+        match next {
+            Next::Cut => {
+                shared.go_down();
+                return Ok(());
             }
-            let total = header + u32_at(&buf, header);
-            if buf.len() < total {
-                break;
+            Next::Hold => {
+                shared.holding.send_replace(true);
+                shared.release.notified().await;
             }
-            let msg: Vec<u8> = buf.drain(..total).collect();
-            if startup {
-                let code = u32_at(&msg, 4);
-                // SSLRequest or GSSENCRequest: another startup message follows.
-                if code == 80_877_103 || code == 80_877_104 {
-                    conn.lock().unwrap().tls_reply = true;
-                } else {
-                    // The server's first `ReadyForQuery` ends the startup.
-                    conn.lock().unwrap().exchanges += 1;
-                    startup = false;
+            Next::Read => {
+                let n = from.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
                 }
-                out.extend_from_slice(&msg);
-                continue;
+                buf.extend_from_slice(&chunk[..n]);
             }
-            let body = &msg[5..];
-            let mut c = conn.lock().unwrap();
-            let fired = match msg[0] {
-                b'P' => {
-                    let (name, rest) = cstr(body);
-                    let (sql, _) = cstr(rest);
-                    c.statements.insert(name, sql);
-                    None
-                }
-                b'B' => {
-                    let (_portal, rest) = cstr(body);
-                    let (name, _) = cstr(rest);
-                    let sql = c.statements.get(&name).cloned().unwrap_or_default();
-                    shared.fires(&sql)
-                }
-                // A simple query cannot be left uncommitted: not sending it is the cut.
-                b'Q' => shared.fires(&cstr(body).0).map(|cut| if cut == Cut::Uncommitted { Cut::Before } else { cut }),
-                _ => None,
-            };
-            match fired {
-                Some(Cut::Before) => {
-                    cut_now = true;
-                    break;
-                }
-                Some(cut) => {
-                    c.withhold_sync = cut == Cut::Uncommitted;
-                    c.pending = Some(PendingCut { cut, earlier: c.exchanges });
-                }
-                None => {}
-            }
-            match msg[0] {
-                b'S' if c.withhold_sync => {
-                    out.extend_from_slice(&[b'H', 0, 0, 0, 4]); // Flush: answer, but do not commit
-                    continue;
-                }
-                b'S' | b'Q' => c.exchanges += 1,
-                _ => {}
+        }
+    }
+}
+
+/// Moves the complete messages of `buf` to `out` (as the rules say), until one calls for more
+/// than passing on.
+fn pass_on(buf: &mut Vec<u8>, out: &mut Vec<u8>, startup: &mut bool, shared: &Shared, conn: &Mutex<Conn>) -> Next {
+    loop {
+        // Startup messages have no type byte.
+        let header = if *startup { 0 } else { 1 };
+        if buf.len() < header + 4 {
+            return Next::Read;
+        }
+        let total = header + u32_at(buf, header);
+        if buf.len() < total {
+            return Next::Read;
+        }
+        let msg: Vec<u8> = buf.drain(..total).collect();
+        if *startup {
+            let code = u32_at(&msg, 4);
+            // SSLRequest or GSSENCRequest: another startup message follows.
+            if code == 80_877_103 || code == 80_877_104 {
+                conn.lock().unwrap().tls_reply = true;
+            } else {
+                // The server's first `ReadyForQuery` ends the startup.
+                conn.lock().unwrap().exchanges += 1;
+                *startup = false;
             }
             out.extend_from_slice(&msg);
+            continue;
         }
-        to.write_all(&out).await?;
-        if cut_now {
-            shared.go_down();
-            return Ok(());
+        let body = &msg[5..];
+        let mut c = conn.lock().unwrap();
+        let fired = match msg[0] {
+            b'P' => {
+                let (name, rest) = cstr(body);
+                let (sql, _) = cstr(rest);
+                c.statements.insert(name, sql);
+                None
+            }
+            b'B' => {
+                let (_portal, rest) = cstr(body);
+                let (name, _) = cstr(rest);
+                let sql = c.statements.get(&name).cloned().unwrap_or_default();
+                if shared.holds(&sql) {
+                    buf.splice(0..0, msg);
+                    return Next::Hold;
+                }
+                shared.fires(&sql)
+            }
+            // A simple query cannot be left uncommitted: not sending it is the cut.
+            b'Q' => shared.fires(&cstr(body).0).map(|cut| if cut == Cut::Uncommitted { Cut::Before } else { cut }),
+            _ => None,
+        };
+        match fired {
+            Some(Cut::Before) => return Next::Cut,
+            Some(cut) => {
+                c.withhold_sync = cut == Cut::Uncommitted;
+                c.pending = Some(PendingCut { cut, earlier: c.exchanges });
+            }
+            None => {}
         }
+        match msg[0] {
+            b'S' if c.withhold_sync => {
+                out.extend_from_slice(&[b'H', 0, 0, 0, 4]); // Flush: answer, but do not commit
+                continue;
+            }
+            b'S' | b'Q' => c.exchanges += 1,
+            _ => {}
+        }
+        out.extend_from_slice(&msg);
     }
 }
 
