@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::postgres::{fresh_schema, with_search_path};
+use common::postgres::fresh_schema;
+use common::proxy::Proxy;
 use crewflow::prelude::*;
 use crewflow::store::{RunFilter, RunStatus, RunStore};
 use crewflow::{Error, FlowBuilder, RunId, Worker};
 use crewflow_store::PostgresStore;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 fn store(url: &str) -> Arc<dyn RunStore> {
     Arc::new(PostgresStore::connect_lazy(url).unwrap())
@@ -240,51 +240,17 @@ async fn a_late_owner_cannot_write_after_losing_its_lease() {
     assert_eq!(serde_json::from_str::<Tally>(&stored.state).unwrap(), expected(10), "the late owner wrote nothing");
 }
 
-/// A TCP proxy in front of the server, which the test can cut and restore.
-struct Proxy {
-    port: u16,
-    cut: CancellationToken,
-}
-
-impl Proxy {
-    async fn start(port: u16) -> Proxy {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cut = CancellationToken::new();
-        let stop = cut.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut inbound, _) = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => return },
-                };
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else { return };
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                    }
-                });
-            }
-        });
-        Proxy { port, cut }
-    }
-}
-
 /// The server goes away mid-run: the run fails with a clear error naming the server and what
 /// was being saved; when the server is back, the run resumes and finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
 async fn a_run_survives_the_server_going_away() {
     let direct = fresh_schema().await;
-    let proxy = Proxy::start(0).await;
+    let proxy = Proxy::start().await;
     let port = proxy.port;
-    let schema = direct.rsplit("search_path%3D").next().unwrap().to_string();
-    let via_proxy = with_search_path(&format!("postgres://postgres@127.0.0.1:{port}/test"), &schema);
+    let via_proxy = proxy.url(&direct);
     let dir = tempfile::tempdir().unwrap();
     let side = dir.path().join("side.log");
-    let cut_now = Arc::new(AtomicBool::new(false));
 
     let flow = chain("pg_outage", 6, Duration::from_millis(50), side.clone(), store(&via_proxy));
     let run = flow.spawn(()).unwrap();
@@ -294,15 +260,14 @@ async fn a_run_survives_the_server_going_away() {
         assert!(started.elapsed() < Duration::from_secs(30));
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    proxy.cut.cancel();
-    cut_now.store(true, Ordering::SeqCst);
+    proxy.cut();
     let err = run.await.err().unwrap();
     let msg = err.to_string();
     assert!(matches!(err, Error::Store { .. }), "{msg}");
     assert!(msg.contains(&format!("postgres://postgres@127.0.0.1:{port}/test")), "names the server: {msg}");
     assert!(msg.contains("save the checkpoint after step"), "says what was being saved: {msg}");
 
-    let _back = Proxy::start(port).await;
+    proxy.restore();
     let resumed = flow.resume(id).await.unwrap();
     assert_eq!(resumed.state, expected(6));
     let stored = store(&direct).load_run(id).await.unwrap().unwrap();

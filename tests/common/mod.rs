@@ -2,8 +2,10 @@
 #![allow(dead_code)]
 
 pub mod chat;
+pub mod faults;
 pub mod http;
 pub mod postgres;
+pub mod proxy;
 
 use std::sync::{Arc, Mutex};
 

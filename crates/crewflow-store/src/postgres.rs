@@ -437,9 +437,17 @@ impl RunStore for PostgresStore {
         Box::pin(async move {
             boxed(
                 async {
-                    let client = self.client().await?;
+                    let mut client = self.client().await?;
+                    // One snapshot for the run and its steps: a checkpoint committing between
+                    // the two reads must not give the state of one and the steps of the next.
+                    let tx = client
+                        .build_transaction()
+                        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                        .read_only(true)
+                        .start()
+                        .await?;
                     let id = run_id.to_string();
-                    let Some(r) = client
+                    let Some(r) = tx
                         .query_opt(
                             "SELECT flow, fingerprint, status, fencing, owner, lease_until, seq, inputs::text,
                                  payload::text, state::text, frontier::text, final_activation, error, created_at, updated_at,
@@ -452,7 +460,7 @@ impl RunStore for PostgresStore {
                         return Ok(None);
                     };
                     let status: String = r.get(2);
-                    let steps = client
+                    let steps = tx
                         .query(
                             "SELECT activation, step, output::text, finished_at FROM crewflow_steps
                              WHERE run_id = $1 ORDER BY activation",
@@ -467,6 +475,7 @@ impl RunStore for PostgresStore {
                             finished_at: s.get(3),
                         })
                         .collect();
+                    tx.commit().await?;
                     Ok(Some(StoredRun {
                         run_id,
                         flow: r.get(0),

@@ -417,8 +417,11 @@ impl RunStore for SqliteStore {
         Box::pin(async move {
             boxed(
                 self.call(move |c| {
+                    // One snapshot for the run and its steps (another process's checkpoint may
+                    // commit between the two reads).
+                    let tx = c.transaction()?;
                     let id = run_id.to_string();
-                    let run = c
+                    let run = tx
                         .prepare_cached(
                             "SELECT flow, fingerprint, status, fencing, owner, lease_until, seq, inputs, payload, state,
                                  frontier, final_activation, error, created_at, updated_at, pending
@@ -448,11 +451,11 @@ impl RunStore for SqliteStore {
                         })
                         .optional()?;
                     let Some(mut run) = run else { return Ok(None) };
-                    let mut stmt = c.prepare_cached(
-                        "SELECT activation, step, output, finished_at FROM crewflow_steps
-                         WHERE run_id = ?1 ORDER BY activation",
-                    )?;
-                    run.steps = stmt
+                    run.steps = tx
+                        .prepare_cached(
+                            "SELECT activation, step, output, finished_at FROM crewflow_steps
+                             WHERE run_id = ?1 ORDER BY activation",
+                        )?
                         .query_map([&id], |r| {
                             Ok(StepRow {
                                 activation: r.get::<_, i64>(0)? as u64,
@@ -462,6 +465,7 @@ impl RunStore for SqliteStore {
                             })
                         })?
                         .collect::<Result<_, _>>()?;
+                    tx.commit()?;
                     Ok(Some(run))
                 })
                 .await,
