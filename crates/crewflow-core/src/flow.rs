@@ -168,6 +168,12 @@ impl<S: FlowState> Flow<S> {
                 other => return Err(other),
             },
         };
+        // Read again under the claim: a late write of the previous owner may have committed
+        // between the first read and the claim (after the claim its token refuses any).
+        let restored = match self.load_own(store.as_ref(), run_id).await {
+            Ok(latest) if latest.seq != restored.seq() => driver::Restored::decode(&self.inner, &latest)?,
+            _ => restored,
+        };
         driver::drive_resumed(self.inner.clone(), restored, claim, driving, stream, cancel, None).await
     }
 

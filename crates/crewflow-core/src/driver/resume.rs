@@ -41,6 +41,11 @@ pub(crate) struct Restored<S> {
 }
 
 impl<S: FlowState> Restored<S> {
+    /// The checkpoint it was decoded from.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     pub fn decode(flow: &FlowInner<S>, stored: &StoredRun) -> Result<Self, Error> {
         let corrupt = |what: &str, e: serde_json::Error| Error::CorruptCheckpoint {
             run_id: stored.run_id.to_string(),
