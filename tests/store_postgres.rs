@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::postgres::fresh_schema;
+use common::postgres::{fresh_schema, with_search_path};
 use common::proxy::Proxy;
 use crewflow::prelude::*;
 use crewflow::store::{RunFilter, RunStatus, RunStore};
