@@ -651,34 +651,39 @@ impl RunStore for PostgresStore {
                     let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
                     let rows = client
                         .query(
-                            "SELECT r.id, r.flow, r.status, r.created_at, r.updated_at, r.error,
-                                 (SELECT count(*) FROM crewflow_steps s WHERE s.run_id = r.id)
-                             FROM crewflow_runs r
-                             WHERE ($1::text IS NULL OR r.flow = $1) AND ($2::text IS NULL OR r.status = $2)
-                             ORDER BY r.created_at DESC, r.id DESC LIMIT $3",
+                            &format!(
+                                "SELECT {SUMMARY} FROM crewflow_runs r
+                                 WHERE ($1::text IS NULL OR r.flow = $1) AND ($2::text IS NULL OR r.status = $2)
+                                 ORDER BY r.created_at DESC, r.id DESC LIMIT $3"
+                            ),
                             &[&filter.flow, &filter.status.map(RunStatus::as_str), &limit],
                         )
                         .await?;
-                    rows.into_iter()
-                        .map(|r| {
-                            let id: String = r.get(0);
-                            let status: String = r.get(2);
-                            Ok(RunSummary {
-                                run_id: parse_run_id(&id)?,
-                                flow: r.get(1),
-                                status: parse_status(&status)?,
-                                created_at: r.get(3),
-                                updated_at: r.get(4),
-                                error: r.get(5),
-                                steps_done: r.get::<_, i64>(6) as u64,
-                            })
-                        })
-                        .collect()
+                    rows.iter().map(summary).collect()
                 }
                 .await,
             )
         })
     }
+}
+
+/// The columns [`summary`] reads, for `SELECT {SUMMARY} FROM crewflow_runs r ...`.
+pub(crate) const SUMMARY: &str = "r.id, r.flow, r.status, r.created_at, r.updated_at, r.error,
+    (SELECT count(*) FROM crewflow_steps s WHERE s.run_id = r.id)";
+
+/// A row selecting [`SUMMARY`], as a run summary.
+pub(crate) fn summary(r: &tokio_postgres::Row) -> Result<RunSummary, StoreError> {
+    let id: String = r.get(0);
+    let status: String = r.get(2);
+    Ok(RunSummary {
+        run_id: parse_run_id(&id)?,
+        flow: r.get(1),
+        status: parse_status(&status)?,
+        created_at: r.get(3),
+        updated_at: r.get(4),
+        error: r.get(5),
+        steps_done: r.get::<_, i64>(6) as u64,
+    })
 }
 
 /// What PostgreSQL said: for a server error its message, detail, hint and SQLSTATE code, with

@@ -3,8 +3,7 @@
 use crewflow_core::RunId;
 use crewflow_core::persist::{RunSummary, StoreFuture};
 
-use crate::postgres::{PostgresStore, boxed};
-use crate::util::{parse_run_id, parse_status};
+use crate::postgres::{PostgresStore, SUMMARY, boxed, summary};
 
 impl PostgresStore {
     pub(crate) fn unreported_runs_of<'a>(
@@ -18,30 +17,16 @@ impl PostgresStore {
                     let client = self.client().await?;
                     let rows = client
                         .query(
-                            "SELECT r.id, r.flow, r.status, r.created_at, r.updated_at, r.error,
-                                 (SELECT count(*) FROM crewflow_steps s WHERE s.run_id = r.id)
-                             FROM crewflow_runs r
-                             WHERE r.report = 'pending' AND r.status IN ('finished', 'failed', 'cancelled', 'paused')
-                               AND r.flow = ANY($1)
-                             ORDER BY r.updated_at, r.id LIMIT $2",
+                            &format!(
+                                "SELECT {SUMMARY} FROM crewflow_runs r
+                                 WHERE r.report = 'pending' AND r.status IN ('finished', 'failed', 'cancelled', 'paused')
+                                   AND r.flow = ANY($1)
+                                 ORDER BY r.updated_at, r.id LIMIT $2"
+                            ),
                             &[&flows, &(limit as i64)],
                         )
                         .await?;
-                    rows.into_iter()
-                        .map(|r| {
-                            let id: String = r.get(0);
-                            let status: String = r.get(2);
-                            Ok(RunSummary {
-                                run_id: parse_run_id(&id)?,
-                                flow: r.get(1),
-                                status: parse_status(&status)?,
-                                created_at: r.get(3),
-                                updated_at: r.get(4),
-                                error: r.get(5),
-                                steps_done: r.get::<_, i64>(6) as u64,
-                            })
-                        })
-                        .collect()
+                    rows.iter().map(summary).collect()
                 }
                 .await,
             )

@@ -635,43 +635,52 @@ impl RunStore for SqliteStore {
             boxed(
                 self.call(move |c| {
                     let limit = if filter.limit == 0 { 100 } else { filter.limit } as i64;
-                    let mut stmt = c.prepare_cached(
-                        "SELECT r.id, r.flow, r.status, r.created_at, r.updated_at, r.error,
-                             (SELECT count(*) FROM crewflow_steps s WHERE s.run_id = r.id)
-                         FROM crewflow_runs r
+                    let mut stmt = c.prepare_cached(&format!(
+                        "SELECT {SUMMARY} FROM crewflow_runs r
                          WHERE (?1 IS NULL OR r.flow = ?1) AND (?2 IS NULL OR r.status = ?2)
-                         ORDER BY r.created_at DESC, r.id DESC LIMIT ?3",
-                    )?;
-                    let rows =
-                        stmt.query_map(params![filter.flow, filter.status.map(RunStatus::as_str), limit], |r| {
-                            Ok((
-                                r.get::<_, String>(0)?,
-                                r.get::<_, String>(1)?,
-                                r.get::<_, String>(2)?,
-                                r.get::<_, i64>(3)?,
-                                r.get::<_, i64>(4)?,
-                                r.get::<_, Option<String>>(5)?,
-                                r.get::<_, i64>(6)?,
-                            ))
-                        })?;
-                    rows.map(|row| {
-                        let (id, flow, status, created, updated, error, steps) = row?;
-                        Ok(RunSummary {
-                            run_id: parse_run_id(&id)?,
-                            flow,
-                            status: parse_status(&status)?,
-                            steps_done: steps as u64,
-                            created_at: from_ms(created),
-                            updated_at: from_ms(updated),
-                            error,
-                        })
-                    })
-                    .collect()
+                         ORDER BY r.created_at DESC, r.id DESC LIMIT ?3"
+                    ))?;
+                    summaries(&mut stmt, params![filter.flow, filter.status.map(RunStatus::as_str), limit])
                 })
                 .await,
             )
         })
     }
+}
+
+/// The columns [`summaries`] reads, for `SELECT {SUMMARY} FROM crewflow_runs r ...`.
+pub(crate) const SUMMARY: &str = "r.id, r.flow, r.status, r.created_at, r.updated_at, r.error,
+    (SELECT count(*) FROM crewflow_steps s WHERE s.run_id = r.id)";
+
+/// Runs a query selecting [`SUMMARY`] and reads its rows as run summaries.
+pub(crate) fn summaries(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<RunSummary>, StoreError> {
+    let rows = stmt.query_map(params, |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, i64>(4)?,
+            r.get::<_, Option<String>>(5)?,
+            r.get::<_, i64>(6)?,
+        ))
+    })?;
+    rows.map(|row| {
+        let (id, flow, status, created, updated, error, steps) = row?;
+        Ok(RunSummary {
+            run_id: parse_run_id(&id)?,
+            flow,
+            status: parse_status(&status)?,
+            steps_done: steps as u64,
+            created_at: from_ms(created),
+            updated_at: from_ms(updated),
+            error,
+        })
+    })
+    .collect()
 }
 
 impl Inner {
