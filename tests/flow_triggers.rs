@@ -333,3 +333,18 @@ async fn a_json_value_input_accepts_any_output() {
         .unwrap();
     assert_eq!(flow.kickoff(()).await.unwrap().output::<String>().unwrap(), "got 3");
 }
+
+/// A label trigger spelled like a step (a CrewAI port's `listen("send")`) is refused with the
+/// spelling that names the step.
+#[test]
+fn a_label_named_like_a_step_suggests_the_step() {
+    let err = crewflow::FlowBuilder::<()>::new("mailer")
+        .start("send", |_cx, (): ()| async move { Ok(()) })
+        .listen("confirm", trigger::label("send"), |_cx, (): ()| async move { Ok(()) })
+        .build()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("listens to route `send`"), "{err}");
+    assert!(err.contains(r#"did you mean `step("send")`?"#), "{err}");
+}

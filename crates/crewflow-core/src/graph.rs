@@ -385,7 +385,12 @@ impl GraphSpec {
                         flow: self.name.clone(),
                         listener: s.name.to_string(),
                         label: l.label.to_string(),
-                        suggestion: closest(&l.label, labels.keys().map(|k| &**k)),
+                        // A label spelled like a step is most likely meant as that step.
+                        suggestion: if steps.contains_key(&*l.label) {
+                            Some(format!("step(\"{}\")", l.label))
+                        } else {
+                            closest(&l.label, labels.keys().map(|k| &**k))
+                        },
                     };
                     let ix = labels.get(&l.label).copied().ok_or_else(unknown)?;
                     // A typed trigger must come from a router of that very type.

@@ -664,6 +664,13 @@ fn check(steps: &[StepMethod], cx: &CheckContext<'_>, errors: &mut Errors) {
                     used_labels.insert(l.value());
                     if !string_labels.contains_key(&l.value()) {
                         let hint = match closest(&l.value(), string_labels.keys().map(String::as_str)) {
+                            // A label spelled like a step is most likely meant as that step.
+                            _ if names.contains(&l.value()) => {
+                                format!(
+                                    " (`{0}` is a step: write #[listen({0})], without quotes, to run after it)",
+                                    l.value()
+                                )
+                            }
                             Some(c) => format!(" (did you mean \"{c}\"?)"),
                             None => String::new(),
                         };
