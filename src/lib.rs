@@ -57,37 +57,92 @@
 //! listener's input type is the output type of what triggers it. The same checks exist at
 //! build time for flows assembled with [`FlowBuilder`].
 //!
-//! The semantics (rounds, joins in loops, the final output, failures) are written down in
-//! `docs/semantics.md`; the architecture in `docs/architecture.md`.
+//! # A guided tour
+//!
+//! | Where | What it holds | Read |
+//! |---|---|---|
+//! | the crate root | a flow's life: [`Flow`], [`FlowBuilder`], [`Kickoff`], [`Run`], [`Cx`], [`Event`]s, [`Error`] | [`docs::semantics`] |
+//! | [`trigger`] | the trigger algebra: `step`, `label`, `route`, `or`, `and` | [`docs::semantics`] |
+//! | [`feedback`] | human feedback: [`HumanFeedback`], providers, pause and resume | [`docs::human_feedback`] |
+//! | [`store`] | durable runs: [`store::RunStore`], SQLite and PostgreSQL, leases, workers | [`docs::store`] |
+//! | [`journal`] | side effects once: `cx.once`, idempotency keys | [`docs::store`] |
+//! | [`chat`] | conversations: sessions of turns, history windows, intents, locks | [`docs::chat`] |
+//! | [`llm`] | language models: providers, streaming, tools, structured output, embeddings | [`docs::llm`] |
+//! | [`memory`] | remember and recall by meaning, lessons from review | [`docs::memory`] |
+//! | [`declarative`] | flows written in YAML or JSON | [`docs::declarative`] |
+//! | [`host`] | the seam the layers above (conversations, servers) start runs through | [`docs::architecture`] |
+//! | [`prelude`] | what most flows need: `use crewflow::prelude::*;` | |
+//!
+//! # Features
+//!
+//! | Feature | Default | What it adds |
+//! |---|---|---|
+//! | `sqlite` | yes | the SQLite store, the default of `#[flow(persist)]` |
+//! | `postgres` | no | the PostgreSQL store (`store::PostgresStore`) |
+//! | `local` | no | the local model provider (SmolLM2 and MiniLM on the CPU; `scripts/fetch-models`) |
+//!
+//! The long-form documentation lives in [`docs`]: the same pages as the repository's `docs/`
+//! folder, so `cargo doc --open` is the book.
 
 /// The README's code blocks, compiled and run as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-/// The code blocks of `docs/chat.md`, compiled and run as doc tests.
-#[cfg(doctest)]
-#[doc = include_str!("../docs/chat.md")]
-pub struct ChatDocDoctests;
+/// The long-form documentation: the repository's `docs/*.md`, one module per page. Their code
+/// blocks are compiled and run as doc tests.
+pub mod docs {
+    #[doc = include_str!("../docs/semantics.md")]
+    pub mod semantics {}
+    #[doc = include_str!("../docs/architecture.md")]
+    pub mod architecture {}
+    #[doc = include_str!("../docs/store.md")]
+    pub mod store {}
+    #[doc = include_str!("../docs/human_feedback.md")]
+    pub mod human_feedback {}
+    #[doc = include_str!("../docs/chat.md")]
+    pub mod chat {}
+    #[doc = include_str!("../docs/llm.md")]
+    pub mod llm {}
+    #[doc = include_str!("../docs/memory.md")]
+    pub mod memory {}
+    #[doc = include_str!("../docs/declarative.md")]
+    pub mod declarative {}
+}
 
 // Lets the macros' generated `::crewflow::..` paths resolve inside this crate's own tests.
 extern crate self as crewflow;
 
-pub use crewflow_core::*;
+// The public surface, listed on purpose: what a user names. The engine's internals (the
+// frontier, the compiled graph, helpers shared with sibling crates) stay in crewflow-core.
+pub use crewflow_core::{
+    Answer, BoxError, Canceller, ConsoleInput, Cx, DEFAULT_CANCEL_GRACE, DEFAULT_MAX_STEPS, Error, Event, EventKind,
+    EventStream, Flow, FlowBuilder, FlowState, HostedRun, InputFuture, InputProvider, InputRecord, InputRequest,
+    InputResponse, IntoFlow, Kickoff, Observer, Output, Result, Retry, Route, Run, RunHandle, RunId, StepError,
+    StepRecord, TokenUsage, Trigger, TypeInfo, Worker, WorkerReport, host, journal, trigger,
+};
+pub use crewflow_core::{
+    ConsoleFeedback, DeferredFeedback, FeedbackLearner, FeedbackProvider, FeedbackReply, FeedbackRequest,
+    FeedbackResult, HumanFeedback, LearnRequest, OutcomeClassifier, Paused,
+};
 pub use crewflow_macros::{Route, flow, human_feedback, listen, persist, router, start};
 
 mod webhook;
 
 /// Human feedback: [`HumanFeedback`], its providers (console, deferred, webhook) and the pause
-/// / resume protocol. See `docs/human_feedback.md`.
+/// / resume protocol. See [`docs::human_feedback`].
 pub mod feedback {
     pub use crate::webhook::WebhookFeedback;
-    pub use crewflow_core::feedback::*;
+    pub use crewflow_core::feedback::{
+        ClassifyFuture, ConsoleFeedback, DEFAULT_LEARN_SOURCE, DeferredFeedback, FeedbackFuture, FeedbackLearner,
+        FeedbackProvider, FeedbackReply, FeedbackRequest, FeedbackResult, HumanFeedback, ImproveFuture, LearnFuture,
+        LearnRequest, NotifyFuture, OutcomeClassifier, Paused,
+    };
 }
 
 /// Conversations: a [`chat::ChatFlow`] holds sessions of turns over a flow whose state holds a
 /// [`chat::ChatState`]; history windows and summaries, intents, session locks, one trace per
-/// session. See `docs/chat.md`.
+/// session. See [`docs::chat`].
 pub mod chat {
     pub use crewflow_chat::*;
 }
@@ -96,26 +151,32 @@ pub mod chat {
 /// `crewflow::conversational!(Support, chat);`.
 pub use crewflow_chat::conversational;
 
-/// Language models: providers, streaming, tools, structured output, embeddings.
+/// Language models: providers, streaming, tools, structured output, embeddings. See
+/// [`docs::llm`].
 pub mod llm {
     pub use crewflow_llm::*;
 }
 
 /// Declarative flows: a flow written in YAML or JSON, built at run time against a registry of
-/// Rust functions and providers. See `docs/declarative.md`.
+/// Rust functions and providers. See [`docs::declarative`].
 pub mod declarative {
     pub use crewflow_declarative::*;
 }
 
 /// Memory: remember, recall (by meaning, recency and importance), forget, extract; lessons
-/// from human review ([`memory::Lessons`]). See `docs/memory.md`.
+/// from human review ([`memory::Lessons`]). See [`docs::memory`].
 pub mod memory {
     pub use crewflow_memory::*;
 }
 
-/// Stores for durable runs: SQLite (default) and PostgreSQL (feature `postgres`).
+/// Stores for durable runs: SQLite (default) and PostgreSQL (feature `postgres`), the
+/// [`RunStore`](store::RunStore) contract a third backend implements, and what it stores.
+/// See [`docs::store`].
 pub mod store {
-    pub use crewflow_core::persist::*;
+    pub use crewflow_core::persist::{
+        Checkpoint, Claim, DEFAULT_LEASE, JournalEntry, LeaseLost, NewRun, RunEnd, RunFilter, RunOwned, RunStatus,
+        RunStore, RunSummary, StepRow, StoreFuture, StoredRun, driven_runs, process_owner,
+    };
     pub use crewflow_store::*;
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crewflow::llm::local::LocalEmbedder;
 use crewflow::llm::{Embedder, FinishReason, Llm, cosine};
-use crewflow::persist::{RunFilter, RunStatus};
+use crewflow::store::{RunFilter, RunStatus};
 use crewflow::prelude::*;
 use serde::{Deserialize, Serialize};
 
