@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use crewflow::llm::local::LocalEmbedder;
 use crewflow::llm::{Embedder, FinishReason, Llm, cosine};
-use crewflow::store::{RunFilter, RunStatus};
 use crewflow::prelude::*;
+use crewflow::store::{RunFilter, RunStatus};
 use serde::{Deserialize, Serialize};
 
 /// What a run knows about its ticket.

@@ -35,6 +35,19 @@ impl Review {
         Ok("draft".into())
     }
 
+    // A model maps answers to outcomes: without outcomes it has nothing to map to.
+    #[start]
+    #[human_feedback(message = "ok?", llm = crewflow::llm::Llm::new("openai/gpt-4o-mini"))]
+    async fn llm_without_emit(&self) -> Result<String> {
+        Ok("draft".into())
+    }
+
+    #[start]
+    #[human_feedback(message = "ok?", emit = ["approved", "approved"])]
+    async fn repeated_outcome(&self) -> Result<String> {
+        Ok("draft".into())
+    }
+
     #[start]
     #[human_feedback(message = "ok?", timeout = 5)]
     async fn unknown_option(&self) -> Result<String> {

@@ -39,7 +39,7 @@ mod worker;
 pub use builder::{DEFAULT_CANCEL_GRACE, DEFAULT_MAX_STEPS, FlowBuilder};
 pub use cancel::Canceller;
 pub use cx::Cx;
-pub use error::{BoxError, Error, Result, StepError, UnknownKey, closest};
+pub use error::{BoxError, Error, Result, StepError, UnknownKey};
 pub use event::{Event, EventKind, EventStream, Observer};
 pub use feedback::{
     ConsoleFeedback, DeferredFeedback, FeedbackLearner, FeedbackProvider, FeedbackReply, FeedbackRequest,

@@ -278,7 +278,7 @@ pub(crate) fn resolve_model(registry: &Registry, name: Option<&str>) -> Result<L
 /// "no function `x` is registered (registered: a, b); register it with Registry::function".
 pub(crate) fn unknown(kind: &str, name: &str, known: &[&str], how: &str) -> String {
     let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
-    let close = crewflow_core::closest(name, known.split(", "));
+    let close = crewflow_rules::closest(name, known.split(", "));
     let hint = close.map(|c| format!(" — did you mean `{c}`?")).unwrap_or_default();
     format!("no {kind} `{name}` is registered{hint} (registered: {known}); register it with {how}")
 }

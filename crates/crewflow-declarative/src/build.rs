@@ -209,8 +209,9 @@ impl FlowDefinition {
             }
         };
         if let Some(feedback) = &method.human_feedback {
-            builder =
-                builder.human_feedback(human_feedback(feedback, registry).map_err(|e| format!("human_feedback: {e}"))?);
+            builder = builder.human_feedback(
+                human_feedback(feedback, method.router, registry).map_err(|e| format!("human_feedback: {e}"))?,
+            );
         }
         if method.persist {
             builder = builder.persisted();
@@ -367,7 +368,7 @@ impl Names {
             (false, false) => {
                 let all = self.methods.iter().chain(&self.labels).map(String::as_str);
                 let hint =
-                    crewflow_core::closest(name, all).map(|c| format!(" — did you mean `{c}`?")).unwrap_or_default();
+                    crewflow_rules::closest(name, all).map(|c| format!(" — did you mean `{c}`?")).unwrap_or_default();
                 Err(format!(
                     "`{name}` is neither a method nor a label any router emits{hint} (methods: {}; labels: {})",
                     list(&self.methods),
@@ -378,14 +379,14 @@ impl Names {
     }
 
     fn unknown_method(&self, name: &str) -> String {
-        let hint = crewflow_core::closest(name, self.methods.iter().map(String::as_str))
+        let hint = crewflow_rules::closest(name, self.methods.iter().map(String::as_str))
             .map(|c| format!(" — did you mean `{c}`?"))
             .unwrap_or_default();
         format!("there is no method `{name}`{hint} (methods: {})", list(&self.methods))
     }
 
     fn unknown_label(&self, name: &str) -> String {
-        let hint = crewflow_core::closest(name, self.labels.iter().map(String::as_str))
+        let hint = crewflow_rules::closest(name, self.labels.iter().map(String::as_str))
             .map(|c| format!(" — did you mean `{c}`?"))
             .unwrap_or_default();
         format!(
@@ -448,7 +449,19 @@ fn list(names: &BTreeSet<String>) -> String {
     if names.is_empty() { "none".into() } else { names.iter().cloned().collect::<Vec<_>>().join(", ") }
 }
 
-fn human_feedback(doc: &FeedbackDoc, registry: &Registry) -> Result<HumanFeedback, String> {
+fn human_feedback(doc: &FeedbackDoc, is_router: bool, registry: &Registry) -> Result<HumanFeedback, String> {
+    // The same rules as the builder's and the macro's (crewflow_rules), checked here so that
+    // the error names the method.
+    let options = crewflow_rules::FeedbackOptions {
+        is_router,
+        emit: doc.emit.iter().map(String::as_str).collect(),
+        default_outcome: doc.default_outcome.as_deref(),
+        classifier: doc.llm.is_some(),
+        learner: doc.learn.is_some(),
+        learn_strict: doc.learn_strict,
+        learn_source: doc.learn_source.is_some(),
+    };
+    crewflow_rules::check_feedback(&options).map_err(|rule| rule.to_string())?;
     let mut feedback = HumanFeedback::new(doc.message.clone()).emit(doc.emit.iter().map(String::as_str));
     if let Some(outcome) = &doc.default_outcome {
         feedback = feedback.default_outcome(outcome.as_str());
@@ -457,29 +470,20 @@ fn human_feedback(doc: &FeedbackDoc, registry: &Registry) -> Result<HumanFeedbac
         feedback = feedback.metadata(metadata);
     }
     if let Some(model) = &doc.llm {
-        if doc.emit.is_empty() {
-            return Err("`llm` maps answers to outcomes; it needs `emit: [...]`".into());
-        }
         feedback = feedback.classifier(resolve_model(registry, Some(model))?);
     }
     if let Some(name) = &doc.provider {
         feedback = feedback.provider_arc(feedback_provider(registry, name)?);
     }
-    match &doc.learn {
-        Some(name) => {
-            let Some(learner) = registry.learners.get(name) else {
-                let known: Vec<&str> = registry.learners.keys().map(String::as_str).collect();
-                return Err(unknown("learner", name, &known, "Registry::learner"));
-            };
-            feedback = feedback.learn_arc(learner.clone()).learn_strict(doc.learn_strict);
-            if let Some(source) = &doc.learn_source {
-                feedback = feedback.learn_source(source.as_str());
-            }
+    if let Some(name) = &doc.learn {
+        let Some(learner) = registry.learners.get(name) else {
+            let known: Vec<&str> = registry.learners.keys().map(String::as_str).collect();
+            return Err(unknown("learner", name, &known, "Registry::learner"));
+        };
+        feedback = feedback.learn_arc(learner.clone()).learn_strict(doc.learn_strict);
+        if let Some(source) = &doc.learn_source {
+            feedback = feedback.learn_source(source.as_str());
         }
-        None if doc.learn_strict || doc.learn_source.is_some() => {
-            return Err("`learn_strict` and `learn_source` need `learn: <learner>`".into());
-        }
-        None => {}
     }
     Ok(feedback)
 }

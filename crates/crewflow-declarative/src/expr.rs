@@ -172,7 +172,7 @@ fn check_names(source: &str, expr: &cel::IdedExpr) -> Result<(), String> {
         None => Ok(()),
         Some(name) => {
             let hint =
-                crewflow_core::closest(&name, VARIABLES).map(|c| format!("; did you mean `{c}`?")).unwrap_or_default();
+                crewflow_rules::closest(&name, VARIABLES).map(|c| format!("; did you mean `{c}`?")).unwrap_or_default();
             Err(format!(
                 "the expression `{source}` reads `{name}`, which is not defined{hint} (expressions see `state`, `outputs`, `input` and, inside `each`, `item`)"
             ))

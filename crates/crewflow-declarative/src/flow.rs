@@ -97,7 +97,7 @@ impl DeclarativeFlow {
             let unknown: Vec<String> = inputs
                 .keys()
                 .filter(|k| !keys.contains(k))
-                .map(|k| match crewflow_core::closest(k, keys.iter().map(String::as_str)) {
+                .map(|k| match crewflow_rules::closest(k, keys.iter().map(String::as_str)) {
                     Some(c) => format!("`{k}` (did you mean `{c}`?)"),
                     None => format!("`{k}`"),
                 })

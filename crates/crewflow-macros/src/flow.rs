@@ -2,6 +2,7 @@
 //! and `#[router(..)]` into an `IntoFlow` implementation, checking at compile time what can be
 //! checked: step names, labels, routes nobody handles, input types, arity.
 
+use crewflow_rules::closest;
 use std::collections::{BTreeMap, BTreeSet};
 
 use proc_macro2::{Span, TokenStream};
@@ -140,31 +141,6 @@ impl FeedbackAttr {
         let message = message.ok_or_else(|| {
             syn::Error::new(attr.span(), "#[human_feedback] needs a message: #[human_feedback(message = \"Approve?\")]")
         })?;
-        if let Some(d) = &default {
-            if emit.is_empty() {
-                return Err(syn::Error::new(d.span(), "`default_outcome` needs `emit = [..]` outcomes to choose from"));
-            }
-            if !emit.iter().any(|e| e.value() == d.value()) {
-                return Err(syn::Error::new(
-                    d.span(),
-                    format!("default_outcome \"{}\" is not one of the emit outcomes", d.value()),
-                ));
-            }
-        }
-        if learn.is_none() {
-            if let Some(strict) = &learn_strict {
-                return Err(syn::Error::new(
-                    strict.span(),
-                    "`learn_strict` needs `learn = <learner>` (e.g. learn = self.lessons.clone())",
-                ));
-            }
-            if let Some(source) = &learn_source {
-                return Err(syn::Error::new(
-                    source.span(),
-                    "`learn_source` needs `learn = <learner>` (e.g. learn = self.lessons.clone())",
-                ));
-            }
-        }
         Ok(FeedbackAttr {
             message,
             emit,
@@ -177,6 +153,34 @@ impl FeedbackAttr {
             learn_strict,
             span: attr.span(),
         })
+    }
+
+    /// The shared rules (`crewflow_rules::check_feedback`), the error at the option it names.
+    fn check(&self, is_router: bool) -> syn::Result<()> {
+        use crewflow_rules::FeedbackRule;
+        let emit: Vec<String> = self.emit.iter().map(LitStr::value).collect();
+        let default = self.default.as_ref().map(LitStr::value);
+        let options = crewflow_rules::FeedbackOptions {
+            is_router,
+            emit: emit.iter().map(String::as_str).collect(),
+            default_outcome: default.as_deref(),
+            classifier: self.llm.is_some(),
+            learner: self.learn.is_some(),
+            learn_strict: self.learn_strict.as_ref().is_some_and(|b| b.value),
+            learn_source: self.learn_source.is_some(),
+        };
+        let Err(rule) = crewflow_rules::check_feedback(&options) else { return Ok(()) };
+        let span = match &rule {
+            FeedbackRule::DefaultWithoutOutcomes(_) | FeedbackRule::DefaultNotAnOutcome { .. } => {
+                self.default.as_ref().map(LitStr::span)
+            }
+            FeedbackRule::ClassifierWithoutOutcomes => self.llm.as_ref().map(Spanned::span),
+            FeedbackRule::LearnStrictWithoutLearner => self.learn_strict.as_ref().map(Spanned::span),
+            FeedbackRule::LearnSourceWithoutLearner => self.learn_source.as_ref().map(LitStr::span),
+            FeedbackRule::EmptyOutcome | FeedbackRule::RepeatedOutcome(_) => self.emit.first().map(LitStr::span),
+            _ => None,
+        };
+        Err(syn::Error::new(span.unwrap_or(self.span), rule))
     }
 
     fn var(step: &Ident) -> Ident {
@@ -321,10 +325,8 @@ pub fn expand(args: FlowArgs, mut item: ItemImpl, krate: &TokenStream) -> TokenS
                 step.persisted = persist_attr.is_some();
                 match feedback_attr.as_ref().map(FeedbackAttr::parse).transpose() {
                     Ok(feedback) => {
-                        if let (Some(fb), Some(_)) = (&feedback, &step.router)
-                            && !fb.emit.is_empty()
-                        {
-                            errors.push(fb.span, format!("router `{}` already chooses its label; drop `emit` (its feedback is then recorded) or make it a plain step", step.ident));
+                        if let Some(Err(e)) = feedback.as_ref().map(|fb| fb.check(step.router.is_some())) {
+                            errors.add(e);
                         }
                         step.feedback = feedback;
                     }
@@ -552,37 +554,6 @@ fn accepts_anything(ty: &Type) -> bool {
         Type::Path(p) => last_ident(&p.path).is_some_and(|i| i == "Value"),
         _ => false,
     }
-}
-
-fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (name.chars().count() / 3).max(1);
-    candidates.map(|c| (edit_distance(name, c), c)).filter(|(d, _)| *d <= limit).min_by_key(|(d, _)| *d).map(|(_, c)| c)
-}
-
-// The same distance as `crewflow_core::error`'s: the macro crate does not depend on the
-// runtime crate, so that the two compile in parallel.
-fn edit_distance(a: &str, b: &str) -> usize {
-    // Optimal string alignment: insertions, deletions, substitutions and adjacent swaps (the
-    // most common typo) each cost 1.
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
-            }
-        }
-    }
-    d[a.len()][b.len()]
 }
 
 struct CheckContext<'a> {

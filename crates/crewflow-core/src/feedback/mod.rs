@@ -56,7 +56,8 @@ pub struct HumanFeedback {
     pub(crate) provider: Option<Arc<dyn FeedbackProvider>>,
     pub(crate) metadata: Option<Value>,
     pub(crate) learner: Option<Arc<dyn FeedbackLearner>>,
-    pub(crate) learn_source: Arc<str>,
+    /// `None`: [`DEFAULT_LEARN_SOURCE`]. Kept apart so that the rules see whether it was set.
+    pub(crate) learn_source: Option<Arc<str>>,
     pub(crate) learn_strict: bool,
 }
 
@@ -90,7 +91,7 @@ impl HumanFeedback {
             provider: None,
             metadata: None,
             learner: None,
-            learn_source: Arc::from(DEFAULT_LEARN_SOURCE),
+            learn_source: None,
             learn_strict: false,
         }
     }
@@ -169,7 +170,7 @@ impl HumanFeedback {
     /// The source lessons are stored with and recalled by (default [`DEFAULT_LEARN_SOURCE`],
     /// `"hitl"`).
     pub fn learn_source(mut self, source: impl Into<Arc<str>>) -> Self {
-        self.learn_source = source.into();
+        self.learn_source = Some(source.into());
         self
     }
 
@@ -181,27 +182,25 @@ impl HumanFeedback {
         self
     }
 
-    /// The configuration problems a build reports.
+    /// The source lessons are stored with and recalled by.
+    pub(crate) fn source_of_lessons(&self) -> &str {
+        self.learn_source.as_deref().unwrap_or(DEFAULT_LEARN_SOURCE)
+    }
+
+    /// The configuration problems a build reports: the rules of `crewflow_rules`, shared with
+    /// the macro and declarative flows.
     pub(crate) fn check(&self, step: &str, is_router: bool) -> Result<(), Error> {
-        let fail = |why: String| Err(Error::Builder(format!("human feedback on step `{step}`: {why}")));
-        if is_router && !self.emit.is_empty() {
-            return fail(
-                "a router already chooses its label; drop `emit` (its feedback is then recorded) or make it a plain step"
-                    .into(),
-            );
-        }
-        if self.learner.is_none() && self.learn_strict {
-            return fail("`learn_strict` needs a learner: add `.learn(..)` (or `learn = ..` in the attribute)".into());
-        }
-        if let Some(d) = &self.default_outcome {
-            if self.emit.is_empty() {
-                return fail(format!("default outcome \"{d}\" needs `emit` outcomes to choose from"));
-            }
-            if !self.emit.contains(d) {
-                return fail(format!("default outcome \"{d}\" is not one of the outcomes {}", list(&self.emit)));
-            }
-        }
-        Ok(())
+        let options = crewflow_rules::FeedbackOptions {
+            is_router,
+            emit: self.emit.iter().map(|o| &**o).collect(),
+            default_outcome: self.default_outcome.as_deref(),
+            classifier: self.classifier.is_some(),
+            learner: self.learner.is_some(),
+            learn_strict: self.learn_strict,
+            learn_source: self.learn_source.is_some(),
+        };
+        crewflow_rules::check_feedback(&options)
+            .map_err(|rule| Error::Builder(format!("human feedback on step `{step}`: {rule}")))
     }
 }
 
@@ -449,7 +448,6 @@ impl FeedbackRecord {
 
 mod review;
 
-use review::list;
 pub(crate) use review::{Reviewed, after_step, apply_answer, learn_from, resolve_outcome};
 
 #[cfg(test)]

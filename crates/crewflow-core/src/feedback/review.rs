@@ -101,7 +101,7 @@ pub(super) fn learn_request<S>(
         message: config.message.clone(),
         output,
         feedback,
-        source: config.learn_source.to_string(),
+        source: config.source_of_lessons().to_string(),
     }
 }
 
