@@ -36,6 +36,7 @@ pub struct WebhookFeedback {
 impl WebhookFeedback {
     /// Posts to `url`.
     pub fn new(url: impl Into<String>) -> Self {
+        crewflow_llm::install_crypto_provider();
         WebhookFeedback { url: url.into(), token: None, client: reqwest::Client::new() }
     }
 

@@ -58,6 +58,7 @@ pub(crate) struct Http {
 
 impl Http {
     pub fn new(timeout: Duration) -> Self {
+        crate::install_crypto_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(90))
@@ -215,6 +216,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_is_built_on_the_ring_provider() {
+        // reqwest is built without a provider: without the install, building panics.
+        let _http = Http::new(Duration::from_secs(1));
+        let provider = rustls::crypto::CryptoProvider::get_default().expect("a provider is installed");
+        assert!(!provider.cipher_suites.is_empty());
+    }
 
     #[test]
     fn errors_are_classified_with_the_providers_message() {

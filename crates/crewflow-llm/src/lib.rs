@@ -59,6 +59,22 @@ pub use types::{
 use provider::Provider;
 use stream::CallReport;
 
+/// Makes ring this process's TLS crypto provider, unless one is installed already.
+///
+/// crewflow builds its HTTP clients (`reqwest` with rustls) without a compiled-in provider, so
+/// that a first build does not compile aws-lc's C sources; rustls then needs a process-wide
+/// provider before any client is built. Every client crewflow builds calls this first, so a user
+/// never has to; call it yourself only before building your own `reqwest::Client` in a program
+/// that links crewflow. A provider installed earlier (yours) is kept. Calling it again does
+/// nothing.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // `Err` means a provider is installed already, which is what is needed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// The variable naming the default model of [`Llm::from_env`].
 pub const MODEL_VAR: &str = "CREWFLOW_MODEL";
 
