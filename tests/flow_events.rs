@@ -97,8 +97,11 @@ async fn failure_sequence() {
         names(&events),
         ["run_started", "step_started(s)", "step_finished(s)", "step_started(bad)", "step_failed(bad)", "run_failed"]
     );
-    match &events.last().unwrap().kind {
-        EventKind::RunFailed { error } => assert_eq!(&**error, "step `bad` failed: boom"),
+    let last = events.last().unwrap();
+    match &last.kind {
+        EventKind::RunFailed { error } => {
+            assert_eq!(&**error, format!("step `bad` failed in run {}: boom", last.run_id))
+        }
         other => panic!("{other:?}"),
     }
 }

@@ -373,3 +373,58 @@ async fn cancelling_a_run() {
     }
     assert_eq!(last, Some("run_cancelled"));
 }
+
+/// A step fails with a message (`Err("..".into())`, `?` on a `Result<_, String>` or `&str`),
+/// and the failed run's error carries its id: the fix-then-resume pattern of docs/store.md
+/// needs nothing else.
+#[tokio::test]
+async fn a_failed_run_names_its_id_and_resumes_from_it_after_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixed = Arc::new(AtomicBool::new(false));
+    let flow = {
+        let fixed = fixed.clone();
+        FlowBuilder::<Map<String, Value>>::new("stock")
+            .store(crewflow::store::SqliteStore::open(dir.path().join("runs.db")))
+            .start("count", |_cx, (): ()| async move {
+                let parsed: Result<u32, &str> = Ok(3);
+                Ok(parsed?) // `?` on a `&str` error
+            })
+            .listen("reserve", step("count"), move |_cx, count: u32| {
+                let fixed = fixed.clone();
+                async move {
+                    if !fixed.load(Ordering::SeqCst) {
+                        return Err(format!("only {count} left").into());
+                    }
+                    let checked: Result<(), String> = Ok(());
+                    checked?; // and on a `String` error
+                    Ok(count)
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    let err = flow.kickoff(()).await.unwrap_err();
+    let Error::StepFailed { run_id, step, .. } = &err else { panic!("{err}") };
+    assert_eq!(step, "reserve");
+    assert_eq!(err.to_string(), format!("step `reserve` failed in run {run_id}: only 3 left"));
+
+    fixed.store(true, Ordering::SeqCst);
+    let run = flow.resume(*run_id).await.unwrap();
+    assert_eq!(run.id, *run_id);
+    assert_eq!(run.output::<u32>().unwrap(), 3);
+}
+
+/// `Err("...".into())` in a `#[flow]` step compiles and fails the run with the message.
+#[tokio::test]
+async fn a_macro_step_fails_with_a_plain_message() {
+    struct Refuse;
+    #[flow]
+    impl Refuse {
+        #[start]
+        async fn check(&self) -> Result<()> {
+            Err("not today".into())
+        }
+    }
+    let err = Refuse.into_flow().unwrap().kickoff(()).await.unwrap_err();
+    assert!(err.to_string().ends_with(": not today"), "{err}");
+}

@@ -241,10 +241,10 @@ async fn weakness_06_errors_are_never_swallowed() {
         }
     }
     let err = Swallow.into_flow().unwrap().kickoff(()).await.err().unwrap();
-    let Error::StepFailed { step, source } = &err else { panic!("{err}") };
+    let Error::StepFailed { step, source, run_id } = &err else { panic!("{err}") };
     assert_eq!(step, "e");
     assert!(source.downcast_ref::<QuotaError>().is_some(), "the cause keeps its type");
-    assert_eq!(err.to_string(), "step `e` failed: quota exhausted for e");
+    assert_eq!(err.to_string(), format!("step `e` failed in run {run_id}: quota exhausted for e"));
 }
 
 #[derive(Route, Clone, Copy, Debug, PartialEq)]
@@ -561,7 +561,11 @@ async fn a_panicking_step_fails_the_run_with_its_message() {
         .build()
         .unwrap();
     let err = flow.kickoff(()).await.err().unwrap();
-    assert_eq!(err.to_string(), "step `explode` failed: the step panicked: index out of range");
+    let Error::StepFailed { run_id, .. } = &err else { panic!("{err}") };
+    assert_eq!(
+        err.to_string(),
+        format!("step `explode` failed in run {run_id}: the step panicked: index out of range")
+    );
 }
 
 /// §0 item 31: upstream checks a listener's arity only when it is called, and every flow

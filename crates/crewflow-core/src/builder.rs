@@ -519,9 +519,13 @@ where
     let name: Arc<str> = Arc::from(name);
     Arc::new(move |cx: Cx<S>, payload: Option<Output>| -> BoxFuture<Completion> {
         let activation = cx.activation();
+        let run_id = cx.run_id();
         let scope = cx.scope();
-        let failed =
-            |name: &Arc<str>, source: crate::error::BoxError| Error::StepFailed { step: name.to_string(), source };
+        let failed = move |name: &Arc<str>, source: crate::error::BoxError| Error::StepFailed {
+            step: name.to_string(),
+            run_id,
+            source,
+        };
         // The closure's synchronous part runs here: a panic in it is the step's failure too.
         let body = extract_input::<I>(payload.as_ref(), &name).and_then(|input| {
             std::panic::catch_unwind(AssertUnwindSafe(|| handler(cx, input)))
@@ -534,7 +538,7 @@ where
                 Err(e) => Err(e),
                 Ok(body) => match AssertUnwindSafe(scope.enter(body)).catch_unwind().await {
                     Ok(Ok(out)) => Ok(finish(out)),
-                    Ok(Err(e)) => Err(failed(&name, e.into())),
+                    Ok(Err(e)) => Err(failed(&name, e.into_boxed())),
                     Err(panic) => Err(failed(&name, panic_message(panic).into())),
                 },
             };

@@ -228,7 +228,7 @@ impl<S: Send + Sync + 'static> Cx<S> {
             Some(Ok(Some(response))) => Answer::Given(response),
             Some(Ok(None)) => Answer::Closed,
             Some(Err(e)) => {
-                return Err(Error::InputProvider { step: self.step.to_string(), source: e.into() });
+                return Err(Error::InputProvider { step: self.step.to_string(), source: e.into_boxed() });
             }
         };
         let entry = record(&request, &answer);

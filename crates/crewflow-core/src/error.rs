@@ -185,10 +185,14 @@ pub enum Error {
 
     // ---- running ----
     /// A step returned an error (or panicked). The run stopped; in-flight siblings were cancelled.
-    #[error("step `{step}` failed: {source}")]
+    /// A durable run can be resumed from its last checkpoint after the fix:
+    /// `flow.resume(run_id)`.
+    #[error("step `{step}` failed in run {run_id}: {source}")]
     StepFailed {
         /// The failing step.
         step: String,
+        /// The run it failed (what `flow.resume` takes, for a durable run).
+        run_id: crate::RunId,
         /// What the step reported.
         #[source]
         source: BoxError,
@@ -581,9 +585,12 @@ impl StepError {
     }
 }
 
-impl<E: std::error::Error + Send + Sync + 'static> From<E> for StepError {
+/// Any error converts with `?`, and so do messages: `Err("out of stock".into())`,
+/// `Err(format!("no row {id}").into())`. (This is why `StepError` itself is not a
+/// `std::error::Error`: [`StepError::into_boxed`] gives the boxed error back.)
+impl<E: Into<BoxError>> From<E> for StepError {
     fn from(error: E) -> Self {
-        StepError(Box::new(error))
+        StepError(error.into())
     }
 }
 
@@ -596,13 +603,6 @@ impl fmt::Debug for StepError {
 impl fmt::Display for StepError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl From<StepError> for BoxError {
-    /// The error the step returned, unwrapped: `downcast_ref` on it finds the original type.
-    fn from(error: StepError) -> Self {
-        error.0
     }
 }
 
@@ -628,7 +628,7 @@ mod tests {
     fn step_errors_keep_the_type_of_their_cause() {
         let io = std::io::Error::other("disk full");
         let e: StepError = io.into();
-        let boxed: BoxError = e.into();
+        let boxed: BoxError = e.into_boxed();
         assert!(boxed.downcast_ref::<std::io::Error>().is_some());
         let back = StepError::from_boxed(boxed);
         assert_eq!(back.to_string(), "disk full");

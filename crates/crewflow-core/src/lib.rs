@@ -83,8 +83,8 @@ pub mod __private {
     use crate::error::{BoxError, StepError};
 
     /// Converts whatever error a step method returns.
-    pub fn step_error<E: Into<BoxError>>(error: E) -> StepError {
-        StepError::from_boxed(error.into())
+    pub fn step_error<E: Into<StepError>>(error: E) -> StepError {
+        error.into()
     }
 
     /// The success type of a step method's return type.

@@ -36,7 +36,7 @@ pub(crate) async fn notify_reviewers(
         Some(e) => Err(Error::FeedbackNotification {
             run_id: run_id.to_string(),
             step: failed.join(", ").trim_matches('`').to_string(),
-            source: e.into(),
+            source: e.into_boxed(),
         }),
     }
 }

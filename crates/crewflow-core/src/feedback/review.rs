@@ -29,7 +29,7 @@ pub(crate) async fn after_step<S: Send + Sync + 'static>(
             }
             Ok(None) => {}
             Err(e) if config.learn_strict => {
-                return Err(Error::FeedbackLearn { step: step.to_string(), phase: "improve", source: e.into() });
+                return Err(Error::FeedbackLearn { step: step.to_string(), phase: "improve", source: e.into_boxed() });
             }
             Err(e) => {
                 let error = e.to_string();
@@ -60,7 +60,7 @@ pub(crate) async fn after_step<S: Send + Sync + 'static>(
         let reply = provider
             .request(&request)
             .await
-            .map_err(|e| Error::FeedbackProvider { step: step.to_string(), source: e.into() })?;
+            .map_err(|e| Error::FeedbackProvider { step: step.to_string(), source: e.into_boxed() })?;
         let answer = match reply {
             FeedbackReply::Pending => {
                 request.message = config.message.clone();
