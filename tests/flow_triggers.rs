@@ -348,3 +348,44 @@ fn a_label_named_like_a_step_suggests_the_step() {
     assert!(err.contains("listens to route `send`"), "{err}");
     assert!(err.contains(r#"did you mean `step("send")`?"#), "{err}");
 }
+
+/// `|` and `&` spell triggers alike in `#[listen(..)]` and in the builder (`&` binds tighter),
+/// and build the same tree as `or(..)` / `and(..)`.
+#[tokio::test]
+async fn operators_spell_triggers_alike_in_the_macro_and_the_builder() {
+    use crewflow::trigger::{and, label, or, step};
+    struct Ops(Log);
+    #[flow]
+    impl Ops {
+        #[start]
+        async fn a(&self) -> Result<()> {
+            Ok(())
+        }
+        #[start]
+        async fn b(&self) -> Result<()> {
+            Ok(())
+        }
+        #[router(a, routes = ["again"], terminal = ["again"])]
+        async fn pick(&self) -> Result<String> {
+            Ok("again".into())
+        }
+        #[listen(a & b | "again")]
+        async fn joined(&self) -> Result<()> {
+            self.0.push("joined");
+            Ok(())
+        }
+        #[listen(and(a, b) | ("again" & pick))]
+        async fn nested(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+    let log = Log::default();
+    let flow = Ops(log.clone()).into_flow().unwrap();
+    let graph = flow.graph();
+    let trigger_of = |name: &str| graph.trigger(graph.step_index(name).unwrap()).unwrap().clone();
+    assert_eq!(trigger_of("joined"), or([and([step("a"), step("b")]), label("again")]));
+    assert_eq!(trigger_of("joined"), step("a") & step("b") | label("again"));
+    assert_eq!(trigger_of("nested"), or([and([step("a"), step("b")]), and([label("again"), step("pick")])]));
+    flow.kickoff(()).await.unwrap();
+    assert!(log.count("joined") >= 1);
+}

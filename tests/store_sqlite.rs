@@ -830,3 +830,42 @@ async fn sqlite_keeps_a_nul_character_in_inputs_state_and_outputs() {
     assert_eq!(state, Notes { text: "a\0b".into(), extra: "x\0y".into() });
     assert_eq!(serde_json::from_str::<String>(&stored.steps[0].output).unwrap(), "a\0b\0!");
 }
+
+/// `#[flow(persist)]` and a step's `#[persist]` add up: every step still checkpoints (the mark
+/// once narrowed checkpoints to the marked step, so a resume re-ran unmarked completed steps).
+#[tokio::test]
+async fn flow_persist_and_a_step_mark_add_up() {
+    #[derive(Clone, Default)]
+    struct Marked {
+        log: Log,
+        fixed: Arc<AtomicBool>,
+    }
+    #[flow(persist)]
+    impl Marked {
+        #[start]
+        #[persist]
+        async fn a(&self) -> Result<()> {
+            self.log.push("a");
+            Ok(())
+        }
+        #[listen(a)]
+        async fn b(&self) -> Result<()> {
+            self.log.push("b");
+            Ok(())
+        }
+        #[listen(b)]
+        async fn c(&self) -> Result<&'static str> {
+            self.log.push("c");
+            if self.fixed.load(Ordering::SeqCst) { Ok("done") } else { Err("not yet".into()) }
+        }
+    }
+    let (_dir, path) = temp_db();
+    let marked = Marked::default();
+    let flow = marked.clone().into_builder().store(SqliteStore::open(&path)).build().unwrap();
+    let Err(Error::StepFailed { run_id, .. }) = flow.kickoff(()).await else { panic!("c fails first") };
+    marked.fixed.store(true, Ordering::SeqCst);
+    let run = flow.resume(run_id).await.unwrap();
+    assert_eq!(run.output::<String>().unwrap(), "done");
+    // b completed before the failure and was checkpointed: it does not run again.
+    assert_eq!(marked.log.entries(), ["a", "b", "c", "c"]);
+}

@@ -13,6 +13,12 @@ impl Bad {
     async fn next(&self) -> Result<()> {
         Ok(())
     }
+
+    // `+` is not a trigger operator: `|` is or, `&` is and.
+    #[listen(begin + next)]
+    async fn plus(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 fn main() {}

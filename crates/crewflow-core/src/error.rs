@@ -148,6 +148,15 @@ pub enum Error {
         /// The fields the state has (from its default value).
         fields: Vec<String>,
     },
+    /// A kickoff input `id` holding a run id, on a state without an `id` field: CrewAI restores a
+    /// run that way (`kickoff(inputs={"id": ..})`); crewflow restores explicitly.
+    #[error(
+        "the kickoff input `id` is a run id ({run_id}), but crewflow does not restore a run through its inputs: continue that run with flow.resume({run_id}), or start a new run from its state with flow.fork({run_id}, inputs); if `id` is data of your own, give it another name (or an `id` field in a typed state)"
+    )]
+    RestoreByInput {
+        /// The run id given as the `id` input.
+        run_id: String,
+    },
     /// Kickoff inputs that do not fit the state's types.
     #[error("invalid inputs for state `{state_type}`: {message}")]
     InvalidInput {

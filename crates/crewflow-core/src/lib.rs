@@ -80,7 +80,7 @@ pub mod __private {
 
     pub use crate::persist::RunStore;
 
-    use crate::error::{BoxError, StepError};
+    use crate::error::StepError;
 
     /// Converts whatever error a step method returns.
     pub fn step_error<E: Into<StepError>>(error: E) -> StepError {

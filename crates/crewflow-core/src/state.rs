@@ -35,6 +35,13 @@ pub(crate) fn merge_inputs<S: FlowState>(state: S, inputs: &Map<String, Value>) 
         action: "converted to",
         message: e.to_string(),
     })?;
+    if let Some(Value::String(id)) = inputs.get("id")
+        && !matches!(&base, Value::Object(fields) if fields.contains_key("id"))
+        && id.parse::<crate::RunId>().is_ok()
+    {
+        // CrewAI's way to restore a run; here it would start a fresh run holding a stray key.
+        return Err(Error::RestoreByInput { run_id: id.clone() });
+    }
     let Value::Object(defaults) = base else {
         // A state without fields (`()`): every input is unknown.
         let keys = inputs.keys().map(|key| UnknownKey { key: key.clone(), suggestion: None }).collect();
@@ -136,6 +143,30 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("unknown input `topc`"), "{msg}");
         assert!(msg.contains("did you mean `topic`"), "{msg}");
+    }
+
+    #[test]
+    fn a_run_id_as_the_id_input_says_how_crewflow_restores() {
+        let run = crate::RunId::new().to_string();
+        let inputs = obj(json!({ "id": run, "topic": "rust" }));
+        for err in [
+            initial_state::<Article>(Some(&inputs)).unwrap_err(),
+            initial_state::<Map<String, Value>>(Some(&inputs)).unwrap_err(),
+            initial_state::<()>(Some(&inputs)).unwrap_err(),
+        ] {
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("flow.resume({run})")), "{msg}");
+            assert!(msg.contains(&format!("flow.fork({run}, inputs)")), "{msg}");
+        }
+        // An `id` that is not a run id, or a state with an `id` field of its own, is data.
+        let plain: Map<String, Value> = initial_state(Some(&obj(json!({ "id": "ticket-7" })))).unwrap();
+        assert_eq!(plain["id"], "ticket-7");
+        #[derive(Default, Serialize, Deserialize, Debug)]
+        struct Keyed {
+            id: String,
+        }
+        let keyed: Keyed = initial_state(Some(&obj(json!({ "id": run })))).unwrap();
+        assert_eq!(keyed.id, run);
     }
 
     #[test]

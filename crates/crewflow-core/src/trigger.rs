@@ -13,7 +13,15 @@
 //! let join = and([step("legal"), step("style")]);
 //! assert_eq!(t.to_string(), "or(draft, 'revise')");
 //! assert_eq!(join.to_string(), "and(legal, style)");
+//!
+//! // the same with operators, spelled alike in `#[listen(..)]`: `&` binds tighter than `|`
+//! assert_eq!(step("draft") | label("revise"), t);
+//! assert_eq!(step("legal") & step("style"), join);
 //! ```
+//!
+//! `or` and `and` take a list here (`and([step("a"), step("b")])`); in the macro's attributes
+//! they take arguments (`#[listen(and(a, b))]`). The operators are one spelling for both:
+//! `step("a") & step("b")` here, `#[listen(a & b)]` there.
 //!
 //! The exact semantics (rounds, joins inside loops, `or` firing once per round) are written down
 //! in `docs/semantics.md`.
@@ -73,6 +81,22 @@ pub fn or(members: impl IntoIterator<Item = Trigger>) -> Trigger {
 /// Satisfied when every member is.
 pub fn and(members: impl IntoIterator<Item = Trigger>) -> Trigger {
     Trigger::And(members.into_iter().collect())
+}
+
+/// `a | b`: [`Trigger::or`].
+impl<T: Into<Trigger>> std::ops::BitOr<T> for Trigger {
+    type Output = Trigger;
+    fn bitor(self, other: T) -> Trigger {
+        self.or(other)
+    }
+}
+
+/// `a & b`: [`Trigger::and`].
+impl<T: Into<Trigger>> std::ops::BitAnd<T> for Trigger {
+    type Output = Trigger;
+    fn bitand(self, other: T) -> Trigger {
+        self.and(other)
+    }
 }
 
 impl Trigger {

@@ -677,7 +677,7 @@ fn generate(
 ) -> TokenStream {
     let self_ty = &item.self_ty;
     let state = args.state.clone().unwrap_or_else(|| syn::parse_quote!(()));
-    let adds = steps.iter().map(|s| add_step(s, &state, krate));
+    let adds = steps.iter().map(|s| add_step(s, &state, args.persist, krate));
     let max_steps = args.max_steps.as_ref().map(|n| quote!(let builder = builder.max_steps(#n);));
     let persist = (args.persist || steps.iter().any(|s| s.persisted))
         .then(|| quote!(let builder = builder.default_store(#krate::__private::default_store);));
@@ -713,7 +713,7 @@ fn generate(
     }
 }
 
-fn add_step(s: &StepMethod, state: &Type, krate: &TokenStream) -> TokenStream {
+fn add_step(s: &StepMethod, state: &Type, every_step_persists: bool, krate: &TokenStream) -> TokenStream {
     let ident = &s.ident;
     let name = ident.to_string();
     let cx_pat = if s.takes_cx() { quote!(cx) } else { quote!(_cx) };
@@ -756,7 +756,9 @@ fn add_step(s: &StepMethod, state: &Type, krate: &TokenStream) -> TokenStream {
         });
         quote!(#routes #terminal)
     });
-    let persisted = s.persisted.then(|| quote!(.persisted()));
+    // `#[flow(persist)]` and `#[persist]` add up: with the flow's flag every step checkpoints, so a
+    // step's mark must not narrow checkpoints to the marked steps (the builder's `persisted`).
+    let persisted = (s.persisted && !every_step_persists).then(|| quote!(.persisted()));
     let feedback = s.feedback.as_ref().map(|_| {
         let var = FeedbackAttr::var(&s.ident);
         quote!(.human_feedback(#var))

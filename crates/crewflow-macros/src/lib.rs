@@ -75,7 +75,8 @@ pub fn listen(_args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// Checkpoints after this step (only marked steps checkpoint, when any is marked). Only
-/// meaningful on a step inside a `#[flow]` impl block.
+/// meaningful on a step inside a `#[flow]` impl block. With `#[flow(persist)]` every step
+/// checkpoints already: the two add up, and the mark changes nothing.
 #[proc_macro_attribute]
 pub fn persist(_args: TokenStream, item: TokenStream) -> TokenStream {
     outside_flow("persist", item)

@@ -1,5 +1,6 @@
 //! Trigger expressions inside step attributes: `research`, `Lane::Security`, `"retry"`,
-//! `or(..)`, `and(..)`, nested freely.
+//! `or(..)`, `and(..)`, and the operators `a | b`, `a & b` (the builder's spelling too), nested
+//! freely.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
@@ -24,7 +25,7 @@ pub enum TriggerAst {
     And(Vec<TriggerAst>),
 }
 
-const EXPECTED: &str = "invalid trigger: expected a step name (`research`), a typed route (`Lane::Security`), a string label (\"retry\"), or(..) or and(..)";
+const EXPECTED: &str = "invalid trigger: expected a step name (`research`), a typed route (`Lane::Security`), a string label (\"retry\"), or(..), and(..), `a | b` or `a & b`";
 
 impl TriggerAst {
     pub fn parse(expr: &Expr) -> syn::Result<Self> {
@@ -64,6 +65,28 @@ impl TriggerAst {
                     Some("or") => Ok(TriggerAst::Or(members)),
                     Some("and") => Ok(TriggerAst::And(members)),
                     _ => Err(syn::Error::new(f.span(), EXPECTED)),
+                }
+            }
+            Expr::Paren(p) => TriggerAst::parse(&p.expr),
+            Expr::Binary(b) => {
+                let (left, right) = (TriggerAst::parse(&b.left)?, TriggerAst::parse(&b.right)?);
+                match b.op {
+                    // Flattened as `Trigger::or` / `Trigger::and` do, so both spell one tree.
+                    syn::BinOp::BitOr(_) => Ok(match left {
+                        TriggerAst::Or(mut members) => {
+                            members.push(right);
+                            TriggerAst::Or(members)
+                        }
+                        left => TriggerAst::Or(vec![left, right]),
+                    }),
+                    syn::BinOp::BitAnd(_) => Ok(match left {
+                        TriggerAst::And(mut members) => {
+                            members.push(right);
+                            TriggerAst::And(members)
+                        }
+                        left => TriggerAst::And(vec![left, right]),
+                    }),
+                    _ => Err(syn::Error::new(b.op.span(), "triggers combine with `|` (or) and `&` (and)")),
                 }
             }
             other => Err(syn::Error::new(other.span(), EXPECTED)),
