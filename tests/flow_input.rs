@@ -120,15 +120,28 @@ async fn c91_metadata_history_and_parallel_questions() {
     assert_eq!(left.response_metadata, Some(json!({ "via": "test" })));
 }
 
-/// Asking without a provider, or a failing provider, is an error naming the step.
+/// Asking without a provider uses the process default (the terminal when none is set: the same
+/// policy as human feedback); a failing provider is an error naming the step.
 #[tokio::test]
 async fn asking_without_a_provider_or_with_a_failing_one() {
-    let flow = FlowBuilder::<()>::new("lonely")
-        .start("ask", |cx: Cx<()>, (): ()| async move { Ok(cx.ask("hello?", None).await?.text().is_some()) })
+    // The only test of this binary whose flow names no input provider: the process default
+    // reaches it, and a flow's own provider still wins over the default.
+    crewflow::set_default_input_provider(|_req: &InputRequest| async move {
+        Ok(Some(InputResponse::from("from the process default")))
+    });
+    let asking = |name: &str| {
+        FlowBuilder::<()>::new(name).start("ask", |cx: Cx<()>, (): ()| async move {
+            Ok(cx.ask("hello?", None).await?.text().map(str::to_string))
+        })
+    };
+    let run = asking("lonely").build().unwrap().kickoff(()).await.unwrap();
+    assert_eq!(run.output::<Option<String>>().unwrap().as_deref(), Some("from the process default"));
+    let own = asking("own")
+        .input_provider(|_req: &InputRequest| async move { Ok(Some(InputResponse::from("from the flow"))) })
         .build()
         .unwrap();
-    let err = flow.kickoff(()).await.err().unwrap();
-    assert!(err.to_string().contains("no input provider"), "{err}");
+    let run = own.kickoff(()).await.unwrap();
+    assert_eq!(run.output::<Option<String>>().unwrap().as_deref(), Some("from the flow"));
 
     let broken = |_req: &InputRequest| async move { Err(StepError::msg("the chat socket closed")) };
     let flow = FlowBuilder::<()>::new("broken")
@@ -275,4 +288,25 @@ fn console_input_child() {
         .build()
         .unwrap();
     flow.kickoff_blocking(()).unwrap();
+}
+
+/// Human feedback follows the same policy as `cx.ask`: a step and flow without a provider use
+/// the process default (else the terminal).
+#[tokio::test]
+async fn feedback_without_a_provider_uses_the_process_default() {
+    use crewflow::feedback::{FeedbackFuture, FeedbackProvider, FeedbackReply, FeedbackRequest};
+    struct Approver;
+    impl FeedbackProvider for Approver {
+        fn request(&self, _request: &FeedbackRequest) -> FeedbackFuture {
+            Box::pin(async { Ok(FeedbackReply::Answer("approved".into())) })
+        }
+    }
+    crewflow::set_default_feedback_provider(Approver);
+    let flow = FlowBuilder::<()>::new("reviewed")
+        .start("draft", |_cx, (): ()| async move { Ok("draft") })
+        .human_feedback(HumanFeedback::new("ok?").emit(["approved", "rejected"]))
+        .build()
+        .unwrap();
+    let run = flow.kickoff(()).await.unwrap();
+    assert_eq!(run.output::<FeedbackResult>().unwrap().outcome.as_deref(), Some("approved"));
 }

@@ -265,7 +265,9 @@ impl<S: FlowState> FlowBuilder<S> {
         self
     }
 
-    /// Sets who answers [`Cx::ask`] (for example [`ConsoleInput`](crate::ConsoleInput)).
+    /// Sets who answers [`Cx::ask`] (default: the process default set with
+    /// [`set_default_input_provider`](crate::set_default_input_provider), else
+    /// [`ConsoleInput`](crate::ConsoleInput)).
     pub fn input_provider(mut self, provider: impl InputProvider) -> Self {
         self.input = Some(Arc::new(provider));
         self
@@ -278,7 +280,9 @@ impl<S: FlowState> FlowBuilder<S> {
     }
 
     /// Sets who collects human feedback for steps that do not name their own provider
-    /// (default: [`ConsoleFeedback`](crate::ConsoleFeedback)).
+    /// (default: the process default set with
+    /// [`set_default_feedback_provider`](crate::set_default_feedback_provider), else
+    /// [`ConsoleFeedback`](crate::ConsoleFeedback)).
     pub fn feedback_provider(mut self, provider: impl FeedbackProvider) -> Self {
         self.feedback = Some(Arc::new(provider));
         self

@@ -189,7 +189,9 @@ impl<S: Send + Sync + 'static> Cx<S> {
     }
 
     /// Asks for free-form input (a person at a terminal, a chat front end, ...) through the
-    /// flow's [`InputProvider`] and waits for the answer without blocking the runtime.
+    /// flow's [`InputProvider`] and waits for the answer without blocking the runtime. A flow
+    /// without one uses the process default ([`set_default_input_provider`](crate::set_default_input_provider)),
+    /// else the terminal ([`ConsoleInput`](crate::ConsoleInput)): the same policy as human feedback.
     ///
     /// With a `timeout`, an answer that does not come in time is [`Answer::TimedOut`]. The
     /// question and the answer are events (`input_requested`, `input_received`) and entries
@@ -209,7 +211,7 @@ impl<S: Send + Sync + 'static> Cx<S> {
         metadata: Option<Value>,
         timeout: Option<Duration>,
     ) -> Result<Answer, Error> {
-        let provider = self.run.input.clone().ok_or_else(|| Error::NoInputProvider { step: self.step.to_string() })?;
+        let provider = self.run.input.clone().unwrap_or_else(crate::defaults::input_provider);
         let request = InputRequest { run_id: self.run.id, step: self.step.clone(), message: message.into(), metadata };
         let (message, metadata) = (request.message.clone(), request.metadata.clone());
         self.run

@@ -227,14 +227,6 @@ pub enum Error {
         /// The labels it declared.
         declared: Vec<String>,
     },
-    /// A step asked for input, but the flow has no input provider.
-    #[error(
-        "step `{step}` asked for input, but the flow has no input provider; set one with FlowBuilder::input_provider (ConsoleInput reads the terminal)"
-    )]
-    NoInputProvider {
-        /// The step that asked.
-        step: String,
-    },
     /// The input provider failed.
     #[error("the input provider failed to answer step `{step}`: {source}")]
     InputProvider {

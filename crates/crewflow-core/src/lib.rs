@@ -14,6 +14,7 @@ mod builder;
 mod cancel;
 mod console;
 mod cx;
+mod defaults;
 mod driver;
 mod error;
 mod event;
@@ -39,6 +40,7 @@ mod worker;
 pub use builder::{DEFAULT_CANCEL_GRACE, DEFAULT_MAX_STEPS, FlowBuilder};
 pub use cancel::Canceller;
 pub use cx::Cx;
+pub use defaults::{set_default_feedback_provider, set_default_input_provider};
 pub use error::{BoxError, Error, Result, StepError, UnknownKey};
 pub use event::{Event, EventKind, EventStream, Observer};
 pub use feedback::{

@@ -52,7 +52,7 @@ pub(crate) async fn after_step<S: Send + Sync + 'static>(
         requested_at: Utc::now(),
     };
     let provider: Arc<dyn FeedbackProvider> =
-        config.provider.clone().or_else(|| run.feedback.clone()).unwrap_or_else(|| Arc::new(ConsoleFeedback));
+        config.provider.clone().or_else(|| run.feedback.clone()).unwrap_or_else(crate::defaults::feedback_provider);
     let mut attempts = 0;
     loop {
         let (message, output, emit) = (request.message.clone(), request.output.clone(), request.emit.clone());
