@@ -126,7 +126,7 @@ pub use crewflow_core::{
     ConsoleFeedback, DeferredFeedback, FeedbackLearner, FeedbackProvider, FeedbackReply, FeedbackRequest,
     FeedbackResult, HumanFeedback, LearnRequest, OutcomeClassifier, Paused,
 };
-pub use crewflow_macros::{Route, flow, human_feedback, listen, persist, router, start};
+pub use crewflow_macros::{Route, blocking, flow, human_feedback, listen, persist, router, start};
 
 mod webhook;
 
@@ -199,7 +199,7 @@ pub mod prelude {
     pub use crate::trigger::{and, label, or, route, step};
     pub use crate::{
         Cx, Event, EventKind, FeedbackResult, Flow, FlowBuilder, HumanFeedback, IntoFlow, Kickoff, Route, Run, RunId,
-        StepError, Trigger, flow, human_feedback, listen, persist, router, start,
+        StepError, Trigger, blocking, flow, human_feedback, listen, persist, router, start,
     };
 
     /// The result type of step methods: any error converts into [`StepError`] with `?`.

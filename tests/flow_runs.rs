@@ -428,3 +428,45 @@ async fn a_macro_step_fails_with_a_plain_message() {
     let err = Refuse.into_flow().unwrap().kickoff(()).await.unwrap_err();
     assert!(err.to_string().ends_with(": not today"), "{err}");
 }
+
+/// `#[blocking]` steps run on the blocking pool: two starts that block their thread until the
+/// other one has started run side by side, even on a single-threaded runtime (without the
+/// mark, the first would block the only thread and the handshake could never happen).
+#[tokio::test(flavor = "current_thread")]
+async fn blocking_steps_run_side_by_side() {
+    use std::sync::Mutex;
+    use std::sync::mpsc::{Receiver, Sender, channel};
+    struct Handshake {
+        to_b: Sender<()>,
+        from_a: Mutex<Receiver<()>>,
+        to_a: Sender<()>,
+        from_b: Mutex<Receiver<()>>,
+    }
+    #[flow]
+    impl Handshake {
+        #[start]
+        #[blocking]
+        async fn a(&self) -> Result<&'static str> {
+            self.to_b.send(())?;
+            self.from_b.lock().unwrap().recv_timeout(Duration::from_secs(20))?; // blocks the thread
+            Ok("a met b")
+        }
+        #[start]
+        #[blocking]
+        async fn b(&self) -> Result<&'static str> {
+            self.to_a.send(())?;
+            self.from_a.lock().unwrap().recv_timeout(Duration::from_secs(20))?;
+            tokio::time::sleep(Duration::from_millis(1)).await; // the runtime still drives timers
+            Ok("b met a")
+        }
+        #[listen(a & b)]
+        async fn joined(&self) -> Result<&'static str> {
+            Ok("both")
+        }
+    }
+    let (to_b, from_a) = channel();
+    let (to_a, from_b) = channel();
+    let flow = Handshake { to_b, from_a: Mutex::new(from_a), to_a, from_b: Mutex::new(from_b) }.into_flow().unwrap();
+    let run = flow.kickoff(()).await.unwrap();
+    assert_eq!(run.output::<String>().unwrap(), "both");
+}

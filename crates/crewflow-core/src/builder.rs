@@ -61,6 +61,7 @@ struct StepDef<S> {
     persisted: bool,
     feedback: Option<Arc<HumanFeedback>>,
     retry: Option<Retry>,
+    blocking: bool,
 }
 
 /// Assembles a [`Flow`] step by step.
@@ -250,6 +251,22 @@ impl<S: FlowState> FlowBuilder<S> {
         self
     }
 
+    /// Runs the step added last on tokio's blocking pool, so that a body calling blocking code
+    /// (a synchronous SDK, heavy CPU work) neither stalls the runtime nor serializes with its
+    /// siblings: two blocking starts run side by side. The body still is `async` and may
+    /// `.await` (timers, I/O, `cx.ask`); it is driven on a pool thread. Like any blocking task,
+    /// it cannot be stopped mid-call: a cancelled run stops waiting for it, and it finishes in
+    /// the background.
+    pub fn blocking(mut self) -> Self {
+        match self.steps.last_mut() {
+            Some(step) => step.blocking = true,
+            None => {
+                self.error.get_or_insert(Error::Builder(".blocking() was called before any step was added".into()));
+            }
+        }
+        self
+    }
+
     /// Sets the per-run step budget (default [`DEFAULT_MAX_STEPS`]): a run that would execute
     /// more steps fails with [`Error::StepBudgetExceeded`].
     pub fn max_steps(mut self, budget: u64) -> Self {
@@ -389,9 +406,10 @@ impl<S: FlowState> FlowBuilder<S> {
             .steps
             .into_iter()
             .map(|d| {
+                let handler = if d.blocking { on_blocking_pool(d.handler) } else { d.handler };
                 let handler = match &d.feedback {
-                    Some(config) => with_feedback(d.handler, config.clone(), d.spec.router.is_some()),
-                    None => d.handler,
+                    Some(config) => with_feedback(handler, config.clone(), d.spec.router.is_some()),
+                    None => handler,
                 };
                 StepRuntime {
                     name: d.spec.name,
@@ -434,7 +452,15 @@ impl<S: FlowState> FlowBuilder<S> {
             input: (!input.is_unit()).then_some(input),
             output: Some(TypeInfo::of::<O>()),
         };
-        self.steps.push(StepDef { spec, handler, when: None, persisted: false, feedback: None, retry: None });
+        self.steps.push(StepDef {
+            spec,
+            handler,
+            when: None,
+            persisted: false,
+            feedback: None,
+            retry: None,
+            blocking: false,
+        });
         self
     }
 
@@ -509,6 +535,24 @@ fn router_spec<R: Route>() -> RouterSpec {
         terminal: R::TERMINAL.iter().map(|l| Arc::from(*l)).collect(),
         route_type: R::TYPE_NAME,
     }
+}
+
+/// Drives a step's future on the blocking pool (see [`FlowBuilder::blocking`]).
+fn on_blocking_pool<S: FlowState>(handler: Handler<S>) -> Handler<S> {
+    Arc::new(move |cx: Cx<S>, payload: Option<Output>| -> BoxFuture<Completion> {
+        let (activation, run_id, step) = (cx.activation(), cx.run_id(), cx.step().to_string());
+        let body = handler(cx, payload);
+        Box::pin(async move {
+            let started = Instant::now();
+            let runtime = tokio::runtime::Handle::current();
+            // Panics are caught inside `body` already; a join error is the runtime shutting down.
+            tokio::task::spawn_blocking(move || runtime.block_on(body)).await.unwrap_or_else(|e| Completion {
+                activation,
+                result: Err(Error::StepFailed { step, run_id, source: e.to_string().into() }),
+                elapsed: started.elapsed(),
+            })
+        })
+    })
 }
 
 /// Wraps a typed handler into the engine's erased form.

@@ -211,6 +211,8 @@ struct StepMethod {
     ident: Ident,
     /// Marked `#[persist]`: checkpoint after it.
     persisted: bool,
+    /// Marked `#[blocking]`: driven on the blocking pool.
+    blocking: bool,
     /// Marked `#[human_feedback(..)]`.
     feedback: Option<FeedbackAttr>,
     role: Role,
@@ -279,6 +281,10 @@ fn is_step_attr(a: &Attribute) -> bool {
     a.path().segments.last().is_some_and(|s| STEP_ATTRS.iter().any(|n| s.ident == n))
 }
 
+fn is_blocking_attr(a: &Attribute) -> bool {
+    a.path().segments.last().is_some_and(|s| s.ident == "blocking")
+}
+
 fn is_persist_attr(a: &Attribute) -> bool {
     a.path().segments.last().is_some_and(|s| s.ident == "persist")
 }
@@ -306,9 +312,14 @@ pub fn expand(args: FlowArgs, mut item: ItemImpl, krate: &TokenStream) -> TokenS
         let ImplItem::Fn(f) = impl_item else { continue };
         let persist_attr = f.attrs.iter().find(|a| is_persist_attr(a)).cloned();
         f.attrs.retain(|a| !is_persist_attr(a));
+        let blocking_attr = f.attrs.iter().find(|a| is_blocking_attr(a)).cloned();
+        f.attrs.retain(|a| !is_blocking_attr(a));
         let feedback_attr = f.attrs.iter().find(|a| is_feedback_attr(a)).cloned();
         f.attrs.retain(|a| !is_feedback_attr(a));
         if !f.attrs.iter().any(is_step_attr) {
+            if let Some(b) = blocking_attr {
+                errors.push(b.span(), format!("#[blocking] goes on a step; `{}` is not one", f.sig.ident));
+            }
             if let Some(p) = persist_attr {
                 errors.push(p.span(), format!("#[persist] goes on a step; `{}` is not one", f.sig.ident));
             }
@@ -323,6 +334,7 @@ pub fn expand(args: FlowArgs, mut item: ItemImpl, krate: &TokenStream) -> TokenS
         match parse_step(f, &attrs) {
             Ok(mut step) => {
                 step.persisted = persist_attr.is_some();
+                step.blocking = blocking_attr.is_some();
                 match feedback_attr.as_ref().map(FeedbackAttr::parse).transpose() {
                     Ok(feedback) => {
                         if let Some(Err(e)) = feedback.as_ref().map(|fb| fb.check(step.router.is_some())) {
@@ -514,7 +526,17 @@ fn parse_step(f: &ImplItemFn, attrs: &[Attribute]) -> syn::Result<StepMethod> {
         ));
     };
     let ok_ty = result_ok_type(ret);
-    Ok(StepMethod { ident, persisted: false, feedback: None, role, router, params, ret: (**ret).clone(), ok_ty })
+    Ok(StepMethod {
+        ident,
+        persisted: false,
+        blocking: false,
+        feedback: None,
+        role,
+        router,
+        params,
+        ret: (**ret).clone(),
+        ok_ty,
+    })
 }
 
 fn string_list(e: &Expr) -> syn::Result<Vec<LitStr>> {
@@ -759,11 +781,12 @@ fn add_step(s: &StepMethod, state: &Type, every_step_persists: bool, krate: &Tok
     // `#[flow(persist)]` and `#[persist]` add up: with the flow's flag every step checkpoints, so a
     // step's mark must not narrow checkpoints to the marked steps (the builder's `persisted`).
     let persisted = (s.persisted && !every_step_persists).then(|| quote!(.persisted()));
+    let blocking = s.blocking.then(|| quote!(.blocking()));
     let feedback = s.feedback.as_ref().map(|_| {
         let var = FeedbackAttr::var(&s.ident);
         quote!(.human_feedback(#var))
     });
-    quote!(let builder = #call #modifiers #persisted #feedback;)
+    quote!(let builder = #call #modifiers #persisted #blocking #feedback;)
 }
 
 /// For every (listener, trigger leaf): a local trait whose only impls accept matching types,

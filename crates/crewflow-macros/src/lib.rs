@@ -74,6 +74,14 @@ pub fn listen(_args: TokenStream, item: TokenStream) -> TokenStream {
     outside_flow("listen", item)
 }
 
+/// Runs this step on tokio's blocking pool (`FlowBuilder::blocking`): for bodies that call
+/// blocking code, so that they neither stall the runtime nor serialize with sibling steps. Only
+/// meaningful on a step inside a `#[flow]` impl block.
+#[proc_macro_attribute]
+pub fn blocking(_args: TokenStream, item: TokenStream) -> TokenStream {
+    outside_flow("blocking", item)
+}
+
 /// Checkpoints after this step (only marked steps checkpoint, when any is marked). Only
 /// meaningful on a step inside a `#[flow]` impl block. With `#[flow(persist)]` every step
 /// checkpoints already: the two add up, and the mark changes nothing.
