@@ -44,8 +44,47 @@ pub struct IntentMatch {
     pub closest: Option<String>,
 }
 
+/// How a message is scored against an intent's examples (cosine similarities).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub enum Scoring {
+    /// The most similar example (the default): good with a few, varied examples per intent.
+    #[default]
+    Nearest,
+    /// The mean of the `k` most similar examples: steadier with many examples per intent, as
+    /// one stray example no longer decides alone.
+    KNearest(usize),
+    /// The similarity to the mean of the intent's examples.
+    Centroid,
+}
+
+impl Scoring {
+    /// The score of one intent from its examples' similarities to the message.
+    fn score(self, similarities: &mut [f32], vectors: &[&[f32]], query: &[f32]) -> f32 {
+        match self {
+            Scoring::Nearest => similarities.iter().copied().fold(f32::MIN, f32::max),
+            Scoring::KNearest(k) => {
+                similarities.sort_by(|a, b| b.total_cmp(a));
+                let top = &similarities[..k.max(1).min(similarities.len())];
+                if top.is_empty() { f32::MIN } else { top.iter().sum::<f32>() / top.len() as f32 }
+            }
+            Scoring::Centroid => {
+                let Some(first) = vectors.first() else { return f32::MIN };
+                let mut mean = vec![0f32; first.len()];
+                for v in vectors {
+                    for (m, x) in mean.iter_mut().zip(v.iter()) {
+                        *m += x;
+                    }
+                }
+                cosine(query, &mean)
+            }
+        }
+    }
+}
+
 struct IntentsInner {
     intents: Vec<(String, Vec<String>)>,
+    scoring: Scoring,
     threshold: f32,
     unknown: String,
     embedder: Arc<dyn Embedder>,
@@ -76,6 +115,7 @@ impl Intents {
         Intents {
             inner: Arc::new(IntentsInner {
                 intents: Vec::new(),
+                scoring: Scoring::Nearest,
                 threshold: 0.5,
                 unknown: "unknown".into(),
                 embedder,
@@ -96,6 +136,7 @@ impl Intents {
                 let old = &self.inner;
                 let mut inner = IntentsInner {
                     intents: old.intents.clone(),
+                    scoring: old.scoring,
                     threshold: old.threshold,
                     unknown: old.unknown.clone(),
                     embedder: old.embedder.clone(),
@@ -111,6 +152,11 @@ impl Intents {
     pub fn intent<E: Into<String>>(self, label: impl Into<String>, examples: impl IntoIterator<Item = E>) -> Self {
         let (label, examples) = (label.into(), examples.into_iter().map(Into::into).collect());
         self.edit(|i| i.intents.push((label, examples)))
+    }
+
+    /// How a message is scored against each intent's examples (default [`Scoring::Nearest`]).
+    pub fn scoring(self, scoring: Scoring) -> Self {
+        self.edit(|i| i.scoring = scoring)
     }
 
     /// The lowest cosine similarity that counts as a match (default 0.5; depends on the
@@ -150,12 +196,19 @@ impl Intents {
             .await
     }
 
-    /// The intent of `text`: the intent of the most similar example, or the unknown label when
-    /// even that is below the threshold.
+    /// The intent of `text`: the best-scoring intent (by [`Scoring`]), or the unknown label when
+    /// even that scores below the threshold.
     pub async fn classify(&self, text: &str) -> Result<IntentMatch, LlmError> {
         let examples = self.vectors().await?;
         let query = self.inner.embedder.embed(&[text]).await?.into_iter().next().unwrap_or_default();
-        let best = examples.iter().map(|(i, v)| (*i, cosine(&query, v))).max_by(|a, b| a.1.total_cmp(&b.1));
+        let best = (0..self.inner.intents.len())
+            .filter_map(|intent| {
+                let vectors: Vec<&[f32]> =
+                    examples.iter().filter(|(i, _)| *i == intent).map(|(_, v)| v.as_slice()).collect();
+                let mut similarities: Vec<f32> = vectors.iter().map(|v| cosine(&query, v)).collect();
+                (!vectors.is_empty()).then(|| (intent, self.inner.scoring.score(&mut similarities, &vectors, &query)))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1));
         let closest = best.map(|(i, _)| self.inner.intents[i].0.clone());
         Ok(match best {
             Some((i, score)) if score >= self.inner.threshold => {
@@ -210,5 +263,50 @@ impl LlmIntents {
         let found = self.classify(text).await?;
         record(cx, &found);
         Ok(found.label)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embed::EmbedFuture;
+
+    /// Texts of the form "x,y" embed to the vector (x, y).
+    struct Plane;
+
+    impl Embedder for Plane {
+        fn embed<'a>(&'a self, texts: &'a [&'a str]) -> EmbedFuture<'a> {
+            let vectors =
+                texts.iter().map(|t| t.split(',').map(|n| n.trim().parse().unwrap_or(0.0)).collect()).collect();
+            Box::pin(async move { Ok(vectors) })
+        }
+        fn model_id(&self) -> String {
+            "plane".into()
+        }
+    }
+
+    /// "a" has one stray example right next to the query; "b" is close on average.
+    fn intents(scoring: Scoring) -> Intents {
+        Intents::new(Plane)
+            .intent("a", ["1,0.05", "-1,1", "-1,-1"])
+            .intent("b", ["1,0.3", "1,0.4", "1,0.5"])
+            .scoring(scoring)
+            .threshold(-1.0)
+    }
+
+    #[tokio::test]
+    async fn scoring_decides_between_a_stray_example_and_a_close_group() {
+        let query = "1,0";
+        assert_eq!(intents(Scoring::Nearest).classify(query).await.unwrap().label, "a");
+        assert_eq!(intents(Scoring::KNearest(2)).classify(query).await.unwrap().label, "b");
+        assert_eq!(intents(Scoring::Centroid).classify(query).await.unwrap().label, "b");
+        // k larger than the examples there are averages them all.
+        assert_eq!(intents(Scoring::KNearest(10)).classify(query).await.unwrap().label, "b");
+    }
+
+    #[tokio::test]
+    async fn below_the_threshold_is_the_unknown_label_with_the_closest_named() {
+        let found = intents(Scoring::Centroid).threshold(0.99).unknown("standard").classify("1,0").await.unwrap();
+        assert_eq!((found.label.as_str(), found.closest.as_deref()), ("standard", Some("b")));
     }
 }

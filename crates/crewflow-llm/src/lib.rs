@@ -48,7 +48,7 @@ use serde::de::DeserializeOwned;
 pub use embed::{EmbedFuture, Embedder, HashEmbedder, ProviderEmbedder, cosine};
 pub use error::LlmError;
 pub use http::RetryPolicy;
-pub use intents::{IntentMatch, Intents, LlmIntents};
+pub use intents::{IntentMatch, Intents, LlmIntents, Scoring};
 pub use stream::{ChatStream, StreamEvent};
 pub use structured::schema_of;
 pub use types::{
