@@ -175,8 +175,8 @@ pub mod memory {
 /// See [`docs::store`].
 pub mod store {
     pub use crewflow_core::persist::{
-        Checkpoint, Claim, DEFAULT_LEASE, JournalEntry, LeaseLost, NewRun, RunEnd, RunFilter, RunOwned, RunStatus,
-        RunStore, RunSummary, StepRow, StoreFuture, StoredRun, driven_runs, process_owner,
+        Checkpoint, Claim, CompactReport, DEFAULT_LEASE, JournalEntry, LeaseLost, NewRun, Retention, RunEnd, RunFilter,
+        RunOwned, RunStatus, RunStore, RunSummary, StepRow, StoreFuture, StoredRun, driven_runs, process_owner,
     };
     pub use crewflow_store::*;
 }

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use crewflow::store::{
-    Checkpoint, Claim, JournalEntry, LeaseLost, MemoryQuery, MemoryRow, MemoryStore, ModelCount, NewRun, RunEnd,
-    RunFilter, RunOwned, RunStatus, RunStore, StepRow, StoredRun,
+    Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, MemoryQuery, MemoryRow, MemoryStore, ModelCount, NewRun,
+    Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, StepRow, StoredRun,
 };
 use crewflow::{BoxError, RunId};
 use serde_json::{Value, json};
@@ -72,6 +72,9 @@ macro_rules! store_contract_clauses {
             journal_entries_round_trip_per_execution,
             a_journal_key_keeps_its_first_result,
             a_stale_fencing_token_records_nothing_in_the_journal,
+            // compaction
+            compaction_deletes_only_ended_runs_past_their_time,
+            compaction_drops_finished_journals_and_keeps_failed_ones,
             // memories
             memories_round_trip,
             memory_queries_filter_by_scope_source_model_ids_and_age,
@@ -722,6 +725,90 @@ pub async fn ended_worker_runs_are_listed_until_marked_reported_once(db: Databas
     assert!(store.mark_reported(taken.run_id).await.unwrap());
     assert!(!db.open().runs.mark_reported(taken.run_id).await.unwrap(), "reported once");
     assert!(store.unreported_runs(&flows, 10).await.unwrap().is_empty());
+}
+
+// ----------------------------------------------------------------------------------------------
+// Compaction.
+
+/// A run of `flow` ended with `status` (`Paused` pauses it), one step output and one journal
+/// entry recorded while it ran.
+async fn ended_run(store: &dyn RunStore, flow: &str, status: RunStatus) -> RunId {
+    let run = of_flow(flow, "owner-a", RunStatus::Running);
+    store.create_run(&run).await.unwrap();
+    store.record_journal(run.run_id, 1, &entry(0, "charge", json!("receipt"))).await.unwrap();
+    let mut cp = checkpoint(run.run_id, 1, 1, json!({"n": 1}), vec![row(0, "charge", json!("ok"))]);
+    if status == RunStatus::Paused {
+        cp.feedback = Some(json!({"requests": [{"step": "charge", "activation": 0}], "answers": []}).to_string());
+    }
+    store.end_run(&RunEnd { checkpoint: Some(cp), ..end(run.run_id, 1, status) }).await.unwrap();
+    run.run_id
+}
+
+/// Ended runs (finished, failed, cancelled) older than the policy's age are deleted with their
+/// step outputs and journal; a flow's own time to live wins over the default; running, queued
+/// and paused runs are never touched, however old; a policy keeping everything removes nothing.
+pub async fn compaction_deletes_only_ended_runs_past_their_time(db: Database) {
+    let store = db.open().runs;
+    let mut kept = Vec::new();
+    let mut gone = Vec::new();
+    for status in [RunStatus::Finished, RunStatus::Failed, RunStatus::Cancelled] {
+        gone.push(ended_run(&*store, FLOW, status).await);
+    }
+    kept.push(ended_run(&*store, FLOW, RunStatus::Paused).await);
+    kept.push(ended_run(&*store, "long-lived", RunStatus::Finished).await);
+    let running = new_run("owner-a", RunStatus::Running);
+    store.create_run(&running).await.unwrap();
+    let queued = new_run("nobody", RunStatus::Queued);
+    store.create_run(&queued).await.unwrap();
+    kept.extend([running.run_id, queued.run_id]);
+
+    let nothing = store.compact(&Retention::new()).await.unwrap();
+    assert_eq!(nothing, CompactReport::default(), "a policy keeping everything removes nothing");
+    tokio::time::sleep(Duration::from_millis(20)).await; // every run is now older than 10 ms
+    let policy = Retention::new()
+        .delete_ended_after(Duration::from_millis(10))
+        .flow_ttl("long-lived", Duration::from_secs(3600));
+    let report = db.open().runs.compact(&policy).await.unwrap();
+    assert_eq!(report, CompactReport { runs: 3, steps: 3, journal: 3 });
+    for id in gone {
+        assert!(store.load_run(id).await.unwrap().is_none(), "run {id} was deleted");
+        assert!(store.load_journal(id, &[0]).await.unwrap().is_empty(), "with its journal");
+    }
+    for id in kept {
+        let run = load(&*store, id).await;
+        assert!(run.status != RunStatus::Finished || run.flow == "long-lived", "{id}: {:?}", run.status);
+    }
+    let paused = load(&*store, kept_paused(&*store).await).await;
+    assert_eq!(steps(&paused), [(0, "charge".to_string(), json!("ok"))], "a paused run keeps its outputs");
+    assert_eq!(store.compact(&policy).await.unwrap(), CompactReport::default(), "compaction is idempotent");
+}
+
+/// The paused run of the clause above (the only one).
+async fn kept_paused(store: &dyn RunStore) -> RunId {
+    let paused = store.list_runs(&RunFilter { status: Some(RunStatus::Paused), ..RunFilter::default() }).await.unwrap();
+    assert_eq!(paused.len(), 1, "one paused run");
+    paused[0].run_id
+}
+
+/// Dropping journals keeps the runs: finished and cancelled runs lose their journal (they never
+/// run a step again), failed runs keep it (a resume after the fix replays it), and so do paused
+/// and running ones.
+pub async fn compaction_drops_finished_journals_and_keeps_failed_ones(db: Database) {
+    let store = db.open().runs;
+    let finished = ended_run(&*store, FLOW, RunStatus::Finished).await;
+    let cancelled = ended_run(&*store, FLOW, RunStatus::Cancelled).await;
+    let failed = ended_run(&*store, FLOW, RunStatus::Failed).await;
+    let paused = ended_run(&*store, FLOW, RunStatus::Paused).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let report = store.compact(&Retention::new().drop_journal_after(Duration::from_millis(10))).await.unwrap();
+    assert_eq!(report, CompactReport { runs: 0, steps: 0, journal: 2 });
+    for id in [finished, cancelled] {
+        assert!(store.load_journal(id, &[0]).await.unwrap().is_empty());
+        assert_eq!(steps(&load(&*store, id).await).len(), 1, "the run and its outputs stay");
+    }
+    for id in [failed, paused] {
+        assert_eq!(store.load_journal(id, &[0]).await.unwrap().len(), 1, "run {id} keeps its journal");
+    }
 }
 
 // ----------------------------------------------------------------------------------------------

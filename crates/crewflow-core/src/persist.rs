@@ -228,6 +228,77 @@ pub struct RunFilter {
     pub limit: usize,
 }
 
+/// What [`RunStore::compact`] removes. Nothing a running, queued or paused run needs is ever
+/// removed, whatever the policy; failed runs keep their journal until they are deleted (they can
+/// be resumed after a fix, and a resumed step replays its journal).
+///
+/// ```
+/// use std::time::Duration;
+/// use crewflow_core::persist::Retention;
+///
+/// let day = Duration::from_secs(24 * 3600);
+/// let policy = Retention::new()
+///     .delete_ended_after(30 * day)          // finished, failed and cancelled runs
+///     .flow_ttl("nightly-report", 7 * day)   // a shorter life for one flow's runs
+///     .drop_journal_after(day);              // finished runs replay nothing
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Runs that ended (finished, failed or cancelled) longer ago than this are deleted, with
+    /// their step outputs and journal. `None` keeps them.
+    pub delete_ended_after: Option<Duration>,
+    /// Per-flow overrides of `delete_ended_after` (a time to live per flow).
+    pub flow_ttl: std::collections::BTreeMap<String, Duration>,
+    /// The journal of a finished or cancelled run is dropped this long after its end: such a
+    /// run never runs a step again, so nothing replays it. `None` keeps it.
+    pub drop_journal_after: Option<Duration>,
+    /// Give the freed space back to the file system (SQLite: `VACUUM`, which rewrites the file
+    /// and blocks writers while it runs; PostgreSQL reclaims space itself).
+    pub vacuum: bool,
+}
+
+impl Retention {
+    /// Keeps everything (a starting point for the setters).
+    pub fn new() -> Self {
+        Retention::default()
+    }
+
+    /// Deletes ended runs older than `age` (see [`Retention::delete_ended_after`]).
+    pub fn delete_ended_after(mut self, age: Duration) -> Self {
+        self.delete_ended_after = Some(age);
+        self
+    }
+
+    /// Deletes the ended runs of `flow` older than `age`, whatever `delete_ended_after` says.
+    pub fn flow_ttl(mut self, flow: impl Into<String>, age: Duration) -> Self {
+        self.flow_ttl.insert(flow.into(), age);
+        self
+    }
+
+    /// Drops the journal of finished and cancelled runs older than `age`.
+    pub fn drop_journal_after(mut self, age: Duration) -> Self {
+        self.drop_journal_after = Some(age);
+        self
+    }
+
+    /// Gives freed space back to the file system (see [`Retention::vacuum`]).
+    pub fn vacuum(mut self, vacuum: bool) -> Self {
+        self.vacuum = vacuum;
+        self
+    }
+}
+
+/// What a [`RunStore::compact`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Runs deleted.
+    pub runs: u64,
+    /// Step outputs deleted (with their runs).
+    pub steps: u64,
+    /// Journal entries deleted (of deleted runs, and dropped journals).
+    pub journal: u64,
+}
+
 /// A run taken over by a process, with the fencing token to write with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claim {
@@ -357,6 +428,15 @@ pub trait RunStore: Send + Sync + 'static {
         let _ = (run_id, fencing, entry);
         let store = self.describe();
         Box::pin(async move { Err(format!("the store {store} keeps no journal of side effects").into()) })
+    }
+
+    /// Removes what `retention` allows, in one transaction: ended runs past their time (with
+    /// their step outputs and journal) and the journals of finished runs. Never touches a
+    /// running, queued or paused run. The default refuses.
+    fn compact<'a>(&'a self, retention: &'a Retention) -> StoreFuture<'a, CompactReport> {
+        let _ = retention;
+        let store = self.describe();
+        Box::pin(async move { Err(format!("the store {store} cannot compact").into()) })
     }
 
     /// The journal entries of the given executions of a run (those a resumed run re-launches).

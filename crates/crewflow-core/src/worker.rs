@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use crate::error::Error;
 use crate::flow::Flow;
 use crate::id::RunId;
-use crate::persist::{Claim, DEFAULT_LEASE, RunStatus, RunStore, process_owner};
+use crate::persist::{Claim, DEFAULT_LEASE, Retention, RunStatus, RunStore, process_owner};
 use crate::state::FlowState;
 
 type Resume = Arc<dyn Fn(Claim) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send>> + Send + Sync>;
@@ -43,12 +43,21 @@ pub struct Worker {
     lease: Duration,
     poll: Duration,
     concurrency: usize,
+    /// Compaction on a schedule: the policy and how often.
+    compaction: Option<(Retention, Duration)>,
 }
 
 impl Worker {
     /// A worker over `store` (the store its flows keep their runs in).
     pub fn new(store: Arc<dyn RunStore>) -> Self {
-        Worker { store, flows: HashMap::new(), lease: DEFAULT_LEASE, poll: Duration::from_secs(1), concurrency: 16 }
+        Worker {
+            store,
+            flows: HashMap::new(),
+            lease: DEFAULT_LEASE,
+            poll: Duration::from_secs(1),
+            concurrency: 16,
+            compaction: None,
+        }
     }
 
     /// Takes over runs of `flow` (matched by the flow's name).
@@ -81,6 +90,15 @@ impl Worker {
         self
     }
 
+    /// Also compacts the store every `every` with `retention` ([`RunStore::compact`]): the
+    /// automatic pruning of stored runs. Several workers may compact one store; compaction is
+    /// idempotent. A compaction that fails is tried again at the next interval (it never stops
+    /// the worker from resuming runs).
+    pub fn compact_every(mut self, every: Duration, retention: Retention) -> Self {
+        self.compaction = Some((retention, every));
+        self
+    }
+
     /// Runs until `shutdown` is cancelled: claims runs, resumes them, renews their leases.
     /// Each run it took over is reported to `on_run` once it ends, also when this worker (or
     /// another) stopped in between: reports are kept in the store until delivered, so a worker
@@ -93,7 +111,14 @@ impl Worker {
         let mut running: JoinSet<WorkerReport> = JoinSet::new();
         let mut in_flight: HashSet<RunId> = HashSet::new();
         let mut heartbeat = tokio::time::interval(self.lease / 3);
+        let mut compacted_at: Option<tokio::time::Instant> = None;
         loop {
+            if let Some((retention, every)) = &self.compaction
+                && compacted_at.is_none_or(|at| at.elapsed() >= *every)
+            {
+                compacted_at = Some(tokio::time::Instant::now());
+                let _ = self.store.compact(retention).await; // tried again next interval
+            }
             while let Some(done) = running.try_join_next() {
                 if let Ok(report) = done {
                     in_flight.remove(&report.run_id);

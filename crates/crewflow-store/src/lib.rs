@@ -23,6 +23,8 @@ mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
+mod postgres_compact;
+#[cfg(feature = "postgres")]
 mod postgres_journal;
 #[cfg(feature = "postgres")]
 mod postgres_memories;
@@ -33,6 +35,8 @@ mod postgres_sessions;
 mod sessions_schema;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "sqlite")]
+mod sqlite_compact;
 #[cfg(feature = "sqlite")]
 mod sqlite_journal;
 #[cfg(feature = "sqlite")]

@@ -20,8 +20,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use crewflow_core::RunId;
 use crewflow_core::persist::{
-    Checkpoint, Claim, JournalEntry, LeaseLost, NewRun, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, RunSummary,
-    StepRow, StoreFuture, StoredRun,
+    Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, NewRun, Retention, RunEnd, RunFilter, RunOwned,
+    RunStatus, RunStore, RunSummary, StepRow, StoreFuture, StoredRun,
 };
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use tokio::runtime::RuntimeFlavor;
@@ -623,6 +623,10 @@ impl RunStore for SqliteStore {
 
     fn record_journal<'a>(&'a self, run_id: RunId, fencing: u64, entry: &'a JournalEntry) -> StoreFuture<'a, ()> {
         self.record_journal_entry(run_id, fencing, entry)
+    }
+
+    fn compact<'a>(&'a self, retention: &'a Retention) -> StoreFuture<'a, CompactReport> {
+        self.compact_runs(retention)
     }
 
     fn load_journal<'a>(&'a self, run_id: RunId, executions: &'a [u64]) -> StoreFuture<'a, Vec<JournalEntry>> {
