@@ -113,6 +113,13 @@ pub mod memory {
     pub use crewflow_memory::*;
 }
 
+/// Agents, tools, tasks and crews, durable to the tool call (feature `agents`, on by
+/// default). See `docs/agents.md`.
+#[cfg(feature = "agents")]
+pub mod agents {
+    pub use crewflow_agents::*;
+}
+
 /// Stores for durable runs: SQLite (default) and PostgreSQL (feature `postgres`).
 pub mod store {
     pub use crewflow_core::persist::*;
