@@ -40,6 +40,10 @@ pub trait Tool: Send + Sync + 'static {
 
 /// What a tool fn may return: `Result<T, E>` (`T: Serialize`, `E: Display`), `String`,
 /// `&'static str` or a JSON value. Strings go to the model as they are, other values as JSON.
+#[diagnostic::on_unimplemented(
+    message = "a tool must return `Result<T, E>` (`T: Serialize`, `E: Display`), `String`, `&'static str` or `serde_json::Value`, not `{Self}`",
+    label = "the model reads a tool's result as text or JSON"
+)]
 pub trait IntoToolResult {
     /// The text for the model, or the error.
     fn into_tool_result(self) -> Result<String, ToolError>;
