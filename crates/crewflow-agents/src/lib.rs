@@ -1,5 +1,8 @@
 #![doc = include_str!("../../../docs/agents.md")]
 
+// `#[tool]` names this crate `::crewflow_agents`, here too.
+extern crate self as crewflow_agents;
+
 mod agent;
 mod crew;
 mod error;

@@ -9,7 +9,9 @@ use syn::{FnArg, ItemFn, Pat};
 fn agents_path() -> TokenStream {
     use proc_macro_crate::{FoundCrate, crate_name};
     match crate_name("crewflow-agents") {
-        Ok(FoundCrate::Itself) => return quote!(crate),
+        // The crate names itself `crewflow_agents` (`extern crate self as ..`): this also works in
+        // its doctests, which are other crates.
+        Ok(FoundCrate::Itself) => return quote!(::crewflow_agents),
         Ok(FoundCrate::Name(name)) => {
             let ident = syn::Ident::new(&name, Span::call_site());
             return quote!(::#ident);
