@@ -59,6 +59,10 @@
 //!
 //! The semantics (rounds, joins in loops, the final output, failures) are written down in
 //! `docs/semantics.md`; the architecture in `docs/architecture.md`.
+//!
+//! Inside steps: models through `crewflow::llm`, and agents with tools, tasks and crews
+//! through `crewflow::agents` (an agent's loop is durable to the tool call inside a persisted
+//! run; see `docs/agents.md`).
 
 /// The README's code blocks, compiled and run as doc tests.
 #[cfg(doctest)]

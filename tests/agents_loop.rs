@@ -432,3 +432,27 @@ async fn an_agent_in_a_step_reports_its_loop_as_events_of_the_step() {
     });
     assert_eq!(usage, Some((65, 2)));
 }
+
+#[tokio::test]
+async fn arguments_in_another_key_order_are_the_same_call() {
+    let server = TestServer::start(vec![
+        openai_tool_calls(&[("c1", "add", json!({"a": 1, "b": 2}))]),
+        Reply::json_tool_raw("c2", "add", "{\"b\": 2, \"a\": 1}"),
+        Reply::json_tool_raw("c3", "add", "{\"b\": 1, \"a\": 2}"),
+        openai_completion("3"),
+    ])
+    .await;
+    let out = agent(&server).tool(Add).kickoff("1 + 2?").await.unwrap();
+    let outcomes: Vec<ToolOutcome> = out.tool_calls.iter().map(|t| t.outcome).collect();
+    assert_eq!(outcomes, [ToolOutcome::Ok, ToolOutcome::Repeated, ToolOutcome::Ok], "other values are another call");
+}
+
+#[tokio::test]
+async fn an_agent_with_conflicting_tools_refuses_to_start() {
+    let server = TestServer::start(vec![]).await;
+    let err = agent(&server).tool(Add).tool(Add).kickoff("Go.").await.unwrap_err();
+    assert!(matches!(&err, AgentError::Config(m) if m.contains("two tools are named `add`")), "{err}");
+    let err = Agent::new(openai_llm(&server)).kickoff("Go.").await.unwrap_err();
+    assert!(err.to_string().contains("an agent needs a role"), "{err}");
+    assert!(server.requests().is_empty());
+}
