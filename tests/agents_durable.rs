@@ -221,3 +221,46 @@ async fn a_retried_step_replays_a_delegating_crew_from_the_journal() {
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
     assert_eq!(server.requests().len(), 3, "the retry made no model call");
 }
+
+/// Parallel tool calls are recorded by their call ids: a retried step gets both results back
+/// (each tool ran once) and the model is not asked again.
+#[tokio::test]
+async fn a_retried_step_replays_parallel_tool_calls() {
+    let server = TestServer::start(vec![
+        openai_tool_calls(&[("p1", "charge", json!({"order": "1"})), ("p2", "charge", json!({"order": "2"}))]),
+        openai_completion("Both charged."),
+    ])
+    .await;
+    let llm = openai_llm(&server);
+    let charged = Arc::new(AtomicUsize::new(0));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let (c, tries) = (charged.clone(), attempts.clone());
+    let flow = FlowBuilder::<()>::new("parallel_retry")
+        .start("pay", move |_cx: Cx<()>, (): ()| {
+            let (llm, c, tries) = (llm.clone(), c.clone(), tries.clone());
+            async move {
+                let charge = ToolFn::new("charge", "Charges an order.", move |o: Order| {
+                    let c = c.clone();
+                    async move {
+                        let n = c.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, String>(format!("receipt {} #{n}", o.order))
+                    }
+                });
+                let out = Agent::new(llm).role("Cashier").tool(charge).kickoff("Charge 1 and 2.").await?;
+                if tries.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Err(StepError::msg("a failure after the agent"));
+                }
+                let texts: Vec<String> = out.tool_calls.iter().map(|t| t.text.clone()).collect();
+                Ok::<_, StepError>(texts.join(", "))
+            }
+        })
+        .retry(Retry::attempts(2).backoff(Duration::from_millis(1)))
+        .store(SqliteStore::in_memory())
+        .build()
+        .unwrap();
+    let run = flow.kickoff(()).await.unwrap();
+    let out = run.output::<String>().unwrap();
+    assert!(out == "receipt 1 #0, receipt 2 #1" || out == "receipt 1 #1, receipt 2 #0", "{out}");
+    assert_eq!(charged.load(Ordering::SeqCst), 2, "each call ran once over both attempts");
+    assert_eq!(server.requests().len(), 2);
+}
