@@ -70,6 +70,7 @@
 //! | [`llm`] | language models: providers, streaming, tools, structured output, embeddings | [`docs::llm`] |
 //! | [`memory`] | remember and recall by meaning, lessons from review | [`docs::memory`] |
 //! | [`declarative`] | flows written in YAML or JSON | [`docs::declarative`] |
+//! | [`agents`] | agents with tools, tasks and crews, durable to the tool call | [`docs::agents`] |
 //! | [`host`] | the seam the layers above (conversations, servers) start runs through | [`docs::architecture`] |
 //! | [`prelude`] | what most flows need: `use crewflow::prelude::*;` | |
 //!
@@ -79,6 +80,7 @@
 //! |---|---|---|
 //! | `sqlite` | yes | the SQLite store, the default of `#[flow(persist)]` |
 //! | `postgres` | no | the PostgreSQL store (`store::PostgresStore`) |
+//! | `agents` | yes | agents, tools, tasks and crews ([`agents`]) |
 //! | `local` | no | the local model provider (SmolLM2 and MiniLM on the CPU; `scripts/fetch-models`) |
 //!
 //! The long-form documentation lives in [`docs`]: the same pages as the repository's `docs/`
@@ -108,6 +110,8 @@ pub mod docs {
     pub mod memory {}
     #[doc = include_str!("../docs/declarative.md")]
     pub mod declarative {}
+    #[doc = include_str!("../docs/agents.md")]
+    pub mod agents {}
 }
 
 // Lets the macros' generated `::crewflow::..` paths resolve inside this crate's own tests.
@@ -168,6 +172,13 @@ pub mod declarative {
 /// from human review ([`memory::Lessons`]). See [`docs::memory`].
 pub mod memory {
     pub use crewflow_memory::*;
+}
+
+/// Agents, tools, tasks and crews, durable to the tool call (feature `agents`, on by
+/// default). See [`docs::agents`].
+#[cfg(feature = "agents")]
+pub mod agents {
+    pub use crewflow_agents::*;
 }
 
 /// Stores for durable runs: SQLite (default) and PostgreSQL (feature `postgres`), the

@@ -275,3 +275,24 @@ pub fn openai_llm(server: &TestServer) -> crewflow::llm::Llm {
         .retry(crewflow::llm::RetryPolicy::none());
     crewflow::llm::Llm::with_options("openai/gpt-4o-mini", options).unwrap()
 }
+
+/// A Chat Completions reply (the OpenAI wire format) asking for tool calls, each
+/// `(id, tool, arguments)`.
+pub fn openai_tool_calls(calls: &[(&str, &str, Value)]) -> Reply {
+    let calls: Vec<Value> = calls
+        .iter()
+        .map(|(id, name, args)| {
+            serde_json::json!({ "id": id, "type": "function",
+                "function": { "name": name, "arguments": args.to_string() } })
+        })
+        .collect();
+    Reply::json(
+        200,
+        &serde_json::json!({
+            "id": "chatcmpl-2", "object": "chat.completion", "created": 1_700_000_000, "model": "gpt-4o-mini",
+            "choices": [{ "index": 0, "finish_reason": "tool_calls", "logprobs": null,
+                "message": { "role": "assistant", "content": null, "refusal": null, "tool_calls": calls } }],
+            "usage": { "prompt_tokens": 30, "completion_tokens": 10, "total_tokens": 40 }
+        }),
+    )
+}

@@ -194,6 +194,67 @@ pub enum EventKind {
         /// The arguments, as JSON text.
         arguments: String,
     },
+    /// An agent started working on a prompt (`crewflow-agents`). Its model calls, tool calls
+    /// and results follow as events of the same step, then `agent_finished` or `agent_failed`.
+    AgentStarted {
+        /// The agent's role.
+        agent: String,
+        /// The tools it may call.
+        tools: Vec<String>,
+        /// Its iteration limit (one model call per iteration).
+        max_iter: u32,
+    },
+    /// An agent's loop began an iteration: one model call, then the tool calls it asks for.
+    AgentIteration {
+        /// The agent's role.
+        agent: String,
+        /// The iteration, from 1.
+        iteration: u32,
+        /// True for the forced final answer after `max_iter` (no tools offered).
+        forced: bool,
+    },
+    /// A tool call began (after its arguments were checked; see `tool_call_finished`).
+    ToolCallStarted {
+        /// The tool call's id (as in `tool_call_requested`).
+        id: String,
+        /// The tool.
+        name: String,
+        /// The arguments, as JSON text.
+        arguments: String,
+    },
+    /// A tool call ended. `result` is what the model is given back, errors included.
+    ToolCallFinished {
+        /// The tool call's id.
+        id: String,
+        /// The tool.
+        name: String,
+        /// `ok`, `error` (the tool failed), `invalid` (arguments rejected before the call),
+        /// `unknown` (no such tool), `timeout`, `budget` (the tool's call budget was spent),
+        /// `repeated` (answered from an identical earlier call) or `cached` (from the result cache).
+        outcome: String,
+        /// The text given to the model.
+        result: String,
+        /// How long the call took, in microseconds (0 when answered without calling).
+        elapsed_us: u64,
+    },
+    /// An agent gave its final answer.
+    AgentFinished {
+        /// The agent's role.
+        agent: String,
+        /// How many iterations it took.
+        iterations: u32,
+        /// Tokens used over the whole loop.
+        usage: crate::scope::TokenUsage,
+        /// True when the answer was forced after `max_iter`.
+        forced: bool,
+    },
+    /// An agent failed (its model failed, its time ran out, its output stayed invalid).
+    AgentFailed {
+        /// The agent's role.
+        agent: String,
+        /// The error, as text.
+        error: String,
+    },
     /// A step's output was put to a reviewer ([`HumanFeedback`](crate::HumanFeedback)).
     FeedbackRequested {
         /// The question.
@@ -264,6 +325,12 @@ impl EventKind {
             EventKind::InputRequested { .. } => "input_requested",
             EventKind::InputReceived { .. } => "input_received",
             EventKind::ToolCallRequested { .. } => "tool_call_requested",
+            EventKind::AgentStarted { .. } => "agent_started",
+            EventKind::AgentIteration { .. } => "agent_iteration",
+            EventKind::ToolCallStarted { .. } => "tool_call_started",
+            EventKind::ToolCallFinished { .. } => "tool_call_finished",
+            EventKind::AgentFinished { .. } => "agent_finished",
+            EventKind::AgentFailed { .. } => "agent_failed",
             EventKind::FeedbackRequested { .. } => "feedback_requested",
             EventKind::FeedbackReceived { .. } => "feedback_received",
             EventKind::FeedbackImproved { .. } => "feedback_improved",

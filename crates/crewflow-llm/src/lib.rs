@@ -258,6 +258,11 @@ impl Llm {
         self
     }
 
+    /// Whether calls made inside a step are journaled ([`Llm::journaled`]).
+    pub fn is_journaled(&self) -> bool {
+        self.journaled
+    }
+
     /// The model named by `CREWFLOW_MODEL`, or `local` when it is not set.
     pub fn from_env() -> Result<Self, LlmError> {
         Self::new(&env(MODEL_VAR).unwrap_or_else(|| "local".to_string()))

@@ -3,6 +3,7 @@
 
 mod flow;
 mod route;
+mod tool;
 mod trigger;
 
 use proc_macro::TokenStream;
@@ -105,4 +106,18 @@ pub fn human_feedback(_args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn router(_args: TokenStream, item: TokenStream) -> TokenStream {
     outside_flow("router", item)
+}
+
+/// Makes an async fn a tool an agent can call (`crewflow-agents`): its doc comment is the
+/// description the model reads, its parameters are the tool's arguments (their JSON Schema is
+/// derived from their types). It keeps the fn and adds a unit struct named in CamelCase
+/// (`web_search` -> `WebSearch`) that implements `Tool`. `#[tool(name = "...")]` sets the
+/// tool's name (the fn's name by default). The fn returns `Result<T, E>` (`T: Serialize`,
+/// `E: Display`), `String` or a JSON value. See `crewflow::agents`.
+#[proc_macro_attribute]
+pub fn tool(args: TokenStream, item: TokenStream) -> TokenStream {
+    match tool::expand(args.into(), item.into()) {
+        Ok(t) => t.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
 }
