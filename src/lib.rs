@@ -70,7 +70,7 @@
 //! | [`llm`] | language models: providers, streaming, tools, structured output, embeddings | [`docs::llm`] |
 //! | [`memory`] | remember and recall by meaning, lessons from review | [`docs::memory`] |
 //! | [`declarative`] | flows written in YAML or JSON | [`docs::declarative`] |
-//! | [`agents`] | agents with tools, tasks and crews, durable to the tool call | [`docs::agents`] |
+//! | [`agents`] | agents with tools, tasks and crews, durable to the tool call | [`agents`] (`docs/agents.md`) |
 //! | [`host`] | the seam the layers above (conversations, servers) start runs through | [`docs::architecture`] |
 //! | [`prelude`] | what most flows need: `use crewflow::prelude::*;` | |
 //!
@@ -110,8 +110,6 @@ pub mod docs {
     pub mod memory {}
     #[doc = include_str!("../docs/declarative.md")]
     pub mod declarative {}
-    #[doc = include_str!("../docs/agents.md")]
-    pub mod agents {}
 }
 
 // Lets the macros' generated `::crewflow::..` paths resolve inside this crate's own tests.
@@ -175,7 +173,7 @@ pub mod memory {
 }
 
 /// Agents, tools, tasks and crews, durable to the tool call (feature `agents`, on by
-/// default). See [`docs::agents`].
+/// default). `docs/agents.md` is this module's page.
 #[cfg(feature = "agents")]
 pub mod agents {
     pub use crewflow_agents::*;
