@@ -113,6 +113,12 @@ pub mod memory {
     pub use crewflow_memory::*;
 }
 
+/// Pictures of flows: Mermaid, DOT, and one self-contained interactive HTML page
+/// (`flow.plot("flow.html")`, with [`plot::Plot`] in scope). See `docs/plot.md`.
+pub mod plot {
+    pub use crewflow_plot::*;
+}
+
 /// Stores for durable runs: SQLite (default) and PostgreSQL (feature `postgres`).
 pub mod store {
     pub use crewflow_core::persist::*;
@@ -134,6 +140,7 @@ pub mod __private {
 pub mod prelude {
     pub use crate::chat::{ChatCx, ChatFlow, ChatOptions, ChatState, Conversational, SessionId};
     pub use crate::llm::{ChatRequest, Llm, Message};
+    pub use crate::plot::Plot;
     pub use crate::trigger::{and, label, or, route, step};
     pub use crate::{
         Cx, Event, EventKind, FeedbackResult, Flow, FlowBuilder, HumanFeedback, IntoFlow, Kickoff, Route, Run, RunId,
