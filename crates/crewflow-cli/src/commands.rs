@@ -265,22 +265,34 @@ fn finish(
             Ok(Exit::Ok)
         }
         Err(e) => {
-            let exit = match &e {
-                Error::Store { .. } | Error::NoStore { .. } => Exit::Store,
-                Error::UnknownRun { .. } => Exit::NotFound,
-                Error::UnmatchedFeedback { .. } | Error::RunOfAnotherFlow { .. } | Error::DefinitionChanged { .. } => {
-                    Exit::Usage
+            // Refusals leave the run as it was: said as they are, not as a failed run.
+            let refused = match &e {
+                Error::UnknownRun { .. } | Error::UnknownFeedbackRequest { .. } | Error::NotPaused { .. } => {
+                    Some(Exit::NotFound)
                 }
-                _ => Exit::RunFailed,
+                Error::UnmatchedFeedback { .. }
+                | Error::RunOfAnotherFlow { .. }
+                | Error::DefinitionChanged { .. }
+                | Error::RunOwned(_)
+                | Error::AlreadyDriven { .. } => Some(Exit::Usage),
+                Error::Store { .. } | Error::NoStore { .. } => Some(Exit::Store),
+                _ => None,
             };
             let status = if matches!(e, Error::Cancelled { .. }) { "cancelled" } else { "failed" };
             if ctx.json {
+                let status = if refused.is_some() { "refused" } else { status };
                 outln!(
                     "{}",
                     json!({"type": "result", "run_id": run_id.to_string(), "status": status, "error": e.to_string()})
                 );
             }
-            Err(CliError::new(exit, format!("run {run_id} of flow `{}` {status}: {e}", flow.name())))
+            Err(match refused {
+                Some(Exit::Store) => {
+                    CliError::new(Exit::Store, format!("run {run_id} of flow `{}` {status}: {e}", flow.name()))
+                }
+                Some(exit) => CliError::new(exit, e.to_string()),
+                None => CliError::new(Exit::RunFailed, format!("run {run_id} of flow `{}` {status}: {e}", flow.name())),
+            })
         }
     }
 }

@@ -16,19 +16,22 @@ fn ms(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
     (to - from).num_microseconds().unwrap_or(0) as f64 / 1000.0
 }
 
-/// A bar from `start` to `end` on a timeline of `total` ms.
+/// A bar from `start` to `end` on a timeline of `total` ms: at least one cell, never past the
+/// timeline's end (a bar that starts at its end is drawn in its last cell).
 fn bar(start: f64, end: f64, total: f64) -> String {
-    if total <= 0.0 {
+    if total.is_nan() || total <= 0.0 {
         return "█".to_string();
     }
-    let a = ((start / total) * BAR as f64).floor().clamp(0.0, BAR as f64) as usize;
-    let b = ((end / total) * BAR as f64).ceil().clamp(a as f64 + 1.0, BAR as f64) as usize;
-    format!("{}{}", " ".repeat(a), "█".repeat(b.saturating_sub(a).max(1)))
+    let cell = |t: f64| ((t / total) * BAR as f64).clamp(0.0, BAR as f64);
+    let a = (cell(start).floor() as usize).min(BAR - 1);
+    let b = (cell(end).ceil() as usize).clamp(a + 1, BAR);
+    format!("{}{}", " ".repeat(a), "█".repeat(b - a))
 }
 
 pub(crate) async fn run(ctx: &Ctx, run_id: &str) -> Result<Exit, CliError> {
     let (r, _) = load(ctx, run_id).await?;
-    let total = ms(r.created_at, r.updated_at);
+    let last = r.steps.iter().map(|s| s.finished_at).max().unwrap_or(r.updated_at);
+    let total = ms(r.created_at, r.updated_at.max(last));
     let record: Value = r.feedback.as_deref().and_then(|f| serde_json::from_str(f).ok()).unwrap_or(Value::Null);
     let history: Vec<Value> = record.get("history").and_then(Value::as_array).cloned().unwrap_or_default();
     let pending: Vec<Value> = record
@@ -144,7 +147,7 @@ pub(crate) async fn session(ctx: &Ctx, arg: &str) -> Result<Exit, CliError> {
         let _ = writeln!(out, "trace {} · session `{}` of `{}` · {} turns", t.trace_id, t.session_id, t.flow, t.turns);
         let start = spans.iter().map(|s| s.started_at).min().unwrap_or(t.started_at);
         let end = spans.iter().filter_map(|s| s.ended_at).max().unwrap_or(t.updated_at);
-        let total = ms(start, end);
+        let total = ms(start, end.max(start));
         let roots: Vec<&SpanRecord> = spans
             .iter()
             .filter(|s| s.parent_id.as_ref().is_none_or(|p| !spans.iter().any(|o| &o.span_id == p)))
@@ -197,5 +200,30 @@ fn tree(
     let prefix = format!("{prefix}{}", if last { "   " } else { "│  " });
     for (k, c) in children.iter().enumerate() {
         tree(out, spans, c, &prefix, k + 1 == children.len(), t0, total);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BAR, bar};
+
+    #[test]
+    fn bars_stay_on_the_timeline_whatever_the_times() {
+        for (start, end, total) in [
+            (0.0, 0.0, 0.0),
+            (10.0, 10.0, 10.0),
+            (0.0, 10.0, 10.0),
+            (12.0, 15.0, 10.0),
+            (-1.0, 3.0, 10.0),
+            (5.0, 2.0, 10.0),
+            (0.0, 1.0, f64::NAN),
+        ] {
+            let b = bar(start, end, total);
+            let cells = b.chars().count();
+            assert!((1..=BAR).contains(&cells), "{start} {end} {total}: {b:?}");
+            assert!(b.ends_with('█'), "{b:?}");
+        }
+        assert_eq!(bar(0.0, 10.0, 10.0), "█".repeat(BAR));
+        assert_eq!(bar(5.0, 10.0, 10.0), format!("{}{}", " ".repeat(BAR / 2), "█".repeat(BAR / 2)));
     }
 }
