@@ -131,7 +131,15 @@ fn load_flow(path: &Path, store: Option<Arc<dyn RunStore>>) -> Result<Declarativ
     if let Some(store) = store {
         registry = registry.store(store);
     }
-    definition.build(&registry).map_err(|e| CliError::new(Exit::Usage, e.to_string()))
+    definition.build(&registry).map_err(|e| {
+        let mut message = e.to_string();
+        if message.contains("register it with Registry::function") {
+            message.push_str(
+                "; the crewflow command registers no Rust functions: run this flow from your own binary, whose Registry has them",
+            );
+        }
+        CliError::new(Exit::Usage, message)
+    })
 }
 
 /// The store `run`-like commands keep runs in: the named one, else the definition's own.

@@ -136,6 +136,14 @@ fn bad_flow_files_are_usage_errors_naming_the_problem() {
         "error: flow `review`, method `publish`: listen: `goood` is neither a method nor a label any router emits — did you mean `good`? (methods: check, draft, publish, reject; labels: bad, good)\n"
     );
 
+    s.write("code.yaml", "name: coded\nmethods:\n  a: {start: true, do: {call: code, ref: normalise}}\n");
+    let (code, err) = fails(&s, &["run", "code.yaml"]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        err,
+        "error: flow `coded`, method `a`: do: no function `normalise` is registered (registered: none); register it with Registry::function; the crewflow command registers no Rust functions: run this flow from your own binary, whose Registry has them\n"
+    );
+
     // the same errors from `plot`
     let (code, err) = fails(&s, &["plot", "unknown.yaml"]);
     assert_eq!(code, 2);
