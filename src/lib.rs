@@ -179,6 +179,12 @@ pub mod agents {
     pub use crewflow_agents::*;
 }
 
+/// Pictures of flows: Mermaid, DOT, and one self-contained interactive HTML page
+/// (`flow.plot("flow.html")`, with [`plot::Plot`] in scope). See `docs/plot.md`.
+pub mod plot {
+    pub use crewflow_plot::*;
+}
+
 /// Stores for durable runs: SQLite (default) and PostgreSQL (feature `postgres`), the
 /// [`RunStore`](store::RunStore) contract a third backend implements, and what it stores.
 /// See [`docs::store`].
@@ -205,6 +211,7 @@ pub mod __private {
 pub mod prelude {
     pub use crate::chat::{ChatCx, ChatFlow, ChatOptions, ChatState, Conversational, SessionId};
     pub use crate::llm::{ChatRequest, Llm, Message};
+    pub use crate::plot::Plot;
     pub use crate::trigger::{and, label, or, route, step};
     pub use crate::{
         Cx, Event, EventKind, FeedbackResult, Flow, FlowBuilder, HumanFeedback, IntoFlow, Kickoff, Route, Run, RunId,

@@ -1,0 +1,136 @@
+//! Command-line benchmarks: `scripts/bench` (or `cargo bench -p crewflow-cli --bench cli -- [--only a,b]`).
+//!
+//! Prints one JSON line per figure:
+//! `{"bench": NAME, "metric": NAME, "median": X, "min": X, "max": X, "unit": U, "n": N}`.
+//!
+//! - `cli_startup`: `crewflow --version`, the process's wall time (`wall_ms`; goal ≤ 10).
+//! - `cli_run_yaml`: `crewflow run` of a 5-step YAML flow on a SQLite file, process wall time,
+//!   the store's file created by the first run (`wall_ms`; goal ≤ 60).
+//! - `plot_1000`: a 1,000-step flow (chains, routers with loops, `and`/`or` joins) to its HTML
+//!   page: picture, layout and page text (`ms`; goal ≤ 200).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)] // benchmarks may panic
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crewflow_core::graph::{GraphSpec, RouterSpec, StartKind, StepSpec};
+use crewflow_core::trigger::{Trigger, and, label, or, step};
+use crewflow_plot::Plot;
+
+#[path = "../../../benches/harness/mod.rs"]
+mod harness;
+
+use harness::report;
+
+const BENCHES: [&str; 3] = ["cli_startup", "cli_run_yaml", "plot_1000"];
+const EXE: &str = env!("CARGO_BIN_EXE_crewflow");
+
+fn main() {
+    match harness::child_name() {
+        Some(name) => match name.as_str() {
+            "cli_startup" => startup(),
+            "cli_run_yaml" => run_yaml(),
+            "plot_1000" => plot_1000(),
+            other => eprintln!("unknown benchmark {other}"),
+        },
+        None => harness::run_children(&BENCHES),
+    }
+}
+
+fn wall(args: &[&str], dir: &std::path::Path) -> f64 {
+    let t = Instant::now();
+    let out = Command::new(EXE).args(args).current_dir(dir).output().unwrap();
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ms
+}
+
+fn startup() {
+    let dir = std::env::temp_dir();
+    for _ in 0..5 {
+        wall(&["--version"], &dir);
+    }
+    let samples = (0..50).map(|_| wall(&["--version"], &dir)).collect();
+    report("cli_startup", "wall_ms", "ms", samples);
+}
+
+fn run_yaml() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut yaml = String::from("name: five\nmethods:\n  m0: {start: true, do: {call: expression, expr: '0'}}\n");
+    for i in 1..5 {
+        writeln!(yaml, "  m{i}: {{listen: m{}, do: {{call: expression, expr: 'input + 1'}}}}", i - 1).unwrap();
+    }
+    std::fs::write(dir.path().join("five.yaml"), yaml).unwrap();
+    let args = ["run", "five.yaml", "--store", "sqlite://runs.db"];
+    for _ in 0..3 {
+        wall(&args, dir.path());
+    }
+    let samples = (0..30).map(|_| wall(&args, dir.path())).collect();
+    report("cli_run_yaml", "wall_ms", "ms", samples);
+}
+
+fn spec(name: String, start: StartKind, trigger: Option<Trigger>, routes: Option<Vec<String>>) -> StepSpec {
+    StepSpec {
+        name: name.into(),
+        start,
+        trigger,
+        router: routes.map(|labels| RouterSpec {
+            labels: labels.into_iter().map(Arc::from).collect(),
+            terminal: Vec::new(),
+            route_type: "String",
+        }),
+        input: None,
+        output: None,
+    }
+}
+
+/// 1,000 steps in blocks of ten: a fan-out of three, an `and` join, an `or` join, a router
+/// that loops back to the block's start or goes on to the next block.
+fn thousand() -> GraphSpec {
+    let mut steps = vec![spec("s0_a".into(), StartKind::Always, None, None)];
+    for b in 0..100 {
+        let p = |s: &str| format!("s{b}_{s}");
+        if b > 0 {
+            let prev_next = format!("next{}", b - 1);
+            steps.push(spec(p("a"), StartKind::No, Some(or([label(prev_next), label(format!("again{b}"))])), None));
+        }
+        for (k, s) in ["b", "c", "d"].iter().enumerate() {
+            let _ = k;
+            steps.push(spec(p(s), StartKind::No, Some(step(p("a"))), None));
+        }
+        steps.push(spec(p("e"), StartKind::No, Some(and([step(p("b")), step(p("c"))])), None));
+        steps.push(spec(p("f"), StartKind::No, Some(or([step(p("c")), step(p("d"))])), None));
+        steps.push(spec(p("g"), StartKind::No, Some(and([step(p("e")), step(p("f"))])), None));
+        steps.push(spec(p("h"), StartKind::No, Some(step(p("g"))), None));
+        steps.push(spec(p("i"), StartKind::No, Some(step(p("h"))), None));
+        steps.push(spec(
+            p("j"),
+            StartKind::No,
+            Some(step(p("i"))),
+            Some(if b == 0 { vec![format!("next{b}")] } else { vec![format!("next{b}"), format!("again{b}")] }),
+        ));
+    }
+    // the last block's `next` label ends the flow
+    steps.push(spec("done".into(), StartKind::No, Some(label("next99")), None));
+    GraphSpec { name: "thousand".into(), steps }
+}
+
+fn plot_1000() {
+    let graph = thousand().compile().unwrap();
+    assert_eq!(graph.len(), 1001);
+    let html = graph.to_html();
+    assert_eq!(html.matches("<g class=\"node ").count(), 1001);
+    let samples = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            let html = graph.to_html();
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            assert!(html.len() > 100_000);
+            ms
+        })
+        .collect();
+    report("plot_1000", "ms", "ms", samples);
+}

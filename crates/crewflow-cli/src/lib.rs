@@ -1,0 +1,351 @@
+//! The `crewflow` command: the operator's side of crewflow, thin over the library.
+//!
+//! - `crewflow run flow.yaml --input topic=rust` runs a declarative (YAML) flow, with progress
+//!   lines on stderr (or `--json` event lines on stdout) and the output on stdout;
+//! - `crewflow plot flow.yaml` writes the flow's picture (HTML, Mermaid or DOT);
+//! - `crewflow runs list|show|resume|cancel`, `crewflow feedback list|answer`,
+//!   `crewflow sessions list|show|delete` and `crewflow trace` read and drive what a store keeps
+//!   (`--store sqlite://runs.db` or `postgres://…`, else `$CREWFLOW_DB`, else `crewflow.db`).
+//!
+//! Exit codes are stable ([`Exit`]); every command and its examples are in `docs/cli.md`.
+//!
+//! The binary is `src/main.rs`, one line over [`main`]:
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     crewflow_cli::main()
+//! }
+//! ```
+
+/// Writes a line to stdout; a closed pipe (`crewflow runs list | head -1`) is not an error.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// Writes to stdout, like [`outln!`] without the newline.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+mod commands;
+mod trace;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+/// What the command's exit status means; scripts can rely on these numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// Done: the run finished, the listing was printed.
+    Ok = 0,
+    /// The run failed or was cancelled (its error is on stderr).
+    RunFailed = 1,
+    /// Bad usage: unknown arguments, a flow file that cannot be read or built, inputs that do
+    /// not fit the flow's state.
+    Usage = 2,
+    /// The run is paused, waiting for human feedback (`crewflow feedback answer`).
+    Paused = 3,
+    /// The store cannot be opened or reached.
+    Store = 4,
+    /// What was asked for is not in the store (a run, a session, a pending request).
+    NotFound = 5,
+}
+
+/// A command's failure: the message for stderr and the exit status.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliError {
+    /// What went wrong and how to fix it.
+    pub message: String,
+    /// The exit status.
+    pub exit: Exit,
+}
+
+impl CliError {
+    pub(crate) fn new(exit: Exit, message: impl Into<String>) -> CliError {
+        CliError { message: message.into(), exit }
+    }
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  crewflow run review.yaml --input topic=rust --store sqlite://runs.db
+  crewflow run review.yaml --inputs '{\"topic\": \"rust\"}' --json
+  crewflow plot review.yaml -o review.html
+  crewflow plot review.yaml --format mermaid
+  crewflow runs list --status paused --store sqlite://runs.db
+  crewflow feedback answer 0193f… approved --flow review.yaml --store sqlite://runs.db
+  crewflow trace 0193f… --store postgres://app@db/flows
+
+Exit codes: 0 done, 1 run failed or cancelled, 2 bad usage / flow file / inputs,
+            3 run paused for feedback, 4 store unreachable, 5 not found";
+
+/// The `crewflow` command line.
+#[derive(Debug, Parser)]
+#[command(name = "crewflow", version, about = "Run, plot and inspect crewflow flows and their stored runs.", after_help = EXAMPLES)]
+pub struct Cli {
+    /// The store: `sqlite://PATH` (or a path), `postgres://USER@HOST:PORT/DB`. Default:
+    /// $CREWFLOW_DB, else `crewflow.db`.
+    #[arg(long, global = true, value_name = "URL")]
+    pub store: Option<String>,
+    /// Print JSON lines instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a YAML (or JSON) flow to its end or its first pause.
+    #[command(
+        after_help = "Examples:\n  crewflow run flow.yaml --input topic=rust --input count=3\n  crewflow run flow.yaml --inputs-file inputs.json --json"
+    )]
+    Run(RunArgs),
+    /// Draw a flow: one self-contained HTML page, Mermaid or DOT.
+    #[command(
+        after_help = "Examples:\n  crewflow plot flow.yaml                  # writes <flow name>.html\n  crewflow plot flow.yaml --format dot | dot -Tsvg > flow.svg\n  crewflow plot flow.yaml --run 0193f… -o run.html   # a stored run drawn over it"
+    )]
+    Plot(PlotArgs),
+    /// Stored runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Runs paused for human feedback.
+    #[command(subcommand)]
+    Feedback(FeedbackCommand),
+    /// Conversation sessions.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+    /// A run's timeline from the store (or a session's trace with `--session FLOW/ID`).
+    #[command(after_help = "Examples:\n  crewflow trace 0193f…\n  crewflow trace --session support/alice --json")]
+    Trace(TraceArgs),
+    /// Remove ended runs past their time, and journals finished runs no longer need. Never
+    /// touches a running, queued or paused run.
+    #[command(
+        after_help = "Examples:\n  crewflow compact --older-than 30d\n  crewflow compact --older-than 90d --flow-ttl nightly=7d --journal-older-than 1d --vacuum"
+    )]
+    Compact(CompactArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  crewflow completions bash > ~/.local/share/bash-completion/completions/crewflow"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `crewflow run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The flow definition (YAML or JSON).
+    pub flow: PathBuf,
+    /// One input, `KEY=VALUE`; VALUE is read as JSON when it parses (`3`, `true`, `[1,2]`),
+    /// else as text. Repeatable; applied over `--inputs`/`--inputs-file`.
+    #[arg(long = "input", short = 'i', value_name = "KEY=VALUE")]
+    pub input: Vec<String>,
+    /// All inputs as a JSON object.
+    #[arg(long, value_name = "JSON", conflicts_with = "inputs_file")]
+    pub inputs: Option<String>,
+    /// All inputs from a JSON file.
+    #[arg(long, value_name = "PATH")]
+    pub inputs_file: Option<PathBuf>,
+}
+
+/// `crewflow compact`.
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// Delete finished, failed and cancelled runs that ended longer ago (`30d`, `12h`, `90min`).
+    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+    pub older_than: Option<std::time::Duration>,
+    /// A time to live for one flow's ended runs, `FLOW=AGE`; wins over `--older-than`. Repeatable.
+    #[arg(long, value_name = "FLOW=AGE", value_parser = flow_ttl)]
+    pub flow_ttl: Vec<(String, std::time::Duration)>,
+    /// Drop the journal of finished and cancelled runs that ended longer ago.
+    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+    pub journal_older_than: Option<std::time::Duration>,
+    /// Give freed space back to the file system (SQLite: rewrites the file; blocks writers meanwhile).
+    #[arg(long)]
+    pub vacuum: bool,
+}
+
+fn flow_ttl(text: &str) -> Result<(String, std::time::Duration), String> {
+    let (flow, age) = text.split_once('=').ok_or_else(|| format!("`{text}` is not FLOW=AGE, e.g. nightly=7d"))?;
+    let age = humantime::parse_duration(age).map_err(|e| format!("`{age}` is not an age ({e}); e.g. 7d, 12h"))?;
+    Ok((flow.to_string(), age))
+}
+
+/// The picture formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One self-contained interactive HTML page.
+    Html,
+    /// A Mermaid flowchart.
+    Mermaid,
+    /// Graphviz DOT.
+    Dot,
+}
+
+/// `crewflow plot`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// The flow definition (YAML or JSON).
+    pub flow: PathBuf,
+    /// Where to write; default `<flow name>.html` for HTML, stdout for the text forms.
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// The picture's format.
+    #[arg(long, value_enum, default_value_t = Format::Html)]
+    pub format: Format,
+    /// Draw this stored run over the flow (steps taken, counts, where it paused or failed).
+    #[arg(long, value_name = "RUN_ID")]
+    pub run: Option<String>,
+}
+
+/// `crewflow runs …`.
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        /// Only runs of this flow.
+        #[arg(long)]
+        flow: Option<String>,
+        /// Only runs with this status (queued, running, paused, finished, failed, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one run: status, inputs, steps, error, pending feedback, state.
+    Show {
+        /// The run's id.
+        run_id: String,
+    },
+    /// Resume a failed, cancelled or orphaned run from its last checkpoint.
+    Resume {
+        /// The run's id.
+        run_id: String,
+        /// The flow definition the run belongs to.
+        #[arg(long, value_name = "FLOW_FILE")]
+        flow: PathBuf,
+    },
+    /// Cancel a run no process is driving (paused, queued, failed, or orphaned).
+    Cancel {
+        /// The run's id.
+        run_id: String,
+    },
+}
+
+/// `crewflow feedback …`.
+#[derive(Debug, Subcommand)]
+pub enum FeedbackCommand {
+    /// List pending feedback requests of paused runs.
+    List {
+        /// Only runs of this flow.
+        #[arg(long)]
+        flow: Option<String>,
+    },
+    /// Answer a paused run and continue it.
+    Answer {
+        /// The run's id.
+        run_id: String,
+        /// The answer (free text, or one of the request's outcomes).
+        answer: String,
+        /// The flow definition the run belongs to.
+        #[arg(long, value_name = "FLOW_FILE")]
+        flow: PathBuf,
+        /// Which pending request (for runs with several; see `feedback list`).
+        #[arg(long)]
+        request: Option<u64>,
+    },
+}
+
+/// `crewflow sessions …`.
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List sessions, newest first.
+    List {
+        /// Only sessions of this flow.
+        #[arg(long)]
+        flow: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show a session and its turns.
+    Show {
+        /// The flow's name.
+        flow: String,
+        /// The session's id.
+        id: String,
+    },
+    /// Delete a session, its turns and traces.
+    Delete {
+        /// The flow's name.
+        flow: String,
+        /// The session's id.
+        id: String,
+    },
+}
+
+/// `crewflow trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The run's id.
+    #[arg(required_unless_present = "session", conflicts_with = "session")]
+    pub run_id: Option<String>,
+    /// A session's traces instead: `FLOW/SESSION_ID`.
+    #[arg(long, value_name = "FLOW/ID")]
+    pub session: Option<String>,
+}
+
+/// Runs the command line of this process and returns its exit status.
+pub fn main() -> ExitCode {
+    main_from(std::env::args_os())
+}
+
+/// Runs the given command line (the first item is the program's name).
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { Exit::Usage as u8 } else { Exit::Ok as u8 });
+        }
+    };
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "crewflow", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::from(Exit::RunFailed as u8);
+        }
+    };
+    match runtime.block_on(commands::dispatch(cli)) {
+        Ok(exit) => ExitCode::from(exit as u8),
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::from(e.exit as u8)
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! `crewflow trace`: a run's story from the store as a tree with a timeline, or a session's
+//! trace spans (session > turn > step > model call / tool call).
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use crewflow_chat::SpanRecord;
+use serde_json::{Value, json};
+
+use crate::commands::{Ctx, load, store_failed};
+use crate::{CliError, Exit};
+
+const BAR: usize = 30;
+
+fn ms(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).num_microseconds().unwrap_or(0) as f64 / 1000.0
+}
+
+/// A bar from `start` to `end` on a timeline of `total` ms: at least one cell, never past the
+/// timeline's end (a bar that starts at its end is drawn in its last cell).
+fn bar(start: f64, end: f64, total: f64) -> String {
+    if total.is_nan() || total <= 0.0 {
+        return "█".to_string();
+    }
+    let cell = |t: f64| ((t / total) * BAR as f64).clamp(0.0, BAR as f64);
+    let a = (cell(start).floor() as usize).min(BAR - 1);
+    let b = (cell(end).ceil() as usize).clamp(a + 1, BAR);
+    format!("{}{}", " ".repeat(a), "█".repeat(b - a))
+}
+
+pub(crate) async fn run(ctx: &Ctx, run_id: &str) -> Result<Exit, CliError> {
+    let (r, _) = load(ctx, run_id).await?;
+    let last = r.steps.iter().map(|s| s.finished_at).max().unwrap_or(r.updated_at);
+    let total = ms(r.created_at, r.updated_at.max(last));
+    let record: Value = r.feedback.as_deref().and_then(|f| serde_json::from_str(f).ok()).unwrap_or(Value::Null);
+    let history: Vec<Value> = record.get("history").and_then(Value::as_array).cloned().unwrap_or_default();
+    let pending: Vec<Value> = record
+        .get("pending")
+        .and_then(Value::as_array)
+        .map(|p| p.iter().filter_map(|p| p.get("request").cloned()).collect())
+        .unwrap_or_default();
+    let mut steps = r.steps.clone();
+    steps.sort_by_key(|s| (s.finished_at, s.activation));
+    // The store keeps when each execution finished; an execution's span is drawn from the
+    // previous completion (or the run's start) to its own.
+    let mut prev = 0.0f64;
+    let rows: Vec<(u64, String, f64, f64)> = steps
+        .iter()
+        .map(|s| {
+            let end = ms(r.created_at, s.finished_at);
+            let row = (s.activation, s.step.to_string(), prev.min(end), end);
+            prev = end;
+            row
+        })
+        .collect();
+    if ctx.json {
+        let steps: Vec<Value> = rows
+            .iter()
+            .map(|(a, s, start, end)| json!({"activation": a, "step": s, "since_ms": start, "finished_ms": end}))
+            .collect();
+        outln!(
+            "{}",
+            json!({"run_id": r.run_id.to_string(), "flow": r.flow, "status": r.status.as_str(), "started_at": r.created_at.to_rfc3339(),
+                   "duration_ms": total, "steps": steps, "feedback": history, "pending": pending, "error": r.error})
+        );
+        return Ok(Exit::Ok);
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "run {} · flow `{}` · {} · {:.1} ms (started {})",
+        r.run_id,
+        r.flow,
+        r.status.as_str(),
+        total,
+        r.created_at.format("%Y-%m-%d %H:%M:%S%.3f UTC")
+    );
+    let width = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(4).max(4);
+    let items = rows.len() + history.len() + pending.len() + usize::from(r.error.is_some());
+    let mut i = 0;
+    let mut branch = |out: &mut String, line: String| {
+        i += 1;
+        let _ = writeln!(out, "{} {line}", if i == items { "└─" } else { "├─" });
+    };
+    for (a, step, start, end) in &rows {
+        branch(
+            &mut out,
+            format!(
+                "#{a:<3} {step:<width$}  {:>9}  {:>9}  {}",
+                format!("+{end:.1} ms"),
+                format!("({:.1} ms)", end - start),
+                bar(*start, *end, total)
+            ),
+        );
+    }
+    for h in &history {
+        branch(
+            &mut out,
+            format!(
+                "feedback on `{}`: {:?}{}",
+                h["step"].as_str().unwrap_or("?"),
+                h["feedback"].as_str().unwrap_or(""),
+                h["outcome"].as_str().map(|o| format!(" → {o}")).unwrap_or_default()
+            ),
+        );
+    }
+    for p in &pending {
+        branch(
+            &mut out,
+            format!("paused on `{}`: {}", p["step"].as_str().unwrap_or("?"), p["message"].as_str().unwrap_or("")),
+        );
+    }
+    if let Some(e) = &r.error {
+        branch(&mut out, format!("error: {e}"));
+    }
+    out.push_str("(times are completions since the run started; in brackets, since the previous completion)\n");
+    out!("{out}");
+    Ok(Exit::Ok)
+}
+
+pub(crate) async fn session(ctx: &Ctx, arg: &str) -> Result<Exit, CliError> {
+    let Some((flow, id)) = arg.split_once('/') else {
+        return Err(CliError::new(
+            Exit::Usage,
+            format!("--session `{arg}` is not FLOW/SESSION_ID (e.g. --session support/alice)"),
+        ));
+    };
+    let url = ctx.store_url();
+    let store = ctx.sessions()?;
+    let traces = store.list_traces(flow, id).await.map_err(|e| store_failed(&url, "list the traces", e))?;
+    if traces.is_empty() {
+        return Err(CliError::new(
+            Exit::NotFound,
+            format!("no trace of session `{id}` of flow `{flow}` in the store `{url}`"),
+        ));
+    }
+    let mut out = String::new();
+    for t in &traces {
+        let spans = store.trace_spans(&t.trace_id).await.map_err(|e| store_failed(&url, "read the trace", e))?;
+        if ctx.json {
+            outln!(
+                "{}",
+                json!({"trace_id": t.trace_id, "flow": t.flow, "session_id": t.session_id, "turns": t.turns, "spans": spans})
+            );
+            continue;
+        }
+        let _ = writeln!(out, "trace {} · session `{}` of `{}` · {} turns", t.trace_id, t.session_id, t.flow, t.turns);
+        let start = spans.iter().map(|s| s.started_at).min().unwrap_or(t.started_at);
+        let end = spans.iter().filter_map(|s| s.ended_at).max().unwrap_or(t.updated_at);
+        let total = ms(start, end.max(start));
+        let roots: Vec<&SpanRecord> = spans
+            .iter()
+            .filter(|s| s.parent_id.as_ref().is_none_or(|p| !spans.iter().any(|o| &o.span_id == p)))
+            .collect();
+        for (k, root) in roots.iter().enumerate() {
+            tree(&mut out, &spans, root, "", k + 1 == roots.len(), start, total);
+        }
+    }
+    out!("{out}");
+    Ok(Exit::Ok)
+}
+
+fn tree(
+    out: &mut String,
+    spans: &[SpanRecord],
+    s: &SpanRecord,
+    prefix: &str,
+    last: bool,
+    t0: DateTime<Utc>,
+    total: f64,
+) {
+    let from = ms(t0, s.started_at);
+    let to = s.ended_at.map(|e| ms(t0, e));
+    let dur = to.map(|t| format!("{:.1} ms", t - from)).unwrap_or_else(|| "open".into());
+    let a = &s.attributes;
+    let mut notes = Vec::new();
+    if let Some(u) = a.get("usage") {
+        let p = u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0);
+        let c = u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+        notes.push(format!("tokens {p}+{c}"));
+    }
+    for key in ["provider", "finish_reason", "route", "intent"] {
+        if let Some(v) = a.get(key).and_then(Value::as_str) {
+            notes.push(format!("{key} {v}"));
+        }
+    }
+    if let Some(e) = a.get("error").filter(|e| !e.is_null()) {
+        notes.push(format!("ERROR {}", e.as_str().map(String::from).unwrap_or_else(|| e.to_string())));
+    }
+    let _ = writeln!(
+        out,
+        "{prefix}{} {} {}  {dur}  {}{}",
+        if last { "└─" } else { "├─" },
+        s.kind,
+        s.name,
+        bar(from, to.unwrap_or(total), total),
+        if notes.is_empty() { String::new() } else { format!("  [{}]", notes.join(", ")) }
+    );
+    let children: Vec<&SpanRecord> = spans.iter().filter(|c| c.parent_id.as_deref() == Some(&s.span_id)).collect();
+    let prefix = format!("{prefix}{}", if last { "   " } else { "│  " });
+    for (k, c) in children.iter().enumerate() {
+        tree(out, spans, c, &prefix, k + 1 == children.len(), t0, total);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BAR, bar};
+
+    #[test]
+    fn bars_stay_on_the_timeline_whatever_the_times() {
+        for (start, end, total) in [
+            (0.0, 0.0, 0.0),
+            (10.0, 10.0, 10.0),
+            (0.0, 10.0, 10.0),
+            (12.0, 15.0, 10.0),
+            (-1.0, 3.0, 10.0),
+            (5.0, 2.0, 10.0),
+            (0.0, 1.0, f64::NAN),
+        ] {
+            let b = bar(start, end, total);
+            let cells = b.chars().count();
+            assert!((1..=BAR).contains(&cells), "{start} {end} {total}: {b:?}");
+            assert!(b.ends_with('█'), "{b:?}");
+        }
+        assert_eq!(bar(0.0, 10.0, 10.0), "█".repeat(BAR));
+        assert_eq!(bar(5.0, 10.0, 10.0), format!("{}{}", " ".repeat(BAR / 2), "█".repeat(BAR / 2)));
+    }
+}

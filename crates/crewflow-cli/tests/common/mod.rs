@@ -1,0 +1,96 @@
+//! What the CLI tests share: the real `crewflow` binary in a scratch directory, and flows.
+
+#![allow(dead_code)] // each test file uses a part
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+/// A router flow: `draft` → `check` routes `good`/`bad` → `publish` or `reject`.
+pub const REVIEW: &str = r#"
+name: review
+state:
+  default: {topic: flows, drafts: 0}
+methods:
+  draft:
+    start: true
+    do: {call: expression, expr: '"draft about " + state.topic'}
+  check:
+    listen: draft
+    router: true
+    emit: [good, bad]
+    do: {call: expression, expr: 'input.size() > 14 ? "good" : "bad"'}
+  publish:
+    listen: good
+    do: {call: expression, expr: '"published: " + outputs.draft'}
+  reject:
+    listen: bad
+    do: {call: expression, expr: '"rejected: " + outputs.draft'}
+"#;
+
+/// A flow whose `generate` step pauses for a person's review (the deferred provider, the
+/// command's default); `finish` answers with what the reviewer said.
+pub const REVIEWED: &str = r#"
+name: reviewed
+state:
+  default: {topic: flows}
+methods:
+  generate:
+    start: true
+    do: {call: expression, expr: '"a draft about " + state.topic'}
+    human_feedback:
+      message: Is this draft good?
+  finish:
+    listen: generate
+    do: {call: expression, expr: '"resumed:" + input.feedback'}
+"#;
+
+/// A scratch directory with flow files in it; commands run there, with no `$CREWFLOW_DB`.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `crewflow ARGS` in the scratch directory.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin!("crewflow"));
+        cmd.current_dir(self.dir.path()).env_remove("CREWFLOW_DB").args(args);
+        cmd
+    }
+
+    /// The SQLite store URL of a file in the scratch directory.
+    pub fn db(&self, name: &str) -> String {
+        format!("sqlite://{}", self.path(name).display())
+    }
+}
+
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+/// The JSON lines of a `--json` command's stdout.
+pub fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    stdout(out).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
