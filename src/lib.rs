@@ -128,7 +128,7 @@ pub use crewflow_core::{
     ConsoleFeedback, DeferredFeedback, FeedbackLearner, FeedbackProvider, FeedbackReply, FeedbackRequest,
     FeedbackResult, HumanFeedback, LearnRequest, OutcomeClassifier, Paused,
 };
-pub use crewflow_macros::{Route, blocking, flow, human_feedback, listen, persist, router, start};
+pub use crewflow_macros::{Route, blocking, flow, human_feedback, listen, persist, retry, router, start};
 
 mod webhook;
 
@@ -215,7 +215,7 @@ pub mod prelude {
     pub use crate::trigger::{and, label, or, route, step};
     pub use crate::{
         Cx, Event, EventKind, FeedbackResult, Flow, FlowBuilder, HumanFeedback, IntoFlow, Kickoff, Route, Run, RunId,
-        StepError, Trigger, blocking, flow, human_feedback, listen, persist, router, start,
+        StepError, Trigger, blocking, flow, human_feedback, listen, persist, retry, router, start,
     };
 
     /// The result type of step methods: any error converts into [`StepError`] with `?`.

@@ -177,3 +177,42 @@ fn backoff_doubles_up_to_its_limit() {
     assert_eq!(delays, [0, 100, 200, 400, 500, 500]);
     assert_eq!(Retry::attempts(0).max_attempts(), 1, "at least one attempt");
 }
+
+/// `#[retry(..)]` in a `#[flow]` impl is the builder's `.retry(..)`: a step that fails twice
+/// succeeds on its third attempt; `when` limits which failures are retried.
+#[tokio::test]
+async fn the_macro_spells_retries_on_the_step() {
+    struct Flaky(Arc<AtomicU32>);
+    #[flow]
+    impl Flaky {
+        #[start]
+        #[retry(attempts = 3, backoff = Duration::from_millis(1), max_backoff = Duration::from_millis(2))]
+        async fn fetch(&self) -> Result<u32> {
+            let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            if n < 3 { Err(format!("attempt {n} timed out").into()) } else { Ok(n) }
+        }
+    }
+    let calls = Arc::new(AtomicU32::new(0));
+    let run = Flaky(calls.clone()).into_flow().unwrap().kickoff(()).await.unwrap();
+    assert_eq!((run.output::<u32>().unwrap(), calls.load(Ordering::SeqCst)), (3, 3));
+
+    struct Declined(Arc<AtomicU32>);
+    #[flow]
+    impl Declined {
+        #[start]
+        #[retry(attempts = 5, backoff = Duration::from_millis(1), when = Self::transient)]
+        async fn charge(&self) -> Result<()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Err("card declined".into())
+        }
+    }
+    impl Declined {
+        fn transient(error: &Error) -> bool {
+            error.to_string().contains("timed out")
+        }
+    }
+    let calls = Arc::new(AtomicU32::new(0));
+    let err = Declined(calls.clone()).into_flow().unwrap().kickoff(()).await.unwrap_err();
+    assert!(err.to_string().contains("card declined"), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "a failure `when` refuses is not retried");
+}

@@ -213,6 +213,8 @@ struct StepMethod {
     persisted: bool,
     /// Marked `#[blocking]`: driven on the blocking pool.
     blocking: bool,
+    /// `#[retry(..)]`: runs again after a failure.
+    retry: Option<crate::retry::RetryAttr>,
     /// Marked `#[human_feedback(..)]`.
     feedback: Option<FeedbackAttr>,
     role: Role,
@@ -314,11 +316,19 @@ pub fn expand(args: FlowArgs, mut item: ItemImpl, krate: &TokenStream) -> TokenS
         f.attrs.retain(|a| !is_persist_attr(a));
         let blocking_attr = f.attrs.iter().find(|a| is_blocking_attr(a)).cloned();
         f.attrs.retain(|a| !is_blocking_attr(a));
+        let retry_attr = f.attrs.iter().find(|a| crate::retry::is_retry_attr(a)).cloned();
+        f.attrs.retain(|a| !crate::retry::is_retry_attr(a));
         let feedback_attr = f.attrs.iter().find(|a| is_feedback_attr(a)).cloned();
         f.attrs.retain(|a| !is_feedback_attr(a));
         if !f.attrs.iter().any(is_step_attr) {
             if let Some(b) = blocking_attr {
                 errors.push(b.span(), format!("#[blocking] goes on a step; `{}` is not one", f.sig.ident));
+            }
+            if let Some(r) = retry_attr {
+                errors.push(
+                    crate::retry::RetryAttr::span(&r),
+                    format!("#[retry] goes on a step; `{}` is not one", f.sig.ident),
+                );
             }
             if let Some(p) = persist_attr {
                 errors.push(p.span(), format!("#[persist] goes on a step; `{}` is not one", f.sig.ident));
@@ -335,6 +345,10 @@ pub fn expand(args: FlowArgs, mut item: ItemImpl, krate: &TokenStream) -> TokenS
             Ok(mut step) => {
                 step.persisted = persist_attr.is_some();
                 step.blocking = blocking_attr.is_some();
+                match retry_attr.as_ref().map(crate::retry::RetryAttr::parse).transpose() {
+                    Ok(retry) => step.retry = retry,
+                    Err(e) => errors.add(e),
+                }
                 match feedback_attr.as_ref().map(FeedbackAttr::parse).transpose() {
                     Ok(feedback) => {
                         if let Some(Err(e)) = feedback.as_ref().map(|fb| fb.check(step.router.is_some())) {
@@ -530,6 +544,7 @@ fn parse_step(f: &ImplItemFn, attrs: &[Attribute]) -> syn::Result<StepMethod> {
         ident,
         persisted: false,
         blocking: false,
+        retry: None,
         feedback: None,
         role,
         router,
@@ -782,11 +797,12 @@ fn add_step(s: &StepMethod, state: &Type, every_step_persists: bool, krate: &Tok
     // step's mark must not narrow checkpoints to the marked steps (the builder's `persisted`).
     let persisted = (s.persisted && !every_step_persists).then(|| quote!(.persisted()));
     let blocking = s.blocking.then(|| quote!(.blocking()));
+    let retry = s.retry.as_ref().map(|r| r.build(krate));
     let feedback = s.feedback.as_ref().map(|_| {
         let var = FeedbackAttr::var(&s.ident);
         quote!(.human_feedback(#var))
     });
-    quote!(let builder = #call #modifiers #persisted #blocking #feedback;)
+    quote!(let builder = #call #modifiers #persisted #blocking #retry #feedback;)
 }
 
 /// For every (listener, trigger leaf): a local trait whose only impls accept matching types,

@@ -2,6 +2,7 @@
 //! them; the generated code refers to `::crewflow`.
 
 mod flow;
+mod retry;
 mod route;
 mod tool;
 mod trigger;
@@ -81,6 +82,15 @@ pub fn listen(_args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn blocking(_args: TokenStream, item: TokenStream) -> TokenStream {
     outside_flow("blocking", item)
+}
+
+/// Runs this step again after a failure: `#[retry(attempts = 3)]`, optionally with `backoff =
+/// <Duration>`, `max_backoff = <Duration>` and `when = <fn(&Error) -> bool>` (the builder's
+/// `Retry`). A journaled operation that completed is not repeated by a retry. Only meaningful on a
+/// step inside a `#[flow]` impl block.
+#[proc_macro_attribute]
+pub fn retry(_args: TokenStream, item: TokenStream) -> TokenStream {
+    outside_flow("retry", item)
 }
 
 /// Checkpoints after this step (only marked steps checkpoint, when any is marked). Only
