@@ -9,6 +9,27 @@
 //! - the driver behind [`Flow::kickoff`], [`FlowBuilder`] to assemble flows at run time,
 //!   [`Cx`] (what a step sees), [`Event`]s, and [`Error`];
 //! - [`host`]: the seam the layers above (conversations, a server) start runs through.
+//!
+//! A flow assembled at run time, without the macros:
+//!
+//! ```
+//! use crewflow_core::FlowBuilder;
+//! use crewflow_core::trigger::{and, step};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let flow = FlowBuilder::<()>::new("report")
+//!     .start("fetch", |_cx, (): ()| async move { Ok(40u32) })
+//!     .start("check", |_cx, (): ()| async move { Ok(2u32) })
+//!     .listen("total", and([step("fetch"), step("check")]), |_cx, (): ()| async move { Ok("both done") })
+//!     .build()
+//!     .unwrap();
+//! let run = flow.kickoff(()).await.unwrap();
+//! assert_eq!(run.output::<String>().unwrap(), "both done");
+//! # });
+//! ```
+//!
+//! Read next: `docs/semantics.md` (what runs when), `docs/architecture.md` (the module graph
+//! and the glossary), `docs/store.md` (durable runs; the stores are in `crewflow-store`).
 
 mod builder;
 mod cancel;

@@ -1,5 +1,21 @@
 //! Procedural macros for crewflow. Use them through the `crewflow` crate, which re-exports
-//! them; the generated code refers to `::crewflow`.
+//! them; the generated code refers to `::crewflow` (found under another name with
+//! `proc-macro-crate`).
+//!
+//! | attribute | on | means |
+//! |---|---|---|
+//! | `#[flow(state = S, name = "..", max_steps = N, persist)]` | an impl block | its marked methods are a flow's steps: checked at compile time, built with `FlowBuilder` |
+//! | `#[start]`, `#[start(trigger)]` | a method | a step that runs at kickoff (or when `trigger` fires) |
+//! | `#[listen(trigger)]` | a method | a step that runs when `trigger` fires: `step`, `Route::Variant`, `"label"`, `or(..)`, `and(..)`, `a \| b`, `a & b` |
+//! | `#[router(trigger, routes = [..])]` | a method | a step whose output is a route |
+//! | `#[persist]`, `#[blocking]`, `#[retry(attempts = N, ..)]` | a step | checkpoint after it / drive it on the blocking pool / run it again after a failure |
+//! | `#[human_feedback(message = "..", emit = [..], ..)]` | a step | ask a person about its output |
+//! | `#[derive(Route)]` | an enum | a typed route |
+//! | `#[tool]` | an async fn | a tool for agents (`crewflow::agents`) |
+//!
+//! Every rule a definition must follow comes from `crewflow-rules`, shared with the builder and
+//! YAML flows; the compile-fail cases in `tests/ui/` pin the messages. Read next: the `crewflow`
+//! crate's root (a runnable tour) and `docs/architecture.md` (*Macros*).
 
 mod flow;
 mod retry;
