@@ -18,7 +18,6 @@
 //! the store does not answer. The full reference is `docs/server.md`.
 //!
 //! ```
-//! use std::sync::Arc;
 //! use crewflow_core::{Cx, FlowBuilder};
 //! use crewflow_server::{Server, router};
 //! # use serde::{Deserialize, Serialize};
@@ -36,11 +35,13 @@
 //!
 //! let app = axum::Router::new().nest("/crewflow", router(Server::new(store).flow(&hello)?));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! # let _ = listener.local_addr()?;
-//! # drop(app);
-//! // axum::serve(listener, app).await?;
-//! // POST /crewflow/flows/hello/runs?wait=true {"name": "Ada"}
-//! //   -> 200 {"run_id": "...", "status": "finished", "output": "hello, Ada", ...}
+//! let url = format!("http://{}/crewflow/flows/hello/runs?wait=true", listener.local_addr()?);
+//! tokio::spawn(async move { axum::serve(listener, app).await });
+//!
+//! let reply = reqwest::Client::new().post(url).body(r#"{"name": "Ada"}"#).send().await?;
+//! assert_eq!(reply.status(), 200);
+//! let run: serde_json::Value = serde_json::from_str(&reply.text().await?)?;
+//! assert_eq!((run["status"].as_str(), run["output"].as_str()), (Some("finished"), Some("hello, Ada")));
 //! # Ok(()) }
 //! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 //! ```
