@@ -33,8 +33,8 @@ pub(crate) trait Hosted: Send + Sync + 'static {
     fn steps(&self) -> usize;
     /// Starts a run in the background; bad inputs are refused here, before any step runs.
     fn start(&self, inputs: Map<String, Value>) -> Result<(RunId, Fut<Outcome>, EventStream), Error>;
-    /// Answers a paused run's feedback and continues it.
-    fn answer(&self, run_id: RunId, answer: String) -> Fut<Outcome>;
+    /// Answers a paused run's feedback and continues it, in the background.
+    fn answer(&self, run_id: RunId, answer: String) -> Result<(Fut<Outcome>, EventStream), Error>;
     /// What a paused run waits for.
     fn pending(&self, run_id: RunId) -> Fut<Vec<FeedbackRequest>>;
 }
@@ -55,9 +55,10 @@ impl<S: FlowState> Hosted for Flow<S> {
         Ok((id, fut, events))
     }
 
-    fn answer(&self, run_id: RunId, answer: String) -> Fut<Outcome> {
-        let flow = self.clone();
-        Box::pin(async move { flow.resume_with_feedback(run_id, answer).await.map(|run| Outcome::of(&run)) })
+    fn answer(&self, run_id: RunId, answer: String) -> Result<(Fut<Outcome>, EventStream), Error> {
+        let (handle, events) = self.stream_resume_with_feedback(run_id, answer)?;
+        let fut: Fut<Outcome> = Box::pin(async move { handle.await.map(|run| Outcome::of(&run)) });
+        Ok((fut, events))
     }
 
     fn pending(&self, run_id: RunId) -> Fut<Vec<FeedbackRequest>> {

@@ -122,17 +122,23 @@ impl Table {
         self.lock().runs.get(&run_id).cloned()
     }
 
-    /// Records a run being driven; `None` if this server drives it already (the check and the
-    /// insert are one step, so two answers to one pause never both go through).
+    /// Records a run being driven (again, after a pause: its events so far are kept); `None` if
+    /// this server drives it already (the check and the insert are one step, so two answers to
+    /// one pause never both go through).
     pub fn begin(&self, run_id: RunId, flow: &str) -> Option<Arc<Live>> {
         let mut inner = self.lock();
         if inner.runs.get(&run_id).is_some_and(|live| live.ended().is_none()) {
             return None;
         }
-        let live = Arc::new(Live::new(flow.to_string()));
-        if inner.runs.insert(run_id, live.clone()).is_none() {
-            inner.order.push_back(run_id);
+        // A run continued after a pause keeps its events so far: its stream tells the whole run.
+        if let Some(live) = inner.runs.get(&run_id).cloned() {
+            live.lock().ended = None;
+            live.tick.send_modify(|t| *t += 1);
+            return Some(live);
         }
+        let live = Arc::new(Live::new(flow.to_string()));
+        inner.runs.insert(run_id, live.clone());
+        inner.order.push_back(run_id);
         // Forget the oldest ended runs beyond what is kept (running ones always stay).
         let mut scanned = 0;
         while inner.order.len() > self.keep && scanned < inner.order.len() {

@@ -125,13 +125,12 @@ fn outcome_json(run_id: RunId, flow: &str, ended: &Ended) -> (StatusCode, Value)
 }
 
 /// Drives a started or resumed run in the background, recording its events and its end.
-fn drive(live: Arc<Live>, run: crate::hosted::Fut<Outcome>, events: Option<crewflow_core::EventStream>) {
+fn drive(live: Arc<Live>, run: crate::hosted::Fut<Outcome>, events: crewflow_core::EventStream) {
     tokio::spawn(async move {
         let pump = async {
-            if let Some(mut events) = events {
-                while let Some(event) = events.next().await {
-                    live.push(&event);
-                }
+            let mut events = events;
+            while let Some(event) = events.next().await {
+                live.push(&event);
             }
         };
         let (result, ()) = tokio::join!(run, pump);
@@ -176,7 +175,7 @@ async fn start_run(
     let live = app.live.begin(run_id, &flow).ok_or_else(|| {
         ApiError::new(StatusCode::CONFLICT, "run_busy", format!("run {run_id} is already being driven"))
     })?;
-    drive(live.clone(), run, Some(events));
+    drive(live.clone(), run, events);
     if !query.wait {
         return Ok((
             StatusCode::ACCEPTED,
@@ -324,8 +323,9 @@ async fn run_events(State(app): Shared, id: Result<Path<String>, PathRejection>)
             rx.borrow_and_update();
             let (frames, ended) = live.frames_from(cursor);
             if !frames.is_empty() {
+                let batch: Vec<Result<SseEvent, Infallible>> =
+                    frames.iter().enumerate().map(|(i, f)| Ok(sse_event(cursor + i + 1, f))).collect();
                 cursor += frames.len();
-                let batch: Vec<Result<SseEvent, Infallible>> = frames.iter().map(|f| Ok(sse_event(f))).collect();
                 return Some((futures::stream::iter(batch), (live, cursor, false)));
             }
             if ended {
@@ -340,17 +340,17 @@ async fn run_events(State(app): Shared, id: Result<Path<String>, PathRejection>)
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
 }
 
-/// One event as an SSE frame: its type as the event name, its seq as the id, its JSON as data.
-fn sse_event(frame: &str) -> SseEvent {
-    let parsed: Option<Value> = serde_json::from_str(frame).ok();
-    let mut event = SseEvent::default().data(frame);
-    if let Some(kind) = parsed.as_ref().and_then(|v| v.get("type")).and_then(Value::as_str) {
-        event = event.event(kind);
+/// One event as an SSE frame: its type as the event name, its position in the stream (from 1;
+/// a continued run's own `seq` starts again after `run_resumed`) as the id, its JSON as data.
+fn sse_event(position: usize, frame: &str) -> SseEvent {
+    let kind: Option<String> = serde_json::from_str::<Value>(frame)
+        .ok()
+        .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_string));
+    let event = SseEvent::default().data(frame).id(position.to_string());
+    match kind {
+        Some(kind) => event.event(kind),
+        None => event,
     }
-    if let Some(seq) = parsed.as_ref().and_then(|v| v.get("seq")).and_then(Value::as_u64) {
-        event = event.id(seq.to_string());
-    }
-    event
 }
 
 async fn list_feedback(State(app): Shared) -> Reply {
@@ -416,7 +416,22 @@ async fn answer_feedback(
         ));
     }
     let live = app.live.begin(run_id, &stored.flow).ok_or_else(busy)?;
-    drive(live.clone(), hosted.answer(run_id, answer), None);
+    let (run, events) = match hosted.answer(run_id, answer) {
+        Ok(started) => started,
+        Err(e) => {
+            let api = ApiError::engine(e);
+            let ended = Ended::Err {
+                cancelled: false,
+                refused: true,
+                message: api.message.clone(),
+                status: api.status,
+                code: api.code,
+            };
+            live.end(ended);
+            return Err(api);
+        }
+    };
+    drive(live.clone(), run, events);
     if !query.wait {
         return Ok((
             StatusCode::ACCEPTED,

@@ -140,15 +140,20 @@ fn parse_sse(text: &str) -> Vec<(String, Value)> {
     for block in text.split("\n\n") {
         let mut name = String::new();
         let mut data = String::new();
+        let mut id = String::new();
         for line in block.lines() {
             if let Some(v) = line.strip_prefix("event: ") {
                 name = v.to_string();
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                id = v.to_string();
             } else if let Some(v) = line.strip_prefix("data: ") {
                 data.push_str(v);
             }
         }
         if !data.is_empty() {
-            out.push((name, serde_json::from_str(&data).unwrap()));
+            let mut value: Value = serde_json::from_str(&data).unwrap();
+            value["sse_id"] = json!(id);
+            out.push((name, value));
         }
     }
     out
@@ -288,6 +293,22 @@ async fn feedback_pauses_are_listed_answered_once_and_refused_after() {
     let (code, done) = srv.post(&format!("/runs/{id}/feedback?wait=true"), r#"{"answer": "Approved"}"#).await;
     assert_eq!(code, 200, "{done}");
     assert_eq!((done["status"].as_str(), done["output"].as_str()), (Some("finished"), Some("published")));
+
+    // The run's stream tells it all: up to the pause, then the continuation to its end.
+    let events = srv.events(&id).await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    let paused_at = names.iter().position(|n| *n == "run_paused").expect("a run_paused event");
+    assert_eq!(names[0], "run_started");
+    assert_eq!(names[paused_at + 1], "run_resumed", "{names:?}");
+    assert_eq!(names.last(), Some(&"run_finished"), "{names:?}");
+    assert!(names.contains(&"feedback_received"), "{names:?}");
+    // The SSE ids number the frames of the one stream, though the continuation's seq restarts.
+    let ids: Vec<String> = events.iter().map(|(_, d)| d["sse_id"].as_str().unwrap().to_string()).collect();
+    let expected: Vec<String> = (1..=events.len()).map(|i| i.to_string()).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(events[paused_at + 1].1["seq"], 1, "the continuation numbers its own events");
+    let finished = &events.last().unwrap().1;
+    assert_eq!(finished["output"], "published");
 
     let (code, again) = srv.post(&format!("/runs/{id}/feedback"), r#"{"answer": "rejected"}"#).await;
     assert_eq!(code, 409, "{again}");
