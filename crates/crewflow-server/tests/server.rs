@@ -417,3 +417,46 @@ fn flows_must_keep_their_runs_in_the_servers_store() {
     let e = Server::new(store.clone()).flow(&greet(&store)).unwrap().flow(&greet(&store)).err().unwrap();
     assert!(matches!(e, ServerError::DuplicateFlow { .. }) && e.to_string().contains("`greet`"), "{e}");
 }
+
+/// A fresh schema of the test database, and the URL that works in it.
+async fn fresh_pg_schema() -> String {
+    let base = std::env::var("CREWFLOW_TEST_POSTGRES").unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let schema = format!("crewflow_t_{}_{:08x}", now.as_secs(), now.subsec_nanos() ^ std::process::id());
+    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-csearch_path%3D{schema}")
+}
+
+/// Two servers on one PostgreSQL database: a pause made on one is listed and answered on the
+/// other, and both then show the run finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES to a PostgreSQL URL")]
+async fn two_servers_on_one_postgres_share_runs_and_pauses() {
+    let url = fresh_pg_schema().await;
+    let store_a = crewflow_store::open(&url).unwrap();
+    let store_b = crewflow_store::open(&url).unwrap();
+    let a = serve(Server::new(store_a.clone()).flow(&review(&store_a)).unwrap(), None).await;
+    let b = serve(Server::new(store_b.clone()).flow(&review(&store_b)).unwrap(), None).await;
+
+    let (code, paused) = a.post("/flows/review/runs?wait=true", "").await;
+    assert_eq!((code, paused["status"].as_str()), (200, Some("paused")), "{paused}");
+    let id = paused["run_id"].as_str().unwrap().to_string();
+
+    let (_, pending) = b.get("/feedback").await;
+    assert_eq!(pending["feedback"][0]["run_id"], id.as_str(), "{pending}");
+    // B never drove this run: its events are not kept there.
+    let (code, e) = b.get(&format!("/runs/{id}/events")).await;
+    assert_eq!((code, error_of(&e).0), (404, "no_events"));
+
+    let (code, done) = b.post(&format!("/runs/{id}/feedback?wait=true"), r#"{"answer": "rejected"}"#).await;
+    assert_eq!((code, done["output"].as_str()), (200, Some("binned")), "{done}");
+    let (code, again) = a.post(&format!("/runs/{id}/feedback"), r#"{"answer": "approved"}"#).await;
+    assert_eq!((code, error_of(&again).0), (409, "not_paused"), "{again}");
+    let (_, run) = a.get(&format!("/runs/{id}")).await;
+    assert_eq!((run["status"].as_str(), run["output"].as_str()), (Some("finished"), Some("binned")), "{run}");
+    let (_, list) = a.get("/runs?status=finished").await;
+    assert_eq!(list["runs"][0]["run_id"], id.as_str());
+}
