@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -69,6 +69,11 @@ fn path_error(e: PathRejection) -> ApiError {
 
 fn query_error(e: QueryRejection) -> ApiError {
     ApiError::bad_request(format!("bad query string: {}", e.body_text()))
+}
+
+fn body_error(e: BytesRejection) -> ApiError {
+    let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "bad_request" };
+    ApiError::new(e.status(), code, format!("the body could not be read: {}", e.body_text()))
 }
 
 fn parse_run_id(text: &str) -> Result<RunId, ApiError> {
@@ -165,8 +170,9 @@ async fn start_run(
     State(app): Shared,
     flow: Result<Path<String>, PathRejection>,
     query: Result<Query<WaitQuery>, QueryRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Reply {
+    let body = body.map_err(body_error)?;
     let Path(flow) = flow.map_err(path_error)?;
     let Query(query) = query.map_err(query_error)?;
     let hosted = app.flow(&flow)?.clone();
@@ -377,8 +383,9 @@ async fn answer_feedback(
     State(app): Shared,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<WaitQuery>, QueryRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Reply {
+    let body = body.map_err(body_error)?;
     let Path(id) = id.map_err(path_error)?;
     let run_id = parse_run_id(&id)?;
     let Query(query) = query.map_err(query_error)?;

@@ -353,6 +353,9 @@ async fn refusals_are_json_with_the_right_status() {
     assert!(error_of(&e).1.contains("JSON object"), "{e}");
     let (code, e) = srv.post("/flows/greet/runs?wait=maybe", "{}").await;
     assert_eq!(code, 400, "{e}");
+    let huge = format!(r#"{{"name": "{}"}}"#, "x".repeat(3 << 20));
+    let (code, e) = srv.post("/flows/greet/runs", &huge).await;
+    assert_eq!((code, error_of(&e).0), (413, "body_too_large"), "{e}");
     // Nothing was started by the refused requests.
     let (_, list) = srv.get("/runs").await;
     assert_eq!(list["runs"], json!([]));
