@@ -44,6 +44,7 @@ pub(crate) fn router(server: crate::Server) -> Router {
         .route("/runs/{id}/feedback", post(answer_feedback))
         .route("/feedback", get(list_feedback))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(Arc::new(app))
 }
 
@@ -60,6 +61,14 @@ async fn not_found() -> ApiError {
         StatusCode::NOT_FOUND,
         "not_found",
         "no such route; the routes are /flows, /flows/{flow}/runs, /runs, /runs/{id}, /runs/{id}/events, /runs/{id}/feedback and /feedback",
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not served on {}; see docs/server.md for each route's method", uri.path()),
     )
 }
 

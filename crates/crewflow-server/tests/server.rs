@@ -367,6 +367,10 @@ async fn refusals_are_json_with_the_right_status() {
     }
     let (code, e) = srv.post(&format!("/runs/{unknown}/feedback"), r#"{"answer": "x"}"#).await;
     assert_eq!((code, error_of(&e).0), (404, "unknown_run"), "{e}");
+    let resp = srv.client.delete(format!("{}/flows", srv.base)).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    let e: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(error_of(&e).0, "method_not_allowed", "{e}");
     let (code, e) = srv.get("/nowhere").await;
     assert_eq!((code, error_of(&e).0), (404, "not_found"));
 
