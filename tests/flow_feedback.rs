@@ -607,3 +607,46 @@ mod over_http {
         assert!(kickoff.await.unwrap().unwrap().paused().is_some());
     }
 }
+
+/// `stream_resume_with_feedback`: the continuation runs in the background and its stream sees
+/// it from `run_resumed` to `run_finished`; a refused answer is the handle's error, the stream
+/// ends empty and the run stays paused.
+#[tokio::test]
+async fn an_answer_streams_the_continuation() {
+    use crewflow::EventKind;
+    let dir = tempfile::tempdir().unwrap();
+    let flow = FlowBuilder::<Doc>::new("streamed")
+        .start("draft", |_cx, (): ()| async move { Ok("a draft") })
+        .human_feedback(HumanFeedback::new("Ok?").emit(["approved", "rejected"]).provider(crewflow::DeferredFeedback))
+        .listen("keep", label("approved"), |_cx, (): ()| async move { Ok("kept") })
+        .listen("bin", label("rejected"), |_cx, (): ()| async move { Ok("binned") })
+        .store(crewflow::store::SqliteStore::open(dir.path().join("runs.db")))
+        .build()
+        .unwrap();
+    let run = flow.kickoff(()).await.unwrap();
+    assert!(run.paused().is_some());
+
+    let (handle, mut events) = flow.stream_resume_with_feedback(run.id, "perhaps").unwrap();
+    assert!(events.next().await.is_none(), "a refused answer runs nothing");
+    let err = handle.await.unwrap_err();
+    assert!(matches!(err, Error::UnmatchedFeedback { .. }), "{err}");
+    assert!(flow.pending_feedback(run.id).await.unwrap().is_some(), "still paused");
+
+    let (handle, mut events) = flow.stream_resume_with_feedback(run.id, "approved").unwrap();
+    assert_eq!(handle.id(), run.id);
+    let mut kinds = Vec::new();
+    while let Some(e) = events.next().await {
+        assert_eq!(e.run_id, run.id);
+        kinds.push(match e.kind {
+            EventKind::RunResumed { .. } => "resumed",
+            EventKind::FeedbackReceived { .. } => "feedback",
+            EventKind::StepFinished { .. } => "step",
+            EventKind::RunFinished { .. } => "finished",
+            _ => "other",
+        });
+    }
+    assert_eq!(kinds.first(), Some(&"resumed"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"finished"), "{kinds:?}");
+    assert!(kinds.contains(&"feedback"), "{kinds:?}");
+    assert_eq!(handle.await.unwrap().output::<String>().unwrap(), "kept");
+}

@@ -294,6 +294,28 @@ impl<S: FlowState> Flow<S> {
         self.resume_with(run_id, None, Canceller::new(), Some((None, feedback.into()))).await
     }
 
+    /// [`resume_with_feedback`](Flow::resume_with_feedback) in the background: a handle to await
+    /// or cancel the continuation, and its event stream (from its `run_resumed` to its end, or
+    /// to its next pause), attached before it starts. A refused answer (a run not paused, an
+    /// answer no outcome matches) is the handle's error, and the stream then ends empty.
+    pub fn stream_resume_with_feedback(
+        &self,
+        run_id: RunId,
+        feedback: impl Into<String>,
+    ) -> Result<(RunHandle<S>, EventStream), Error> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime {
+            call: "Flow::stream_resume_with_feedback",
+            instead: "Flow::resume_with_feedback in a runtime",
+        })?;
+        let (tx, rx) = stream_channel();
+        let cancel = Canceller::new();
+        let flow = self.clone();
+        let token = cancel.clone();
+        let answer = Some((None, feedback.into()));
+        let join = rt.spawn(async move { flow.resume_with(run_id, Some(tx), token, answer).await });
+        Ok((RunHandle { id: run_id, cancel, join }, rx))
+    }
+
     /// [`resume_with_feedback`](Flow::resume_with_feedback) for one named request of a run
     /// waiting for several (parallel reviews): `request` is the
     /// [`FeedbackRequest::id`](crate::FeedbackRequest::id) the provider was given. An id the run

@@ -1,0 +1,112 @@
+//! Errors: [`ServerError`] when a [`Server`](crate::Server) is set up wrongly, and the JSON
+//! error every refused request answers with.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use crewflow_core::Error;
+use serde_json::json;
+
+/// A server set up wrongly ([`Server::flow`](crate::Server::flow)).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Two flows of the same name: requests name flows, so names must be unique.
+    #[error("flow `{flow}` is registered twice; give one of them another name (FlowBuilder::rename)")]
+    DuplicateFlow {
+        /// The repeated name.
+        flow: String,
+    },
+    /// The flow keeps its runs in no store: the server could not list, show or resume them.
+    #[error(
+        "flow `{flow}` keeps its runs in no store; build it with the server's store (FlowBuilder::store_arc(store.clone()))"
+    )]
+    FlowWithoutStore {
+        /// The flow.
+        flow: String,
+    },
+    /// The flow keeps its runs in another store than the server's.
+    #[error(
+        "flow `{flow}` keeps its runs in {flow_store}, not in the server's store ({server_store}); build it with FlowBuilder::store_arc(<the server's store>.clone())"
+    )]
+    OtherStore {
+        /// The flow.
+        flow: String,
+        /// The flow's store.
+        flow_store: String,
+        /// The server's store.
+        server_store: String,
+    },
+}
+
+/// A refused request: its status and the `{"error": {"code", "message"}}` body.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn store(e: impl std::fmt::Display) -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("the run store did not answer: {e}; check that the database is up"),
+        )
+    }
+
+    pub fn unknown_flow(flow: &str, known: &[String]) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_flow",
+            format!("no flow `{flow}` is served here; GET /flows lists them ({})", known.join(", ")),
+        )
+    }
+
+    pub fn unknown_run(run_id: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_run",
+            format!("no run `{run_id}` in the store; GET /runs lists them"),
+        )
+    }
+
+    /// An engine error, with the status it deserves.
+    pub fn engine(e: Error) -> Self {
+        let (status, code) = match &e {
+            Error::UnknownInput { .. } | Error::InvalidInput { .. } | Error::InputsNotAnObject { .. } => {
+                (StatusCode::BAD_REQUEST, "bad_inputs")
+            }
+            Error::UnmatchedFeedback { .. } | Error::FeedbackRequestNeeded { .. } => {
+                (StatusCode::BAD_REQUEST, "bad_feedback")
+            }
+            Error::UnknownRun { .. } => (StatusCode::NOT_FOUND, "unknown_run"),
+            Error::NotPaused { .. } => (StatusCode::CONFLICT, "not_paused"),
+            Error::RunOwned(_) | Error::AlreadyDriven { .. } | Error::LeaseLost(_) => {
+                (StatusCode::CONFLICT, "run_busy")
+            }
+            Error::DefinitionChanged { .. } | Error::RunOfAnotherFlow { .. } => {
+                (StatusCode::CONFLICT, "other_definition")
+            }
+            Error::Store { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            Error::Cancelled { .. } => (StatusCode::OK, "cancelled"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "run_failed"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+    }
+}

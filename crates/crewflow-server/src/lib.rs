@@ -1,0 +1,120 @@
+//! Serve crewflow flows over HTTP: an [axum] router you mount into your own app.
+//!
+//! A [`Server`] hosts flows by name, all keeping their runs in one store (SQLite or
+//! PostgreSQL, from `crewflow-store`). [`router`] turns it into an `axum::Router` with:
+//!
+//! | Request | Answer |
+//! |---|---|
+//! | `GET /flows` | the flows served: `{"flows": [{"name", "steps"}]}` |
+//! | `POST /flows/{flow}/runs` | starts a run with the JSON body as its inputs: `202 {"run_id", "status": "running"}` at once; with `?wait=true`, `200` and the result when it finishes or pauses |
+//! | `GET /runs/{id}` | the run: status, output or error, steps, pending feedback |
+//! | `GET /runs?flow=&status=&limit=` | runs, newest first |
+//! | `GET /runs/{id}/events` | the run's events as server-sent events (`event: <type>`, `data: <JSON>`), from its first, ending with its end (or pause) |
+//! | `GET /feedback` | every pause waiting for an answer |
+//! | `POST /runs/{id}/feedback` | `{"answer": "..."}` answers a paused run and continues it: `202` at once, or the result with `?wait=true`; `409` when it is not paused or already answered |
+//!
+//! Refusals answer `{"error": {"code", "message"}}`: `400` for bad inputs or answers (the
+//! message names the field), `404` for an unknown flow or run, `409` for conflicts, `503` when
+//! the store does not answer. The full reference is `docs/server.md`.
+//!
+//! ```
+//! use crewflow_core::{Cx, FlowBuilder};
+//! use crewflow_server::{Server, router};
+//! # use serde::{Deserialize, Serialize};
+//! #[derive(Default, Serialize, Deserialize)]
+//! struct Greeting { name: String }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = crewflow_store::open("sqlite::memory:")?;
+//! let hello = FlowBuilder::<Greeting>::new("hello")
+//!     .start("greet", |cx: Cx<Greeting>, (): ()| async move {
+//!         Ok(format!("hello, {}", cx.state(|g| g.name.clone())))
+//!     })
+//!     .store_arc(store.clone())
+//!     .build()?;
+//!
+//! let app = axum::Router::new().nest("/crewflow", router(Server::new(store).flow(&hello)?));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let url = format!("http://{}/crewflow/flows/hello/runs?wait=true", listener.local_addr()?);
+//! tokio::spawn(async move { axum::serve(listener, app).await });
+//!
+//! let reply = reqwest::Client::new().post(url).body(r#"{"name": "Ada"}"#).send().await?;
+//! assert_eq!(reply.status(), 200);
+//! let run: serde_json::Value = serde_json::from_str(&reply.text().await?)?;
+//! assert_eq!((run["status"].as_str(), run["output"].as_str()), (Some("finished"), Some("hello, Ada")));
+//! # Ok(()) }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+//! ```
+//!
+//! Runs started by the server run in the background on the caller's tokio runtime; their
+//! events are kept in memory for the most recent runs ([`Server::keep_events`]) so a client
+//! that subscribes late still sees them from the first.
+
+mod error;
+mod hosted;
+mod live;
+mod routes;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crewflow_core::persist::RunStore;
+use crewflow_core::{Flow, FlowState};
+
+pub use error::ServerError;
+
+/// The flows a server hosts and the store their runs are kept in. Turn it into a router with
+/// [`router`].
+pub struct Server {
+    store: Arc<dyn RunStore>,
+    flows: BTreeMap<String, Arc<dyn hosted::Hosted>>,
+    keep_events: usize,
+}
+
+impl Server {
+    /// A server whose runs are kept in `store` (every flow it hosts must keep its runs there).
+    pub fn new(store: Arc<dyn RunStore>) -> Self {
+        Server { store, flows: BTreeMap::new(), keep_events: 1024 }
+    }
+
+    /// Hosts `flow` under its name. The flow must keep its runs in the server's store (built
+    /// with `FlowBuilder::store_arc(store.clone())`), so that the server can list, show and
+    /// resume them; and no other hosted flow may have its name.
+    pub fn flow<S: FlowState>(mut self, flow: &Flow<S>) -> Result<Self, ServerError> {
+        let name = flow.name().to_string();
+        if self.flows.contains_key(&name) {
+            return Err(ServerError::DuplicateFlow { flow: name });
+        }
+        match flow.store() {
+            None => return Err(ServerError::FlowWithoutStore { flow: name }),
+            Some(own) if !Arc::ptr_eq(own, &self.store) => {
+                return Err(ServerError::OtherStore {
+                    flow: name,
+                    flow_store: own.describe(),
+                    server_store: self.store.describe(),
+                });
+            }
+            Some(_) => {}
+        }
+        self.flows.insert(name, Arc::new(flow.clone()));
+        Ok(self)
+    }
+
+    /// How many recent runs' events are kept in memory for late SSE subscribers (default
+    /// 1024; running runs are always kept).
+    pub fn keep_events(mut self, runs: usize) -> Self {
+        self.keep_events = runs.max(1);
+        self
+    }
+
+    /// The names of the flows hosted.
+    pub fn flow_names(&self) -> impl Iterator<Item = &str> {
+        self.flows.keys().map(String::as_str)
+    }
+}
+
+/// The server's routes, ready to serve (`axum::serve(listener, router(server))`) or to mount
+/// into an app (`Router::new().nest("/crewflow", router(server))`).
+pub fn router(server: Server) -> axum::Router {
+    routes::router(server)
+}

@@ -1,0 +1,155 @@
+//! Runs this server drives: their events so far (for SSE subscribers who come late) and how
+//! they ended, kept in memory for the most recent runs.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crewflow_core::{Event, RunId};
+use tokio::sync::watch;
+
+use crate::hosted::Outcome;
+
+/// How a driven run came back.
+#[derive(Clone, Debug)]
+pub(crate) enum Ended {
+    Ok(Box<Outcome>),
+    Err {
+        cancelled: bool,
+        message: String,
+        refused: bool,
+        /// The status and code a waiting request answers with, were it refused.
+        status: axum::http::StatusCode,
+        code: &'static str,
+    },
+}
+
+/// One run this server drives (or drove).
+pub(crate) struct Live {
+    pub flow: String,
+    inner: Mutex<LiveInner>,
+    /// Bumped on every new frame and at the end.
+    tick: watch::Sender<u64>,
+}
+
+struct LiveInner {
+    frames: Vec<Arc<str>>,
+    ended: Option<Ended>,
+}
+
+impl Live {
+    fn new(flow: String) -> Self {
+        let (tick, _) = watch::channel(0);
+        Live { flow, inner: Mutex::new(LiveInner { frames: Vec::new(), ended: None }), tick }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LiveInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records one event, serialized once for every subscriber.
+    pub fn push(&self, event: &Event) {
+        let frame = match serde_json::to_string(event) {
+            Ok(text) => text,
+            Err(e) => {
+                serde_json::json!({"type": "unserializable", "seq": event.seq, "error": e.to_string()}).to_string()
+            }
+        };
+        self.lock().frames.push(frame.into());
+        self.tick.send_modify(|t| *t += 1);
+    }
+
+    pub fn end(&self, ended: Ended) {
+        self.lock().ended = Some(ended);
+        self.tick.send_modify(|t| *t += 1);
+    }
+
+    pub fn ended(&self) -> Option<Ended> {
+        self.lock().ended.clone()
+    }
+
+    /// Frames from `from` on, and whether the run has ended.
+    pub fn frames_from(&self, from: usize) -> (Vec<Arc<str>>, bool) {
+        let inner = self.lock();
+        (inner.frames.get(from..).map(<[_]>::to_vec).unwrap_or_default(), inner.ended.is_some())
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.tick.subscribe()
+    }
+
+    /// Waits until the run ends.
+    pub async fn wait(&self) -> Ended {
+        let mut rx = self.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if let Some(ended) = self.ended() {
+                return ended;
+            }
+            if rx.changed().await.is_err() {
+                return Ended::Err {
+                    cancelled: false,
+                    message: "the run's task went away".into(),
+                    refused: false,
+                    status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    code: "run_failed",
+                };
+            }
+        }
+    }
+}
+
+/// The runs this server drives, and the most recent ones it drove.
+pub(crate) struct Table {
+    inner: Mutex<TableInner>,
+    keep: usize,
+}
+
+struct TableInner {
+    runs: HashMap<RunId, Arc<Live>>,
+    order: VecDeque<RunId>,
+}
+
+impl Table {
+    pub fn new(keep: usize) -> Self {
+        Table { inner: Mutex::new(TableInner { runs: HashMap::new(), order: VecDeque::new() }), keep }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TableInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn get(&self, run_id: RunId) -> Option<Arc<Live>> {
+        self.lock().runs.get(&run_id).cloned()
+    }
+
+    /// Records a run being driven (again, after a pause: its events so far are kept); `None` if
+    /// this server drives it already (the check and the insert are one step, so two answers to
+    /// one pause never both go through).
+    pub fn begin(&self, run_id: RunId, flow: &str) -> Option<Arc<Live>> {
+        let mut inner = self.lock();
+        if inner.runs.get(&run_id).is_some_and(|live| live.ended().is_none()) {
+            return None;
+        }
+        // A run continued after a pause keeps its events so far: its stream tells the whole run.
+        if let Some(live) = inner.runs.get(&run_id).cloned() {
+            live.lock().ended = None;
+            live.tick.send_modify(|t| *t += 1);
+            return Some(live);
+        }
+        let live = Arc::new(Live::new(flow.to_string()));
+        inner.runs.insert(run_id, live.clone());
+        inner.order.push_back(run_id);
+        // Forget the oldest ended runs beyond what is kept (running ones always stay).
+        let mut scanned = 0;
+        while inner.order.len() > self.keep && scanned < inner.order.len() {
+            scanned += 1;
+            let Some(oldest) = inner.order.pop_front() else { break };
+            if inner.runs.get(&oldest).is_some_and(|l| l.ended().is_none()) {
+                inner.order.push_back(oldest);
+            } else {
+                inner.runs.remove(&oldest);
+            }
+        }
+        Some(live)
+    }
+}

@@ -1,0 +1,469 @@
+//! The server over real HTTP on loopback: a real SQLite file, real runs, a reqwest client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crewflow_core::persist::RunStore;
+use crewflow_core::trigger::label;
+use crewflow_core::{Cx, DeferredFeedback, Flow, FlowBuilder, HumanFeedback};
+use crewflow_server::{Server, ServerError, router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+#[derive(Default, Serialize, Deserialize)]
+struct Greeting {
+    name: String,
+    times: u32,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Doc {}
+
+fn greet(store: &Arc<dyn RunStore>) -> Flow<Greeting> {
+    FlowBuilder::<Greeting>::new("greet")
+        .start(
+            "hello",
+            |cx: Cx<Greeting>, (): ()| async move { Ok(format!("hello, {}", cx.state(|g| g.name.clone()))) },
+        )
+        .listen("shout", "hello", |_cx: Cx<Greeting>, text: String| async move { Ok(text.to_uppercase()) })
+        .store_arc(store.clone())
+        .build()
+        .unwrap()
+}
+
+/// A flow whose step waits until the test lets it go (no timing involved).
+fn gated(store: &Arc<dyn RunStore>, gate: Arc<Semaphore>) -> Flow<Doc> {
+    FlowBuilder::<Doc>::new("gated")
+        .start("wait", move |_cx: Cx<Doc>, (): ()| {
+            let gate = gate.clone();
+            async move {
+                let _permit = gate.acquire().await.map_err(crewflow_core::StepError::msg)?;
+                Ok("released")
+            }
+        })
+        .store_arc(store.clone())
+        .build()
+        .unwrap()
+}
+
+fn review(store: &Arc<dyn RunStore>) -> Flow<Doc> {
+    FlowBuilder::<Doc>::new("review")
+        .start("draft", |_cx: Cx<Doc>, (): ()| async move { Ok("the draft") })
+        .human_feedback(HumanFeedback::new("Publish?").emit(["approved", "rejected"]).provider(DeferredFeedback))
+        .listen("on_approved", label("approved"), |_cx: Cx<Doc>, (): ()| async move { Ok("published") })
+        .listen("on_rejected", label("rejected"), |_cx: Cx<Doc>, (): ()| async move { Ok("binned") })
+        .store_arc(store.clone())
+        .build()
+        .unwrap()
+}
+
+struct Running {
+    base: String,
+    client: reqwest::Client,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn serve(server: Server, dir: Option<tempfile::TempDir>) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Mounted under a prefix, as a user's app would.
+    let app = axum::Router::new().nest("/api", router(server));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Running { base: format!("http://{addr}/api"), client: reqwest::Client::new(), _dir: dir }
+}
+
+async fn sqlite_server(gate: Arc<Semaphore>) -> (Running, Arc<dyn RunStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crewflow_store::open(dir.path().join("runs.db").to_str().unwrap()).unwrap();
+    let server = Server::new(store.clone())
+        .flow(&greet(&store))
+        .unwrap()
+        .flow(&gated(&store, gate))
+        .unwrap()
+        .flow(&review(&store))
+        .unwrap();
+    (serve(server, Some(dir)).await, store)
+}
+
+impl Running {
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self.client.get(format!("{}{path}", self.base)).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}")))
+    }
+
+    async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}")))
+    }
+
+    /// Reads a run's SSE stream to its end: (event name, data) pairs.
+    async fn events(&self, run_id: &str) -> Vec<(String, Value)> {
+        let mut resp = self.client.get(format!("{}/runs/{run_id}/events", self.base)).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let mut text = String::new();
+        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), resp.chunk()).await.unwrap().unwrap() {
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+        parse_sse(&text)
+    }
+
+    async fn wait_status(&self, run_id: &str, status: &str) -> Value {
+        for _ in 0..600 {
+            let (code, body) = self.get(&format!("/runs/{run_id}")).await;
+            assert_eq!(code, 200, "{body}");
+            if body["status"] == status {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("run {run_id} never became {status}");
+    }
+}
+
+fn parse_sse(text: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let mut name = String::new();
+        let mut data = String::new();
+        let mut id = String::new();
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event: ") {
+                name = v.to_string();
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                id = v.to_string();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data.push_str(v);
+            }
+        }
+        if !data.is_empty() {
+            let mut value: Value = serde_json::from_str(&data).unwrap();
+            value["sse_id"] = json!(id);
+            out.push((name, value));
+        }
+    }
+    out
+}
+
+fn error_of(body: &Value) -> (&str, &str) {
+    (body["error"]["code"].as_str().unwrap(), body["error"]["message"].as_str().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_start_wait_show_and_list() {
+    let (srv, _store) = sqlite_server(Arc::new(Semaphore::new(100))).await;
+
+    let (code, flows) = srv.get("/flows").await;
+    assert_eq!(code, 200);
+    let names: Vec<&str> = flows["flows"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["gated", "greet", "review"]);
+    assert_eq!(flows["flows"][1]["steps"], 2);
+
+    let (code, done) = srv.post("/flows/greet/runs?wait=true", r#"{"name": "Ada"}"#).await;
+    assert_eq!(code, 200, "{done}");
+    assert_eq!(
+        (done["status"].as_str(), done["output"].as_str(), done["steps"].as_u64()),
+        (Some("finished"), Some("HELLO, ADA"), Some(2))
+    );
+    let id = done["run_id"].as_str().unwrap().to_string();
+
+    let (code, run) = srv.get(&format!("/runs/{id}")).await;
+    assert_eq!(code, 200, "{run}");
+    assert_eq!(run["status"], "finished");
+    assert_eq!(run["flow"], "greet");
+    assert_eq!(run["output"], "HELLO, ADA");
+    assert_eq!(run["inputs"], json!({"name": "Ada"}));
+    let steps: Vec<(&str, &str)> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["step"].as_str().unwrap(), s["output"].as_str().unwrap()))
+        .collect();
+    assert_eq!(steps, [("hello", "hello, Ada"), ("shout", "HELLO, ADA")]);
+
+    // A second run, then the listing and its filters.
+    let (_, second) = srv.post("/flows/greet/runs?wait=true", r#"{"name": "Bo"}"#).await;
+    let (code, list) = srv.get("/runs?flow=greet&status=finished&limit=1").await;
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(list["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(list["runs"][0]["run_id"], second["run_id"], "newest first");
+    let (_, all) = srv.get("/runs?flow=greet").await;
+    assert_eq!(all["runs"].as_array().unwrap().len(), 2);
+    let (_, none) = srv.get("/runs?flow=review").await;
+    assert_eq!(none["runs"], json!([]));
+    let (_, failed) = srv.get("/runs?status=failed").await;
+    assert_eq!(failed["runs"], json!([]));
+
+    let (code, bad) = srv.get("/runs?status=done").await;
+    assert_eq!(code, 400);
+    assert!(error_of(&bad).1.contains("`status`") && error_of(&bad).1.contains("finished"), "{bad}");
+    let (code, bad) = srv.get("/runs?limit=lots").await;
+    assert_eq!(code, 400);
+    assert!(error_of(&bad).1.contains("limit"), "{bad}");
+    let (code, bad) = srv.get("/runs?limit=0").await;
+    assert_eq!(code, 400, "{bad}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_run_answers_at_once_and_streams_its_events() {
+    let gate = Arc::new(Semaphore::new(0));
+    let (srv, _store) = sqlite_server(gate.clone()).await;
+
+    let (code, started) = srv.post("/flows/gated/runs", "").await;
+    assert_eq!(code, 202, "{started}");
+    assert_eq!(started["status"], "running");
+    let id = started["run_id"].as_str().unwrap().to_string();
+
+    // The step is held: the run is running, and stays so.
+    let (code, run) = srv.get(&format!("/runs/{id}")).await;
+    assert_eq!(code, 200);
+    assert_eq!(run["status"], "running", "{run}");
+
+    // Two subscribers: one before the release, one after the end (replayed from memory).
+    let early = {
+        let client = Running { base: srv.base.clone(), client: srv.client.clone(), _dir: None };
+        let id = id.clone();
+        tokio::spawn(async move { client.events(&id).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.add_permits(1);
+    let run = srv.wait_status(&id, "finished").await;
+    assert_eq!(run["output"], "released");
+    let early = early.await.unwrap();
+    let late = srv.events(&id).await;
+
+    let names: Vec<&str> = early.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["run_started", "step_started", "step_finished", "run_finished"], "{early:?}");
+    for (name, data) in &early {
+        assert_eq!(data["type"], *name);
+        assert_eq!(data["run_id"], id.as_str());
+    }
+    let seqs: Vec<u64> = early.iter().map(|(_, d)| d["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(early, late, "a late subscriber sees the same events");
+    assert_eq!(early[2].1["output"], "released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_pauses_are_listed_answered_once_and_refused_after() {
+    let (srv, _store) = sqlite_server(Arc::new(Semaphore::new(100))).await;
+
+    let (code, paused) = srv.post("/flows/review/runs?wait=true", "{}").await;
+    assert_eq!(code, 200, "{paused}");
+    assert_eq!(paused["status"], "paused");
+    assert_eq!(paused["feedback"]["message"], "Publish?");
+    assert_eq!(paused["feedback"]["output"], "the draft");
+    let id = paused["run_id"].as_str().unwrap().to_string();
+
+    let (code, pending) = srv.get("/feedback").await;
+    assert_eq!(code, 200);
+    let listed: Vec<&str> =
+        pending["feedback"].as_array().unwrap().iter().map(|p| p["run_id"].as_str().unwrap()).collect();
+    assert_eq!(listed, [id.as_str()]);
+    assert_eq!(pending["feedback"][0]["request"]["emit"], json!(["approved", "rejected"]));
+    let (_, run) = srv.get(&format!("/runs/{id}")).await;
+    assert_eq!(run["status"], "paused");
+    assert_eq!(run["feedback"][0]["step"], "draft");
+
+    // Bad answers: named field, nothing changes.
+    let (code, bad) = srv.post(&format!("/runs/{id}/feedback"), r#"{"answer": 5}"#).await;
+    assert_eq!(code, 400);
+    assert!(error_of(&bad).1.contains("`answer`"), "{bad}");
+    let (code, bad) = srv.post(&format!("/runs/{id}/feedback"), r#"{"reply": "ok"}"#).await;
+    assert_eq!(code, 400);
+    assert!(error_of(&bad).1.contains("`answer`"), "{bad}");
+    let (code, bad) = srv.post(&format!("/runs/{id}/feedback"), r#"{"answer": "ok", "extra": 1}"#).await;
+    assert_eq!(code, 400);
+    assert!(error_of(&bad).1.contains("`extra`"), "{bad}");
+
+    let (code, done) = srv.post(&format!("/runs/{id}/feedback?wait=true"), r#"{"answer": "Approved"}"#).await;
+    assert_eq!(code, 200, "{done}");
+    assert_eq!((done["status"].as_str(), done["output"].as_str()), (Some("finished"), Some("published")));
+
+    // The run's stream tells it all: up to the pause, then the continuation to its end.
+    let events = srv.events(&id).await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    let paused_at = names.iter().position(|n| *n == "run_paused").expect("a run_paused event");
+    assert_eq!(names[0], "run_started");
+    assert_eq!(names[paused_at + 1], "run_resumed", "{names:?}");
+    assert_eq!(names.last(), Some(&"run_finished"), "{names:?}");
+    assert!(names.contains(&"feedback_received"), "{names:?}");
+    // The SSE ids number the frames of the one stream, though the continuation's seq restarts.
+    let ids: Vec<String> = events.iter().map(|(_, d)| d["sse_id"].as_str().unwrap().to_string()).collect();
+    let expected: Vec<String> = (1..=events.len()).map(|i| i.to_string()).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(events[paused_at + 1].1["seq"], 1, "the continuation numbers its own events");
+    let finished = &events.last().unwrap().1;
+    assert_eq!(finished["output"], "published");
+
+    let (code, again) = srv.post(&format!("/runs/{id}/feedback"), r#"{"answer": "rejected"}"#).await;
+    assert_eq!(code, 409, "{again}");
+    assert_eq!(error_of(&again).0, "not_paused");
+    assert!(error_of(&again).1.contains("finished"), "{again}");
+    let (_, pending) = srv.get("/feedback").await;
+    assert_eq!(pending["feedback"], json!([]));
+
+    // Two answers at once to one pause: exactly one is taken.
+    let (_, paused) = srv.post("/flows/review/runs?wait=true", "").await;
+    let id = paused["run_id"].as_str().unwrap().to_string();
+    let path = format!("/runs/{id}/feedback");
+    let (a, b) =
+        tokio::join!(srv.post(&path, r#"{"answer": "approved"}"#), srv.post(&path, r#"{"answer": "rejected"}"#));
+    let mut codes = [a.0, b.0];
+    codes.sort();
+    assert_eq!(codes, [202, 409], "{a:?} {b:?}");
+    let run = srv.wait_status(&id, "finished").await;
+    let winner = if a.0 == 202 { "published" } else { "binned" };
+    assert_eq!(run["output"], winner);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_json_with_the_right_status() {
+    let (srv, _store) = sqlite_server(Arc::new(Semaphore::new(100))).await;
+
+    let (code, e) = srv.post("/flows/nope/runs", "{}").await;
+    assert_eq!((code, error_of(&e).0), (404, "unknown_flow"));
+    assert!(error_of(&e).1.contains("`nope`") && error_of(&e).1.contains("greet"), "{e}");
+
+    let (code, e) = srv.post("/flows/greet/runs", r#"{"nmae": "Ada"}"#).await;
+    assert_eq!((code, error_of(&e).0), (400, "bad_inputs"), "{e}");
+    assert!(error_of(&e).1.contains("nmae") && error_of(&e).1.contains("name"), "{e}");
+    let (code, e) = srv.post("/flows/greet/runs", r#"{"times": "many"}"#).await;
+    assert_eq!((code, error_of(&e).0), (400, "bad_inputs"), "{e}");
+    assert!(error_of(&e).1.contains("times"), "{e}");
+    let (code, e) = srv.post("/flows/greet/runs", r#"{"name": "#).await;
+    assert_eq!(code, 400);
+    assert!(error_of(&e).1.contains("not valid JSON"), "{e}");
+    let (code, e) = srv.post("/flows/greet/runs", "[1, 2]").await;
+    assert_eq!(code, 400);
+    assert!(error_of(&e).1.contains("JSON object"), "{e}");
+    let (code, e) = srv.post("/flows/greet/runs?wait=maybe", "{}").await;
+    assert_eq!(code, 400, "{e}");
+    let huge = format!(r#"{{"name": "{}"}}"#, "x".repeat(3 << 20));
+    let (code, e) = srv.post("/flows/greet/runs", &huge).await;
+    assert_eq!((code, error_of(&e).0), (413, "body_too_large"), "{e}");
+    // Nothing was started by the refused requests.
+    let (_, list) = srv.get("/runs").await;
+    assert_eq!(list["runs"], json!([]));
+
+    let unknown = "0193f7a2-0000-7000-8000-000000000000";
+    for path in [format!("/runs/{unknown}"), format!("/runs/{unknown}/events"), "/runs/not-a-uuid".to_string()] {
+        let (code, e) = srv.get(&path).await;
+        assert_eq!((code, error_of(&e).0), (404, "unknown_run"), "{path}: {e}");
+    }
+    let (code, e) = srv.post(&format!("/runs/{unknown}/feedback"), r#"{"answer": "x"}"#).await;
+    assert_eq!((code, error_of(&e).0), (404, "unknown_run"), "{e}");
+    let resp = srv.client.delete(format!("{}/flows", srv.base)).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    let e: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(error_of(&e).0, "method_not_allowed", "{e}");
+    let (code, e) = srv.get("/nowhere").await;
+    assert_eq!((code, error_of(&e).0), (404, "not_found"));
+
+    // A run that is not paused cannot be answered; an answer no outcome matches is a 400 and
+    // leaves the pause as it was.
+    let (_, done) = srv.post("/flows/greet/runs?wait=true", r#"{"name": "x"}"#).await;
+    let (code, e) =
+        srv.post(&format!("/runs/{}/feedback", done["run_id"].as_str().unwrap()), r#"{"answer": "x"}"#).await;
+    assert_eq!((code, error_of(&e).0), (409, "not_paused"), "{e}");
+    let (_, paused) = srv.post("/flows/review/runs?wait=true", "").await;
+    let id = paused["run_id"].as_str().unwrap();
+    let (code, e) = srv.post(&format!("/runs/{id}/feedback?wait=true"), r#"{"answer": "perhaps"}"#).await;
+    assert_eq!((code, error_of(&e).0), (400, "bad_feedback"), "{e}");
+    let (_, run) = srv.get(&format!("/runs/{id}")).await;
+    assert_eq!(run["status"], "paused", "{run}");
+    let (code, done) = srv.post(&format!("/runs/{id}/feedback?wait=true"), r#"{"answer": "rejected"}"#).await;
+    assert_eq!((code, done["output"].as_str()), (200, Some("binned")), "{done}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_does_not_answer_is_a_503() {
+    // Nothing listens on port 1: every store call fails.
+    let store = crewflow_store::open("postgres://postgres@127.0.0.1:1/nowhere").unwrap();
+    let srv = serve(Server::new(store.clone()).flow(&greet(&store)).unwrap(), None).await;
+    for path in ["/runs", "/feedback", "/runs/0193f7a2-0000-7000-8000-000000000000"] {
+        let (code, e) = srv.get(path).await;
+        assert_eq!((code, error_of(&e).0), (503, "store_unavailable"), "{path}: {e}");
+    }
+    // A run cannot be recorded: a 503 naming the store, and nothing panics.
+    let (code, e) = srv.post("/flows/greet/runs?wait=true", r#"{"name": "x"}"#).await;
+    assert_eq!((code, error_of(&e).0), (503, "store_unavailable"), "{e}");
+    assert!(error_of(&e).1.contains("127.0.0.1:1"), "{e}");
+    // Without waiting it is accepted: the run fails in the background, as a worker would see it.
+    let (code, started) = srv.post("/flows/greet/runs", r#"{"name": "x"}"#).await;
+    assert_eq!(code, 202, "{started}");
+    let (code, e) = srv.get("/flows").await;
+    assert_eq!(code, 200, "{e}");
+}
+
+#[test]
+fn flows_must_keep_their_runs_in_the_servers_store() {
+    let store = crewflow_store::open("sqlite::memory:").unwrap();
+    let other = crewflow_store::open("sqlite::memory:").unwrap();
+    let no_store =
+        FlowBuilder::<Doc>::new("loose").start("s", |_cx: Cx<Doc>, (): ()| async move { Ok(1) }).build().unwrap();
+    let e = Server::new(store.clone()).flow(&no_store).err().unwrap();
+    assert!(matches!(e, ServerError::FlowWithoutStore { .. }), "{e}");
+    assert!(e.to_string().contains("store_arc"), "{e}");
+    let e = Server::new(store.clone()).flow(&greet(&other)).err().unwrap();
+    assert!(matches!(e, ServerError::OtherStore { .. }), "{e}");
+    let e = Server::new(store.clone()).flow(&greet(&store)).unwrap().flow(&greet(&store)).err().unwrap();
+    assert!(matches!(e, ServerError::DuplicateFlow { .. }) && e.to_string().contains("`greet`"), "{e}");
+}
+
+/// A fresh schema of the test database, and the URL that works in it.
+async fn fresh_pg_schema() -> String {
+    let base = std::env::var("CREWFLOW_TEST_POSTGRES").unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let schema = format!("crewflow_t_{}_{:08x}", now.as_secs(), now.subsec_nanos() ^ std::process::id());
+    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-csearch_path%3D{schema}")
+}
+
+/// Two servers on one PostgreSQL database: a pause made on one is listed and answered on the
+/// other, and both then show the run finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES to a PostgreSQL URL")]
+async fn two_servers_on_one_postgres_share_runs_and_pauses() {
+    let url = fresh_pg_schema().await;
+    let store_a = crewflow_store::open(&url).unwrap();
+    let store_b = crewflow_store::open(&url).unwrap();
+    let a = serve(Server::new(store_a.clone()).flow(&review(&store_a)).unwrap(), None).await;
+    let b = serve(Server::new(store_b.clone()).flow(&review(&store_b)).unwrap(), None).await;
+
+    let (code, paused) = a.post("/flows/review/runs?wait=true", "").await;
+    assert_eq!((code, paused["status"].as_str()), (200, Some("paused")), "{paused}");
+    let id = paused["run_id"].as_str().unwrap().to_string();
+
+    let (_, pending) = b.get("/feedback").await;
+    assert_eq!(pending["feedback"][0]["run_id"], id.as_str(), "{pending}");
+    // B never drove this run: its events are not kept there.
+    let (code, e) = b.get(&format!("/runs/{id}/events")).await;
+    assert_eq!((code, error_of(&e).0), (404, "no_events"));
+
+    let (code, done) = b.post(&format!("/runs/{id}/feedback?wait=true"), r#"{"answer": "rejected"}"#).await;
+    assert_eq!((code, done["output"].as_str()), (200, Some("binned")), "{done}");
+    let (code, again) = a.post(&format!("/runs/{id}/feedback"), r#"{"answer": "approved"}"#).await;
+    assert_eq!((code, error_of(&again).0), (409, "not_paused"), "{again}");
+    let (_, run) = a.get(&format!("/runs/{id}")).await;
+    assert_eq!((run["status"].as_str(), run["output"].as_str()), (Some("finished"), Some("binned")), "{run}");
+    let (_, list) = a.get("/runs?status=finished").await;
+    assert_eq!(list["runs"][0]["run_id"], id.as_str());
+}
