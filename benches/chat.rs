@@ -9,6 +9,10 @@
 //!   (`per_turn_us`, with the default session trace; `per_turn_us_untraced` without).
 //! - `sessions_10k`: 10,000 sessions × 10 turns, 64 sessions at a time (`turns_per_s`,
 //!   `peak_rss_mb`).
+//! - `turn_flatness`: 1 session × 200 turns, SQLite, a reply step with no model call, each
+//!   turn timed on its own; `late_over_early` is the median of turns 191–200 over the median of
+//!   turns 1–10 (flat in history: ≤ 1.10), `t91_100_over_t1_10` the same for turns 91–100, and
+//!   `early_us` / `late_us` the two medians. 5 fresh sessions; each metric's samples are per session.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // benchmarks may panic
 
@@ -19,7 +23,7 @@ use crewflow::prelude::*;
 use crewflow::store::SqliteStore;
 use futures::StreamExt;
 
-const BENCHES: [&str; 2] = ["turn_overhead", "sessions_10k"];
+const BENCHES: [&str; 3] = ["turn_overhead", "sessions_10k", "turn_flatness"];
 
 mod harness;
 
@@ -38,6 +42,7 @@ fn run_child(name: &str) {
         match name {
             "turn_overhead" => turn_overhead().await,
             "sessions_10k" => sessions_10k().await,
+            "turn_flatness" => turn_flatness().await,
             other => eprintln!("unknown benchmark {other}"),
         }
     });
@@ -97,4 +102,38 @@ async fn sessions_10k() {
     let elapsed = started.elapsed().as_secs_f64();
     report("sessions_10k", "turns_per_s", "turns/s", vec![100_000.0 / elapsed]);
     report("sessions_10k", "peak_rss_mb", "MB", vec![peak_rss_bytes() as f64 / (1024.0 * 1024.0)]);
+}
+
+/// The median of `samples` (not empty).
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let n = samples.len();
+    if n % 2 == 1 { samples[n / 2] } else { (samples[n / 2 - 1] + samples[n / 2]) / 2.0 }
+}
+
+async fn turn_flatness() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let flow = reply_flow(&dir.path().join("flatness.db"), true);
+    hundred_turns(&flow, &session("warmup")).await;
+    let (mut ratio, mut ratio_mid, mut early, mut late) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for s in 0..5 {
+        let id = session(&format!("session-{s}"));
+        let mut per_turn = Vec::with_capacity(200);
+        for i in 0..200 {
+            let started = Instant::now();
+            flow.handle_turn(&id, &format!("message number {i}")).await.expect("a turn");
+            per_turn.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        let first = median(per_turn[0..10].to_vec());
+        let middle = median(per_turn[90..100].to_vec());
+        let last = median(per_turn[190..200].to_vec());
+        ratio.push(last / first);
+        ratio_mid.push(middle / first);
+        early.push(first);
+        late.push(last);
+    }
+    report("turn_flatness", "late_over_early", "ratio", ratio);
+    report("turn_flatness", "t91_100_over_t1_10", "ratio", ratio_mid);
+    report("turn_flatness", "early_us", "us", early);
+    report("turn_flatness", "late_us", "us", late);
 }
