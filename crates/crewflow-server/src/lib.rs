@@ -38,6 +38,7 @@
 //! let url = format!("http://{}/crewflow/flows/hello/runs?wait=true", listener.local_addr()?);
 //! tokio::spawn(async move { axum::serve(listener, app).await });
 //!
+//! crewflow_llm::install_crypto_provider(); // reqwest is built without its own TLS provider
 //! let reply = reqwest::Client::new().post(url).body(r#"{"name": "Ada"}"#).send().await?;
 //! assert_eq!(reply.status(), 200);
 //! let run: serde_json::Value = serde_json::from_str(&reply.text().await?)?;

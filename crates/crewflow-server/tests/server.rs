@@ -72,6 +72,7 @@ async fn serve(server: Server, dir: Option<tempfile::TempDir>) -> Running {
     // Mounted under a prefix, as a user's app would.
     let app = axum::Router::new().nest("/api", router(server));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    crewflow_llm::install_crypto_provider(); // reqwest is built without its own TLS provider
     Running { base: format!("http://{addr}/api"), client: reqwest::Client::new(), _dir: dir }
 }
 
