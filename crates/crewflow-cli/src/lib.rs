@@ -34,6 +34,7 @@ macro_rules! out {
 }
 
 mod commands;
+mod compact;
 mod trace;
 
 use std::ffi::OsString;

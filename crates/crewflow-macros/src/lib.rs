@@ -17,6 +17,7 @@
 //! YAML flows; the compile-fail cases in `tests/ui/` pin the messages. Read next: the `crewflow`
 //! crate's root (a runnable tour) and `docs/architecture.md` (*Macros*).
 
+mod feedback;
 mod flow;
 mod retry;
 mod route;

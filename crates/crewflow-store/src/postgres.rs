@@ -1,5 +1,10 @@
 //! The PostgreSQL store: for several processes or machines sharing runs.
 //!
+//! Kept as one file on purpose: it is the `RunStore` impl of one backend (the runs' lifecycle:
+//! create, checkpoint, end, claim, heartbeat, list), whose statements must agree with each
+//! other on every column and status; the rest of the backend lives beside it in `postgres_*.rs`
+//! (journal, compaction, memories, sessions, reports).
+//!
 //! Leases use the server's clock (`now()`), so machines whose clocks disagree still agree on
 //! who owns a run. A checkpoint is one statement (a data-modifying CTE), one round trip.
 //! Workers claim runs with `FOR UPDATE SKIP LOCKED`, so concurrent workers never block on or
