@@ -52,7 +52,7 @@ impl FlowArgs {
 }
 
 /// How a step starts.
-enum Role {
+pub(crate) enum Role {
     Start,
     StartOn(TriggerAst),
     StartWhen(Expr),
@@ -60,7 +60,7 @@ enum Role {
 }
 
 impl Role {
-    fn trigger(&self) -> Option<&TriggerAst> {
+    pub(crate) fn trigger(&self) -> Option<&TriggerAst> {
         match self {
             Role::StartOn(t) | Role::Listen(t) => Some(t),
             Role::Start | Role::StartWhen(_) => None,
@@ -68,53 +68,53 @@ impl Role {
     }
 }
 
-struct RouterAttr {
+pub(crate) struct RouterAttr {
     routes: Vec<LitStr>,
     terminal: Vec<LitStr>,
     span: Span,
 }
 
-enum Param {
+pub(crate) enum Param {
     Cx,
     Input(Box<Type>),
 }
 
-struct StepMethod {
-    ident: Ident,
+pub(crate) struct StepMethod {
+    pub(crate) ident: Ident,
     /// Marked `#[persist]`: checkpoint after it.
-    persisted: bool,
+    pub(crate) persisted: bool,
     /// Marked `#[blocking]`: driven on the blocking pool.
-    blocking: bool,
+    pub(crate) blocking: bool,
     /// `#[retry(..)]`: runs again after a failure.
-    retry: Option<crate::retry::RetryAttr>,
+    pub(crate) retry: Option<crate::retry::RetryAttr>,
     /// Marked `#[human_feedback(..)]`.
-    feedback: Option<FeedbackAttr>,
-    role: Role,
-    router: Option<RouterAttr>,
-    params: Vec<Param>,
-    ret: Type,
+    pub(crate) feedback: Option<FeedbackAttr>,
+    pub(crate) role: Role,
+    pub(crate) router: Option<RouterAttr>,
+    pub(crate) params: Vec<Param>,
+    pub(crate) ret: Type,
     /// `T` in a return type written `Result<T>` / `Result<T, E>`.
-    ok_ty: Option<Type>,
+    pub(crate) ok_ty: Option<Type>,
 }
 
 impl StepMethod {
-    fn input(&self) -> Option<&Type> {
+    pub(crate) fn input(&self) -> Option<&Type> {
         self.params.iter().find_map(|p| match p {
             Param::Input(t) => Some(&**t),
             Param::Cx => None,
         })
     }
 
-    fn takes_cx(&self) -> bool {
+    pub(crate) fn takes_cx(&self) -> bool {
         self.params.iter().any(|p| matches!(p, Param::Cx))
     }
 
-    fn is_start(&self) -> bool {
+    pub(crate) fn is_start(&self) -> bool {
         !matches!(self.role, Role::Listen(_))
     }
 
     /// The route type's last identifier, for typed routers (`Lane` in `Result<Lane>`).
-    fn route_type(&self) -> Option<&Ident> {
+    pub(crate) fn route_type(&self) -> Option<&Ident> {
         self.router.as_ref()?;
         match self.ok_ty.as_ref()? {
             Type::Path(p) => last_ident(&p.path),
@@ -123,11 +123,11 @@ impl StepMethod {
     }
 
     /// A plain step with feedback outcomes: it routes by them.
-    fn emits(&self) -> bool {
+    pub(crate) fn emits(&self) -> bool {
         self.router.is_none() && self.feedback.as_ref().is_some_and(|f| !f.emit.is_empty())
     }
 
-    fn is_string_router(&self) -> bool {
+    pub(crate) fn is_string_router(&self) -> bool {
         self.router.as_ref().is_some_and(|r| !r.routes.is_empty()) || self.route_type().is_some_and(|t| t == "String")
     }
 }
@@ -457,7 +457,7 @@ fn result_ok_type(ret: &Type) -> Option<Type> {
 }
 
 /// Types that accept any input: `serde_json::Value` (converted) and `()` (ignored).
-fn accepts_anything(ty: &Type) -> bool {
+pub(crate) fn accepts_anything(ty: &Type) -> bool {
     match ty {
         Type::Tuple(t) => t.elems.is_empty(),
         Type::Path(p) => last_ident(&p.path).is_some_and(|i| i == "Value"),
@@ -590,8 +590,8 @@ fn generate(
     let max_steps = args.max_steps.as_ref().map(|n| quote!(let builder = builder.max_steps(#n);));
     let persist = (args.persist || steps.iter().any(|s| s.persisted))
         .then(|| quote!(let builder = builder.default_store(#krate::__private::default_store);));
-    let input_checks = input_checks(steps, krate);
-    let route_checks = route_checks(steps, krate);
+    let input_checks = crate::typecheck::input_checks(steps, krate);
+    let route_checks = crate::typecheck::route_checks(steps, krate);
     let feedbacks = steps.iter().filter_map(|s| s.feedback.as_ref().map(|f| f.build(&s.ident, krate)));
 
     quote! {
@@ -675,107 +675,4 @@ fn add_step(s: &StepMethod, state: &Type, every_step_persists: bool, krate: &Tok
         quote!(.human_feedback(#var))
     });
     quote!(let builder = #call #modifiers #persisted #blocking #retry #feedback;)
-}
-
-/// For every (listener, trigger leaf): a local trait whose only impls accept matching types,
-/// and a call that needs it. A mismatch is a compile error at the listener's input, naming
-/// both steps and both types.
-fn input_checks(steps: &[StepMethod], krate: &TokenStream) -> Vec<TokenStream> {
-    let by_name: BTreeMap<String, &StepMethod> = steps.iter().map(|s| (s.ident.to_string(), s)).collect();
-    let emitted: BTreeSet<String> = steps
-        .iter()
-        .filter(|s| s.emits())
-        .flat_map(|s| s.feedback.iter().flat_map(|f| f.emit.iter().map(LitStr::value)))
-        .collect();
-    let mut out = Vec::new();
-    for s in steps {
-        let (Some(input), Some(t)) = (s.input(), s.role.trigger()) else { continue };
-        if accepts_anything(input) {
-            continue;
-        }
-        for (n, leaf) in t.leaves().into_iter().enumerate() {
-            let (produced, source) = match leaf {
-                TriggerAst::Step(i) => match by_name.get(&i.to_string()) {
-                    // A reviewed plain step outputs the feedback result.
-                    Some(src) if src.feedback.is_some() && src.router.is_none() => {
-                        (quote!(#krate::FeedbackResult), format!("step `{i}` (reviewed)"))
-                    }
-                    Some(src) => {
-                        let ret = &src.ret;
-                        (quote!(<#ret as #krate::__private::StepReturn>::Ok), format!("step `{i}`"))
-                    }
-                    None => continue,
-                },
-                TriggerAst::Route { ty, path } => {
-                    (quote!(#ty), format!("route `{}`", quote!(#path).to_string().replace(' ', "")))
-                }
-                TriggerAst::Label(l) if emitted.contains(&l.value()) => {
-                    (quote!(#krate::FeedbackResult), format!("feedback outcome \"{}\"", l.value()))
-                }
-                TriggerAst::Label(l) => (quote!(::std::string::String), format!("label \"{}\"", l.value())),
-                TriggerAst::Or(_) | TriggerAst::And(_) => continue,
-            };
-            let message = format!(
-                "step `{}` takes `{{Self}}` as input, but it is triggered by {source}, whose output is `{{O}}`",
-                s.ident
-            );
-            let label = format!("the output of {source} is `{{O}}`");
-            let check = quote::format_ident!("__CrewflowInputOf_{}_{}", s.ident, n);
-            let span = input.span();
-            // A `&'static str` output feeds a `String` input.
-            let string_input = matches!(input, Type::Path(p) if last_ident(&p.path).is_some_and(|i| i == "String"));
-            let from_str = string_input.then(|| quote!(impl #check<&'static str> for ::std::string::String {}));
-            out.push(quote_spanned! {span=>
-                #[allow(non_camel_case_types)]
-                #[diagnostic::on_unimplemented(
-                    message = #message,
-                    label = #label,
-                    note = "make the types match, or take `serde_json::Value` to accept any output"
-                )]
-                trait #check<O> {}
-                impl<T> #check<T> for T {}
-                #from_str
-                fn #check<I: #check<O>, O>() {}
-                #check::<#input, #produced>();
-            });
-        }
-    }
-    out
-}
-
-/// For each typed route a router returns: a constant that fails to compile if one of its
-/// variants is neither listened to nor `#[route(terminal)]`.
-fn route_checks(steps: &[StepMethod], krate: &TokenStream) -> Vec<TokenStream> {
-    let mut routers: BTreeMap<String, &Type> = BTreeMap::new();
-    for s in steps.iter().filter(|s| !s.is_string_router()) {
-        if let (Some(name), Some(ty)) = (s.route_type(), s.ok_ty.as_ref()) {
-            routers.entry(name.to_string()).or_insert(ty);
-        }
-    }
-    routers
-        .into_iter()
-        .map(|(name, ty)| {
-            let handled = steps
-                .iter()
-                .filter_map(|s| s.role.trigger())
-                .flat_map(TriggerAst::leaves)
-                .filter_map(|leaf| match leaf {
-                    TriggerAst::Route { path, ty } if last_ident(ty).is_some_and(|i| *i == name) => Some(path),
-                    _ => None,
-                })
-                .map(|path| quote!(#path.__crewflow_route_index()));
-            quote_spanned! {ty.span()=>
-                const _: () = {
-                    let handled: &[usize] = &[#(#handled),*];
-                    if let ::core::option::Option::Some(i) = #krate::__private::first_unhandled(
-                        <#ty as #krate::Route>::LABELS,
-                        <#ty>::__CREWFLOW_TERMINAL_MASK,
-                        handled,
-                    ) {
-                        ::core::panic!("{}", <#ty as #krate::Route>::UNHANDLED_MESSAGES[i]);
-                    }
-                };
-            }
-        })
-        .collect()
 }

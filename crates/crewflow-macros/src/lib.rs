@@ -23,6 +23,7 @@ mod retry;
 mod route;
 mod tool;
 mod trigger;
+mod typecheck;
 
 use proc_macro::TokenStream;
 use proc_macro_crate::{FoundCrate, crate_name};
