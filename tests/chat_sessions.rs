@@ -73,7 +73,7 @@ async fn a_stored_state_that_no_longer_parses_is_reported_with_the_fix() {
         on_file(FlowBuilder::<Strict>::new("echo").start("answer", |_cx, m: String| async move { Ok(m) }), &path);
     let err = flow.handle_turn(sid("s"), "hi").await.unwrap_err();
     assert!(matches!(err, ChatError::CorruptSession { .. }), "{err:?}");
-    assert!(err.to_string().contains("#[serde(default)]"), "{err}");
+    assert!(err.to_string().contains("#[serde(default)]") && err.to_string().contains("delete the session"), "{err}");
 }
 
 #[tokio::test]
@@ -104,6 +104,7 @@ async fn a_turn_saved_elsewhere_in_between_is_a_conflict_not_a_silent_loss() {
                     session_id: "s".into(),
                     flow: "raced".into(),
                     state: serde_json::to_string(&ChatState::default()).unwrap(),
+                    state_version: 0,
                     expected_turns: 0,
                     turn: record,
                     trace: None,
@@ -145,6 +146,7 @@ async fn a_session_stored_by_earlier_versions_still_loads_and_continues() {
         session_id: "old".into(),
         flow: "echo".into(),
         state: state.into(),
+        state_version: 0,
         expected_turns: 0,
         turn: record,
         trace: None,

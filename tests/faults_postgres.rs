@@ -349,6 +349,7 @@ async fn a_run_is_read_in_one_snapshot_while_a_checkpoint_commits() {
         inputs: None,
         payload: None,
         state: state(&[]),
+        state_version: 0,
         frontier: "{}".into(),
         owner: Arc::from("writer"),
         lease: Duration::from_secs(60),
@@ -359,6 +360,7 @@ async fn a_run_is_read_in_one_snapshot_while_a_checkpoint_commits() {
         fencing: 1,
         seq: steps.len() as u64,
         state: state(steps),
+        state_version: 0,
         frontier: "{}".into(),
         steps: vec![StepRow {
             activation: steps.len() as u64 - 1,

@@ -323,7 +323,7 @@ async fn a_newer_schema_is_refused_on_postgres() {
     tokio::spawn(conn);
     client.batch_execute("INSERT INTO crewflow_schema (version) VALUES (7)").await.unwrap();
     let err = PostgresStore::connect(&url).await.err().unwrap();
-    assert!(err.to_string().contains("has schema version 7, newer than this crewflow supports (4)"), "{err}");
+    assert!(err.to_string().contains("has schema version 7, newer than this crewflow supports (5)"), "{err}");
 }
 
 /// PostgreSQL's JSONB cannot hold the character U+0000 in a string (SQLite stores it): a run or
@@ -343,6 +343,7 @@ async fn a_value_postgres_cannot_hold_is_refused_with_the_reason() {
         inputs: None,
         payload: None,
         state: with_nul.clone(),
+        state_version: 0,
         frontier: "{}".into(),
         owner: Arc::from("owner"),
         lease: Duration::from_secs(60),
@@ -361,6 +362,7 @@ async fn a_value_postgres_cannot_hold_is_refused_with_the_reason() {
         fencing: 1,
         seq: 1,
         state: r#"{"text": "new"}"#.into(),
+        state_version: 0,
         frontier: "{}".into(),
         steps: vec![StepRow { activation: 0, step: Arc::from("s"), output: with_nul, finished_at: chrono::Utc::now() }],
         feedback: None,

@@ -179,6 +179,7 @@ fn new_run(owner: &str, status: RunStatus) -> NewRun {
         inputs: Some(r#"{"topic": "invoices", "limit": 3}"#.into()),
         payload: Some(r#"{"kickoff": true}"#.into()),
         state: r#"{"n": 0}"#.into(),
+        state_version: 0,
         frontier: r#"{"in_flight": [[0, "first"]]}"#.into(),
         owner: Arc::from(owner),
         lease: LONG,
@@ -204,6 +205,7 @@ fn checkpoint(run_id: RunId, fencing: u64, seq: u64, state: Value, steps: Vec<St
         fencing,
         seq,
         state: state.to_string(),
+        state_version: 0,
         frontier: json!({"seq": seq}).to_string(),
         steps,
         feedback: None,
@@ -339,6 +341,7 @@ pub async fn a_duplicate_run_id_is_refused(db: Database) {
         let again = NewRun {
             run_id: first.run_id,
             state: r#"{"n": 99}"#.into(),
+            state_version: 0,
             owner: Arc::from("intruder"),
             ..of_flow("other", "intruder", status)
         };

@@ -64,15 +64,15 @@ pub enum ChatError {
         /// What is wrong.
         reason: &'static str,
     },
-    /// A stored session's state does not parse as the flow's state type.
-    #[error(
-        "the stored state of session `{session}` cannot be read: {message}; the state type may have changed incompatibly (add #[serde(default)] to new fields), or delete the session"
-    )]
+    /// A stored session's state cannot be read by the flow's state type: it does not decode,
+    /// it would lose fields, or it was written at another state version without a migration
+    /// (see `crewflow_core::versions`). The session is left as it was.
+    #[error("the stored state of session `{session}` cannot be read: {source}; or delete the session")]
     CorruptSession {
         /// The session.
         session: String,
-        /// What serde said.
-        message: String,
+        /// Why, and the fix.
+        source: crewflow_core::StateError,
     },
     /// [`ChatOptions`](crate::ChatOptions) that cannot work.
     #[error("{0}")]

@@ -24,6 +24,9 @@ pub struct StoredSession {
     pub flow: String,
     /// The state after the last turn, as JSON text.
     pub state: String,
+    /// The version of the state's type it was written at (0 for sessions written before
+    /// versions; see `crewflow_core::versions`).
+    pub state_version: u32,
     /// How many turns completed.
     pub turns: u64,
     /// When it was created.
@@ -114,6 +117,8 @@ pub struct TurnSave {
     pub flow: String,
     /// The state after the turn, as JSON text.
     pub state: String,
+    /// The version of the state's type.
+    pub state_version: u32,
     /// How many turns the session had when this turn loaded it; the save fails with
     /// [`SessionConflict`] if another turn was saved in between.
     pub expected_turns: u64,

@@ -17,7 +17,8 @@ use crate::options::ChatOptions;
 use crate::session_id::{AsSessionId, SessionId};
 use crate::state::Conversational;
 use crate::store::{
-    SessionFilter, SessionStore, SessionSummary, SpanRecord, TraceSummary, TraceWrite, TurnRecord, TurnSave,
+    SessionFilter, SessionStore, SessionSummary, SpanRecord, StoredSession, TraceSummary, TraceWrite, TurnRecord,
+    TurnSave,
 };
 use crate::trace::turn_spans;
 
@@ -218,7 +219,7 @@ impl<S: Conversational> ChatFlow<S> {
         else {
             return Ok(None);
         };
-        let state = parse_state::<S>(id, &stored.state)?;
+        let state = self.parse_state(id, &stored)?;
         let turns =
             self.store.list_turns(self.name(), id.as_str()).await.map_err(|e| self.fail("list the turns", e))?;
         Ok(Some(Session { id: id.clone(), state, turns, created_at: stored.created_at, updated_at: stored.updated_at }))
@@ -299,7 +300,7 @@ impl<S: Conversational> ChatFlow<S> {
             .await
             .map_err(|e| self.fail("load the session", e))?;
         let (mut state, expected_turns) = match stored {
-            Some(s) => (parse_state::<S>(session, &s.state)?, s.turns),
+            Some(s) => (self.parse_state(session, &s)?, s.turns),
             // A new id starts from the default state, never from another session's.
             None => (S::default(), 0),
         };
@@ -401,10 +402,18 @@ impl<S: Conversational> ChatFlow<S> {
             session_id: turn.session_id.to_string(),
             flow: self.name().to_string(),
             state,
+            state_version: self.flow.state_version(),
             expected_turns,
             turn: record,
             trace,
         })
+    }
+
+    /// A stored session's state, read at the flow's state version (migrated if older).
+    fn parse_state(&self, session: &SessionId, stored: &StoredSession) -> Result<S, ChatError> {
+        self.flow
+            .decode_state(stored.state_version, &stored.state)
+            .map_err(|source| ChatError::CorruptSession { session: session.to_string(), source })
     }
 
     /// Compacts messages outside the window into the summary when too many are uncovered.
@@ -474,9 +483,4 @@ fn routes_of<S>(run: &Run<S>, graph: &Graph) -> Vec<String> {
         .filter(|r| graph.step_index(&r.step).is_some_and(|ix| graph.is_router(ix)))
         .filter_map(|r| r.output.get::<String>().ok())
         .collect()
-}
-
-fn parse_state<S: Conversational>(session: &SessionId, json: &str) -> Result<S, ChatError> {
-    serde_json::from_str(json)
-        .map_err(|e| ChatError::CorruptSession { session: session.to_string(), message: e.to_string() })
 }

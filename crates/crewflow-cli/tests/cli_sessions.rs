@@ -39,6 +39,7 @@ fn save_session(db: &str) {
         session_id: "alice".into(),
         flow: "support".into(),
         state: json!({"messages": []}).to_string(),
+        state_version: 0,
         expected_turns: 0,
         turn: TurnRecord {
             session_id: "alice".into(),

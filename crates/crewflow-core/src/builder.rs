@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::cx::Cx;
-use crate::error::{Error, StepError};
+use crate::error::{BoxError, Error, StepError};
 use crate::event::Observer;
 use crate::feedback::{FeedbackProvider, FeedbackResult, HumanFeedback};
 use crate::flow::{Flow, FlowInner, StepRuntime};
@@ -24,6 +24,7 @@ use crate::retry::Retry;
 use crate::route::Route;
 use crate::state::FlowState;
 use crate::trigger::Trigger;
+use crate::versions::StateVersions;
 
 /// The step budget of a run unless the flow or the kickoff sets another.
 pub const DEFAULT_MAX_STEPS: u64 = 10_000;
@@ -100,6 +101,7 @@ pub struct FlowBuilder<S> {
     store: Option<Arc<dyn RunStore>>,
     default_store: Option<fn() -> Arc<dyn RunStore>>,
     lease: Duration,
+    versions: StateVersions,
     error: Option<Error>,
 }
 
@@ -117,6 +119,7 @@ impl<S: FlowState> FlowBuilder<S> {
             store: None,
             default_store: None,
             lease: DEFAULT_LEASE,
+            versions: StateVersions::default(),
             error: None,
         }
     }
@@ -367,6 +370,29 @@ impl<S: FlowState> FlowBuilder<S> {
         self
     }
 
+    /// The version of the state type (default 0). Raise it when the type changes in a way
+    /// stored runs and sessions cannot be decoded by, and register a migration from the old
+    /// version with [`migrate_state`](FlowBuilder::migrate_state). Every stored run and session
+    /// records the version its state was written at; see [`crate::versions`].
+    pub fn state_version(mut self, version: u32) -> Self {
+        self.versions.current = version;
+        self
+    }
+
+    /// Registers how a stored state at version `from` becomes version `from + 1`: a function
+    /// over the state's JSON. Reading a state several versions old runs each migration in turn.
+    pub fn migrate_state<F>(mut self, from: u32, migration: F) -> Self
+    where
+        F: Fn(serde_json::Value) -> Result<serde_json::Value, BoxError> + Send + Sync + 'static,
+    {
+        if self.versions.migrations.insert(from, Arc::new(migration)).is_some() {
+            self.error.get_or_insert(Error::Builder(format!(
+                "two migrations of the state from version {from}: keep one `.migrate_state({from}, ..)`"
+            )));
+        }
+        self
+    }
+
     /// Adds an observer that receives every event of every run, in order.
     pub fn observe(mut self, observer: impl Observer) -> Self {
         self.observers.push(Arc::new(observer));
@@ -385,6 +411,9 @@ impl<S: FlowState> FlowBuilder<S> {
         self.feedback = self.feedback.or(other.feedback);
         self.store = self.store.or(other.store);
         self.default_store = self.default_store.or(other.default_store);
+        if self.versions.current == 0 && self.versions.migrations.is_empty() {
+            self.versions = other.versions;
+        }
         self
     }
 
@@ -399,6 +428,14 @@ impl<S: FlowState> FlowBuilder<S> {
             return Err(e);
         }
         let graph = self.spec().compile()?;
+        if let Some(from) = self.versions.migrations.keys().find(|&&from| from >= self.versions.current) {
+            return Err(Error::Builder(format!(
+                "a migration from state version {from} is registered, but the state is at version {}: \
+                 set `.state_version({})` or remove the migration",
+                self.versions.current,
+                from + 1
+            )));
+        }
         self.check_feedback(self.store.is_some() || self.default_store.is_some())?;
         let store = self.store.or_else(|| self.default_store.map(|make| make()));
         let selective = self.steps.iter().any(|d| d.persisted);
@@ -432,6 +469,7 @@ impl<S: FlowState> FlowBuilder<S> {
             store,
             lease: self.lease,
             selective,
+            versions: self.versions,
         }))
     }
 

@@ -360,6 +360,18 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A stored run's state cannot be read by this definition of the flow: written at a newer
+    /// state version, at an older one without a migration, or with fields the state type no
+    /// longer has (see [`crate::versions`]). The run is left as it was.
+    #[error("run {run_id} cannot be read by this definition of flow `{flow}`: {source}")]
+    StoredState {
+        /// The run.
+        run_id: String,
+        /// The flow.
+        flow: String,
+        /// Why, and the fix.
+        source: crate::versions::StateError,
+    },
     /// A value that has to be stored does not convert to JSON.
     #[error("{what} cannot be stored as JSON: {message}")]
     Unpersistable {

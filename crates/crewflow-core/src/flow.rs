@@ -44,6 +44,8 @@ pub(crate) struct FlowInner<S> {
     pub lease: std::time::Duration,
     /// Some step is marked `persisted`: only those checkpoint.
     pub selective: bool,
+    /// The state type's version and migrations.
+    pub versions: crate::versions::StateVersions,
 }
 
 impl<S> FlowInner<S> {
@@ -147,9 +149,9 @@ impl<S: FlowState> Flow<S> {
         let store = self.require_store("Flow::resume")?.clone();
         let stored = self.load_own(store.as_ref(), run_id).await?;
         match stored.status {
-            RunStatus::Finished => return driver::finished_run(&stored),
+            RunStatus::Finished => return driver::finished_run(&self.inner, &stored),
             // Still waiting for its answer: nothing to run until it comes.
-            RunStatus::Paused => return driver::paused_run(&stored),
+            RunStatus::Paused => return driver::paused_run(&self.inner, &stored),
             _ => {}
         }
         // Refused before the claim, so a refusal leaves the stored run as it was.
@@ -367,10 +369,10 @@ impl<S: FlowState> Flow<S> {
             other => other?,
         };
         match stored.status {
-            RunStatus::Finished => driver::finished_run(&stored),
-            RunStatus::Paused => driver::paused_run(&stored),
+            RunStatus::Finished => driver::finished_run(&self.inner, &stored),
+            RunStatus::Paused => driver::paused_run(&self.inner, &stored),
             _ => {
-                let mut run = driver::finished_run::<S>(&stored)?;
+                let mut run = driver::finished_run(&self.inner, &stored)?;
                 run.output = None;
                 run.final_step = None;
                 Ok(run)
@@ -394,7 +396,7 @@ impl<S: FlowState> Flow<S> {
         let store = self.require_store("Worker")?.clone();
         let stored = self.load_own(store.as_ref(), claim.run_id).await?;
         if stored.status == RunStatus::Finished {
-            return driver::finished_run(&stored);
+            return driver::finished_run(&self.inner, &stored);
         }
         let driving =
             Driving::start(claim.run_id).ok_or_else(|| Error::AlreadyDriven { run_id: claim.run_id.to_string() })?;
@@ -437,6 +439,19 @@ impl<S: FlowState> Flow<S> {
         Ok(stored)
     }
 
+    /// The version of the flow's state type (see [`crate::versions`]): what a host that keeps
+    /// states of its own (a conversation's session) records beside each one.
+    pub fn state_version(&self) -> u32 {
+        self.inner.versions.current
+    }
+
+    /// Reads a state kept at `version` (a session's, a stored run's), migrating it to the
+    /// flow's state version; refuses a newer version, a missing migration, or a state whose
+    /// fields the state type would drop. See [`crate::versions`].
+    pub fn decode_state(&self, version: u32, json: &str) -> Result<S, crate::versions::StateError> {
+        self.inner.versions.decode(version, json)
+    }
+
     /// Starts a new run from the state another run reached (its last checkpoint), with the
     /// kickoff's inputs merged over it. The new run starts from the flow's starts, under a new
     /// id (or the kickoff's); the source run is left untouched.
@@ -452,10 +467,7 @@ impl<S: FlowState> Flow<S> {
                 .ok_or_else(|| Error::UnknownRun { run_id: source.to_string(), store: store.describe() })?,
             Err(e) => return Err(e),
         };
-        let state: S = serde_json::from_str(&stored.state).map_err(|e| Error::CorruptCheckpoint {
-            run_id: source.to_string(),
-            message: format!("its state does not parse: {e}"),
-        })?;
+        let state = driver::stored_state(&self.inner, &stored)?;
         let prepared = driver::prepare(&self.inner, kickoff.into(), None, Some(state))?;
         driver::drive(self.inner.clone(), prepared).await
     }

@@ -56,6 +56,7 @@ pub mod scope;
 mod state;
 pub mod trigger;
 mod uncommitted;
+pub mod versions;
 mod worker;
 
 pub use builder::{DEFAULT_CANCEL_GRACE, DEFAULT_MAX_STEPS, FlowBuilder};
@@ -79,6 +80,7 @@ pub use run::{Run, StepRecord};
 pub use scope::TokenUsage;
 pub use state::FlowState;
 pub use trigger::Trigger;
+pub use versions::StateError;
 pub use worker::{Worker, WorkerReport};
 
 /// A type whose methods are the steps of a flow; `#[flow]` implements it.

@@ -112,6 +112,8 @@ pub struct NewRun {
     pub payload: Option<String>,
     /// The initial state, as JSON text.
     pub state: String,
+    /// The version of the state's type (see [`crate::versions`]).
+    pub state_version: u32,
     /// The initial frontier, as JSON text.
     pub frontier: String,
     /// The owning process.
@@ -131,6 +133,8 @@ pub struct Checkpoint {
     pub seq: u64,
     /// The state, as JSON text.
     pub state: String,
+    /// The version of the state's type (see [`crate::versions`]).
+    pub state_version: u32,
     /// The frontier, as JSON text.
     pub frontier: String,
     /// The steps completed since the previous checkpoint (at least one).
@@ -182,6 +186,8 @@ pub struct StoredRun {
     pub payload: Option<String>,
     /// The state at the last checkpoint, as JSON text.
     pub state: String,
+    /// The version of the state's type it was written at (0 for runs written before versions).
+    pub state_version: u32,
     /// The frontier at the last checkpoint, as JSON text.
     pub frontier: String,
     /// Completed steps, by activation.

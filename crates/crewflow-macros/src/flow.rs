@@ -24,6 +24,7 @@ pub struct FlowArgs {
     state: Option<Type>,
     name: Option<LitStr>,
     max_steps: Option<LitInt>,
+    state_version: Option<LitInt>,
     persist: bool,
 }
 
@@ -37,11 +38,14 @@ impl FlowArgs {
                 args.name = Some(meta.value()?.parse()?);
             } else if meta.path.is_ident("max_steps") {
                 args.max_steps = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident("state_version") {
+                args.state_version = Some(meta.value()?.parse()?);
             } else if meta.path.is_ident("persist") {
                 args.persist = true;
             } else {
                 return Err(meta.error(
-                    "unknown #[flow] option; expected `state = Type`, `name = \"..\"`, `max_steps = N` or `persist`",
+                    "unknown #[flow] option; expected `state = Type`, `name = \"..\"`, `max_steps = N`, \
+                     `state_version = N` or `persist`",
                 ));
             }
             Ok(())
@@ -588,6 +592,7 @@ fn generate(
     let state = args.state.clone().unwrap_or_else(|| syn::parse_quote!(()));
     let adds = steps.iter().map(|s| add_step(s, &state, args.persist, krate));
     let max_steps = args.max_steps.as_ref().map(|n| quote!(let builder = builder.max_steps(#n);));
+    let state_version = args.state_version.as_ref().map(|n| quote!(let builder = builder.state_version(#n);));
     let persist = (args.persist || steps.iter().any(|s| s.persisted))
         .then(|| quote!(let builder = builder.default_store(#krate::__private::default_store);));
     let input_checks = crate::typecheck::input_checks(steps, krate);
@@ -604,6 +609,7 @@ fn generate(
                 let builder = #krate::FlowBuilder::<#state>::new(#flow_name);
                 #(#adds)*
                 #max_steps
+                #state_version
                 #persist
                 builder
             }

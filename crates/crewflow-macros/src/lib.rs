@@ -4,7 +4,7 @@
 //!
 //! | attribute | on | means |
 //! |---|---|---|
-//! | `#[flow(state = S, name = "..", max_steps = N, persist)]` | an impl block | its marked methods are a flow's steps: checked at compile time, built with `FlowBuilder` |
+//! | `#[flow(state = S, name = "..", max_steps = N, state_version = N, persist)]` | an impl block | its marked methods are a flow's steps: checked at compile time, built with `FlowBuilder` |
 //! | `#[start]`, `#[start(trigger)]` | a method | a step that runs at kickoff (or when `trigger` fires) |
 //! | `#[listen(trigger)]` | a method | a step that runs when `trigger` fires: `step`, `Route::Variant`, `"label"`, `or(..)`, `and(..)`, `a \| b`, `a & b` |
 //! | `#[router(trigger, routes = [..])]` | a method | a step whose output is a route |

@@ -286,6 +286,7 @@ fn stored(steps: &[&str], status: RunStatus, error: Option<&str>, feedback: Opti
         inputs: None,
         payload: None,
         state: "{}".into(),
+        state_version: 0,
         frontier: "{}".into(),
         steps: steps
             .iter()

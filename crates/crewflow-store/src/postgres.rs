@@ -35,9 +35,9 @@ use crate::util::{
 };
 
 /// The newest schema this crewflow writes.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -72,6 +72,11 @@ CREATE TABLE crewflow_steps (
     crate::sessions_schema::POSTGRES,
     crate::postgres_memories::MIGRATION,
     crate::postgres_journal::MIGRATION,
+    // 5: the version of the state's type beside each stored state (0: written before versions).
+    r#"
+ALTER TABLE crewflow_runs ADD COLUMN state_version BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE crewflow_sessions ADD COLUMN state_version BIGINT NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Connections for the store's own queries.
@@ -306,10 +311,10 @@ impl RunStore for PostgresStore {
                     let inserted = client
                         .execute(
                             "INSERT INTO crewflow_runs (id, flow, fingerprint, status, owner, lease_until, fencing, seq,
-                                 inputs, payload, state, frontier, created_at, updated_at)
+                                 inputs, payload, state, frontier, created_at, updated_at, state_version)
                              VALUES ($1, $2, $3, $4, $5,
                                  CASE WHEN $5::text IS NULL THEN NULL ELSE now() + $6 * interval '1 millisecond' END,
-                                 $7, 0, $8::text::jsonb, $9::text::jsonb, $10::text::jsonb, $11::text::jsonb, now(), now())
+                                 $7, 0, $8::text::jsonb, $9::text::jsonb, $10::text::jsonb, $11::text::jsonb, now(), now(), $12)
                              ON CONFLICT (id) DO NOTHING",
                             &[
                                 &run.run_id.to_string(),
@@ -323,6 +328,7 @@ impl RunStore for PostgresStore {
                                 &run.payload,
                                 &run.state,
                                 &run.frontier,
+                                &i64::from(run.state_version),
                             ],
                         )
                         .await?;
@@ -348,7 +354,7 @@ impl RunStore for PostgresStore {
                     let sql = format!(
                         "WITH run AS (
                              UPDATE crewflow_runs SET state = $2::text::jsonb, frontier = $3::text::jsonb, seq = $4,
-                                 updated_at = now(), pending = coalesce($7::text::jsonb, pending)
+                                 updated_at = now(), pending = coalesce($7::text::jsonb, pending), state_version = $8
                              WHERE id = $1 AND fencing = $5 RETURNING id),
                          steps AS ({})
                          SELECT count(*) FROM run",
@@ -366,6 +372,7 @@ impl RunStore for PostgresStore {
                                 &(cp.fencing as i64),
                                 &steps_json(&cp.steps),
                                 &cp.feedback,
+                                &i64::from(cp.state_version),
                             ],
                         )
                         .await?;
@@ -390,22 +397,24 @@ impl RunStore for PostgresStore {
                     // run `running` until its lease ran out.
                     let error = end.error.as_deref().map(|e| e.replace('\0', "\\u0000"));
                     let client = self.client().await?;
-                    let (state, frontier, seq, steps, feedback) = match &end.checkpoint {
+                    let (state, frontier, seq, steps, feedback, state_version) = match &end.checkpoint {
                         Some(cp) => (
                             Some(&cp.state),
                             Some(&cp.frontier),
                             Some(cp.seq as i64),
                             steps_json(&cp.steps),
                             cp.feedback.as_ref(),
+                            Some(i64::from(cp.state_version)),
                         ),
-                        None => (None, None, None, "[]".to_string(), None),
+                        None => (None, None, None, "[]".to_string(), None, None),
                     };
                     let sql = format!(
                         "WITH run AS (
                              UPDATE crewflow_runs SET status = $2, error = $3, final_activation = $4, owner = NULL,
                                  lease_until = NULL, updated_at = now(),
                                  state = coalesce($5::text::jsonb, state), frontier = coalesce($6::text::jsonb, frontier),
-                                 seq = coalesce($7, seq), pending = coalesce($10::text::jsonb, pending)
+                                 seq = coalesce($7, seq), pending = coalesce($10::text::jsonb, pending),
+                                 state_version = coalesce($11, state_version)
                              WHERE id = $1 AND fencing = $8 RETURNING id),
                          steps AS ({})
                          SELECT count(*) FROM run",
@@ -425,6 +434,7 @@ impl RunStore for PostgresStore {
                                 &(end.fencing as i64),
                                 &steps,
                                 &feedback,
+                                &state_version,
                             ],
                         )
                         .await?;
@@ -456,7 +466,7 @@ impl RunStore for PostgresStore {
                         .query_opt(
                             "SELECT flow, fingerprint, status, fencing, owner, lease_until, seq, inputs::text,
                                  payload::text, state::text, frontier::text, final_activation, error, created_at, updated_at,
-                                 pending::text
+                                 pending::text, state_version
                              FROM crewflow_runs WHERE id = $1",
                             &[&id],
                         )
@@ -499,6 +509,7 @@ impl RunStore for PostgresStore {
                         created_at: r.get(13),
                         updated_at: r.get(14),
                         feedback: r.get(15),
+                        state_version: u32::try_from(r.get::<_, i64>(16)).unwrap_or(u32::MAX),
                         steps,
                     }))
                 }

@@ -110,7 +110,8 @@ impl SessionStore for PostgresStore {
                     let client = self.client().await?;
                     let stmt = client
                         .prepare_cached(
-                            "SELECT state::text, turns, created_at, updated_at FROM crewflow_sessions WHERE flow = $1 AND id = $2",
+                            "SELECT state::text, turns, created_at, updated_at, state_version FROM crewflow_sessions
+                             WHERE flow = $1 AND id = $2",
                         )
                         .await?;
                     let row = client.query_opt(&stmt, &[&flow, &id]).await?;
@@ -118,6 +119,7 @@ impl SessionStore for PostgresStore {
                         id: id.to_string(),
                         flow: flow.to_string(),
                         state: r.get(0),
+                        state_version: u32::try_from(r.get::<_, i64>(4)).unwrap_or(u32::MAX),
                         turns: r.get::<_, i64>(1) as u64,
                         created_at: r.get(2),
                         updated_at: r.get(3),
@@ -358,25 +360,27 @@ async fn save_turn(tx: &Transaction<'_>, save: &TurnSave) -> Result<(), StoreErr
     crate::util::refuse_nul_text("the user's message", &save.turn.user_message)?;
     crate::util::refuse_nul_text("the reply", &save.turn.reply)?;
     let expected = save.expected_turns as i64;
+    let version = i64::from(save.state_version);
     // A new session is created only if no row exists; an existing one moves on only from the
     // turn count this turn started from (never re-created if it was deleted meanwhile). The row
     // lock these take orders concurrent saves of the session.
     let n = if expected == 0 {
         let stmt = tx
             .prepare_cached(
-                "INSERT INTO crewflow_sessions (flow, id, state, turns, created_at, updated_at)
-                 VALUES ($1, $2, $3::text::jsonb, 1, now(), now()) ON CONFLICT (flow, id) DO NOTHING",
+                "INSERT INTO crewflow_sessions (flow, id, state, turns, created_at, updated_at, state_version)
+                 VALUES ($1, $2, $3::text::jsonb, 1, now(), now(), $4) ON CONFLICT (flow, id) DO NOTHING",
             )
             .await?;
-        tx.execute(&stmt, &[&save.flow, &save.session_id, &save.state]).await?
+        tx.execute(&stmt, &[&save.flow, &save.session_id, &save.state, &version]).await?
     } else {
         let stmt = tx
             .prepare_cached(
-                "UPDATE crewflow_sessions SET state = $3::text::jsonb, turns = $4::bigint + 1, updated_at = now()
+                "UPDATE crewflow_sessions SET state = $3::text::jsonb, turns = $4::bigint + 1, updated_at = now(),
+                     state_version = $5
                  WHERE flow = $1 AND id = $2 AND turns = $4::bigint",
             )
             .await?;
-        tx.execute(&stmt, &[&save.flow, &save.session_id, &save.state, &expected]).await?
+        tx.execute(&stmt, &[&save.flow, &save.session_id, &save.state, &expected, &version]).await?
     };
     if n == 0 {
         let found = tx

@@ -37,10 +37,10 @@ use crate::sqlite_open::{file_error, looks_like_sqlite, prepare};
 use crate::util::{fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status};
 
 /// The newest schema this crewflow writes.
-pub(crate) const SCHEMA_VERSION: i64 = 4;
+pub(crate) const SCHEMA_VERSION: i64 = 5;
 
 /// Schema migrations, applied in order; migration `i` brings the schema to version `i + 1`.
-pub(crate) const MIGRATIONS: [&str; 4] = [
+pub(crate) const MIGRATIONS: [&str; 5] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -75,6 +75,11 @@ CREATE TABLE crewflow_steps (
     crate::sessions_schema::SQLITE,
     crate::sqlite_memories::MIGRATION,
     crate::sqlite_journal::MIGRATION,
+    // 5: the version of the state's type beside each stored state (0: written before versions).
+    r#"
+ALTER TABLE crewflow_runs ADD COLUMN state_version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE crewflow_sessions ADD COLUMN state_version INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 enum Location {
@@ -294,8 +299,8 @@ impl RunStore for SqliteStore {
                     };
                     let inserted = c.execute(
                         "INSERT INTO crewflow_runs (id, flow, fingerprint, status, owner, lease_until, fencing, seq,
-                             inputs, payload, state, frontier, created_at, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?12)",
+                             inputs, payload, state, frontier, created_at, updated_at, state_version)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?12, ?13)",
                         params![
                             row.run_id.to_string(),
                             &*row.flow,
@@ -308,7 +313,8 @@ impl RunStore for SqliteStore {
                             row.payload,
                             row.state,
                             row.frontier,
-                            t
+                            t,
+                            row.state_version
                         ],
                     );
                     match inserted {
@@ -340,7 +346,7 @@ impl RunStore for SqliteStore {
                     let updated = tx
                         .prepare_cached(
                             "UPDATE crewflow_runs SET state = ?1, frontier = ?2, seq = ?3, updated_at = ?4,
-                                 pending = coalesce(?7, pending)
+                                 pending = coalesce(?7, pending), state_version = ?8
                              WHERE id = ?5 AND fencing = ?6",
                         )?
                         .execute(params![
@@ -351,6 +357,7 @@ impl RunStore for SqliteStore {
                             cp.run_id.to_string(),
                             cp.fencing as i64,
                             cp.feedback,
+                            cp.state_version,
                         ])?;
                     if updated == 0 {
                         return Err(fenced(&tx, cp.run_id, cp.fencing));
@@ -376,7 +383,7 @@ impl RunStore for SqliteStore {
                         Some(cp) => tx.execute(
                             "UPDATE crewflow_runs SET status = ?1, error = ?2, final_activation = ?3, owner = NULL,
                                  lease_until = NULL, updated_at = ?4, state = ?5, frontier = ?6, seq = ?7,
-                                 pending = coalesce(?10, pending)
+                                 pending = coalesce(?10, pending), state_version = ?11
                              WHERE id = ?8 AND fencing = ?9",
                             params![
                                 end.status.as_str(),
@@ -389,6 +396,7 @@ impl RunStore for SqliteStore {
                                 id,
                                 end.fencing as i64,
                                 cp.feedback,
+                                cp.state_version,
                             ],
                         )?,
                         None => tx.execute(
@@ -429,7 +437,7 @@ impl RunStore for SqliteStore {
                     let run = tx
                         .prepare_cached(
                             "SELECT flow, fingerprint, status, fencing, owner, lease_until, seq, inputs, payload, state,
-                                 frontier, final_activation, error, created_at, updated_at, pending
+                                 frontier, final_activation, error, created_at, updated_at, pending, state_version
                              FROM crewflow_runs WHERE id = ?1",
                         )?
                         .query_row([&id], |r| {
@@ -451,6 +459,7 @@ impl RunStore for SqliteStore {
                                 created_at: from_ms(r.get(13)?),
                                 updated_at: from_ms(r.get(14)?),
                                 feedback: r.get(15)?,
+                                state_version: r.get(16)?,
                                 steps: Vec::new(),
                             })
                         })

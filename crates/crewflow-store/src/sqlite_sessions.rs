@@ -32,16 +32,24 @@ impl SessionStore for SqliteStore {
                 self.call(move |c| {
                     let row = c
                         .prepare_cached(
-                            "SELECT state, turns, created_at, updated_at FROM crewflow_sessions WHERE flow = ?1 AND id = ?2",
+                            "SELECT state, turns, created_at, updated_at, state_version FROM crewflow_sessions
+                             WHERE flow = ?1 AND id = ?2",
                         )?
                         .query_row(params![flow, id], |r| {
-                            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, i64>(1)?,
+                                r.get::<_, i64>(2)?,
+                                r.get::<_, i64>(3)?,
+                                r.get::<_, u32>(4)?,
+                            ))
                         })
                         .optional()?;
-                    Ok(row.map(|(state, turns, created, updated)| StoredSession {
+                    Ok(row.map(|(state, turns, created, updated, state_version)| StoredSession {
                         id,
                         flow,
                         state,
+                        state_version,
                         turns: turns as u64,
                         created_at: from_ms(created),
                         updated_at: from_ms(updated),
@@ -292,10 +300,19 @@ fn save_turn(tx: &Transaction<'_>, save: &TurnSave) -> Result<(), StoreError> {
     }
     let t = ms(now());
     tx.prepare_cached(
-        "INSERT INTO crewflow_sessions (flow, id, state, turns, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
-         ON CONFLICT (flow, id) DO UPDATE SET state = excluded.state, turns = excluded.turns, updated_at = excluded.updated_at",
+        "INSERT INTO crewflow_sessions (flow, id, state, turns, created_at, updated_at, state_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)
+         ON CONFLICT (flow, id) DO UPDATE SET state = excluded.state, turns = excluded.turns,
+             updated_at = excluded.updated_at, state_version = excluded.state_version",
     )?
-    .execute(params![save.flow, save.session_id, save.state, save.expected_turns as i64 + 1, t])?;
+    .execute(params![
+        save.flow,
+        save.session_id,
+        save.state,
+        save.expected_turns as i64 + 1,
+        t,
+        save.state_version
+    ])?;
     let turn = &save.turn;
     let usage = serde_json::to_string(&turn.usage).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     tx.prepare_cached(

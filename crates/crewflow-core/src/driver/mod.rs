@@ -58,7 +58,7 @@ use crate::state::{FlowState, initial_state};
 use crate::uncommitted::StateLog;
 use checkpoint::{Durable, frontier_json, output_json, state_json, write_checkpoint};
 pub(crate) use end::{notify_reviewers, provider_of};
-pub(crate) use resume::{Answered, Restored, drive_resumed, feedback_record, finished_run, paused_run};
+pub(crate) use resume::{Answered, Restored, drive_resumed, feedback_record, finished_run, paused_run, stored_state};
 
 /// A run whose inputs were checked and whose state is built, not yet started.
 pub(crate) struct Prepared<S> {
@@ -188,6 +188,7 @@ pub(crate) fn queued_run<S: FlowState>(
         inputs: inputs.as_ref().map(Value::to_string),
         payload: prepared.payload.as_ref().map(|p| output_json(p, "the kickoff payload")).transpose()?,
         state: state_json(shared)?,
+        state_version: flow.versions.current,
         frontier: frontier_json(&frontier)?,
         owner: Arc::from(""),
         lease: flow.lease,

@@ -51,7 +51,7 @@ impl<S: FlowState> Restored<S> {
             run_id: stored.run_id.to_string(),
             message: format!("its {what} does not parse: {e}"),
         };
-        let state: S = serde_json::from_str(&stored.state).map_err(|e| corrupt("state", e))?;
+        let state = stored_state(flow, stored)?;
         let frontier: Frontier = serde_json::from_str(&stored.frontier).map_err(|e| corrupt("frontier", e))?;
         if !frontier.fits(&flow.graph) {
             return Err(Error::CorruptCheckpoint {
@@ -148,9 +148,18 @@ pub(crate) fn feedback_record(stored: &StoredRun) -> Result<FeedbackRecord, Erro
     }
 }
 
+/// A stored run's state, read back at the flow's state version (see [`crate::versions`]).
+pub(crate) fn stored_state<S: FlowState>(flow: &FlowInner<S>, stored: &StoredRun) -> Result<S, Error> {
+    flow.versions.decode(stored.state_version, &stored.state).map_err(|source| Error::StoredState {
+        run_id: stored.run_id.to_string(),
+        flow: flow.graph.name.to_string(),
+        source,
+    })
+}
+
 /// A paused stored run, as a `Run` (resuming it without an answer changes nothing).
-pub(crate) fn paused_run<S: FlowState>(stored: &StoredRun) -> Result<Run<S>, Error> {
-    let mut run = finished_run::<S>(stored)?;
+pub(crate) fn paused_run<S: FlowState>(flow: &FlowInner<S>, stored: &StoredRun) -> Result<Run<S>, Error> {
+    let mut run = finished_run(flow, stored)?;
     let record = feedback_record(stored)?;
     run.output = None;
     run.final_step = None;
@@ -160,11 +169,8 @@ pub(crate) fn paused_run<S: FlowState>(stored: &StoredRun) -> Result<Run<S>, Err
 }
 
 /// A finished stored run, as a `Run`.
-pub(crate) fn finished_run<S: FlowState>(stored: &StoredRun) -> Result<Run<S>, Error> {
-    let state: S = serde_json::from_str(&stored.state).map_err(|e| Error::CorruptCheckpoint {
-        run_id: stored.run_id.to_string(),
-        message: format!("its state does not parse: {e}"),
-    })?;
+pub(crate) fn finished_run<S: FlowState>(flow: &FlowInner<S>, stored: &StoredRun) -> Result<Run<S>, Error> {
+    let state = stored_state(flow, stored)?;
     let records = stored_records(stored)?;
     let last = stored.final_activation.and_then(|a| records.iter().find(|r| r.activation == a));
     let record = feedback_record(stored)?;
