@@ -111,7 +111,8 @@ impl Browser {
 
     /// Evaluates a script in the page and returns its value; an exception panics with it.
     pub fn eval(&mut self, script: &str) -> Value {
-        let r = self.call("Runtime.evaluate", json!({"expression": script, "returnByValue": true, "awaitPromise": true}));
+        let r =
+            self.call("Runtime.evaluate", json!({"expression": script, "returnByValue": true, "awaitPromise": true}));
         assert!(r.get("exceptionDetails").is_none(), "script failed: {script}\n{}", r["exceptionDetails"]);
         r["result"]["value"].clone()
     }
