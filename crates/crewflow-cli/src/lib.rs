@@ -3,9 +3,12 @@
 //! - `crewflow run flow.yaml --input topic=rust` runs a declarative (YAML) flow, with progress
 //!   lines on stderr (or `--json` event lines on stdout) and the output on stdout;
 //! - `crewflow plot flow.yaml` writes the flow's picture (HTML, Mermaid or DOT);
-//! - `crewflow runs list|show|resume|cancel`, `crewflow feedback list|answer`,
-//!   `crewflow sessions list|show|delete` and `crewflow trace` read and drive what a store keeps
-//!   (`--store sqlite://runs.db` or `postgres://…`, else `$CREWFLOW_DB`, else `crewflow.db`).
+//! - `crewflow runs list|show|resume|fork|cancel`, `crewflow feedback list|answer`,
+//!   `crewflow sessions list|show|delete` and `crewflow trace [--html]` read and drive what a
+//!   store keeps (`--store sqlite://runs.db` or `postgres://…`, else `$CREWFLOW_DB`, else
+//!   `crewflow.db`);
+//! - `crewflow run --queue` queues a run, `crewflow worker` runs queued and orphaned runs;
+//! - `crewflow new NAME [--yaml]` scaffolds a Rust flow project or a YAML flow.
 //!
 //! Exit codes are stable ([`Exit`]); every command and its examples are in `docs/cli.md`.
 //!
@@ -16,6 +19,9 @@
 //!     crewflow_cli::main()
 //! }
 //! ```
+//!
+//! A binary of one's own mounts the same commands for its compiled flows with [`App`]:
+//! `crewflow_cli::App::new().flow(&flow).run()`.
 
 /// Writes a line to stdout; a closed pipe (`crewflow runs list | head -1`) is not an error.
 macro_rules! outln {

@@ -53,7 +53,9 @@ fn a_fork_starts_over_from_the_state_a_run_reached_with_new_inputs() {
     let missing = "0193f7a2-0000-7000-8000-000000000000";
     let out = s.cmd(&["runs", "fork", missing, "--flow", "review.yaml", "--store", &db]).output().unwrap();
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&format!("{missing}")), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("\nerror: no run {missing} in sqlite:")), "{err}");
+    assert!(err.ends_with("; list the stored runs to find it (a new run is never started in its place)\n"), "{err}");
     let out = s
         .cmd(&["runs", "fork", &source, "--flow", "review.yaml", "--input", "topc=go", "--store", &db])
         .output()
