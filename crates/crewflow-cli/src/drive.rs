@@ -57,6 +57,13 @@ fn object(text: &str, origin: &str) -> Result<Map<String, Value>, String> {
 
 pub(crate) async fn run(ctx: &Ctx, args: RunArgs) -> Result<Exit, CliError> {
     let flow = Target::resolve(ctx, &args.flow, named_store(ctx)?)?;
+    if flow.is_compiled() && ctx.store_named() && flow.flow.store().is_none() && !ctx.json {
+        // A compiled flow's store is chosen in code; say so rather than lose the run silently.
+        eprintln!(
+            "note: flow `{}` was built without a store, so this run is kept nowhere; give it one with FlowBuilder::store",
+            flow.name()
+        );
+    }
     let kickoff = flow.kickoff(inputs_of(&args.inputs)?)?;
     if args.queue {
         return crate::worker::enqueue(ctx, &flow, kickoff).await;

@@ -129,6 +129,11 @@ impl Target {
         self.flow.name()
     }
 
+    /// Whether the flow was compiled into the binary (not built from a file here).
+    pub fn is_compiled(&self) -> bool {
+        self.declarative.is_none()
+    }
+
     /// The kickoff of a new run: the state's defaults under `inputs` (definitions), checked.
     pub fn kickoff(&self, inputs: Map<String, Value>) -> Result<Kickoff, CliError> {
         match &self.declarative {

@@ -32,6 +32,17 @@ fn main() -> ExitCode {
     assert!(err.contains(" of flow `greet` started") && err.contains("  route  check -> short"), "{err}");
     assert!(err.lines().last().unwrap().contains(" of flow `greet`, 3 steps in "), "{err}");
 
+    // --store cannot give a compiled flow a store: said, not silently ignored
+    let out = run(&["run", "greet", "--store", "sqlite://elsewhere.db"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with(
+            "note: flow `greet` was built without a store, so this run is kept nowhere; give it one with FlowBuilder::store\n"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+
     // plot by name
     let out = run(&["plot", "greet", "--format", "mermaid"], None);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
