@@ -163,3 +163,33 @@ fn trace_html_writes_the_timeline_as_one_self_contained_page() {
     assert!(stderr(&out).starts_with("error: cannot write no/such/dir/t.html: "), "{}", stderr(&out));
     assert!(stderr(&out).ends_with("; check the directory\n"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_json_worker_prints_one_line_per_run_it_ran() {
+    let s = Scratch::new();
+    s.write("review.yaml", REVIEW);
+    let db = s.db("runs.db");
+    let out = s.cmd(&["run", "review.yaml", "--queue", "--json", "--store", &db]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let queued = json_lines(&out);
+    assert_eq!(queued[0]["status"], "queued");
+    let id = queued[0]["run_id"].as_str().unwrap().to_string();
+
+    let mut worker = std::process::Command::new(assert_cmd::cargo::cargo_bin!("crewflow"))
+        .current_dir(s.dir.path())
+        .env_remove("CREWFLOW_DB")
+        .args(["worker", "--json", "--flows", "review.yaml", "--store", &db, "--poll-ms", "50"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(worker.stdout.take().unwrap()).lines();
+    let line = lines.next().unwrap().unwrap();
+    let report: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(report, serde_json::json!({"run_id": id, "flow": "review", "status": "ended", "error": null}));
+    let status = std::process::Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = worker.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stderr(&out), "", "--json keeps stderr quiet");
+}
