@@ -127,7 +127,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a YAML (or JSON) flow to its end or its first pause.
+    /// Run a YAML (or JSON) flow, or a compiled one by name, to its end or its first pause.
     #[command(
         after_help = "Examples:\n  crewflow run flow.yaml --input topic=rust --input count=3\n  crewflow run flow.yaml --inputs-file inputs.json --json"
     )]
@@ -241,7 +241,7 @@ pub enum Format {
 /// `crewflow plot`.
 #[derive(Debug, Args)]
 pub struct PlotArgs {
-    /// The flow definition (YAML or JSON).
+    /// The flow definition (YAML or JSON), or the name of a flow compiled into this binary.
     pub flow: PathBuf,
     /// Where to write; default `<flow name>.html` for HTML, stdout for the text forms.
     #[arg(short, long, value_name = "PATH")]
@@ -278,7 +278,8 @@ pub enum RunsCommand {
     Resume {
         /// The run's id.
         run_id: String,
-        /// The flow definition the run belongs to.
+        /// The flow definition the run belongs to (or, in a binary of one's own, a compiled
+        /// flow's name).
         #[arg(long, value_name = "FLOW_FILE")]
         flow: PathBuf,
     },
@@ -295,7 +296,8 @@ pub enum RunsCommand {
     Fork {
         /// The source run's id.
         run_id: String,
-        /// The flow definition the run belongs to.
+        /// The flow definition the run belongs to (or, in a binary of one's own, a compiled
+        /// flow's name).
         #[arg(long, value_name = "FLOW_FILE")]
         flow: PathBuf,
         /// Inputs merged over the source run's state.
@@ -345,7 +347,8 @@ pub enum FeedbackCommand {
         run_id: String,
         /// The answer (free text, or one of the request's outcomes).
         answer: String,
-        /// The flow definition the run belongs to.
+        /// The flow definition the run belongs to (or, in a binary of one's own, a compiled
+        /// flow's name).
         #[arg(long, value_name = "FLOW_FILE")]
         flow: PathBuf,
         /// Which pending request (for runs with several; see `feedback list`).
