@@ -8,6 +8,9 @@
 //!   the store's file created by the first run (`wall_ms`; goal ≤ 60).
 //! - `plot_1000`: a 1,000-step flow (chains, routers with loops, `and`/`or` joins) to its HTML
 //!   page: picture, layout and page text (`ms`; goal ≤ 200).
+//! - `plot_1000_render`: that page in headless Chromium (Debian's `chromium`): `load_ms`, from
+//!   navigation to a complete, fitted page; `click_ms`, a real click on a step to its panel
+//!   shown (the page stays responsive).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)] // benchmarks may panic
 
@@ -23,9 +26,12 @@ use crewflow_plot::Plot;
 #[path = "../../../benches/harness/mod.rs"]
 mod harness;
 
+#[path = "../../crewflow-plot/tests/cdp/mod.rs"]
+mod cdp;
+
 use harness::report;
 
-const BENCHES: [&str; 3] = ["cli_startup", "cli_run_yaml", "plot_1000"];
+const BENCHES: [&str; 4] = ["cli_startup", "cli_run_yaml", "plot_1000", "plot_1000_render"];
 const EXE: &str = env!("CARGO_BIN_EXE_crewflow");
 
 fn main() {
@@ -34,6 +40,7 @@ fn main() {
             "cli_startup" => startup(),
             "cli_run_yaml" => run_yaml(),
             "plot_1000" => plot_1000(),
+            "plot_1000_render" => plot_1000_render(),
             other => eprintln!("unknown benchmark {other}"),
         },
         None => harness::run_children(&BENCHES),
@@ -133,4 +140,32 @@ fn plot_1000() {
         })
         .collect();
     report("plot_1000", "ms", "ms", samples);
+}
+
+fn plot_1000_render() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = thousand().compile().unwrap().plot(dir.path().join("thousand.html")).unwrap();
+    let mut browser = cdp::Browser::launch(1400, 900);
+    let (mut load, mut click) = (Vec::new(), Vec::new());
+    for i in 0..6 {
+        browser.call("Page.navigate", serde_json::json!({"url": "about:blank"}));
+        let t = Instant::now();
+        browser.open(&page);
+        assert_eq!(browser.eval("document.querySelectorAll('g.node').length"), 1001);
+        let loaded = t.elapsed().as_secs_f64() * 1e3;
+        let at = browser.eval(
+            "(() => { const r = document.querySelector('g.node[data-step=\"s50_e\"] .shape').getBoundingClientRect(); \
+             return [r.left + r.width / 2, r.top + r.height / 2]; })()",
+        );
+        let t = Instant::now();
+        browser.click(at[0].as_f64().unwrap(), at[1].as_f64().unwrap());
+        assert_eq!(browser.eval("document.getElementById('info').hidden"), false);
+        let clicked = t.elapsed().as_secs_f64() * 1e3;
+        if i > 0 {
+            load.push(loaded); // the first load warms the browser's caches
+            click.push(clicked);
+        }
+    }
+    report("plot_1000_render", "load_ms", "ms", load);
+    report("plot_1000_render", "click_ms", "ms", click);
 }

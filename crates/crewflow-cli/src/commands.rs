@@ -6,15 +6,17 @@ use std::sync::Arc;
 
 use crewflow_chat::{SessionFilter, SessionStore};
 use crewflow_core::persist::{RunEnd, RunFilter, RunStatus, RunStore, StoredRun};
-use crewflow_core::{ConsoleFeedback, DeferredFeedback, Error, EventKind, FeedbackRequest, Run, RunId};
-use crewflow_declarative::{DeclarativeFlow, DeclarativeState, FlowDefinition, Registry};
+use crewflow_core::{ConsoleFeedback, DeferredFeedback, RunId};
+use crewflow_declarative::{DeclarativeFlow, FlowDefinition, Registry};
 use crewflow_plot::Picture;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use crate::{Cli, CliError, Command, Exit, FeedbackCommand, Format, PlotArgs, RunArgs, RunsCommand, SessionsCommand};
+use crate::drive::{feedback_answer, run, runs_fork, runs_resume};
+use crate::target::{AnyFlow, Target};
+use crate::{App, Cli, CliError, Command, Exit, FeedbackCommand, Format, PlotArgs, RunsCommand, SessionsCommand};
 
-pub(crate) async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
-    let ctx = Ctx { store: cli.store, json: cli.json };
+pub(crate) async fn dispatch(cli: Cli, app: App) -> Result<Exit, CliError> {
+    let ctx = Ctx { store: cli.store.or(app.default_store), json: cli.json, mounted: app.flows };
     match cli.command {
         Command::Run(args) => run(&ctx, args).await,
         Command::Plot(args) => plot(&ctx, args).await,
@@ -22,6 +24,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
         Command::Runs(RunsCommand::Show { run_id }) => runs_show(&ctx, &run_id).await,
         Command::Runs(RunsCommand::Resume { run_id, flow }) => runs_resume(&ctx, &run_id, &flow).await,
         Command::Runs(RunsCommand::Cancel { run_id }) => runs_cancel(&ctx, &run_id).await,
+        Command::Runs(RunsCommand::Fork { run_id, flow, inputs }) => runs_fork(&ctx, &run_id, &flow, &inputs).await,
         Command::Feedback(FeedbackCommand::List { flow }) => feedback_list(&ctx, flow).await,
         Command::Feedback(FeedbackCommand::Answer { run_id, answer, flow, request }) => {
             feedback_answer(&ctx, &run_id, &answer, &flow, request).await
@@ -29,23 +32,43 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<Exit, CliError> {
         Command::Sessions(SessionsCommand::List { flow, limit }) => sessions_list(&ctx, flow, limit).await,
         Command::Sessions(SessionsCommand::Show { flow, id }) => sessions_show(&ctx, &flow, &id).await,
         Command::Sessions(SessionsCommand::Delete { flow, id }) => sessions_delete(&ctx, &flow, &id).await,
-        Command::Trace(args) => match (args.run_id, args.session) {
-            (_, Some(session)) => crate::trace::session(&ctx, &session).await,
-            (Some(run_id), None) => crate::trace::run(&ctx, &run_id).await,
-            (None, None) => Err(CliError::new(Exit::Usage, "give a run id, or --session FLOW/ID")),
+        Command::Trace(args) => match (args.run_id, args.session, args.html) {
+            (_, Some(session), _) => crate::trace::session(&ctx, &session).await,
+            (Some(run_id), None, Some(path)) => crate::trace_html::run(&ctx, &run_id, &path).await,
+            (Some(run_id), None, None) => crate::trace::run(&ctx, &run_id).await,
+            (None, None, _) => Err(CliError::new(Exit::Usage, "give a run id, or --session FLOW/ID")),
         },
         Command::Compact(args) => crate::compact::compact(&ctx, args).await,
+        Command::Worker(args) => crate::worker::worker(&ctx, args).await,
+        Command::New(args) => crate::new::new(&ctx, &args),
         Command::Completions { .. } => Ok(Exit::Ok),
     }
 }
 
-/// The global options every command sees.
+/// The global options every command sees, and the flows compiled into the binary.
 pub(crate) struct Ctx {
     store: Option<String>,
     pub json: bool,
+    mounted: Vec<Arc<dyn AnyFlow>>,
 }
 
 impl Ctx {
+    /// The compiled flow named `arg`, if the binary mounted one.
+    pub fn mounted(&self, arg: &Path) -> Option<Arc<dyn AnyFlow>> {
+        let name = arg.to_str()?;
+        self.mounted.iter().find(|f| f.name() == name).cloned()
+    }
+
+    /// The names of the compiled flows.
+    pub fn mounted_names(&self) -> Vec<String> {
+        self.mounted.iter().map(|f| f.name().to_string()).collect()
+    }
+
+    /// Every compiled flow the binary mounted.
+    pub fn all_mounted(&self) -> Vec<Arc<dyn AnyFlow>> {
+        self.mounted.clone()
+    }
+
     /// The store's URL: `--store`, else `$CREWFLOW_DB`, else `crewflow.db`.
     pub fn store_url(&self) -> String {
         self.store
@@ -55,7 +78,7 @@ impl Ctx {
     }
 
     /// Whether a store was named (flag or environment): then `run` keeps runs there.
-    fn store_named(&self) -> bool {
+    pub fn store_named(&self) -> bool {
         self.store.is_some() || std::env::var(crewflow_store::DEFAULT_STORE_VAR).is_ok_and(|v| !v.is_empty())
     }
 
@@ -118,7 +141,7 @@ pub(crate) fn parse_run_id(text: &str) -> Result<RunId, CliError> {
 
 /// Builds a YAML/JSON flow with what the command line can offer: pausing (`deferred`, the
 /// default) and `console` feedback providers, and the named store, if any.
-fn load_flow(path: &Path, store: Option<Arc<dyn RunStore>>) -> Result<DeclarativeFlow, CliError> {
+pub(crate) fn load_flow(path: &Path, store: Option<Arc<dyn RunStore>>) -> Result<DeclarativeFlow, CliError> {
     let definition = FlowDefinition::from_path(path).map_err(|e| match e {
         crewflow_declarative::DeclarativeError::Read { .. } => {
             CliError::new(Exit::Usage, format!("{e}; check the path of the flow file"))
@@ -143,196 +166,11 @@ fn load_flow(path: &Path, store: Option<Arc<dyn RunStore>>) -> Result<Declarativ
     })
 }
 
-/// The store `run`-like commands keep runs in: the named one, else the definition's own.
-fn named_store(ctx: &Ctx) -> Result<Option<Arc<dyn RunStore>>, CliError> {
-    if !ctx.store_named() {
-        return Ok(None);
-    }
-    let url = ctx.store_url();
-    crewflow_store::open(&url)
-        .map(Some)
-        .map_err(|e| CliError::new(Exit::Store, format!("cannot open the store `{url}`: {e}")))
-}
-
-fn inputs_of(args: &RunArgs) -> Result<Map<String, Value>, CliError> {
-    let bad = |m: String| CliError::new(Exit::Usage, m);
-    let mut inputs = match (&args.inputs, &args.inputs_file) {
-        (Some(text), _) => object(text, "--inputs").map_err(bad)?,
-        (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| bad(format!("cannot read the inputs file {}: {e}", path.display())))?;
-            object(&text, &format!("the inputs file {}", path.display())).map_err(bad)?
-        }
-        (None, None) => Map::new(),
-    };
-    for pair in &args.input {
-        let Some((key, value)) = pair.split_once('=') else {
-            return Err(bad(format!("--input `{pair}` is not KEY=VALUE (e.g. --input topic=rust)")));
-        };
-        if key.is_empty() {
-            return Err(bad(format!("--input `{pair}` has no key before `=`")));
-        }
-        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
-        inputs.insert(key.to_string(), value);
-    }
-    Ok(inputs)
-}
-
-fn object(text: &str, origin: &str) -> Result<Map<String, Value>, String> {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(format!("{origin} must be a JSON object of state values, not {other}")),
-        Err(e) => Err(format!("{origin} is not valid JSON: {e}")),
-    }
-}
-
-async fn run(ctx: &Ctx, args: RunArgs) -> Result<Exit, CliError> {
-    let flow = load_flow(&args.flow, named_store(ctx)?)?;
-    let inputs = inputs_of(&args)?;
-    let kickoff = flow.prepare(Value::Object(inputs)).map_err(|e| CliError::new(Exit::Usage, e.to_string()))?;
-    let started = std::time::Instant::now();
-    let (handle, mut events) =
-        flow.stream(kickoff).map_err(|e| CliError::new(Exit::Usage, format!("flow `{}`: {e}", flow.name())))?;
-    let run_id = handle.id();
-    while let Some(event) = events.next().await {
-        if ctx.json {
-            if let Ok(line) = serde_json::to_string(&event) {
-                outln!("{line}");
-            }
-            continue;
-        }
-        let step = event.step.as_deref().unwrap_or("?");
-        match &event.kind {
-            EventKind::RunStarted { flow, .. } => eprintln!("run {run_id} of flow `{flow}` started"),
-            EventKind::RunResumed { flow, steps_done, .. } => {
-                eprintln!("run {run_id} of flow `{flow}` resumed after {steps_done} steps")
-            }
-            EventKind::StepStarted { activation, .. } => eprintln!("  start  {step} #{activation}"),
-            EventKind::StepFinished { activation, elapsed_us, .. } => {
-                eprintln!("  done   {step} #{activation} in {}", millis(*elapsed_us))
-            }
-            EventKind::StepFailed { activation, error } => eprintln!("  FAILED {step} #{activation}: {error}"),
-            EventKind::StepRetrying { activation, attempt, error, delay_ms } => {
-                eprintln!("  retry  {step} #{activation}: attempt {attempt} failed ({error}); again in {delay_ms} ms")
-            }
-            EventKind::RouteTaken { label, .. } => eprintln!("  route  {step} -> {label}"),
-            _ => {}
-        }
-    }
-    let result = handle.await;
-    finish(ctx, &flow, run_id, result, started, &args.flow)
-}
-
-fn millis(us: u64) -> String {
-    if us >= 10_000 { format!("{} ms", us / 1000) } else { format!("{:.1} ms", us as f64 / 1000.0) }
-}
-
-/// Reports how a run ended (finished, paused, failed) and picks the exit status.
-fn finish(
-    ctx: &Ctx,
-    flow: &DeclarativeFlow,
-    run_id: RunId,
-    result: Result<Run<DeclarativeState>, Error>,
-    started: std::time::Instant,
-    flow_file: &Path,
-) -> Result<Exit, CliError> {
-    let elapsed = started.elapsed().as_micros() as u64;
-    match result {
-        Ok(run) => {
-            if let Some(paused) = run.paused() {
-                let store = if ctx.store_named() { format!(" --store {}", ctx.store_url()) } else { String::new() };
-                if ctx.json {
-                    outln!(
-                        "{}",
-                        json!({"type": "result", "run_id": run_id.to_string(), "status": "paused", "request": request_json(&paused.request)})
-                    );
-                } else {
-                    eprintln!(
-                        "paused: run {run_id} waits for feedback on step `{}`: {}\n  answer with: crewflow feedback answer {run_id} <answer> --flow {}{store}",
-                        paused.request.step,
-                        paused.request.message,
-                        flow_file.display()
-                    );
-                }
-                return Ok(Exit::Paused);
-            }
-            let output = run.output_json();
-            if ctx.json {
-                outln!(
-                    "{}",
-                    json!({"type": "result", "run_id": run_id.to_string(), "status": "finished", "steps": run.steps_run(), "output": output, "elapsed_ms": elapsed / 1000})
-                );
-            } else {
-                eprintln!(
-                    "finished: run {run_id} of flow `{}`, {} steps in {}",
-                    flow.name(),
-                    run.steps_run(),
-                    millis(elapsed)
-                );
-                outln!("{}", output.map(|o| pretty(&o)).unwrap_or_else(|| "null".into()));
-            }
-            Ok(Exit::Ok)
-        }
-        Err(e) => {
-            // Refusals leave the run as it was: said as they are, not as a failed run.
-            let refused = match &e {
-                Error::UnknownRun { .. } | Error::UnknownFeedbackRequest { .. } | Error::NotPaused { .. } => {
-                    Some(Exit::NotFound)
-                }
-                Error::UnmatchedFeedback { .. }
-                | Error::RunOfAnotherFlow { .. }
-                | Error::DefinitionChanged { .. }
-                | Error::RunOwned(_)
-                | Error::AlreadyDriven { .. } => Some(Exit::Usage),
-                Error::Store { .. } | Error::NoStore { .. } => Some(Exit::Store),
-                _ => None,
-            };
-            let status = if matches!(e, Error::Cancelled { .. }) { "cancelled" } else { "failed" };
-            if ctx.json {
-                let status = if refused.is_some() { "refused" } else { status };
-                outln!(
-                    "{}",
-                    json!({"type": "result", "run_id": run_id.to_string(), "status": status, "error": e.to_string()})
-                );
-            }
-            Err(match refused {
-                Some(Exit::Store) => {
-                    CliError::new(Exit::Store, format!("run {run_id} of flow `{}` {status}: {e}", flow.name()))
-                }
-                Some(exit) => CliError::new(exit, e.to_string()),
-                None => CliError::new(
-                    Exit::RunFailed,
-                    format!("run {run_id} of flow `{}` {status}: {}", flow.name(), without_run_id(&e)),
-                ),
-            })
-        }
-    }
-}
-
-/// The error without the run id the line already names.
-fn without_run_id(e: &Error) -> String {
-    match e {
-        Error::StepFailed { step, source, .. } => format!("step `{step}` failed: {source}"),
-        other => other.to_string(),
-    }
-}
-
-fn pretty(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => serde_json::to_string_pretty(other).unwrap_or_else(|_| other.to_string()),
-    }
-}
-
-fn request_json(r: &FeedbackRequest) -> Value {
-    serde_json::to_value(r).unwrap_or(Value::Null)
-}
-
 async fn plot(ctx: &Ctx, args: PlotArgs) -> Result<Exit, CliError> {
     // A picture never opens the definition's store: build against an in-memory one.
     let memory = crewflow_store::open("sqlite::memory:").map_err(|e| CliError::new(Exit::Store, e.to_string()))?;
-    let flow = load_flow(&args.flow, Some(memory))?;
-    let mut picture = Picture::of(flow.graph());
+    let flow = Target::resolve(ctx, &args.flow, Some(memory))?;
+    let mut picture = Picture::of(flow.flow.graph());
     if let Some(id) = &args.run {
         let run_id = parse_run_id(id)?;
         let url = ctx.store_url();
@@ -363,9 +201,9 @@ async fn plot(ctx: &Ctx, args: PlotArgs) -> Result<Exit, CliError> {
             let path = path.clone().unwrap_or_else(|| format!("{}.html", flow.name()).into());
             let written = picture.write_html(&path).map_err(|e| CliError::new(Exit::Usage, e.to_string()))?;
             if ctx.json {
-                outln!("{}", json!({"written": written.display().to_string(), "steps": flow.graph().len()}));
+                outln!("{}", json!({"written": written.display().to_string(), "steps": flow.flow.graph().len()}));
             } else {
-                eprintln!("wrote {} ({} steps)", written.display(), flow.graph().len());
+                eprintln!("wrote {} ({} steps)", written.display(), flow.flow.graph().len());
             }
         }
     }
@@ -443,7 +281,7 @@ fn pending_of(stored: &StoredRun) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-fn parse_json(text: &str) -> Value {
+pub(crate) fn parse_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
 }
 
@@ -495,16 +333,8 @@ async fn runs_show(ctx: &Ctx, run_id: &str) -> Result<Exit, CliError> {
     Ok(Exit::Ok)
 }
 
-fn clip(s: &str, max: usize) -> String {
+pub(crate) fn clip(s: &str, max: usize) -> String {
     if s.chars().count() <= max { s.to_string() } else { format!("{}…", s.chars().take(max).collect::<String>()) }
-}
-
-async fn runs_resume(ctx: &Ctx, run_id: &str, flow_file: &Path) -> Result<Exit, CliError> {
-    let id = parse_run_id(run_id)?;
-    let flow = load_flow(flow_file, named_store(ctx)?)?;
-    let started = std::time::Instant::now();
-    let result = flow.resume(id).await;
-    finish(ctx, &flow, id, result, started, flow_file)
 }
 
 async fn runs_cancel(ctx: &Ctx, run_id: &str) -> Result<Exit, CliError> {
@@ -590,37 +420,6 @@ async fn feedback_list(ctx: &Ctx, flow: Option<String>) -> Result<Exit, CliError
         eprintln!("no run waits for feedback in {url}");
     }
     Ok(Exit::Ok)
-}
-
-async fn feedback_answer(
-    ctx: &Ctx,
-    run_id: &str,
-    answer: &str,
-    flow_file: &Path,
-    request: Option<u64>,
-) -> Result<Exit, CliError> {
-    let id = parse_run_id(run_id)?;
-    let flow = load_flow(flow_file, named_store(ctx)?)?;
-    // Say plainly when the run waits for nothing, rather than the engine's resume error.
-    if let Some(store) = flow.store() {
-        let url = store.describe();
-        match store.load_run(id).await.map_err(|e| store_failed(&url, "load the run", e))? {
-            None => return Err(not_found_run(id, &url)),
-            Some(r) if r.status != RunStatus::Paused => {
-                return Err(CliError::new(
-                    Exit::NotFound,
-                    format!("run {id} is {}, not paused: it waits for no feedback", r.status.as_str()),
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-    let started = std::time::Instant::now();
-    let result = match request {
-        Some(r) => flow.resume_with_feedback_for(id, r, answer).await,
-        None => flow.resume_with_feedback(id, answer).await,
-    };
-    finish(ctx, &flow, id, result, started, flow_file)
 }
 
 async fn sessions_list(ctx: &Ctx, flow: Option<String>, limit: usize) -> Result<Exit, CliError> {

@@ -3,9 +3,12 @@
 //! - `crewflow run flow.yaml --input topic=rust` runs a declarative (YAML) flow, with progress
 //!   lines on stderr (or `--json` event lines on stdout) and the output on stdout;
 //! - `crewflow plot flow.yaml` writes the flow's picture (HTML, Mermaid or DOT);
-//! - `crewflow runs list|show|resume|cancel`, `crewflow feedback list|answer`,
-//!   `crewflow sessions list|show|delete` and `crewflow trace` read and drive what a store keeps
-//!   (`--store sqlite://runs.db` or `postgres://…`, else `$CREWFLOW_DB`, else `crewflow.db`).
+//! - `crewflow runs list|show|resume|fork|cancel`, `crewflow feedback list|answer`,
+//!   `crewflow sessions list|show|delete` and `crewflow trace [--html]` read and drive what a
+//!   store keeps (`--store sqlite://runs.db` or `postgres://…`, else `$CREWFLOW_DB`, else
+//!   `crewflow.db`);
+//! - `crewflow run --queue` queues a run, `crewflow worker` runs queued and orphaned runs;
+//! - `crewflow new NAME [--yaml]` scaffolds a Rust flow project or a YAML flow.
 //!
 //! Exit codes are stable ([`Exit`]); every command and its examples are in `docs/cli.md`.
 //!
@@ -16,6 +19,9 @@
 //!     crewflow_cli::main()
 //! }
 //! ```
+//!
+//! A binary of one's own mounts the same commands for its compiled flows with [`App`]:
+//! `crewflow_cli::App::new().flow(&flow).run()`.
 
 /// Writes a line to stdout; a closed pipe (`crewflow runs list | head -1`) is not an error.
 macro_rules! outln {
@@ -33,9 +39,17 @@ macro_rules! out {
     }};
 }
 
+mod app;
 mod commands;
 mod compact;
+mod drive;
+mod new;
+mod target;
 mod trace;
+mod trace_html;
+mod worker;
+
+pub use app::App;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -87,6 +101,9 @@ Examples:
   crewflow runs list --status paused --store sqlite://runs.db
   crewflow feedback answer 0193f… approved --flow review.yaml --store sqlite://runs.db
   crewflow trace 0193f… --store postgres://app@db/flows
+  crewflow runs fork 0193f… --flow review.yaml --input topic=go
+  crewflow run review.yaml --queue --store sqlite://runs.db && crewflow worker --flows review.yaml --store sqlite://runs.db
+  crewflow new my-flow --yaml
 
 Exit codes: 0 done, 1 run failed or cancelled, 2 bad usage / flow file / inputs,
             3 run paused for feedback, 4 store unreachable, 5 not found";
@@ -110,7 +127,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a YAML (or JSON) flow to its end or its first pause.
+    /// Run a YAML (or JSON) flow, or a compiled one by name, to its end or its first pause.
     #[command(
         after_help = "Examples:\n  crewflow run flow.yaml --input topic=rust --input count=3\n  crewflow run flow.yaml --inputs-file inputs.json --json"
     )]
@@ -138,6 +155,17 @@ pub enum Command {
         after_help = "Examples:\n  crewflow compact --older-than 30d\n  crewflow compact --older-than 90d --flow-ttl nightly=7d --journal-older-than 1d --vacuum"
     )]
     Compact(CompactArgs),
+    /// Run queued runs (`crewflow run --queue`) and orphaned ones of the given flows, until
+    /// Ctrl-C.
+    #[command(
+        after_help = "Example:\n  crewflow worker --flows review.yaml nightly.yaml --store postgres://app@db/flows"
+    )]
+    Worker(WorkerArgs),
+    /// Scaffold a new flow: a Rust project (default) or a YAML flow.
+    #[command(
+        after_help = "Examples:\n  crewflow new triage            # a Rust project in ./triage\n  crewflow new triage --yaml     # triage.yaml, ready for `crewflow run triage.yaml`"
+    )]
+    New(NewArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  crewflow completions bash > ~/.local/share/bash-completion/completions/crewflow"
@@ -151,8 +179,19 @@ pub enum Command {
 /// `crewflow run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The flow definition (YAML or JSON).
+    /// The flow definition (YAML or JSON), or the name of a flow compiled into this binary.
     pub flow: PathBuf,
+    /// The run's inputs.
+    #[command(flatten)]
+    pub inputs: InputArgs,
+    /// Record the run as queued for a `crewflow worker` instead of running it; prints its id.
+    #[arg(long)]
+    pub queue: bool,
+}
+
+/// A run's inputs, from flags, JSON or a file.
+#[derive(Debug, Args)]
+pub struct InputArgs {
     /// One input, `KEY=VALUE`; VALUE is read as JSON when it parses (`3`, `true`, `[1,2]`),
     /// else as text. Repeatable; applied over `--inputs`/`--inputs-file`.
     #[arg(long = "input", short = 'i', value_name = "KEY=VALUE")]
@@ -202,7 +241,7 @@ pub enum Format {
 /// `crewflow plot`.
 #[derive(Debug, Args)]
 pub struct PlotArgs {
-    /// The flow definition (YAML or JSON).
+    /// The flow definition (YAML or JSON), or the name of a flow compiled into this binary.
     pub flow: PathBuf,
     /// Where to write; default `<flow name>.html` for HTML, stdout for the text forms.
     #[arg(short, long, value_name = "PATH")]
@@ -239,7 +278,8 @@ pub enum RunsCommand {
     Resume {
         /// The run's id.
         run_id: String,
-        /// The flow definition the run belongs to.
+        /// The flow definition the run belongs to (or, in a binary of one's own, a compiled
+        /// flow's name).
         #[arg(long, value_name = "FLOW_FILE")]
         flow: PathBuf,
     },
@@ -248,6 +288,48 @@ pub enum RunsCommand {
         /// The run's id.
         run_id: String,
     },
+    /// Start a new run from the state another run reached, with inputs over it; the source
+    /// run is left as it is.
+    #[command(
+        after_help = "Example:\n  crewflow runs fork 0193f… --flow review.yaml --input topic=go --store sqlite://runs.db"
+    )]
+    Fork {
+        /// The source run's id.
+        run_id: String,
+        /// The flow definition the run belongs to (or, in a binary of one's own, a compiled
+        /// flow's name).
+        #[arg(long, value_name = "FLOW_FILE")]
+        flow: PathBuf,
+        /// Inputs merged over the source run's state.
+        #[command(flatten)]
+        inputs: InputArgs,
+    },
+}
+
+/// `crewflow worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The flow definitions whose queued and orphaned runs this worker runs (a binary's own
+    /// compiled flows are always included).
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub flows: Vec<PathBuf>,
+    /// How often to look for runs, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub poll_ms: u64,
+}
+
+/// `crewflow new`.
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// The project's name (a new directory of that name), or with `--yaml` the flow's name
+    /// (writes `<name>.yaml`).
+    pub name: String,
+    /// Write a YAML flow `crewflow run` runs as is, instead of a Rust project.
+    #[arg(long)]
+    pub yaml: bool,
+    /// Depend on a local crewflow checkout at this path instead of the crates.io release.
+    #[arg(long, value_name = "CHECKOUT", conflicts_with = "yaml")]
+    pub path: Option<PathBuf>,
 }
 
 /// `crewflow feedback …`.
@@ -265,7 +347,8 @@ pub enum FeedbackCommand {
         run_id: String,
         /// The answer (free text, or one of the request's outcomes).
         answer: String,
-        /// The flow definition the run belongs to.
+        /// The flow definition the run belongs to (or, in a binary of one's own, a compiled
+        /// flow's name).
         #[arg(long, value_name = "FLOW_FILE")]
         flow: PathBuf,
         /// Which pending request (for runs with several; see `feedback list`).
@@ -311,15 +394,27 @@ pub struct TraceArgs {
     /// A session's traces instead: `FLOW/SESSION_ID`.
     #[arg(long, value_name = "FLOW/ID")]
     pub session: Option<String>,
+    /// Write the run's trace as one self-contained HTML page to this file instead.
+    #[arg(long, value_name = "PATH", conflicts_with = "session")]
+    pub html: Option<PathBuf>,
 }
 
 /// Runs the command line of this process and returns its exit status.
 pub fn main() -> ExitCode {
-    main_from(std::env::args_os())
+    App::new().run()
 }
 
 /// Runs the given command line (the first item is the program's name).
 pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    App::new().run_from(args)
+}
+
+/// Parses and runs a command line with the flows an [`App`] mounted.
+pub(crate) fn run_cli<I, T>(app: App, args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -342,7 +437,7 @@ where
             return ExitCode::from(Exit::RunFailed as u8);
         }
     };
-    match runtime.block_on(commands::dispatch(cli)) {
+    match runtime.block_on(commands::dispatch(cli, app)) {
         Ok(exit) => ExitCode::from(exit as u8),
         Err(e) => {
             eprintln!("error: {}", e.message);

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 use crewflow_chat::SpanRecord;
+use crewflow_core::persist::StoredRun;
 use serde_json::{Value, json};
 
 use crate::commands::{Ctx, load, store_failed};
@@ -28,8 +29,17 @@ fn bar(start: f64, end: f64, total: f64) -> String {
     format!("{}{}", " ".repeat(a), "█".repeat(b - a))
 }
 
-pub(crate) async fn run(ctx: &Ctx, run_id: &str) -> Result<Exit, CliError> {
-    let (r, _) = load(ctx, run_id).await?;
+/// A run's timeline: one row per step execution, the feedback given and pending.
+pub(crate) struct Timeline {
+    /// The run's duration so far, in ms.
+    pub total: f64,
+    /// Activation, step, since (ms from the run's start), finished (ms).
+    pub rows: Vec<(u64, String, f64, f64)>,
+    pub history: Vec<Value>,
+    pub pending: Vec<Value>,
+}
+
+pub(crate) fn timeline(r: &StoredRun) -> Timeline {
     let last = r.steps.iter().map(|s| s.finished_at).max().unwrap_or(r.updated_at);
     let total = ms(r.created_at, r.updated_at.max(last));
     let record: Value = r.feedback.as_deref().and_then(|f| serde_json::from_str(f).ok()).unwrap_or(Value::Null);
@@ -44,7 +54,7 @@ pub(crate) async fn run(ctx: &Ctx, run_id: &str) -> Result<Exit, CliError> {
     // The store keeps when each execution finished; an execution's span is drawn from the
     // previous completion (or the run's start) to its own.
     let mut prev = 0.0f64;
-    let rows: Vec<(u64, String, f64, f64)> = steps
+    let rows = steps
         .iter()
         .map(|s| {
             let end = ms(r.created_at, s.finished_at);
@@ -53,6 +63,12 @@ pub(crate) async fn run(ctx: &Ctx, run_id: &str) -> Result<Exit, CliError> {
             row
         })
         .collect();
+    Timeline { total, rows, history, pending }
+}
+
+pub(crate) async fn run(ctx: &Ctx, run_id: &str) -> Result<Exit, CliError> {
+    let (r, _) = load(ctx, run_id).await?;
+    let Timeline { total, rows, history, pending } = timeline(&r);
     if ctx.json {
         let steps: Vec<Value> = rows
             .iter()

@@ -382,6 +382,8 @@ impl<S: FlowState> Driver<S> {
         };
         let step = &self.flow.steps[a.step as usize];
         let name = step.name.clone();
+        // Structured logs for any `tracing` subscriber (a no-op without one); see docs/cli.md.
+        tracing::debug!(target: "crewflow::step", run_id = %self.shared.id, step = %name, activation = a.id, "step started");
         self.shared.telemetry.events.emit(self.shared.id, Some(&name), || EventKind::StepStarted {
             activation: a.id,
             triggered_by,
@@ -462,6 +464,8 @@ impl<S: FlowState> Driver<S> {
             }
             Err(e) => {
                 let error: Arc<str> = Arc::from(e.to_string());
+                tracing::warn!(target: "crewflow::step", run_id = %self.shared.id, step = %name, activation = c.activation,
+                    elapsed_us = micros(c.elapsed), error = %error, "step failed");
                 self.emit(Some(&name), || EventKind::StepFailed { activation: c.activation, error });
                 return Err(e);
             }
@@ -471,6 +475,8 @@ impl<S: FlowState> Driver<S> {
             self.paused.push(*pending);
             return Ok(());
         }
+        tracing::info!(target: "crewflow::step", run_id = %self.shared.id, step = %name, activation = c.activation,
+            elapsed_us = micros(c.elapsed), "step finished");
         let finished_seq = self.emit(Some(&name), || EventKind::StepFinished {
             activation: c.activation,
             output: outcome.output.clone(),

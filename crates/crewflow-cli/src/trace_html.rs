@@ -1,0 +1,104 @@
+//! `crewflow trace RUN --html PATH`: the run's timeline as one self-contained page (inline
+//! style, no script, nothing fetched from the network), for sharing with someone without
+//! access to the store.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::commands::{Ctx, load};
+use crate::trace::{Timeline, timeline};
+use crate::{CliError, Exit};
+
+const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:24px;color:#111827;background:#f9fafb}\
+h1{font-size:18px;margin:0 0 4px}p.meta{color:#4b5563;margin:0 0 16px}\
+ul.tree{list-style:none;padding:0;margin:0;max-width:1100px}\
+ul.tree li{display:grid;grid-template-columns:64px 220px 110px 110px 1fr;gap:8px;align-items:center;padding:3px 0;border-bottom:1px solid #e5e7eb}\
+ul.tree li.note{display:block;color:#374151}ul.tree li.error{color:#b91c1c;font-weight:600}\
+.bar{position:relative;height:12px;background:#eef2ff;border-radius:3px}\
+.bar span{position:absolute;top:0;bottom:0;background:#4f46e5;border-radius:3px;min-width:2px}\
+.num{text-align:right;font-variant-numeric:tabular-nums;color:#374151}";
+
+/// Escapes text for HTML.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+pub(crate) async fn run(ctx: &Ctx, run_id: &str, path: &Path) -> Result<Exit, CliError> {
+    let (r, _) = load(ctx, run_id).await?;
+    let t = timeline(&r);
+    let title = format!("run {} · flow `{}` · {}", r.run_id, r.flow, r.status.as_str());
+    let mut s = String::with_capacity(4096);
+    let _ = write!(
+        s,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body>\n",
+        esc(&title)
+    );
+    let _ = writeln!(s, "<h1>{}</h1>", esc(&title));
+    let _ = writeln!(
+        s,
+        "<p class=\"meta\">started {} · {:.1} ms · {} step executions</p>",
+        r.created_at.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
+        t.total,
+        t.rows.len()
+    );
+    s.push_str("<ul class=\"tree\">\n");
+    rows(&mut s, &t);
+    notes(&mut s, &t);
+    if let Some(e) = &r.error {
+        let _ = writeln!(s, "<li class=\"note error\">error: {}</li>", esc(e));
+    }
+    s.push_str("</ul>\n<p class=\"meta\">Times are completions since the run started; in brackets, since the previous completion.</p>\n</body></html>\n");
+    std::fs::write(path, &s).map_err(|e| {
+        CliError::new(Exit::Usage, format!("cannot write {}: {e}; check the directory", path.display()))
+    })?;
+    if ctx.json {
+        outln!(
+            "{}",
+            json!({"written": path.display().to_string(), "run_id": r.run_id.to_string(), "steps": t.rows.len()})
+        );
+    } else {
+        eprintln!("wrote {} (run {}, {} steps)", path.display(), r.run_id, t.rows.len());
+    }
+    Ok(Exit::Ok)
+}
+
+/// One row per step execution: activation, step, times, and a bar on the run's timeline.
+fn rows(s: &mut String, t: &Timeline) {
+    let total = if t.total.is_finite() && t.total > 0.0 { t.total } else { 1.0 };
+    for (a, step, start, end) in &t.rows {
+        let left = (start / total * 100.0).clamp(0.0, 100.0);
+        let width = ((end - start) / total * 100.0).clamp(0.0, 100.0 - left);
+        let _ = writeln!(
+            s,
+            "<li class=\"step\" data-step=\"{}\"><span>#{a}</span><b>{}</b><span class=\"num\">+{end:.1} ms</span><span class=\"num\">({:.1} ms)</span><div class=\"bar\"><span style=\"left:{left:.2}%;width:{width:.2}%\"></span></div></li>",
+            esc(step),
+            esc(step),
+            end - start
+        );
+    }
+}
+
+/// The feedback given and pending, under the steps.
+fn notes(s: &mut String, t: &Timeline) {
+    let text = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
+    for h in &t.history {
+        let outcome = h["outcome"].as_str().map(|o| format!(" → {o}")).unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "<li class=\"note\">feedback on <b>{}</b>: “{}”{}</li>",
+            esc(&text(h, "step")),
+            esc(&text(h, "feedback")),
+            esc(&outcome)
+        );
+    }
+    for p in &t.pending {
+        let _ = writeln!(
+            s,
+            "<li class=\"note\">paused on <b>{}</b>: {}</li>",
+            esc(&text(p, "step")),
+            esc(&text(p, "message"))
+        );
+    }
+}

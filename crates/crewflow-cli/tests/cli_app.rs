@@ -1,0 +1,80 @@
+//! `crewflow_cli::App` in a binary of one's own: this test's binary *is* the example
+//! `examples/own_binary.rs` when `CREWFLOW_TEST_AS_EXAMPLE` is set, and otherwise drives that
+//! binary as a user would (a real process, its real command line).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+#[path = "../examples/own_binary.rs"]
+mod own_binary;
+
+use std::process::{Command, ExitCode, Output};
+
+fn main() -> ExitCode {
+    if std::env::var_os("CREWFLOW_TEST_AS_EXAMPLE").is_some() {
+        return own_binary::main();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], db: Option<&str>| -> Output {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.env("CREWFLOW_TEST_AS_EXAMPLE", "1").env_remove("CREWFLOW_DB").current_dir(dir.path()).args(args);
+        if let Some(db) = db {
+            cmd.env("CREWFLOW_DB", db);
+        }
+        cmd.output().unwrap()
+    };
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+
+    // the compiled flow runs by name, with the same progress lines and output as YAML flows
+    let out = run(&["run", "greet", "--input", "name=Ada"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "greeted\n");
+    let err = text(&out.stderr);
+    assert!(err.contains(" of flow `greet` started") && err.contains("  route  check -> short"), "{err}");
+    assert!(err.lines().last().unwrap().contains(" of flow `greet`, 3 steps in "), "{err}");
+
+    // --store cannot give a compiled flow a store: said, not silently ignored
+    let out = run(&["run", "greet", "--store", "sqlite://elsewhere.db"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with(
+            "note: flow `greet` was built without a store, so this run is kept nowhere; give it one with FlowBuilder::store\n"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // plot by name
+    let out = run(&["plot", "greet", "--format", "mermaid"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("\nflowchart LR\n  n0([\"hello\"]):::start\n"), "{}", text(&out.stdout));
+
+    // a name that is neither a mounted flow nor a file: the file error, exit 2
+    let out = run(&["run", "gret"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.starts_with("error: cannot read the flow definition gret: "), "{err}");
+    assert!(
+        err.ends_with("; check the path of the flow file; or name a flow compiled into this binary: greet\n"),
+        "{err}"
+    );
+
+    // with a store: listed, and forked with other inputs
+    let db = format!("sqlite://{}", dir.path().join("greet.db").display());
+    let out = run(&["run", "greet", "--input", "name=Ada", "--json"], Some(&db));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let last: serde_json::Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    let id = last["run_id"].as_str().unwrap().to_string();
+    let out = run(&["runs", "fork", &id, "--flow", "greet", "--input", "name=Ada Lovelace, Countess"], Some(&db));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "greeted at length\n");
+    let out = run(&["runs", "list", "--json"], Some(&db));
+    assert_eq!(text(&out.stdout).lines().count(), 2, "{}", text(&out.stdout));
+
+    // the binary's help lists the same subcommands
+    let help = text(&run(&["--help"], None).stdout);
+    for sub in ["run", "plot", "runs", "feedback", "worker", "trace", "new"] {
+        assert!(help.contains(&format!("\n  {sub} ")), "no `{sub}` in:\n{help}");
+    }
+    eprintln!("cli_app: ok");
+    ExitCode::SUCCESS
+}
