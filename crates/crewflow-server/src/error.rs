@@ -45,11 +45,22 @@ pub(crate) struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// More fields of the error object (`running_turn_id`, ...).
+    pub detail: Option<serde_json::Value>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), detail: None }
+    }
+
+    /// The error object: `{"code", "message"}` and the detail's fields.
+    pub fn body(&self) -> serde_json::Value {
+        let mut body = json!({"code": self.code, "message": self.message});
+        if let (Some(serde_json::Value::Object(extra)), serde_json::Value::Object(map)) = (&self.detail, &mut body) {
+            map.extend(extra.clone());
+        }
+        body
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -107,6 +118,6 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        (self.status, Json(json!({"error": self.body()}))).into_response()
     }
 }

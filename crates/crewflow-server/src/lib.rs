@@ -51,31 +51,41 @@
 //! events are kept in memory for the most recent runs ([`Server::keep_events`]) so a client
 //! that subscribes late still sees them from the first.
 
+mod chat;
 mod error;
+mod flows;
+mod frames;
 mod hosted;
+mod lanes;
 mod live;
+mod openapi;
 mod routes;
+mod runs;
+mod sessions;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crewflow_chat::{ChatFlow, Conversational};
 use crewflow_core::persist::RunStore;
 use crewflow_core::{Flow, FlowState};
 
 pub use error::ServerError;
+pub use lanes::DoubleTexting;
 
 /// The flows a server hosts and the store their runs are kept in. Turn it into a router with
 /// [`router`].
 pub struct Server {
     store: Arc<dyn RunStore>,
     flows: BTreeMap<String, Arc<dyn hosted::Hosted>>,
+    chats: BTreeMap<String, (Arc<dyn chat::HostedChat>, DoubleTexting)>,
     keep_events: usize,
 }
 
 impl Server {
     /// A server whose runs are kept in `store` (every flow it hosts must keep its runs there).
     pub fn new(store: Arc<dyn RunStore>) -> Self {
-        Server { store, flows: BTreeMap::new(), keep_events: 1024 }
+        Server { store, flows: BTreeMap::new(), chats: BTreeMap::new(), keep_events: 1024 }
     }
 
     /// Hosts `flow` under its name. The flow must keep its runs in the server's store (built
@@ -83,7 +93,7 @@ impl Server {
     /// resume them; and no other hosted flow may have its name.
     pub fn flow<S: FlowState>(mut self, flow: &Flow<S>) -> Result<Self, ServerError> {
         let name = flow.name().to_string();
-        if self.flows.contains_key(&name) {
+        if self.is_taken(&name) {
             return Err(ServerError::DuplicateFlow { flow: name });
         }
         match flow.store() {
@@ -101,6 +111,27 @@ impl Server {
         Ok(self)
     }
 
+    /// Hosts a conversational flow under its name: its sessions and turns are served under
+    /// `/sessions` (and it is listed, described and drawn under `/flows` like any flow).
+    /// `strategy` says what a turn that arrives while the session's previous turn runs does.
+    /// Its sessions live in the chat flow's own session store, not in the server's run store.
+    pub fn chat<S: Conversational>(
+        mut self,
+        chat: &ChatFlow<S>,
+        strategy: DoubleTexting,
+    ) -> Result<Self, ServerError> {
+        let name = chat.name().to_string();
+        if self.is_taken(&name) {
+            return Err(ServerError::DuplicateFlow { flow: name });
+        }
+        self.chats.insert(name, (Arc::new(chat.clone()), strategy));
+        Ok(self)
+    }
+
+    fn is_taken(&self, name: &str) -> bool {
+        self.flows.contains_key(name) || self.chats.contains_key(name)
+    }
+
     /// How many recent runs' events are kept in memory for late SSE subscribers (default
     /// 1024; running runs are always kept).
     pub fn keep_events(mut self, runs: usize) -> Self {
@@ -108,10 +139,18 @@ impl Server {
         self
     }
 
-    /// The names of the flows hosted.
+    /// The names of the flows hosted (conversational ones too), by name.
     pub fn flow_names(&self) -> impl Iterator<Item = &str> {
-        self.flows.keys().map(String::as_str)
+        let mut names: Vec<&str> = self.flows.keys().chain(self.chats.keys()).map(String::as_str).collect();
+        names.sort_unstable();
+        names.into_iter()
     }
+}
+
+/// Every route the [`router`] serves, as `(method, path)` pairs (paths as axum spells them,
+/// `/runs/{id}`): the list `GET /openapi.json` documents, checked by the tests.
+pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
+    routes::ROUTES.iter().copied()
 }
 
 /// The server's routes, ready to serve (`axum::serve(listener, router(server))`) or to mount
