@@ -46,6 +46,11 @@ impl<S: Conversational> HostedChat for ChatFlow<S> {
         let chat = self.clone();
         Box::pin(async move {
             let Some(s) = chat.session(&session).await? else { return Ok(None) };
+            let mut traces = Vec::new();
+            for trace in chat.session_traces(&session).await? {
+                let spans = chat.trace_spans(&trace.trace_id).await?;
+                traces.push(json!({"trace": trace, "spans": spans}));
+            }
             let state = s.state.chat();
             Ok(Some(json!({
                 "id": s.id.as_str(),
@@ -53,6 +58,7 @@ impl<S: Conversational> HostedChat for ChatFlow<S> {
                 "messages": state.messages,
                 "summary": state.summary,
                 "turns": s.turns,
+                "traces": traces,
                 "created_at": s.created_at,
                 "updated_at": s.updated_at,
             })))

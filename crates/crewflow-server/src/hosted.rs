@@ -127,19 +127,31 @@ async fn fork_from<S: FlowState>(flow: &Flow<S>, state: S, inputs: Map<String, V
     };
     let first = tokio::select! {
         biased;
-        event = rx.recv() => event,
-        ended = &mut task => {
-            // Ended before any event: refused (bad inputs) unless it did run.
-            let outcome = joined(ended)?;
-            let rest: Vec<Event> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
-            let run: Fut<Outcome> = Box::pin(async move { Ok(outcome) });
-            return Ok(Driven { run_id, run, events: futures::stream::iter(rest).boxed(), cancel });
-        }
+        event = rx.recv() => event.ok_or(None),
+        ended = &mut task => Err(Some(joined(ended))),
+    };
+    let first = match first {
+        Ok(event) => event,
+        // Ended before its first event (refused inputs), or its events closed first.
+        Err(Some(ended)) => return Ok(ended_early(ended?, run_id, rx, cancel)),
+        Err(None) => return Ok(ended_early(joined(task.await)?, run_id, rx, cancel)),
     };
     let rest = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
-    let events = futures::stream::iter(first).chain(rest).boxed();
+    let events = futures::stream::once(async move { first }).chain(rest).boxed();
     let run: Fut<Outcome> = Box::pin(async move { joined(task.await) });
     Ok(Driven { run_id, run, events, cancel })
+}
+
+/// A forked run that ended before the server looked: its outcome and its events so far.
+fn ended_early(
+    outcome: Outcome,
+    run_id: RunId,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    cancel: Canceller,
+) -> Driven {
+    let events: Vec<Event> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    let run: Fut<Outcome> = Box::pin(async move { Ok(outcome) });
+    Driven { run_id, run, events: futures::stream::iter(events).boxed(), cancel }
 }
 
 /// A state's top-level fields as the inputs a run takes: each with its JSON type and default.
