@@ -78,12 +78,16 @@ impl<S: Conversational> HostedChat for ChatFlow<S> {
     fn exists(&self, session: SessionId) -> ChatFut<bool> {
         let chat = self.clone();
         Box::pin(async move {
-            Ok(chat.store().load_session(chat.name(), session.as_str()).await.map_err(|e| ChatError::Store {
-                store: chat.store().describe(),
-                action: "load the session".into(),
-                source: e,
-            })?
-            .is_some())
+            Ok(chat
+                .store()
+                .load_session(chat.name(), session.as_str())
+                .await
+                .map_err(|e| ChatError::Store {
+                    store: chat.store().describe(),
+                    action: "load the session".into(),
+                    source: e,
+                })?
+                .is_some())
         })
     }
 }

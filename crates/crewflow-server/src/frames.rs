@@ -69,10 +69,9 @@ pub(crate) fn turn_json(flow: &str, turn_id: &str, turn: &Turn) -> Value {
 pub(crate) fn turn_frame(flow: &str, turn_id: &str, event: &TurnEvent) -> Frame {
     match event {
         TurnEvent::Token(text) => Frame::new("token", json!({"turn_id": turn_id, "text": text})),
-        TurnEvent::ToolCall { id, name, arguments } => Frame::new(
-            "tool_call",
-            json!({"turn_id": turn_id, "id": id, "name": name, "arguments": arguments}),
-        ),
+        TurnEvent::ToolCall { id, name, arguments } => {
+            Frame::new("tool_call", json!({"turn_id": turn_id, "id": id, "name": name, "arguments": arguments}))
+        }
         TurnEvent::Event(e) => Frame::event_of(e, Some(turn_id)),
         TurnEvent::Finished(turn) => Frame::new("turn_finished", json!({"turn": turn_json(flow, turn_id, turn)})),
         _ => Frame::new("turn_event", json!({"turn_id": turn_id, "debug": format!("{event:?}")})),

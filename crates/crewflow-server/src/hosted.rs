@@ -4,9 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crewflow_core::graph::{Graph, StartKind};
-use crewflow_core::{
-    Canceller, Error, Event, FeedbackRequest, Flow, FlowState, Kickoff, Run, RunHandle, RunId,
-};
+use crewflow_core::{Canceller, Error, Event, FeedbackRequest, Flow, FlowState, Kickoff, Run, RunHandle, RunId};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde_json::{Map, Value, json};
@@ -119,9 +117,8 @@ async fn fork_from<S: FlowState>(flow: &Flow<S>, state: S, inputs: Map<String, V
     let hosted = flow.host(Kickoff::new().inputs(Value::Object(inputs)).run_id(run_id)).state(state);
     let cancel = hosted.canceller();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
-    let mut task = tokio::spawn(async move {
-        hosted.run_with_events(|e| drop(tx.send(e))).await.map(|run| Outcome::of(&run))
-    });
+    let mut task =
+        tokio::spawn(async move { hosted.run_with_events(|e| drop(tx.send(e))).await.map(|run| Outcome::of(&run)) });
     let joined = |r: Result<Result<Outcome, Error>, tokio::task::JoinError>| {
         r.unwrap_or_else(|e| Err(Error::Internal(format!("the forked run's task failed: {e}"))))
     };

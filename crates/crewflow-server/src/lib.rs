@@ -115,11 +115,7 @@ impl Server {
     /// `/sessions` (and it is listed, described and drawn under `/flows` like any flow).
     /// `strategy` says what a turn that arrives while the session's previous turn runs does.
     /// Its sessions live in the chat flow's own session store, not in the server's run store.
-    pub fn chat<S: Conversational>(
-        mut self,
-        chat: &ChatFlow<S>,
-        strategy: DoubleTexting,
-    ) -> Result<Self, ServerError> {
+    pub fn chat<S: Conversational>(mut self, chat: &ChatFlow<S>, strategy: DoubleTexting) -> Result<Self, ServerError> {
         let name = chat.name().to_string();
         if self.is_taken(&name) {
             return Err(ServerError::DuplicateFlow { flow: name });

@@ -95,11 +95,7 @@ impl App {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such route; GET /openapi.json lists the routes",
-    )
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; GET /openapi.json lists the routes")
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {

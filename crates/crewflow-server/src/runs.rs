@@ -16,7 +16,8 @@ use crate::routes::{
 impl App {
     async fn stored(&self, id: &str) -> Result<(RunId, StoredRun), ApiError> {
         let run_id = parse_run_id(id)?;
-        let stored = self.store.load_run(run_id).await.map_err(ApiError::store)?.ok_or_else(|| ApiError::unknown_run(id))?;
+        let stored =
+            self.store.load_run(run_id).await.map_err(ApiError::store)?.ok_or_else(|| ApiError::unknown_run(id))?;
         Ok((run_id, stored))
     }
 
@@ -83,7 +84,9 @@ pub(crate) async fn resume_run(
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "not_resumable",
-                format!("run {run_id} is finished: there is nothing to resume; POST /runs/{run_id}/fork starts a new run from its state"),
+                format!(
+                    "run {run_id} is finished: there is nothing to resume; POST /runs/{run_id}/fork starts a new run from its state"
+                ),
             ));
         }
         RunStatus::Paused => {

@@ -129,7 +129,9 @@ pub(crate) async fn create_session(State(app): Shared, body: Result<Bytes, Bytes
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "session_exists",
-            format!("session `{id}` exists already; post its turns to /sessions/{id}/turns, or create one without an id"),
+            format!(
+                "session `{id}` exists already; post its turns to /sessions/{id}/turns, or create one without an id"
+            ),
         ));
     }
     reserved.insert(id.to_string(), flow.clone());
@@ -173,7 +175,7 @@ pub(crate) async fn list_sessions(State(app): Shared, query: Result<Query<ListQu
             sessions.extend(chat.list(limit).await.map_err(chat_error)?);
         }
     }
-    sessions.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+    sessions.sort_by_key(|s| std::cmp::Reverse(s.updated_at));
     sessions.truncate(limit);
     Ok(Json(json!({ "sessions": sessions })).into_response())
 }
@@ -201,7 +203,12 @@ fn message_of(body: &[u8]) -> Result<String, ApiError> {
 
 /// Records the turn's arrival in its session's lane (refused under [`DoubleTexting::Reject`]
 /// while a turn runs) and runs it in the background, its frames sent to `sink`.
-fn start_turn(app: &Arc<App>, located: Located, message: String, sink: UnboundedSender<Frame>) -> Result<String, ApiError> {
+fn start_turn(
+    app: &Arc<App>,
+    located: Located,
+    message: String,
+    sink: UnboundedSender<Frame>,
+) -> Result<String, ApiError> {
     let turn_id = RunId::new().to_string();
     let ticket = app.lanes.enter(located.key(), turn_id.clone(), located.strategy).map_err(|running| {
         let mut e = ApiError::new(
@@ -263,7 +270,10 @@ async fn run_turn(at: &Located, message: &str, ticket: &Ticket, sink: &Unbounded
             }
             Some(Err(e)) => {
                 let e = chat_error(e);
-                send(Frame::new("turn_failed", json!({"turn_id": turn_id, "error": {"code": e.code, "message": e.message}})));
+                send(Frame::new(
+                    "turn_failed",
+                    json!({"turn_id": turn_id, "error": {"code": e.code, "message": e.message}}),
+                ));
                 return false;
             }
             None => {

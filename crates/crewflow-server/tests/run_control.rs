@@ -139,8 +139,14 @@ async fn a_failed_run_resumes_from_its_checkpoint() {
     let steps: Vec<&str> = run["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
     assert_eq!(steps, ["prepare", "finish"], "`prepare` did not run again: {run}");
     // The run's stream holds both drives: the failure, then the resumed run to its end.
-    let names: Vec<String> =
-        srv.sse("GET", &format!("/runs/{id}/events"), None, None).await.all().await.into_iter().map(|f| f.event).collect();
+    let names: Vec<String> = srv
+        .sse("GET", &format!("/runs/{id}/events"), None, None)
+        .await
+        .all()
+        .await
+        .into_iter()
+        .map(|f| f.event)
+        .collect();
     assert!(names.contains(&"run_failed".to_string()) && names.last().unwrap() == "run_finished", "{names:?}");
 
     let (code, e) = srv.post(&format!("/runs/{id}/resume"), "").await;

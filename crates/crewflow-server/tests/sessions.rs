@@ -309,7 +309,10 @@ async fn double_texting_interrupt_cancels_the_running_turn_cleanly() {
     gates.interrupt.add_permits(1);
     let rest = second.all().await;
     assert_eq!(rest.last().unwrap().data["turn"]["index"], 0, "the interrupted turn left nothing: {rest:?}");
-    assert_eq!(transcript(&srv, "i").await, pairs(&[("user", "never mind, two"), ("assistant", "done: never mind, two")]));
+    assert_eq!(
+        transcript(&srv, "i").await,
+        pairs(&[("user", "never mind, two"), ("assistant", "done: never mind, two")])
+    );
     // Over REST, the interrupted turn answers 409 turn_interrupted.
     let post = |message: &'static str| {
         let (client, url) = (srv.client.clone(), format!("{}/sessions/i/turns", srv.base));
