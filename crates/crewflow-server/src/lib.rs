@@ -1,7 +1,10 @@
 //! Serve crewflow flows over HTTP: an [axum] router you mount into your own app.
 //!
 //! A [`Server`] hosts flows by name, all keeping their runs in one store (SQLite or
-//! PostgreSQL, from `crewflow-store`). [`router`] turns it into an `axum::Router` with:
+//! PostgreSQL, from `crewflow-store`), and conversational flows ([`Server::chat`], a
+//! `crewflow-chat` `ChatFlow` with its [`DoubleTexting`] strategy). [`router`] turns it into an
+//! `axum::Router` with (among others; `GET /openapi.json` documents them all, and [`routes`]
+//! lists them):
 //!
 //! | Request | Answer |
 //! |---|---|
@@ -12,6 +15,11 @@
 //! | `GET /runs/{id}/events` | the run's events as server-sent events (`event: <type>`, `data: <JSON>`), from its first, ending with its end (or pause) |
 //! | `GET /feedback` | every pause waiting for an answer |
 //! | `POST /runs/{id}/feedback` | `{"answer": "..."}` answers a paused run and continues it: `202` at once, or the result with `?wait=true`; `409` when it is not paused or already answered |
+//! | `POST /runs/{id}/cancel`, `/resume`, `/fork` | cancel a run driven here; continue a failed, cancelled or orphaned run from its checkpoint; start a new run from a run's state with new inputs |
+//! | `GET /flows/{flow}`, `/flows/{flow}/plot` | a flow's steps, triggers and inputs; its picture (HTML, `?format=mermaid`) |
+//! | `POST /sessions`, `GET /sessions`, `GET`/`DELETE /sessions/{id}` | sessions of conversational flows: create, list, history (messages, turns, traces), delete |
+//! | `POST /sessions/{id}/turns` | `{"message": "..."}`: the turn's reply, or its frames as SSE with `?stream=sse` |
+//! | `GET /sessions/{id}/ws` | a WebSocket: send `{"message": "..."}`, receive the same frames as the SSE |
 //!
 //! Refusals answer `{"error": {"code", "message"}}`: `400` for bad inputs or answers (the
 //! message names the field), `404` for an unknown flow or run, `409` for conflicts, `503` when
