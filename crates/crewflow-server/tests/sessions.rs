@@ -363,3 +363,64 @@ async fn wait_running(srv: &Running, session: &str, n: u64) {
     }
     panic!("session {session} never had {n} turns running");
 }
+
+/// A fresh schema of the test database, and the URL that works in it.
+async fn fresh_pg_schema() -> String {
+    let base = std::env::var("CREWFLOW_TEST_POSTGRES").unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let schema = format!("crewflow_s_{}_{:08x}", now.as_secs(), now.subsec_nanos() ^ std::process::id());
+    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-csearch_path%3D{schema}")
+}
+
+/// Two servers on one PostgreSQL: a turn sent to the second while the first runs a turn of
+/// the same session waits for the session lock (across processes), then runs; the history
+/// has both turns once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES to a PostgreSQL URL")]
+async fn two_servers_on_one_postgres_run_a_sessions_turns_one_at_a_time() {
+    let url = fresh_pg_schema().await;
+    let gate = Arc::new(Semaphore::new(0));
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let runs = crewflow_store::open(&url).unwrap();
+        let sessions = crewflow_store::open_sessions(&url).unwrap();
+        let flow = FlowBuilder::<ChatState>::new("queue")
+            .start("answer", {
+                let gate = gate.clone();
+                move |_cx: Cx<ChatState>, message: String| {
+                    let gate = gate.clone();
+                    async move {
+                        gate.acquire().await.map_err(StepError::msg)?.forget();
+                        Ok(format!("done: {message}"))
+                    }
+                }
+            })
+            .build()
+            .unwrap();
+        let chat = ChatFlow::with_shared_store(flow, sessions);
+        servers.push(serve(Server::new(runs).chat(&chat, DoubleTexting::Enqueue).unwrap()).await);
+    }
+    let (a, b) = (&servers[0], &servers[1]);
+    create(a, "queue", "shared").await;
+    let (first, _) = running_turn(a, "shared", "one").await;
+    // B does not know the reserved id until A saves a turn: the first turn must end first.
+    let (code, e) = b.post("/sessions/shared/turns", &turn_body("early")).await;
+    assert_eq!((code, error_of(&e).0), (404, "unknown_session"), "{e}");
+    gate.add_permits(1);
+    assert_eq!(first.all().await.last().unwrap().event, "turn_finished");
+
+    let (held, _) = running_turn(a, "shared", "two").await;
+    // B's turn starts, then waits for the session lock A's turn holds.
+    let mut second = b.sse("POST", "/sessions/shared/turns?stream=sse", Some(&turn_body("three")), None).await;
+    assert_eq!(second.next().await.unwrap().event, "turn_started");
+    gate.add_permits(2);
+    assert_eq!(held.all().await.last().unwrap().event, "turn_finished");
+    let rest = second.all().await;
+    assert_eq!(rest.last().unwrap().data["turn"]["index"], 2, "{rest:?}");
+    let said: Vec<String> = transcript(b, "shared").await.into_iter().map(|(_, text)| text).collect();
+    assert_eq!(said, ["one", "done: one", "two", "done: two", "three", "done: three"]);
+}
