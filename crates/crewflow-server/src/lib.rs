@@ -55,6 +55,9 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 //! ```
 //!
+//! Several tenants, each a `Server` over its own stores, are served behind API keys by
+//! [`tenant_router`] ([`Tenants`]).
+//!
 //! Runs started by the server run in the background on the caller's tokio runtime; their
 //! events are kept in memory for the most recent runs ([`Server::keep_events`]) so a client
 //! that subscribes late still sees them from the first.
@@ -70,6 +73,7 @@ mod openapi;
 mod routes;
 mod runs;
 mod sessions;
+mod tenants;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -80,6 +84,7 @@ use crewflow_core::{Flow, FlowState};
 
 pub use error::ServerError;
 pub use lanes::DoubleTexting;
+pub use tenants::{Tenants, tenant_router};
 
 /// The flows a server hosts and the store their runs are kept in. Turn it into a router with
 /// [`router`].
