@@ -354,7 +354,7 @@ async fn double_texting_interrupt_cancels_the_running_turn_cleanly() {
 
 /// Polls the session until `n` turns run or wait in it (a condition, not a delay).
 async fn wait_running(srv: &Running, session: &str, n: u64) {
-    for _ in 0..1000 {
+    for _ in 0..6000 {
         let (_, body) = srv.get(&format!("/sessions/{session}")).await;
         if body["running_turns"] == n {
             return;

@@ -69,7 +69,7 @@ impl Running {
     }
 
     pub async fn wait_status(&self, run_id: &str, status: &str) -> Value {
-        for _ in 0..600 {
+        for _ in 0..3000 {
             let (code, body) = self.get(&format!("/runs/{run_id}")).await;
             assert_eq!(code, 200, "{body}");
             if body["status"] == status {
