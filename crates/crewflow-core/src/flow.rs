@@ -136,6 +136,20 @@ impl<S: FlowState> Flow<S> {
         Ok(RunHandle { id: run_id, cancel, join })
     }
 
+    /// [`spawn_resume`](Flow::spawn_resume) with the continuation's event stream (from its
+    /// `run_resumed` to its end), attached before it starts. A refused resume (an unknown run,
+    /// one driven elsewhere) is the handle's error, and the stream then ends empty.
+    pub fn stream_resume(&self, run_id: RunId) -> Result<(RunHandle<S>, EventStream), Error> {
+        let rt = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::NoRuntime { call: "Flow::stream_resume", instead: "Flow::resume in a runtime" })?;
+        let (tx, rx) = stream_channel();
+        let cancel = Canceller::new();
+        let flow = self.clone();
+        let token = cancel.clone();
+        let join = rt.spawn(async move { flow.resume_with(run_id, Some(tx), token, None).await });
+        Ok((RunHandle { id: run_id, cancel, join }, rx))
+    }
+
     async fn resume_with(
         &self,
         run_id: RunId,

@@ -25,6 +25,28 @@ pub enum ServerError {
         /// The flow.
         flow: String,
     },
+    /// Two tenants of the same name ([`Tenants::tenant`](crate::Tenants::tenant)).
+    #[error("tenant `{tenant}` is added twice; give each tenant one Server")]
+    DuplicateTenant {
+        /// The repeated name.
+        tenant: String,
+    },
+    /// A key for a tenant that was not added ([`Tenants::key`](crate::Tenants::key)).
+    #[error(
+        "a key is given for tenant `{tenant}`, which has no Server; add it first with Tenants::tenant(\"{tenant}\", server)"
+    )]
+    UnknownTenant {
+        /// The tenant.
+        tenant: String,
+    },
+    /// A key hash that is not 64 hexadecimal digits ([`Tenants::key_sha256`](crate::Tenants::key_sha256)).
+    #[error(
+        "the key hash for tenant `{tenant}` is not a SHA-256 in hexadecimal (64 digits 0-9a-f); hash the key with `sha256sum`, or pass the key itself to Tenants::key"
+    )]
+    BadKeyHash {
+        /// The tenant.
+        tenant: String,
+    },
     /// The flow keeps its runs in another store than the server's.
     #[error(
         "flow `{flow}` keeps its runs in {flow_store}, not in the server's store ({server_store}); build it with FlowBuilder::store_arc(<the server's store>.clone())"
@@ -45,11 +67,22 @@ pub(crate) struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// More fields of the error object (`running_turn_id`, ...).
+    pub detail: Option<serde_json::Value>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), detail: None }
+    }
+
+    /// The error object: `{"code", "message"}` and the detail's fields.
+    pub fn body(&self) -> serde_json::Value {
+        let mut body = json!({"code": self.code, "message": self.message});
+        if let (Some(serde_json::Value::Object(extra)), serde_json::Value::Object(map)) = (&self.detail, &mut body) {
+            map.extend(extra.clone());
+        }
+        body
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -107,6 +140,6 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+        (self.status, Json(json!({"error": self.body()}))).into_response()
     }
 }

@@ -1,7 +1,10 @@
 //! Serve crewflow flows over HTTP: an [axum] router you mount into your own app.
 //!
 //! A [`Server`] hosts flows by name, all keeping their runs in one store (SQLite or
-//! PostgreSQL, from `crewflow-store`). [`router`] turns it into an `axum::Router` with:
+//! PostgreSQL, from `crewflow-store`), and conversational flows ([`Server::chat`], a
+//! `crewflow-chat` `ChatFlow` with its [`DoubleTexting`] strategy). [`router`] turns it into an
+//! `axum::Router` with (among others; `GET /openapi.json` documents them all, and [`routes`]
+//! lists them):
 //!
 //! | Request | Answer |
 //! |---|---|
@@ -12,6 +15,11 @@
 //! | `GET /runs/{id}/events` | the run's events as server-sent events (`event: <type>`, `data: <JSON>`), from its first, ending with its end (or pause) |
 //! | `GET /feedback` | every pause waiting for an answer |
 //! | `POST /runs/{id}/feedback` | `{"answer": "..."}` answers a paused run and continues it: `202` at once, or the result with `?wait=true`; `409` when it is not paused or already answered |
+//! | `POST /runs/{id}/cancel`, `/resume`, `/fork` | cancel a run driven here; continue a failed, cancelled or orphaned run from its checkpoint; start a new run from a run's state with new inputs |
+//! | `GET /flows/{flow}`, `/flows/{flow}/plot` | a flow's steps, triggers and inputs; its picture (HTML, `?format=mermaid`) |
+//! | `POST /sessions`, `GET /sessions`, `GET`/`DELETE /sessions/{id}` | sessions of conversational flows: create, list, history (messages, turns, traces), delete |
+//! | `POST /sessions/{id}/turns` | `{"message": "..."}`: the turn's reply, or its frames as SSE with `?stream=sse` |
+//! | `GET /sessions/{id}/ws` | a WebSocket: send `{"message": "..."}`, receive the same frames as the SSE |
 //!
 //! Refusals answer `{"error": {"code", "message"}}`: `400` for bad inputs or answers (the
 //! message names the field), `404` for an unknown flow or run, `409` for conflicts, `503` when
@@ -47,35 +55,50 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 //! ```
 //!
+//! Several tenants, each a `Server` over its own stores, are served behind API keys by
+//! [`tenant_router`] ([`Tenants`]).
+//!
 //! Runs started by the server run in the background on the caller's tokio runtime; their
 //! events are kept in memory for the most recent runs ([`Server::keep_events`]) so a client
 //! that subscribes late still sees them from the first.
 
+mod chat;
 mod error;
+mod flows;
+mod frames;
 mod hosted;
+mod lanes;
 mod live;
+mod openapi;
 mod routes;
+mod runs;
+mod sessions;
+mod tenants;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crewflow_chat::{ChatFlow, Conversational};
 use crewflow_core::persist::RunStore;
 use crewflow_core::{Flow, FlowState};
 
 pub use error::ServerError;
+pub use lanes::DoubleTexting;
+pub use tenants::{Tenants, tenant_router};
 
 /// The flows a server hosts and the store their runs are kept in. Turn it into a router with
 /// [`router`].
 pub struct Server {
     store: Arc<dyn RunStore>,
     flows: BTreeMap<String, Arc<dyn hosted::Hosted>>,
+    chats: BTreeMap<String, (Arc<dyn chat::HostedChat>, DoubleTexting)>,
     keep_events: usize,
 }
 
 impl Server {
     /// A server whose runs are kept in `store` (every flow it hosts must keep its runs there).
     pub fn new(store: Arc<dyn RunStore>) -> Self {
-        Server { store, flows: BTreeMap::new(), keep_events: 1024 }
+        Server { store, flows: BTreeMap::new(), chats: BTreeMap::new(), keep_events: 1024 }
     }
 
     /// Hosts `flow` under its name. The flow must keep its runs in the server's store (built
@@ -83,7 +106,7 @@ impl Server {
     /// resume them; and no other hosted flow may have its name.
     pub fn flow<S: FlowState>(mut self, flow: &Flow<S>) -> Result<Self, ServerError> {
         let name = flow.name().to_string();
-        if self.flows.contains_key(&name) {
+        if self.is_taken(&name) {
             return Err(ServerError::DuplicateFlow { flow: name });
         }
         match flow.store() {
@@ -101,6 +124,23 @@ impl Server {
         Ok(self)
     }
 
+    /// Hosts a conversational flow under its name: its sessions and turns are served under
+    /// `/sessions` (and it is listed, described and drawn under `/flows` like any flow).
+    /// `strategy` says what a turn that arrives while the session's previous turn runs does.
+    /// Its sessions live in the chat flow's own session store, not in the server's run store.
+    pub fn chat<S: Conversational>(mut self, chat: &ChatFlow<S>, strategy: DoubleTexting) -> Result<Self, ServerError> {
+        let name = chat.name().to_string();
+        if self.is_taken(&name) {
+            return Err(ServerError::DuplicateFlow { flow: name });
+        }
+        self.chats.insert(name, (Arc::new(chat.clone()), strategy));
+        Ok(self)
+    }
+
+    fn is_taken(&self, name: &str) -> bool {
+        self.flows.contains_key(name) || self.chats.contains_key(name)
+    }
+
     /// How many recent runs' events are kept in memory for late SSE subscribers (default
     /// 1024; running runs are always kept).
     pub fn keep_events(mut self, runs: usize) -> Self {
@@ -108,10 +148,18 @@ impl Server {
         self
     }
 
-    /// The names of the flows hosted.
+    /// The names of the flows hosted (conversational ones too), by name.
     pub fn flow_names(&self) -> impl Iterator<Item = &str> {
-        self.flows.keys().map(String::as_str)
+        let mut names: Vec<&str> = self.flows.keys().chain(self.chats.keys()).map(String::as_str).collect();
+        names.sort_unstable();
+        names.into_iter()
     }
+}
+
+/// Every route the [`router`] serves, as `(method, path)` pairs (paths as axum spells them,
+/// `/runs/{id}`): the list `GET /openapi.json` documents, checked by the tests.
+pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
+    routes::ROUTES.iter().copied()
 }
 
 /// The server's routes, ready to serve (`axum::serve(listener, router(server))`) or to mount

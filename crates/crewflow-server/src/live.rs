@@ -4,9 +4,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crewflow_core::{Event, RunId};
+use crewflow_core::{Canceller, RunId};
 use tokio::sync::watch;
 
+use crate::frames::Frame;
 use crate::hosted::Outcome;
 
 /// How a driven run came back.
@@ -32,35 +33,50 @@ pub(crate) struct Live {
 }
 
 struct LiveInner {
-    frames: Vec<Arc<str>>,
+    frames: Vec<Frame>,
     ended: Option<Ended>,
+    /// Cancels the part of the run being driven now.
+    cancel: Option<Canceller>,
 }
 
 impl Live {
     fn new(flow: String) -> Self {
         let (tick, _) = watch::channel(0);
-        Live { flow, inner: Mutex::new(LiveInner { frames: Vec::new(), ended: None }), tick }
+        Live { flow, inner: Mutex::new(LiveInner { frames: Vec::new(), ended: None, cancel: None }), tick }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LiveInner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records one event, serialized once for every subscriber.
-    pub fn push(&self, event: &Event) {
-        let frame = match serde_json::to_string(event) {
-            Ok(text) => text,
-            Err(e) => {
-                serde_json::json!({"type": "unserializable", "seq": event.seq, "error": e.to_string()}).to_string()
-            }
-        };
-        self.lock().frames.push(frame.into());
+    /// Records one frame (an event serialized once for every subscriber).
+    pub fn push(&self, frame: Frame) {
+        self.lock().frames.push(frame);
         self.tick.send_modify(|t| *t += 1);
     }
 
     pub fn end(&self, ended: Ended) {
-        self.lock().ended = Some(ended);
+        let mut inner = self.lock();
+        inner.ended = Some(ended);
+        inner.cancel = None;
+        drop(inner);
         self.tick.send_modify(|t| *t += 1);
+    }
+
+    pub fn set_cancel(&self, cancel: Canceller) {
+        self.lock().cancel = Some(cancel);
+    }
+
+    /// Asks the run to stop; `false` when it is not being driven here (ended, or paused).
+    pub fn cancel(&self) -> bool {
+        let inner = self.lock();
+        match (&inner.ended, &inner.cancel) {
+            (None, Some(cancel)) => {
+                cancel.cancel();
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn ended(&self) -> Option<Ended> {
@@ -68,7 +84,7 @@ impl Live {
     }
 
     /// Frames from `from` on, and whether the run has ended.
-    pub fn frames_from(&self, from: usize) -> (Vec<Arc<str>>, bool) {
+    pub fn frames_from(&self, from: usize) -> (Vec<Frame>, bool) {
         let inner = self.lock();
         (inner.frames.get(from..).map(<[_]>::to_vec).unwrap_or_default(), inner.ended.is_some())
     }

@@ -1,8 +1,9 @@
-//! The handlers.
+//! The router, the state its handlers share, and the run handlers (start, show, list, events,
+//! feedback).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
@@ -10,58 +11,91 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use crewflow_core::persist::{RunFilter, RunStatus, RunStore, StoredRun};
 use crewflow_core::{Error, RunId};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use crate::chat::HostedChat;
 use crate::error::ApiError;
-use crate::hosted::{Hosted, Outcome};
+use crate::frames::Frame;
+use crate::hosted::{Driven, Hosted};
+use crate::lanes::{DoubleTexting, Lanes};
 use crate::live::{Ended, Live, Table};
+use crate::{flows, openapi, runs, sessions};
 
-struct App {
-    store: Arc<dyn RunStore>,
-    flows: BTreeMap<String, Arc<dyn Hosted>>,
-    live: Table,
+/// What every handler shares.
+pub(crate) struct App {
+    pub store: Arc<dyn RunStore>,
+    pub flows: BTreeMap<String, Arc<dyn Hosted>>,
+    pub chats: BTreeMap<String, (Arc<dyn HostedChat>, DoubleTexting)>,
+    pub live: Table,
+    pub lanes: Arc<Lanes>,
+    /// Sessions created (`POST /sessions`) that have no turn yet, by id: their flow. A session
+    /// is stored with its first turn; until then only this process knows it.
+    pub reserved: Mutex<HashMap<String, String>>,
 }
 
-type Shared = State<Arc<App>>;
-type Reply = Result<Response, ApiError>;
+pub(crate) type Shared = State<Arc<App>>;
+pub(crate) type Reply = Result<Response, ApiError>;
+
+/// Declares the routes once: the router and the list of `(method, path)` the OpenAPI document
+/// must cover come from the same table.
+macro_rules! routes {
+    ($($path:literal => $m1:ident($h1:path) $(. $m:ident($h:path))* ;)*) => {
+        /// Every route: (method, path).
+        pub(crate) const ROUTES: &[(&str, &str)] = &[$((stringify!($m1), $path), $((stringify!($m), $path),)*)*];
+
+        fn table() -> Router<Arc<App>> {
+            Router::new()$(.route($path, axum::routing::$m1($h1)$(.$m($h))*))*
+        }
+    };
+}
+
+routes! {
+    "/flows" => get(flows::list_flows);
+    "/flows/{flow}" => get(flows::describe_flow);
+    "/flows/{flow}/plot" => get(flows::plot_flow);
+    "/flows/{flow}/runs" => post(start_run);
+    "/runs" => get(list_runs);
+    "/runs/{id}" => get(get_run);
+    "/runs/{id}/events" => get(run_events);
+    "/runs/{id}/feedback" => post(answer_feedback);
+    "/runs/{id}/cancel" => post(runs::cancel_run);
+    "/runs/{id}/resume" => post(runs::resume_run);
+    "/runs/{id}/fork" => post(runs::fork_run);
+    "/feedback" => get(list_feedback);
+    "/sessions" => get(sessions::list_sessions).post(sessions::create_session);
+    "/sessions/{id}" => get(sessions::get_session).delete(sessions::delete_session);
+    "/sessions/{id}/turns" => post(sessions::post_turn);
+    "/sessions/{id}/ws" => get(sessions::session_ws);
+    "/openapi.json" => get(openapi::document);
+}
 
 pub(crate) fn router(server: crate::Server) -> Router {
-    let app = App { store: server.store, flows: server.flows, live: Table::new(server.keep_events) };
-    Router::new()
-        .route("/flows", get(list_flows))
-        .route("/flows/{flow}/runs", post(start_run))
-        .route("/runs", get(list_runs))
-        .route("/runs/{id}", get(get_run))
-        .route("/runs/{id}/events", get(run_events))
-        .route("/runs/{id}/feedback", post(answer_feedback))
-        .route("/feedback", get(list_feedback))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(Arc::new(app))
+    let app = App {
+        store: server.store,
+        flows: server.flows,
+        chats: server.chats,
+        live: Table::new(server.keep_events),
+        lanes: Arc::default(),
+        reserved: Mutex::default(),
+    };
+    table().fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(Arc::new(app))
 }
 
 impl App {
-    fn flow(&self, name: &str) -> Result<&Arc<dyn Hosted>, ApiError> {
-        self.flows
-            .get(name)
-            .ok_or_else(|| ApiError::unknown_flow(name, &self.flows.keys().cloned().collect::<Vec<_>>()))
+    pub(crate) fn flow(&self, name: &str) -> Result<&Arc<dyn Hosted>, ApiError> {
+        self.flows.get(name).ok_or_else(|| self.unknown_flow(name))
     }
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such route; the routes are /flows, /flows/{flow}/runs, /runs, /runs/{id}, /runs/{id}/events, /runs/{id}/feedback and /feedback",
-    )
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; GET /openapi.json lists the routes")
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
@@ -72,20 +106,20 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     )
 }
 
-fn path_error(e: PathRejection) -> ApiError {
+pub(crate) fn path_error(e: PathRejection) -> ApiError {
     ApiError::bad_request(format!("bad path: {e}"))
 }
 
-fn query_error(e: QueryRejection) -> ApiError {
+pub(crate) fn query_error(e: QueryRejection) -> ApiError {
     ApiError::bad_request(format!("bad query string: {}", e.body_text()))
 }
 
-fn body_error(e: BytesRejection) -> ApiError {
+pub(crate) fn body_error(e: BytesRejection) -> ApiError {
     let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "bad_request" };
     ApiError::new(e.status(), code, format!("the body could not be read: {}", e.body_text()))
 }
 
-fn parse_run_id(text: &str) -> Result<RunId, ApiError> {
+pub(crate) fn parse_run_id(text: &str) -> Result<RunId, ApiError> {
     text.parse().map_err(|_| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -96,7 +130,7 @@ fn parse_run_id(text: &str) -> Result<RunId, ApiError> {
 }
 
 /// A JSON object body; empty means `{}`.
-fn object_body(body: &Bytes, what: &str) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn object_body(body: &Bytes, what: &str) -> Result<Map<String, Value>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
@@ -108,17 +142,12 @@ fn object_body(body: &Bytes, what: &str) -> Result<Map<String, Value>, ApiError>
 }
 
 #[derive(Deserialize)]
-struct WaitQuery {
+pub(crate) struct WaitQuery {
     #[serde(default)]
-    wait: bool,
+    pub wait: bool,
 }
 
-async fn list_flows(State(app): Shared) -> Json<Value> {
-    let flows: Vec<Value> = app.flows.values().map(|f| json!({"name": f.name(), "steps": f.steps()})).collect();
-    Json(json!({ "flows": flows }))
-}
-
-fn outcome_json(run_id: RunId, flow: &str, ended: &Ended) -> (StatusCode, Value) {
+pub(crate) fn outcome_json(run_id: RunId, flow: &str, ended: &Ended) -> (StatusCode, Value) {
     let body = match ended {
         Ended::Ok(outcome) => match &outcome.paused {
             Some(request) => json!({
@@ -139,12 +168,14 @@ fn outcome_json(run_id: RunId, flow: &str, ended: &Ended) -> (StatusCode, Value)
 }
 
 /// Drives a started or resumed run in the background, recording its events and its end.
-fn drive(live: Arc<Live>, run: crate::hosted::Fut<Outcome>, events: crewflow_core::EventStream) {
+pub(crate) fn drive(live: Arc<Live>, driven: Driven) {
+    let Driven { run, events, cancel, .. } = driven;
+    live.set_cancel(cancel);
     tokio::spawn(async move {
         let pump = async {
             let mut events = events;
             while let Some(event) = events.next().await {
-                live.push(&event);
+                live.push(Frame::event(&event));
             }
         };
         let (result, ()) = tokio::join!(run, pump);
@@ -158,6 +189,26 @@ fn drive(live: Arc<Live>, run: crate::hosted::Fut<Outcome>, events: crewflow_cor
             }
         });
     });
+}
+
+/// Answers `202 {"run_id", "flow", "status": "running"}`, or waits for the run's end (or
+/// pause) with `?wait=true` and answers its result.
+pub(crate) async fn accepted_or_wait(live: &Live, run_id: RunId, flow: &str, wait: bool) -> Reply {
+    if !wait {
+        let body = json!({"run_id": run_id.to_string(), "flow": flow, "status": "running"});
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    }
+    match live.wait().await {
+        Ended::Err { refused: true, message, status, code, .. } => Err(ApiError::new(status, code, message)),
+        // The run could not even be recorded: the store is down, not the run at fault.
+        Ended::Err { status: StatusCode::SERVICE_UNAVAILABLE, message, code, .. } => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message))
+        }
+        ended => {
+            let (status, body) = outcome_json(run_id, flow, &ended);
+            Ok((status, Json(body)).into_response())
+        }
+    }
 }
 
 /// Errors that leave the run as it was (an answer refused), rather than failing it.
@@ -186,25 +237,13 @@ async fn start_run(
     let Query(query) = query.map_err(query_error)?;
     let hosted = app.flow(&flow)?.clone();
     let inputs = object_body(&body, "the run's inputs")?;
-    let (run_id, run, events) = hosted.start(inputs).map_err(ApiError::engine)?;
+    let driven = hosted.start(inputs).map_err(ApiError::engine)?;
+    let run_id = driven.run_id;
     let live = app.live.begin(run_id, &flow).ok_or_else(|| {
         ApiError::new(StatusCode::CONFLICT, "run_busy", format!("run {run_id} is already being driven"))
     })?;
-    drive(live.clone(), run, events);
-    if !query.wait {
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"run_id": run_id.to_string(), "flow": flow, "status": "running"})),
-        )
-            .into_response());
-    }
-    let ended = live.wait().await;
-    // The run could not even be recorded: the store is down, not the run at fault.
-    if let Ended::Err { status: StatusCode::SERVICE_UNAVAILABLE, message, code, .. } = ended {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message));
-    }
-    let (status, body) = outcome_json(run_id, &flow, &ended);
-    Ok((status, Json(body)).into_response())
+    drive(live.clone(), driven);
+    accepted_or_wait(&live, run_id, &flow, query.wait).await
 }
 
 #[derive(Deserialize)]
@@ -312,9 +351,33 @@ async fn get_run(State(app): Shared, id: Result<Path<String>, PathRejection>) ->
     }
 }
 
-async fn run_events(State(app): Shared, id: Result<Path<String>, PathRejection>) -> Reply {
+#[derive(Deserialize)]
+struct EventsQuery {
+    after: Option<usize>,
+}
+
+/// Where a reconnecting client resumes: after the `Last-Event-ID` header's position (what
+/// `EventSource` sends by itself), or `?after=`; 0 for a first connection.
+fn resume_after(headers: &HeaderMap, query: &EventsQuery) -> Result<usize, ApiError> {
+    let Some(header) = headers.get("last-event-id") else { return Ok(query.after.unwrap_or(0)) };
+    let text = header.to_str().unwrap_or_default().trim();
+    text.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "`Last-Event-ID` is `{text}`; it must be the `id:` of a frame of this stream (a number), or absent"
+        ))
+    })
+}
+
+async fn run_events(
+    State(app): Shared,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Reply {
     let Path(id) = id.map_err(path_error)?;
     let run_id = parse_run_id(&id)?;
+    let Query(query) = query.map_err(query_error)?;
+    let after = resume_after(&headers, &query)?;
     let Some(live) = app.live.get(run_id) else {
         let known = app.store.load_run(run_id).await.map_err(ApiError::store)?.is_some();
         return Err(if known {
@@ -322,50 +385,31 @@ async fn run_events(State(app): Shared, id: Result<Path<String>, PathRejection>)
                 StatusCode::NOT_FOUND,
                 "no_events",
                 format!(
-                    "run {run_id} was not started by this server process (or long ago): its events are gone; GET /runs/{run_id} shows its steps"
+                    "run {run_id} was not started by this server process (or long ago, or before a restart): its events are gone; GET /runs/{run_id} shows its steps"
                 ),
             )
         } else {
             ApiError::unknown_run(&id)
         });
     };
-    let stream = futures::stream::unfold((live, 0usize, false), |(live, mut cursor, done)| async move {
-        if done {
-            return None;
-        }
+    let stream = futures::stream::unfold((live, after), |(live, mut cursor)| async move {
         let mut rx = live.subscribe();
         loop {
             rx.borrow_and_update();
             let (frames, ended) = live.frames_from(cursor);
             if !frames.is_empty() {
-                let batch: Vec<Result<SseEvent, Infallible>> =
-                    frames.iter().enumerate().map(|(i, f)| Ok(sse_event(cursor + i + 1, f))).collect();
+                let batch: Vec<Result<_, Infallible>> =
+                    frames.iter().enumerate().map(|(i, f)| Ok(f.sse(cursor + i + 1))).collect();
                 cursor += frames.len();
-                return Some((futures::stream::iter(batch), (live, cursor, false)));
+                return Some((futures::stream::iter(batch), (live, cursor)));
             }
-            if ended {
-                return None;
-            }
-            if rx.changed().await.is_err() {
+            if ended || rx.changed().await.is_err() {
                 return None;
             }
         }
     })
     .flatten();
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
-}
-
-/// One event as an SSE frame: its type as the event name, its position in the stream (from 1;
-/// a continued run's own `seq` starts again after `run_resumed`) as the id, its JSON as data.
-fn sse_event(position: usize, frame: &str) -> SseEvent {
-    let kind: Option<String> = serde_json::from_str::<Value>(frame)
-        .ok()
-        .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_string));
-    let event = SseEvent::default().data(frame).id(position.to_string());
-    match kind {
-        Some(kind) => event.event(kind),
-        None => event,
-    }
 }
 
 async fn list_feedback(State(app): Shared) -> Reply {
@@ -432,7 +476,7 @@ async fn answer_feedback(
         ));
     }
     let live = app.live.begin(run_id, &stored.flow).ok_or_else(busy)?;
-    let (run, events) = match hosted.answer(run_id, answer) {
+    let driven = match hosted.answer(run_id, answer) {
         Ok(started) => started,
         Err(e) => {
             let api = ApiError::engine(e);
@@ -447,19 +491,6 @@ async fn answer_feedback(
             return Err(api);
         }
     };
-    drive(live.clone(), run, events);
-    if !query.wait {
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"run_id": run_id.to_string(), "flow": stored.flow, "status": "running"})),
-        )
-            .into_response());
-    }
-    match live.wait().await {
-        Ended::Err { refused: true, message, status, code, .. } => Err(ApiError::new(status, code, message)),
-        ended => {
-            let (status, body) = outcome_json(run_id, &stored.flow, &ended);
-            Ok((status, Json(body)).into_response())
-        }
-    }
+    drive(live.clone(), driven);
+    accepted_or_wait(&live, run_id, &stored.flow, query.wait).await
 }

@@ -1,0 +1,396 @@
+//! Sessions and turns of conversational flows: REST, SSE and the WebSocket, all three driving
+//! a turn through [`run_turn`] and its [`Frame`]s.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use crewflow_chat::{ChatError, SessionId, TurnEvent};
+use crewflow_core::RunId;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+use crate::chat::HostedChat;
+use crate::error::ApiError;
+use crate::frames::{Frame, turn_frame};
+use crate::lanes::{DoubleTexting, Ticket};
+use crate::routes::{App, Reply, Shared, body_error, object_body, path_error, query_error};
+
+/// A session's flow, found by its id.
+struct Located {
+    flow: String,
+    chat: Arc<dyn HostedChat>,
+    strategy: DoubleTexting,
+    id: SessionId,
+}
+
+impl Located {
+    fn key(&self) -> String {
+        format!("{}\0{}", self.flow, self.id)
+    }
+}
+
+fn session_id(text: &str) -> Result<SessionId, ApiError> {
+    SessionId::new(text).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn unknown_session(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_session",
+        format!("no session `{id}` here; create it with POST /sessions, GET /sessions lists them"),
+    )
+}
+
+/// A conversation's error, with the status it deserves.
+fn chat_error(e: ChatError) -> ApiError {
+    let (status, code) = match &e {
+        ChatError::SessionBusy { .. } => (StatusCode::CONFLICT, "session_busy"),
+        ChatError::SessionConflict(_) => (StatusCode::CONFLICT, "session_conflict"),
+        ChatError::InvalidSessionId { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+        ChatError::Store { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+        ChatError::CorruptSession { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_session"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "turn_failed"),
+    };
+    ApiError::new(status, code, e.to_string())
+}
+
+impl App {
+    /// The flow a session belongs to: one created here and not started yet, or one a chat
+    /// flow's store has.
+    async fn locate(&self, text: &str) -> Result<Located, ApiError> {
+        let id = session_id(text)?;
+        let reserved = self.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(text).cloned();
+        let found = |flow: &str, id: SessionId| {
+            self.chats.get(flow).map(|(chat, strategy)| Located {
+                flow: flow.to_string(),
+                chat: chat.clone(),
+                strategy: *strategy,
+                id,
+            })
+        };
+        if let Some(located) = reserved.and_then(|flow| found(&flow, id.clone())) {
+            return Ok(located);
+        }
+        for (flow, (chat, _)) in &self.chats {
+            if chat.exists(id.clone()).await.map_err(chat_error)? {
+                return found(flow, id).ok_or_else(|| unknown_session(text));
+            }
+        }
+        Err(unknown_session(text))
+    }
+
+    fn reserved_remove(&self, id: &str) {
+        self.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    flow: Option<String>,
+    id: Option<String>,
+}
+
+/// Creates a session (`{"flow", "id"}`, both optional: the only conversational flow, a new
+/// id). It is stored with its first turn.
+pub(crate) async fn create_session(State(app): Shared, body: Result<Bytes, BytesRejection>) -> Reply {
+    let body = object_body(&body.map_err(body_error)?, "the session's flow and id")?;
+    let body: CreateBody = serde_json::from_value(Value::Object(body))
+        .map_err(|e| ApiError::bad_request(format!("{e}; the body is {{\"flow\": \"...\", \"id\": \"...\"}}")))?;
+    let flow = match body.flow {
+        Some(flow) if app.chats.contains_key(&flow) => flow,
+        Some(flow) => return Err(app.unknown_flow(&flow)),
+        None if app.chats.len() == 1 => app.chats.keys().next().cloned().unwrap_or_default(),
+        None => {
+            let names: Vec<&str> = app.chats.keys().map(String::as_str).collect();
+            return Err(ApiError::bad_request(format!(
+                "name the session's flow: {{\"flow\": \"...\"}}, one of the conversational flows ({})",
+                names.join(", ")
+            )));
+        }
+    };
+    let id = match body.id {
+        Some(text) => session_id(&text)?,
+        None => SessionId::generate(),
+    };
+    let taken = match app.locate(id.as_str()).await {
+        Ok(_) => true,
+        Err(e) if e.code == "unknown_session" => false,
+        Err(e) => return Err(e),
+    };
+    let mut reserved = app.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if taken || reserved.contains_key(id.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "session_exists",
+            format!(
+                "session `{id}` exists already; post its turns to /sessions/{id}/turns, or create one without an id"
+            ),
+        ));
+    }
+    reserved.insert(id.to_string(), flow.clone());
+    let body = json!({"id": id.as_str(), "flow": flow, "turns": 0});
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub(crate) async fn get_session(State(app): Shared, id: Result<Path<String>, PathRejection>) -> Reply {
+    let Path(id) = id.map_err(path_error)?;
+    let located = app.locate(&id).await?;
+    let mut body = match located.chat.history(located.id.clone()).await.map_err(chat_error)? {
+        Some(history) => history,
+        // Created here, no turn yet.
+        None => json!({"id": id, "flow": located.flow, "messages": [], "summary": null, "turns": []}),
+    };
+    body["running_turns"] = json!(app.lanes.len(&located.key()));
+    Ok(Json(body).into_response())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ListQuery {
+    flow: Option<String>,
+    limit: Option<usize>,
+}
+
+pub(crate) async fn list_sessions(State(app): Shared, query: Result<Query<ListQuery>, QueryRejection>) -> Reply {
+    let Query(query) = query.map_err(query_error)?;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad_request(format!("`limit` is {limit}; it must be between 1 and 1000")));
+    }
+    let flow = query.flow.filter(|f| !f.is_empty());
+    if let Some(flow) = &flow
+        && !app.chats.contains_key(flow)
+    {
+        return Err(app.unknown_flow(flow));
+    }
+    let mut sessions = Vec::new();
+    for (name, (chat, _)) in &app.chats {
+        if flow.as_ref().is_none_or(|f| f == name) {
+            sessions.extend(chat.list(limit).await.map_err(chat_error)?);
+        }
+    }
+    sessions.sort_by_key(|s| std::cmp::Reverse(s.updated_at));
+    sessions.truncate(limit);
+    Ok(Json(json!({ "sessions": sessions })).into_response())
+}
+
+pub(crate) async fn delete_session(State(app): Shared, id: Result<Path<String>, PathRejection>) -> Reply {
+    let Path(id) = id.map_err(path_error)?;
+    let located = app.locate(&id).await?;
+    located.chat.delete(located.id.clone()).await.map_err(chat_error)?;
+    app.reserved_remove(&id);
+    Ok(Json(json!({"id": id, "flow": located.flow, "deleted": true})).into_response())
+}
+
+/// The message of a turn's body: `{"message": "..."}`.
+fn message_of(body: &[u8]) -> Result<String, ApiError> {
+    let body = object_body(&Bytes::copy_from_slice(body), "the turn")?;
+    if let Some(extra) = body.keys().find(|k| k.as_str() != "message") {
+        return Err(ApiError::bad_request(format!("unknown field `{extra}`; the body is {{\"message\": \"...\"}}")));
+    }
+    match body.get("message") {
+        Some(Value::String(text)) => Ok(text.clone()),
+        Some(other) => Err(ApiError::bad_request(format!("`message` must be a string, not {other}"))),
+        None => Err(ApiError::bad_request("the body needs `message`: {\"message\": \"hello\"}")),
+    }
+}
+
+/// Records the turn's arrival in its session's lane (refused under [`DoubleTexting::Reject`]
+/// while a turn runs) and runs it in the background, its frames sent to `sink`.
+fn start_turn(
+    app: &Arc<App>,
+    located: Located,
+    message: String,
+    sink: UnboundedSender<Frame>,
+) -> Result<String, ApiError> {
+    let turn_id = RunId::new().to_string();
+    let ticket = app.lanes.enter(located.key(), turn_id.clone(), located.strategy).map_err(|running| {
+        let mut e = ApiError::new(
+            StatusCode::CONFLICT,
+            "turn_running",
+            format!(
+                "session `{}` is answering turn {running}; this flow rejects a turn sent meanwhile: wait for its reply, then send again",
+                located.id
+            ),
+        );
+        e.detail = Some(json!({"running_turn_id": running}));
+        e
+    })?;
+    let app = app.clone();
+    tokio::spawn(async move {
+        if run_turn(&located, &message, &ticket, &sink).await {
+            app.reserved_remove(located.id.as_str());
+        }
+        drop(ticket);
+    });
+    Ok(turn_id)
+}
+
+/// Runs one turn once the turns before it have left, sending its frames; `true` if it was
+/// saved. Ends with `turn_finished`, `turn_failed` or `turn_interrupted`.
+async fn run_turn(at: &Located, message: &str, ticket: &Ticket, sink: &UnboundedSender<Frame>) -> bool {
+    let (flow, turn_id, session) = (at.flow.as_str(), ticket.turn_id.as_str(), at.id.as_str());
+    let send = |frame: Frame| drop(sink.send(frame));
+    let interrupted = || Frame::new("turn_interrupted", json!({"turn_id": turn_id, "session_id": session}));
+    if ticket.ahead > 0 {
+        send(Frame::new("turn_queued", json!({"turn_id": turn_id, "session_id": session, "ahead": ticket.ahead})));
+    }
+    tokio::select! {
+        () = ticket.wait_turn() => {}
+        () = ticket.interrupted() => {
+            send(interrupted());
+            return false;
+        }
+    }
+    send(Frame::new("turn_started", json!({"turn_id": turn_id, "session_id": session, "flow": flow})));
+    let mut stream = at.chat.stream_turn(&at.id, message);
+    loop {
+        let item = tokio::select! {
+            item = stream.next() => item,
+            // Dropping the stream cancels the turn: nothing of it is saved.
+            () = ticket.interrupted() => {
+                drop(stream);
+                send(interrupted());
+                return false;
+            }
+        };
+        match item {
+            Some(Ok(event)) => {
+                let done = matches!(event, TurnEvent::Finished(_));
+                send(turn_frame(flow, turn_id, &event));
+                if done {
+                    return true;
+                }
+            }
+            Some(Err(e)) => {
+                let e = chat_error(e);
+                send(Frame::new(
+                    "turn_failed",
+                    json!({"turn_id": turn_id, "error": {"code": e.code, "message": e.message}}),
+                ));
+                return false;
+            }
+            None => {
+                let error = json!({"code": "turn_failed", "message": "the turn ended without a result"});
+                send(Frame::new("turn_failed", json!({"turn_id": turn_id, "error": error})));
+                return false;
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct TurnQuery {
+    stream: Option<String>,
+}
+
+/// Posts a turn: `200` and the turn when it is answered, or its frames as SSE with
+/// `?stream=sse`.
+pub(crate) async fn post_turn(
+    State(app): Shared,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<TurnQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let body = body.map_err(body_error)?;
+    let Path(id) = id.map_err(path_error)?;
+    let Query(query) = query.map_err(query_error)?;
+    let sse = match query.stream.as_deref() {
+        None | Some("") => false,
+        Some("sse") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("`stream` is `{other}`; it must be `sse`, or absent")));
+        }
+    };
+    let message = message_of(&body)?;
+    let located = app.locate(&id).await?;
+    let (tx, mut rx) = unbounded_channel();
+    start_turn(&app, located, message, tx)?;
+    if sse {
+        let stream = futures::stream::unfold((rx, 0usize), |(mut rx, n)| async move {
+            let frame = rx.recv().await?;
+            Some((Ok::<_, Infallible>(frame.sse(n + 1)), (rx, n + 1)))
+        });
+        return Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response());
+    }
+    while let Some(frame) = rx.recv().await {
+        let data: Value = serde_json::from_str(&frame.data).unwrap_or_default();
+        match &*frame.kind {
+            "turn_finished" => return Ok(Json(data["turn"].clone()).into_response()),
+            "turn_failed" => {
+                let message = data["error"]["message"].as_str().unwrap_or_default().to_string();
+                let (status, code) = match data["error"]["code"].as_str() {
+                    Some("session_busy") => (StatusCode::CONFLICT, "session_busy"),
+                    Some("session_conflict") => (StatusCode::CONFLICT, "session_conflict"),
+                    Some("store_unavailable") => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+                    Some("corrupt_session") => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_session"),
+                    _ => (StatusCode::INTERNAL_SERVER_ERROR, "turn_failed"),
+                };
+                return Err(ApiError::new(status, code, message));
+            }
+            "turn_interrupted" => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "turn_interrupted",
+                    "a later turn of this session interrupted this one (the flow interrupts on double-texting); nothing of it was saved",
+                ));
+            }
+            _ => {}
+        }
+    }
+    Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "turn_failed", "the turn ended without a result"))
+}
+
+/// The session's WebSocket: send `{"message": "..."}`, receive the turn's frames (the same
+/// JSON as the SSE `data:` lines); a refusal is a `turn_rejected` or `error` frame.
+pub(crate) async fn session_ws(
+    State(app): Shared,
+    id: Result<Path<String>, PathRejection>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let Path(id) = id.map_err(path_error)?;
+    app.locate(&id).await?;
+    Ok(ws.on_upgrade(move |socket| serve_socket(app, id, socket)))
+}
+
+async fn serve_socket(app: Arc<App>, id: String, mut socket: WebSocket) {
+    let (tx, mut rx) = unbounded_channel::<Frame>();
+    loop {
+        tokio::select! {
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break };
+                if socket.send(Message::Text(frame.data.to_string().into())).await.is_err() {
+                    break;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    let refusal = match message_of(text.as_bytes()) {
+                        Ok(message) => match app.locate(&id).await {
+                            Ok(located) => start_turn(&app, located, message, tx.clone()).err(),
+                            Err(e) => Some(e),
+                        },
+                        Err(e) => Some(e),
+                    };
+                    if let Some(e) = refusal {
+                        let kind = if e.code == "turn_running" { "turn_rejected" } else { "error" };
+                        let frame = Frame::new(kind, json!({"error": e.body()}));
+                        drop(tx.send(frame));
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! Cancel, resume and fork; a flow's description and picture; SSE reconnects with
+//! `Last-Event-ID`. Real HTTP on loopback, a real SQLite file.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::{Running, error_of, serve};
+use crewflow_core::persist::RunStore;
+use crewflow_core::trigger::label;
+use crewflow_core::{Cx, DeferredFeedback, Flow, FlowBuilder, HumanFeedback, StepError};
+use crewflow_server::Server;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+#[derive(Default, Serialize, Deserialize)]
+struct Greeting {
+    name: String,
+    times: u32,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Doc {}
+
+fn greet(store: &Arc<dyn RunStore>) -> Flow<Greeting> {
+    FlowBuilder::<Greeting>::new("greet")
+        .start(
+            "hello",
+            |cx: Cx<Greeting>, (): ()| async move { Ok(format!("hello, {}", cx.state(|g| g.name.clone()))) },
+        )
+        .listen("shout", "hello", |_cx: Cx<Greeting>, text: String| async move { Ok(text.to_uppercase()) })
+        .store_arc(store.clone())
+        .build()
+        .unwrap()
+}
+
+/// A flow whose second step waits until the test lets it go (no timing involved).
+fn gated(store: &Arc<dyn RunStore>, gate: Arc<Semaphore>) -> Flow<Doc> {
+    FlowBuilder::<Doc>::new("gated")
+        .start("first", |_cx: Cx<Doc>, (): ()| async move { Ok("first") })
+        .listen("wait", "first", move |_cx: Cx<Doc>, _: String| {
+            let gate = gate.clone();
+            async move {
+                gate.acquire().await.map_err(StepError::msg)?.forget();
+                Ok("released")
+            }
+        })
+        .store_arc(store.clone())
+        .build()
+        .unwrap()
+}
+
+/// A flow whose second step fails the first time it runs, and succeeds after.
+fn flaky(store: &Arc<dyn RunStore>, failed: Arc<AtomicBool>) -> Flow<Doc> {
+    FlowBuilder::<Doc>::new("flaky")
+        .start("prepare", |_cx: Cx<Doc>, (): ()| async move { Ok(7u32) })
+        .listen("finish", "prepare", move |_cx: Cx<Doc>, n: u32| {
+            let failed = failed.clone();
+            async move {
+                if !failed.swap(true, Ordering::SeqCst) {
+                    return Err(StepError::msg("the first attempt fails"));
+                }
+                Ok(n * 6)
+            }
+        })
+        .store_arc(store.clone())
+        .build()
+        .unwrap()
+}
+
+fn review(store: &Arc<dyn RunStore>) -> Flow<Doc> {
+    FlowBuilder::<Doc>::new("review")
+        .start("draft", |_cx: Cx<Doc>, (): ()| async move { Ok("the draft") })
+        .human_feedback(HumanFeedback::new("Publish?").emit(["approved", "rejected"]).provider(DeferredFeedback))
+        .listen("on_approved", label("approved"), |_cx: Cx<Doc>, (): ()| async move { Ok("published") })
+        .listen("on_rejected", label("rejected"), |_cx: Cx<Doc>, (): ()| async move { Ok("binned") })
+        .store_arc(store.clone())
+        .build()
+        .unwrap()
+}
+
+async fn server(gate: Arc<Semaphore>) -> (Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crewflow_store::open(dir.path().join("runs.db").to_str().unwrap()).unwrap();
+    let server = Server::new(store.clone())
+        .flow(&greet(&store))
+        .unwrap()
+        .flow(&gated(&store, gate))
+        .unwrap()
+        .flow(&flaky(&store, Arc::default()))
+        .unwrap()
+        .flow(&review(&store))
+        .unwrap();
+    (serve(server).await, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_run_is_cancelled_and_says_so() {
+    let (srv, _dir) = server(Arc::new(Semaphore::new(0))).await;
+    let (code, started) = srv.post("/flows/gated/runs", "").await;
+    assert_eq!(code, 202, "{started}");
+    let id = started["run_id"].as_str().unwrap().to_string();
+    // Wait (on the events, not the clock) until the held step runs.
+    let mut events = srv.sse("GET", &format!("/runs/{id}/events"), None, None).await;
+    let seen = events.until("step_started").await;
+    assert_eq!(seen.last().unwrap().data["step"], "first");
+    events.until("step_started").await;
+
+    let (code, cancelled) = srv.post(&format!("/runs/{id}/cancel?wait=true"), "").await;
+    assert_eq!(code, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let rest = events.all().await;
+    assert_eq!(rest.last().unwrap().event, "run_cancelled", "{rest:?}");
+    let run = srv.wait_status(&id, "cancelled").await;
+    assert_eq!(run["steps"][0]["step"], "first", "the completed step stays recorded: {run}");
+
+    let (code, again) = srv.post(&format!("/runs/{id}/cancel"), "").await;
+    assert_eq!((code, error_of(&again).0), (409, "not_running"), "{again}");
+    assert!(error_of(&again).1.contains("cancelled"), "{again}");
+    let (code, e) = srv.post("/runs/0193f7a2-0000-7000-8000-000000000000/cancel", "").await;
+    assert_eq!((code, error_of(&e).0), (404, "unknown_run"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_resumes_from_its_checkpoint() {
+    let (srv, _dir) = server(Arc::new(Semaphore::new(0))).await;
+    let (code, failed) = srv.post("/flows/flaky/runs?wait=true", "").await;
+    assert_eq!((code, failed["status"].as_str()), (200, Some("failed")), "{failed}");
+    let id = failed["run_id"].as_str().unwrap().to_string();
+
+    let (code, done) = srv.post(&format!("/runs/{id}/resume?wait=true"), "").await;
+    assert_eq!(code, 200, "{done}");
+    assert_eq!((done["status"].as_str(), done["output"].as_u64()), (Some("finished"), Some(42)), "{done}");
+    let run = srv.wait_status(&id, "finished").await;
+    let steps: Vec<&str> = run["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["prepare", "finish"], "`prepare` did not run again: {run}");
+    // The run's stream holds both drives: the failure, then the resumed run to its end.
+    let names: Vec<String> = srv
+        .sse("GET", &format!("/runs/{id}/events"), None, None)
+        .await
+        .all()
+        .await
+        .into_iter()
+        .map(|f| f.event)
+        .collect();
+    assert!(names.contains(&"run_failed".to_string()) && names.last().unwrap() == "run_finished", "{names:?}");
+
+    let (code, e) = srv.post(&format!("/runs/{id}/resume"), "").await;
+    assert_eq!((code, error_of(&e).0), (409, "not_resumable"), "{e}");
+    let (_, paused) = srv.post("/flows/review/runs?wait=true", "").await;
+    let (code, e) = srv.post(&format!("/runs/{}/resume", paused["run_id"].as_str().unwrap()), "").await;
+    assert_eq!((code, error_of(&e).0), (409, "not_resumable"), "{e}");
+    assert!(error_of(&e).1.contains("/feedback"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_starts_a_new_run_from_another_runs_state() {
+    let (srv, _dir) = server(Arc::new(Semaphore::new(0))).await;
+    let (_, source) = srv.post("/flows/greet/runs?wait=true", r#"{"name": "Ada", "times": 3}"#).await;
+    let source_id = source["run_id"].as_str().unwrap().to_string();
+
+    let (code, forked) = srv.post(&format!("/runs/{source_id}/fork?wait=true"), r#"{"name": "Bo"}"#).await;
+    assert_eq!(code, 200, "{forked}");
+    assert_eq!(forked["output"], "HELLO, BO");
+    let fork_id = forked["run_id"].as_str().unwrap().to_string();
+    assert_ne!(fork_id, source_id);
+    let (_, run) = srv.get(&format!("/runs/{fork_id}")).await;
+    assert_eq!(run["flow"], "greet");
+    // Without inputs, the fork starts from the source's state as it was.
+    let (code, same) = srv.post(&format!("/runs/{source_id}/fork?wait=true"), "").await;
+    assert_eq!((code, same["output"].as_str()), (200, Some("HELLO, ADA")), "{same}");
+    let (_, src) = srv.get(&format!("/runs/{source_id}")).await;
+    assert_eq!(src["output"], "HELLO, ADA", "the source is left as it was");
+
+    let (code, e) = srv.post(&format!("/runs/{source_id}/fork"), r#"{"nmae": "x"}"#).await;
+    assert_eq!((code, error_of(&e).0), (400, "bad_inputs"), "{e}");
+    assert!(error_of(&e).1.contains("name"), "{e}");
+    let (code, started) = srv.post(&format!("/runs/{source_id}/fork"), r#"{"name": "Cy"}"#).await;
+    assert_eq!(code, 202, "{started}");
+    let run = srv.wait_status(started["run_id"].as_str().unwrap(), "finished").await;
+    assert_eq!(run["output"], "HELLO, CY");
+    let (_, list) = srv.get("/runs?flow=greet").await;
+    assert_eq!(list["runs"].as_array().unwrap().len(), 4, "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_are_described_and_drawn() {
+    let (srv, _dir) = server(Arc::new(Semaphore::new(0))).await;
+    let (code, review) = srv.get("/flows/review").await;
+    assert_eq!(code, 200, "{review}");
+    let steps: Vec<(&str, &str)> = review["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["trigger"].as_str().unwrap_or("-")))
+        .collect();
+    assert_eq!(steps, [("draft", "-"), ("on_approved", "'approved'"), ("on_rejected", "'rejected'")], "{review}");
+    assert_eq!(review["steps"][0]["start"], "always");
+    assert_eq!(review["conversational"], false);
+    let (_, greet) = srv.get("/flows/greet").await;
+    assert_eq!(
+        greet["inputs"],
+        json!({"name": {"type": "string", "default": ""}, "times": {"type": "integer", "default": 0}})
+    );
+
+    let (code, mime, html) = srv.text("/flows/greet/plot").await;
+    assert_eq!((code, mime.as_str()), (200, "text/html; charset=utf-8"));
+    assert!(html.contains("<svg") && html.contains("shout"), "{html}");
+    let (code, _, mermaid) = srv.text("/flows/review/plot?format=mermaid").await;
+    assert_eq!(code, 200);
+    assert!(mermaid.contains("flowchart LR") && mermaid.contains("approved"), "{mermaid}");
+    let (code, e) = srv.get("/flows/greet/plot?format=png").await;
+    assert_eq!(code, 400);
+    assert!(error_of(&e).1.contains("mermaid"), "{e}");
+    let (code, e) = srv.get("/flows/nope").await;
+    assert_eq!((code, error_of(&e).0), (404, "unknown_flow"));
+    let (code, e) = srv.get("/flows/nope/plot").await;
+    assert_eq!((code, error_of(&e).0), (404, "unknown_flow"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_with_last_event_id_resumes_without_duplicates() {
+    let gate = Arc::new(Semaphore::new(0));
+    let (srv, _dir) = server(gate.clone()).await;
+    let (_, started) = srv.post("/flows/gated/runs", "").await;
+    let id = started["run_id"].as_str().unwrap().to_string();
+    let path = format!("/runs/{id}/events");
+
+    // Read up to the held step, then drop the connection.
+    let mut first = srv.sse("GET", &path, None, None).await;
+    let mut seen = first.until("step_finished").await;
+    seen.extend(first.until("step_started").await);
+    drop(first);
+    let last = seen.last().unwrap().id.clone();
+    assert_eq!(last, seen.len().to_string());
+
+    gate.add_permits(1);
+    let rest = srv.sse("GET", &path, None, Some(&last)).await.all().await;
+    let whole = srv.sse("GET", &path, None, None).await.all().await;
+    let mut joined = seen.clone();
+    joined.extend(rest.clone());
+    assert_eq!(joined, whole, "the first part and the replay make the whole stream, once each");
+    assert_eq!(rest.first().unwrap().id, (seen.len() + 1).to_string());
+    assert_eq!(whole.last().unwrap().event, "run_finished");
+    // `?after=` does the same for clients that cannot set the header; past the end is empty.
+    let after = srv.sse("GET", &format!("{path}?after={last}"), None, None).await.all().await;
+    assert_eq!(after, rest);
+    let none = srv.sse("GET", &format!("{path}?after=999"), None, None).await.all().await;
+    assert!(none.is_empty(), "{none:?}");
+    let bad = srv.sse("GET", &path, None, Some("yesterday")).await;
+    assert_eq!(bad.status(), 400);
+}
