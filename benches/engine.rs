@@ -42,7 +42,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-const BENCHES: [&str; 10] = [
+const BENCHES: [&str; 11] = [
     "chain100",
     "fanout_join",
     "router_loop",
@@ -51,6 +51,7 @@ const BENCHES: [&str; 10] = [
     "persist_chain20",
     "persist_chain20_full",
     "persist_chain20_pg",
+    "persist_chain20_100kb",
     "resume_1000",
     "journal_op",
 ];
@@ -78,6 +79,7 @@ fn run_child(name: &str) {
             "persist_chain20" => persist_chain20().await,
             "persist_chain20_full" => persist_chain20_full().await,
             "persist_chain20_pg" => persist_chain20_pg().await,
+            "persist_chain20_100kb" => persist_chain20_100kb().await,
             "resume_1000" => resume_1000().await,
             "journal_op" => journal_op().await,
             other => eprintln!("unknown benchmark {other}"),
@@ -283,6 +285,67 @@ async fn persist_chain20_pg() {
     let scoped = format!("{url}{sep}options=-csearch_path%3D{schema}");
     persisted_chain("persist_chain20_pg", Arc::new(PostgresStore::connect_lazy(&scoped).expect("a store"))).await;
     let _ = client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await;
+}
+
+/// A state of 100 items of ~1 KB and a step counter.
+#[derive(Clone, Serialize, Deserialize)]
+struct Large {
+    items: Vec<String>,
+    n: u64,
+}
+
+impl Default for Large {
+    fn default() -> Self {
+        Large { items: (0..100).map(|i| format!("{i:03}{}", "x".repeat(1000))).collect(), n: 0 }
+    }
+}
+
+/// The 20-step persisted chain over a 100 KB state of which each step changes ~1 % (one
+/// item, and the counter): the time per step, and the bytes the process writes to the store's
+/// files per step (`wchar` of /proc/self/io: SQLite's log frames included).
+async fn persist_chain20_100kb() {
+    for (deltas, suffix) in [(true, ""), (false, "_whole")] {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let flow = large_chain(Arc::new(SqliteStore::open(dir.path().join("bench.db"))), deltas);
+        let per_step = sample(&flow, 20, 3).await.into_iter().map(|d| d.as_nanos() as f64 / 20.0 / 1000.0).collect();
+        report("persist_chain20_100kb", &format!("per_step_us{suffix}"), "us", per_step);
+        let mut bytes = Vec::new();
+        for _ in 0..10 {
+            let before = written_bytes();
+            flow.kickoff(()).await.expect("run");
+            bytes.push((written_bytes() - before) as f64 / 20.0);
+        }
+        report("persist_chain20_100kb", &format!("bytes_per_step{suffix}"), "bytes", bytes);
+    }
+}
+
+/// The chain of `persist_chain20_100kb`; `deltas: false` checkpoints whole states.
+fn large_chain(store: Arc<dyn RunStore>, deltas: bool) -> Flow<Large> {
+    let mut b = FlowBuilder::<Large>::new("persist_chain20_100kb");
+    for i in 0..20u64 {
+        let handler = move |cx: Cx<Large>, (): ()| async move {
+            cx.update(|s| {
+                let item = ((s.n * 7 + i) % 100) as usize;
+                s.items[item] = format!("{item:03}{}", "y".repeat(1000));
+                s.n += 1;
+            });
+            Ok(())
+        };
+        b = match i {
+            0 => b.start("s0", handler),
+            _ => b.listen(&format!("s{i}"), step(format!("s{}", i - 1)), handler),
+        };
+    }
+    let b = if deltas { b } else { b.state_deltas(None) };
+    b.store_arc(store).build().expect("chain20_100kb builds")
+}
+
+/// Bytes this process has passed to `write` so far (`wchar` in /proc/self/io).
+fn written_bytes() -> i64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| io.lines().find_map(|l| l.strip_prefix("wchar: ").and_then(|v| v.trim().parse().ok())))
+        .unwrap_or(0)
 }
 
 /// One journaled operation (`cx.once`) with a small result, recorded in a SQLite file: the

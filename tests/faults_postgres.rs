@@ -361,6 +361,8 @@ async fn a_run_is_read_in_one_snapshot_while_a_checkpoint_commits() {
         seq: steps.len() as u64,
         state: state(steps),
         state_version: 0,
+        delta: None,
+        drop_deltas: false,
         frontier: "{}".into(),
         steps: vec![StepRow {
             activation: steps.len() as u64 - 1,

@@ -363,6 +363,8 @@ async fn a_value_postgres_cannot_hold_is_refused_with_the_reason() {
         seq: 1,
         state: r#"{"text": "new"}"#.into(),
         state_version: 0,
+        delta: None,
+        drop_deltas: false,
         frontier: "{}".into(),
         steps: vec![StepRow { activation: 0, step: Arc::from("s"), output: with_nul, finished_at: chrono::Utc::now() }],
         feedback: None,

@@ -206,6 +206,8 @@ fn checkpoint(run_id: RunId, fencing: u64, seq: u64, state: Value, steps: Vec<St
         seq,
         state: state.to_string(),
         state_version: 0,
+        delta: None,
+        drop_deltas: false,
         frontier: json!({"seq": seq}).to_string(),
         steps,
         feedback: None,

@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::cx::Cx;
+use crate::delta::DeltaPolicy;
 use crate::error::{BoxError, Error, StepError};
 use crate::event::Observer;
 use crate::feedback::{FeedbackProvider, FeedbackResult, HumanFeedback};
@@ -102,6 +103,7 @@ pub struct FlowBuilder<S> {
     default_store: Option<fn() -> Arc<dyn RunStore>>,
     lease: Duration,
     versions: StateVersions,
+    delta_policy: Option<DeltaPolicy>,
     error: Option<Error>,
 }
 
@@ -120,6 +122,7 @@ impl<S: FlowState> FlowBuilder<S> {
             default_store: None,
             lease: DEFAULT_LEASE,
             versions: StateVersions::default(),
+            delta_policy: Some(DeltaPolicy::default()),
             error: None,
         }
     }
@@ -393,6 +396,15 @@ impl<S: FlowState> FlowBuilder<S> {
         self
     }
 
+    /// When a checkpoint writes the state as a delta from the previous one (default
+    /// [`DeltaPolicy::default`]: states from 4 KiB, up to 32 deltas between whole ones), on
+    /// stores that keep deltas (SQLite). `None` writes every checkpoint whole: the store's
+    /// `state` column then always holds the latest state, for SQL readers. See [`crate::delta`].
+    pub fn state_deltas(mut self, policy: Option<DeltaPolicy>) -> Self {
+        self.delta_policy = policy;
+        self
+    }
+
     /// Adds an observer that receives every event of every run, in order.
     pub fn observe(mut self, observer: impl Observer) -> Self {
         self.observers.push(Arc::new(observer));
@@ -470,6 +482,7 @@ impl<S: FlowState> FlowBuilder<S> {
             lease: self.lease,
             selective,
             versions: self.versions,
+            delta_policy: self.delta_policy,
         }))
     }
 

@@ -46,6 +46,8 @@ pub(crate) struct FlowInner<S> {
     pub selective: bool,
     /// The state type's version and migrations.
     pub versions: crate::versions::StateVersions,
+    /// When checkpoints write state deltas (`None`: always whole).
+    pub delta_policy: Option<crate::delta::DeltaPolicy>,
 }
 
 impl<S> FlowInner<S> {

@@ -36,6 +36,7 @@ mod cancel;
 mod console;
 mod cx;
 mod defaults;
+pub mod delta;
 mod driver;
 mod error;
 mod event;

@@ -131,10 +131,16 @@ pub struct Checkpoint {
     pub fencing: u64,
     /// Increases with every checkpoint of the run.
     pub seq: u64,
-    /// The state, as JSON text.
+    /// The state, as JSON text; empty when `delta` is set.
     pub state: String,
     /// The version of the state's type (see [`crate::versions`]).
     pub state_version: u32,
+    /// The state as a delta (a [`StateDelta`](crate::delta::StateDelta) as JSON text) from the
+    /// previous checkpoint's: the store appends it to the run's chain instead of replacing the
+    /// state. Only sent to stores whose [`RunStore::state_deltas`] is true, never in a run's end.
+    pub delta: Option<String>,
+    /// A whole state that ends a chain: the store drops the run's stored deltas with it.
+    pub drop_deltas: bool,
     /// The frontier, as JSON text.
     pub frontier: String,
     /// The steps completed since the previous checkpoint (at least one).
@@ -354,6 +360,13 @@ pub trait RunStore: Send + Sync + 'static {
     /// token is not `checkpoint.fencing`. (Leases are renewed by the store's heartbeat, not by
     /// checkpoints, so a checkpoint touches no indexed column.)
     fn save_checkpoint<'a>(&'a self, checkpoint: &'a Checkpoint) -> StoreFuture<'a, ()>;
+
+    /// Whether the store keeps state deltas ([`Checkpoint::delta`]): a chain per run, applied
+    /// by [`load_run`](RunStore::load_run) (see [`crate::delta`]). A store that does not is
+    /// sent whole states only.
+    fn state_deltas(&self) -> bool {
+        false
+    }
 
     /// Records how the run ended (and its final checkpoint, if any), releasing the lease; fails
     /// with [`LeaseLost`] on a stale token.

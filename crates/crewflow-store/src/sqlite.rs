@@ -79,6 +79,12 @@ CREATE TABLE crewflow_steps (
     r#"
 ALTER TABLE crewflow_runs ADD COLUMN state_version INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE crewflow_sessions ADD COLUMN state_version INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE crewflow_state_deltas (
+    run_id TEXT NOT NULL,
+    seq    INTEGER NOT NULL,
+    delta  TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -285,6 +291,10 @@ impl RunStore for SqliteStore {
         self.inner.describe()
     }
 
+    fn state_deltas(&self) -> bool {
+        true
+    }
+
     fn create_run<'a>(&'a self, run: &'a NewRun) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let row = run.clone();
@@ -343,25 +353,34 @@ impl RunStore for SqliteStore {
                 self.call(move |c| {
                     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                     let t = ms(now());
-                    let updated = tx
-                        .prepare_cached(
+                    // A delta leaves the whole state it applies to in place and joins the chain.
+                    let sql = match cp.delta {
+                        None => {
                             "UPDATE crewflow_runs SET state = ?1, frontier = ?2, seq = ?3, updated_at = ?4,
                                  pending = coalesce(?7, pending), state_version = ?8
-                             WHERE id = ?5 AND fencing = ?6",
-                        )?
-                        .execute(params![
-                            cp.state,
-                            cp.frontier,
-                            cp.seq as i64,
-                            t,
-                            cp.run_id.to_string(),
-                            cp.fencing as i64,
-                            cp.feedback,
-                            cp.state_version,
-                        ])?;
+                             WHERE id = ?5 AND fencing = ?6"
+                        }
+                        // (`?1`, the empty state a delta comes with, binds all parameters alike.)
+                        Some(_) => {
+                            "UPDATE crewflow_runs SET frontier = ?2, seq = ?3, updated_at = ?4,
+                                 pending = coalesce(?7, pending), state_version = ?8
+                             WHERE id = ?5 AND fencing = ?6 AND ?1 = ''"
+                        }
+                    };
+                    let updated = tx.prepare_cached(sql)?.execute(params![
+                        cp.state,
+                        cp.frontier,
+                        cp.seq as i64,
+                        t,
+                        cp.run_id.to_string(),
+                        cp.fencing as i64,
+                        cp.feedback,
+                        cp.state_version,
+                    ])?;
                     if updated == 0 {
                         return Err(fenced(&tx, cp.run_id, cp.fencing));
                     }
+                    write_chain(&tx, &cp)?;
                     insert_steps(&tx, cp.run_id, &cp.steps)?;
                     tx.commit()?;
                     Ok(())
@@ -416,6 +435,7 @@ impl RunStore for SqliteStore {
                         return Err(fenced(&tx, end.run_id, end.fencing));
                     }
                     if let Some(cp) = &end.checkpoint {
+                        write_chain(&tx, cp)?;
                         insert_steps(&tx, end.run_id, &cp.steps)?;
                     }
                     tx.commit()?;
@@ -479,6 +499,14 @@ impl RunStore for SqliteStore {
                             })
                         })?
                         .collect::<Result<_, _>>()?;
+                    let deltas: Vec<String> = tx
+                        .prepare_cached("SELECT delta FROM crewflow_state_deltas WHERE run_id = ?1 ORDER BY seq")?
+                        .query_map([&id], |r| r.get(0))?
+                        .collect::<Result<_, _>>()?;
+                    if !deltas.is_empty() {
+                        run.state = crewflow_core::delta::apply_chain(&run.state, deltas.iter().map(String::as_str))
+                            .map_err(|e| StoreError::Corrupt(format!("run {run_id}: {e}")))?;
+                    }
                     tx.commit()?;
                     Ok(Some(run))
                 })
@@ -750,6 +778,17 @@ impl Inner {
         prepare(&mut conn, &self.describe(), self.path(), synchronous)?;
         Ok(conn)
     }
+}
+
+/// The run's chain of state deltas: a delta joins it, a whole state that ends it drops it.
+fn write_chain(tx: &rusqlite::Transaction<'_>, cp: &Checkpoint) -> Result<(), StoreError> {
+    if let Some(delta) = &cp.delta {
+        tx.prepare_cached("INSERT INTO crewflow_state_deltas (run_id, seq, delta) VALUES (?1, ?2, ?3)")?
+            .execute(params![cp.run_id.to_string(), cp.seq as i64, delta])?;
+    } else if cp.drop_deltas {
+        tx.prepare_cached("DELETE FROM crewflow_state_deltas WHERE run_id = ?1")?.execute([cp.run_id.to_string()])?;
+    }
+    Ok(())
 }
 
 fn insert_steps(tx: &rusqlite::Transaction<'_>, run_id: RunId, steps: &[StepRow]) -> Result<(), StoreError> {

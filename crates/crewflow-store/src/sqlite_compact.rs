@@ -69,6 +69,7 @@ fn delete_runs(
     let runs = format!("SELECT id FROM crewflow_runs WHERE {condition}");
     report.journal += tx.execute(&format!("DELETE FROM crewflow_journal WHERE run_id IN ({runs})"), params)? as u64;
     report.steps += tx.execute(&format!("DELETE FROM crewflow_steps WHERE run_id IN ({runs})"), params)? as u64;
+    tx.execute(&format!("DELETE FROM crewflow_state_deltas WHERE run_id IN ({runs})"), params)?;
     report.runs += tx.execute(&format!("DELETE FROM crewflow_runs WHERE {condition}"), params)? as u64;
     Ok(())
 }

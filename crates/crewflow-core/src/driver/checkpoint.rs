@@ -8,12 +8,22 @@ use serde_json::Value;
 
 use super::Driver;
 use crate::cx::RunShared;
+use crate::delta::{Chain, Written};
 use crate::error::Error;
 use crate::feedback::FeedbackRecord;
 use crate::frontier::Frontier;
 use crate::output::Output;
 use crate::persist::{Checkpoint, Driving, NewRun, RunStatus, RunStore, StepRow, process_owner};
 use crate::state::FlowState;
+
+/// Whether a checkpoint may write the state as a delta.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Whole {
+    /// A run's end or pause: whole, ending any chain (a resume starts from one text).
+    Always,
+    /// Mid-run: a delta when the chain's policy finds it pays.
+    UnlessDeltaPays,
+}
 
 /// The run's record in the store and what has not been written yet.
 pub(super) struct Durable {
@@ -22,6 +32,8 @@ pub(super) struct Durable {
     pub(super) seq: u64,
     /// Activations completed since the last checkpoint, in completion order, with the time.
     pub(super) unsaved: Vec<(u64, DateTime<Utc>)>,
+    /// The run's chain of state deltas as the store holds it (`None`: the store keeps none).
+    pub(super) chain: Option<Chain>,
     /// Lists the run in [`driven_runs`](crate::persist::driven_runs) while the driver lives.
     pub(super) _driving: Driving,
 }
@@ -51,7 +63,8 @@ impl Durable {
         let driving =
             Driving::start(new.run_id).ok_or_else(|| Error::AlreadyDriven { run_id: new.run_id.to_string() })?;
         store.create_run(&new).await.map_err(|e| Error::from_store(store.as_ref(), "record the new run", e))?;
-        Ok(Durable { store, fencing: 1, seq: 0, unsaved: Vec::new(), _driving: driving })
+        let chain = store.state_deltas().then(Chain::default);
+        Ok(Durable { store, fencing: 1, seq: 0, unsaved: Vec::new(), chain, _driving: driving })
     }
 }
 
@@ -95,14 +108,15 @@ impl<S: FlowState> Driver<S> {
     /// A checkpoint in the middle of a step (it is about to wait for a person).
     pub(super) async fn checkpoint_now(&mut self) -> Result<(), Error> {
         let Some(store) = self.store() else { return Ok(()) };
-        let checkpoint = self.checkpoint()?;
+        let checkpoint = self.checkpoint(Whole::UnlessDeltaPays)?;
         let step: Arc<str> = Arc::from("(a step waiting for input)");
         Box::pin(write_checkpoint(store, checkpoint, step)).await
     }
 
-    /// The run's current checkpoint: state, frontier and the unsaved step outputs.
-    pub(super) fn checkpoint(&mut self) -> Result<Checkpoint, Error> {
-        let state = state_json(&self.shared)?;
+    /// The run's current checkpoint: state (or its delta), frontier and the unsaved step
+    /// outputs. A run's end is always whole (`Whole::Always`).
+    pub(super) fn checkpoint(&mut self, whole: Whole) -> Result<Checkpoint, Error> {
+        let mut state = state_json(&self.shared)?;
         let frontier = frontier_json(&self.frontier)?;
         let Some(durable) = &mut self.durable else {
             return Err(Error::Internal("checkpoint without a store".into()));
@@ -131,11 +145,24 @@ impl<S: FlowState> Driver<S> {
                 message: e.to_string(),
             })?)
         };
+        let (mut delta, mut drop_deltas) = (None, false);
+        if let Some(chain) = &mut durable.chain {
+            match chain.next(&state, self.flow.delta_policy, whole == Whole::Always) {
+                Written::Delta(d) => {
+                    delta =
+                        Some(serde_json::to_string(&d).map_err(|e| Error::Internal(format!("a state delta: {e}")))?);
+                    state = String::new();
+                }
+                Written::Whole { ends_chain } => drop_deltas = ends_chain,
+            }
+        }
         Ok(Checkpoint {
             run_id: self.shared.id,
             fencing: durable.fencing,
             seq: durable.seq,
             state,
+            delta,
+            drop_deltas,
             state_version: self.flow.versions.current,
             frontier,
             steps,

@@ -56,7 +56,7 @@ use crate::scope::RunTelemetry;
 use crate::state::{FlowState, initial_state};
 
 use crate::uncommitted::StateLog;
-use checkpoint::{Durable, frontier_json, output_json, state_json, write_checkpoint};
+use checkpoint::{Durable, Whole, frontier_json, output_json, state_json, write_checkpoint};
 pub(crate) use end::{notify_reviewers, provider_of};
 pub(crate) use resume::{Answered, Restored, drive_resumed, feedback_record, finished_run, paused_run, stored_state};
 
@@ -508,7 +508,7 @@ impl<S: FlowState> Driver<S> {
         if let Some(durable) = &mut self.durable {
             durable.unsaved.push((c.activation, Utc::now()));
             if flow.checkpoints_after(step_ix) {
-                let checkpoint = self.checkpoint()?;
+                let checkpoint = self.checkpoint(Whole::UnlessDeltaPays)?;
                 if let Some(store) = self.store() {
                     Box::pin(write_checkpoint(store, checkpoint, name)).await?;
                 }

@@ -100,7 +100,9 @@ pub(crate) async fn drive_resumed<S: FlowState>(
     driver.shared.with_feedback_history(|h| *h = feedback.history);
     driver.shared.with_input_history(|h| *h = feedback.inputs);
     driver.paused = feedback.pending;
-    driver.durable = Some(Durable { store, fencing: claim.fencing, seq, unsaved: Vec::new(), _driving: driving });
+    let chain = store.state_deltas().then(crate::delta::Chain::resumed);
+    driver.durable =
+        Some(Durable { store, fencing: claim.fencing, seq, unsaved: Vec::new(), chain, _driving: driving });
     let flow_name = driver.shared.flow.clone();
     driver.emit(None, || EventKind::RunResumed { flow: flow_name, checkpoint: seq, steps_done });
     let waiting: Vec<u64> = driver.paused.iter().map(|p| p.activation).collect();

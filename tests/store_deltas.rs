@@ -1,0 +1,224 @@
+//! State deltas: a large state whose steps change a little of it is checkpointed as deltas
+//! (SQLite), restored exactly on resume, after a failed step and after a failed write, and the
+//! chain is folded into a whole state at the run's end.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crewflow::delta::DeltaPolicy;
+use crewflow::prelude::*;
+use crewflow::store::{
+    Checkpoint, Claim, NewRun, RunEnd, RunFilter, RunStatus, RunStore, RunSummary, SqliteStore, StoreFuture, StoredRun,
+};
+use crewflow::{Error, RunId};
+use serde::{Deserialize, Serialize};
+
+/// 100 items of ~1 KB: each step rewrites one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Big {
+    items: Vec<String>,
+    steps: Vec<u32>,
+}
+
+impl Default for Big {
+    fn default() -> Self {
+        Big { items: (0..100).map(|i| format!("{i:03}:{}", "x".repeat(1000))).collect(), steps: Vec::new() }
+    }
+}
+
+const STEPS: u32 = 20;
+
+/// The 20-step chain, built.
+fn chain(store: Arc<dyn RunStore>, fail_at: Option<u32>, failures: Arc<AtomicU32>) -> Flow<Big> {
+    chain_builder(store, fail_at, failures).build().unwrap()
+}
+
+fn expected() -> Big {
+    let mut s = Big::default();
+    for i in 0..STEPS {
+        s.items[(i * 5) as usize] = format!("{i:03}:{}", "y".repeat(1000));
+        s.steps.push(i);
+    }
+    s
+}
+
+/// (deltas stored for the run, their total bytes)
+fn chain_rows(path: &std::path::Path, run: RunId) -> (i64, i64) {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.query_row(
+        "SELECT count(*), coalesce(sum(length(delta)), 0) FROM crewflow_state_deltas WHERE run_id = ?1",
+        [run.to_string()],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_failed_run_resumes_exactly_from_its_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(&path));
+    let failures = Arc::new(AtomicU32::new(1));
+    let flow = chain(store.clone(), Some(13), failures);
+
+    let err = flow.kickoff(()).await.unwrap_err();
+    let Error::StepFailed { run_id, .. } = err else { panic!("{err}") };
+    // The checkpoints after s1..s12 are deltas (s0's is whole): small next to the 100 KB state.
+    let (deltas, bytes) = chain_rows(&path, run_id);
+    assert_eq!(deltas, 12, "one delta per checkpoint after the first");
+    assert!(bytes < 12 * 1_200, "{bytes} bytes of deltas");
+    // Read back, the state is exactly what s0..s12 made (s13's change is not kept).
+    let stored: Big = serde_json::from_str(&store.load_run(run_id).await.unwrap().unwrap().state).unwrap();
+    assert_eq!(stored.steps, (0..13).collect::<Vec<_>>());
+    assert!(stored.items[60].starts_with("012:y") && stored.items[65].starts_with("065:x"));
+
+    let run = flow.resume(run_id).await.unwrap();
+    assert_eq!(run.state, expected());
+    // The run's end is whole and ends the chain.
+    assert_eq!(chain_rows(&path, run_id).0, 0);
+    let row = store.load_run(run_id).await.unwrap().unwrap();
+    assert_eq!(row.status, RunStatus::Finished);
+    assert_eq!(serde_json::from_str::<Big>(&row.state).unwrap(), expected());
+}
+
+#[tokio::test]
+async fn chains_are_capped_and_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(&path));
+    let failures = Arc::new(AtomicU32::new(1));
+    // At most 4 deltas between whole states: after s1..s4 deltas, s5 whole, s6..s9, s10 whole,
+    // s11, s12 deltas, s13 fails.
+    let capped = {
+        let mut b = FlowBuilder::<Big>::new("big");
+        b = b.include(chain_builder(store.clone(), Some(13), failures.clone()));
+        b.state_deltas(Some(DeltaPolicy { min_state: 4096, max_chain: 4 })).build().unwrap()
+    };
+    let Error::StepFailed { run_id, .. } = capped.kickoff(()).await.unwrap_err() else { panic!() };
+    assert_eq!(chain_rows(&path, run_id).0, 2);
+    assert_eq!(capped.resume(run_id).await.unwrap().state, expected());
+
+    failures.store(1, Ordering::SeqCst);
+    let whole = FlowBuilder::<Big>::new("big")
+        .include(chain_builder(store.clone(), Some(13), failures))
+        .state_deltas(None)
+        .build()
+        .unwrap();
+    let Error::StepFailed { run_id, .. } = whole.kickoff(()).await.unwrap_err() else { panic!() };
+    assert_eq!(chain_rows(&path, run_id).0, 0);
+    assert_eq!(whole.resume(run_id).await.unwrap().state, expected());
+}
+
+/// A 20-step chain; step `i` rewrites item `i * 5` and records itself. `fail_at` fails that
+/// step while `failures` is above zero.
+fn chain_builder(store: Arc<dyn RunStore>, fail_at: Option<u32>, failures: Arc<AtomicU32>) -> FlowBuilder<Big> {
+    let mut b = FlowBuilder::<Big>::new("big").store_arc(store);
+    for i in 0..STEPS {
+        let failures = failures.clone();
+        let handler = move |cx: Cx<Big>, (): ()| {
+            let failures = failures.clone();
+            async move {
+                cx.update(|s| {
+                    s.items[(i * 5) as usize] = format!("{i:03}:{}", "y".repeat(1000));
+                    s.steps.push(i);
+                });
+                if fail_at == Some(i) && failures.load(Ordering::SeqCst) > 0 {
+                    failures.fetch_sub(1, Ordering::SeqCst);
+                    return Err(format!("step {i} failed").into());
+                }
+                Ok(())
+            }
+        };
+        b = if i == 0 {
+            b.start("s0", handler)
+        } else {
+            b.listen(&format!("s{i}"), step(format!("s{}", i - 1).as_str()), handler)
+        };
+    }
+    b
+}
+
+/// A SQLite store whose checkpoint number `fail` fails before it is written.
+struct FailingWrite {
+    inner: SqliteStore,
+    fail: u64,
+    seen: AtomicU32,
+}
+
+impl RunStore for FailingWrite {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn state_deltas(&self) -> bool {
+        self.inner.state_deltas()
+    }
+    fn create_run<'a>(&'a self, run: &'a NewRun) -> StoreFuture<'a, ()> {
+        self.inner.create_run(run)
+    }
+    fn save_checkpoint<'a>(&'a self, checkpoint: &'a Checkpoint) -> StoreFuture<'a, ()> {
+        if u64::from(self.seen.fetch_add(1, Ordering::SeqCst)) + 1 == self.fail {
+            return Box::pin(async { Err("the disk is full".into()) });
+        }
+        self.inner.save_checkpoint(checkpoint)
+    }
+    fn end_run<'a>(&'a self, end: &'a RunEnd) -> StoreFuture<'a, ()> {
+        self.inner.end_run(end)
+    }
+    fn load_run(&self, run_id: RunId) -> StoreFuture<'_, Option<StoredRun>> {
+        self.inner.load_run(run_id)
+    }
+    fn claim_run<'a>(
+        &'a self,
+        run_id: RunId,
+        owner: &'a str,
+        lease: Duration,
+        replacing: Option<&'a str>,
+    ) -> StoreFuture<'a, Claim> {
+        self.inner.claim_run(run_id, owner, lease, replacing)
+    }
+    fn claim_paused<'a>(
+        &'a self,
+        run_id: RunId,
+        seq: u64,
+        owner: &'a str,
+        lease: Duration,
+    ) -> StoreFuture<'a, Option<Claim>> {
+        self.inner.claim_paused(run_id, seq, owner, lease)
+    }
+    fn claim_orphans<'a>(
+        &'a self,
+        flows: &'a [String],
+        owner: &'a str,
+        lease: Duration,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<Claim>> {
+        self.inner.claim_orphans(flows, owner, lease, limit)
+    }
+    fn heartbeat<'a>(&'a self, owner: &'a str, runs: &'a [RunId], lease: Duration) -> StoreFuture<'a, u64> {
+        self.inner.heartbeat(owner, runs, lease)
+    }
+    fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>> {
+        self.inner.list_runs(filter)
+    }
+}
+
+#[tokio::test]
+async fn a_failed_delta_write_leaves_the_chain_it_extends_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runs.db");
+    // The 8th checkpoint (after s7, a delta) fails: the run stops with s0..s6 checkpointed.
+    let failing: Arc<dyn RunStore> =
+        Arc::new(FailingWrite { inner: SqliteStore::open(&path), fail: 8, seen: AtomicU32::new(0) });
+    let err = chain(failing, None, Arc::default()).kickoff(()).await.unwrap_err();
+    assert!(err.to_string().contains("the disk is full"), "{err}");
+    let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(&path));
+    let run_id = store.list_runs(&Default::default()).await.unwrap()[0].run_id;
+    assert_eq!(chain_rows(&path, run_id).0, 6);
+    let stored: Big = serde_json::from_str(&store.load_run(run_id).await.unwrap().unwrap().state).unwrap();
+    assert_eq!(stored.steps, (0..7).collect::<Vec<_>>());
+    // Resumed by a process whose store works: the first checkpoint drops the old chain.
+    let run = chain(store.clone(), None, Arc::default()).resume(run_id).await.unwrap();
+    assert_eq!(run.state, expected());
+    assert_eq!(chain_rows(&path, run_id).0, 0);
+}
