@@ -7,9 +7,27 @@ mod common;
 
 use serde_json::{Value, json};
 
+/// The example's binary, built on demand (it needs the feature `mcp`, which
+/// `common::example_binary` does not pass).
+fn example() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap().to_path_buf();
+    let binary = profile_dir.join("examples/mcp_server");
+    if !binary.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--example", "mcp_server", "--features", "mcp"]);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        assert!(build.status().unwrap().success(), "the example mcp_server did not build");
+    }
+    binary
+}
+
 /// Runs the SDK client against the example server, making `calls`; its JSON report.
 fn drive(calls: Value) -> Value {
-    let binary = common::example_binary("mcp_server");
+    let binary = example();
     let out = std::process::Command::new("node")
         .arg(common::mcp::client_script())
         .arg(&binary)
