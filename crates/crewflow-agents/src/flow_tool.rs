@@ -12,7 +12,7 @@ use crate::tool::{Tool, ToolFuture};
 /// (its final step's output, as JSON; a string as it is).
 ///
 /// The arguments' schema is the state's, every field optional (a missing input keeps the
-/// state's default); [`parameters`](FlowTool::parameters) sets another. A run that fails, or
+/// state's default); [`with_parameters`](FlowTool::with_parameters) sets another. A run that fails, or
 /// pauses for human feedback, is the tool's error. Give it to an agent, or serve it to MCP
 /// clients with `McpService` (feature `mcp`).
 ///
@@ -58,13 +58,13 @@ impl<S: FlowState + JsonSchema> FlowTool<S> {
 
 impl<S> FlowTool<S> {
     /// Renames the tool.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
+    pub fn named(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
     }
 
     /// Sets the arguments' JSON Schema (an object whose properties are state fields).
-    pub fn parameters(mut self, schema: Value) -> Self {
+    pub fn with_parameters(mut self, schema: Value) -> Self {
         self.parameters = schema;
         self
     }
