@@ -1,5 +1,6 @@
 //! crewflow tools and a flow served over MCP (examples/mcp_server), driven by a real MCP
-//! client: the official TypeScript SDK from npm (tests/mcp/client.mjs), over stdio.
+//! client: the official TypeScript SDK from npm (tests/mcp/client.mjs), over stdio; and by
+//! crewflow's own MCP client (JSON-RPC errors mapped).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
@@ -71,4 +72,18 @@ fn an_mcp_client_lists_and_calls_crewflow_tools_and_flows() {
     // A name no tool has is a protocol error (invalid params) naming the tools.
     assert_eq!(results[4]["rpcError"], -32602, "{}", results[4]);
     assert!(results[4]["message"].as_str().unwrap().contains("the tools are: word_count"), "{}", results[4]);
+}
+
+#[tokio::test]
+async fn a_crewflow_client_uses_a_crewflow_server_and_maps_its_json_rpc_errors() {
+    use crewflow::agents::McpServer;
+    let client = McpServer::stdio(std::process::Command::new(example())).name("example").connect().await.unwrap();
+    let tools = client.tools().await.unwrap();
+    assert_eq!(tools.names(), ["word_count", "to_fahrenheit", "shipping_quote"]);
+    assert_eq!(tools.call("shipping_quote", json!({"weight_kg": 1.0})).await.unwrap(), "standard shipping: 5.70 EUR");
+    // The server answers a name it does not know with a JSON-RPC error (not a tool result).
+    let err = client.call("nope", json!({})).await.unwrap_err().to_string();
+    assert!(err.contains("the MCP server `example` refused the call"), "{err}");
+    assert!(err.contains("JSON-RPC error -32602") && err.contains("the tools are: word_count"), "{err}");
+    client.close().await;
 }
