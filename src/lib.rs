@@ -81,6 +81,7 @@
 //! | `sqlite` | yes | the SQLite store, the default of `#[flow(persist)]` |
 //! | `postgres` | no | the PostgreSQL store (`store::PostgresStore`) |
 //! | `agents` | yes | agents, tools, tasks and crews ([`agents`]) |
+//! | `mcp` | no | tools of MCP servers (stdio, streamable HTTP) for agents; tools and flows served over MCP ([`agents`], `docs/agents.md`) |
 //! | `local` | no | the local model provider (SmolLM2 and MiniLM on the CPU; `scripts/fetch-models`) |
 //!
 //! The long-form documentation lives in [`docs`]: the same pages as the repository's `docs/`

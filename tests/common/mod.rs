@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod faults;
 pub mod http;
+pub mod mcp;
 pub mod postgres;
 pub mod proxy;
 

@@ -6,7 +6,10 @@ extern crate self as crewflow_agents;
 mod agent;
 mod crew;
 mod error;
+mod flow_tool;
 mod journal;
+#[cfg(feature = "mcp")]
+mod mcp;
 mod template;
 mod tool;
 
@@ -14,6 +17,9 @@ pub use agent::{Agent, AgentOutput, DEFAULT_MAX_ITER};
 pub use crew::{Crew, CrewOutput, Guardrail, Process, Task, TaskOutput};
 pub use crewflow_macros::tool;
 pub use error::{AgentError, ToolError};
+pub use flow_tool::FlowTool;
+#[cfg(feature = "mcp")]
+pub use mcp::{McpClient, McpError, McpServer, McpService, McpTool};
 pub use template::Inputs;
 pub use tool::{IntoToolResult, Tool, ToolFn, ToolFuture, ToolOptions, ToolOutcome, ToolResult, ToolSet};
 
