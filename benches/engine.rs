@@ -284,7 +284,26 @@ async fn persist_chain20_pg() {
     let sep = if url.contains('?') { '&' } else { '?' };
     let scoped = format!("{url}{sep}options=-csearch_path%3D{schema}");
     persisted_chain("persist_chain20_pg", Arc::new(PostgresStore::connect_lazy(&scoped).expect("a store"))).await;
+    report("persist_chain20_pg", "commit_floor_us", "us", commit_floor(&client, &schema).await);
     let _ = client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await;
+}
+
+/// The server's floor for one durable write: a bare one-row insert committed on one connection
+/// (what a checkpoint cannot go below), timed like the chain: batches of 20, per commit.
+async fn commit_floor(client: &tokio_postgres::Client, schema: &str) -> Vec<f64> {
+    client.batch_execute(&format!("CREATE TABLE {schema}.floor (n BIGINT)")).await.expect("a table");
+    let insert = client.prepare(&format!("INSERT INTO {schema}.floor VALUES ($1)")).await.expect("a statement");
+    let mut samples = Vec::new();
+    for round in 0..35i64 {
+        let t = Instant::now();
+        for n in 0..20i64 {
+            client.execute(&insert, &[&(round * 20 + n)]).await.expect("an insert");
+        }
+        if round >= 5 {
+            samples.push(t.elapsed().as_nanos() as f64 / 20.0 / 1000.0);
+        }
+    }
+    samples
 }
 
 /// A state of 100 items of ~1 KB and a step counter.

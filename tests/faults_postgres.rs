@@ -350,6 +350,7 @@ async fn a_run_is_read_in_one_snapshot_while_a_checkpoint_commits() {
         payload: None,
         state: state(&[]),
         state_version: 0,
+        chained: false,
         frontier: "{}".into(),
         owner: Arc::from("writer"),
         lease: Duration::from_secs(60),
@@ -362,7 +363,7 @@ async fn a_run_is_read_in_one_snapshot_while_a_checkpoint_commits() {
         state: state(steps),
         state_version: 0,
         delta: None,
-        drop_deltas: false,
+        chained: false,
         frontier: "{}".into(),
         steps: vec![StepRow {
             activation: steps.len() as u64 - 1,

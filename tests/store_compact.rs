@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
+#[cfg(crewflow_postgres_tests)]
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,4 +116,46 @@ async fn a_worker_compacts_on_a_schedule() {
     }
     shutdown.cancel();
     running.await.unwrap().unwrap();
+}
+
+/// Conversation traces: a finalized trace past its time is deleted with its spans; an open one
+/// (the session still talking) and the session's turns stay. On SQLite and PostgreSQL.
+async fn old_traces_go_and_sessions_stay(store: Arc<dyn RunStore>, sessions: Arc<dyn crewflow::chat::SessionStore>) {
+    use crewflow::chat::{ChatFlow, ChatState, SessionId};
+    let flow = FlowBuilder::<ChatState>::new("talk")
+        .start("answer", |_cx, m: String| async move { Ok(format!("heard: {m}")) })
+        .build()
+        .unwrap();
+    let chat = ChatFlow::with_shared_store(flow, sessions.clone());
+    let (done, open) = (SessionId::new("done").unwrap(), SessionId::new("open").unwrap());
+    chat.handle_turn(&done, "hello").await.unwrap();
+    chat.handle_turn(&open, "hello").await.unwrap();
+    assert!(sessions.finalize_trace("talk", "done").await.unwrap());
+    tokio::time::sleep(Duration::from_millis(30)).await;
+
+    let report = store.compact(&Retention::new().drop_traces_after(Duration::from_millis(10))).await.unwrap();
+    assert_eq!(report.traces, 1);
+    assert!(sessions.list_traces("talk", "done").await.unwrap().is_empty());
+    let kept = sessions.list_traces("talk", "open").await.unwrap();
+    assert_eq!(kept.len(), 1, "the open trace stays");
+    assert!(!sessions.trace_spans(&kept[0].trace_id).await.unwrap().is_empty());
+    assert_eq!(chat.session(&done).await.unwrap().unwrap().turns.len(), 1, "the turns stay");
+    // Again: nothing more to delete.
+    let again = store.compact(&Retention::new().drop_traces_after(Duration::from_millis(10))).await.unwrap();
+    assert_eq!(again.traces, 0);
+}
+
+#[tokio::test]
+async fn sqlite_drops_old_traces_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("talk.db"));
+    old_traces_go_and_sessions_stay(Arc::new(store.clone()), Arc::new(store)).await;
+}
+
+#[cfg(crewflow_postgres_tests)]
+#[tokio::test]
+async fn postgres_drops_old_traces_only() {
+    let url = common::postgres::fresh_schema().await;
+    let store = crewflow::store::PostgresStore::connect(&url).await.unwrap();
+    old_traces_go_and_sessions_stay(Arc::new(store.clone()), Arc::new(store)).await;
 }

@@ -1,6 +1,7 @@
 //! State deltas: a large state whose steps change a little of it is checkpointed as deltas
-//! (SQLite), restored exactly on resume, after a failed step and after a failed write, and the
-//! chain is folded into a whole state at the run's end.
+//! (SQLite), restored exactly on resume, after a failed step and after a failed write.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -43,15 +44,23 @@ fn expected() -> Big {
     s
 }
 
-/// (deltas stored for the run, their total bytes)
-fn chain_rows(path: &std::path::Path, run: RunId) -> (i64, i64) {
+/// (deltas in the run's chain, their total bytes, whole states in it)
+fn chain_rows(path: &std::path::Path, run: RunId) -> (i64, i64, i64) {
     let c = rusqlite::Connection::open(path).unwrap();
     c.query_row(
-        "SELECT count(*), coalesce(sum(length(delta)), 0) FROM crewflow_state_deltas WHERE run_id = ?1",
+        "SELECT count(*) FILTER (WHERE kind = 'delta'), coalesce(sum(length(body)) FILTER (WHERE kind = 'delta'), 0),
+             count(*) FILTER (WHERE kind = 'whole')
+         FROM crewflow_state_chain WHERE run_id = ?1",
         [run.to_string()],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )
     .unwrap()
+}
+
+/// The state column of the run's row (empty while the state lives in its chain).
+fn row_state(path: &std::path::Path, run: RunId) -> String {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.query_row("SELECT state FROM crewflow_runs WHERE id = ?1", [run.to_string()], |r| r.get(0)).unwrap()
 }
 
 #[tokio::test]
@@ -65,9 +74,10 @@ async fn a_failed_run_resumes_exactly_from_its_chain() {
     let err = flow.kickoff(()).await.unwrap_err();
     let Error::StepFailed { run_id, .. } = err else { panic!("{err}") };
     // The checkpoints after s1..s12 are deltas (s0's is whole): small next to the 100 KB state.
-    let (deltas, bytes) = chain_rows(&path, run_id);
-    assert_eq!(deltas, 12, "one delta per checkpoint after the first");
+    let (deltas, bytes, whole) = chain_rows(&path, run_id);
+    assert_eq!((deltas, whole), (12, 1), "one delta per checkpoint after the first");
     assert!(bytes < 12 * 1_200, "{bytes} bytes of deltas");
+    assert_eq!(row_state(&path, run_id), "", "the large state is kept out of the run's row");
     // Read back, the state is exactly what s0..s12 made (s13's change is not kept).
     let stored: Big = serde_json::from_str(&store.load_run(run_id).await.unwrap().unwrap().state).unwrap();
     assert_eq!(stored.steps, (0..13).collect::<Vec<_>>());
@@ -75,8 +85,10 @@ async fn a_failed_run_resumes_exactly_from_its_chain() {
 
     let run = flow.resume(run_id).await.unwrap();
     assert_eq!(run.state, expected());
-    // The run's end is whole and ends the chain.
-    assert_eq!(chain_rows(&path, run_id).0, 0);
+    // The resumed run's first checkpoint is whole (a new chain), the rest deltas.
+    let (deltas, _, whole) = chain_rows(&path, run_id);
+    assert_eq!(whole, 1);
+    assert!((6..=8).contains(&deltas), "{deltas}");
     let row = store.load_run(run_id).await.unwrap().unwrap();
     assert_eq!(row.status, RunStatus::Finished);
     assert_eq!(serde_json::from_str::<Big>(&row.state).unwrap(), expected());
@@ -106,7 +118,8 @@ async fn chains_are_capped_and_can_be_turned_off() {
         .build()
         .unwrap();
     let Error::StepFailed { run_id, .. } = whole.kickoff(()).await.unwrap_err() else { panic!() };
-    assert_eq!(chain_rows(&path, run_id).0, 0);
+    assert_eq!(chain_rows(&path, run_id), (0, 0, 0));
+    assert!(row_state(&path, run_id).len() > 100_000, "deltas off: the state stays in the run's row");
     assert_eq!(whole.resume(run_id).await.unwrap().state, expected());
 }
 
@@ -220,5 +233,5 @@ async fn a_failed_delta_write_leaves_the_chain_it_extends_exact() {
     // Resumed by a process whose store works: the first checkpoint drops the old chain.
     let run = chain(store.clone(), None, Arc::default()).resume(run_id).await.unwrap();
     assert_eq!(run.state, expected());
-    assert_eq!(chain_rows(&path, run_id).0, 0);
+    assert_eq!(chain_rows(&path, run_id).2, 1, "the resume started a new chain");
 }

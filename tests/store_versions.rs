@@ -3,6 +3,8 @@
 //! versions; it is never decoded into a type that silently drops a field. On SQLite and
 //! PostgreSQL.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 mod common;
 
 use std::sync::Arc;

@@ -180,6 +180,7 @@ fn new_run(owner: &str, status: RunStatus) -> NewRun {
         payload: Some(r#"{"kickoff": true}"#.into()),
         state: r#"{"n": 0}"#.into(),
         state_version: 0,
+        chained: false,
         frontier: r#"{"in_flight": [[0, "first"]]}"#.into(),
         owner: Arc::from(owner),
         lease: LONG,
@@ -207,7 +208,7 @@ fn checkpoint(run_id: RunId, fencing: u64, seq: u64, state: Value, steps: Vec<St
         state: state.to_string(),
         state_version: 0,
         delta: None,
-        drop_deltas: false,
+        chained: false,
         frontier: json!({"seq": seq}).to_string(),
         steps,
         feedback: None,
@@ -344,6 +345,7 @@ pub async fn a_duplicate_run_id_is_refused(db: Database) {
             run_id: first.run_id,
             state: r#"{"n": 99}"#.into(),
             state_version: 0,
+            chained: false,
             owner: Arc::from("intruder"),
             ..of_flow("other", "intruder", status)
         };
@@ -774,7 +776,7 @@ pub async fn compaction_deletes_only_ended_runs_past_their_time(db: Database) {
         .delete_ended_after(Duration::from_millis(10))
         .flow_ttl("long-lived", Duration::from_secs(3600));
     let report = db.open().runs.compact(&policy).await.unwrap();
-    assert_eq!(report, CompactReport { runs: 3, steps: 3, journal: 3 });
+    assert_eq!(report, CompactReport { runs: 3, steps: 3, journal: 3, traces: 0 });
     for id in gone {
         assert!(store.load_run(id).await.unwrap().is_none(), "run {id} was deleted");
         assert!(store.load_journal(id, &[0]).await.unwrap().is_empty(), "with its journal");
@@ -806,7 +808,7 @@ pub async fn compaction_drops_finished_journals_and_keeps_failed_ones(db: Databa
     let paused = ended_run(&*store, FLOW, RunStatus::Paused).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let report = store.compact(&Retention::new().drop_journal_after(Duration::from_millis(10))).await.unwrap();
-    assert_eq!(report, CompactReport { runs: 0, steps: 0, journal: 2 });
+    assert_eq!(report, CompactReport { runs: 0, steps: 0, journal: 2, traces: 0 });
     for id in [finished, cancelled] {
         assert!(store.load_journal(id, &[0]).await.unwrap().is_empty());
         assert_eq!(steps(&load(&*store, id).await).len(), 1, "the run and its outputs stay");

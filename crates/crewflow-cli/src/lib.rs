@@ -216,6 +216,9 @@ pub struct CompactArgs {
     /// Drop the journal of finished and cancelled runs that ended longer ago.
     #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
     pub journal_older_than: Option<std::time::Duration>,
+    /// Delete conversation traces finalized longer ago (sessions and turns stay).
+    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+    pub traces_older_than: Option<std::time::Duration>,
     /// Give freed space back to the file system (SQLite: rewrites the file; blocks writers meanwhile).
     #[arg(long)]
     pub vacuum: bool,

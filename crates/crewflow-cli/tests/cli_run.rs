@@ -314,18 +314,22 @@ fn compact_removes_ended_runs_and_refuses_an_empty_policy() {
     assert_eq!(code, 2);
     assert_eq!(
         err.trim_end(),
-        "error: nothing to compact: give --older-than AGE, --flow-ttl FLOW=AGE, --journal-older-than AGE or --vacuum"
+        "error: nothing to compact: give --older-than AGE, --flow-ttl FLOW=AGE, --journal-older-than AGE, --traces-older-than AGE or --vacuum"
     );
     let (code, err) = fails(&s, &["compact", "--older-than", "soon", "--store", &db]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("invalid value 'soon' for '--older-than <AGE>'"), "{err}");
     // A long time to live keeps them; a flow's own short one removes them.
     let kept = s.cmd(&["compact", "--older-than", "30d", "--store", &db, "--json"]).output().unwrap();
-    assert_eq!(json_lines(&kept), [serde_json::json!({"runs": 0, "steps": 0, "journal": 0})]);
+    assert_eq!(json_lines(&kept), [serde_json::json!({"runs": 0, "steps": 0, "journal": 0, "traces": 0})]);
     std::thread::sleep(std::time::Duration::from_millis(20));
     let out = s.cmd(&["compact", "--older-than", "30d", "--flow-ttl", "review=1ms", "--store", &db]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).ends_with(": 3 runs, 9 step outputs and 0 journal entries removed\n"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).ends_with(": 3 runs, 9 step outputs, 0 journal entries and 0 traces removed\n"),
+        "{}",
+        stdout(&out)
+    );
     let runs = json_lines(&s.cmd(&["runs", "list", "--json", "--store", &db]).output().unwrap());
     assert!(runs.is_empty(), "{runs:?}");
 }

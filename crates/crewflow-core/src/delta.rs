@@ -8,9 +8,10 @@
 //! changes the state in several far-apart places gets a delta spanning them, and when that is
 //! not much smaller than the state the checkpoint is written whole instead.
 //!
-//! A store keeps a run's **chain**: the full text of its last full checkpoint, then the deltas
-//! written since, in order; the state is the chain applied in order. A full checkpoint starts a
-//! new chain. How often one is written is [`DeltaPolicy`]: a chain never grows past
+//! A store keeps a run's **chain**: the full text of its last whole checkpoint, then the deltas
+//! written since, in order; the state is the chain applied in order. A whole checkpoint starts
+//! a new chain (SQLite keeps a large whole state in the chain's table too, out of the run's row,
+//! so that updating the run's status or lease does not rewrite it). How often one is written is [`DeltaPolicy`]: a chain never grows past
 //! `max_chain` deltas nor past the state's own size in delta bytes, so reading a run back
 //! costs at most about twice its state.
 
@@ -159,70 +160,57 @@ pub struct DeltaPolicy {
     pub max_chain: u32,
 }
 
+impl DeltaPolicy {
+    /// Whether a state of `len` bytes starts a chain under `policy`.
+    pub(crate) fn chains(policy: Option<DeltaPolicy>, len: usize) -> bool {
+        policy.is_some_and(|p| len >= p.min_state)
+    }
+}
+
 impl Default for DeltaPolicy {
     fn default() -> Self {
         DeltaPolicy { min_state: 4096, max_chain: 32 }
     }
 }
 
-/// A run's chain as the driver tracks it: the last text written, and what the store holds.
+/// A run's chain as the driver tracks it: the last text written, and what the chain holds
+/// since its last whole state. A new driver (a resumed run) starts with none, so its first
+/// checkpoint is whole.
 #[derive(Debug, Default)]
 pub(crate) struct Chain {
     last: Option<String>,
     deltas: u32,
     bytes: usize,
-    /// The store may hold deltas this driver did not write (a resumed run's).
-    unknown: bool,
-}
-
-/// How a checkpoint writes the state.
-#[derive(Debug)]
-pub(crate) enum Written {
-    /// As this delta from the previous checkpoint's text.
-    Delta(StateDelta),
-    /// Whole; `ends_chain`: the store holds deltas to drop.
-    Whole { ends_chain: bool },
 }
 
 impl Chain {
-    /// The chain of a resumed run: the first whole checkpoint drops whatever the store holds.
-    pub fn resumed() -> Chain {
-        Chain { unknown: true, ..Chain::default() }
-    }
-
-    /// How to write `text` (`whole`: it must be whole). Either way `text` becomes the chain's
-    /// last text.
-    pub fn next(&mut self, text: &str, policy: Option<DeltaPolicy>, whole: bool) -> Written {
-        let ends_chain = self.deltas > 0 || self.unknown;
-        let delta = match (&self.last, policy) {
-            (Some(last), Some(policy))
-                if !whole && text.len() >= policy.min_state && self.deltas < policy.max_chain =>
-            {
+    /// The delta to write for `text`, or `None` to write it whole. Either way `text` becomes
+    /// the chain's last text.
+    pub fn next(&mut self, text: &str, policy: Option<DeltaPolicy>) -> Option<StateDelta> {
+        let policy = policy?;
+        let delta = match &self.last {
+            Some(last) if text.len() >= policy.min_state && self.deltas < policy.max_chain => {
                 let delta = StateDelta::between(last, text);
                 // Whole when the delta is not much smaller, or the chain would outweigh the state.
                 (delta.weight() * 4 < text.len() && self.bytes + delta.weight() <= text.len()).then_some(delta)
             }
             _ => None,
         };
-        if policy.is_some() {
-            // Kept for the next delta (reusing the buffer): one copy of the state per checkpoint.
-            let last = self.last.get_or_insert_with(String::new);
-            last.clear();
-            last.push_str(text);
-        }
-        match delta {
+        // Kept for the next delta (reusing the buffer): one copy of the state per checkpoint.
+        let last = self.last.get_or_insert_with(String::new);
+        last.clear();
+        last.push_str(text);
+        match &delta {
             Some(d) => {
                 self.deltas += 1;
                 self.bytes += d.weight();
-                Written::Delta(d)
             }
             None => {
                 self.deltas = 0;
                 self.bytes = 0;
-                self.unknown = false;
-                Written::Whole { ends_chain }
             }
         }
+        delta
     }
 }
 
@@ -261,25 +249,17 @@ mod tests {
     fn the_chain_writes_whole_states_when_deltas_do_not_pay() {
         let policy = Some(DeltaPolicy { min_state: 100, max_chain: 2 });
         let big = |c: char| format!("{{\"s\":\"{}\",\"tail\":\"{}\"}}", c, "x".repeat(200));
-        let whole = |w: Written| match w {
-            Written::Whole { ends_chain } => Some(ends_chain),
-            Written::Delta(_) => None,
-        };
         let mut chain = Chain::default();
-        assert_eq!(whole(chain.next(&big('a'), policy, false)), Some(false), "the first checkpoint is whole");
-        assert_eq!(whole(chain.next(&big('b'), policy, false)), None);
-        assert_eq!(whole(chain.next(&big('c'), policy, false)), None);
-        assert_eq!(whole(chain.next(&big('d'), policy, false)), Some(true), "max_chain reached");
-        assert_eq!(whole(chain.next(&big('e'), policy, false)), None);
-        assert_eq!(whole(chain.next(&big('f'), policy, true)), Some(true), "a run's end is whole");
-        assert_eq!(whole(chain.next("{}", policy, false)), Some(false), "small states are whole");
-        assert_eq!(whole(chain.next(&big('g'), None, false)), Some(false), "no policy: always whole");
+        assert!(chain.next(&big('a'), policy).is_none(), "the first checkpoint is whole");
+        assert!(chain.next(&big('b'), policy).is_some());
+        assert!(chain.next(&big('c'), policy).is_some());
+        assert!(chain.next(&big('d'), policy).is_none(), "max_chain reached");
+        assert!(chain.next(&big('e'), policy).is_some());
+        assert!(chain.next("{}", policy).is_none(), "small states are whole");
+        assert!(chain.next(&big('g'), None).is_none(), "no policy: always whole");
         // Everything changed: a delta would be as large as the state.
         let other = format!("{{\"t\":\"{}\"}}", "y".repeat(220));
-        assert_eq!(whole(chain.next(&other, policy, false)), Some(false));
-        let mut resumed = Chain::resumed();
-        assert_eq!(whole(resumed.next(&big('h'), policy, false)), Some(true), "a resumed run's store may hold deltas");
-        assert_eq!(whole(resumed.next(&big('i'), policy, false)), None);
+        assert!(chain.next(&other, policy).is_none());
     }
 
     #[test]

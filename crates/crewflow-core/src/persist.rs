@@ -114,6 +114,9 @@ pub struct NewRun {
     pub state: String,
     /// The version of the state's type (see [`crate::versions`]).
     pub state_version: u32,
+    /// The state is large and its checkpoints will be deltas: a store that keeps deltas
+    /// ([`RunStore::state_deltas`]) keeps it as the start of the run's chain.
+    pub chained: bool,
     /// The initial frontier, as JSON text.
     pub frontier: String,
     /// The owning process.
@@ -137,10 +140,11 @@ pub struct Checkpoint {
     pub state_version: u32,
     /// The state as a delta (a [`StateDelta`](crate::delta::StateDelta) as JSON text) from the
     /// previous checkpoint's: the store appends it to the run's chain instead of replacing the
-    /// state. Only sent to stores whose [`RunStore::state_deltas`] is true, never in a run's end.
+    /// state (a whole state replaces the chain). Only sent to stores whose
+    /// [`RunStore::state_deltas`] is true.
     pub delta: Option<String>,
-    /// A whole state that ends a chain: the store drops the run's stored deltas with it.
-    pub drop_deltas: bool,
+    /// A whole `state` that starts a chain (see [`NewRun::chained`]).
+    pub chained: bool,
     /// The frontier, as JSON text.
     pub frontier: String,
     /// The steps completed since the previous checkpoint (at least one).
@@ -264,6 +268,9 @@ pub struct Retention {
     /// The journal of a finished or cancelled run is dropped this long after its end: such a
     /// run never runs a step again, so nothing replays it. `None` keeps it.
     pub drop_journal_after: Option<Duration>,
+    /// Conversation traces finalized longer ago than this are deleted with their spans (the
+    /// sessions and their turns stay). `None` keeps them.
+    pub drop_traces_after: Option<Duration>,
     /// Give the freed space back to the file system (SQLite: `VACUUM`, which rewrites the file
     /// and blocks writers while it runs; PostgreSQL reclaims space itself).
     pub vacuum: bool,
@@ -293,6 +300,13 @@ impl Retention {
         self
     }
 
+    /// Deletes conversation traces finalized longer ago than `age` (see
+    /// [`Retention::drop_traces_after`]).
+    pub fn drop_traces_after(mut self, age: Duration) -> Self {
+        self.drop_traces_after = Some(age);
+        self
+    }
+
     /// Gives freed space back to the file system (see [`Retention::vacuum`]).
     pub fn vacuum(mut self, vacuum: bool) -> Self {
         self.vacuum = vacuum;
@@ -309,6 +323,8 @@ pub struct CompactReport {
     pub steps: u64,
     /// Journal entries deleted (of deleted runs, and dropped journals).
     pub journal: u64,
+    /// Conversation traces deleted (with their spans).
+    pub traces: u64,
 }
 
 /// A run taken over by a process, with the fencing token to write with.

@@ -78,10 +78,11 @@ ALTER TABLE crewflow_runs ADD COLUMN state_version BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE crewflow_sessions ADD COLUMN state_version BIGINT NOT NULL DEFAULT 0;
 -- The same table as SQLite's, for one schema on both backends. Unused here for now: a delta
 -- applies to the exact text it was computed from, and `state` (JSONB) does not keep the text.
-CREATE TABLE crewflow_state_deltas (
+CREATE TABLE crewflow_state_chain (
     run_id TEXT NOT NULL,
     seq    BIGINT NOT NULL,
-    delta  TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    body   TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
 );
 "#,

@@ -40,6 +40,14 @@ impl PostgresStore {
                             )
                             .await?;
                     }
+                    if let Some(age) = retention.drop_traces_after {
+                        // Open traces (a session still talking) are never touched.
+                        let old = "SELECT id FROM crewflow_traces WHERE finalized_at IS NOT NULL AND finalized_at < $1";
+                        let at = cutoff(now, age);
+                        tx.execute(&format!("DELETE FROM crewflow_spans WHERE trace_id IN ({old})"), &[&at]).await?;
+                        report.traces +=
+                            tx.execute(&format!("DELETE FROM crewflow_traces WHERE id IN ({old})"), &[&at]).await?;
+                    }
                     tx.commit().await?;
                     Ok(report)
                 }

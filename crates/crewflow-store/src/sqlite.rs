@@ -79,10 +79,11 @@ CREATE TABLE crewflow_steps (
     r#"
 ALTER TABLE crewflow_runs ADD COLUMN state_version INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE crewflow_sessions ADD COLUMN state_version INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE crewflow_state_deltas (
+CREATE TABLE crewflow_state_chain (
     run_id TEXT NOT NULL,
     seq    INTEGER NOT NULL,
-    delta  TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    body   TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 "#,
@@ -307,7 +308,9 @@ impl RunStore for SqliteStore {
                     } else {
                         (Some(row.owner.to_string()), Some(t + lease_ms(row.lease)), 1)
                     };
-                    let inserted = c.execute(
+                    let tx = c.transaction()?;
+                    let in_row = if row.chained { "" } else { &row.state };
+                    let inserted = tx.execute(
                         "INSERT INTO crewflow_runs (id, flow, fingerprint, status, owner, lease_until, fencing, seq,
                              inputs, payload, state, frontier, created_at, updated_at, state_version)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?12, ?13)",
@@ -321,14 +324,20 @@ impl RunStore for SqliteStore {
                             fencing,
                             row.inputs,
                             row.payload,
-                            row.state,
+                            in_row,
                             row.frontier,
                             t,
                             row.state_version
                         ],
                     );
                     match inserted {
-                        Ok(_) => Ok(()),
+                        Ok(_) => {
+                            if row.chained {
+                                chain_row(&tx, &row.run_id.to_string(), 0, "whole", &row.state)?;
+                            }
+                            tx.commit()?;
+                            Ok(())
+                        }
                         Err(rusqlite::Error::SqliteFailure(e, _))
                             if e.code == rusqlite::ErrorCode::ConstraintViolation =>
                         {
@@ -353,22 +362,12 @@ impl RunStore for SqliteStore {
                 self.call(move |c| {
                     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                     let t = ms(now());
-                    // A delta leaves the whole state it applies to in place and joins the chain.
-                    let sql = match cp.delta {
-                        None => {
-                            "UPDATE crewflow_runs SET state = ?1, frontier = ?2, seq = ?3, updated_at = ?4,
-                                 pending = coalesce(?7, pending), state_version = ?8
-                             WHERE id = ?5 AND fencing = ?6"
-                        }
-                        // (`?1`, the empty state a delta comes with, binds all parameters alike.)
-                        Some(_) => {
-                            "UPDATE crewflow_runs SET frontier = ?2, seq = ?3, updated_at = ?4,
-                                 pending = coalesce(?7, pending), state_version = ?8
-                             WHERE id = ?5 AND fencing = ?6 AND ?1 = ''"
-                        }
-                    };
+                    // The row's state: kept for a delta, '' when the state lives in the chain.
+                    let sql = "UPDATE crewflow_runs SET state = coalesce(?1, state), frontier = ?2, seq = ?3,
+                                   updated_at = ?4, pending = coalesce(?7, pending), state_version = ?8
+                               WHERE id = ?5 AND fencing = ?6";
                     let updated = tx.prepare_cached(sql)?.execute(params![
-                        cp.state,
+                        row_state(&cp),
                         cp.frontier,
                         cp.seq as i64,
                         t,
@@ -401,7 +400,7 @@ impl RunStore for SqliteStore {
                     let updated = match &end.checkpoint {
                         Some(cp) => tx.execute(
                             "UPDATE crewflow_runs SET status = ?1, error = ?2, final_activation = ?3, owner = NULL,
-                                 lease_until = NULL, updated_at = ?4, state = ?5, frontier = ?6, seq = ?7,
+                                 lease_until = NULL, updated_at = ?4, state = coalesce(?5, state), frontier = ?6, seq = ?7,
                                  pending = coalesce(?10, pending), state_version = ?11
                              WHERE id = ?8 AND fencing = ?9",
                             params![
@@ -409,7 +408,7 @@ impl RunStore for SqliteStore {
                                 end.error,
                                 end.final_activation.map(|a| a as i64),
                                 t,
-                                cp.state,
+                                row_state(cp),
                                 cp.frontier,
                                 cp.seq as i64,
                                 id,
@@ -499,14 +498,7 @@ impl RunStore for SqliteStore {
                             })
                         })?
                         .collect::<Result<_, _>>()?;
-                    let deltas: Vec<String> = tx
-                        .prepare_cached("SELECT delta FROM crewflow_state_deltas WHERE run_id = ?1 ORDER BY seq")?
-                        .query_map([&id], |r| r.get(0))?
-                        .collect::<Result<_, _>>()?;
-                    if !deltas.is_empty() {
-                        run.state = crewflow_core::delta::apply_chain(&run.state, deltas.iter().map(String::as_str))
-                            .map_err(|e| StoreError::Corrupt(format!("run {run_id}: {e}")))?;
-                    }
+                    run.state = chained_state(&tx, run_id, std::mem::take(&mut run.state))?;
                     tx.commit()?;
                     Ok(Some(run))
                 })
@@ -780,15 +772,52 @@ impl Inner {
     }
 }
 
-/// The run's chain of state deltas: a delta joins it, a whole state that ends it drops it.
-fn write_chain(tx: &rusqlite::Transaction<'_>, cp: &Checkpoint) -> Result<(), StoreError> {
-    if let Some(delta) = &cp.delta {
-        tx.prepare_cached("INSERT INTO crewflow_state_deltas (run_id, seq, delta) VALUES (?1, ?2, ?3)")?
-            .execute(params![cp.run_id.to_string(), cp.seq as i64, delta])?;
-    } else if cp.drop_deltas {
-        tx.prepare_cached("DELETE FROM crewflow_state_deltas WHERE run_id = ?1")?.execute([cp.run_id.to_string()])?;
+/// What a checkpoint writes in the run's row: nothing for a delta (`None`), `''` for a
+/// whole state kept in the chain (out of the row, so that updating the run's status or lease
+/// does not rewrite it), else the state.
+fn row_state(cp: &Checkpoint) -> Option<&str> {
+    match (&cp.delta, cp.chained) {
+        (Some(_), _) => None,
+        (None, true) => Some(""),
+        (None, false) => Some(&cp.state),
     }
+}
+
+/// The run's chain: a delta joins it; a whole state replaces it (kept in it when `chained`).
+fn write_chain(tx: &rusqlite::Transaction<'_>, cp: &Checkpoint) -> Result<(), StoreError> {
+    let id = cp.run_id.to_string();
+    match &cp.delta {
+        Some(delta) => chain_row(tx, &id, cp.seq, "delta", delta),
+        None => {
+            tx.prepare_cached("DELETE FROM crewflow_state_chain WHERE run_id = ?1")?.execute([&id])?;
+            if cp.chained { chain_row(tx, &id, cp.seq, "whole", &cp.state) } else { Ok(()) }
+        }
+    }
+}
+
+fn chain_row(tx: &rusqlite::Transaction<'_>, id: &str, seq: u64, kind: &str, body: &str) -> Result<(), StoreError> {
+    tx.prepare_cached("INSERT INTO crewflow_state_chain (run_id, seq, kind, body) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![id, seq as i64, kind, body])?;
     Ok(())
+}
+
+/// The state a run's row and chain hold: the chain's whole state with its deltas applied, or
+/// the row's state when it has no chain.
+fn chained_state(tx: &rusqlite::Transaction<'_>, run_id: RunId, row_state: String) -> Result<String, StoreError> {
+    let rows: Vec<(String, String)> = tx
+        .prepare_cached("SELECT kind, body FROM crewflow_state_chain WHERE run_id = ?1 ORDER BY seq")?
+        .query_map([run_id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let corrupt = |e: String| StoreError::Corrupt(format!("the state of run {run_id}: {e}"));
+    let Some(((kind, first), deltas)) = rows.split_first() else { return Ok(row_state) };
+    let base = match kind.as_str() {
+        "whole" => first.as_str(),
+        // A chain of deltas over the row's whole state.
+        _ => {
+            return crewflow_core::delta::apply_chain(&row_state, rows.iter().map(|(_, d)| d.as_str())).map_err(corrupt);
+        }
+    };
+    crewflow_core::delta::apply_chain(base, deltas.iter().map(|(_, d)| d.as_str())).map_err(corrupt)
 }
 
 fn insert_steps(tx: &rusqlite::Transaction<'_>, run_id: RunId, steps: &[StepRow]) -> Result<(), StoreError> {

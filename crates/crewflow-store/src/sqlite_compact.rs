@@ -39,6 +39,17 @@ impl SqliteStore {
                             [cutoff(now, age)],
                         )? as u64;
                     }
+                    if let Some(age) = retention.drop_traces_after {
+                        // Open traces (a session still talking) are never touched.
+                        let old = "SELECT id FROM crewflow_traces WHERE finalized_at IS NOT NULL AND finalized_at < ?1";
+                        tx.execute(
+                            &format!("DELETE FROM crewflow_spans WHERE trace_id IN ({old})"),
+                            [cutoff(now, age)],
+                        )?;
+                        report.traces += tx
+                            .execute(&format!("DELETE FROM crewflow_traces WHERE id IN ({old})"), [cutoff(now, age)])?
+                            as u64;
+                    }
                     tx.commit()?;
                     if retention.vacuum {
                         // In WAL mode the rewritten database goes through the log: checkpoint it
@@ -69,7 +80,7 @@ fn delete_runs(
     let runs = format!("SELECT id FROM crewflow_runs WHERE {condition}");
     report.journal += tx.execute(&format!("DELETE FROM crewflow_journal WHERE run_id IN ({runs})"), params)? as u64;
     report.steps += tx.execute(&format!("DELETE FROM crewflow_steps WHERE run_id IN ({runs})"), params)? as u64;
-    tx.execute(&format!("DELETE FROM crewflow_state_deltas WHERE run_id IN ({runs})"), params)?;
+    tx.execute(&format!("DELETE FROM crewflow_state_chain WHERE run_id IN ({runs})"), params)?;
     report.runs += tx.execute(&format!("DELETE FROM crewflow_runs WHERE {condition}"), params)? as u64;
     Ok(())
 }

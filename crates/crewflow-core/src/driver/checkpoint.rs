@@ -8,22 +8,13 @@ use serde_json::Value;
 
 use super::Driver;
 use crate::cx::RunShared;
-use crate::delta::{Chain, Written};
+use crate::delta::{Chain, DeltaPolicy};
 use crate::error::Error;
 use crate::feedback::FeedbackRecord;
 use crate::frontier::Frontier;
 use crate::output::Output;
 use crate::persist::{Checkpoint, Driving, NewRun, RunStatus, RunStore, StepRow, process_owner};
 use crate::state::FlowState;
-
-/// Whether a checkpoint may write the state as a delta.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Whole {
-    /// A run's end or pause: whole, ending any chain (a resume starts from one text).
-    Always,
-    /// Mid-run: a delta when the chain's policy finds it pays.
-    UnlessDeltaPays,
-}
 
 /// The run's record in the store and what has not been written yet.
 pub(super) struct Durable {
@@ -51,11 +42,13 @@ impl Durable {
             payload: driver.kickoff_payload.as_ref().map(|p| output_json(p, "the kickoff payload")).transpose()?,
             state: state_json(&driver.shared)?,
             state_version: flow.versions.current,
+            chained: false,
             frontier: frontier_json(&driver.frontier)?,
             owner: process_owner(),
             lease: flow.lease,
         };
-        Ok(new)
+        let deltas = flow.store.as_ref().is_some_and(|s| s.state_deltas());
+        Ok(NewRun { chained: deltas && DeltaPolicy::chains(flow.delta_policy, new.state.len()), ..new })
     }
 
     /// Records the new run before its first step runs.
@@ -108,14 +101,14 @@ impl<S: FlowState> Driver<S> {
     /// A checkpoint in the middle of a step (it is about to wait for a person).
     pub(super) async fn checkpoint_now(&mut self) -> Result<(), Error> {
         let Some(store) = self.store() else { return Ok(()) };
-        let checkpoint = self.checkpoint(Whole::UnlessDeltaPays)?;
+        let checkpoint = self.checkpoint()?;
         let step: Arc<str> = Arc::from("(a step waiting for input)");
         Box::pin(write_checkpoint(store, checkpoint, step)).await
     }
 
     /// The run's current checkpoint: state (or its delta), frontier and the unsaved step
-    /// outputs. A run's end is always whole (`Whole::Always`).
-    pub(super) fn checkpoint(&mut self, whole: Whole) -> Result<Checkpoint, Error> {
+    /// outputs.
+    pub(super) fn checkpoint(&mut self) -> Result<Checkpoint, Error> {
         let mut state = state_json(&self.shared)?;
         let frontier = frontier_json(&self.frontier)?;
         let Some(durable) = &mut self.durable else {
@@ -145,16 +138,11 @@ impl<S: FlowState> Driver<S> {
                 message: e.to_string(),
             })?)
         };
-        let (mut delta, mut drop_deltas) = (None, false);
-        if let Some(chain) = &mut durable.chain {
-            match chain.next(&state, self.flow.delta_policy, whole == Whole::Always) {
-                Written::Delta(d) => {
-                    delta =
-                        Some(serde_json::to_string(&d).map_err(|e| Error::Internal(format!("a state delta: {e}")))?);
-                    state = String::new();
-                }
-                Written::Whole { ends_chain } => drop_deltas = ends_chain,
-            }
+        let mut delta = None;
+        let chained = durable.chain.is_some() && DeltaPolicy::chains(self.flow.delta_policy, state.len());
+        if let Some(d) = durable.chain.as_mut().and_then(|chain| chain.next(&state, self.flow.delta_policy)) {
+            delta = Some(serde_json::to_string(&d).map_err(|e| Error::Internal(format!("a state delta: {e}")))?);
+            state = String::new();
         }
         Ok(Checkpoint {
             run_id: self.shared.id,
@@ -162,7 +150,7 @@ impl<S: FlowState> Driver<S> {
             seq: durable.seq,
             state,
             delta,
-            drop_deltas,
+            chained,
             state_version: self.flow.versions.current,
             frontier,
             steps,

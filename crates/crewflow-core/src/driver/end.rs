@@ -6,7 +6,6 @@ use std::sync::{Arc, PoisonError};
 use futures::StreamExt;
 
 use super::Driver;
-use super::checkpoint::Whole;
 use crate::error::Error;
 use crate::event::EventKind;
 use crate::feedback::{FeedbackProvider, FeedbackRequest, Paused};
@@ -52,7 +51,7 @@ impl<S: FlowState> Driver<S> {
     pub(super) async fn finish(mut self: Box<Self>) -> Result<Run<S>, Error> {
         let final_act = self.frontier.final_activation();
         if let Some(store) = self.store() {
-            let checkpoint = self.checkpoint(Whole::Always)?;
+            let checkpoint = self.checkpoint()?;
             let end = RunEnd {
                 run_id: self.shared.id,
                 fencing: checkpoint.fencing,
@@ -80,7 +79,7 @@ impl<S: FlowState> Driver<S> {
             let e = Error::PauseWithoutStore { flow: self.shared.flow.to_string(), step };
             return Err((Some(self), e));
         };
-        let checkpoint = match self.checkpoint(Whole::Always) {
+        let checkpoint = match self.checkpoint() {
             Ok(c) => c,
             Err(e) => return Err((Some(self), e)),
         };

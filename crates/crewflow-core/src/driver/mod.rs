@@ -56,7 +56,7 @@ use crate::scope::RunTelemetry;
 use crate::state::{FlowState, initial_state};
 
 use crate::uncommitted::StateLog;
-use checkpoint::{Durable, Whole, frontier_json, output_json, state_json, write_checkpoint};
+use checkpoint::{Durable, frontier_json, output_json, state_json, write_checkpoint};
 pub(crate) use end::{notify_reviewers, provider_of};
 pub(crate) use resume::{Answered, Restored, drive_resumed, feedback_record, finished_run, paused_run, stored_state};
 
@@ -189,6 +189,7 @@ pub(crate) fn queued_run<S: FlowState>(
         payload: prepared.payload.as_ref().map(|p| output_json(p, "the kickoff payload")).transpose()?,
         state: state_json(shared)?,
         state_version: flow.versions.current,
+        chained: false,
         frontier: frontier_json(&frontier)?,
         owner: Arc::from(""),
         lease: flow.lease,
@@ -508,7 +509,7 @@ impl<S: FlowState> Driver<S> {
         if let Some(durable) = &mut self.durable {
             durable.unsaved.push((c.activation, Utc::now()));
             if flow.checkpoints_after(step_ix) {
-                let checkpoint = self.checkpoint(Whole::UnlessDeltaPays)?;
+                let checkpoint = self.checkpoint()?;
                 if let Some(store) = self.store() {
                     Box::pin(write_checkpoint(store, checkpoint, name)).await?;
                 }
