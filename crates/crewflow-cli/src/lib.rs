@@ -40,10 +40,12 @@ macro_rules! out {
 }
 
 mod app;
+mod chat;
 mod commands;
 mod compact;
 mod drive;
 mod new;
+mod serve;
 mod target;
 mod trace;
 mod trace_html;
@@ -161,6 +163,18 @@ pub enum Command {
         after_help = "Example:\n  crewflow worker --flows review.yaml nightly.yaml --store postgres://app@db/flows"
     )]
     Worker(WorkerArgs),
+    /// Serve flows over HTTP (crewflow-server's routes) until Ctrl-C; prints `listening on
+    /// http://ADDR` first.
+    #[command(
+        after_help = "Examples:\n  crewflow serve --flows review.yaml nightly.yaml --store sqlite://runs.db\n  crewflow serve --flows review.yaml --addr 0.0.0.0:8080 --store postgres://app@db/flows"
+    )]
+    Serve(ServeArgs),
+    /// Hold a conversation with a conversational flow compiled into this binary: each line is
+    /// a turn, `/quit` ends it.
+    #[command(
+        after_help = "Examples:\n  my-binary chat support                 # a new session\n  my-binary chat support --session alice # go on with one"
+    )]
+    Chat(ChatArgs),
     /// Scaffold a new flow: a Rust project (default) or a YAML flow.
     #[command(
         after_help = "Examples:\n  crewflow new triage            # a Rust project in ./triage\n  crewflow new triage --yaml     # triage.yaml, ready for `crewflow run triage.yaml`"
@@ -316,6 +330,28 @@ pub struct WorkerArgs {
     /// How often to look for runs, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub poll_ms: u64,
+}
+
+/// `crewflow serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Flow definitions to serve (a binary's own compiled and conversational flows are always
+    /// served).
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub flows: Vec<PathBuf>,
+    /// The address to listen on; port 0 takes any free port (the first stdout line says which).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
+    pub addr: String,
+}
+
+/// `crewflow chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// The conversational flow's name (mounted with `App::chat`).
+    pub flow: String,
+    /// Go on with this session (new if it is not stored yet); default: a new generated id.
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
 }
 
 /// `crewflow new`.
