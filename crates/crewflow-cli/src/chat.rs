@@ -51,12 +51,8 @@ pub(crate) async fn chat(ctx: &Ctx, args: ChatArgs) -> Result<Exit, CliError> {
         Some(id) => SessionId::new(id.clone()).map_err(|e| CliError::new(Exit::Usage, format!("--session: {e}")))?,
         None => SessionId::generate(),
     };
-    if ctx.store_named() && !ctx.json {
-        eprintln!(
-            "note: flow `{}` keeps its sessions in the store it was built with (ChatFlow::new), not in --store",
-            flow.name()
-        );
-    }
+    // The sessions live in the store the chat flow was built with (`ChatFlow::new`), chosen
+    // in code as a compiled flow's run store is; `--store` does not move them.
     let history = flow.history(&session).await.map_err(|e| session_failed(&flow, e))?;
     greet(ctx, flow.name(), &session, history.as_deref());
     let interactive = std::io::stdin().is_terminal();

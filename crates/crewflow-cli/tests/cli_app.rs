@@ -70,9 +70,50 @@ fn main() -> ExitCode {
     let out = run(&["runs", "list", "--json"], Some(&db));
     assert_eq!(text(&out.stdout).lines().count(), 2, "{}", text(&out.stdout));
 
+    // chat: piped lines are turns, replies on stdout; a session goes on where it was left
+    let chat = |args: &[&str], input: &str| -> Output {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env("CREWFLOW_TEST_AS_EXAMPLE", "1")
+            .env("CREWFLOW_DB", &db)
+            .current_dir(dir.path())
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = chat(&["chat", "echo", "--session", "ada"], "hello\n\nagain\n/quit\nnot sent\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "turn 0: you said hello\nturn 1: you said again\n");
+    assert_eq!(
+        text(&out.stderr),
+        "new session `ada` of flow `echo`; /quit ends it\nsession `ada` kept; `… chat echo --session ada` goes on with it\n"
+    );
+    let out = chat(&["chat", "echo", "--session", "ada", "--json"], "third\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let turn: serde_json::Value = serde_json::from_str(text(&out.stdout).trim_end()).unwrap();
+    assert_eq!((turn["index"].as_u64(), turn["reply"].as_str()), (Some(2), Some("turn 2: you said third")));
+    let out = chat(&["chat", "echo", "--session", "ada"], "");
+    assert_eq!(
+        text(&out.stderr),
+        "session `ada` of flow `echo`, 6 messages; /quit ends it\nyou> hello\necho> turn 0: you said hello\nyou> again\necho> turn 1: you said again\nyou> third\necho> turn 2: you said third\nsession `ada` kept; `… chat echo --session ada` goes on with it\n"
+    );
+    let out = run(&["sessions", "show", "echo", "ada", "--json"], Some(&db));
+    let shown: serde_json::Value = serde_json::from_str(text(&out.stdout).trim_end()).unwrap();
+    assert_eq!(shown["turns"].as_array().map(Vec::len), Some(3), "{shown}");
+    let out = chat(&["chat", "greet"], "hi\n");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stderr), "error: no conversational flow `greet`; this binary has: echo\n");
+    let out = chat(&["chat", "echo", "--session", ""], "hi\n");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).starts_with("error: --session: "), "{}", text(&out.stderr));
+
     // the binary's help lists the same subcommands
     let help = text(&run(&["--help"], None).stdout);
-    for sub in ["run", "plot", "runs", "feedback", "worker", "trace", "new"] {
+    for sub in ["run", "plot", "runs", "feedback", "worker", "trace", "new", "serve", "chat"] {
         assert!(help.contains(&format!("\n  {sub} ")), "no `{sub}` in:\n{help}");
     }
     eprintln!("cli_app: ok");
