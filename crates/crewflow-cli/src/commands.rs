@@ -32,6 +32,10 @@ pub(crate) async fn dispatch(cli: Cli, app: App) -> Result<Exit, CliError> {
         Command::Sessions(SessionsCommand::List { flow, limit }) => sessions_list(&ctx, flow, limit).await,
         Command::Sessions(SessionsCommand::Show { flow, id }) => sessions_show(&ctx, &flow, &id).await,
         Command::Sessions(SessionsCommand::Delete { flow, id }) => sessions_delete(&ctx, &flow, &id).await,
+        Command::Trace(args) if args.otlp.is_some() => {
+            let endpoint = args.otlp.unwrap_or_default();
+            crate::trace::otlp(&ctx, args.run_id.as_deref(), args.session.as_deref(), &endpoint).await
+        }
         Command::Trace(args) => match (args.run_id, args.session, args.html) {
             (_, Some(session), _) => crate::trace::session(&ctx, &session).await,
             (Some(run_id), None, Some(path)) => crate::trace_html::run(&ctx, &run_id, &path).await,

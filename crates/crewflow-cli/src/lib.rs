@@ -45,6 +45,8 @@ mod commands;
 mod compact;
 mod drive;
 mod new;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod serve;
 mod target;
 mod trace;
@@ -149,7 +151,9 @@ pub enum Command {
     #[command(subcommand)]
     Sessions(SessionsCommand),
     /// A run's timeline from the store (or a session's trace with `--session FLOW/ID`).
-    #[command(after_help = "Examples:\n  crewflow trace 0193f…\n  crewflow trace --session support/alice --json")]
+    #[command(
+        after_help = "Examples:\n  crewflow trace 0193f…\n  crewflow trace --session support/alice --json\n  crewflow trace 0193f… --otlp http://127.0.0.1:4318   # to an OpenTelemetry collector"
+    )]
     Trace(TraceArgs),
     /// Remove ended runs past their time, and journals finished runs no longer need. Never
     /// touches a running, queued or paused run.
@@ -433,6 +437,10 @@ pub struct TraceArgs {
     /// Write the run's trace as one self-contained HTML page to this file instead.
     #[arg(long, value_name = "PATH", conflicts_with = "session")]
     pub html: Option<PathBuf>,
+    /// Send the trace to an OpenTelemetry collector over OTLP/HTTP instead (its base URL,
+    /// e.g. http://127.0.0.1:4318; needs the `otel` feature).
+    #[arg(long, value_name = "URL", conflicts_with = "html")]
+    pub otlp: Option<String>,
 }
 
 /// Runs the command line of this process and returns its exit status.
