@@ -8,6 +8,11 @@
 //!   store keeps (`--store sqlite://runs.db` or `postgres://…`, else `$CREWFLOW_DB`, else
 //!   `crewflow.db`);
 //! - `crewflow run --queue` queues a run, `crewflow worker` runs queued and orphaned runs;
+//! - `crewflow serve --flows flow.yaml` serves flows with `crewflow-server`'s router;
+//! - `chat NAME` holds a conversation with a conversational flow a binary mounted
+//!   ([`App::chat`]);
+//! - `crewflow trace RUN --otlp URL` sends a stored trace to an OpenTelemetry collector
+//!   (feature `otel`, module `otel`);
 //! - `crewflow new NAME [--yaml]` scaffolds a Rust flow project or a YAML flow.
 //!
 //! Exit codes are stable ([`Exit`]); every command and its examples are in `docs/cli.md`.

@@ -62,8 +62,7 @@ impl OtlpExporter {
             return Err(OtelError::BadEndpoint { endpoint: endpoint.to_string() });
         }
         let trimmed = endpoint.trim_end_matches('/');
-        let url =
-            if trimmed.ends_with("/v1/traces") { trimmed.to_string() } else { format!("{trimmed}/v1/traces") };
+        let url = if trimmed.ends_with("/v1/traces") { trimmed.to_string() } else { format!("{trimmed}/v1/traces") };
         // reqwest is built without a TLS provider; crewflow-llm installs ring's (once) before
         // any client of its own, and so does this one.
         crewflow_llm::install_crypto_provider();
@@ -196,7 +195,8 @@ fn describe(r: &SpanRecord) -> (String, span::SpanKind, Vec<KeyValue>) {
     let mut attrs = Vec::new();
     let usage = |attrs: &mut Vec<KeyValue>| {
         if let Some(u) = a.get("usage") {
-            for (from, to) in [("prompt_tokens", "gen_ai.usage.input_tokens"), ("completion_tokens", "gen_ai.usage.output_tokens")]
+            for (from, to) in
+                [("prompt_tokens", "gen_ai.usage.input_tokens"), ("completion_tokens", "gen_ai.usage.output_tokens")]
             {
                 if let Some(n) = u.get(from).and_then(Value::as_u64) {
                     attrs.push(int(to, n));
@@ -258,8 +258,7 @@ fn int(key: &str, value: u64) -> KeyValue {
 }
 
 fn array(items: &[&str]) -> AnyValue {
-    let values =
-        items.iter().map(|s| AnyValue { value: Some(any_value::Value::StringValue((*s).into())) }).collect();
+    let values = items.iter().map(|s| AnyValue { value: Some(any_value::Value::StringValue((*s).into())) }).collect();
     AnyValue { value: Some(any_value::Value::ArrayValue(ArrayValue { values })) }
 }
 

@@ -32,7 +32,10 @@ pub(crate) async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<Exit, CliError> 
     let listener = tokio::net::TcpListener::bind(&args.addr).await.map_err(|e| {
         CliError::new(
             Exit::Usage,
-            format!("cannot listen on {}: {e}; pick a free address with --addr HOST:PORT (port 0: any free port)", args.addr),
+            format!(
+                "cannot listen on {}: {e}; pick a free address with --addr HOST:PORT (port 0: any free port)",
+                args.addr
+            ),
         )
     })?;
     let addr = listener.local_addr().map_err(|e| CliError::new(Exit::Usage, format!("cannot listen: {e}")))?;

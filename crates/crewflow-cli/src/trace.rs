@@ -189,7 +189,12 @@ pub(crate) async fn session(ctx: &Ctx, arg: &str) -> Result<Exit, CliError> {
 /// `crewflow trace … --otlp URL`: sends the run's (or session's) trace to an OTLP/HTTP
 /// collector instead of printing it.
 #[cfg(feature = "otel")]
-pub(crate) async fn otlp(ctx: &Ctx, run_id: Option<&str>, session: Option<&str>, endpoint: &str) -> Result<Exit, CliError> {
+pub(crate) async fn otlp(
+    ctx: &Ctx,
+    run_id: Option<&str>,
+    session: Option<&str>,
+    endpoint: &str,
+) -> Result<Exit, CliError> {
     use crate::otel::{OtlpExporter, run_request, session_request};
     let exporter = OtlpExporter::new(endpoint).map_err(|e| CliError::new(Exit::Usage, e.to_string()))?;
     let (request, what) = match (session, run_id) {

@@ -93,7 +93,9 @@ fn a_run_is_exported_as_a_run_span_over_its_steps() {
         .map(|s| {
             assert_eq!(s.parent_span_id, root.span_id, "{} hangs under the run", s.name);
             assert!(s.start_time_unix_nano <= s.end_time_unix_nano);
-            assert!(root.start_time_unix_nano <= s.start_time_unix_nano && s.end_time_unix_nano <= root.end_time_unix_nano);
+            assert!(
+                root.start_time_unix_nano <= s.start_time_unix_nano && s.end_time_unix_nano <= root.end_time_unix_nano
+            );
             (s.name.as_str(), int(&s.attributes, "crewflow.step.activation").unwrap())
         })
         .collect();
@@ -105,7 +107,10 @@ fn a_run_is_exported_as_a_run_span_over_its_steps() {
     let out = s.cmd(&["trace", &id, "--otlp", &url, "--store", &db, "--json"]).output().unwrap();
     assert_eq!(json_lines(&out), [json!({"sent": 4, "url": format!("{url}/v1/traces")})]);
     let again = self::spans(&rx.blocking_recv().unwrap());
-    assert_eq!(again.iter().map(|s| &s.span_id).collect::<Vec<_>>(), spans.iter().map(|s| &s.span_id).collect::<Vec<_>>());
+    assert_eq!(
+        again.iter().map(|s| &s.span_id).collect::<Vec<_>>(),
+        spans.iter().map(|s| &s.span_id).collect::<Vec<_>>()
+    );
 }
 
 fn hex(text: &str) -> Vec<u8> {
@@ -174,7 +179,8 @@ fn a_session_is_exported_with_gen_ai_attributes() {
     let s = Scratch::new();
     let trace_id = store_session(&s.path("chat.db"), &rt);
 
-    let out = s.cmd(&["trace", "--session", "support/ada", "--otlp", &url, "--store", &s.db("chat.db")]).output().unwrap();
+    let out =
+        s.cmd(&["trace", "--session", "support/ada", "--otlp", &url, "--store", &s.db("chat.db")]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stderr(&out), format!("sent 6 spans of session support/ada to {url}/v1/traces\n"));
     let spans = spans(&rx.blocking_recv().unwrap());
@@ -185,7 +191,8 @@ fn a_session_is_exported_with_gen_ai_attributes() {
         ["answer", "broken", "chat qwen3-0.6b", "execute_tool lookup", "session ada", "turn 0"]
     );
     assert!(spans.iter().all(|s| s.trace_id == hex(&trace_id.replace('-', ""))));
-    let parent = |child: &str, of: &str| assert_eq!(by_name[child].parent_span_id, by_name[of].span_id, "{child} under {of}");
+    let parent =
+        |child: &str, of: &str| assert_eq!(by_name[child].parent_span_id, by_name[of].span_id, "{child} under {of}");
     assert!(by_name["session ada"].parent_span_id.is_empty());
     parent("turn 0", "session ada");
     parent("answer", "turn 0");
@@ -208,7 +215,10 @@ fn a_session_is_exported_with_gen_ai_attributes() {
     }
     assert_eq!(by_name["chat qwen3-0.6b"].kind, opentelemetry_proto::tonic::trace::v1::span::SpanKind::Client as i32);
     let tool = &by_name["execute_tool lookup"].attributes;
-    assert_eq!((text(tool, "gen_ai.tool.name"), text(tool, "gen_ai.tool.call.id")), (Some("lookup".into()), Some("call-1".into())));
+    assert_eq!(
+        (text(tool, "gen_ai.tool.name"), text(tool, "gen_ai.tool.call.id")),
+        (Some("lookup".into()), Some("call-1".into()))
+    );
     let broken = by_name["broken"].status.as_ref().unwrap();
     assert_eq!((broken.code, broken.message.as_str()), (2, "no such order"));
     assert_eq!(by_name["answer"].status.as_ref().unwrap().code, 0);

@@ -49,10 +49,16 @@ fn serve_starts_runs_over_http_and_stops_on_sigterm() {
     assert_eq!((status, flows["flows"][0]["name"].as_str()), (200, Some("review")));
     let (status, run) = http(&addr, "POST", "/flows/review/runs?wait=true", r#"{"topic": "rust flows"}"#);
     assert_eq!(status, 200, "{run}");
-    assert_eq!((run["status"].as_str(), run["output"].as_str()), (Some("finished"), Some("published: draft about rust flows")));
+    assert_eq!(
+        (run["status"].as_str(), run["output"].as_str()),
+        (Some("finished"), Some("published: draft about rust flows"))
+    );
     let id = run["run_id"].as_str().unwrap().to_string();
     let (status, stored) = http(&addr, "GET", &format!("/runs/{id}"), "");
-    assert_eq!((status, stored["status"].as_str(), stored["steps"].as_array().map(Vec::len)), (200, Some("finished"), Some(3)));
+    assert_eq!(
+        (status, stored["status"].as_str(), stored["steps"].as_array().map(Vec::len)),
+        (200, Some("finished"), Some(3))
+    );
     let (status, unknown) = http(&addr, "POST", "/flows/nope/runs", "{}");
     assert_eq!((status, unknown["error"]["code"].as_str()), (404, Some("unknown_flow")));
 
@@ -60,10 +66,7 @@ fn serve_starts_runs_over_http_and_stops_on_sigterm() {
     assert!(status.success());
     let out = server.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(
-        stderr(&out),
-        format!("serving flows review with runs in {db}; Ctrl-C stops it\nserver stopped\n")
-    );
+    assert_eq!(stderr(&out), format!("serving flows review with runs in {db}; Ctrl-C stops it\nserver stopped\n"));
     // the run is in the store the server was given, for the other commands to read
     let listed = json_lines(&s.cmd(&["runs", "list", "--store", &db, "--json"]).output().unwrap());
     assert_eq!((listed.len(), listed[0]["run_id"].as_str()), (1, Some(id.as_str())));
