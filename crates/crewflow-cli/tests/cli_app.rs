@@ -9,6 +9,22 @@ mod own_binary;
 
 use std::process::{Command, ExitCode, Output};
 
+/// One HTTP/1.1 request over loopback; the body as JSON.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let (_, body) = reply.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {reply}"))
+}
+
 fn main() -> ExitCode {
     if std::env::var_os("CREWFLOW_TEST_AS_EXAMPLE").is_some() {
         return own_binary::main();
@@ -110,6 +126,36 @@ fn main() -> ExitCode {
     let out = chat(&["chat", "echo", "--session", ""], "hi\n");
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).starts_with("error: --session: "), "{}", text(&out.stderr));
+
+    // serve: the compiled flow (in its own store) and the conversational one, over HTTP
+    let mut server = Command::new(std::env::current_exe().unwrap())
+        .env("CREWFLOW_TEST_AS_EXAMPLE", "1")
+        .env("CREWFLOW_DB", &db)
+        .current_dir(dir.path())
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut first).unwrap();
+    let addr = first.trim_end().strip_prefix("listening on http://").unwrap().to_string();
+    let flows = http(&addr, "GET", "/flows", "");
+    let names: Vec<(&str, bool)> = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["name"].as_str().unwrap(), f["conversational"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(names, [("echo", true), ("greet", false)]);
+    let started = http(&addr, "POST", "/flows/greet/runs?wait=true", r#"{"name": "Grace"}"#);
+    assert_eq!(started["output"].as_str(), Some("greeted"), "{started}");
+    let turn = http(&addr, "POST", "/sessions/ada/turns", r#"{"message": "over http"}"#);
+    assert_eq!(turn["reply"].as_str(), Some("turn 3: you said over http"), "{turn}");
+    assert!(Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap().success());
+    let out = server.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).ends_with("server stopped\n"), "{}", text(&out.stderr));
 
     // the binary's help lists the same subcommands
     let help = text(&run(&["--help"], None).stdout);
