@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use crewflow_chat::{ChatCx, ChatFlow, ChatState};
 use crewflow_core::trigger::label;
-use crewflow_core::{Cx, Flow, FlowBuilder};
+use crewflow_core::{Cx, EventKind, Flow, FlowBuilder};
 use serde_json::{Map, Value};
 
 type State = Map<String, Value>;
@@ -42,12 +42,21 @@ fn greet() -> Result<Flow<State>, crewflow_core::Error> {
 }
 
 /// `echo`: a conversational flow that answers each message with the turn's number and the
-/// message (offline: no model).
+/// message, streamed word by word (offline: no model).
 fn echo() -> Result<ChatFlow<ChatState>, crewflow_core::Error> {
     let flow = FlowBuilder::<ChatState>::new("echo")
         .start("answer", |cx: Cx<ChatState>, message: String| async move {
             let turn = cx.state(|s| s.turns);
-            cx.reply(format!("turn {turn}: you said {message}"));
+            let reply = format!("turn {turn}: you said {message}");
+            // Streamed in pieces, as a model's reply is (`llm_chunk` events), so `chat` prints
+            // it as it arrives; a model step gets this from `crewflow_llm` by itself.
+            if let Some(scope) = crewflow_core::scope::current() {
+                let call = scope.next_call();
+                for piece in reply.split_inclusive(' ') {
+                    scope.emit(|| EventKind::LlmChunk { call, text: piece.to_string() });
+                }
+            }
+            cx.reply(reply);
             Ok(())
         })
         .build()?;

@@ -131,21 +131,25 @@ async fn turn(ctx: &Ctx, flow: &dyn AnyChat, session: &SessionId, message: &str)
     let mut streamed = false;
     while let Some(item) = stream.next().await {
         match item {
-            Ok(TurnEvent::Token(text)) if !ctx.json => {
+            Ok(TurnEvent::Token(text)) => {
                 streamed = true;
                 let mut out = std::io::stdout().lock();
-                let _ = write!(out, "{text}");
+                let _ = if ctx.json {
+                    writeln!(out, "{}", json!({"type": "token", "text": text}))
+                } else {
+                    write!(out, "{text}")
+                };
                 let _ = out.flush();
             }
             Ok(TurnEvent::Finished(turn)) => {
                 if ctx.json {
                     outln!(
                         "{}",
-                        json!({"session_id": turn.session_id.as_str(), "index": turn.index, "run_id": turn.run_id.to_string(),
+                        json!({"type": "turn", "session_id": turn.session_id.as_str(), "index": turn.index, "run_id": turn.run_id.to_string(),
                                "reply": turn.reply, "intent": turn.intent, "routes": turn.routes})
                     );
                 } else if streamed {
-                    outln!();
+                    outln!(); // the reply was printed as it arrived
                 } else {
                     outln!("{}", turn.reply);
                 }
@@ -153,7 +157,7 @@ async fn turn(ctx: &Ctx, flow: &dyn AnyChat, session: &SessionId, message: &str)
             }
             Ok(_) => {}
             Err(e) => {
-                if streamed {
+                if streamed && !ctx.json {
                     outln!();
                 }
                 eprintln!("error: the turn failed, nothing of it was saved: {e}");

@@ -110,7 +110,12 @@ fn main() -> ExitCode {
     );
     let out = chat(&["chat", "echo", "--session", "ada", "--json"], "third\n");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let turn: serde_json::Value = serde_json::from_str(text(&out.stdout).trim_end()).unwrap();
+    let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let tokens: Vec<&str> =
+        lines.iter().filter(|l| l["type"] == "token").map(|l| l["text"].as_str().unwrap()).collect();
+    assert_eq!(tokens, ["turn ", "2: ", "you ", "said ", "third"], "the reply streams as it arrives");
+    let turn = lines.last().unwrap();
+    assert_eq!(turn["type"], "turn");
     assert_eq!((turn["index"].as_u64(), turn["reply"].as_str()), (Some(2), Some("turn 2: you said third")));
     let out = chat(&["chat", "echo", "--session", "ada"], "");
     assert_eq!(
