@@ -162,6 +162,14 @@ fn main() -> ExitCode {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stderr).ends_with("server stopped\n"), "{}", text(&out.stderr));
 
+    // a compiled flow that keeps its runs nowhere cannot be served: said, with the fix
+    let out = run(&["serve", "--addr", "127.0.0.1:0"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "error: cannot serve: flow `greet` keeps its runs in no store; build it with the server's store (FlowBuilder::store_arc(store.clone()))\n"
+    );
+
     // the binary's help lists the same subcommands
     let help = text(&run(&["--help"], None).stdout);
     for sub in ["run", "plot", "runs", "feedback", "worker", "trace", "new", "serve", "chat"] {
