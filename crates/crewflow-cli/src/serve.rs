@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use crewflow_core::persist::RunStore;
+use crewflow_core::persist::{RunFilter, RunStore};
 use crewflow_server::{Server, ServerError, router};
 
-use crate::commands::Ctx;
+use crate::commands::{Ctx, store_failed};
 use crate::target::Target;
 use crate::worker::wait_for_signal;
 use crate::{CliError, Exit, ServeArgs};
@@ -15,6 +15,9 @@ use crate::{CliError, Exit, ServeArgs};
 /// actually bound (so `--addr 127.0.0.1:0` can be read back).
 pub(crate) async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<Exit, CliError> {
     let (store, url) = server_store(ctx)?;
+    // A store that does not answer (a dead PostgreSQL) is said now, not on the first request.
+    let probe = RunFilter { flow: None, status: None, limit: 1 };
+    store.list_runs(&probe).await.map_err(|e| store_failed(&url, "list runs", e))?;
     let mut server = Server::new(store.clone());
     for flow in ctx.all_mounted() {
         server = flow.serve(server).map_err(refused)?;

@@ -89,6 +89,14 @@ fn serve_refuses_no_flows_and_a_taken_address() {
     assert!(err.starts_with(&format!("error: cannot listen on {addr}: ")), "{err}");
     assert!(err.ends_with("; pick a free address with --addr HOST:PORT (port 0: any free port)\n"), "{err}");
 
+    // a store that does not answer: exit 4 before listening
+    let dead = "postgres://postgres@127.0.0.1:1/none";
+    let out = s.cmd(&["serve", "--flows", "review.yaml", "--addr", "127.0.0.1:0", "--store", dead]).output().unwrap();
+    assert_eq!((out.status.code(), stdout(&out).as_str()), (Some(4), ""));
+    let err = stderr(&out);
+    assert!(err.starts_with(&format!("error: could not list runs in the store `{dead}`: ")), "{err}");
+    assert!(err.ends_with("; check the URL (--store or $CREWFLOW_DB) and that the database is up\n"), "{err}");
+
     let out = s.cmd(&["serve", "--flows", "missing.yaml", "--store", &db]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).starts_with("error: cannot read the flow definition missing.yaml: "), "{}", stderr(&out));
