@@ -4,8 +4,10 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use crewflow_chat::{ChatFlow, Conversational};
 use crewflow_core::{Flow, FlowState};
 
+use crate::chat::AnyChat;
 use crate::target::AnyFlow;
 
 /// The `crewflow` command line for a binary of your own: the same subcommands (`run`, `plot`,
@@ -31,13 +33,19 @@ use crate::target::AnyFlow;
 #[derive(Clone, Default)]
 pub struct App {
     pub(crate) flows: Vec<Arc<dyn AnyFlow>>,
+    pub(crate) chats: Vec<Arc<dyn AnyChat>>,
     pub(crate) default_store: Option<String>,
 }
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> = self.flows.iter().map(|f| f.name()).collect();
-        f.debug_struct("App").field("flows", &names).field("default_store", &self.default_store).finish()
+        let chats: Vec<&str> = self.chats.iter().map(|c| c.name()).collect();
+        f.debug_struct("App")
+            .field("flows", &names)
+            .field("chats", &chats)
+            .field("default_store", &self.default_store)
+            .finish()
     }
 }
 
@@ -52,6 +60,15 @@ impl App {
     pub fn flow<S: FlowState>(mut self, flow: &Flow<S>) -> App {
         self.flows.retain(|f| f.name() != flow.name());
         self.flows.push(Arc::new(flow.clone()));
+        self
+    }
+
+    /// Mounts a conversational flow: `chat NAME` holds a conversation with it in the terminal,
+    /// and `serve` hosts its sessions. Its sessions stay in the store it was built with
+    /// (`ChatFlow::new`). A chat flow mounted twice under one name: the last one wins.
+    pub fn chat<S: Conversational>(mut self, chat: &ChatFlow<S>) -> App {
+        self.chats.retain(|c| c.name() != chat.name());
+        self.chats.push(Arc::new(chat.clone()));
         self
     }
 

@@ -16,7 +16,7 @@ use crate::target::{AnyFlow, Target};
 use crate::{App, Cli, CliError, Command, Exit, FeedbackCommand, Format, PlotArgs, RunsCommand, SessionsCommand};
 
 pub(crate) async fn dispatch(cli: Cli, app: App) -> Result<Exit, CliError> {
-    let ctx = Ctx { store: cli.store.or(app.default_store), json: cli.json, mounted: app.flows };
+    let ctx = Ctx { store: cli.store.or(app.default_store), json: cli.json, mounted: app.flows, chats: app.chats };
     match cli.command {
         Command::Run(args) => run(&ctx, args).await,
         Command::Plot(args) => plot(&ctx, args).await,
@@ -32,6 +32,10 @@ pub(crate) async fn dispatch(cli: Cli, app: App) -> Result<Exit, CliError> {
         Command::Sessions(SessionsCommand::List { flow, limit }) => sessions_list(&ctx, flow, limit).await,
         Command::Sessions(SessionsCommand::Show { flow, id }) => sessions_show(&ctx, &flow, &id).await,
         Command::Sessions(SessionsCommand::Delete { flow, id }) => sessions_delete(&ctx, &flow, &id).await,
+        Command::Trace(args) if args.otlp.is_some() => {
+            let endpoint = args.otlp.unwrap_or_default();
+            crate::trace::otlp(&ctx, args.run_id.as_deref(), args.session.as_deref(), &endpoint).await
+        }
         Command::Trace(args) => match (args.run_id, args.session, args.html) {
             (_, Some(session), _) => crate::trace::session(&ctx, &session).await,
             (Some(run_id), None, Some(path)) => crate::trace_html::run(&ctx, &run_id, &path).await,
@@ -40,6 +44,8 @@ pub(crate) async fn dispatch(cli: Cli, app: App) -> Result<Exit, CliError> {
         },
         Command::Compact(args) => crate::compact::compact(&ctx, args).await,
         Command::Worker(args) => crate::worker::worker(&ctx, args).await,
+        Command::Serve(args) => crate::serve::serve(&ctx, args).await,
+        Command::Chat(args) => crate::chat::chat(&ctx, args).await,
         Command::New(args) => crate::new::new(&ctx, &args),
         Command::Completions { .. } => Ok(Exit::Ok),
     }
@@ -50,6 +56,7 @@ pub(crate) struct Ctx {
     store: Option<String>,
     pub json: bool,
     mounted: Vec<Arc<dyn AnyFlow>>,
+    chats: Vec<Arc<dyn crate::chat::AnyChat>>,
 }
 
 impl Ctx {
@@ -67,6 +74,11 @@ impl Ctx {
     /// Every compiled flow the binary mounted.
     pub fn all_mounted(&self) -> Vec<Arc<dyn AnyFlow>> {
         self.mounted.clone()
+    }
+
+    /// Every conversational flow the binary mounted.
+    pub fn chats(&self) -> Vec<Arc<dyn crate::chat::AnyChat>> {
+        self.chats.clone()
     }
 
     /// The store's URL: `--store`, else `$CREWFLOW_DB`, else `crewflow.db`.

@@ -8,6 +8,11 @@
 //!   store keeps (`--store sqlite://runs.db` or `postgres://…`, else `$CREWFLOW_DB`, else
 //!   `crewflow.db`);
 //! - `crewflow run --queue` queues a run, `crewflow worker` runs queued and orphaned runs;
+//! - `crewflow serve --flows flow.yaml` serves flows with `crewflow-server`'s router;
+//! - `chat NAME` holds a conversation with a conversational flow a binary mounted
+//!   ([`App::chat`]);
+//! - `crewflow trace RUN --otlp URL` sends a stored trace to an OpenTelemetry collector
+//!   (feature `otel`, module `otel`);
 //! - `crewflow new NAME [--yaml]` scaffolds a Rust flow project or a YAML flow.
 //!
 //! Exit codes are stable ([`Exit`]); every command and its examples are in `docs/cli.md`.
@@ -40,10 +45,14 @@ macro_rules! out {
 }
 
 mod app;
+mod chat;
 mod commands;
 mod compact;
 mod drive;
 mod new;
+#[cfg(feature = "otel")]
+pub mod otel;
+mod serve;
 mod target;
 mod trace;
 mod trace_html;
@@ -147,7 +156,9 @@ pub enum Command {
     #[command(subcommand)]
     Sessions(SessionsCommand),
     /// A run's timeline from the store (or a session's trace with `--session FLOW/ID`).
-    #[command(after_help = "Examples:\n  crewflow trace 0193f…\n  crewflow trace --session support/alice --json")]
+    #[command(
+        after_help = "Examples:\n  crewflow trace 0193f…\n  crewflow trace --session support/alice --json\n  crewflow trace 0193f… --otlp http://127.0.0.1:4318   # to an OpenTelemetry collector"
+    )]
     Trace(TraceArgs),
     /// Remove ended runs past their time, and journals finished runs no longer need. Never
     /// touches a running, queued or paused run.
@@ -161,6 +172,18 @@ pub enum Command {
         after_help = "Example:\n  crewflow worker --flows review.yaml nightly.yaml --store postgres://app@db/flows"
     )]
     Worker(WorkerArgs),
+    /// Serve flows over HTTP (crewflow-server's routes) until Ctrl-C; prints `listening on
+    /// http://ADDR` first.
+    #[command(
+        after_help = "Examples:\n  crewflow serve --flows review.yaml nightly.yaml --store sqlite://runs.db\n  crewflow serve --flows review.yaml --addr 0.0.0.0:8080 --store postgres://app@db/flows"
+    )]
+    Serve(ServeArgs),
+    /// Hold a conversation with a conversational flow compiled into this binary: each line is
+    /// a turn, `/quit` ends it.
+    #[command(
+        after_help = "Examples:\n  my-binary chat support                 # a new session\n  my-binary chat support --session alice # go on with one"
+    )]
+    Chat(ChatArgs),
     /// Scaffold a new flow: a Rust project (default) or a YAML flow.
     #[command(
         after_help = "Examples:\n  crewflow new triage            # a Rust project in ./triage\n  crewflow new triage --yaml     # triage.yaml, ready for `crewflow run triage.yaml`"
@@ -321,6 +344,28 @@ pub struct WorkerArgs {
     pub poll_ms: u64,
 }
 
+/// `crewflow serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Flow definitions to serve (a binary's own compiled and conversational flows are always
+    /// served).
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub flows: Vec<PathBuf>,
+    /// The address to listen on; port 0 takes any free port (the first stdout line says which).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
+    pub addr: String,
+}
+
+/// `crewflow chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// The conversational flow's name (mounted with `App::chat`).
+    pub flow: String,
+    /// Go on with this session (new if it is not stored yet); default: a new generated id.
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+}
+
 /// `crewflow new`.
 #[derive(Debug, Args)]
 pub struct NewArgs {
@@ -400,6 +445,10 @@ pub struct TraceArgs {
     /// Write the run's trace as one self-contained HTML page to this file instead.
     #[arg(long, value_name = "PATH", conflicts_with = "session")]
     pub html: Option<PathBuf>,
+    /// Send the trace to an OpenTelemetry collector over OTLP/HTTP instead (its base URL,
+    /// e.g. http://127.0.0.1:4318; needs the `otel` feature).
+    #[arg(long, value_name = "URL", conflicts_with = "html")]
+    pub otlp: Option<String>,
 }
 
 /// Runs the command line of this process and returns its exit status.

@@ -13,6 +13,7 @@ use crewflow_core::graph::Graph;
 use crewflow_core::persist::RunStore;
 use crewflow_core::{Error, EventStream, FeedbackRequest, Flow, FlowState, Kickoff, Run, RunId, Worker};
 use crewflow_declarative::DeclarativeFlow;
+use crewflow_server::{Server, ServerError};
 use serde_json::{Map, Value};
 
 use crate::commands::{Ctx, load_flow};
@@ -50,6 +51,8 @@ pub(crate) trait AnyFlow: Send + Sync {
     fn enqueue(&self, kickoff: Kickoff) -> BoxFuture<'_, Result<RunId, Error>>;
     /// The worker, also taking over this flow's runs.
     fn mount(&self, worker: Worker) -> Worker;
+    /// The server, also hosting this flow.
+    fn serve(&self, server: Server) -> Result<Server, ServerError>;
 }
 
 impl<S: FlowState> AnyFlow for Flow<S> {
@@ -98,6 +101,10 @@ impl<S: FlowState> AnyFlow for Flow<S> {
 
     fn mount(&self, worker: Worker) -> Worker {
         worker.flow(self)
+    }
+
+    fn serve(&self, server: Server) -> Result<Server, ServerError> {
+        server.flow(self)
     }
 }
 

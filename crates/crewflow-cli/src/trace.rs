@@ -1,10 +1,11 @@
 //! `crewflow trace`: a run's story from the store as a tree with a timeline, or a session's
-//! trace spans (session > turn > step > model call / tool call).
+//! trace spans (session > turn > step > model call / tool call); `--otlp URL` sends either to an
+//! OpenTelemetry collector (feature `otel`).
 
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
-use crewflow_chat::SpanRecord;
+use crewflow_chat::{SpanRecord, TraceSummary};
 use crewflow_core::persist::StoredRun;
 use serde_json::{Value, json};
 
@@ -134,7 +135,8 @@ pub(crate) async fn run(ctx: &Ctx, run_id: &str) -> Result<Exit, CliError> {
     Ok(Exit::Ok)
 }
 
-pub(crate) async fn session(ctx: &Ctx, arg: &str) -> Result<Exit, CliError> {
+/// A session's stored traces with their spans, from `FLOW/SESSION_ID`.
+pub(crate) async fn session_traces(ctx: &Ctx, arg: &str) -> Result<Vec<(TraceSummary, Vec<SpanRecord>)>, CliError> {
     let Some((flow, id)) = arg.split_once('/') else {
         return Err(CliError::new(
             Exit::Usage,
@@ -150,9 +152,17 @@ pub(crate) async fn session(ctx: &Ctx, arg: &str) -> Result<Exit, CliError> {
             format!("no trace of session `{id}` of flow `{flow}` in the store `{url}`"),
         ));
     }
-    let mut out = String::new();
-    for t in &traces {
+    let mut out = Vec::with_capacity(traces.len());
+    for t in traces {
         let spans = store.trace_spans(&t.trace_id).await.map_err(|e| store_failed(&url, "read the trace", e))?;
+        out.push((t, spans));
+    }
+    Ok(out)
+}
+
+pub(crate) async fn session(ctx: &Ctx, arg: &str) -> Result<Exit, CliError> {
+    let mut out = String::new();
+    for (t, spans) in session_traces(ctx, arg).await? {
         if ctx.json {
             outln!(
                 "{}",
@@ -174,6 +184,46 @@ pub(crate) async fn session(ctx: &Ctx, arg: &str) -> Result<Exit, CliError> {
     }
     out!("{out}");
     Ok(Exit::Ok)
+}
+
+/// `crewflow trace … --otlp URL`: sends the run's (or session's) trace to an OTLP/HTTP
+/// collector instead of printing it.
+#[cfg(feature = "otel")]
+pub(crate) async fn otlp(
+    ctx: &Ctx,
+    run_id: Option<&str>,
+    session: Option<&str>,
+    endpoint: &str,
+) -> Result<Exit, CliError> {
+    use crate::otel::{OtlpExporter, run_request, session_request};
+    let exporter = OtlpExporter::new(endpoint).map_err(|e| CliError::new(Exit::Usage, e.to_string()))?;
+    let (request, what) = match (session, run_id) {
+        (Some(arg), _) => {
+            let traces = session_traces(ctx, arg).await?;
+            let flow = traces.first().map(|(t, _)| t.flow.clone()).unwrap_or_default();
+            (session_request(&flow, &traces), format!("session {arg}"))
+        }
+        (None, Some(id)) => {
+            let (run, _) = load(ctx, id).await?;
+            (run_request(&run), format!("run {}", run.run_id))
+        }
+        (None, None) => return Err(CliError::new(Exit::Usage, "give a run id, or --session FLOW/ID")),
+    };
+    let sent = exporter.export(&request).await.map_err(|e| CliError::new(Exit::RunFailed, e.to_string()))?;
+    if ctx.json {
+        outln!("{}", json!({"sent": sent, "url": exporter.url()}));
+    } else {
+        eprintln!("sent {sent} spans of {what} to {}", exporter.url());
+    }
+    Ok(Exit::Ok)
+}
+
+#[cfg(not(feature = "otel"))]
+pub(crate) async fn otlp(_: &Ctx, _: Option<&str>, _: Option<&str>, _: &str) -> Result<Exit, CliError> {
+    Err(CliError::new(
+        Exit::Usage,
+        "this crewflow was built without OpenTelemetry export; build it with the `otel` feature (cargo install crewflow-cli --features otel)",
+    ))
 }
 
 fn tree(

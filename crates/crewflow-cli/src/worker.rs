@@ -90,7 +90,7 @@ fn say(json: bool, report: &WorkerReport) {
 }
 
 /// Ctrl-C, or SIGTERM (what `kill` and service managers send).
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

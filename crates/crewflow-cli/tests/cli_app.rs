@@ -9,6 +9,22 @@ mod own_binary;
 
 use std::process::{Command, ExitCode, Output};
 
+/// One HTTP/1.1 request over loopback; the body as JSON.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let (_, body) = reply.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {reply}"))
+}
+
 fn main() -> ExitCode {
     if std::env::var_os("CREWFLOW_TEST_AS_EXAMPLE").is_some() {
         return own_binary::main();
@@ -70,9 +86,93 @@ fn main() -> ExitCode {
     let out = run(&["runs", "list", "--json"], Some(&db));
     assert_eq!(text(&out.stdout).lines().count(), 2, "{}", text(&out.stdout));
 
+    // chat: piped lines are turns, replies on stdout; a session goes on where it was left
+    let chat = |args: &[&str], input: &str| -> Output {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env("CREWFLOW_TEST_AS_EXAMPLE", "1")
+            .env("CREWFLOW_DB", &db)
+            .current_dir(dir.path())
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = chat(&["chat", "echo", "--session", "ada"], "hello\n\nagain\n/quit\nnot sent\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "turn 0: you said hello\nturn 1: you said again\n");
+    assert_eq!(
+        text(&out.stderr),
+        "new session `ada` of flow `echo`; /quit ends it\nsession `ada` kept; `… chat echo --session ada` goes on with it\n"
+    );
+    let out = chat(&["chat", "echo", "--session", "ada", "--json"], "third\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let tokens: Vec<&str> =
+        lines.iter().filter(|l| l["type"] == "token").map(|l| l["text"].as_str().unwrap()).collect();
+    assert_eq!(tokens, ["turn ", "2: ", "you ", "said ", "third"], "the reply streams as it arrives");
+    let turn = lines.last().unwrap();
+    assert_eq!(turn["type"], "turn");
+    assert_eq!((turn["index"].as_u64(), turn["reply"].as_str()), (Some(2), Some("turn 2: you said third")));
+    let out = chat(&["chat", "echo", "--session", "ada"], "");
+    assert_eq!(
+        text(&out.stderr),
+        "session `ada` of flow `echo`, 6 messages; /quit ends it\nyou> hello\necho> turn 0: you said hello\nyou> again\necho> turn 1: you said again\nyou> third\necho> turn 2: you said third\nsession `ada` kept; `… chat echo --session ada` goes on with it\n"
+    );
+    let out = run(&["sessions", "show", "echo", "ada", "--json"], Some(&db));
+    let shown: serde_json::Value = serde_json::from_str(text(&out.stdout).trim_end()).unwrap();
+    assert_eq!(shown["turns"].as_array().map(Vec::len), Some(3), "{shown}");
+    let out = chat(&["chat", "greet"], "hi\n");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stderr), "error: no conversational flow `greet`; this binary has: echo\n");
+    let out = chat(&["chat", "echo", "--session", ""], "hi\n");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).starts_with("error: --session: "), "{}", text(&out.stderr));
+
+    // serve: the compiled flow (in its own store) and the conversational one, over HTTP
+    let mut server = Command::new(std::env::current_exe().unwrap())
+        .env("CREWFLOW_TEST_AS_EXAMPLE", "1")
+        .env("CREWFLOW_DB", &db)
+        .current_dir(dir.path())
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut first).unwrap();
+    let addr = first.trim_end().strip_prefix("listening on http://").unwrap().to_string();
+    let flows = http(&addr, "GET", "/flows", "");
+    let names: Vec<(&str, bool)> = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["name"].as_str().unwrap(), f["conversational"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(names, [("echo", true), ("greet", false)]);
+    let started = http(&addr, "POST", "/flows/greet/runs?wait=true", r#"{"name": "Grace"}"#);
+    assert_eq!(started["output"].as_str(), Some("greeted"), "{started}");
+    let turn = http(&addr, "POST", "/sessions/ada/turns", r#"{"message": "over http"}"#);
+    assert_eq!(turn["reply"].as_str(), Some("turn 3: you said over http"), "{turn}");
+    assert!(Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap().success());
+    let out = server.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).ends_with("server stopped\n"), "{}", text(&out.stderr));
+
+    // a compiled flow that keeps its runs nowhere cannot be served: said, with the fix
+    let out = run(&["serve", "--addr", "127.0.0.1:0"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "error: cannot serve: flow `greet` keeps its runs in no store; build it with the server's store (FlowBuilder::store_arc(store.clone()))\n"
+    );
+
     // the binary's help lists the same subcommands
     let help = text(&run(&["--help"], None).stdout);
-    for sub in ["run", "plot", "runs", "feedback", "worker", "trace", "new"] {
+    for sub in ["run", "plot", "runs", "feedback", "worker", "trace", "new", "serve", "chat"] {
         assert!(help.contains(&format!("\n  {sub} ")), "no `{sub}` in:\n{help}");
     }
     eprintln!("cli_app: ok");

@@ -333,3 +333,20 @@ fn compact_removes_ended_runs_and_refuses_an_empty_policy() {
     let runs = json_lines(&s.cmd(&["runs", "list", "--json", "--store", &db]).output().unwrap());
     assert!(runs.is_empty(), "{runs:?}");
 }
+
+/// Without the `otel` feature, `--otlp` says how to get it (and sends nothing).
+#[cfg(not(feature = "otel"))]
+#[test]
+fn otlp_needs_the_otel_feature() {
+    let s = Scratch::new();
+    s.write("review.yaml", REVIEW);
+    let db = s.db("runs.db");
+    let out = s.cmd(&["run", "review.yaml", "--store", &db, "--json"]).output().unwrap();
+    let id = json_lines(&out).last().unwrap()["run_id"].as_str().unwrap().to_string();
+    let out = s.cmd(&["trace", &id, "--otlp", "http://127.0.0.1:4318", "--store", &db]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "error: this crewflow was built without OpenTelemetry export; build it with the `otel` feature (cargo install crewflow-cli --features otel)\n"
+    );
+}

@@ -1,0 +1,290 @@
+//! OpenTelemetry export of stored traces (feature `otel`): a run's or a session's trace — the
+//! tree `crewflow trace` prints, session > turn > step > model call / tool call, or run >
+//! step — as OTLP spans with the GenAI semantic-convention attributes, sent over OTLP/HTTP
+//! (protobuf) to a collector.
+//!
+//! The spans are built from what the store kept, after the fact, so they are written as OTLP
+//! messages directly (`opentelemetry-proto`) rather than through an SDK tracer, which would
+//! stamp its own ids and times: here the trace id is the run's (or the stored trace's) id, and
+//! a span's id is derived from its place in the tree, so exporting twice gives the same spans.
+//! Nothing global is installed (no tracer provider, no propagator) and nothing is sent unless
+//! an endpoint is given.
+//!
+//! ```no_run
+//! # async fn demo(run: crewflow_core::persist::StoredRun) -> Result<(), crewflow_cli::otel::OtelError> {
+//! let request = crewflow_cli::otel::run_request(&run);
+//! let exporter = crewflow_cli::otel::OtlpExporter::new("http://127.0.0.1:4318")?;
+//! let sent = exporter.export(&request).await?; // POST http://127.0.0.1:4318/v1/traces
+//! # Ok(()) }
+//! ```
+
+use chrono::{DateTime, Utc};
+use crewflow_chat::{SpanRecord, TraceSummary};
+use crewflow_core::persist::{RunStatus, StoredRun};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status};
+use serde_json::{Value, json};
+
+/// What can go wrong sending spans.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OtelError {
+    /// The endpoint is not an `http://` or `https://` URL.
+    #[error("`{endpoint}` is not an OTLP/HTTP endpoint; give the collector's URL, e.g. http://127.0.0.1:4318")]
+    BadEndpoint {
+        /// What was given.
+        endpoint: String,
+    },
+    /// The collector could not be reached, or did not accept the spans.
+    #[error("could not send the spans to {url}: {reason}; check that an OTLP/HTTP collector listens there")]
+    Send {
+        /// Where they were sent.
+        url: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// Sends spans to an OTLP/HTTP collector (`POST {endpoint}/v1/traces`, protobuf).
+#[derive(Clone, Debug)]
+pub struct OtlpExporter {
+    url: String,
+    client: reqwest::Client,
+}
+
+impl OtlpExporter {
+    /// An exporter to `endpoint`: the collector's base URL (`http://host:4318`, to which
+    /// `/v1/traces` is added) or the full traces URL (ending in `/v1/traces`).
+    pub fn new(endpoint: &str) -> Result<OtlpExporter, OtelError> {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(OtelError::BadEndpoint { endpoint: endpoint.to_string() });
+        }
+        let trimmed = endpoint.trim_end_matches('/');
+        let url = if trimmed.ends_with("/v1/traces") { trimmed.to_string() } else { format!("{trimmed}/v1/traces") };
+        // reqwest is built without a TLS provider; crewflow-llm installs ring's (once) before
+        // any client of its own, and so does this one.
+        crewflow_llm::install_crypto_provider();
+        Ok(OtlpExporter { url, client: reqwest::Client::new() })
+    }
+
+    /// The traces URL spans are posted to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends the spans; returns how many were sent.
+    pub async fn export(&self, request: &ExportTraceServiceRequest) -> Result<usize, OtelError> {
+        let body = prost::Message::encode_to_vec(request);
+        let failed = |reason: String| OtelError::Send { url: self.url.clone(), reason };
+        let reply = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/x-protobuf")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        if !reply.status().is_success() {
+            let status = reply.status();
+            let text = reply.text().await.unwrap_or_default();
+            return Err(failed(format!("the collector answered {status} {}", crate::commands::clip(&text, 200))));
+        }
+        Ok(request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum())
+    }
+}
+
+/// A stored run as one trace: the run's span (trace id: the run's id), and one span per step
+/// execution under it (from the previous completion to its own, as `crewflow trace` draws it).
+pub fn run_request(run: &StoredRun) -> ExportTraceServiceRequest {
+    let tl = crate::trace::timeline(run);
+    let at = |ms: f64| run.created_at + chrono::Duration::microseconds((ms * 1000.0) as i64);
+    let mut records = vec![SpanRecord {
+        span_id: "run".into(),
+        parent_id: None,
+        kind: "run".into(),
+        name: run.flow.clone(),
+        started_at: run.created_at,
+        ended_at: Some(at(tl.total)),
+        attributes: json!({"run_id": run.run_id.to_string(), "flow": run.flow, "status": run.status.as_str(),
+                           "error": if run.status == RunStatus::Failed { run.error.clone() } else { None }}),
+    }];
+    for (activation, step, since, finished) in &tl.rows {
+        records.push(SpanRecord {
+            span_id: format!("s{activation}"),
+            parent_id: Some("run".into()),
+            kind: "step".into(),
+            name: step.clone(),
+            started_at: at(*since),
+            ended_at: Some(at(*finished)),
+            attributes: json!({"activation": activation}),
+        });
+    }
+    request(&run.flow, &[(run.run_id.to_string(), records)])
+}
+
+/// A session's stored traces (`SessionStore::list_traces` and `trace_spans`), each an OTLP
+/// trace: session > turn > step > model call / tool call.
+pub fn session_request(flow: &str, traces: &[(TraceSummary, Vec<SpanRecord>)]) -> ExportTraceServiceRequest {
+    let traces: Vec<(String, Vec<SpanRecord>)> =
+        traces.iter().map(|(t, spans)| (t.trace_id.clone(), spans.clone())).collect();
+    request(flow, &traces)
+}
+
+fn request(flow: &str, traces: &[(String, Vec<SpanRecord>)]) -> ExportTraceServiceRequest {
+    let spans = traces.iter().flat_map(|(trace, records)| convert_trace(trace, records)).collect();
+    let resource =
+        Resource { attributes: vec![kv("service.name", "crewflow"), kv("crewflow.flow", flow)], ..Default::default() };
+    let scope = InstrumentationScope {
+        name: "crewflow".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    };
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource),
+            scope_spans: vec![ScopeSpans { scope: Some(scope), spans, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn convert_trace(trace: &str, records: &[SpanRecord]) -> Vec<Span> {
+    let trace_id = trace_id(trace);
+    // An open span (the session span until its trace is finalized) ends with the trace's last.
+    let last = records.iter().filter_map(|r| r.ended_at).chain(records.iter().map(|r| r.started_at)).max();
+    records
+        .iter()
+        .map(|r| {
+            let (name, kind, mut attributes) = describe(r);
+            attributes.push(kv("crewflow.span.kind", r.kind.as_str()));
+            let error = r.attributes.get("error").filter(|e| !e.is_null());
+            Span {
+                trace_id: trace_id.clone(),
+                span_id: span_id(trace, &r.span_id),
+                parent_span_id: r
+                    .parent_id
+                    .as_deref()
+                    .filter(|p| records.iter().any(|o| o.span_id == *p))
+                    .map(|p| span_id(trace, p))
+                    .unwrap_or_default(),
+                name,
+                kind: kind as i32,
+                start_time_unix_nano: nanos(r.started_at),
+                end_time_unix_nano: nanos(r.ended_at.or(last).unwrap_or(r.started_at)),
+                attributes,
+                status: Some(match error {
+                    Some(e) => Status {
+                        code: status::StatusCode::Error as i32,
+                        message: e.as_str().map(String::from).unwrap_or_else(|| e.to_string()),
+                    },
+                    None => Status { code: status::StatusCode::Unset as i32, message: String::new() },
+                }),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// A span's name, kind and attributes, after the GenAI semantic conventions for model and
+/// tool calls (`chat {model}`, `execute_tool {tool}`).
+fn describe(r: &SpanRecord) -> (String, span::SpanKind, Vec<KeyValue>) {
+    let a = &r.attributes;
+    let text = |key: &str| a.get(key).and_then(Value::as_str);
+    let mut attrs = Vec::new();
+    let usage = |attrs: &mut Vec<KeyValue>| {
+        if let Some(u) = a.get("usage") {
+            for (from, to) in
+                [("prompt_tokens", "gen_ai.usage.input_tokens"), ("completion_tokens", "gen_ai.usage.output_tokens")]
+            {
+                if let Some(n) = u.get(from).and_then(Value::as_u64) {
+                    attrs.push(int(to, n));
+                }
+            }
+        }
+    };
+    match r.kind.as_str() {
+        "llm_call" => {
+            attrs.push(kv("gen_ai.operation.name", "chat"));
+            attrs.push(kv("gen_ai.request.model", &r.name));
+            if let Some(p) = text("provider") {
+                attrs.push(kv("gen_ai.provider.name", p));
+            }
+            usage(&mut attrs);
+            if let Some(f) = text("finish_reason") {
+                attrs.push(pair("gen_ai.response.finish_reasons", array(&[f])));
+            }
+            if let Some(id) = text("response_id") {
+                attrs.push(kv("gen_ai.response.id", id));
+            }
+            (format!("chat {}", r.name), span::SpanKind::Client, attrs)
+        }
+        "tool_call" => {
+            attrs.push(kv("gen_ai.operation.name", "execute_tool"));
+            attrs.push(kv("gen_ai.tool.name", &r.name));
+            if let Some(id) = text("tool_call_id") {
+                attrs.push(kv("gen_ai.tool.call.id", id));
+            }
+            (format!("execute_tool {}", r.name), span::SpanKind::Internal, attrs)
+        }
+        kind => {
+            usage(&mut attrs);
+            for key in ["run_id", "flow", "status", "intent", "route"] {
+                if let Some(v) = text(key) {
+                    attrs.push(kv(&format!("crewflow.{key}"), v));
+                }
+            }
+            if let Some(n) = a.get("activation").and_then(Value::as_u64) {
+                attrs.push(int("crewflow.step.activation", n));
+            }
+            let name = if kind == "step" || kind == "turn" { r.name.clone() } else { format!("{kind} {}", r.name) };
+            (name, span::SpanKind::Internal, attrs)
+        }
+    }
+}
+
+fn pair(key: &str, value: AnyValue) -> KeyValue {
+    KeyValue { key: key.into(), value: Some(value), ..Default::default() }
+}
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    pair(key, AnyValue { value: Some(any_value::Value::StringValue(value.into())) })
+}
+
+fn int(key: &str, value: u64) -> KeyValue {
+    let n = i64::try_from(value).unwrap_or(i64::MAX);
+    pair(key, AnyValue { value: Some(any_value::Value::IntValue(n)) })
+}
+
+fn array(items: &[&str]) -> AnyValue {
+    let values = items.iter().map(|s| AnyValue { value: Some(any_value::Value::StringValue((*s).into())) }).collect();
+    AnyValue { value: Some(any_value::Value::ArrayValue(ArrayValue { values })) }
+}
+
+fn nanos(at: DateTime<Utc>) -> u64 {
+    at.timestamp_nanos_opt().and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
+}
+
+/// The trace id: the 16 bytes of a UUID (run ids and stored trace ids are UUIDs), else a hash.
+fn trace_id(text: &str) -> Vec<u8> {
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
+    if hex.len() == 32
+        && let Some(bytes) = (0..16).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect()
+    {
+        return bytes;
+    }
+    [fnv(text, 0), fnv(text, 1)].iter().flat_map(|h| h.to_be_bytes()).collect()
+}
+
+/// A span id derived from the trace and the span's stored id: stable across exports.
+fn span_id(trace: &str, span: &str) -> Vec<u8> {
+    fnv(&format!("{trace}/{span}"), 0).max(1).to_be_bytes().to_vec()
+}
+
+/// FNV-1a, 64 bits, with a seed byte first (two seeds give a 128-bit trace id).
+fn fnv(text: &str, seed: u8) -> u64 {
+    std::iter::once(seed)
+        .chain(text.bytes())
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}

@@ -1,0 +1,103 @@
+//! `crewflow serve`: the real binary serves a YAML flow over loopback HTTP; a run is started
+//! and read back over HTTP, and SIGTERM stops the server cleanly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::Stdio;
+
+use common::*;
+use serde_json::Value;
+
+/// One HTTP/1.1 request over a fresh connection: the status and the body as JSON.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}")))
+}
+
+#[test]
+fn serve_starts_runs_over_http_and_stops_on_sigterm() {
+    let s = Scratch::new();
+    s.write("review.yaml", REVIEW);
+    let db = s.db("runs.db");
+    let mut server = std::process::Command::new(assert_cmd::cargo::cargo_bin!("crewflow"))
+        .current_dir(s.dir.path())
+        .env_remove("CREWFLOW_DB")
+        .args(["serve", "--flows", "review.yaml", "--addr", "127.0.0.1:0", "--store", &db])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let addr = first.trim_end().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{first:?}")).to_string();
+
+    let (status, flows) = http(&addr, "GET", "/flows", "");
+    assert_eq!((status, flows["flows"][0]["name"].as_str()), (200, Some("review")));
+    let (status, run) = http(&addr, "POST", "/flows/review/runs?wait=true", r#"{"topic": "rust flows"}"#);
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(
+        (run["status"].as_str(), run["output"].as_str()),
+        (Some("finished"), Some("published: draft about rust flows"))
+    );
+    let id = run["run_id"].as_str().unwrap().to_string();
+    let (status, stored) = http(&addr, "GET", &format!("/runs/{id}"), "");
+    assert_eq!(
+        (status, stored["status"].as_str(), stored["steps"].as_array().map(Vec::len)),
+        (200, Some("finished"), Some(3))
+    );
+    let (status, unknown) = http(&addr, "POST", "/flows/nope/runs", "{}");
+    assert_eq!((status, unknown["error"]["code"].as_str()), (404, Some("unknown_flow")));
+
+    let status = std::process::Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = server.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stderr(&out), format!("serving flows review with runs in {db}; Ctrl-C stops it\nserver stopped\n"));
+    // the run is in the store the server was given, for the other commands to read
+    let listed = json_lines(&s.cmd(&["runs", "list", "--store", &db, "--json"]).output().unwrap());
+    assert_eq!((listed.len(), listed[0]["run_id"].as_str()), (1, Some(id.as_str())));
+}
+
+#[test]
+fn serve_refuses_no_flows_and_a_taken_address() {
+    let s = Scratch::new();
+    s.write("review.yaml", REVIEW);
+    let db = s.db("runs.db");
+    let out = s.cmd(&["serve", "--store", &db]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stderr(&out), "error: no flows to serve: give their definitions with --flows FILE…\n");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = s.cmd(&["serve", "--flows", "review.yaml", "--addr", &addr, "--store", &db]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.starts_with(&format!("error: cannot listen on {addr}: ")), "{err}");
+    assert!(err.ends_with("; pick a free address with --addr HOST:PORT (port 0: any free port)\n"), "{err}");
+
+    // a store that does not answer: exit 4 before listening
+    let dead = "postgres://postgres@127.0.0.1:1/none";
+    let out = s.cmd(&["serve", "--flows", "review.yaml", "--addr", "127.0.0.1:0", "--store", dead]).output().unwrap();
+    assert_eq!((out.status.code(), stdout(&out).as_str()), (Some(4), ""));
+    let err = stderr(&out);
+    assert!(err.starts_with(&format!("error: could not list runs in the store `{dead}`: ")), "{err}");
+    assert!(err.ends_with("; check the URL (--store or $CREWFLOW_DB) and that the database is up\n"), "{err}");
+
+    let out = s.cmd(&["serve", "--flows", "missing.yaml", "--store", &db]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).starts_with("error: cannot read the flow definition missing.yaml: "), "{}", stderr(&out));
+}
