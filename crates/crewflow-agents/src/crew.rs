@@ -36,6 +36,7 @@ pub struct Task {
     output_problem: Option<String>,
     guardrails: Vec<Guardrail>,
     guardrail_max_retries: u32,
+    output_file: Option<String>,
 }
 
 impl std::fmt::Debug for Task {
@@ -97,6 +98,7 @@ impl Task {
             output_problem: None,
             guardrails: Vec::new(),
             guardrail_max_retries: DEFAULT_GUARDRAIL_RETRIES,
+            output_file: None,
         }
     }
 
@@ -137,6 +139,15 @@ impl Task {
     /// How many times the agent may try again after a guardrail rejected its answer (default 3).
     pub fn guardrail_max_retries(mut self, n: u32) -> Self {
         self.guardrail_max_retries = n;
+        self
+    }
+
+    /// Writes the task's output to `path` (its `{placeholder}`s filled from the inputs;
+    /// missing directories created): the JSON, pretty, for a typed output, else the raw
+    /// answer. Inside a durable run the write is recorded in the journal, so a step that
+    /// replays the task does not write it again.
+    pub fn output_file(mut self, path: impl Into<String>) -> Self {
+        self.output_file = Some(path.into());
         self
     }
 
@@ -188,6 +199,11 @@ impl Task {
             return Err(AgentError::Config(format!("task \"{}\": {problem}", self.name)));
         }
         let (description, prompt) = self.prompt(inputs, context)?;
+        // Interpolated before the model is called: a missing placeholder costs nothing.
+        let output_file = match &self.output_file {
+            Some(path) => Some(crate::output_file::path(&self.name, path, inputs)?),
+            None => None,
+        };
         let mut usage = TokenUsage::default();
         let mut feedback: Option<String> = None;
         let attempts = self.guardrail_max_retries.saturating_add(1);
@@ -213,7 +229,12 @@ impl Task {
                 attempts: attempt,
             };
             match self.guardrails.iter().find_map(|g| g(&output).err()) {
-                None => return Ok(output),
+                None => {
+                    if let Some(path) = &output_file {
+                        crate::output_file::write(&self.name, path, &output).await?;
+                    }
+                    return Ok(output);
+                }
                 Some(f) => feedback = Some(f),
             }
         }
@@ -336,6 +357,33 @@ impl Crew {
             tasks: outputs,
             usage,
         })
+    }
+
+    /// Kicks the crew off once per inputs, at most `concurrency` at a time, and gives the
+    /// outputs in the order of the inputs. The first failure (in input order) is the error.
+    /// Inside a durable run each kickoff's calls are journaled under `each:<index>`, so
+    /// concurrent kickoffs never share a journal key.
+    pub async fn kickoff_for_each(
+        &self,
+        inputs: impl IntoIterator<Item = Inputs>,
+        concurrency: usize,
+    ) -> Result<Vec<CrewOutput>, AgentError> {
+        use futures::{StreamExt, TryStreamExt};
+        if concurrency == 0 {
+            return Err(AgentError::Config(
+                "kickoff_for_each needs a concurrency of at least 1 (how many kickoffs run at once)".into(),
+            ));
+        }
+        self.check()?;
+        let base = journal::current_path();
+        futures::stream::iter(inputs.into_iter().enumerate())
+            .map(|(i, inputs)| {
+                let path = journal::join(&base, &format!("each:{i}"));
+                async move { journal::with_path(path, self.kickoff(&inputs)).await }
+            })
+            .buffered(concurrency)
+            .try_collect()
+            .await
     }
 
     /// Set-up errors, before anything runs.

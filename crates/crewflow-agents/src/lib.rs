@@ -7,8 +7,10 @@ mod agent;
 mod crew;
 mod error;
 mod journal;
+mod output_file;
 mod template;
 mod tool;
+mod yaml;
 
 pub use agent::{Agent, AgentOutput, DEFAULT_MAX_ITER};
 pub use crew::{Crew, CrewOutput, Guardrail, Process, Task, TaskOutput};
@@ -16,6 +18,7 @@ pub use crewflow_macros::tool;
 pub use error::{AgentError, ToolError};
 pub use template::Inputs;
 pub use tool::{IntoToolResult, Tool, ToolFn, ToolFuture, ToolOptions, ToolOutcome, ToolResult, ToolSet};
+pub use yaml::{CrewRegistry, YamlError};
 
 /// Support for the code `#[tool]` generates. Not a public API.
 #[doc(hidden)]
