@@ -229,6 +229,13 @@ impl Agent {
         self.run(&prompt, inputs, None).await
     }
 
+    /// Runs the loop on `prompt` as it is (its braces are not placeholders: it may quote text
+    /// holding `{...}`), with the role, goal and backstory's `{placeholder}`s filled from
+    /// `inputs`.
+    pub async fn kickoff_verbatim(&self, prompt: &str, inputs: &Inputs) -> Result<AgentOutput, AgentError> {
+        self.run(prompt, inputs, None).await
+    }
+
     /// Runs the loop and decodes the final answer as `T`: the model is told `T`'s JSON Schema,
     /// the answer is checked against it and, if it does not fit, the model is asked once to
     /// repair it, told what was wrong. Failing again is [`AgentError::InvalidOutput`].
