@@ -51,8 +51,7 @@ async fn a_flow_runs_a_yaml_crew_and_an_agent() {
     let second = reqs[1].json();
     assert!(second["messages"][0]["content"].as_str().unwrap().contains("Keep it short for engineers."), "{second}");
     assert_eq!(
-        second["messages"][1]["content"],
-        "Summarise {topic}: Lighthouses use Fresnel lenses. They are automated.",
+        second["messages"][1]["content"], "Summarise {topic}: Lighthouses use Fresnel lenses. They are automated.",
         "the prompt's braces are text; the inputs fill the agent's placeholders"
     );
 }
@@ -77,7 +76,10 @@ async fn an_unknown_crew_or_agent_fails_the_build() {
         err.to_string(),
         "flow `research_flow`, method `summarise`: do: no agent `editor` is registered — did you mean `editors`? (registered: editors); register it with Registry::agent"
     );
-    let doc = FLOW.replace("call: agent, ref: editor, prompt: \"Summarise {topic}: ${outputs.research}\", inputs: {audience: engineers}", "call: tool, ref: search");
+    let doc = FLOW.replace(
+        "call: agent, ref: editor, prompt: \"Summarise {topic}: ${outputs.research}\", inputs: {audience: engineers}",
+        "call: tool, ref: search",
+    );
     let err = FlowDefinition::from_yaml(&doc).unwrap().build(&registry).err().unwrap();
     assert!(
         err.to_string()
