@@ -311,10 +311,12 @@ async fn kickoff_for_each_keeps_input_order_and_its_concurrency_limit() {
     let raws: Vec<String> = outs.iter().map(|o| o.raw.clone()).collect();
     let expected: Vec<String> = topics.iter().map(|t| format!("about {t}")).collect();
     assert_eq!(raws, expected, "outputs in input order");
-    let g = gate.lock().unwrap();
-    assert_eq!(g.seen, topics.len());
-    assert_eq!(g.max, 3, "never more than 3 model requests in flight, and the limit was used");
-    drop(g);
+    let (seen, max) = {
+        let g = gate.lock().unwrap();
+        (g.seen, g.max)
+    };
+    assert_eq!(seen, topics.len());
+    assert_eq!(max, 3, "never more than 3 model requests in flight, and the limit was used");
 
     let err = crew.kickoff_for_each(Vec::<Inputs>::new(), 0).await.unwrap_err();
     assert_eq!(err.to_string(), "kickoff_for_each needs a concurrency of at least 1 (how many kickoffs run at once)");
