@@ -107,6 +107,37 @@ async fn a_yaml_crew_runs_its_tools_context_and_output_file() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "# Lighthouses\nA short report.");
 }
 
+/// `allow_delegation: true` in a sequential crew: the agent gets `delegate_work` and
+/// `ask_coworker` over the other agents (not itself), and a delegation reaches the named one.
+#[tokio::test]
+async fn an_agent_allowed_to_delegate_reaches_its_coworker() {
+    let server = TestServer::start(vec![
+        openai_tool_calls(&[(
+            "d1",
+            "delegate_work",
+            json!({"coworker": "Writer", "task": "Write one line on tides."}),
+        )]),
+        openai_completion("Tides follow the moon."),
+        openai_completion("Final: Tides follow the moon."),
+    ])
+    .await;
+    let agents = "lead:\n  role: Lead\n  llm: fast\n  allow_delegation: true\nwriter:\n  role: Writer\n  llm: fast\n";
+    let tasks = "piece:\n  description: A line on {topic}.\n  agent: lead\n";
+    let crew = Crew::from_yaml(agents, tasks, &registry(&server)).unwrap();
+    let out = crew.kickoff(&Inputs::from([("topic", "tides")])).await.unwrap();
+    assert_eq!(out.raw, "Final: Tides follow the moon.");
+    assert_eq!(out.usage.total(), 40 + 25 + 25, "the coworker's tokens count in the task's usage");
+    let reqs = server.requests();
+    let first = reqs[0].json();
+    let tools: Vec<&str> =
+        first["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
+    assert_eq!(tools, ["delegate_work", "ask_coworker"]);
+    assert_eq!(first["tools"][0]["function"]["parameters"]["properties"]["coworker"]["enum"], json!(["Writer"]));
+    let coworker = messages(&reqs[1]);
+    assert!(coworker[0]["content"].as_str().unwrap().starts_with("You are Writer"), "{coworker:?}");
+    assert_eq!(coworker[1]["content"], "Write one line on tides.");
+}
+
 /// Each loading error, pinned: the file, the line, what is wrong and the fix.
 #[tokio::test]
 async fn yaml_errors_name_the_file_the_line_and_the_fix() {
@@ -142,9 +173,9 @@ async fn yaml_errors_name_the_file_the_line_and_the_fix() {
             "agents.yaml, line 4: agent `a`: `max_iter` must be a number, 0 or more",
         ),
         (
-            "a:\n  role: R\n  llm: fast\n  allow_delegation: true\n",
+            "a:\n  role: R\n  llm: fast\n  allow_delegation: yes\n",
             tasks_ok,
-            "agents.yaml, line 4: agent `a`: `allow_delegation: true` is not supported yet; make the crew hierarchical (Crew::process(Process::Hierarchical)) so a manager delegates, or set it to false",
+            "agents.yaml, line 4: agent `a`: `allow_delegation` must be true or false",
         ),
         (
             "",

@@ -37,6 +37,7 @@ pub struct Agent {
     tools: ToolSet,
     max_iter: u32,
     max_execution_time: Option<Duration>,
+    allow_delegation: bool,
 }
 
 /// What an agent produced.
@@ -143,6 +144,7 @@ impl Agent {
             tools: ToolSet::new(),
             max_iter: DEFAULT_MAX_ITER,
             max_execution_time: None,
+            allow_delegation: false,
         }
     }
 
@@ -195,6 +197,18 @@ impl Agent {
     pub fn max_execution_time(mut self, limit: Duration) -> Self {
         self.max_execution_time = Some(limit);
         self
+    }
+
+    /// In a sequential crew, the agent may delegate to and ask the crew's other agents, through
+    /// the `delegate_work` and `ask_coworker` tools (CrewAI's `allow_delegation`; default off).
+    pub fn allow_delegation(mut self, allow: bool) -> Self {
+        self.allow_delegation = allow;
+        self
+    }
+
+    /// Whether it may delegate in a sequential crew.
+    pub fn delegates(&self) -> bool {
+        self.allow_delegation
     }
 
     /// Its role, as written (placeholders not filled).

@@ -344,6 +344,12 @@ impl Crew {
                 (Some((m, extra)), _) => {
                     journal::with_path(path, task.run_with(m, inputs, &context, Some(extra))).await?
                 }
+                (None, Some(agent)) if agent.delegates() => {
+                    let (role, _, _) = agent.persona(inputs)?;
+                    let (tools, extra) = self.coworker_tools(inputs, Some(&role))?;
+                    let agent = agent.clone().tools(&tools);
+                    journal::with_path(path, task.run_with(&agent, inputs, &context, Some(&extra))).await?
+                }
                 (None, Some(agent)) => journal::with_path(path, task.run_with(agent, inputs, &context, None)).await?,
                 (None, None) => unreachable_checked(&task.name)?,
             };
@@ -437,9 +443,23 @@ impl Crew {
         let Some(manager) = &self.manager else {
             return Err(AgentError::Config("a hierarchical crew needs a manager".into()));
         };
+        let (tools, usage) = self.coworker_tools(inputs, None)?;
+        Ok((manager.clone().tools(&tools), usage))
+    }
+
+    /// `delegate_work` and `ask_coworker` over the crew's agents (but the one whose role is
+    /// `except`: an agent does not delegate to itself), and the usage the coworkers add.
+    fn coworker_tools(
+        &self,
+        inputs: &Inputs,
+        except: Option<&str>,
+    ) -> Result<(ToolSet, Arc<Mutex<TokenUsage>>), AgentError> {
         let mut coworkers = Vec::with_capacity(self.agents.len());
         for agent in &self.agents {
             let (role, _, _) = agent.persona(inputs)?;
+            if except == Some(role.as_str()) {
+                continue;
+            }
             if coworkers.iter().any(|(r, _): &(String, Agent)| r == &role) {
                 return Err(AgentError::Config(format!(
                     "two agents have the role \"{role}\": the manager names coworkers by role, so give them different roles"
@@ -448,11 +468,15 @@ impl Crew {
             coworkers.push((role, agent.clone()));
         }
         let usage = Arc::new(Mutex::new(TokenUsage::default()));
+        if coworkers.is_empty() {
+            // Nobody to delegate to: no tools that could only be refused.
+            return Ok((ToolSet::new(), usage));
+        }
         let shared = Arc::new(Coworkers { agents: coworkers, inputs: inputs.clone(), usage: usage.clone() });
         let tools = ToolSet::new()
             .with(Delegation { kind: DelegationKind::Delegate, coworkers: shared.clone() })
             .with(Delegation { kind: DelegationKind::Ask, coworkers: shared });
-        Ok((manager.clone().tools(&tools), usage))
+        Ok((tools, usage))
     }
 }
 

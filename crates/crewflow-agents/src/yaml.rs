@@ -439,13 +439,8 @@ fn build_agent(
     if let Some(secs) = number(file, &owner, fields, "max_execution_time")? {
         agent = agent.max_execution_time(Duration::from_secs_f64(secs.min(1e9)));
     }
-    if let Some((true, at)) = flag(file, &owner, fields, "allow_delegation")? {
-        return Err(file.error(
-            at,
-            format!(
-                "{owner}: `allow_delegation: true` is not supported yet; make the crew hierarchical (Crew::process(Process::Hierarchical)) so a manager delegates, or set it to false"
-            ),
-        ));
+    if let Some((allow, _)) = flag(file, &owner, fields, "allow_delegation")? {
+        agent = agent.allow_delegation(allow);
     }
     // `verbose` is accepted and has no effect: every iteration and call is an event anyway.
     flag(file, &owner, fields, "verbose")?;
