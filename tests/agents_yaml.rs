@@ -408,3 +408,53 @@ async fn an_output_file_path_needs_its_placeholders() {
         "the output_file of task \"t\" names `{missing}` but the inputs have no `missing` (inputs present: none); add it to the inputs or remove the placeholder"
     );
 }
+
+/// `kickoff_for_each` inside a retried step: each kickoff's calls are journaled under its own
+/// index, so the retry gets every reply back for the same input, with no model call.
+#[tokio::test]
+async fn kickoff_for_each_in_a_retried_step_replays_each_kickoff() {
+    // One kickoff (whichever asks first) calls a tool before answering, so its calls and the
+    // other's interleave differently when replayed (replies come back at once).
+    let server = TestServer::start(vec![
+        openai_tool_calls(&[("n1", "search", json!({"q": "x"}))]),
+        openai_completion("first reply"),
+        openai_completion("second reply"),
+    ])
+    .await;
+    let llm = openai_llm(&server);
+    let seen: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+    let record = seen.clone();
+    let flow = FlowBuilder::<()>::new("each_retry")
+        .start("write", move |_cx: Cx<()>, (): ()| {
+            let (llm, record) = (llm.clone(), record.clone());
+            async move {
+                let search = ToolFn::new("search", "Searches.", |x: Query| async move { Ok::<_, String>(x.q) });
+                let writer = crewflow::agents::Agent::new(llm).role("Writer").tool(search);
+                let crew = Crew::new([writer.clone()], [Task::new("w", "Write about {topic}.").agent(writer)]);
+                let inputs = ["tides", "kelp"].map(|t| Inputs::from([("topic", t)]));
+                let outs = crew.kickoff_for_each(inputs, 2).await?;
+                let raws: Vec<String> = outs.into_iter().map(|o| o.raw).collect();
+                let attempt = {
+                    let mut r = record.lock().unwrap();
+                    r.push(raws.clone());
+                    r.len()
+                };
+                if attempt == 1 {
+                    return Err(StepError::msg("a failure after the kickoffs"));
+                }
+                Ok::<_, StepError>(raws.join(", "))
+            }
+        })
+        .retry(Retry::attempts(2).backoff(Duration::from_millis(1)))
+        .store(SqliteStore::in_memory())
+        .build()
+        .unwrap();
+    flow.kickoff(()).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0], seen[1], "the retry got each input's own reply back");
+    let mut sorted = seen[0].clone();
+    sorted.sort();
+    assert_eq!(sorted, ["first reply", "second reply"]);
+    assert_eq!(server.requests().len(), 3, "the retry made no model call");
+}
