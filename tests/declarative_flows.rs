@@ -373,8 +373,12 @@ fn mistakes_in_a_definition_fail_the_build_naming_the_place_and_the_fix() {
         ("name: x\nmethods:\n  a: {start: true, emit: [y], do: {call: code, ref: draft}}", &["`emit` is for routers"]),
         ("name: x\nmethods:\n  a: {do: {call: code, ref: draft}}", &["method `a`", "never runs"]),
         (
+            "name: x\nmethods:\n  a: {start: true, do: {call: tool, ref: search}}",
+            &["unknown variant `tool`", "a tool is called by an agent: register one with Registry::agent"],
+        ),
+        (
             "name: x\nmethods:\n  a: {start: true, do: {call: agent, with: {}}}",
-            &["unknown variant `agent`", "crewflow-agents"],
+            &["method `a`", "unknown field `with`, expected one of `ref`, `prompt`, `inputs`"],
         ),
         ("name: x\nmethods:\n  a: {start: true, do: {call: expression, expr: 'state.('}}", &["does not parse"]),
         (

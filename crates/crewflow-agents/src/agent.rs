@@ -37,6 +37,7 @@ pub struct Agent {
     tools: ToolSet,
     max_iter: u32,
     max_execution_time: Option<Duration>,
+    allow_delegation: bool,
 }
 
 /// What an agent produced.
@@ -143,6 +144,7 @@ impl Agent {
             tools: ToolSet::new(),
             max_iter: DEFAULT_MAX_ITER,
             max_execution_time: None,
+            allow_delegation: false,
         }
     }
 
@@ -197,6 +199,18 @@ impl Agent {
         self
     }
 
+    /// In a sequential crew, the agent may delegate to and ask the crew's other agents, through
+    /// the `delegate_work` and `ask_coworker` tools (CrewAI's `allow_delegation`; default off).
+    pub fn allow_delegation(mut self, allow: bool) -> Self {
+        self.allow_delegation = allow;
+        self
+    }
+
+    /// Whether it may delegate in a sequential crew.
+    pub fn delegates(&self) -> bool {
+        self.allow_delegation
+    }
+
     /// Its role, as written (placeholders not filled).
     pub fn role_name(&self) -> &str {
         &self.role
@@ -227,6 +241,13 @@ impl Agent {
     pub async fn kickoff_with(&self, prompt: &str, inputs: &Inputs) -> Result<AgentOutput, AgentError> {
         let prompt = inputs.interpolate(prompt, "prompt")?;
         self.run(&prompt, inputs, None).await
+    }
+
+    /// Runs the loop on `prompt` as it is (its braces are not placeholders: it may quote text
+    /// holding `{...}`), with the role, goal and backstory's `{placeholder}`s filled from
+    /// `inputs`.
+    pub async fn kickoff_verbatim(&self, prompt: &str, inputs: &Inputs) -> Result<AgentOutput, AgentError> {
+        self.run(prompt, inputs, None).await
     }
 
     /// Runs the loop and decodes the final answer as `T`: the model is told `T`'s JSON Schema,

@@ -36,6 +36,7 @@ pub struct Task {
     output_problem: Option<String>,
     guardrails: Vec<Guardrail>,
     guardrail_max_retries: u32,
+    output_file: Option<String>,
 }
 
 impl std::fmt::Debug for Task {
@@ -97,6 +98,7 @@ impl Task {
             output_problem: None,
             guardrails: Vec::new(),
             guardrail_max_retries: DEFAULT_GUARDRAIL_RETRIES,
+            output_file: None,
         }
     }
 
@@ -137,6 +139,15 @@ impl Task {
     /// How many times the agent may try again after a guardrail rejected its answer (default 3).
     pub fn guardrail_max_retries(mut self, n: u32) -> Self {
         self.guardrail_max_retries = n;
+        self
+    }
+
+    /// Writes the task's output to `path` (its `{placeholder}`s filled from the inputs;
+    /// missing directories created): the JSON, pretty, for a typed output, else the raw
+    /// answer. Inside a durable run the write is recorded in the journal, so a step that
+    /// replays the task does not write it again.
+    pub fn output_file(mut self, path: impl Into<String>) -> Self {
+        self.output_file = Some(path.into());
         self
     }
 
@@ -188,6 +199,11 @@ impl Task {
             return Err(AgentError::Config(format!("task \"{}\": {problem}", self.name)));
         }
         let (description, prompt) = self.prompt(inputs, context)?;
+        // Interpolated before the model is called: a missing placeholder costs nothing.
+        let output_file = match &self.output_file {
+            Some(path) => Some(crate::output_file::path(&self.name, path, inputs)?),
+            None => None,
+        };
         let mut usage = TokenUsage::default();
         let mut feedback: Option<String> = None;
         let attempts = self.guardrail_max_retries.saturating_add(1);
@@ -213,7 +229,12 @@ impl Task {
                 attempts: attempt,
             };
             match self.guardrails.iter().find_map(|g| g(&output).err()) {
-                None => return Ok(output),
+                None => {
+                    if let Some(path) = &output_file {
+                        crate::output_file::write(&self.name, path, &output).await?;
+                    }
+                    return Ok(output);
+                }
                 Some(f) => feedback = Some(f),
             }
         }
@@ -323,6 +344,12 @@ impl Crew {
                 (Some((m, extra)), _) => {
                     journal::with_path(path, task.run_with(m, inputs, &context, Some(extra))).await?
                 }
+                (None, Some(agent)) if agent.delegates() => {
+                    let (role, _, _) = agent.persona(inputs)?;
+                    let (tools, extra) = self.coworker_tools(inputs, Some(&role))?;
+                    let agent = agent.clone().tools(&tools);
+                    journal::with_path(path, task.run_with(&agent, inputs, &context, Some(&extra))).await?
+                }
                 (None, Some(agent)) => journal::with_path(path, task.run_with(agent, inputs, &context, None)).await?,
                 (None, None) => unreachable_checked(&task.name)?,
             };
@@ -336,6 +363,33 @@ impl Crew {
             tasks: outputs,
             usage,
         })
+    }
+
+    /// Kicks the crew off once per inputs, at most `concurrency` at a time, and gives the
+    /// outputs in the order of the inputs. The first failure (in input order) is the error.
+    /// Inside a durable run each kickoff's calls are journaled under `each:<index>`, so
+    /// concurrent kickoffs never share a journal key.
+    pub async fn kickoff_for_each(
+        &self,
+        inputs: impl IntoIterator<Item = Inputs>,
+        concurrency: usize,
+    ) -> Result<Vec<CrewOutput>, AgentError> {
+        use futures::{StreamExt, TryStreamExt};
+        if concurrency == 0 {
+            return Err(AgentError::Config(
+                "kickoff_for_each needs a concurrency of at least 1 (how many kickoffs run at once)".into(),
+            ));
+        }
+        self.check()?;
+        let base = journal::current_path();
+        futures::stream::iter(inputs.into_iter().enumerate())
+            .map(|(i, inputs)| {
+                let path = journal::join(&base, &format!("each:{i}"));
+                async move { journal::with_path(path, self.kickoff(&inputs)).await }
+            })
+            .buffered(concurrency)
+            .try_collect()
+            .await
     }
 
     /// Set-up errors, before anything runs.
@@ -389,9 +443,23 @@ impl Crew {
         let Some(manager) = &self.manager else {
             return Err(AgentError::Config("a hierarchical crew needs a manager".into()));
         };
+        let (tools, usage) = self.coworker_tools(inputs, None)?;
+        Ok((manager.clone().tools(&tools), usage))
+    }
+
+    /// `delegate_work` and `ask_coworker` over the crew's agents (but the one whose role is
+    /// `except`: an agent does not delegate to itself), and the usage the coworkers add.
+    fn coworker_tools(
+        &self,
+        inputs: &Inputs,
+        except: Option<&str>,
+    ) -> Result<(ToolSet, Arc<Mutex<TokenUsage>>), AgentError> {
         let mut coworkers = Vec::with_capacity(self.agents.len());
         for agent in &self.agents {
             let (role, _, _) = agent.persona(inputs)?;
+            if except == Some(role.as_str()) {
+                continue;
+            }
             if coworkers.iter().any(|(r, _): &(String, Agent)| r == &role) {
                 return Err(AgentError::Config(format!(
                     "two agents have the role \"{role}\": the manager names coworkers by role, so give them different roles"
@@ -400,11 +468,15 @@ impl Crew {
             coworkers.push((role, agent.clone()));
         }
         let usage = Arc::new(Mutex::new(TokenUsage::default()));
+        if coworkers.is_empty() {
+            // Nobody to delegate to: no tools that could only be refused.
+            return Ok((ToolSet::new(), usage));
+        }
         let shared = Arc::new(Coworkers { agents: coworkers, inputs: inputs.clone(), usage: usage.clone() });
         let tools = ToolSet::new()
             .with(Delegation { kind: DelegationKind::Delegate, coworkers: shared.clone() })
             .with(Delegation { kind: DelegationKind::Ask, coworkers: shared });
-        Ok((manager.clone().tools(&tools), usage))
+        Ok((tools, usage))
     }
 }
 

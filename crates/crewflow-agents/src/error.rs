@@ -81,6 +81,17 @@ pub enum AgentError {
         /// The guardrail's last feedback.
         feedback: String,
     },
+    /// A task's `output_file` could not be written.
+    #[error("task \"{task}\": cannot write its output_file {path}: {source}; check the path and its permissions")]
+    OutputFile {
+        /// The task.
+        task: String,
+        /// The file (interpolated).
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why a tool call failed. Inside an agent's loop the message goes back to the model as the

@@ -10,8 +10,10 @@ mod flow_tool;
 mod journal;
 #[cfg(feature = "mcp")]
 mod mcp;
+mod output_file;
 mod template;
 mod tool;
+mod yaml;
 
 pub use agent::{Agent, AgentOutput, DEFAULT_MAX_ITER};
 pub use crew::{Crew, CrewOutput, Guardrail, Process, Task, TaskOutput};
@@ -22,6 +24,7 @@ pub use flow_tool::FlowTool;
 pub use mcp::{McpClient, McpError, McpServer, McpService, McpTool};
 pub use template::Inputs;
 pub use tool::{IntoToolResult, Tool, ToolFn, ToolFuture, ToolOptions, ToolOutcome, ToolResult, ToolSet};
+pub use yaml::{CrewRegistry, YamlError};
 
 /// Support for the code `#[tool]` generates. Not a public API.
 #[doc(hidden)]

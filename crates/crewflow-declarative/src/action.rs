@@ -6,6 +6,8 @@
 //! | `expression` | `expr` (CEL over `state`, `outputs`, `input`) | the expression's value |
 //! | `llm` | `prompt` (templated), `system` (templated), `model` | the model's reply text |
 //! | `each` | `in` (CEL list), `do` (steps: `name`, `if`, `action`) | the last step's output per item |
+//! | `agent` | `ref` (a registered agent), `prompt` (templated), `inputs` (templated) | the final answer |
+//! | `crew` | `ref` (a registered crew), `inputs` (templated) | the last task's answer (its JSON when typed) |
 
 use std::future::Future;
 use std::pin::Pin;
@@ -45,6 +47,21 @@ enum ActionDoc {
         #[serde(rename = "do")]
         steps: Vec<EachStepDoc>,
     },
+    #[cfg(feature = "agents")]
+    Agent {
+        #[serde(rename = "ref")]
+        agent: String,
+        prompt: String,
+        #[serde(default)]
+        inputs: Option<Value>,
+    },
+    #[cfg(feature = "agents")]
+    Crew {
+        #[serde(rename = "ref")]
+        crew: String,
+        #[serde(default)]
+        inputs: Option<Value>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -59,10 +76,34 @@ struct EachStepDoc {
 /// A compiled action, its names resolved.
 #[derive(Clone)]
 pub(crate) enum Action {
-    Code { name: String, function: Function, with: Option<ValueTemplate> },
+    Code {
+        name: String,
+        function: Function,
+        with: Option<ValueTemplate>,
+    },
     Expression(Expr),
-    Llm { llm: Llm, prompt: Template, system: Option<Template> },
-    Each { items: Expr, steps: Vec<EachStep> },
+    Llm {
+        llm: Llm,
+        prompt: Template,
+        system: Option<Template>,
+    },
+    Each {
+        items: Expr,
+        steps: Vec<EachStep>,
+    },
+    #[cfg(feature = "agents")]
+    Agent {
+        name: String,
+        agent: Box<crewflow_agents::Agent>,
+        prompt: Template,
+        inputs: Option<ValueTemplate>,
+    },
+    #[cfg(feature = "agents")]
+    Crew {
+        name: String,
+        crew: Box<crewflow_agents::Crew>,
+        inputs: Option<ValueTemplate>,
+    },
 }
 
 #[derive(Clone)]
@@ -95,8 +136,10 @@ impl Action {
         doc.entry("call").or_insert_with(|| Value::String("code".into()));
         let parsed: ActionDoc = serde_json::from_value(Value::Object(doc)).map_err(|e| {
             let e = e.to_string();
-            if e.contains("unknown variant") {
-                format!("{e} (agents, crews and tools come with crewflow-agents; call registered Rust code with `call: code`)")
+            if e.contains("unknown variant") && cfg!(feature = "agents") {
+                format!("{e} (a tool is called by an agent: register one with Registry::agent and use `call: agent`)")
+            } else if e.contains("unknown variant") {
+                format!("{e} (agents and crews come with crewflow's `agents` feature; call registered Rust code with `call: code`)")
             } else {
                 e
             }
@@ -135,6 +178,31 @@ impl Action {
                     .collect::<Result<_, String>>()?;
                 Action::Each { items: Expr::compile(&items)?, steps }
             }
+            #[cfg(feature = "agents")]
+            ActionDoc::Agent { agent, prompt, inputs } => {
+                let Some(a) = registry.agents.get(&agent) else {
+                    let known: Vec<&str> = registry.agents.keys().map(String::as_str).collect();
+                    return Err(unknown("agent", &agent, &known, "Registry::agent"));
+                };
+                Action::Agent {
+                    agent: Box::new(a.clone()),
+                    name: agent,
+                    prompt: Template::compile(&prompt)?,
+                    inputs: inputs.as_ref().map(ValueTemplate::compile).transpose()?,
+                }
+            }
+            #[cfg(feature = "agents")]
+            ActionDoc::Crew { crew, inputs } => {
+                let Some(c) = registry.crews.get(&crew) else {
+                    let known: Vec<&str> = registry.crews.keys().map(String::as_str).collect();
+                    return Err(unknown("crew", &crew, &known, "Registry::crew"));
+                };
+                Action::Crew {
+                    crew: Box::new(c.clone()),
+                    name: crew,
+                    inputs: inputs.as_ref().map(ValueTemplate::compile).transpose()?,
+                }
+            }
         })
     }
 
@@ -151,6 +219,12 @@ impl Action {
                 let when = s.when.as_ref().map(Expr::uses).unwrap_or_default();
                 u.union(when).union(s.action.uses())
             }),
+            #[cfg(feature = "agents")]
+            Action::Agent { prompt, inputs, .. } => {
+                inputs.as_ref().map(ValueTemplate::uses).unwrap_or_default().union(prompt.uses())
+            }
+            #[cfg(feature = "agents")]
+            Action::Crew { inputs, .. } => inputs.as_ref().map(ValueTemplate::uses).unwrap_or_default(),
         }
     }
 
@@ -218,9 +292,36 @@ impl Action {
                     }
                     Ok(Value::Array(results))
                 }
+                #[cfg(feature = "agents")]
+                Action::Agent { name, agent, prompt, inputs } => {
+                    let prompt = text_of(prompt.render(&scope).map_err(StepError::msg)?);
+                    let inputs = agent_inputs(inputs.as_ref(), &scope)?;
+                    let out = agent
+                        .kickoff_verbatim(&prompt, &inputs)
+                        .await
+                        .map_err(|e| StepError::msg(format!("agent `{name}` failed: {e}")))?;
+                    Ok(Value::String(out.raw))
+                }
+                #[cfg(feature = "agents")]
+                Action::Crew { name, crew, inputs } => {
+                    let inputs = agent_inputs(inputs.as_ref(), &scope)?;
+                    let out = crew
+                        .kickoff(&inputs)
+                        .await
+                        .map_err(|e| StepError::msg(format!("crew `{name}` failed: {e}")))?;
+                    Ok(out.json.unwrap_or(Value::String(out.raw)))
+                }
             }
         })
     }
+}
+
+/// The rendered `inputs:` of an agent or crew action (none: no inputs).
+#[cfg(feature = "agents")]
+fn agent_inputs(inputs: Option<&ValueTemplate>, scope: &Scope<'_>) -> Result<crewflow_agents::Inputs, StepError> {
+    let Some(template) = inputs else { return Ok(crewflow_agents::Inputs::new()) };
+    let value = template.render(scope).map_err(StepError::msg)?;
+    crewflow_agents::Inputs::from_json(&value).map_err(|e| StepError::msg(format!("`inputs:` {e}")))
 }
 
 /// One item of an `each`: its steps in order, each step's output visible to the next as

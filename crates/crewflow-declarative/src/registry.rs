@@ -64,6 +64,10 @@ pub struct Registry {
     pub(crate) models: BTreeMap<String, Llm>,
     pub(crate) default_model: Option<Llm>,
     pub(crate) store: Option<Arc<dyn RunStore>>,
+    #[cfg(feature = "agents")]
+    pub(crate) agents: BTreeMap<String, crewflow_agents::Agent>,
+    #[cfg(feature = "agents")]
+    pub(crate) crews: BTreeMap<String, crewflow_agents::Crew>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -152,6 +156,21 @@ impl Registry {
     /// overrides the file's, as a command-line flag overrides a config file).
     pub fn store(mut self, store: Arc<dyn RunStore>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Registers `agent` as `name`, for `do: {call: agent, ref: name, prompt: ...}`.
+    #[cfg(feature = "agents")]
+    pub fn agent(mut self, name: impl Into<String>, agent: crewflow_agents::Agent) -> Self {
+        self.agents.insert(name.into(), agent);
+        self
+    }
+
+    /// Registers `crew` as `name`, for `do: {call: crew, ref: name, inputs: {...}}` (a crew
+    /// from YAML: [`Crew::from_yaml`](crewflow_agents::Crew::from_yaml)).
+    #[cfg(feature = "agents")]
+    pub fn crew(mut self, name: impl Into<String>, crew: crewflow_agents::Crew) -> Self {
+        self.crews.insert(name.into(), crew);
         self
     }
 
