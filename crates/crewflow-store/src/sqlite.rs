@@ -814,7 +814,8 @@ fn chained_state(tx: &rusqlite::Transaction<'_>, run_id: RunId, row_state: Strin
         "whole" => first.as_str(),
         // A chain of deltas over the row's whole state.
         _ => {
-            return crewflow_core::delta::apply_chain(&row_state, rows.iter().map(|(_, d)| d.as_str())).map_err(corrupt);
+            return crewflow_core::delta::apply_chain(&row_state, rows.iter().map(|(_, d)| d.as_str()))
+                .map_err(corrupt);
         }
     };
     crewflow_core::delta::apply_chain(base, deltas.iter().map(|(_, d)| d.as_str())).map_err(corrupt)
