@@ -364,6 +364,7 @@ async fn a_run_is_read_in_one_snapshot_while_a_checkpoint_commits() {
         state_version: 0,
         delta: None,
         chained: false,
+        had_chain: false,
         frontier: "{}".into(),
         steps: vec![StepRow {
             activation: steps.len() as u64 - 1,

@@ -75,8 +75,8 @@ async fn a_failed_run_resumes_exactly_from_its_chain() {
     let Error::StepFailed { run_id, .. } = err else { panic!("{err}") };
     // The checkpoints after s1..s12 are deltas (s0's is whole): small next to the 100 KB state.
     let (deltas, bytes, whole) = chain_rows(&path, run_id);
-    assert_eq!((deltas, whole), (12, 1), "one delta per checkpoint after the first");
-    assert!(bytes < 12 * 1_200, "{bytes} bytes of deltas");
+    assert_eq!((deltas, whole), (13, 1), "the initial state whole, then a delta per checkpoint");
+    assert!(bytes < 13 * 1_200, "{bytes} bytes of deltas");
     assert_eq!(row_state(&path, run_id), "", "the large state is kept out of the run's row");
     // Read back, the state is exactly what s0..s12 made (s13's change is not kept).
     let stored: Big = serde_json::from_str(&store.load_run(run_id).await.unwrap().unwrap().state).unwrap();
@@ -100,15 +100,15 @@ async fn chains_are_capped_and_can_be_turned_off() {
     let path = dir.path().join("runs.db");
     let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(&path));
     let failures = Arc::new(AtomicU32::new(1));
-    // At most 4 deltas between whole states: after s1..s4 deltas, s5 whole, s6..s9, s10 whole,
-    // s11, s12 deltas, s13 fails.
+    // At most 4 deltas between whole states: the initial state whole, s0..s3 deltas, s4 whole,
+    // s5..s8 deltas, s9 whole, s10..s12 deltas, s13 fails.
     let capped = {
         let mut b = FlowBuilder::<Big>::new("big");
         b = b.include(chain_builder(store.clone(), Some(13), failures.clone()));
         b.state_deltas(Some(DeltaPolicy { min_state: 4096, max_chain: 4 })).build().unwrap()
     };
     let Error::StepFailed { run_id, .. } = capped.kickoff(()).await.unwrap_err() else { panic!() };
-    assert_eq!(chain_rows(&path, run_id).0, 2);
+    assert_eq!(chain_rows(&path, run_id).0, 3);
     assert_eq!(capped.resume(run_id).await.unwrap().state, expected());
 
     failures.store(1, Ordering::SeqCst);
@@ -220,14 +220,15 @@ impl RunStore for FailingWrite {
 async fn a_failed_delta_write_leaves_the_chain_it_extends_exact() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("runs.db");
-    // The 8th checkpoint (after s7, a delta) fails: the run stops with s0..s6 checkpointed.
+    // The 8th checkpoint (after s7, a delta) fails: the run stops with s0..s6 checkpointed, all
+    // deltas over the initial state.
     let failing: Arc<dyn RunStore> =
         Arc::new(FailingWrite { inner: SqliteStore::open(&path), fail: 8, seen: AtomicU32::new(0) });
     let err = chain(failing, None, Arc::default()).kickoff(()).await.unwrap_err();
     assert!(err.to_string().contains("the disk is full"), "{err}");
     let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(&path));
     let run_id = store.list_runs(&Default::default()).await.unwrap()[0].run_id;
-    assert_eq!(chain_rows(&path, run_id).0, 6);
+    assert_eq!(chain_rows(&path, run_id).0, 7);
     let stored: Big = serde_json::from_str(&store.load_run(run_id).await.unwrap().unwrap().state).unwrap();
     assert_eq!(stored.steps, (0..7).collect::<Vec<_>>());
     // Resumed by a process whose store works: the first checkpoint drops the old chain.

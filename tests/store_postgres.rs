@@ -366,6 +366,7 @@ async fn a_value_postgres_cannot_hold_is_refused_with_the_reason() {
         state_version: 0,
         delta: None,
         chained: false,
+        had_chain: false,
         frontier: "{}".into(),
         steps: vec![StepRow { activation: 0, step: Arc::from("s"), output: with_nul, finished_at: chrono::Utc::now() }],
         feedback: None,

@@ -209,6 +209,7 @@ fn checkpoint(run_id: RunId, fencing: u64, seq: u64, state: Value, steps: Vec<St
         state_version: 0,
         delta: None,
         chained: false,
+        had_chain: false,
         frontier: json!({"seq": seq}).to_string(),
         steps,
         feedback: None,

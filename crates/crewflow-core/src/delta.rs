@@ -181,9 +181,17 @@ pub(crate) struct Chain {
     last: Option<String>,
     deltas: u32,
     bytes: usize,
+    /// The store may hold a chain for the run.
+    pub stored: bool,
 }
 
 impl Chain {
+    /// The chain of a run that starts now, from `first` when its first state went into one, or
+    /// of a resumed run (`stored`, and no text: its first checkpoint is whole).
+    pub fn new(stored: bool, first: Option<String>) -> Chain {
+        Chain { stored, last: first, ..Chain::default() }
+    }
+
     /// The delta to write for `text`, or `None` to write it whole. Either way `text` becomes
     /// the chain's last text.
     pub fn next(&mut self, text: &str, policy: Option<DeltaPolicy>) -> Option<StateDelta> {

@@ -145,6 +145,9 @@ pub struct Checkpoint {
     pub delta: Option<String>,
     /// A whole `state` that starts a chain (see [`NewRun::chained`]).
     pub chained: bool,
+    /// The run may have a chain in the store (a delta or a chained state was written, or the
+    /// run was resumed): a whole state written into the run's row replaces it.
+    pub had_chain: bool,
     /// The frontier, as JSON text.
     pub frontier: String,
     /// The steps completed since the previous checkpoint (at least one).

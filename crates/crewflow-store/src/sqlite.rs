@@ -789,7 +789,9 @@ fn write_chain(tx: &rusqlite::Transaction<'_>, cp: &Checkpoint) -> Result<(), St
     match &cp.delta {
         Some(delta) => chain_row(tx, &id, cp.seq, "delta", delta),
         None => {
-            tx.prepare_cached("DELETE FROM crewflow_state_chain WHERE run_id = ?1")?.execute([&id])?;
+            if cp.had_chain {
+                tx.prepare_cached("DELETE FROM crewflow_state_chain WHERE run_id = ?1")?.execute([&id])?;
+            }
             if cp.chained { chain_row(tx, &id, cp.seq, "whole", &cp.state) } else { Ok(()) }
         }
     }

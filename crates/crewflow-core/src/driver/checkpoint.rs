@@ -56,7 +56,7 @@ impl Durable {
         let driving =
             Driving::start(new.run_id).ok_or_else(|| Error::AlreadyDriven { run_id: new.run_id.to_string() })?;
         store.create_run(&new).await.map_err(|e| Error::from_store(store.as_ref(), "record the new run", e))?;
-        let chain = store.state_deltas().then(Chain::default);
+        let chain = store.state_deltas().then(|| Chain::new(new.chained, new.chained.then(|| new.state.clone())));
         Ok(Durable { store, fencing: 1, seq: 0, unsaved: Vec::new(), chain, _driving: driving })
     }
 }
@@ -140,9 +140,13 @@ impl<S: FlowState> Driver<S> {
         };
         let mut delta = None;
         let chained = durable.chain.is_some() && DeltaPolicy::chains(self.flow.delta_policy, state.len());
-        if let Some(d) = durable.chain.as_mut().and_then(|chain| chain.next(&state, self.flow.delta_policy)) {
-            delta = Some(serde_json::to_string(&d).map_err(|e| Error::Internal(format!("a state delta: {e}")))?);
-            state = String::new();
+        let had_chain = durable.chain.as_ref().is_some_and(|chain| chain.stored);
+        if let Some(chain) = &mut durable.chain {
+            if let Some(d) = chain.next(&state, self.flow.delta_policy) {
+                delta = Some(serde_json::to_string(&d).map_err(|e| Error::Internal(format!("a state delta: {e}")))?);
+                state = String::new();
+            }
+            chain.stored = delta.is_some() || chained;
         }
         Ok(Checkpoint {
             run_id: self.shared.id,
@@ -151,6 +155,7 @@ impl<S: FlowState> Driver<S> {
             state,
             delta,
             chained,
+            had_chain,
             state_version: self.flow.versions.current,
             frontier,
             steps,

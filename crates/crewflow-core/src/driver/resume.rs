@@ -100,7 +100,7 @@ pub(crate) async fn drive_resumed<S: FlowState>(
     driver.shared.with_feedback_history(|h| *h = feedback.history);
     driver.shared.with_input_history(|h| *h = feedback.inputs);
     driver.paused = feedback.pending;
-    let chain = store.state_deltas().then(crate::delta::Chain::default);
+    let chain = store.state_deltas().then(|| crate::delta::Chain::new(true, None));
     driver.durable =
         Some(Durable { store, fencing: claim.fencing, seq, unsaved: Vec::new(), chain, _driving: driving });
     let flow_name = driver.shared.flow.clone();
