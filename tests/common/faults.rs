@@ -573,6 +573,9 @@ impl RunStore for HangingStore {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    fn state_deltas(&self) -> bool {
+        self.inner.state_deltas()
+    }
     fn create_run<'a>(&'a self, run: &'a NewRun) -> StoreFuture<'a, ()> {
         self.write("create_run", self.inner.create_run(run))
     }

@@ -36,6 +36,8 @@ mod sessions_schema;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "sqlite")]
+mod sqlite_chain;
+#[cfg(feature = "sqlite")]
 mod sqlite_compact;
 #[cfg(feature = "sqlite")]
 mod sqlite_journal;

@@ -3,7 +3,7 @@
 //! Kept as one file on purpose: it is the `RunStore` impl of one backend (the runs' lifecycle:
 //! create, checkpoint, end, claim, heartbeat, list), whose statements must agree with each
 //! other on every column and status; the rest of the backend lives beside it in `sqlite_*.rs`
-//! (journal, compaction, memories, sessions, reports).
+//! (journal, compaction, memories, sessions, reports, the state chain).
 //!
 //! Calls run on the calling worker thread (`block_in_place`; `spawn_blocking` on a
 //! current-thread runtime), under the connection's mutex (SQLite has one writer at a time
@@ -33,6 +33,7 @@ use tokio::runtime::RuntimeFlavor;
 
 use crate::StoreError;
 use crate::heartbeat::Heartbeat;
+use crate::sqlite_chain::{chain_row, chained_state, row_state, write_chain};
 use crate::sqlite_open::{file_error, looks_like_sqlite, prepare};
 use crate::util::{fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status};
 
@@ -770,57 +771,6 @@ impl Inner {
         prepare(&mut conn, &self.describe(), self.path(), synchronous)?;
         Ok(conn)
     }
-}
-
-/// What a checkpoint writes in the run's row: nothing for a delta (`None`), `''` for a
-/// whole state kept in the chain (out of the row, so that updating the run's status or lease
-/// does not rewrite it), else the state.
-fn row_state(cp: &Checkpoint) -> Option<&str> {
-    match (&cp.delta, cp.chained) {
-        (Some(_), _) => None,
-        (None, true) => Some(""),
-        (None, false) => Some(&cp.state),
-    }
-}
-
-/// The run's chain: a delta joins it; a whole state replaces it (kept in it when `chained`).
-fn write_chain(tx: &rusqlite::Transaction<'_>, cp: &Checkpoint) -> Result<(), StoreError> {
-    let id = cp.run_id.to_string();
-    match &cp.delta {
-        Some(delta) => chain_row(tx, &id, cp.seq, "delta", delta),
-        None => {
-            if cp.had_chain {
-                tx.prepare_cached("DELETE FROM crewflow_state_chain WHERE run_id = ?1")?.execute([&id])?;
-            }
-            if cp.chained { chain_row(tx, &id, cp.seq, "whole", &cp.state) } else { Ok(()) }
-        }
-    }
-}
-
-fn chain_row(tx: &rusqlite::Transaction<'_>, id: &str, seq: u64, kind: &str, body: &str) -> Result<(), StoreError> {
-    tx.prepare_cached("INSERT INTO crewflow_state_chain (run_id, seq, kind, body) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![id, seq as i64, kind, body])?;
-    Ok(())
-}
-
-/// The state a run's row and chain hold: the chain's whole state with its deltas applied, or
-/// the row's state when it has no chain.
-fn chained_state(tx: &rusqlite::Transaction<'_>, run_id: RunId, row_state: String) -> Result<String, StoreError> {
-    let rows: Vec<(String, String)> = tx
-        .prepare_cached("SELECT kind, body FROM crewflow_state_chain WHERE run_id = ?1 ORDER BY seq")?
-        .query_map([run_id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    let corrupt = |e: String| StoreError::Corrupt(format!("the state of run {run_id}: {e}"));
-    let Some(((kind, first), deltas)) = rows.split_first() else { return Ok(row_state) };
-    let base = match kind.as_str() {
-        "whole" => first.as_str(),
-        // A chain of deltas over the row's whole state.
-        _ => {
-            return crewflow_core::delta::apply_chain(&row_state, rows.iter().map(|(_, d)| d.as_str()))
-                .map_err(corrupt);
-        }
-    };
-    crewflow_core::delta::apply_chain(base, deltas.iter().map(|(_, d)| d.as_str())).map_err(corrupt)
 }
 
 fn insert_steps(tx: &rusqlite::Transaction<'_>, run_id: RunId, steps: &[StepRow]) -> Result<(), StoreError> {
