@@ -3,15 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
+use common::faults::HangingStore;
 use crewflow::delta::DeltaPolicy;
 use crewflow::prelude::*;
-use crewflow::store::{
-    Checkpoint, Claim, NewRun, RunEnd, RunFilter, RunStatus, RunStore, RunSummary, SqliteStore, StoreFuture, StoredRun,
-};
+use crewflow::store::{RunStatus, RunStore, SqliteStore};
 use crewflow::{Error, RunId};
 use serde::{Deserialize, Serialize};
 
@@ -152,78 +152,13 @@ fn chain_builder(store: Arc<dyn RunStore>, fail_at: Option<u32>, failures: Arc<A
     b
 }
 
-/// A SQLite store whose checkpoint number `fail` fails before it is written.
-struct FailingWrite {
-    inner: SqliteStore,
-    fail: u64,
-    seen: AtomicU32,
-}
-
-impl RunStore for FailingWrite {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn state_deltas(&self) -> bool {
-        self.inner.state_deltas()
-    }
-    fn create_run<'a>(&'a self, run: &'a NewRun) -> StoreFuture<'a, ()> {
-        self.inner.create_run(run)
-    }
-    fn save_checkpoint<'a>(&'a self, checkpoint: &'a Checkpoint) -> StoreFuture<'a, ()> {
-        if u64::from(self.seen.fetch_add(1, Ordering::SeqCst)) + 1 == self.fail {
-            return Box::pin(async { Err("the disk is full".into()) });
-        }
-        self.inner.save_checkpoint(checkpoint)
-    }
-    fn end_run<'a>(&'a self, end: &'a RunEnd) -> StoreFuture<'a, ()> {
-        self.inner.end_run(end)
-    }
-    fn load_run(&self, run_id: RunId) -> StoreFuture<'_, Option<StoredRun>> {
-        self.inner.load_run(run_id)
-    }
-    fn claim_run<'a>(
-        &'a self,
-        run_id: RunId,
-        owner: &'a str,
-        lease: Duration,
-        replacing: Option<&'a str>,
-    ) -> StoreFuture<'a, Claim> {
-        self.inner.claim_run(run_id, owner, lease, replacing)
-    }
-    fn claim_paused<'a>(
-        &'a self,
-        run_id: RunId,
-        seq: u64,
-        owner: &'a str,
-        lease: Duration,
-    ) -> StoreFuture<'a, Option<Claim>> {
-        self.inner.claim_paused(run_id, seq, owner, lease)
-    }
-    fn claim_orphans<'a>(
-        &'a self,
-        flows: &'a [String],
-        owner: &'a str,
-        lease: Duration,
-        limit: usize,
-    ) -> StoreFuture<'a, Vec<Claim>> {
-        self.inner.claim_orphans(flows, owner, lease, limit)
-    }
-    fn heartbeat<'a>(&'a self, owner: &'a str, runs: &'a [RunId], lease: Duration) -> StoreFuture<'a, u64> {
-        self.inner.heartbeat(owner, runs, lease)
-    }
-    fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>> {
-        self.inner.list_runs(filter)
-    }
-}
-
 #[tokio::test]
 async fn a_failed_delta_write_leaves_the_chain_it_extends_exact() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("runs.db");
-    // The 8th checkpoint (after s7, a delta) fails: the run stops with s0..s6 checkpointed, all
-    // deltas over the initial state.
-    let failing: Arc<dyn RunStore> =
-        Arc::new(FailingWrite { inner: SqliteStore::open(&path), fail: 8, seen: AtomicU32::new(0) });
+    // Write 9 (the run's record, then the checkpoint after s7, a delta) fails: the run stops
+    // with s0..s6 checkpointed, all deltas over the initial state.
+    let failing: Arc<dyn RunStore> = HangingStore::failing_write(Arc::new(SqliteStore::open(&path)), 9);
     let err = chain(failing, None, Arc::default()).kickoff(()).await.unwrap_err();
     assert!(err.to_string().contains("the disk is full"), "{err}");
     let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(&path));

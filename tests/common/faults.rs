@@ -527,11 +527,20 @@ pub struct HangingStore {
     marker: PathBuf,
     writes: AtomicU32,
     hook: Option<(u32, Box<dyn Fn() + Send + Sync>)>,
+    /// The write (from 1) that fails without reaching the store, if any.
+    fail: Option<u32>,
 }
 
 impl HangingStore {
     pub fn new(inner: Arc<dyn RunStore>, hang: Option<WriteHang>, marker: &Path) -> Arc<Self> {
-        Arc::new(HangingStore { inner, hang, marker: marker.to_path_buf(), writes: AtomicU32::new(0), hook: None })
+        Arc::new(HangingStore {
+            inner,
+            hang,
+            marker: marker.to_path_buf(),
+            writes: AtomicU32::new(0),
+            hook: None,
+            fail: None,
+        })
     }
 
     /// A store that runs `hook` just before its `n`-th write (from 1), once.
@@ -542,6 +551,19 @@ impl HangingStore {
             marker: PathBuf::new(),
             writes: AtomicU32::new(0),
             hook: Some((n, Box::new(hook))),
+            fail: None,
+        })
+    }
+
+    /// A store whose `n`-th write (from 1) fails without reaching the store ("the disk is full").
+    pub fn failing_write(inner: Arc<dyn RunStore>, n: u32) -> Arc<Self> {
+        Arc::new(HangingStore {
+            inner,
+            hang: None,
+            marker: PathBuf::new(),
+            writes: AtomicU32::new(0),
+            hook: None,
+            fail: Some(n),
         })
     }
 
@@ -556,6 +578,9 @@ impl HangingStore {
             hook();
         }
         let hang = self.hang;
+        if self.fail == Some(n) {
+            return Box::pin(async { Err("the disk is full".into()) });
+        }
         Box::pin(async move {
             if hang == Some(WriteHang::Before(n)) {
                 hang_here(&self.marker, &format!("before write {n} ({what})")).await;
