@@ -119,11 +119,12 @@ extern crate self as crewflow;
 // The public surface, listed on purpose: what a user names. The engine's internals (the
 // frontier, the compiled graph, helpers shared with sibling crates) stay in crewflow-core.
 pub use crewflow_core::{
-    Answer, BoxError, Canceller, ConsoleInput, Cx, DEFAULT_CANCEL_GRACE, DEFAULT_MAX_STEPS, Error, Event, EventKind,
-    EventStream, Flow, FlowBuilder, FlowState, HostedRun, InputFuture, InputProvider, InputRecord, InputRequest,
-    InputResponse, IntoFlow, Kickoff, Observer, Output, Result, Retry, Route, Run, RunHandle, RunId, StateError,
-    StepError, StepRecord, TokenUsage, Trigger, TypeInfo, Worker, WorkerReport, delta, host, journal,
-    set_default_feedback_provider, set_default_input_provider, trigger, versions,
+    Answer, BoxError, BuildError, Canceller, ConsoleInput, Cx, DEFAULT_CANCEL_GRACE, DEFAULT_MAX_STEPS, DurableError,
+    Error, Event, EventKind, EventStream, FeedbackError, FeedbackRule, Flow, FlowBuilder, FlowState, GraphRule,
+    HostedRun, InputError, InputFuture, InputProvider, InputRecord, InputRequest, InputResponse, IntoFlow, Kickoff,
+    Observer, Output, Result, Retry, Route, Run, RunHandle, RunId, StateError, StepError, StepRecord, TokenUsage,
+    Trigger, TypeInfo, Worker, WorkerReport, delta, host, journal, set_default_feedback_provider,
+    set_default_input_provider, trigger, versions,
 };
 pub use crewflow_core::{
     ConsoleFeedback, DeferredFeedback, FeedbackLearner, FeedbackProvider, FeedbackReply, FeedbackRequest,

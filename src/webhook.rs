@@ -15,7 +15,7 @@ use crewflow_core::feedback::{FeedbackFuture, FeedbackProvider, FeedbackReply, F
 /// [`Flow::resume_with_feedback_for`](crate::Flow::resume_with_feedback_for) takes). It is posted
 /// once the pause is saved, so an answer that comes right back finds the run waiting. A
 /// connection error or a 5xx answer is retried twice, 200 ms then 800 ms later; after that, or
-/// on any other non-2xx answer, the kickoff returns [`Error::FeedbackNotification`](crate::Error)
+/// on any other non-2xx answer, the kickoff returns [`FeedbackError::FeedbackNotification`](crate::Error)
 /// naming the URL and the status, and the run stays paused.
 ///
 /// ```no_run

@@ -96,7 +96,7 @@ async fn a_yaml_method_pauses_into_the_declared_store_and_resumes_from_the_defin
             .replace("${DECL_DB}", &db);
     let changed = FlowDefinition::from_yaml(&extended).unwrap().build(&registry(generated.clone())).unwrap();
     let err = changed.resume_with_feedback(second, "looks good").await.unwrap_err();
-    assert!(matches!(err, crewflow::Error::DefinitionChanged { .. }), "{err}");
+    assert!(matches!(err, crewflow::Error::Durable(crewflow::DurableError::DefinitionChanged { .. })), "{err}");
     assert!(flow.pending_feedback(second).await.unwrap().is_some(), "the refused answer lost nothing");
 }
 

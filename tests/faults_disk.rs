@@ -17,6 +17,7 @@
 
 mod common;
 
+use crewflow::DurableError;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -209,7 +210,7 @@ async fn run_case(case: Case, disk: Arc<dyn Disk>) {
 
     let err = flow.kickoff(Kickoff::new().run_id(id)).await.expect_err("the write cannot succeed on a full disk");
     let msg = err.to_string();
-    assert!(matches!(err, Error::Store { .. }), "{what}: a store error: {msg}");
+    assert!(matches!(err, Error::Durable(DurableError::Store { .. })), "{what}: a store error: {msg}");
     assert!(msg.contains(doing), "{what}: says it could not {doing}: {msg}");
     assert!(msg.contains(&db.display().to_string()), "{what}: names the file: {msg}");
     assert!(full(&msg), "{what}: says why: {msg}");

@@ -15,6 +15,7 @@
 
 mod common;
 
+use crewflow::{DurableError, FeedbackError};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -76,7 +77,7 @@ impl Setup {
     /// proxy) and what was being written.
     fn check_error(&self, err: &Error, doing: &str) {
         let msg = err.to_string();
-        assert!(matches!(err, Error::Store { .. }), "a store error: {msg}");
+        assert!(matches!(err, Error::Durable(DurableError::Store { .. })), "a store error: {msg}");
         let server = format!("postgres://postgres@127.0.0.1:{}/test", self.proxy.port);
         assert!(msg.contains(&server), "the error names the server {server}: {msg}");
         assert!(msg.contains(doing), "the error says it could not {doing}: {msg}");
@@ -292,7 +293,7 @@ async fn an_answer_cut_during_its_claim_is_not_lost() {
             setup.check_not_leased(id).await;
             // The answer is refused while the run is not paused...
             let again = flow.resume_with_feedback(id, ANSWER).await.expect_err("not paused");
-            assert!(matches!(again, Error::NotPaused { .. }), "{again}");
+            assert!(matches!(again, Error::Feedback(FeedbackError::NotPaused { .. })), "{again}");
             // ...and a resume pauses it again, with its request.
             let run = flow.resume(id).await.unwrap();
             assert_eq!(run.paused().map(|p| p.request.step.as_str()), Some("approve"));

@@ -7,6 +7,7 @@
 
 mod common;
 
+use crewflow::DurableError;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -113,7 +114,7 @@ async fn a_refused_resume_changes_nothing(store: Arc<dyn RunStore>) {
     assert!(failing.kickoff(Kickoff::new().run_id(id)).await.is_err());
     let changed = slow_flow::<CountV2>(store.clone(), Duration::ZERO, Arc::default());
     let Err(refused) = changed.resume(id).await else { panic!("the stored state does not decode") };
-    assert!(matches!(refused, Error::StoredState { .. }), "{refused}");
+    assert!(matches!(refused, Error::Durable(DurableError::StoredState { .. })), "{refused}");
     let failed = store.list_runs(&RunFilter { status: Some(RunStatus::Failed), ..RunFilter::default() }).await.unwrap();
     let run = failed.iter().find(|r| r.run_id == id).expect("still listed as failed");
     assert!(run.error.as_deref().unwrap_or_default().contains("the mail server said no"), "{:?}", run.error);
@@ -137,7 +138,7 @@ async fn a_second_resume_in_the_same_process_is_refused(store: Arc<dyn RunStore>
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let two = flow.resume(id).await;
-    assert!(matches!(two, Err(Error::AlreadyDriven { .. })), "{:?}", two.err());
+    assert!(matches!(two, Err(Error::Durable(DurableError::AlreadyDriven { .. }))), "{:?}", two.err());
     one.await.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 2, "`slow` ran in the crashed run and once in the resume");
 }

@@ -9,6 +9,7 @@
 
 mod common;
 
+use crewflow::FeedbackError;
 use std::collections::VecDeque;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -395,7 +396,10 @@ fn bad_feedback_configurations_fail_the_build() {
         .build()
         .err()
         .unwrap();
-    assert!(matches!(pausing_without_store, Error::PauseWithoutStore { .. }), "{pausing_without_store}");
+    assert!(
+        matches!(pausing_without_store, Error::Feedback(FeedbackError::PauseWithoutStore { .. })),
+        "{pausing_without_store}"
+    );
     assert!(pausing_without_store.to_string().contains("FlowBuilder::store"));
 }
 
@@ -551,7 +555,7 @@ mod over_http {
             .build()
             .unwrap();
         let err = flow.kickoff(()).await.unwrap_err();
-        assert!(matches!(err, Error::FeedbackNotification { .. }), "{err}");
+        assert!(matches!(err, Error::Feedback(FeedbackError::FeedbackNotification { .. })), "{err}");
         let text = err.to_string();
         assert!(text.contains("/nope") && text.contains("404") && text.contains("is paused and saved"), "{text}");
         let paused = store
@@ -629,7 +633,7 @@ async fn an_answer_streams_the_continuation() {
     let (handle, mut events) = flow.stream_resume_with_feedback(run.id, "perhaps").unwrap();
     assert!(events.next().await.is_none(), "a refused answer runs nothing");
     let err = handle.await.unwrap_err();
-    assert!(matches!(err, Error::UnmatchedFeedback { .. }), "{err}");
+    assert!(matches!(err, Error::Feedback(FeedbackError::UnmatchedFeedback { .. })), "{err}");
     assert!(flow.pending_feedback(run.id).await.unwrap().is_some(), "still paused");
 
     let (handle, mut events) = flow.stream_resume_with_feedback(run.id, "approved").unwrap();

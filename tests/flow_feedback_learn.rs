@@ -7,6 +7,7 @@
 
 mod common;
 
+use crewflow::FeedbackError;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
@@ -268,7 +269,10 @@ async fn under_learn_strict_a_failed_improvement_fails_the_step() {
         .learn_strict(true);
     let (flow, _) = flow(review, None);
     let err = flow.kickoff(()).await.unwrap_err();
-    assert!(matches!(err, Error::FeedbackLearn { ref step, phase: "improve", .. } if step == "draft"), "{err:?}");
+    assert!(
+        matches!(err, Error::Feedback(FeedbackError::FeedbackLearn { ref step, phase: "improve", .. }) if step == "draft"),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("learn_strict"), "the message names the fix: {err}");
     assert!(reviewer.shown().is_empty(), "nobody was asked");
 }
@@ -333,7 +337,10 @@ async fn resume_with_feedback_distills_lessons_exactly_once() {
     assert!(kinds(&events).iter().any(|k| matches!(k, EventKind::FeedbackLearned { .. })));
 
     // The answer is taken once: a second resume is refused and learns nothing.
-    assert!(matches!(flow.resume_with_feedback(paused.id, "Always add citations").await, Err(Error::NotPaused { .. })));
+    assert!(matches!(
+        flow.resume_with_feedback(paused.id, "Always add citations").await,
+        Err(Error::Feedback(FeedbackError::NotPaused { .. }))
+    ));
     // A resume retried after a crash asks the learner again for the same (run, request): it
     // keeps the lessons once, without calling the model.
     let again = LearnRequest {

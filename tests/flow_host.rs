@@ -5,6 +5,7 @@
 
 mod common;
 
+use crewflow::FeedbackError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,7 +139,10 @@ async fn a_pause_without_a_store_fails_the_run_and_names_the_step() {
         .build()
         .unwrap();
     let err = flow.host(()).without_store().run().await.unwrap_err();
-    assert!(matches!(&err, Error::PauseWithoutStore { step, .. } if step == "draft"), "{err:?}");
+    assert!(
+        matches!(&err, Error::Feedback(FeedbackError::PauseWithoutStore { step, .. }) if step == "draft"),
+        "{err:?}"
+    );
     assert!(runs_in(&store).await.is_empty());
     // With its store, the same flow pauses.
     let paused = flow.host(()).run().await.unwrap();

@@ -11,6 +11,7 @@
 
 mod common;
 
+use crewflow::FeedbackError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,7 +65,11 @@ async fn c79_a_pausing_provider_pauses_the_run() {
     assert_eq!(paused.request.metadata, Some(json!({"ticket": 7})));
     assert!(!run.is_finished());
     let err = run.output::<String>().unwrap_err();
-    assert!(matches!(err, Error::Paused { .. }) && err.to_string().contains("resume_with_feedback"), "{err}");
+    assert!(
+        matches!(err, Error::Feedback(FeedbackError::Paused { .. }))
+            && err.to_string().contains("resume_with_feedback"),
+        "{err}"
+    );
 
     let listed = store.list_runs(&RunFilter { status: Some(RunStatus::Paused), ..Default::default() }).await.unwrap();
     assert_eq!(listed.iter().map(|r| r.run_id).collect::<Vec<_>>(), [run.id]);
@@ -272,7 +277,7 @@ async fn bad_answers_and_wrong_runs_lose_nothing() {
     let id = flow.kickoff(()).await.unwrap().id;
 
     let err = flow.resume_with_feedback(id, "no idea").await.unwrap_err();
-    assert!(matches!(err, Error::UnmatchedFeedback { .. }), "{err}");
+    assert!(matches!(err, Error::Feedback(FeedbackError::UnmatchedFeedback { .. })), "{err}");
     assert!(err.to_string().contains("\"approved\", \"rejected\""), "{err}");
     assert_eq!(store.load_run(id).await.unwrap().unwrap().status, RunStatus::Paused);
 
@@ -282,7 +287,10 @@ async fn bad_answers_and_wrong_runs_lose_nothing() {
     let run = flow.resume_with_feedback(id, "rejected").await.unwrap();
     assert!(run.is_finished());
     let err = flow.resume_with_feedback(id, "approved").await.unwrap_err();
-    assert!(matches!(err, Error::NotPaused { .. }) && err.to_string().contains("finished"), "{err}");
+    assert!(
+        matches!(err, Error::Feedback(FeedbackError::NotPaused { .. })) && err.to_string().contains("finished"),
+        "{err}"
+    );
 }
 
 /// A review loop pauses at every round; two reviews in parallel pause the run once, and the
@@ -330,7 +338,7 @@ async fn loops_and_parallel_reviews_pause_again_until_done() {
     assert_eq!(first.paused().unwrap().request.step, "a");
     // With two requests pending, an answer that does not say which is refused, not guessed.
     let err = parallel.resume_with_feedback(first.id, "yes").await.unwrap_err();
-    assert!(matches!(err, Error::FeedbackRequestNeeded { .. }), "{err}");
+    assert!(matches!(err, Error::Feedback(FeedbackError::FeedbackRequestNeeded { .. })), "{err}");
     assert!(err.to_string().contains("resume_with_feedback_for"), "{err}");
     let a = first.paused().unwrap().request.id;
     let second = parallel.resume_with_feedback_for(first.id, a, "yes A").await.unwrap();
@@ -524,7 +532,9 @@ async fn simultaneous_answers_to_parallel_requests_both_land() {
         tokio::spawn(async move {
             loop {
                 match flow.resume_with_feedback_for(run_id, id, text).await {
-                    Err(Error::FeedbackBusy { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Err(Error::Feedback(FeedbackError::FeedbackBusy { .. })) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
                     other => return other,
                 }
             }

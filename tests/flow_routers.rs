@@ -7,6 +7,7 @@
 mod common;
 
 use common::Log;
+use crewflow::BuildError;
 use crewflow::Error;
 use crewflow::prelude::*;
 
@@ -306,7 +307,7 @@ fn a_string_router_without_declared_labels_is_a_build_error() {
         .build()
         .err()
         .unwrap();
-    assert!(matches!(err, Error::UndeclaredRoutes { ref router, .. } if router == "pick"), "{err}");
+    assert!(matches!(err, Error::Build(BuildError::RoutesNotDeclared { ref router, .. }) if router == "pick"), "{err}");
 }
 
 #[test]
@@ -323,7 +324,7 @@ fn a_route_nobody_handles_is_a_build_error_unless_terminal() {
     let err = build(&[]).err().unwrap();
     assert_eq!(
         err.to_string(),
-        "router `pick` can return route `done`, but no step of flow `f` listens to it; add a step that listens to it, or declare it terminal (#[route(terminal)] on the variant, or .terminal([..]) in the builder)"
+        "router `pick` can return route `done`, but no step of flow `f` listens to it; add a step that listens to it, or declare it terminal (terminal = [..] on a string router, #[route(terminal)] on a typed route's variant, .terminal([..]) in the builder)"
     );
     assert!(build(&["done"]).is_ok());
 }
@@ -364,5 +365,5 @@ fn one_label_from_two_route_types_is_a_build_error() {
         .build()
         .err()
         .unwrap();
-    assert!(matches!(err, Error::LabelConflict { ref label, .. } if label == "Done"), "{err}");
+    assert!(matches!(err, Error::Build(BuildError::LabelConflict { ref label, .. }) if label == "Done"), "{err}");
 }

@@ -117,3 +117,54 @@ fn valid_options_build_in_both() {
     assert_eq!(builder, "");
     assert_eq!(yaml_error("emit: [yes, no], default_outcome: no, learn: lessons, learn_source: qa, llm: judge"), "");
 }
+
+/// The graph's rules (`crewflow_rules::GraphRule`) read the same from the builder and from YAML;
+/// the macro's ui cases (`self_trigger`, `string_router_routes`, `unknown_step`, `no_start`)
+/// pin the same sentences at compile time.
+#[test]
+fn graph_rules_read_the_same_in_the_builder_and_yaml() {
+    let registry = Registry::new().function("noop", |_cx, _call: Call| async move { Ok("done") });
+    let yaml_error = |methods: &str| {
+        let yaml = format!("name: rules\nmethods:\n{methods}");
+        match FlowDefinition::from_yaml(&yaml).unwrap().build(&registry) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let builder_error = |built: Result<crewflow::Flow<serde_json::Value>, crewflow::Error>| match built {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    };
+
+    let self_trigger = "step `again` is triggered by its own completion, which would loop forever; loop through a router label instead";
+    let builder = builder_error(
+        FlowBuilder::new("rules")
+            .start("draft", |_cx, (): ()| async move { Ok(()) })
+            .listen(
+                "again",
+                crewflow::trigger::or([crewflow::trigger::step("draft"), crewflow::trigger::step("again")]),
+                |_cx, (): ()| async move { Ok(()) },
+            )
+            .build(),
+    );
+    let yaml = yaml_error(
+        "  draft: {start: true, do: {call: code, ref: noop}}\n  again: {listen: {or: [draft, again]}, do: {call: code, ref: noop}}",
+    );
+    assert!(builder.contains(self_trigger), "builder: {builder}");
+    assert!(yaml.contains(self_trigger), "YAML: {yaml}");
+
+    let unhandled = "router `pick` can return route `right`, but no step of flow `rules` listens to it; add a step that listens to it, or declare it terminal";
+    let builder = builder_error(
+        FlowBuilder::new("rules")
+            .start("draft", |_cx, (): ()| async move { Ok(()) })
+            .router("pick", "draft", |_cx, (): ()| async move { Ok("left".to_string()) })
+            .routes(["left", "right"])
+            .listen("go_left", crewflow::trigger::label("left"), |_cx, (): ()| async move { Ok(()) })
+            .build(),
+    );
+    let yaml = yaml_error(
+        "  draft: {start: true, do: {call: code, ref: noop}}\n  pick: {listen: draft, router: true, emit: [left, right], do: {call: code, ref: noop}}\n  go_left: {listen: left, do: {call: code, ref: noop}}",
+    );
+    assert!(builder.contains(unhandled), "builder: {builder}");
+    assert!(yaml.contains(unhandled), "YAML: {yaml}");
+}

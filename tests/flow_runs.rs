@@ -5,6 +5,7 @@
 
 mod common;
 
+use crewflow::InputError;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -267,7 +268,7 @@ async fn typed_state_inputs_are_checked() {
         "unknown inputs `extra`, `topik` (did you mean `topic`?), `wrods` (did you mean `words`?) for state `flow_runs::Article`; the state's fields are: topic, words"
     );
     let err = flow.kickoff(json!({ "words": "many" })).await.err().unwrap();
-    assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+    assert!(matches!(err, Error::Input(InputError::InvalidInput { .. })), "{err}");
     assert_eq!(
         err.to_string(),
         r#"invalid inputs for state `flow_runs::Article`: inputs.words: expected u32, got string "many""#

@@ -4,6 +4,7 @@
 
 mod common;
 
+use crewflow::{BuildError, GraphRule};
 use std::time::Duration;
 
 use common::Log;
@@ -272,7 +273,7 @@ fn c15_invalid_method_names_and_conditions_are_rejected() {
         .build()
         .err()
         .unwrap();
-    assert!(matches!(err, Error::EmptyTrigger { ref step, .. } if step == "b"), "{err}");
+    assert!(matches!(err, Error::Build(BuildError::EmptyTrigger { ref step, .. }) if step == "b"), "{err}");
 }
 
 #[test]
@@ -297,7 +298,10 @@ fn a_step_listening_to_itself_is_a_build_error() {
         .build()
         .err()
         .unwrap();
-    assert!(matches!(err, Error::SelfTrigger { ref step } if step == "b"), "{err}");
+    assert!(
+        matches!(err, Error::Build(BuildError::Graph(GraphRule::SelfTrigger { ref step })) if step == "b"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -308,7 +312,7 @@ fn duplicate_step_names_are_a_build_error() {
         .build()
         .err()
         .unwrap();
-    assert!(matches!(err, Error::DuplicateStep { .. }), "{err}");
+    assert!(matches!(err, Error::Build(BuildError::DuplicateStep { .. })), "{err}");
 }
 
 #[test]
@@ -346,7 +350,8 @@ fn a_label_named_like_a_step_suggests_the_step() {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(err.contains("listens to route `send`"), "{err}");
-    assert!(err.contains(r#"did you mean `step("send")`?"#), "{err}");
+    assert!(err.contains(r#"`send` is a step: to run after it, name the step, not a label"#), "{err}");
+    assert!(err.contains(r#"step("send") in the builder"#), "{err}");
 }
 
 /// `|` and `&` spell triggers alike in `#[listen(..)]` and in the builder (`&` binds tighter),

@@ -6,6 +6,7 @@
 
 mod common;
 
+use crewflow::{BuildError, GraphRule};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -371,7 +372,10 @@ async fn weakness_16_extending_a_flow_keeps_its_steps_and_no_start_is_an_error()
     assert_eq!(log.entries(), ["a", "b", "c"]);
 
     let err = FlowBuilder::<()>::new("headless").build().err().unwrap();
-    assert_eq!(err.to_string(), "flow `headless` has no start step; mark at least one step as a start");
+    assert_eq!(
+        err.to_string(),
+        "flow `headless` has no start step; mark at least one step as a start (#[start], .start(..), or `start: true` in YAML)"
+    );
 }
 
 /// §0 item 22: upstream returns whatever finished last. Here the output of a run with
@@ -500,7 +504,9 @@ async fn weakness_28_routes_are_enforced_and_separate_from_step_names() {
         .routes(["here", "there"])
         .listen("h", label("here"), |_cx, (): ()| async move { Ok(()) })
         .build();
-    assert!(matches!(unhandled, Err(Error::UnhandledRoute { ref label, .. }) if label == "there"));
+    assert!(
+        matches!(unhandled, Err(Error::Build(BuildError::Graph(GraphRule::UnhandledRoute { ref label, .. }))) if label == "there")
+    );
 }
 
 /// §0 item 30: upstream lets the other branches of a failed run keep running uncontrolled.

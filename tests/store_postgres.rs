@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
+use crewflow::DurableError;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -127,7 +128,7 @@ fn pg_child() {
                 let flow = chain("pg_fenced", 10, Duration::from_millis(100), side.into(), store);
                 match flow.kickoff(Kickoff::new().run_id(run)).await {
                     Ok(_) => println!("OWNER FINISHED"),
-                    Err(Error::LeaseLost(lost)) => println!("OWNER LOST {lost}"),
+                    Err(Error::Durable(DurableError::LeaseLost(lost))) => println!("OWNER LOST {lost}"),
                     Err(e) => println!("OWNER FAILED {e}"),
                 }
             }
@@ -263,7 +264,7 @@ async fn a_run_survives_the_server_going_away() {
     proxy.cut();
     let err = run.await.err().unwrap();
     let msg = err.to_string();
-    assert!(matches!(err, Error::Store { .. }), "{msg}");
+    assert!(matches!(err, Error::Durable(DurableError::Store { .. })), "{msg}");
     assert!(msg.contains(&format!("postgres://postgres@127.0.0.1:{port}/test")), "names the server: {msg}");
     assert!(msg.contains("save the checkpoint after step"), "says what was being saved: {msg}");
 
@@ -444,7 +445,7 @@ async fn a_nul_character_is_refused_up_front_naming_where_it_is() {
     let err =
         nul_flow("pg_nul", false, store.clone()).kickoff(serde_json::json!({"text": "a\u{0}b"})).await.err().unwrap();
     let msg = err.to_string();
-    assert!(matches!(err, Error::Store { .. }), "{msg}");
+    assert!(matches!(err, Error::Durable(DurableError::Store { .. })), "{msg}");
     assert!(msg.contains("PostgreSQL cannot store the character U+0000 (NUL)"), "{msg}");
     assert!(msg.contains("found in the kickoff inputs at `text`"), "{msg}");
     assert!(msg.contains("remove it"), "{msg}");

@@ -6,6 +6,7 @@
 
 mod common;
 
+use crewflow::DurableError;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -165,7 +166,7 @@ async fn resuming_a_finished_or_unknown_run() {
 
     let unknown = RunId::new();
     let err = flow.resume(unknown).await.err().unwrap();
-    assert!(matches!(err, Error::UnknownRun { .. }), "{err}");
+    assert!(matches!(err, Error::Durable(DurableError::UnknownRun { .. })), "{err}");
     assert!(err.to_string().contains(&unknown.to_string()), "{err}");
     assert!(flow.store().unwrap().list_runs(&RunFilter::default()).await.unwrap().len() == 1);
 
@@ -372,7 +373,7 @@ async fn forks_start_from_another_runs_state() {
     assert_eq!(serde_json::from_str::<Count>(&fork_row.state).unwrap().counter, 2);
 
     let err = flow.fork(RunId::new(), ()).await.err().unwrap();
-    assert!(matches!(err, Error::UnknownRun { .. }), "{err}");
+    assert!(matches!(err, Error::Durable(DurableError::UnknownRun { .. })), "{err}");
 }
 
 #[derive(Default, Serialize, Deserialize, Debug, PartialEq, Clone)]
@@ -452,7 +453,7 @@ async fn resume_refuses_another_flow_or_a_changed_definition() {
         .build()
         .unwrap();
     let err = other.resume(id).await.err().unwrap();
-    assert!(matches!(err, Error::RunOfAnotherFlow { .. }), "{err}");
+    assert!(matches!(err, Error::Durable(DurableError::RunOfAnotherFlow { .. })), "{err}");
 
     let changed = Chain { log: Log::default(), broken: Arc::new(AtomicBool::new(false)) }
         .into_builder()
@@ -461,7 +462,7 @@ async fn resume_refuses_another_flow_or_a_changed_definition() {
         .build()
         .unwrap();
     let err = changed.resume(id).await.err().unwrap();
-    assert!(matches!(err, Error::DefinitionChanged { .. }), "{err}");
+    assert!(matches!(err, Error::Durable(DurableError::DefinitionChanged { .. })), "{err}");
     // A fork follows a changed definition: it starts over from the state.
     assert_eq!(changed.fork(id, ()).await.unwrap().state.counter, 2);
 }
@@ -478,7 +479,7 @@ async fn corrupt_foreign_and_newer_databases_are_refused() {
     let err = flow_on(&corrupt).kickoff(()).await.err().unwrap();
     let msg = err.to_string();
     assert!(msg.contains("corrupt.db is not a SQLite database"), "{msg}");
-    assert!(matches!(err, Error::Store { .. }));
+    assert!(matches!(err, Error::Durable(DurableError::Store { .. })));
     assert_eq!(std::fs::read(&corrupt).unwrap(), b"this is not a database, it is a shopping list\n");
 
     let foreign = dir.path().join("app.db");

@@ -7,6 +7,7 @@
 
 mod common;
 
+use crewflow::DurableError;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -114,7 +115,11 @@ async fn a_renamed_field_is_migrated_on_resume(store: Arc<dyn RunStore>) {
 
     // Without the migration: refused, naming both versions and the fix; nothing changes.
     let err = v2(store.clone(), ready.clone()).build().unwrap().resume(run_id).await.unwrap_err();
-    let Error::StoredState { source: StateError::NoMigration { stored: 1, current: 2, missing: 1 }, .. } = &err else {
+    let Error::Durable(DurableError::StoredState {
+        source: StateError::NoMigration { stored: 1, current: 2, missing: 1 },
+        ..
+    }) = &err
+    else {
         panic!("{err:?}")
     };
     assert!(err.to_string().contains("`.migrate_state(1, |state| ..)`"), "{err}");
@@ -145,7 +150,8 @@ async fn a_removed_field_is_refused_not_dropped(store: Arc<dyn RunStore>) {
             .build()
             .unwrap();
     let err = flow.resume(run_id).await.unwrap_err();
-    let Error::StoredState { source: StateError::Dropped { fields, version: 1, .. }, .. } = &err else {
+    let Error::Durable(DurableError::StoredState { source: StateError::Dropped { fields, version: 1, .. }, .. }) = &err
+    else {
         panic!("{err:?}")
     };
     assert_eq!(fields, &["mail"]);
@@ -156,7 +162,7 @@ async fn a_removed_field_is_refused_not_dropped(store: Arc<dyn RunStore>) {
     );
     untouched(store.as_ref(), run_id).await;
     // A fork, which starts over from the state, is refused alike.
-    assert!(matches!(flow.fork(run_id, ()).await, Err(Error::StoredState { .. })));
+    assert!(matches!(flow.fork(run_id, ()).await, Err(Error::Durable(DurableError::StoredState { .. }))));
 }
 
 async fn a_newer_state_is_refused(store: Arc<dyn RunStore>) {
@@ -170,7 +176,13 @@ async fn a_newer_state_is_refused(store: Arc<dyn RunStore>) {
     .build()
     .unwrap();
     let err = older.resume(run_id).await.unwrap_err();
-    assert!(matches!(&err, Error::StoredState { source: StateError::Newer { stored: 1, current: 0 }, .. }), "{err:?}");
+    assert!(
+        matches!(
+            &err,
+            Error::Durable(DurableError::StoredState { source: StateError::Newer { stored: 1, current: 0 }, .. })
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains(&format!("run {run_id} cannot be read by this definition of flow `contacts`")));
     untouched(store.as_ref(), run_id).await;
 }

@@ -1,6 +1,7 @@
 //! [`ChatFlow`]: a flow holding sessions, and one turn of a session
 //! ([`ChatFlow::handle_turn`], [`ChatFlow::stream_turn`]).
 
+use crewflow_core::FeedbackError;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -328,7 +329,9 @@ impl<S: Conversational> ChatFlow<S> {
         let mut run = run.map_err(|e| match e {
             // A turn is answered within the turn: it never pauses (and never reports a paused
             // run as a completed turn, weakness W-A4).
-            Error::PauseWithoutStore { step, .. } => ChatError::PauseInTurn { session: session.to_string(), step },
+            Error::Feedback(FeedbackError::PauseWithoutStore { step, .. }) => {
+                ChatError::PauseInTurn { session: session.to_string(), step }
+            }
             e => ChatError::Run(e),
         })?;
 

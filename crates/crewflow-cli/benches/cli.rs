@@ -102,26 +102,31 @@ fn thousand() -> GraphSpec {
         let p = |s: &str| format!("s{b}_{s}");
         if b > 0 {
             let prev_next = format!("next{}", b - 1);
-            steps.push(spec(p("a"), StartKind::No, Some(or([label(prev_next), label(format!("again{b}"))])), None));
+            steps.push(spec(
+                p("a"),
+                StartKind::Listener,
+                Some(or([label(prev_next), label(format!("again{b}"))])),
+                None,
+            ));
         }
         for (k, s) in ["b", "c", "d"].iter().enumerate() {
             let _ = k;
-            steps.push(spec(p(s), StartKind::No, Some(step(p("a"))), None));
+            steps.push(spec(p(s), StartKind::Listener, Some(step(p("a"))), None));
         }
-        steps.push(spec(p("e"), StartKind::No, Some(and([step(p("b")), step(p("c"))])), None));
-        steps.push(spec(p("f"), StartKind::No, Some(or([step(p("c")), step(p("d"))])), None));
-        steps.push(spec(p("g"), StartKind::No, Some(and([step(p("e")), step(p("f"))])), None));
-        steps.push(spec(p("h"), StartKind::No, Some(step(p("g"))), None));
-        steps.push(spec(p("i"), StartKind::No, Some(step(p("h"))), None));
+        steps.push(spec(p("e"), StartKind::Listener, Some(and([step(p("b")), step(p("c"))])), None));
+        steps.push(spec(p("f"), StartKind::Listener, Some(or([step(p("c")), step(p("d"))])), None));
+        steps.push(spec(p("g"), StartKind::Listener, Some(and([step(p("e")), step(p("f"))])), None));
+        steps.push(spec(p("h"), StartKind::Listener, Some(step(p("g"))), None));
+        steps.push(spec(p("i"), StartKind::Listener, Some(step(p("h"))), None));
         steps.push(spec(
             p("j"),
-            StartKind::No,
+            StartKind::Listener,
             Some(step(p("i"))),
             Some(if b == 0 { vec![format!("next{b}")] } else { vec![format!("next{b}"), format!("again{b}")] }),
         ));
     }
     // the last block's `next` label ends the flow
-    steps.push(spec("done".into(), StartKind::No, Some(label("next99")), None));
+    steps.push(spec("done".into(), StartKind::Listener, Some(label("next99")), None));
     GraphSpec { name: "thousand".into(), steps }
 }
 

@@ -1,6 +1,7 @@
 //! The commands that drive runs: `run` (or queue), `runs resume`, `runs fork`,
 //! `feedback answer`, and how a run's end is reported.
 
+use crewflow_core::{DurableError, FeedbackError};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -153,15 +154,17 @@ pub(crate) fn finish(
         Err(e) => {
             // Refusals leave the run as it was: said as they are, not as a failed run.
             let refused = match &e {
-                Error::UnknownRun { .. } | Error::UnknownFeedbackRequest { .. } | Error::NotPaused { .. } => {
-                    Some(Exit::NotFound)
+                Error::Durable(DurableError::UnknownRun { .. })
+                | Error::Feedback(FeedbackError::UnknownFeedbackRequest { .. })
+                | Error::Feedback(FeedbackError::NotPaused { .. }) => Some(Exit::NotFound),
+                Error::Feedback(FeedbackError::UnmatchedFeedback { .. })
+                | Error::Durable(DurableError::RunOfAnotherFlow { .. })
+                | Error::Durable(DurableError::DefinitionChanged { .. })
+                | Error::Durable(DurableError::RunOwned(_))
+                | Error::Durable(DurableError::AlreadyDriven { .. }) => Some(Exit::Usage),
+                Error::Durable(DurableError::Store { .. }) | Error::Durable(DurableError::NoStore { .. }) => {
+                    Some(Exit::Store)
                 }
-                Error::UnmatchedFeedback { .. }
-                | Error::RunOfAnotherFlow { .. }
-                | Error::DefinitionChanged { .. }
-                | Error::RunOwned(_)
-                | Error::AlreadyDriven { .. } => Some(Exit::Usage),
-                Error::Store { .. } | Error::NoStore { .. } => Some(Exit::Store),
                 _ => None,
             };
             let status = if matches!(e, Error::Cancelled { .. }) { "cancelled" } else { "failed" };

@@ -15,7 +15,7 @@ use crate::{CliError, Exit, WorkerArgs};
 /// Records a queued run and prints its id.
 pub(crate) async fn enqueue(ctx: &Ctx, flow: &Target, kickoff: Kickoff) -> Result<Exit, CliError> {
     let id = flow.flow.enqueue(kickoff).await.map_err(|e| match e {
-        crewflow_core::Error::NoStore { .. } => CliError::new(
+        crewflow_core::Error::Durable(crewflow_core::DurableError::NoStore { .. }) => CliError::new(
             Exit::Usage,
             format!("flow `{}` has no store to queue the run in; name one with --store or $CREWFLOW_DB", flow.name()),
         ),

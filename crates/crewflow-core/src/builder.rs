@@ -1,9 +1,9 @@
 //! Building flows at run time. The `#[flow]` macro generates calls to this same builder, so
 //! everything the macro can express, the builder can too (YAML flows build on it as well).
 
+use crate::error::{BuildError, FeedbackError};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use crate::event::Observer;
 use crate::feedback::{FeedbackProvider, FeedbackResult, HumanFeedback};
 use crate::flow::{Flow, FlowInner, StepRuntime};
 use crate::graph::{GraphSpec, RouterSpec, StartKind, StepSpec};
+use crate::handler::{BoxFuture, Completion, Handler, Predicate, StepOutcome};
 use crate::input::InputProvider;
 use crate::output::{Output, TypeInfo, extract_input};
 use crate::persist::{DEFAULT_LEASE, RunStore};
@@ -32,29 +33,6 @@ pub const DEFAULT_MAX_STEPS: u64 = 10_000;
 
 /// How long steps still running get to finish on their own once a run fails or is cancelled.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_millis(100);
-
-pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// What a step execution produced: its output and, for a router, the label it chose.
-pub(crate) struct StepOutcome {
-    pub output: Output,
-    pub label: Option<Arc<str>>,
-    /// The step asked for feedback and the answer comes later: the run pauses.
-    pub pause: Option<Box<crate::feedback::PendingFeedback>>,
-}
-
-/// A finished step execution, as the driver receives it.
-pub(crate) struct Completion {
-    pub activation: u64,
-    pub result: Result<StepOutcome, Error>,
-    pub elapsed: Duration,
-}
-
-/// A step's body, type-erased. The future it returns does everything around the body too
-/// (input conversion, the step scope, timing, turning panics into errors), so a step
-/// execution costs one allocation.
-pub(crate) type Handler<S> = Arc<dyn Fn(Cx<S>, Option<Output>) -> BoxFuture<Completion> + Send + Sync>;
-pub(crate) type Predicate<S> = Arc<dyn Fn(&S) -> bool + Send + Sync>;
 
 struct StepDef<S> {
     spec: StepSpec,
@@ -176,7 +154,7 @@ impl<S: FlowState> FlowBuilder<S> {
         I: DeserializeOwned + Clone + Send + 'static,
         O: Serialize + Send + Sync + 'static,
     {
-        self.add::<I, O>(name, StartKind::On, Some(trigger.into()), None, plain(name, handler))
+        self.add::<I, O>(name, StartKind::Conditional, Some(trigger.into()), None, plain(name, handler))
     }
 
     /// Adds a listener: it runs each time `trigger` is satisfied, with the triggering output as
@@ -188,7 +166,7 @@ impl<S: FlowState> FlowBuilder<S> {
         I: DeserializeOwned + Clone + Send + 'static,
         O: Serialize + Send + Sync + 'static,
     {
-        self.add::<I, O>(name, StartKind::No, Some(trigger.into()), None, plain(name, handler))
+        self.add::<I, O>(name, StartKind::Listener, Some(trigger.into()), None, plain(name, handler))
     }
 
     /// Adds a router: a listener whose output is a [`Route`] whose label is dispatched.
@@ -201,7 +179,7 @@ impl<S: FlowState> FlowBuilder<S> {
         R: Route,
     {
         let router = router_spec::<R>();
-        self.add::<I, R>(name, StartKind::No, Some(trigger.into()), Some(router), routing(name, handler))
+        self.add::<I, R>(name, StartKind::Listener, Some(trigger.into()), Some(router), routing(name, handler))
     }
 
     /// Adds a router that is also a start (it runs at kickoff).
@@ -225,7 +203,7 @@ impl<S: FlowState> FlowBuilder<S> {
         R: Route,
     {
         let router = router_spec::<R>();
-        self.add::<I, R>(name, StartKind::On, Some(trigger.into()), Some(router), routing(name, handler))
+        self.add::<I, R>(name, StartKind::Conditional, Some(trigger.into()), Some(router), routing(name, handler))
     }
 
     /// Declares the labels the last added router can return (required for `String` routers;
@@ -251,7 +229,7 @@ impl<S: FlowState> FlowBuilder<S> {
         match self.steps.last_mut() {
             Some(step) => step.retry = Some(retry),
             None => {
-                self.error.get_or_insert(Error::Builder(".retry(..) was called before any step was added".into()));
+                self.error.get_or_insert(BuildError::ModifierWithoutStep { modifier: "retry".into() }.into());
             }
         }
         self
@@ -267,7 +245,7 @@ impl<S: FlowState> FlowBuilder<S> {
         match self.steps.last_mut() {
             Some(step) => step.blocking = true,
             None => {
-                self.error.get_or_insert(Error::Builder(".blocking() was called before any step was added".into()));
+                self.error.get_or_insert(BuildError::ModifierWithoutStep { modifier: "blocking".into() }.into());
             }
         }
         self
@@ -325,8 +303,7 @@ impl<S: FlowState> FlowBuilder<S> {
         match self.steps.last_mut() {
             Some(last) => last.feedback = Some(Arc::new(feedback)),
             None => {
-                self.error
-                    .get_or_insert(Error::Builder(".human_feedback(..) was called before any step was added".into()));
+                self.error.get_or_insert(BuildError::ModifierWithoutStep { modifier: "human_feedback".into() }.into());
             }
         }
         self
@@ -360,7 +337,7 @@ impl<S: FlowState> FlowBuilder<S> {
         match self.steps.last_mut() {
             Some(last) => last.persisted = true,
             None => {
-                self.error.get_or_insert(Error::Builder(".persisted() was called before any step was added".into()));
+                self.error.get_or_insert(BuildError::ModifierWithoutStep { modifier: "persisted".into() }.into());
             }
         }
         self
@@ -389,9 +366,7 @@ impl<S: FlowState> FlowBuilder<S> {
         F: Fn(serde_json::Value) -> Result<serde_json::Value, BoxError> + Send + Sync + 'static,
     {
         if self.versions.migrations.insert(from, Arc::new(migration)).is_some() {
-            self.error.get_or_insert(Error::Builder(format!(
-                "two migrations of the state from version {from}: keep one `.migrate_state({from}, ..)`"
-            )));
+            self.error.get_or_insert(BuildError::DuplicateMigration { from }.into());
         }
         self
     }
@@ -441,12 +416,7 @@ impl<S: FlowState> FlowBuilder<S> {
         }
         let graph = self.spec().compile()?;
         if let Some(from) = self.versions.migrations.keys().find(|&&from| from >= self.versions.current) {
-            return Err(Error::Builder(format!(
-                "a migration from state version {from} is registered, but the state is at version {}: \
-                 set `.state_version({})` or remove the migration",
-                self.versions.current,
-                from + 1
-            )));
+            return Err(BuildError::MigrationAhead { from: *from, current: self.versions.current }.into());
         }
         self.check_feedback(self.store.is_some() || self.default_store.is_some())?;
         let store = self.store.or_else(|| self.default_store.map(|make| make()));
@@ -522,7 +492,10 @@ impl<S: FlowState> FlowBuilder<S> {
             config.check(&d.spec.name, d.spec.router.is_some())?;
             let pauses = config.provider.as_ref().or(self.feedback.as_ref()).is_some_and(|p| p.pauses());
             if pauses && !has_store {
-                return Err(Error::PauseWithoutStore { flow: self.name.clone(), step: d.spec.name.to_string() });
+                return Err(Error::Feedback(FeedbackError::PauseWithoutStore {
+                    flow: self.name.clone(),
+                    step: d.spec.name.to_string(),
+                }));
             }
         }
         Ok(())
@@ -532,13 +505,12 @@ impl<S: FlowState> FlowBuilder<S> {
         match self.steps.last_mut().map(|s| (s.spec.name.clone(), s.spec.router.as_mut())) {
             Some((_, Some(r))) => f(r),
             Some((name, None)) => {
-                self.error.get_or_insert(Error::Builder(format!(
-                    ".{modifier}(..) applies to routers, but the step added last (`{name}`) is not one"
-                )));
+                self.error.get_or_insert(
+                    BuildError::ModifierOnNonRouter { modifier: modifier.into(), step: name.to_string() }.into(),
+                );
             }
             None => {
-                self.error
-                    .get_or_insert(Error::Builder(format!(".{modifier}(..) was called before any step was added")));
+                self.error.get_or_insert(BuildError::ModifierWithoutStep { modifier: modifier.into() }.into());
             }
         }
     }
@@ -573,7 +545,7 @@ fn with_feedback<S: FlowState>(handler: Handler<S>, config: Arc<HumanFeedback>, 
         Box::pin(async move {
             let mut completion = body.await;
             if let Ok(outcome) = completion.result {
-                completion.result = crate::feedback::after_step(&cx, &config, outcome, is_router).await;
+                completion.result = crate::review::after_step(&cx, &config, outcome, is_router).await;
             }
             completion
         })

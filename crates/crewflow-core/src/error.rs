@@ -1,6 +1,21 @@
-//! Errors: [`Error`] for everything the engine reports, [`StepError`] for what a step returns.
+//! Errors, split by what a caller does about them.
+//!
+//! [`Error`] is what every engine call returns. Its variants group the causes:
+//!
+//! | variant | what the caller does |
+//! |---|---|
+//! | [`Error::Build`] ([`BuildError`]) | fix the flow's definition (code or YAML); nothing ran |
+//! | [`Error::Input`] ([`InputError`]) | fix the inputs passed to kickoff; nothing ran |
+//! | [`Error::Durable`] ([`DurableError`]) | a stored run: pick another id, resume elsewhere, retry the store, migrate the state |
+//! | [`Error::Feedback`] ([`FeedbackError`]) | answer the pending request differently, or later |
+//! | the other variants | the run itself: a step failed, a budget ran out, it was cancelled |
+//!
+//! Every enum is `#[non_exhaustive]`, and each message names the thing at fault and the fix.
+//! [`StepError`] is what a step returns.
 
 use std::fmt;
+
+use crewflow_rules::GraphRule;
 
 /// A boxed error that can cross threads: the cause carried by a failed step.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -8,169 +23,24 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// `Result` with the engine's [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything the engine can report: problems found while building a flow (a trigger naming a
-/// step that does not exist, a route nobody handles, ...) and problems while running one (a step
-/// failed, the step budget ran out, bad kickoff inputs, ...).
-///
-/// Each message names the thing at fault and, where there is one, the fix.
+/// Everything the engine can report. The first four variants group causes by what a caller
+/// does about them (see the [module docs](self)); the rest are about the run itself.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    // ---- building a flow ----
-    /// A step name is not a valid identifier.
-    #[error(
-        "invalid step name `{name}`: step names must match ^[A-Za-z_][A-Za-z0-9_]*$ (letters, digits, underscores; not starting with a digit)"
-    )]
-    InvalidStepName {
-        /// The rejected name.
-        name: String,
-    },
-    /// Two steps share a name.
-    #[error("flow `{flow}` declares step `{name}` twice; step names must be unique")]
-    DuplicateStep {
-        /// The flow's name.
-        flow: String,
-        /// The repeated step name.
-        name: String,
-    },
-    /// A trigger names a step that the flow does not have.
-    #[error("step `{listener}` is triggered by `{missing}`, but flow `{flow}` has no step of that name{}", did_you_mean(.suggestion))]
-    UnknownStep {
-        /// The flow's name.
-        flow: String,
-        /// The step whose trigger is wrong.
-        listener: String,
-        /// The name that matches no step.
-        missing: String,
-        /// The closest existing step name, if any is close.
-        suggestion: Option<String>,
-    },
-    /// A trigger names a route label that no router of the flow can return.
-    #[error("step `{listener}` listens to route `{label}`, but no router of flow `{flow}` returns it{}", did_you_mean(.suggestion))]
-    UnknownLabel {
-        /// The flow's name.
-        flow: String,
-        /// The step whose trigger is wrong.
-        listener: String,
-        /// The label nobody returns.
-        label: String,
-        /// The closest declared label, if any is close.
-        suggestion: Option<String>,
-    },
-    /// A router can return a label that no step listens to.
-    #[error(
-        "router `{router}` can return route `{label}`, but no step of flow `{flow}` listens to it; add a step that listens to it, or declare it terminal (#[route(terminal)] on the variant, or .terminal([..]) in the builder)"
-    )]
-    UnhandledRoute {
-        /// The flow's name.
-        flow: String,
-        /// The router.
-        router: String,
-        /// The label nobody handles.
-        label: String,
-    },
-    /// A router did not declare the labels it can return.
-    #[error(
-        "router `{router}` returns `{route_type}`, whose labels are not known in advance; declare them with routes = [\"..\"] (macro) or .routes([..]) (builder)"
-    )]
-    UndeclaredRoutes {
-        /// The router.
-        router: String,
-        /// The router's return type.
-        route_type: &'static str,
-    },
-    /// Two different route types use the same label in one flow.
-    #[error(
-        "label `{label}` is returned by router `{first}` (type `{first_type}`) and by router `{second}` (type `{second_type}`); labels must mean one thing per flow, so rename one variant with #[route(rename = \"..\")]"
-    )]
-    LabelConflict {
-        /// The shared label.
-        label: String,
-        /// The first router declaring it.
-        first: String,
-        /// Its route type.
-        first_type: &'static str,
-        /// The second router declaring it.
-        second: String,
-        /// Its route type.
-        second_type: &'static str,
-    },
-    /// A step's trigger names the step itself.
-    #[error(
-        "step `{step}` is triggered by its own completion, which would loop forever; loop through a router label instead"
-    )]
-    SelfTrigger {
-        /// The step.
-        step: String,
-    },
-    /// A flow with no start step.
-    #[error("flow `{flow}` has no start step; mark at least one step as a start")]
-    NoStart {
-        /// The flow's name.
-        flow: String,
-    },
-    /// A trigger with an empty `or(..)`/`and(..)`.
-    #[error("step `{step}` has an empty {combinator}(..) trigger; give it at least one member")]
-    EmptyTrigger {
-        /// The step.
-        step: String,
-        /// `or` or `and`.
-        combinator: &'static str,
-    },
-    /// A step's input type does not match the output type of a step that triggers it.
-    #[error(
-        "step `{listener}` takes an input of type `{input_type}`, but it is triggered by {trigger} `{source_step}`, whose output is `{output_type}`; make the types match, or take `serde_json::Value`"
-    )]
-    PayloadTypeMismatch {
-        /// The step receiving the payload.
-        listener: String,
-        /// Its declared input type.
-        input_type: &'static str,
-        /// `step` or `route`.
-        trigger: &'static str,
-        /// The triggering step (or the route label).
-        source_step: String,
-        /// The output type of the triggering step.
-        output_type: &'static str,
-    },
-    /// A modifier such as `.routes(..)` was used before any step was added, or on a step it does not apply to.
-    #[error("{0}")]
-    Builder(String),
+    /// The flow's definition is wrong; nothing ran.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The kickoff inputs do not fit the state; nothing ran.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// A durable run or its store.
+    #[error(transparent)]
+    Durable(#[from] DurableError),
+    /// Human feedback: a pause, an answer, a provider.
+    #[error(transparent)]
+    Feedback(#[from] FeedbackError),
 
-    // ---- starting a run ----
-    /// Kickoff inputs name fields the typed state does not have (all of them are reported).
-    #[error("unknown input{} {} for state `{state_type}`; the state's fields are: {}", if .keys.len() == 1 { "" } else { "s" }, unknown_keys(.keys), .fields.join(", "))]
-    UnknownInput {
-        /// The unknown keys (a nested one as `field.key`), each with the closest field.
-        keys: Vec<UnknownKey>,
-        /// The state type.
-        state_type: &'static str,
-        /// The fields the state has (from its default value).
-        fields: Vec<String>,
-    },
-    /// A kickoff input `id` holding a run id, on a state without an `id` field: CrewAI restores a
-    /// run that way (`kickoff(inputs={"id": ..})`); crewflow restores explicitly.
-    #[error(
-        "the kickoff input `id` is a run id ({run_id}), but crewflow does not restore a run through its inputs: continue that run with flow.resume({run_id}), or start a new run from its state with flow.fork({run_id}, inputs); if `id` is data of your own, give it another name (or an `id` field in a typed state)"
-    )]
-    RestoreByInput {
-        /// The run id given as the `id` input.
-        run_id: String,
-    },
-    /// Kickoff inputs that do not fit the state's types.
-    #[error("invalid inputs for state `{state_type}`: {message}")]
-    InvalidInput {
-        /// The state type.
-        state_type: &'static str,
-        /// What serde said.
-        message: String,
-    },
-    /// Kickoff inputs that are not a JSON object.
-    #[error("kickoff inputs must be a JSON object of state fields, got {got}")]
-    InputsNotAnObject {
-        /// What was given instead.
-        got: &'static str,
-    },
     /// The flow's state could not be converted to or from JSON.
     #[error("state `{state_type}` could not be {action} JSON: {message}")]
     StateSerialization {
@@ -191,8 +61,6 @@ pub enum Error {
         /// What went wrong.
         problem: String,
     },
-
-    // ---- running ----
     /// A step returned an error (or panicked). The run stopped; in-flight siblings were cancelled.
     /// A durable run can be resumed from its last checkpoint after the fix:
     /// `flow.resume(run_id)`.
@@ -279,7 +147,175 @@ pub enum Error {
         /// The run.
         run_id: String,
     },
-    // ---- durable runs ----
+    /// The frontier was asked about an activation it does not know (a driver bug or a corrupt checkpoint).
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// A flow definition the engine refuses: found by `FlowBuilder::build`, the `#[flow]` macro and
+/// declarative flows alike, before anything runs. Fix the definition.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The graph breaks one of the rules every front end shares (a start exists, triggers name
+    /// steps and labels that exist, no step triggers itself, every route is handled).
+    #[error(transparent)]
+    Graph(#[from] crewflow_rules::GraphRule),
+    /// A step name is not a valid identifier.
+    #[error(
+        "invalid step name `{name}`: step names must match ^[A-Za-z_][A-Za-z0-9_]*$ (letters, digits, underscores; not starting with a digit)"
+    )]
+    InvalidStepName {
+        /// The rejected name.
+        name: String,
+    },
+    /// Two steps share a name.
+    #[error("flow `{flow}` declares step `{name}` twice; step names must be unique")]
+    DuplicateStep {
+        /// The flow's name.
+        flow: String,
+        /// The repeated step name.
+        name: String,
+    },
+    /// A router did not declare the labels it can return.
+    #[error(
+        "router `{router}` returns `{route_type}`, whose labels are not known in advance; declare them with routes = [\"..\"] (macro) or .routes([..]) (builder)"
+    )]
+    RoutesNotDeclared {
+        /// The router.
+        router: String,
+        /// The router's return type.
+        route_type: &'static str,
+    },
+    /// Two different route types use the same label in one flow.
+    #[error(
+        "label `{label}` is returned by router `{first}` (type `{first_type}`) and by router `{second}` (type `{second_type}`); labels must mean one thing per flow, so rename one variant with #[route(rename = \"..\")]"
+    )]
+    LabelConflict {
+        /// The shared label.
+        label: String,
+        /// The first router declaring it.
+        first: String,
+        /// Its route type.
+        first_type: &'static str,
+        /// The second router declaring it.
+        second: String,
+        /// Its route type.
+        second_type: &'static str,
+    },
+    /// A trigger with an empty `or(..)`/`and(..)`.
+    #[error("step `{step}` has an empty {combinator}(..) trigger; give it at least one member")]
+    EmptyTrigger {
+        /// The step.
+        step: String,
+        /// `or` or `and`.
+        combinator: &'static str,
+    },
+    /// A step's input type does not match the output type of a step that triggers it.
+    #[error(
+        "step `{listener}` takes an input of type `{input_type}`, but it is triggered by {trigger} `{source_step}`, whose output is `{output_type}`; make the types match, or take `serde_json::Value`"
+    )]
+    PayloadTypeMismatch {
+        /// The step receiving the payload.
+        listener: String,
+        /// Its declared input type.
+        input_type: &'static str,
+        /// `step` or `route`.
+        trigger: &'static str,
+        /// The triggering step (or the route label).
+        source_step: String,
+        /// The output type of the triggering step.
+        output_type: &'static str,
+    },
+    /// A step modifier such as `.retry(..)` was called before any step was added.
+    #[error(".{modifier}(..) was called before any step was added; add the step first, then its modifiers")]
+    ModifierWithoutStep {
+        /// The modifier, e.g. `retry`.
+        modifier: String,
+    },
+    /// A router modifier such as `.routes(..)` was called on a step that is not a router.
+    #[error(".{modifier}(..) applies to routers, but the step added last (`{step}`) is not one")]
+    ModifierOnNonRouter {
+        /// The modifier, e.g. `routes`.
+        modifier: String,
+        /// The step it was applied to.
+        step: String,
+    },
+    /// A step that is neither a start nor triggered by anything.
+    #[error("step `{step}` has no trigger; give it one (listen/router) or make it a start")]
+    NoTrigger {
+        /// The step.
+        step: String,
+    },
+    /// A step's human-feedback options break one of the rules every front end shares
+    /// (`crewflow_rules::check_feedback`).
+    #[error("human feedback on step `{step}`: {rule}")]
+    Feedback {
+        /// The reviewed step.
+        step: String,
+        /// The rule broken, with its fix.
+        rule: crewflow_rules::FeedbackRule,
+    },
+    /// Two migrations registered from the same state version.
+    #[error("two migrations of the state from version {from}: keep one `.migrate_state({from}, ..)`")]
+    DuplicateMigration {
+        /// The version both migrate from.
+        from: u32,
+    },
+    /// A migration from a version the state has not reached.
+    #[error("a migration from state version {from} is registered, but the state is at version {current}: set `.state_version({})` or remove the migration", .from + 1)]
+    MigrationAhead {
+        /// The version the migration starts from.
+        from: u32,
+        /// The state's declared version.
+        current: u32,
+    },
+}
+
+/// Kickoff inputs that do not fit the flow's state. Fix what is passed; nothing ran.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InputError {
+    /// Kickoff inputs name fields the typed state does not have (all of them are reported).
+    #[error("unknown input{} {} for state `{state_type}`; the state's fields are: {}", if .keys.len() == 1 { "" } else { "s" }, unknown_keys(.keys), .fields.join(", "))]
+    UnknownInput {
+        /// The unknown keys (a nested one as `field.key`), each with the closest field.
+        keys: Vec<UnknownKey>,
+        /// The state type.
+        state_type: &'static str,
+        /// The fields the state has (from its default value).
+        fields: Vec<String>,
+    },
+    /// A kickoff input `id` holding a run id, on a state without an `id` field: CrewAI restores a
+    /// run that way (`kickoff(inputs={"id": ..})`); crewflow restores explicitly.
+    #[error(
+        "the kickoff input `id` is a run id ({run_id}), but crewflow does not restore a run through its inputs: continue that run with flow.resume({run_id}), or start a new run from its state with flow.fork({run_id}, inputs); if `id` is data of your own, give it another name (or an `id` field in a typed state)"
+    )]
+    RestoreByInput {
+        /// The run id given as the `id` input.
+        run_id: String,
+    },
+    /// Kickoff inputs that do not fit the state's types.
+    #[error("invalid inputs for state `{state_type}`: {message}")]
+    InvalidInput {
+        /// The state type.
+        state_type: &'static str,
+        /// What serde said.
+        message: String,
+    },
+    /// Kickoff inputs that are not a JSON object.
+    #[error("kickoff inputs must be a JSON object of state fields, got {got}")]
+    InputsNotAnObject {
+        /// What was given instead.
+        got: &'static str,
+    },
+}
+
+/// A durable run or its store: the run is elsewhere, unknown, of another flow, stored by another
+/// definition, or the store itself failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurableError {
     /// The flow has no store, and the call needs one.
     #[error(
         "{call} needs a store; give the flow one with FlowBuilder::store(..) (or #[flow(persist)] for the default SQLite file)"
@@ -301,10 +337,10 @@ pub enum Error {
     },
     /// Another process took the run over; this one stopped without writing.
     #[error(transparent)]
-    LeaseLost(#[from] crate::persist::LeaseLost),
+    LeaseLost(crate::persist::LeaseLost),
     /// The run is being run by a live process.
     #[error(transparent)]
-    RunOwned(#[from] crate::persist::RunOwned),
+    RunOwned(crate::persist::RunOwned),
     /// A run a worker took over ended without success, as the store recorded it (reported by
     /// a worker after a restart: the process that ran it is gone, and with it the error value).
     #[error("run {run_id} ended {status}: {message}")]
@@ -380,8 +416,12 @@ pub enum Error {
         /// What serde said.
         message: String,
     },
+}
 
-    // ---- human feedback ----
+/// Human feedback: a run paused for review, an answer that does not fit, a provider that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FeedbackError {
     /// Feedback matched none of a step's outcomes and the step has no default.
     #[error(
         "the feedback \"{feedback}\" on step `{step}` matches none of its outcomes {outcomes} ({classifier}); answer with one of them, or give the step a default outcome"
@@ -489,42 +529,24 @@ pub enum Error {
         /// The question.
         message: String,
     },
-
-    /// The frontier was asked about an activation it does not know (a driver bug or a corrupt checkpoint).
-    #[error("internal: {0}")]
-    Internal(String),
 }
 
 impl Error {
     /// Wraps an error reported by a store, recognising lost leases and owned runs.
     pub fn from_store(store: &dyn crate::persist::RunStore, action: &str, source: BoxError) -> Self {
         let source = match source.downcast::<crate::persist::LeaseLost>() {
-            Ok(lost) => return Error::LeaseLost(*lost),
+            Ok(lost) => return DurableError::LeaseLost(*lost).into(),
             Err(other) => other,
         };
         match source.downcast::<crate::persist::RunOwned>() {
-            Ok(owned) => Error::RunOwned(*owned),
-            Err(source) => Error::Store { store: store.describe(), action: action.to_string(), source },
+            Ok(owned) => DurableError::RunOwned(*owned).into(),
+            Err(source) => DurableError::Store { store: store.describe(), action: action.to_string(), source }.into(),
         }
     }
 
     /// True for errors found while building a flow (before anything ran).
     pub fn is_build_error(&self) -> bool {
-        matches!(
-            self,
-            Error::InvalidStepName { .. }
-                | Error::DuplicateStep { .. }
-                | Error::UnknownStep { .. }
-                | Error::UnknownLabel { .. }
-                | Error::UnhandledRoute { .. }
-                | Error::UndeclaredRoutes { .. }
-                | Error::LabelConflict { .. }
-                | Error::SelfTrigger { .. }
-                | Error::NoStart { .. }
-                | Error::EmptyTrigger { .. }
-                | Error::PayloadTypeMismatch { .. }
-                | Error::Builder(_)
-        )
+        matches!(self, Error::Build(_))
     }
 
     /// The step this error is about, when there is one.
@@ -532,15 +554,41 @@ impl Error {
         match self {
             Error::StepFailed { step, .. }
             | Error::StepBudgetExceeded { step, .. }
-            | Error::BadPayload { step, .. }
-            | Error::SelfTrigger { step }
-            | Error::EmptyTrigger { step, .. } => Some(step),
-            Error::UndeclaredRoute { router, .. } | Error::UnhandledRoute { router, .. } => Some(router),
-            Error::UnknownStep { listener, .. }
-            | Error::UnknownLabel { listener, .. }
-            | Error::PayloadTypeMismatch { listener, .. } => Some(listener),
+            | Error::BadPayload { step, .. } => Some(step),
+            Error::UndeclaredRoute { router, .. } => Some(router),
+            Error::Build(build) => build.step(),
             _ => None,
         }
+    }
+}
+
+impl BuildError {
+    /// The step this error is about, when there is one.
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            BuildError::Graph(GraphRule::SelfTrigger { step })
+            | BuildError::EmptyTrigger { step, .. }
+            | BuildError::NoTrigger { step }
+            | BuildError::Feedback { step, .. }
+            | BuildError::ModifierOnNonRouter { step, .. } => Some(step),
+            BuildError::Graph(GraphRule::UnhandledRoute { router, .. }) => Some(router),
+            BuildError::Graph(GraphRule::UnknownStep { listener, .. } | GraphRule::UnknownLabel { listener, .. })
+            | BuildError::PayloadTypeMismatch { listener, .. } => Some(listener),
+            _ => None,
+        }
+    }
+}
+
+// A lost lease and an owned run reach callers through `?` from store code.
+impl From<crate::persist::LeaseLost> for Error {
+    fn from(lost: crate::persist::LeaseLost) -> Self {
+        DurableError::LeaseLost(lost).into()
+    }
+}
+
+impl From<crate::persist::RunOwned> for Error {
+    fn from(owned: crate::persist::RunOwned) -> Self {
+        DurableError::RunOwned(owned).into()
     }
 }
 

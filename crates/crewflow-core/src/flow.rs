@@ -1,5 +1,6 @@
 //! A built flow and its runs.
 
+use crate::error::{DurableError, FeedbackError, InputError};
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,11 +10,11 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::task::JoinHandle;
 
-use crate::builder::{Handler, Predicate};
 use crate::driver;
 use crate::error::Error;
 use crate::event::{EventStream, Observer, stream_channel};
 use crate::graph::Graph;
+use crate::handler::{Handler, Predicate};
 use crate::id::RunId;
 use crate::output::Output;
 use crate::persist::{Driving, RunStatus, RunStore, process_owner};
@@ -114,7 +115,7 @@ impl<S: FlowState> Flow<S> {
     }
 
     fn require_store(&self, call: &'static str) -> Result<&Arc<dyn RunStore>, Error> {
-        self.inner.store.as_ref().ok_or(Error::NoStore { call })
+        self.inner.store.as_ref().ok_or(Error::Durable(DurableError::NoStore { call }))
     }
 
     /// Continues a stored run exactly from its last checkpoint.
@@ -171,7 +172,8 @@ impl<S: FlowState> Flow<S> {
             _ => {}
         }
         // Refused before the claim, so a refusal leaves the stored run as it was.
-        let driving = Driving::start(run_id).ok_or_else(|| Error::AlreadyDriven { run_id: run_id.to_string() })?;
+        let driving = Driving::start(run_id)
+            .ok_or_else(|| Error::Durable(DurableError::AlreadyDriven { run_id: run_id.to_string() }))?;
         let restored = driver::Restored::decode(&self.inner, &stored)?;
         let me = process_owner();
         let claim = match store.claim_run(run_id, &me, self.inner.lease, None).await {
@@ -179,7 +181,7 @@ impl<S: FlowState> Flow<S> {
             Err(e) => match Error::from_store(store.as_ref(), "claim the run", e) {
                 // The owner died on this machine (a crash): take over without waiting for
                 // its lease to run out. Only that exact owner is replaced.
-                Error::RunOwned(owned) if crate::persist::owner_is_dead(&owned.owner) => store
+                Error::Durable(DurableError::RunOwned(owned)) if crate::persist::owner_is_dead(&owned.owner) => store
                     .claim_run(run_id, &me, self.inner.lease, Some(&owned.owner))
                     .await
                     .map_err(|e| Error::from_store(store.as_ref(), "claim the run", e))?,
@@ -219,12 +221,17 @@ impl<S: FlowState> Flow<S> {
                 // Another answer is being applied; this request waits on (named requests only:
                 // an unnamed answer cannot tell whether it was meant for the one being applied).
                 RunStatus::Running if still_pending => {
-                    return Err(Error::FeedbackBusy {
+                    return Err(Error::Feedback(FeedbackError::FeedbackBusy {
                         run_id: run_id.to_string(),
                         request: request.unwrap_or_default(),
-                    });
+                    }));
                 }
-                other => return Err(Error::NotPaused { run_id: run_id.to_string(), status: other.to_string() }),
+                other => {
+                    return Err(Error::Feedback(FeedbackError::NotPaused {
+                        run_id: run_id.to_string(),
+                        status: other.to_string(),
+                    }));
+                }
             }
             let answer = self.map_answer(&stored, request, text.clone()).await?;
             let restored = driver::Restored::decode(&self.inner, &stored)?;
@@ -232,11 +239,13 @@ impl<S: FlowState> Flow<S> {
             // a named request waits its turn; an unnamed answer was meant for that pause.
             let Some(driving) = Driving::start(run_id) else {
                 return Err(match request {
-                    Some(request) => Error::FeedbackBusy { run_id: run_id.to_string(), request },
-                    None => Error::NotPaused {
+                    Some(request) => {
+                        Error::Feedback(FeedbackError::FeedbackBusy { run_id: run_id.to_string(), request })
+                    }
+                    None => Error::Feedback(FeedbackError::NotPaused {
                         run_id: run_id.to_string(),
                         status: "already resumed by another answer".to_string(),
-                    },
+                    }),
                 });
             };
             let claim = store
@@ -253,7 +262,7 @@ impl<S: FlowState> Flow<S> {
                 None if request.is_some() && attempts < 3 => continue,
                 None => {
                     let status = "already resumed by another answer".to_string();
-                    return Err(Error::NotPaused { run_id: run_id.to_string(), status });
+                    return Err(Error::Feedback(FeedbackError::NotPaused { run_id: run_id.to_string(), status }));
                 }
             }
         }
@@ -268,25 +277,27 @@ impl<S: FlowState> Flow<S> {
         text: String,
     ) -> Result<driver::Answered, Error> {
         let record = driver::feedback_record(stored)?;
-        let corrupt = |message: String| Error::CorruptCheckpoint { run_id: stored.run_id.to_string(), message };
+        let corrupt = |message: String| {
+            Error::Durable(DurableError::CorruptCheckpoint { run_id: stored.run_id.to_string(), message })
+        };
         let waits = || {
             record.pending.iter().map(|p| format!("{} (step `{}`)", p.request.id, p.request.step)).collect::<Vec<_>>()
         };
         let pending = match request {
             None if record.pending.len() > 1 => {
-                return Err(Error::FeedbackRequestNeeded {
+                return Err(Error::Feedback(FeedbackError::FeedbackRequestNeeded {
                     run_id: stored.run_id.to_string(),
                     pending: waits().join(", "),
-                });
+                }));
             }
             None => record.pending.first().ok_or_else(|| corrupt("it is paused but has no pending request".into()))?,
-            Some(id) => {
-                record.pending.iter().find(|p| p.request.id == id).ok_or_else(|| Error::UnknownFeedbackRequest {
+            Some(id) => record.pending.iter().find(|p| p.request.id == id).ok_or_else(|| {
+                Error::Feedback(FeedbackError::UnknownFeedbackRequest {
                     run_id: stored.run_id.to_string(),
                     request: id,
                     pending: waits().join(", "),
-                })?
-            }
+                })
+            })?,
         };
         let config = self
             .inner
@@ -296,7 +307,7 @@ impl<S: FlowState> Flow<S> {
             .ok_or_else(|| {
                 corrupt(format!("step `{}` of its pending request asks for no feedback", pending.request.step))
             })?;
-        let outcome = crate::feedback::resolve_outcome(&config, &pending.request.step, &text).await?;
+        let outcome = crate::review::resolve_outcome(&config, &pending.request.step, &text).await?;
         Ok(driver::Answered { request: pending.request.id, text, outcome })
     }
 
@@ -304,7 +315,7 @@ impl<S: FlowState> Flow<S> {
     /// this process, a new one, or (with PostgreSQL) another machine. When the run waits for
     /// several requests (parallel reviews), name the one answered with
     /// [`resume_with_feedback_for`](Flow::resume_with_feedback_for); an unnamed answer is then
-    /// refused ([`Error::FeedbackRequestNeeded`]) rather than guessed. With outcomes, the answer
+    /// refused ([`FeedbackError::FeedbackRequestNeeded`]) rather than guessed. With outcomes, the answer
     /// is mapped first (exact, case-insensitive, the classifier, the default); an answer that
     /// matches none is an error and the run stays paused. If the run asks again (a review
     /// loop, or another pending step), the returned run is paused again.
@@ -349,7 +360,7 @@ impl<S: FlowState> Flow<S> {
 
     /// Tells the reviewers of a paused run's pending requests again
     /// ([`FeedbackProvider::paused`](crate::FeedbackProvider::paused)): after a failed
-    /// notification ([`Error::FeedbackNotification`]), or a crash between the pause and the
+    /// notification ([`FeedbackError::FeedbackNotification`]), or a crash between the pause and the
     /// notification. Returns how many requests were re-sent; every provider is tried.
     pub async fn notify_pending(&self, run_id: RunId) -> Result<usize, Error> {
         let requests = self.pending_requests(run_id).await?;
@@ -377,11 +388,13 @@ impl<S: FlowState> Flow<S> {
     pub async fn inspect(&self, run_id: RunId) -> Result<Run<S>, Error> {
         let store = self.require_store("Flow::inspect")?.clone();
         let stored = match self.load_own(store.as_ref(), run_id).await {
-            Err(Error::DefinitionChanged { .. }) => store
+            Err(Error::Durable(DurableError::DefinitionChanged { .. })) => store
                 .load_run(run_id)
                 .await
                 .map_err(|e| Error::from_store(store.as_ref(), "load the run", e))?
-                .ok_or_else(|| Error::UnknownRun { run_id: run_id.to_string(), store: store.describe() })?,
+                .ok_or_else(|| {
+                    Error::Durable(DurableError::UnknownRun { run_id: run_id.to_string(), store: store.describe() })
+                })?,
             other => other?,
         };
         match stored.status {
@@ -414,8 +427,8 @@ impl<S: FlowState> Flow<S> {
         if stored.status == RunStatus::Finished {
             return driver::finished_run(&self.inner, &stored);
         }
-        let driving =
-            Driving::start(claim.run_id).ok_or_else(|| Error::AlreadyDriven { run_id: claim.run_id.to_string() })?;
+        let driving = Driving::start(claim.run_id)
+            .ok_or_else(|| Error::Durable(DurableError::AlreadyDriven { run_id: claim.run_id.to_string() }))?;
         let restored = match driver::Restored::decode(&self.inner, &stored) {
             Ok(restored) => restored,
             Err(e) => {
@@ -437,20 +450,22 @@ impl<S: FlowState> Flow<S> {
     }
 
     async fn load_own(&self, store: &dyn RunStore, run_id: RunId) -> Result<crate::persist::StoredRun, Error> {
-        let stored = store
-            .load_run(run_id)
-            .await
-            .map_err(|e| Error::from_store(store, "load the run", e))?
-            .ok_or_else(|| Error::UnknownRun { run_id: run_id.to_string(), store: store.describe() })?;
+        let stored =
+            store.load_run(run_id).await.map_err(|e| Error::from_store(store, "load the run", e))?.ok_or_else(
+                || Error::Durable(DurableError::UnknownRun { run_id: run_id.to_string(), store: store.describe() }),
+            )?;
         if stored.flow != self.name() {
-            return Err(Error::RunOfAnotherFlow {
+            return Err(Error::Durable(DurableError::RunOfAnotherFlow {
                 run_id: run_id.to_string(),
                 actual: stored.flow,
                 expected: self.name().to_string(),
-            });
+            }));
         }
         if stored.fingerprint != self.inner.graph.fingerprint() {
-            return Err(Error::DefinitionChanged { run_id: run_id.to_string(), flow: stored.flow });
+            return Err(Error::Durable(DurableError::DefinitionChanged {
+                run_id: run_id.to_string(),
+                flow: stored.flow,
+            }));
         }
         Ok(stored)
     }
@@ -476,11 +491,13 @@ impl<S: FlowState> Flow<S> {
         // Unlike resume, a fork may follow a changed definition: it starts over from the state.
         let stored = match self.load_own(store.as_ref(), source).await {
             Ok(stored) => stored,
-            Err(Error::DefinitionChanged { .. }) => store
+            Err(Error::Durable(DurableError::DefinitionChanged { .. })) => store
                 .load_run(source)
                 .await
                 .map_err(|e| Error::from_store(store.as_ref(), "load the run", e))?
-                .ok_or_else(|| Error::UnknownRun { run_id: source.to_string(), store: store.describe() })?,
+                .ok_or_else(|| {
+                    Error::Durable(DurableError::UnknownRun { run_id: source.to_string(), store: store.describe() })
+                })?,
             Err(e) => return Err(e),
         };
         let state = driver::stored_state(&self.inner, &stored)?;
@@ -566,8 +583,11 @@ impl Kickoff {
         match serde_json::to_value(inputs) {
             Ok(Value::Object(map)) => self.inputs = Some(map),
             Ok(Value::Null) => self.inputs = None,
-            Ok(other) => self.error = Some(Error::InputsNotAnObject { got: json_kind(&other) }),
-            Err(e) => self.error = Some(Error::InvalidInput { state_type: "inputs", message: e.to_string() }),
+            Ok(other) => self.error = Some(Error::Input(InputError::InputsNotAnObject { got: json_kind(&other) })),
+            Err(e) => {
+                self.error =
+                    Some(Error::Input(InputError::InvalidInput { state_type: "inputs", message: e.to_string() }))
+            }
         }
         self
     }
@@ -578,7 +598,10 @@ impl Kickoff {
             Ok(v) => {
                 self.inputs.get_or_insert_with(Map::new).insert(key.into(), v);
             }
-            Err(e) => self.error = Some(Error::InvalidInput { state_type: "inputs", message: e.to_string() }),
+            Err(e) => {
+                self.error =
+                    Some(Error::Input(InputError::InvalidInput { state_type: "inputs", message: e.to_string() }))
+            }
         }
         self
     }

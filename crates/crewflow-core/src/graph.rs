@@ -2,27 +2,29 @@
 //! to find who listens to what. Built once per flow from a [`GraphSpec`] and validated there:
 //! every error a definition can have is reported here, before anything runs.
 
+use crate::error::BuildError;
+use crewflow_rules::GraphRule;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::error::{Error, closest};
+use crate::error::Error;
 use crate::output::TypeInfo;
 use crate::trigger::Trigger;
 
 /// How a step is started.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StartKind {
-    /// Not a start: the step runs when its trigger is satisfied.
-    No,
+    /// Not a start: a listener, run when its trigger is satisfied.
+    Listener,
     /// Runs at kickoff.
     Always,
     /// Runs at kickoff when a predicate on the state holds (evaluated by the driver).
     When,
     /// A conditional start: runs when its trigger is satisfied. When a flow has no unconditional
     /// start, its conditional starts also run at kickoff.
-    On,
+    Conditional,
 }
 
 /// The routing part of a router step.
@@ -251,15 +253,14 @@ impl GraphSpec {
         let mut step_index: HashMap<Arc<str>, u32> = HashMap::new();
         for (ix, s) in self.steps.iter().enumerate() {
             if !valid_name(&s.name) {
-                return Err(Error::InvalidStepName { name: s.name.to_string() });
+                return Err(Error::Build(BuildError::InvalidStepName { name: s.name.to_string() }));
             }
             if step_index.insert(s.name.clone(), ix as u32).is_some() {
-                return Err(Error::DuplicateStep { flow, name: s.name.to_string() });
+                return Err(Error::Build(BuildError::DuplicateStep { flow, name: s.name.to_string() }));
             }
         }
-        if !self.steps.iter().any(|s| s.start != StartKind::No) {
-            return Err(Error::NoStart { flow });
-        }
+        crewflow_rules::check_start(&flow, self.steps.iter().any(|s| s.start != StartKind::Listener))
+            .map_err(BuildError::from)?;
 
         let (labels, label_index, label_owner) = self.declared_labels()?;
 
@@ -268,10 +269,7 @@ impl GraphSpec {
             let cond = match (&s.start, &s.trigger) {
                 (StartKind::Always | StartKind::When, _) => None,
                 (_, None) => {
-                    return Err(Error::Builder(format!(
-                        "step `{}` has no trigger; give it one (listen/router) or make it a start",
-                        s.name
-                    )));
+                    return Err(BuildError::NoTrigger { step: s.name.to_string() }.into());
                 }
                 (_, Some(t)) => Some(self.compile_trigger(s, t, &step_index, &label_index, &label_owner)?),
             };
@@ -304,8 +302,8 @@ impl GraphSpec {
             .enumerate()
             .filter(|(_, n)| match n.start {
                 StartKind::Always | StartKind::When => true,
-                StartKind::On => !has_unconditional,
-                StartKind::No => false,
+                StartKind::Conditional => !has_unconditional,
+                StartKind::Listener => false,
             })
             .map(|(i, _)| i as u32)
             .collect();
@@ -336,13 +334,13 @@ impl GraphSpec {
             for l in &r.labels {
                 match owner.get(l) {
                     Some((first, first_type)) if *first_type != r.route_type => {
-                        return Err(Error::LabelConflict {
+                        return Err(Error::Build(BuildError::LabelConflict {
                             label: l.to_string(),
                             first: self.steps[*first].name.to_string(),
                             first_type,
                             second: s.name.to_string(),
                             second_type: r.route_type,
-                        });
+                        }));
                     }
                     Some(_) => {}
                     None => {
@@ -370,32 +368,34 @@ impl GraphSpec {
         let resolve = |leaf: &Trigger| -> Result<Leaf, Error> {
             match leaf {
                 Trigger::Step(name) => {
-                    if **name == *s.name {
-                        return Err(Error::SelfTrigger { step: s.name.to_string() });
-                    }
-                    steps.get(name).map(|ix| Leaf::Step(*ix)).ok_or_else(|| Error::UnknownStep {
-                        flow: self.name.clone(),
-                        listener: s.name.to_string(),
-                        missing: name.to_string(),
-                        suggestion: closest(name, steps.keys().map(|k| &**k)),
-                    })
+                    crewflow_rules::check_step_trigger(&self.name, &s.name, name, steps.keys().map(|k| &**k))
+                        .map_err(BuildError::from)?;
+                    Ok(Leaf::Step(steps[name]))
                 }
                 Trigger::Label(l) => {
-                    let unknown = || Error::UnknownLabel {
-                        flow: self.name.clone(),
-                        listener: s.name.to_string(),
-                        label: l.label.to_string(),
-                        // A label spelled like a step is most likely meant as that step.
-                        suggestion: if steps.contains_key(&*l.label) {
-                            Some(format!("step(\"{}\")", l.label))
-                        } else {
-                            closest(&l.label, labels.keys().map(|k| &**k))
-                        },
-                    };
-                    let ix = labels.get(&l.label).copied().ok_or_else(unknown)?;
-                    // A typed trigger must come from a router of that very type.
+                    let step_names = steps.keys().map(|k| &**k);
+                    crewflow_rules::check_label_trigger(
+                        &self.name,
+                        &s.name,
+                        &l.label,
+                        labels.keys().map(|k| &**k),
+                        step_names,
+                    )
+                    .map_err(BuildError::from)?;
+                    let ix = labels[&l.label];
+                    // A typed trigger must come from a router of that very type: a label of
+                    // the same spelling from another route type is not the one it names.
                     match (l.route_type, owner.get(&l.label)) {
-                        (Some(want), Some((_, have))) if want != *have => Err(unknown()),
+                        (Some(want), Some((_, have))) if want != *have => {
+                            Err(BuildError::from(GraphRule::UnknownLabel {
+                                flow: self.name.clone(),
+                                listener: s.name.to_string(),
+                                label: l.label.to_string(),
+                                suggestion: None,
+                                names_a_step: false,
+                            })
+                            .into())
+                        }
                         _ => Ok(Leaf::Label(ix)),
                     }
                 }
@@ -428,17 +428,20 @@ impl GraphSpec {
         for (spec, node) in self.steps.iter().zip(nodes) {
             let Some(r) = &spec.router else { continue };
             if r.labels.is_empty() {
-                return Err(Error::UndeclaredRoutes { router: spec.name.to_string(), route_type: r.route_type });
+                return Err(Error::Build(BuildError::RoutesNotDeclared {
+                    router: spec.name.to_string(),
+                    route_type: r.route_type,
+                }));
             }
-            for l in &node.routes {
-                let name = &labels[*l as usize];
-                if !handled[*l as usize] && !r.terminal.contains(name) {
-                    return Err(Error::UnhandledRoute {
-                        flow: self.name.clone(),
-                        router: spec.name.to_string(),
-                        label: name.to_string(),
-                    });
-                }
+            let is_handled =
+                |label: &str| node.routes.iter().any(|l| handled[*l as usize] && &*labels[*l as usize] == label);
+            let routes = node.routes.iter().map(|l| &*labels[*l as usize]);
+            let terminal = |label: &str| r.terminal.iter().any(|t| &**t == label);
+            if let Some(rule) = crewflow_rules::unhandled_routes(&self.name, &spec.name, routes, is_handled, terminal)
+                .into_iter()
+                .next()
+            {
+                return Err(BuildError::from(rule).into());
             }
         }
         Ok(())
@@ -466,13 +469,13 @@ impl GraphSpec {
                 if let Some(out) = &src.output
                     && !input.accepts(out)
                 {
-                    return Err(Error::PayloadTypeMismatch {
+                    return Err(Error::Build(BuildError::PayloadTypeMismatch {
                         listener: s.name.to_string(),
                         input_type: input.name,
                         trigger: kind,
                         source_step: src.name.to_string(),
                         output_type: out.name,
-                    });
+                    }));
                 }
             }
         }
@@ -493,10 +496,10 @@ fn normalise(t: &Trigger, step: &str) -> Result<Trigger, Error> {
         Trigger::Or(members) | Trigger::And(members) => {
             let is_or = matches!(t, Trigger::Or(_));
             if members.is_empty() {
-                return Err(Error::EmptyTrigger {
+                return Err(Error::Build(BuildError::EmptyTrigger {
                     step: step.to_string(),
                     combinator: if is_or { "or" } else { "and" },
-                });
+                }));
             }
             let mut flat: Vec<Trigger> = Vec::new();
             for m in members {
@@ -585,10 +588,10 @@ fn fingerprint(name: &str, nodes: &[StepNode], labels: &[Arc<str>]) -> u64 {
     for n in nodes {
         feed(&n.name);
         feed(match n.start {
-            StartKind::No => "listen",
+            StartKind::Listener => "listen",
             StartKind::Always => "start",
             StartKind::When => "start_when",
-            StartKind::On => "start_on",
+            StartKind::Conditional => "start_on",
         });
         feed(&n.trigger.as_ref().map(|t| t.to_string()).unwrap_or_default());
         for r in &n.routes {

@@ -44,6 +44,7 @@ pub mod feedback;
 mod flow;
 pub mod frontier;
 pub mod graph;
+mod handler;
 pub mod host;
 mod id;
 mod input;
@@ -51,6 +52,7 @@ pub mod journal;
 mod output;
 pub mod persist;
 mod retry;
+mod review;
 mod route;
 mod run;
 pub mod scope;
@@ -62,9 +64,10 @@ mod worker;
 
 pub use builder::{DEFAULT_CANCEL_GRACE, DEFAULT_MAX_STEPS, FlowBuilder};
 pub use cancel::Canceller;
+pub use crewflow_rules::{FeedbackRule, GraphRule};
 pub use cx::Cx;
 pub use defaults::{set_default_feedback_provider, set_default_input_provider};
-pub use error::{BoxError, Error, Result, StepError, UnknownKey};
+pub use error::{BoxError, BuildError, DurableError, Error, FeedbackError, InputError, Result, StepError, UnknownKey};
 pub use event::{Event, EventKind, EventStream, Observer};
 pub use feedback::{
     ConsoleFeedback, DeferredFeedback, FeedbackLearner, FeedbackProvider, FeedbackReply, FeedbackRequest,

@@ -1,6 +1,7 @@
 //! What a run gives back: [`Run`] (its id, final state, output, and each step's output) and
 //! [`StepRecord`].
 
+use crate::error::FeedbackError;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -43,11 +44,11 @@ impl<S> Run<S> {
     /// [`Frontier::final_activation`](crate::frontier::Frontier::final_activation) for the rule).
     pub fn output<T: DeserializeOwned + Clone + 'static>(&self) -> Result<T, Error> {
         if let Some(p) = &self.paused {
-            return Err(Error::Paused {
+            return Err(Error::Feedback(FeedbackError::Paused {
                 run_id: self.id.to_string(),
                 step: p.request.step.clone(),
                 message: p.request.message.clone(),
-            });
+            }));
         }
         let out = self.output.as_ref().ok_or_else(|| Error::NoOutput { run_id: self.id.to_string() })?;
         out.get::<T>().map_err(|e| Error::OutputType {

@@ -1,5 +1,6 @@
 //! Flow state: the typed value every step of a run shares, and how kickoff inputs merge into it.
 
+use crate::error::InputError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -40,12 +41,12 @@ pub(crate) fn merge_inputs<S: FlowState>(state: S, inputs: &Map<String, Value>) 
         && id.parse::<crate::RunId>().is_ok()
     {
         // CrewAI's way to restore a run; here it would start a fresh run holding a stray key.
-        return Err(Error::RestoreByInput { run_id: id.clone() });
+        return Err(Error::Input(InputError::RestoreByInput { run_id: id.clone() }));
     }
     let Value::Object(defaults) = base else {
         // A state without fields (`()`): every input is unknown.
         let keys = inputs.keys().map(|key| UnknownKey { key: key.clone(), suggestion: None }).collect();
-        return Err(Error::UnknownInput { keys, state_type, fields: Vec::new() });
+        return Err(Error::Input(InputError::UnknownInput { keys, state_type, fields: Vec::new() }));
     };
     let fields: Vec<String> = defaults.keys().cloned().collect();
     let mut merged = defaults.clone();
@@ -66,7 +67,7 @@ pub(crate) fn merge_inputs<S: FlowState>(state: S, inputs: &Map<String, Value>) 
                     UnknownKey { key, suggestion }
                 })
                 .collect();
-            return Err(Error::UnknownInput { keys, state_type, fields });
+            return Err(Error::Input(InputError::UnknownInput { keys, state_type, fields }));
         }
         let error = match result {
             Ok(merged) if problems.is_empty() => return Ok(merged),
@@ -85,7 +86,7 @@ pub(crate) fn merge_inputs<S: FlowState>(state: S, inputs: &Map<String, Value>) 
             _ => break,
         }
     }
-    Err(Error::InvalidInput { state_type, message: problems.join("; ") })
+    Err(Error::Input(InputError::InvalidInput { state_type, message: problems.join("; ") }))
 }
 
 /// serde's "invalid type: string \"x\", expected u32" as "expected u32, got string \"x\"".
@@ -172,7 +173,7 @@ mod tests {
     #[test]
     fn wrongly_typed_input_is_an_error() {
         let err = initial_state::<Article>(Some(&obj(json!({"words": "many"})))).unwrap_err();
-        assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+        assert!(matches!(err, Error::Input(InputError::InvalidInput { .. })), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! and fencing token (see [`crate::persist`]): two workers never claim the same run, and a
 //! former owner that wakes up late cannot write over the new owner's work.
 
+use crate::error::DurableError;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
@@ -185,11 +186,11 @@ impl Worker {
                 continue;
             }
             let result = match run.status {
-                RunStatus::Failed | RunStatus::Cancelled => Err(Error::RecordedEnd {
+                RunStatus::Failed | RunStatus::Cancelled => Err(Error::Durable(DurableError::RecordedEnd {
                     run_id: run.run_id.to_string(),
                     status: run.status.to_string(),
                     message: run.error.unwrap_or_default(),
-                }),
+                })),
                 _ => Ok(()),
             };
             on_run(WorkerReport { run_id: run.run_id, flow: run.flow, result });

@@ -2,7 +2,7 @@
 //! and `#[router(..)]` into an `IntoFlow` implementation, checking at compile time what can be
 //! checked: step names, labels, routes nobody handles, input types, arity.
 
-use crewflow_rules::closest;
+use crewflow_rules::{self as rules, GraphRule};
 use std::collections::{BTreeMap, BTreeSet};
 
 use proc_macro2::{Span, TokenStream};
@@ -480,8 +480,10 @@ struct CheckContext<'a> {
 
 fn check(steps: &[StepMethod], cx: &CheckContext<'_>, errors: &mut Errors) {
     let flow = cx.flow;
-    if !cx.unparsed && !steps.iter().any(StepMethod::is_start) {
-        errors.push(cx.impl_span, format!("flow `{flow}` has no start step: mark at least one method #[start]"));
+    if !cx.unparsed {
+        if let Err(rule) = rules::check_start(flow, steps.iter().any(StepMethod::is_start)) {
+            errors.push(cx.impl_span, rule.to_string());
+        }
     }
     let names: BTreeSet<String> = steps.iter().map(|s| s.ident.to_string()).collect();
     let string_labels: BTreeMap<String, &LitStr> = steps
@@ -518,16 +520,15 @@ fn check(steps: &[StepMethod], cx: &CheckContext<'_>, errors: &mut Errors) {
             match leaf {
                 TriggerAst::Step(i) => {
                     let name = i.to_string();
-                    if s.ident == name {
-                        errors.push(i.span(), format!("step `{name}` is triggered by its own completion, which would loop forever; loop through a router label instead"));
-                    } else if cx.plain_methods.contains(&name) {
+                    let listener = s.ident.to_string();
+                    if name != listener && cx.plain_methods.contains(&name) {
                         errors.push(i.span(), format!("`{name}` is a method of `{flow}` but not a step; mark it #[start] or #[listen(..)] to trigger on it"));
-                    } else if !names.contains(&name) && !cx.unparsed {
-                        let hint = match closest(&name, names.iter().map(String::as_str)) {
-                            Some(c) => format!(" (did you mean `{c}`?)"),
-                            None => String::new(),
-                        };
-                        errors.push(i.span(), format!("no step named `{name}` in flow `{flow}`{hint}; a trigger names a step method of this impl, a typed route (`Route::Variant`) or a string label (\"label\")"));
+                        continue;
+                    }
+                    match rules::check_step_trigger(flow, &listener, &name, names.iter().map(String::as_str)) {
+                        Err(rule @ GraphRule::UnknownStep { .. }) if !cx.unparsed => errors.push(i.span(), format!("{rule}; a trigger names a step method of this impl, a typed route (`Route::Variant`) or a string label (\"label\")")),
+                        Err(rule @ GraphRule::SelfTrigger { .. }) => errors.push(i.span(), rule.to_string()),
+                        _ => {}
                     }
                 }
                 TriggerAst::Route { path, ty } => {
@@ -546,19 +547,16 @@ fn check(steps: &[StepMethod], cx: &CheckContext<'_>, errors: &mut Errors) {
                 }
                 TriggerAst::Label(l) => {
                     used_labels.insert(l.value());
-                    if !string_labels.contains_key(&l.value()) {
-                        let hint = match closest(&l.value(), string_labels.keys().map(String::as_str)) {
-                            // A label spelled like a step is most likely meant as that step.
-                            _ if names.contains(&l.value()) => {
-                                format!(
-                                    " (`{0}` is a step: write #[listen({0})], without quotes, to run after it)",
-                                    l.value()
-                                )
-                            }
-                            Some(c) => format!(" (did you mean \"{c}\"?)"),
-                            None => String::new(),
-                        };
-                        errors.push(l.span(), format!("no router of flow `{flow}` declares the label \"{}\"{hint}; string labels come from routes = [..] of a string router (for a typed route write its path, e.g. `Lane::Security`)", l.value()));
+                    let listener = s.ident.to_string();
+                    let labels = string_labels.keys().map(String::as_str);
+                    if let Err(rule) = rules::check_label_trigger(
+                        flow,
+                        &listener,
+                        &l.value(),
+                        labels,
+                        names.iter().map(String::as_str),
+                    ) {
+                        errors.push(l.span(), format!("{rule}; string labels come from routes = [..] of a string router (for a typed route write its path, e.g. `Lane::Security`)"));
                     }
                 }
                 TriggerAst::Or(_) | TriggerAst::And(_) => {}
@@ -568,10 +566,14 @@ fn check(steps: &[StepMethod], cx: &CheckContext<'_>, errors: &mut Errors) {
     for s in steps.iter().filter(|s| s.is_string_router()) {
         let Some(r) = &s.router else { continue };
         let terminal: BTreeSet<String> = r.terminal.iter().map(LitStr::value).collect();
-        for l in &r.routes {
-            if !used_labels.contains(&l.value()) && !terminal.contains(&l.value()) {
-                errors.push(l.span(), format!("router `{}` can return \"{}\" but no step listens to it; add a step with #[listen(\"{}\")], or list it in terminal = [..]", s.ident, l.value(), l.value()));
-            }
+        let router = s.ident.to_string();
+        let is_handled = |label: &str| used_labels.contains(label);
+        let is_terminal = |label: &str| terminal.contains(label);
+        let values: Vec<String> = r.routes.iter().map(LitStr::value).collect();
+        for rule in rules::unhandled_routes(flow, &router, values.iter().map(String::as_str), is_handled, is_terminal) {
+            let GraphRule::UnhandledRoute { label, .. } = &rule else { continue };
+            let span = r.routes.iter().find(|l| l.value() == *label).map_or(r.span, LitStr::span);
+            errors.push(span, rule.to_string());
         }
         for l in &r.terminal {
             if !r.routes.iter().any(|x| x.value() == l.value()) {

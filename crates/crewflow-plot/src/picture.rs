@@ -134,7 +134,7 @@ impl Picture {
         let mut nodes: Vec<Node> = (0..n as u32)
             .map(|ix| {
                 let router = graph.is_router(ix);
-                let start = !matches!(graph.start_kind(ix), StartKind::No);
+                let start = !matches!(graph.start_kind(ix), StartKind::Listener);
                 Node {
                     name: graph.step_name(ix).to_string(),
                     kind: if router {

@@ -21,7 +21,7 @@ fn start(name: &str) -> StepSpec {
 fn listen(name: &str, t: impl Into<Trigger>) -> StepSpec {
     StepSpec {
         name: name.into(),
-        start: StartKind::No,
+        start: StartKind::Listener,
         trigger: Some(t.into()),
         router: None,
         input: None,
@@ -85,7 +85,7 @@ fn mixed() -> Graph {
     let mut triage = router(start("triage"), &["bug", "question"]);
     triage.start = StartKind::Always;
     let mut on_call = listen("on_call", label("bug"));
-    on_call.start = StartKind::On;
+    on_call.start = StartKind::Conditional;
     graph(
         "mixed \"flow\"",
         vec![

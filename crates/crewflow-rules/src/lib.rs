@@ -17,9 +17,17 @@
 //! assert_eq!(closest("reserch", ["research", "write"]), Some("research"));
 //! ```
 //!
+//! The graph's rules ([`GraphRule`]: a start exists, triggers name steps and labels that exist,
+//! no step triggers itself, every route is handled) and the human-feedback rules
+//! ([`FeedbackRule`]) each have a check function the front ends call.
+//!
 //! Read next: `docs/architecture.md` (where each rule is applied) and `docs/human_feedback.md`.
 
 use std::fmt;
+
+mod graph;
+
+pub use graph::{GraphRule, check_label_trigger, check_start, check_step_trigger, unhandled_routes};
 
 /// The closest candidate to `name` by edit distance, if it is close enough to be a likely typo
 /// (for "did you mean" hints): at most one edit per three characters, at least one.

@@ -5,6 +5,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use crewflow_core::Error;
+use crewflow_core::{DurableError, FeedbackError, InputError};
 use serde_json::json;
 
 /// A server set up wrongly ([`Server::flow`](crate::Server::flow)).
@@ -116,21 +117,19 @@ impl ApiError {
     /// An engine error, with the status it deserves.
     pub fn engine(e: Error) -> Self {
         let (status, code) = match &e {
-            Error::UnknownInput { .. } | Error::InvalidInput { .. } | Error::InputsNotAnObject { .. } => {
-                (StatusCode::BAD_REQUEST, "bad_inputs")
-            }
-            Error::UnmatchedFeedback { .. } | Error::FeedbackRequestNeeded { .. } => {
-                (StatusCode::BAD_REQUEST, "bad_feedback")
-            }
-            Error::UnknownRun { .. } => (StatusCode::NOT_FOUND, "unknown_run"),
-            Error::NotPaused { .. } => (StatusCode::CONFLICT, "not_paused"),
-            Error::RunOwned(_) | Error::AlreadyDriven { .. } | Error::LeaseLost(_) => {
-                (StatusCode::CONFLICT, "run_busy")
-            }
-            Error::DefinitionChanged { .. } | Error::RunOfAnotherFlow { .. } => {
-                (StatusCode::CONFLICT, "other_definition")
-            }
-            Error::Store { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            Error::Input(InputError::UnknownInput { .. })
+            | Error::Input(InputError::InvalidInput { .. })
+            | Error::Input(InputError::InputsNotAnObject { .. }) => (StatusCode::BAD_REQUEST, "bad_inputs"),
+            Error::Feedback(FeedbackError::UnmatchedFeedback { .. })
+            | Error::Feedback(FeedbackError::FeedbackRequestNeeded { .. }) => (StatusCode::BAD_REQUEST, "bad_feedback"),
+            Error::Durable(DurableError::UnknownRun { .. }) => (StatusCode::NOT_FOUND, "unknown_run"),
+            Error::Feedback(FeedbackError::NotPaused { .. }) => (StatusCode::CONFLICT, "not_paused"),
+            Error::Durable(DurableError::RunOwned(_))
+            | Error::Durable(DurableError::AlreadyDriven { .. })
+            | Error::Durable(DurableError::LeaseLost(_)) => (StatusCode::CONFLICT, "run_busy"),
+            Error::Durable(DurableError::DefinitionChanged { .. })
+            | Error::Durable(DurableError::RunOfAnotherFlow { .. }) => (StatusCode::CONFLICT, "other_definition"),
+            Error::Durable(DurableError::Store { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Error::Cancelled { .. } => (StatusCode::OK, "cancelled"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "run_failed"),
         };

@@ -1,5 +1,6 @@
 //! Flows of any state type behind one object-safe face, so one server hosts them all.
 
+use crewflow_core::DurableError;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -94,9 +95,11 @@ impl<S: FlowState> Hosted for Flow<S> {
     }
 
     fn fork(&self, source: RunId, state: &str, inputs: Map<String, Value>) -> Fut<Driven> {
-        let parsed = serde_json::from_str::<S>(state).map_err(|e| Error::CorruptCheckpoint {
-            run_id: source.to_string(),
-            message: format!("its state does not parse: {e}"),
+        let parsed = serde_json::from_str::<S>(state).map_err(|e| {
+            Error::Durable(DurableError::CorruptCheckpoint {
+                run_id: source.to_string(),
+                message: format!("its state does not parse: {e}"),
+            })
         });
         let flow = self.clone();
         Box::pin(async move { fork_from(&flow, parsed?, inputs).await })
@@ -183,10 +186,10 @@ pub(crate) fn describe(graph: &Graph, inputs: Value, conversational: bool) -> Va
         .map(|ix| {
             let kind = if graph.is_router(ix) { "router" } else { "step" };
             let start = match graph.start_kind(ix) {
-                StartKind::No => Value::Null,
+                StartKind::Listener => Value::Null,
                 StartKind::Always => json!("always"),
                 StartKind::When => json!("when"),
-                StartKind::On => json!("on"),
+                StartKind::Conditional => json!("on"),
             };
             json!({
                 "name": graph.step_name(ix),

@@ -1,6 +1,7 @@
 //! The router, the state its handlers share, and the run handlers (start, show, list, events,
 //! feedback).
 
+use crewflow_core::{DurableError, FeedbackError};
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -215,14 +216,14 @@ pub(crate) async fn accepted_or_wait(live: &Live, run_id: RunId, flow: &str, wai
 fn refused(e: &Error) -> bool {
     matches!(
         e,
-        Error::UnmatchedFeedback { .. }
-            | Error::FeedbackRequestNeeded { .. }
-            | Error::NotPaused { .. }
-            | Error::RunOwned(_)
-            | Error::AlreadyDriven { .. }
-            | Error::UnknownRun { .. }
-            | Error::DefinitionChanged { .. }
-            | Error::Store { .. }
+        Error::Feedback(FeedbackError::UnmatchedFeedback { .. })
+            | Error::Feedback(FeedbackError::FeedbackRequestNeeded { .. })
+            | Error::Feedback(FeedbackError::NotPaused { .. })
+            | Error::Durable(DurableError::RunOwned(_))
+            | Error::Durable(DurableError::AlreadyDriven { .. })
+            | Error::Durable(DurableError::UnknownRun { .. })
+            | Error::Durable(DurableError::DefinitionChanged { .. })
+            | Error::Durable(DurableError::Store { .. })
     )
 }
 
@@ -424,7 +425,9 @@ async fn list_feedback(State(app): Shared) -> Reply {
                     pending.push(json!({"run_id": run.run_id.to_string(), "flow": run.flow, "request": request}));
                 }
             }
-            Err(Error::Store { .. }) => return Err(ApiError::store("loading a paused run failed")),
+            Err(Error::Durable(DurableError::Store { .. })) => {
+                return Err(ApiError::store("loading a paused run failed"));
+            }
             // A run of an earlier definition, or answered meanwhile: not answerable here.
             Err(_) => {}
         }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-/// What a store can report. Engine calls wrap it in `crewflow::Error::Store`, which names the
+/// What a store can report. Engine calls wrap it in `crewflow::DurableError::Store`, which names the
 /// store and what the engine was doing.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -1,6 +1,7 @@
 //! Checkpoints: the run's record in the store, and what a checkpoint holds (the state without
 //! uncommitted changes, the frontier, the outputs completed since the last one).
 
+use crate::error::DurableError;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -53,8 +54,8 @@ impl Durable {
 
     /// Records the new run before its first step runs.
     pub(super) async fn record(store: Arc<dyn RunStore>, new: NewRun) -> Result<Durable, Error> {
-        let driving =
-            Driving::start(new.run_id).ok_or_else(|| Error::AlreadyDriven { run_id: new.run_id.to_string() })?;
+        let driving = Driving::start(new.run_id)
+            .ok_or_else(|| Error::Durable(DurableError::AlreadyDriven { run_id: new.run_id.to_string() }))?;
         store.create_run(&new).await.map_err(|e| Error::from_store(store.as_ref(), "record the new run", e))?;
         let chain = store.state_deltas().then(|| Chain::new(new.chained, new.chained.then(|| new.state.clone())));
         Ok(Durable { store, fencing: 1, seq: 0, unsaved: Vec::new(), chain, _driving: driving })
@@ -83,7 +84,9 @@ pub(super) fn frontier_json(frontier: &Frontier) -> Result<String, Error> {
 }
 
 pub(super) fn output_json(output: &Output, what: &str) -> Result<String, Error> {
-    output.to_json_string().map_err(|e| Error::Unpersistable { what: what.to_string(), message: e.to_string() })
+    output
+        .to_json_string()
+        .map_err(|e| Error::Durable(DurableError::Unpersistable { what: what.to_string(), message: e.to_string() }))
 }
 
 pub(super) async fn write_checkpoint(
@@ -133,9 +136,11 @@ impl<S: FlowState> Driver<S> {
         let feedback = if record.is_empty() {
             None
         } else {
-            Some(serde_json::to_string(&record).map_err(|e| Error::Unpersistable {
-                what: "the run's feedback record".into(),
-                message: e.to_string(),
+            Some(serde_json::to_string(&record).map_err(|e| {
+                Error::Durable(DurableError::Unpersistable {
+                    what: "the run's feedback record".into(),
+                    message: e.to_string(),
+                })
             })?)
         };
         let mut delta = None;

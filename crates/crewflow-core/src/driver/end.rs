@@ -1,6 +1,7 @@
 //! How a run ends: finished (a last checkpoint), paused (the pending requests saved, reviewers
 //! told), or failed / cancelled (siblings stopped, the end recorded); and the `Run` it returns.
 
+use crate::error::{DurableError, FeedbackError};
 use std::sync::{Arc, PoisonError};
 
 use futures::StreamExt;
@@ -33,11 +34,11 @@ pub(crate) async fn notify_reviewers(
     }
     match first {
         None => Ok(()),
-        Some(e) => Err(Error::FeedbackNotification {
+        Some(e) => Err(Error::Feedback(FeedbackError::FeedbackNotification {
             run_id: run_id.to_string(),
             step: failed.join(", ").trim_matches('`').to_string(),
             source: e.into_boxed(),
-        }),
+        })),
     }
 }
 
@@ -76,7 +77,7 @@ impl<S: FlowState> Driver<S> {
     pub(super) async fn pause_end(mut self: Box<Self>) -> Result<Run<S>, (Option<Box<Self>>, Error)> {
         let Some(store) = self.store() else {
             let step = self.paused[0].request.step.clone();
-            let e = Error::PauseWithoutStore { flow: self.shared.flow.to_string(), step };
+            let e = Error::Feedback(FeedbackError::PauseWithoutStore { flow: self.shared.flow.to_string(), step });
             return Err((Some(self), e));
         };
         let checkpoint = match self.checkpoint() {
@@ -162,7 +163,10 @@ impl<S: FlowState> Driver<S> {
         let _ = tokio::time::timeout_at(deadline, async { while running.next().await.is_some() {} }).await;
         drop(running);
         if let (Some(store), Some(fencing)) = (self.store(), self.durable.as_ref().map(|d| d.fencing))
-            && !matches!(error, Error::LeaseLost { .. } | Error::Store { .. })
+            && !matches!(
+                error,
+                Error::Durable(DurableError::LeaseLost { .. }) | Error::Durable(DurableError::Store { .. })
+            )
         {
             let end = RunEnd {
                 run_id: self.shared.id,

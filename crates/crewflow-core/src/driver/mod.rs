@@ -41,13 +41,13 @@ use futures::stream::FuturesUnordered;
 use serde_json::Value;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-use crate::builder::{BoxFuture, Completion};
 use crate::cx::{CheckpointAsk, CheckpointAsks, Cx, RunShared};
 use crate::error::Error;
 use crate::event::{Event, EventHub, EventKind, micros};
 use crate::feedback::PendingFeedback;
 use crate::flow::{FlowInner, Kickoff};
 use crate::frontier::{Activation, Frontier};
+use crate::handler::{BoxFuture, Completion};
 use crate::id::RunId;
 use crate::output::Output;
 use crate::persist::{NewRun, RunStatus, RunStore};

@@ -1,22 +1,24 @@
 //! The stored side of a run's life: a stored run decoded and checked before anything claims
 //! it, resumed (re-launching what was in flight, answering a pause), or read back as a `Run`.
 
+use crate::error::DurableError;
 use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{Driver, Durable, new_shared};
-use crate::builder::{BoxFuture, Completion};
 use crate::cancel::Canceller;
 use crate::error::Error;
 use crate::event::{Event, EventKind};
-use crate::feedback::{FeedbackRecord, Paused, Reviewed, apply_answer};
+use crate::feedback::{FeedbackRecord, Paused};
 use crate::flow::FlowInner;
 use crate::frontier::{Activation, Frontier};
+use crate::handler::{BoxFuture, Completion};
 use crate::id::RunId;
 use crate::output::Output;
 use crate::persist::{Claim, Driving, RunStore, StoredRun};
+use crate::review::{Reviewed, apply_answer};
 use crate::run::{Run, StepRecord};
 use crate::state::FlowState;
 
@@ -47,24 +49,26 @@ impl<S: FlowState> Restored<S> {
     }
 
     pub fn decode(flow: &FlowInner<S>, stored: &StoredRun) -> Result<Self, Error> {
-        let corrupt = |what: &str, e: serde_json::Error| Error::CorruptCheckpoint {
-            run_id: stored.run_id.to_string(),
-            message: format!("its {what} does not parse: {e}"),
+        let corrupt = |what: &str, e: serde_json::Error| {
+            Error::Durable(DurableError::CorruptCheckpoint {
+                run_id: stored.run_id.to_string(),
+                message: format!("its {what} does not parse: {e}"),
+            })
         };
         let state = stored_state(flow, stored)?;
         let frontier: Frontier = serde_json::from_str(&stored.frontier).map_err(|e| corrupt("frontier", e))?;
         if !frontier.fits(&flow.graph) {
-            return Err(Error::CorruptCheckpoint {
+            return Err(Error::Durable(DurableError::CorruptCheckpoint {
                 run_id: stored.run_id.to_string(),
                 message: "its frontier does not fit this flow's graph".into(),
-            });
+            }));
         }
         let records = stored_records(stored)?;
         if let Some(r) = records.iter().find(|r| flow.graph.step_index(&r.step).is_none()) {
-            return Err(Error::CorruptCheckpoint {
+            return Err(Error::Durable(DurableError::CorruptCheckpoint {
                 run_id: stored.run_id.to_string(),
                 message: format!("it has an output of step `{}`, which this flow does not have", r.step),
-            });
+            }));
         }
         Ok(Restored {
             run_id: stored.run_id,
@@ -90,7 +94,7 @@ pub(crate) async fn drive_resumed<S: FlowState>(
     answer: Option<Answered>,
 ) -> Result<Run<S>, Error> {
     let Some(store) = flow.store.clone() else {
-        return Err(Error::NoStore { call: "Flow::resume" });
+        return Err(Error::Durable(DurableError::NoStore { call: "Flow::resume" }));
     };
     let Restored { run_id, seq, state, frontier, payload, records, feedback } = restored;
     let shared = new_shared(&flow, run_id, state, stream, cancel, true);
@@ -136,26 +140,30 @@ pub(crate) async fn drive_resumed<S: FlowState>(
 }
 
 pub(super) fn flow_store<S>(driver: &Driver<S>) -> Result<Arc<dyn RunStore>, Error> {
-    driver.flow.store.clone().ok_or(Error::NoStore { call: "Flow::resume" })
+    driver.flow.store.clone().ok_or(Error::Durable(DurableError::NoStore { call: "Flow::resume" }))
 }
 
 /// The feedback record kept with a stored run (empty when it has none).
 pub(crate) fn feedback_record(stored: &StoredRun) -> Result<FeedbackRecord, Error> {
     match stored.feedback.as_deref() {
         None => Ok(FeedbackRecord::default()),
-        Some(text) => serde_json::from_str(text).map_err(|e| Error::CorruptCheckpoint {
-            run_id: stored.run_id.to_string(),
-            message: format!("its feedback record does not parse: {e}"),
+        Some(text) => serde_json::from_str(text).map_err(|e| {
+            Error::Durable(DurableError::CorruptCheckpoint {
+                run_id: stored.run_id.to_string(),
+                message: format!("its feedback record does not parse: {e}"),
+            })
         }),
     }
 }
 
 /// A stored run's state, read back at the flow's state version (see [`crate::versions`]).
 pub(crate) fn stored_state<S: FlowState>(flow: &FlowInner<S>, stored: &StoredRun) -> Result<S, Error> {
-    flow.versions.decode(stored.state_version, &stored.state).map_err(|source| Error::StoredState {
-        run_id: stored.run_id.to_string(),
-        flow: flow.graph.name.to_string(),
-        source,
+    flow.versions.decode(stored.state_version, &stored.state).map_err(|source| {
+        Error::Durable(DurableError::StoredState {
+            run_id: stored.run_id.to_string(),
+            flow: flow.graph.name.to_string(),
+            source,
+        })
     })
 }
 
@@ -194,9 +202,11 @@ pub(super) fn stored_records(stored: &StoredRun) -> Result<Vec<StepRecord>, Erro
         .steps
         .iter()
         .map(|row| {
-            let value: Value = serde_json::from_str(&row.output).map_err(|e| Error::CorruptCheckpoint {
-                run_id: stored.run_id.to_string(),
-                message: format!("the output of step `{}` does not parse: {e}", row.step),
+            let value: Value = serde_json::from_str(&row.output).map_err(|e| {
+                Error::Durable(DurableError::CorruptCheckpoint {
+                    run_id: stored.run_id.to_string(),
+                    message: format!("the output of step `{}` does not parse: {e}", row.step),
+                })
             })?;
             Ok(StepRecord { step: row.step.clone(), activation: row.activation, output: Output::from_json(value) })
         })
@@ -208,9 +218,11 @@ pub(super) fn stored_payload(stored: &StoredRun) -> Result<Option<Output>, Error
         .payload
         .as_deref()
         .map(|p| {
-            serde_json::from_str::<Value>(p).map(Output::from_json).map_err(|e| Error::CorruptCheckpoint {
-                run_id: stored.run_id.to_string(),
-                message: format!("its kickoff payload does not parse: {e}"),
+            serde_json::from_str::<Value>(p).map(Output::from_json).map_err(|e| {
+                Error::Durable(DurableError::CorruptCheckpoint {
+                    run_id: stored.run_id.to_string(),
+                    message: format!("its kickoff payload does not parse: {e}"),
+                })
             })
         })
         .transpose()
@@ -225,9 +237,11 @@ impl<S: FlowState> Driver<S> {
         };
         let pending = self.paused.remove(at);
         let step_ix = self.acts.get(pending.activation as usize).map(|a| a.step).unwrap_or(u32::MAX);
-        let step = self.flow.steps.get(step_ix as usize).ok_or_else(|| Error::CorruptCheckpoint {
-            run_id: self.shared.id.to_string(),
-            message: format!("its pending feedback names execution {}, which is not in flight", pending.activation),
+        let step = self.flow.steps.get(step_ix as usize).ok_or_else(|| {
+            Error::Durable(DurableError::CorruptCheckpoint {
+                run_id: self.shared.id.to_string(),
+                message: format!("its pending feedback names execution {}, which is not in flight", pending.activation),
+            })
         })?;
         // A step with outcomes routes by them; one with routes but no outcomes is a router.
         let has_outcomes = step.feedback.as_ref().is_some_and(|f| !f.emit.is_empty());
@@ -250,7 +264,7 @@ impl<S: FlowState> Driver<S> {
         let ix = self.flow.graph.step_index(&pending.request.step)?;
         let config = self.flow.steps[ix as usize].feedback.clone().filter(|c| c.learner.is_some())?;
         let (shared, request, text) = (self.shared.clone(), pending.request.clone(), answer.text.clone());
-        Some(Box::pin(async move { crate::feedback::learn_from(&shared, &config, &request, &text).await }))
+        Some(Box::pin(async move { crate::review::learn_from(&shared, &config, &request, &text).await }))
     }
 
     /// Fills in the outputs of the steps a stored run completed (checked by

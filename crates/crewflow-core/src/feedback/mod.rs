@@ -22,6 +22,7 @@
 //!
 //! [`Flow::resume_with_feedback`]: crate::Flow::resume_with_feedback
 
+use crate::error::BuildError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,12 +32,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::builder::StepOutcome;
-use crate::cx::{Cx, RunShared};
 use crate::error::{Error, StepError};
-use crate::event::EventKind;
 use crate::id::RunId;
-use crate::output::Output;
 
 /// How a step asks for feedback on its output (the builder form of `#[human_feedback(..)]`).
 ///
@@ -174,7 +171,7 @@ impl HumanFeedback {
         self
     }
 
-    /// When the pre-review improvement fails, fail the step (an [`Error::FeedbackLearn`])
+    /// When the pre-review improvement fails, fail the step (an [`FeedbackError::FeedbackLearn`])
     /// instead of showing the raw output with a warning event. Distillation failures never
     /// fail the run. Needs [`learn`](HumanFeedback::learn).
     pub fn learn_strict(mut self, strict: bool) -> Self {
@@ -200,7 +197,7 @@ impl HumanFeedback {
             learn_source: self.learn_source.is_some(),
         };
         crewflow_rules::check_feedback(&options)
-            .map_err(|rule| Error::Builder(format!("human feedback on step `{step}`: {rule}")))
+            .map_err(|rule| BuildError::Feedback { step: step.to_string(), rule }.into())
     }
 }
 
@@ -256,7 +253,7 @@ pub trait FeedbackProvider: Send + Sync + 'static {
     /// Called for each request this provider answered `Pending` to, once the run is paused and
     /// its checkpoint written: the place to tell the reviewer (a webhook post, a queue
     /// message), because an answer is only taken once the pause is recorded. A failure is
-    /// returned by the kickoff (or resume) as [`Error::FeedbackNotification`]; the run stays
+    /// returned by the kickoff (or resume) as [`FeedbackError::FeedbackNotification`]; the run stays
     /// paused all the same.
     fn paused(&self, request: &FeedbackRequest) -> NotifyFuture {
         let _ = request;
@@ -446,13 +443,10 @@ impl FeedbackRecord {
     }
 }
 
-mod review;
-
-pub(crate) use review::{Reviewed, after_step, apply_answer, learn_from, resolve_outcome};
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::review::resolve_outcome;
 
     fn config() -> HumanFeedback {
         HumanFeedback::new("ok?").emit(["approved", "rejected"])

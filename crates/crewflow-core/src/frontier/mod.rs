@@ -20,7 +20,7 @@
 //!     steps: vec![
 //!         spec("a", StartKind::Always, None),
 //!         spec("b", StartKind::Always, None),
-//!         spec("both", StartKind::No, Some(and([step("a"), step("b")]))),
+//!         spec("both", StartKind::Listener, Some(and([step("a"), step("b")]))),
 //!     ],
 //! }
 //! .compile()?;

@@ -36,13 +36,13 @@ fn start(name: &str) -> StepSpec {
     spec(name, StartKind::Always, None, &[], &[])
 }
 fn start_on(name: &str, t: Trigger) -> StepSpec {
-    spec(name, StartKind::On, Some(t), &[], &[])
+    spec(name, StartKind::Conditional, Some(t), &[], &[])
 }
 fn listen(name: &str, t: impl Into<Trigger>) -> StepSpec {
-    spec(name, StartKind::No, Some(t.into()), &[], &[])
+    spec(name, StartKind::Listener, Some(t.into()), &[], &[])
 }
 fn router(name: &str, t: impl Into<Trigger>, routes: &[&str], terminal: &[&str]) -> StepSpec {
-    spec(name, StartKind::No, Some(t.into()), routes, terminal)
+    spec(name, StartKind::Listener, Some(t.into()), routes, terminal)
 }
 fn start_router(name: &str, routes: &[&str], terminal: &[&str]) -> StepSpec {
     spec(name, StartKind::Always, None, routes, terminal)
@@ -615,7 +615,7 @@ fn routed_dag_strategy() -> impl Strategy<Value = Vec<StepSpec>> {
                     0 => listen(&name(me), t),
                     1 => {
                         routers.push(me);
-                        spec(&name(me), StartKind::No, Some(t), &[&lbl(0), &lbl(1)], &[&lbl(0), &lbl(1)])
+                        spec(&name(me), StartKind::Listener, Some(t), &[&lbl(0), &lbl(1)], &[&lbl(0), &lbl(1)])
                     }
                     _ => start_on(&name(me), t),
                 });

@@ -1,7 +1,18 @@
 //! A review at run time: asking after a step's body, answers mapped to outcomes (live and on
 //! resume), lessons learned from them.
 
-use super::*;
+use crate::error::{DurableError, FeedbackError};
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde_json::Value;
+
+use crate::cx::{Cx, RunShared};
+use crate::error::Error;
+use crate::event::EventKind;
+use crate::feedback::*;
+use crate::handler::StepOutcome;
+use crate::output::Output;
 
 /// The feedback phase after a reviewed step's body: ask, then map the answer (re-asking up to
 /// twice when it matches no outcome), or hand the driver a pause.
@@ -14,9 +25,11 @@ pub(crate) async fn after_step<S: Send + Sync + 'static>(
     let run = cx.shared();
     let step: Arc<str> = Arc::from(cx.step());
     let mut body = body;
-    let mut output = body.output.to_json().map_err(|e| Error::Unpersistable {
-        what: format!("the output of step `{step}` (to show the reviewer)"),
-        message: e.to_string(),
+    let mut output = body.output.to_json().map_err(|e| {
+        Error::Durable(DurableError::Unpersistable {
+            what: format!("the output of step `{step}` (to show the reviewer)"),
+            message: e.to_string(),
+        })
     })?;
     // Routers keep their own (typed) output: their label decides the route.
     if let (Some(learner), false) = (&config.learner, is_router) {
@@ -29,7 +42,11 @@ pub(crate) async fn after_step<S: Send + Sync + 'static>(
             }
             Ok(None) => {}
             Err(e) if config.learn_strict => {
-                return Err(Error::FeedbackLearn { step: step.to_string(), phase: "improve", source: e.into_boxed() });
+                return Err(Error::Feedback(FeedbackError::FeedbackLearn {
+                    step: step.to_string(),
+                    phase: "improve",
+                    source: e.into_boxed(),
+                }));
             }
             Err(e) => {
                 let error = e.to_string();
@@ -57,10 +74,9 @@ pub(crate) async fn after_step<S: Send + Sync + 'static>(
     loop {
         let (message, output, emit) = (request.message.clone(), request.output.clone(), request.emit.clone());
         run.telemetry.events.emit(run.id, Some(&step), || EventKind::FeedbackRequested { message, output, emit });
-        let reply = provider
-            .request(&request)
-            .await
-            .map_err(|e| Error::FeedbackProvider { step: step.to_string(), source: e.into_boxed() })?;
+        let reply = provider.request(&request).await.map_err(|e| {
+            Error::Feedback(FeedbackError::FeedbackProvider { step: step.to_string(), source: e.into_boxed() })
+        })?;
         let answer = match reply {
             FeedbackReply::Pending => {
                 request.message = config.message.clone();
@@ -196,7 +212,7 @@ pub(crate) async fn resolve_outcome(
     if let Some(d) = &config.default_outcome {
         return Ok(Some(d.clone()));
     }
-    Err(Error::UnmatchedFeedback {
+    Err(Error::Feedback(FeedbackError::UnmatchedFeedback {
         step: step.to_string(),
         feedback: trimmed.to_string(),
         outcomes: list(&config.emit),
@@ -205,7 +221,7 @@ pub(crate) async fn resolve_outcome(
             (Some(_), Some(e)) => format!("the classifier failed: {e}"),
             (Some(_), None) => "the classifier matched none".to_string(),
         },
-    })
+    }))
 }
 
 pub(super) fn match_outcome(emit: &[Arc<str>], answer: &str) -> Option<Arc<str>> {
