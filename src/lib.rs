@@ -122,8 +122,8 @@ pub use crewflow_core::{
     Answer, BoxError, Canceller, ConsoleInput, Cx, DEFAULT_CANCEL_GRACE, DEFAULT_MAX_STEPS, Error, Event, EventKind,
     EventStream, Flow, FlowBuilder, FlowState, HostedRun, InputFuture, InputProvider, InputRecord, InputRequest,
     InputResponse, IntoFlow, Kickoff, Observer, Output, Result, Retry, Route, Run, RunHandle, RunId, StateError,
-    StepError, StepRecord, TokenUsage, Trigger, TypeInfo, Worker, WorkerReport, delta, host, journal,
-    set_default_feedback_provider, set_default_input_provider, trigger, versions,
+    StepError, StepRecord, TokenUsage, Trigger, TypeInfo, Worker, WorkerReport, default_feedback_provider, delta, host,
+    journal, set_default_feedback_provider, set_default_input_provider, trigger, versions,
 };
 pub use crewflow_core::{
     ConsoleFeedback, DeferredFeedback, FeedbackLearner, FeedbackProvider, FeedbackReply, FeedbackRequest,
