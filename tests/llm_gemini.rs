@@ -131,3 +131,32 @@ async fn embeddings_in_a_batch() {
         json!({ "model": "models/text-embedding-004", "content": { "parts": [{ "text": "b" }] } })
     );
 }
+
+/// A function call's thought signature survives a stream (Gemini 3 needs it back): it is on
+/// the reassembled call, and sent back on the same part.
+#[tokio::test]
+async fn a_streamed_call_keeps_its_thought_signature() {
+    let chunk = reply(
+        json!([{ "functionCall": { "name": "weather", "args": { "city": "Rome" } }, "thoughtSignature": "c2lnLTE=" }]),
+        "STOP",
+    );
+    let server = TestServer::start(vec![
+        Reply::sse(&[(None, chunk.to_string())]),
+        Reply::json(200, &reply(json!([{ "text": "ok" }]), "STOP")),
+    ])
+    .await;
+    let llm = llm(&server, "gemini-3-pro-preview");
+    let done = llm.stream("Weather in Rome?").await.unwrap().response().await.unwrap();
+    assert_eq!(done.tool_calls[0].signature.as_deref(), Some("c2lnLTE="));
+    let call = done.tool_calls[0].clone();
+    llm.chat(ChatRequest::new([
+        Message::user("Weather in Rome?"),
+        done.message(),
+        Message::tool_result(&call, "sunny"),
+    ]))
+    .await
+    .unwrap();
+    let sent = server.requests()[1].json();
+    assert_eq!(sent["contents"][1]["parts"][0]["thoughtSignature"], "c2lnLTE=");
+    assert!(sent["contents"][1]["parts"][0]["functionCall"].get("id").is_none(), "a made-up id is not sent");
+}
