@@ -123,8 +123,8 @@ pub use crewflow_core::{
     Error, Event, EventKind, EventStream, FeedbackError, FeedbackRule, Flow, FlowBuilder, FlowState, GraphRule,
     HostedRun, InputError, InputFuture, InputProvider, InputRecord, InputRequest, InputResponse, IntoFlow, Kickoff,
     Observer, Output, Result, Retry, Route, Run, RunHandle, RunId, StateError, StepError, StepRecord, TokenUsage,
-    Trigger, TypeInfo, Worker, WorkerReport, delta, host, journal, set_default_feedback_provider,
-    set_default_input_provider, trigger, versions,
+    Trigger, TypeInfo, Worker, WorkerReport, default_feedback_provider, delta, host, journal,
+    set_default_feedback_provider, set_default_input_provider, trigger, versions,
 };
 pub use crewflow_core::{
     ConsoleFeedback, DeferredFeedback, FeedbackLearner, FeedbackProvider, FeedbackReply, FeedbackRequest,

@@ -5,25 +5,17 @@
 
 mod common;
 
-use common::http::{Reply, TestServer};
-use crewflow::llm::{
-    ChatRequest, FinishReason, Llm, LlmError, LlmOptions, Message, RetryPolicy, StreamEvent, Tool, ToolChoice,
-};
+use common::http::{Reply, TestServer, anthropic_llm, anthropic_message};
+use crewflow::llm::{ChatRequest, FinishReason, Llm, LlmError, Message, StreamEvent, Tool, ToolChoice};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
 fn llm(server: &TestServer) -> Llm {
-    Llm::with_options(
-        "anthropic/claude-sonnet-4-5",
-        LlmOptions::default().base_url(server.url.clone()).api_key("ak-test").retry(RetryPolicy::none()),
-    )
-    .unwrap()
+    anthropic_llm(server)
 }
 
 fn message(content: Value, stop: &str) -> Value {
-    json!({ "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929", "content": content,
-        "stop_reason": stop, "stop_sequence": null,
-        "usage": { "input_tokens": 30, "output_tokens": 12, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 0, "service_tier": "standard" } })
+    anthropic_message(content, stop)
 }
 
 #[tokio::test]
@@ -36,11 +28,7 @@ async fn requests_put_system_apart_alternate_roles_and_map_tools() {
         ),
     )])
     .await;
-    let call = crewflow::llm::ToolCall {
-        id: "toolu_0".into(),
-        name: "weather".into(),
-        arguments: "{\"city\":\"Oslo\"}".into(),
-    };
+    let call = crewflow::llm::ToolCall::new("toolu_0", "weather", "{\"city\":\"Oslo\"}");
     let request = ChatRequest::new([
         Message::system("You are terse."),
         Message::user("Weather in Oslo and Paris?"),

@@ -5,25 +5,17 @@
 
 mod common;
 
-use common::http::{Reply, TestServer};
-use crewflow::llm::{
-    ChatRequest, FinishReason, Image, Llm, LlmOptions, Message, RetryPolicy, StreamEvent, Tool, ToolChoice,
-};
+use common::http::{Reply, TestServer, gemini_llm, gemini_reply};
+use crewflow::llm::{ChatRequest, FinishReason, Image, Llm, Message, StreamEvent, Tool, ToolChoice};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
 fn llm(server: &TestServer, model: &str) -> Llm {
-    Llm::with_options(
-        &format!("gemini/{model}"),
-        LlmOptions::default().base_url(server.url.clone()).api_key("g-test").retry(RetryPolicy::none()),
-    )
-    .unwrap()
+    gemini_llm(server, model)
 }
 
 fn reply(parts: Value, finish: &str) -> Value {
-    json!({ "candidates": [{ "content": { "role": "model", "parts": parts }, "finishReason": finish, "index": 0 }],
-        "usageMetadata": { "promptTokenCount": 17, "candidatesTokenCount": 5, "totalTokenCount": 22, "cachedContentTokenCount": 4 },
-        "modelVersion": "gemini-2.5-flash", "responseId": "resp-1" })
+    gemini_reply(parts, finish)
 }
 
 #[tokio::test]
@@ -33,11 +25,8 @@ async fn requests_map_roles_tools_and_generation_config() {
         &reply(json!([{ "functionCall": { "name": "weather", "args": { "city": "Rome" } } }]), "STOP"),
     )])
     .await;
-    let call = crewflow::llm::ToolCall {
-        id: "call_0".into(),
-        name: "weather".into(),
-        arguments: "{\"city\":\"Oslo\"}".into(),
-    };
+    // An id from elsewhere (another provider's conversation) is sent back with the call.
+    let call = crewflow::llm::ToolCall::new("call_0", "weather", "{\"city\":\"Oslo\"}");
     let request = ChatRequest::new([
         Message::system("Be exact."),
         Message::user("Weather?")
@@ -74,11 +63,11 @@ async fn requests_map_roles_tools_and_generation_config() {
     );
     assert_eq!(
         body["contents"][1]["parts"][0],
-        json!({ "functionCall": { "name": "weather", "args": { "city": "Oslo" } } })
+        json!({ "functionCall": { "id": "call_0", "name": "weather", "args": { "city": "Oslo" } } })
     );
     assert_eq!(
         body["contents"][2]["parts"][0],
-        json!({ "functionResponse": { "name": "weather", "response": { "result": { "celsius": 3 } } } })
+        json!({ "functionResponse": { "id": "call_0", "name": "weather", "response": { "result": { "celsius": 3 } } } })
     );
     assert_eq!(body["tools"][0]["functionDeclarations"][0]["parametersJsonSchema"]["type"], "object");
     assert_eq!(
@@ -141,4 +130,33 @@ async fn embeddings_in_a_batch() {
         sent.json()["requests"][1],
         json!({ "model": "models/text-embedding-004", "content": { "parts": [{ "text": "b" }] } })
     );
+}
+
+/// A function call's thought signature survives a stream (Gemini 3 needs it back): it is on
+/// the reassembled call, and sent back on the same part.
+#[tokio::test]
+async fn a_streamed_call_keeps_its_thought_signature() {
+    let chunk = reply(
+        json!([{ "functionCall": { "name": "weather", "args": { "city": "Rome" } }, "thoughtSignature": "c2lnLTE=" }]),
+        "STOP",
+    );
+    let server = TestServer::start(vec![
+        Reply::sse(&[(None, chunk.to_string())]),
+        Reply::json(200, &reply(json!([{ "text": "ok" }]), "STOP")),
+    ])
+    .await;
+    let llm = llm(&server, "gemini-3-pro-preview");
+    let done = llm.stream("Weather in Rome?").await.unwrap().response().await.unwrap();
+    assert_eq!(done.tool_calls[0].signature.as_deref(), Some("c2lnLTE="));
+    let call = done.tool_calls[0].clone();
+    llm.chat(ChatRequest::new([
+        Message::user("Weather in Rome?"),
+        done.message(),
+        Message::tool_result(&call, "sunny"),
+    ]))
+    .await
+    .unwrap();
+    let sent = server.requests()[1].json();
+    assert_eq!(sent["contents"][1]["parts"][0]["thoughtSignature"], "c2lnLTE=");
+    assert!(sent["contents"][1]["parts"][0]["functionCall"].get("id").is_none(), "a made-up id is not sent");
 }

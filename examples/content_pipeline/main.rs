@@ -1,13 +1,21 @@
-//! The content pipeline: research → quality gate (loops back to research at most twice) →
-//! write → edit, over a typed state.
+//! The content pipeline of the production guide: a research crew → a router on the research's
+//! quality (back to research, searching more broadly, at most twice) → a writing crew whose
+//! editor's article a person reviews before it is published.
 //!
-//! The steps do plain Rust work on a small built-in corpus, so the example runs offline and in
-//! milliseconds; swap the bodies for model calls and the flow stays the same.
+//! Everything runs offline: the sources are a small built-in corpus behind a `search_sources`
+//! tool, and the model is the local one unless `CREWFLOW_MODEL` names another. The local
+//! SmolLM2-135M cannot call tools, so there the research step searches through the same tool
+//! and hands the sources to the researcher; with a model that calls tools
+//! (`CREWFLOW_MODEL=openai/gpt-4o-mini` with `OPENAI_API_KEY`, or `ollama/qwen2.5`) the
+//! researcher searches itself, and writes better notes. The review asks on the terminal: an
+//! empty line or `approve` publishes, anything else goes back to the editor as what to change.
 //!
 //! ```text
 //! cargo run --example content_pipeline -- "async runtimes"
 //! ```
 
+use crewflow::agents::{Agent, Crew, HumanReview, Inputs, Task, ToolFn, ToolSet};
+use crewflow::llm::Llm;
 use crewflow::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -16,117 +24,185 @@ use serde::{Deserialize, Serialize};
 struct Content {
     topic: String,
     audience: String,
-    keywords: Vec<String>,
-    notes: Vec<String>,
+    /// Research rounds so far.
     attempts: u32,
-    draft: String,
+    /// The sources the last round found.
+    sources: Vec<String>,
+    /// The research crew's checked notes.
+    research: String,
+    /// The article, as the reviewer approved it.
     article: String,
 }
 
 /// What the quality gate decides.
 #[derive(Route, Clone, Copy, Debug, PartialEq)]
 enum Quality {
-    /// Enough material: write.
+    /// Enough sources: write.
     Enough,
-    /// Too thin: research again, more broadly.
+    /// Too few: research again, more broadly.
     Retry,
 }
 
-/// The flow's configuration: how many notes make enough, how often to retry.
+/// The arguments of `search_sources`.
+#[derive(Deserialize, schemars::JsonSchema)]
+struct SearchArgs {
+    /// What to look for.
+    query: String,
+    /// 1: sources with every word of the query; 2: with any word; 3: related ones too.
+    breadth: u32,
+}
+
+/// Searches the built-in corpus: one source a line.
+fn search_sources() -> impl crewflow::agents::Tool {
+    ToolFn::new("search_sources", "Searches the sources; returns one source a line.", |args: SearchArgs| async move {
+        let words: Vec<String> = args
+            .query
+            .split_whitespace()
+            .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase())
+            .filter(|w| !w.is_empty())
+            .collect();
+        let found: Vec<&str> = CORPUS
+            .iter()
+            .filter(|source| {
+                let s = source.to_lowercase();
+                let hits = words.iter().filter(|w| s.contains(w.as_str())).count();
+                match args.breadth {
+                    0 | 1 => hits == words.len(),
+                    2 => hits > 0,
+                    _ => hits > 0 || RELATED.iter().any(|r| s.contains(r)),
+                }
+            })
+            .copied()
+            .collect();
+        Ok::<_, String>(found.join("\n"))
+    })
+}
+
+/// The flow's parts: the model, and how many sources make enough research.
 struct ContentPipeline {
-    min_notes: usize,
+    llm: Llm,
+    min_sources: usize,
     max_retries: u32,
 }
 
 #[flow(state = Content)]
 impl ContentPipeline {
-    /// Turns the topic into search keywords.
+    /// Fills in the defaults.
     #[start]
-    async fn plan(&self, cx: &Cx<Content>) -> Result<Vec<String>> {
-        let keywords: Vec<String> = cx.state(|c| {
-            c.topic
-                .split_whitespace()
-                .map(|w| w.trim_matches(|ch: char| !ch.is_alphanumeric()).to_lowercase())
-                .collect()
-        });
-        cx.update(|c| {
-            c.keywords = keywords.clone();
+    async fn plan(&self, cx: &Cx<Content>) -> Result<String> {
+        let topic = cx.update(|c| {
             if c.audience.is_empty() {
                 c.audience = "engineers".into();
             }
+            c.topic.clone()
         });
-        Ok(keywords)
+        Ok(topic)
     }
 
-    /// Collects notes from the corpus; each retry searches more broadly.
+    /// The research crew: a researcher finds the sources and notes the facts, an analyst keeps
+    /// only what the sources support. Each retry searches more broadly.
     #[listen(or(plan, Quality::Retry))]
     async fn research(&self, cx: &Cx<Content>) -> Result<usize> {
-        let (keywords, attempt) = cx.update(|c| {
+        let (topic, attempt) = cx.update(|c| {
             c.attempts += 1;
-            (c.keywords.clone(), c.attempts)
+            (c.topic.clone(), c.attempts)
         });
-        let notes: Vec<String> = CORPUS
-            .iter()
-            .filter(|sentence| {
-                let s = sentence.to_lowercase();
-                let hits = keywords.iter().filter(|k| s.contains(k.as_str())).count();
-                match attempt {
-                    1 => hits == keywords.len(), // every keyword
-                    2 => hits > 0,               // any keyword
-                    _ => hits > 0 || RELATED.iter().any(|r| s.contains(r)),
-                }
-            })
-            .map(|s| s.to_string())
-            .collect();
-        let found = notes.len();
-        cx.update(|c| c.notes = notes);
-        Ok(found)
+        let tools = ToolSet::new().with(search_sources());
+        // The sources found, for the quality gate (the same search the researcher is asked
+        // to make).
+        let query = serde_json::json!({ "query": topic, "breadth": attempt });
+        let found = tools.call("search_sources", query).await?;
+        let sources: Vec<String> = found.lines().map(str::to_string).collect();
+        let mut researcher = Agent::new(self.llm.clone())
+            .role("Researcher")
+            .goal("Find accurate facts about {topic} in the sources")
+            .backstory("You read sources carefully and never invent facts.")
+            .max_iter(4);
+        let mut inputs = Inputs::from([("topic", topic.clone()), ("breadth", attempt.to_string())]);
+        let description = if self.llm.provider() == "local" {
+            // The local model cannot call tools: it reads what the search found.
+            inputs.insert("sources", if found.is_empty() { "(none)".to_string() } else { found.clone() });
+            "List the key facts about {topic} in these sources:\n{sources}"
+        } else {
+            researcher = researcher.tools(&tools);
+            "Search the sources for {topic} (search_sources with breadth {breadth}) and list the key facts."
+        };
+        let analyst = Agent::new(self.llm.clone())
+            .role("Analyst")
+            .goal("Keep only facts about {topic} that the sources support")
+            .backstory("You check every claim.")
+            .max_iter(2);
+        let crew = Crew::new(
+            [researcher.clone(), analyst.clone()],
+            [
+                Task::new("research", description).expected_output("a list of facts").agent(researcher),
+                Task::new("check", "Check the facts about {topic}; list the ones the sources support.")
+                    .expected_output("a list of checked facts")
+                    .agent(analyst),
+            ],
+        );
+        let out = crew.kickoff(&inputs).await?;
+        for task in &out.tasks {
+            println!("[{}] by {}: {} characters", task.name, task.agent, task.raw.len());
+        }
+        println!("research round {attempt}: {} sources, {} tokens", sources.len(), out.usage.total());
+        let count = sources.len();
+        cx.update(|c| {
+            c.sources = sources;
+            c.research = out.raw;
+        });
+        Ok(count)
     }
 
-    /// Enough notes, or out of retries: write. Otherwise research again.
+    /// Enough sources, or out of retries: write. Otherwise research again, more broadly.
     #[router(research)]
     async fn quality_gate(&self, cx: &Cx<Content>, found: usize) -> Result<Quality> {
         let attempts = cx.state(|c| c.attempts);
-        Ok(if found >= self.min_notes || attempts > self.max_retries { Quality::Enough } else { Quality::Retry })
+        let route =
+            if found >= self.min_sources || attempts > self.max_retries { Quality::Enough } else { Quality::Retry };
+        println!("quality: {found} sources after {attempts} rounds -> {route:?}");
+        Ok(route)
     }
 
-    /// Drafts the article from the notes.
+    /// The writing crew: a writer drafts from the research, an editor tightens it, and a person
+    /// reviews the editor's article (the flow's feedback provider: the terminal here).
     #[listen(Quality::Enough)]
     async fn write(&self, cx: &Cx<Content>) -> Result<String> {
-        let draft = cx.state(|c| {
-            let mut draft = format!("# {}\n\nA short briefing for {}.\n\n", title_case(&c.topic), c.audience);
-            if c.notes.is_empty() {
-                draft.push_str("The sources had nothing on this topic yet.\n");
-            }
-            for note in &c.notes {
-                draft.push_str(&format!("- {note}\n"));
-            }
-            draft
-        });
-        cx.update(|c| c.draft = draft.clone());
-        Ok(draft)
+        let (topic, audience, research) = cx.state(|c| (c.topic.clone(), c.audience.clone(), c.research.clone()));
+        let writer = Agent::new(self.llm.clone())
+            .role("Writer")
+            .goal("Write short, clear articles for {audience}")
+            .backstory("You explain technical topics plainly.")
+            .max_iter(2);
+        let editor = Agent::new(self.llm.clone())
+            .role("Editor")
+            .goal("Make articles short, correct and readable")
+            .backstory("You cut every word that does not help the reader.")
+            .max_iter(2);
+        let crew = Crew::new(
+            [writer.clone(), editor.clone()],
+            [
+                Task::new(
+                    "draft",
+                    "Write a short article about {topic} for {audience} from this research:\n{research}",
+                )
+                .expected_output("one or two paragraphs")
+                .agent(writer),
+                Task::new("edit", "Edit the draft about {topic}: shorter, clearer, nothing the research does not say.")
+                    .expected_output("the edited article")
+                    .agent(editor)
+                    .human_review(HumanReview::new("Publish this article?").max_revisions(2)),
+            ],
+        );
+        let inputs = Inputs::from([("topic", topic), ("audience", audience), ("research", research)]);
+        let out = crew.kickoff(&inputs).await?;
+        for task in &out.tasks {
+            println!("[{}] by {}: {} characters, {} attempts", task.name, task.agent, task.raw.len(), task.attempts);
+        }
+        println!("tokens: {}", out.usage.total());
+        cx.update(|c| c.article = out.raw.clone());
+        Ok(out.raw)
     }
-
-    /// Edits the draft: tidies whitespace and adds a reading-time line.
-    #[listen(write)]
-    async fn edit(&self, cx: &Cx<Content>, draft: String) -> Result<String> {
-        let words = draft.split_whitespace().count();
-        let body: Vec<&str> = draft.lines().map(str::trim_end).collect();
-        let article =
-            format!("{}\n\n_{} words, about {} min to read._\n", body.join("\n").trim_end(), words, words / 200 + 1);
-        cx.update(|c| c.article = article.clone());
-        Ok(article)
-    }
-}
-
-fn title_case(s: &str) -> String {
-    s.split_whitespace()
-        .map(|w| {
-            let mut c = w.chars();
-            c.next().map(|f| f.to_uppercase().chain(c).collect::<String>()).unwrap_or_default()
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Words that broaden the third search.
@@ -146,32 +222,27 @@ const CORPUS: [&str; 10] = [
 ];
 
 #[tokio::main]
-async fn main() -> Result<(), crewflow::Error> {
+async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let topic = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
     let topic = if topic.is_empty() { "async runtimes".to_string() } else { topic };
-
-    let flow = ContentPipeline { min_notes: 3, max_retries: 2 }.into_flow()?;
-    let (run, mut events) = flow.stream(serde_json::json!({ "topic": topic }))?;
-    while let Some(event) = events.next().await {
-        let step = event.step.as_deref().unwrap_or("");
-        match &event.kind {
-            EventKind::RunStarted { .. } => println!("run {} started", event.run_id),
-            EventKind::StepStarted { .. } => println!("  -> {step}"),
-            EventKind::StepFinished { output, elapsed_us, .. } => {
-                let shown = match output.to_json() {
-                    Ok(serde_json::Value::String(s)) if s.len() > 40 => format!("{} chars", s.len()),
-                    Ok(v) => v.to_string(),
-                    Err(_) => output.type_name().to_string(),
-                };
-                println!("  <- {step} ({elapsed_us} us): {shown}");
-            }
-            EventKind::RouteTaken { label, .. } => println!("     {step} chose {label}"),
-            EventKind::StepFailed { error, .. } => println!("  !! {step}: {error}"),
-            _ => {}
-        }
+    let llm = Llm::from_env()?;
+    if llm.provider() == "local" {
+        println!(
+            "Model: local ({}). It cannot call tools, so the research step searches and the researcher reads what it found; \
+             set CREWFLOW_MODEL=openai/gpt-4o-mini (or ollama/<model>) for a researcher that searches itself and notes worth reading.",
+            llm.model()
+        );
     }
-    let run = run.await?;
-    println!("\n{}", run.state.article);
-    println!("research attempts: {}, steps run: {}", run.state.attempts, run.steps_run());
+    let flow = ContentPipeline { llm, min_sources: 3, max_retries: 2 }
+        .into_builder()
+        .observe(|e: &Event| match &e.kind {
+            EventKind::ToolCallFinished { name, outcome, .. } => println!("tool {name}: {outcome}"),
+            EventKind::FeedbackReceived { outcome: Some(outcome), .. } => println!("review: {outcome}"),
+            _ => {}
+        })
+        .build()?;
+    let run = flow.kickoff(serde_json::json!({ "topic": topic })).await?;
+    println!("research rounds: {}", run.state.attempts);
+    println!("ARTICLE {}", run.output::<String>()?.replace('\n', " "));
     Ok(())
 }

@@ -296,3 +296,38 @@ pub fn openai_tool_calls(calls: &[(&str, &str, Value)]) -> Reply {
         }),
     )
 }
+
+/// A model client speaking Anthropic's Messages API to `server`, without retries.
+pub fn anthropic_llm(server: &TestServer) -> crewflow::llm::Llm {
+    let options = crewflow::llm::LlmOptions::default()
+        .base_url(server.url.clone())
+        .api_key("ak-test")
+        .retry(crewflow::llm::RetryPolicy::none());
+    crewflow::llm::Llm::with_options("anthropic/claude-sonnet-4-5", options).unwrap()
+}
+
+/// A Messages API reply (Anthropic's wire format) with these content blocks and stop reason;
+/// its usage is 30 input + 100 cache-read input + 12 output tokens.
+pub fn anthropic_message(content: Value, stop: &str) -> Value {
+    serde_json::json!({ "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929", "content": content,
+        "stop_reason": stop, "stop_sequence": null,
+        "usage": { "input_tokens": 30, "output_tokens": 12, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 0, "service_tier": "standard" } })
+}
+
+/// A model client speaking Gemini's generateContent API to `server` (model `model`), without
+/// retries.
+pub fn gemini_llm(server: &TestServer, model: &str) -> crewflow::llm::Llm {
+    let options = crewflow::llm::LlmOptions::default()
+        .base_url(server.url.clone())
+        .api_key("g-test")
+        .retry(crewflow::llm::RetryPolicy::none());
+    crewflow::llm::Llm::with_options(&format!("gemini/{model}"), options).unwrap()
+}
+
+/// A generateContent reply (Gemini's wire format) with these parts and finish reason; its usage
+/// is 17 prompt (4 cached) + 5 candidate tokens.
+pub fn gemini_reply(parts: Value, finish: &str) -> Value {
+    serde_json::json!({ "candidates": [{ "content": { "role": "model", "parts": parts }, "finishReason": finish, "index": 0 }],
+        "usageMetadata": { "promptTokenCount": 17, "candidatesTokenCount": 5, "totalTokenCount": 22, "cachedContentTokenCount": 4 },
+        "modelVersion": "gemini-2.5-flash", "responseId": "resp-1" })
+}

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::error::{AgentError, excerpt};
 use crate::journal;
+use crate::memory::AgentMemory;
 use crate::template::Inputs;
 use crate::tool::{Tool, ToolOptions, ToolResult, ToolSet};
 
@@ -38,6 +39,7 @@ pub struct Agent {
     max_iter: u32,
     max_execution_time: Option<Duration>,
     allow_delegation: bool,
+    memory: Option<AgentMemory>,
 }
 
 /// What an agent produced.
@@ -145,6 +147,7 @@ impl Agent {
             max_iter: DEFAULT_MAX_ITER,
             max_execution_time: None,
             allow_delegation: false,
+            memory: None,
         }
     }
 
@@ -203,6 +206,14 @@ impl Agent {
     /// the `delegate_work` and `ask_coworker` tools (CrewAI's `allow_delegation`; default off).
     pub fn allow_delegation(mut self, allow: bool) -> Self {
         self.allow_delegation = allow;
+        self
+    }
+
+    /// What it remembers between kickoffs (see [`AgentMemory`]): before each kickoff (or
+    /// task) it recalls what it remembers about the work, and after it answers it remembers
+    /// the work and the answer, in a scope of its own.
+    pub fn memory(mut self, memory: AgentMemory) -> Self {
+        self.memory = Some(memory);
         self
     }
 
@@ -271,6 +282,27 @@ impl Agent {
         Ok((typed, out))
     }
 
+    /// The prompt with what the agent recalls about it (the prompt alone without memory).
+    async fn recalled(&self, agent: &str, prompt: &str) -> Result<String, AgentError> {
+        let Some(memory) = &self.memory else { return Ok(prompt.to_string()) };
+        let recalled = memory.recall(&self.role, agent, prompt).await?;
+        Ok(crate::memory::with_memories(prompt, &recalled))
+    }
+
+    /// Remembers `prompt` and its `answer` (for `task`, when a task's), if it has memory.
+    pub(crate) async fn remember(
+        &self,
+        agent: &str,
+        prompt: &str,
+        answer: &str,
+        task: Option<&str>,
+    ) -> Result<(), AgentError> {
+        match &self.memory {
+            Some(memory) => memory.remember(&self.role, agent, prompt, answer, task).await,
+            None => Ok(()),
+        }
+    }
+
     /// The role, goal and backstory with the inputs filled in.
     pub(crate) fn persona(&self, inputs: &Inputs) -> Result<(String, String, String), AgentError> {
         if self.role.trim().is_empty() {
@@ -284,8 +316,22 @@ impl Agent {
         Ok((role, goal, backstory))
     }
 
-    /// The loop, on an interpolated prompt; `output` asks for a typed final answer.
+    /// The loop, on an interpolated prompt; `output` asks for a typed final answer. With
+    /// memory, it recalls before and remembers the prompt and its answer after.
     pub(crate) async fn run(
+        &self,
+        prompt: &str,
+        inputs: &Inputs,
+        output: Option<&OutputSpec>,
+    ) -> Result<AgentOutput, AgentError> {
+        let out = self.run_unremembered(prompt, inputs, output).await?;
+        self.remember(&out.agent, prompt, &out.raw, None).await?;
+        Ok(out)
+    }
+
+    /// [`run`](Agent::run) without remembering the answer (a task remembers it once its
+    /// guardrails and review accept it).
+    pub(crate) async fn run_unremembered(
         &self,
         prompt: &str,
         inputs: &Inputs,
@@ -301,7 +347,10 @@ impl Agent {
                 (role.clone(), self.tools.names().iter().map(|n| n.to_string()).collect(), self.max_iter);
             s.emit(|| EventKind::AgentStarted { agent, tools, max_iter });
         }
-        let looped = self.looped(&role, &goal, &backstory, prompt, output);
+        let looped = async {
+            let prompt = self.recalled(&role, prompt).await?;
+            self.looped(&role, &goal, &backstory, &prompt, output).await
+        };
         let result = match self.max_execution_time {
             Some(limit) => match tokio::time::timeout(limit, looped).await {
                 Ok(r) => r,

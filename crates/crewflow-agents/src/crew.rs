@@ -11,13 +11,11 @@ use serde_json::Value;
 
 use crate::agent::{Agent, OutputSpec};
 use crate::error::{AgentError, ToolError};
+use crate::guardrail::Guardrail;
 use crate::journal;
+use crate::review::{Decision, HumanReview};
 use crate::template::Inputs;
 use crate::tool::{Tool, ToolFuture, ToolSet};
-
-/// A check of a task's output: `Err(feedback)` rejects it, and the agent tries again told
-/// the feedback (up to [`Task::guardrail_max_retries`] times).
-pub type Guardrail = Arc<dyn Fn(&TaskOutput) -> Result<(), String> + Send + Sync>;
 
 /// The default of [`Task::guardrail_max_retries`].
 const DEFAULT_GUARDRAIL_RETRIES: u32 = 3;
@@ -37,6 +35,7 @@ pub struct Task {
     guardrails: Vec<Guardrail>,
     guardrail_max_retries: u32,
     output_file: Option<String>,
+    review: Option<HumanReview>,
 }
 
 impl std::fmt::Debug for Task {
@@ -99,6 +98,7 @@ impl Task {
             guardrails: Vec::new(),
             guardrail_max_retries: DEFAULT_GUARDRAIL_RETRIES,
             output_file: None,
+            review: None,
         }
     }
 
@@ -130,9 +130,23 @@ impl Task {
         self
     }
 
-    /// Adds a guardrail (they run in order; the first rejection counts).
-    pub fn guardrail(mut self, check: impl Fn(&TaskOutput) -> Result<(), String> + Send + Sync + 'static) -> Self {
-        self.guardrails.push(Arc::new(check));
+    /// Adds a guardrail in code: `Err(feedback)` rejects the output. Guardrails run in the
+    /// order they were added; the first rejection counts.
+    pub fn guardrail(self, check: impl Fn(&TaskOutput) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        self.with_guardrail(Guardrail::function(check))
+    }
+
+    /// Adds a [`Guardrail`], such as [`Guardrail::model`] (a model judging the output against
+    /// criteria written in words).
+    pub fn with_guardrail(mut self, guardrail: Guardrail) -> Self {
+        self.guardrails.push(guardrail);
+        self
+    }
+
+    /// A person reviews the output once the guardrails accept it: they approve it, or say
+    /// what to change and the agent does the task again (see [`HumanReview`]).
+    pub fn human_review(mut self, review: HumanReview) -> Self {
+        self.review = Some(review);
         self
     }
 
@@ -205,21 +219,28 @@ impl Task {
             None => None,
         };
         let mut usage = TokenUsage::default();
-        let mut feedback: Option<String> = None;
-        let attempts = self.guardrail_max_retries.saturating_add(1);
-        for attempt in 1..=attempts {
+        let mut rejection: Option<Rejection> = None;
+        let (mut rejected_by_guardrails, mut revisions) = (0u32, 0u32);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
             let mut this_prompt = prompt.clone();
-            if let Some(f) = &feedback {
-                this_prompt.push_str(&format!(
+            match &rejection {
+                None => {}
+                Some(Rejection::Guardrail(f)) => this_prompt.push_str(&format!(
                     "\n\nYour previous answer was rejected: {f}\nFix that and give your final answer again."
-                ));
+                )),
+                Some(Rejection::Review { feedback, previous }) => this_prompt.push_str(&format!(
+                    "\n\nA reviewer read your previous answer and asked for changes: {feedback}\nYour previous answer was:\n<previous_answer>\n{}\n</previous_answer>\nRevise it accordingly and give your complete final answer again.",
+                    crate::error::excerpt(previous, 8000)
+                )),
             }
-            let out = agent.run(&this_prompt, inputs, self.output.as_ref()).await?;
+            let out = agent.run_unremembered(&this_prompt, inputs, self.output.as_ref()).await?;
             usage.add(&out.usage);
             if let Some(extra) = extra {
                 usage.add(&std::mem::take(&mut *extra.lock().unwrap_or_else(PoisonError::into_inner)));
             }
-            let output = TaskOutput {
+            let mut output = TaskOutput {
                 name: self.name.clone(),
                 description: description.clone(),
                 agent: out.agent,
@@ -228,18 +249,47 @@ impl Task {
                 usage,
                 attempts: attempt,
             };
-            match self.guardrails.iter().find_map(|g| g(&output).err()) {
-                None => {
-                    if let Some(path) = &output_file {
-                        crate::output_file::write(&self.name, path, &output).await?;
-                    }
-                    return Ok(output);
+            let mut refused = None;
+            for guardrail in &self.guardrails {
+                refused = guardrail.check(&self.name, &output, &mut usage).await?;
+                if refused.is_some() {
+                    break;
                 }
-                Some(f) => feedback = Some(f),
             }
+            output.usage = usage;
+            if let Some(feedback) = refused {
+                rejected_by_guardrails += 1;
+                if rejected_by_guardrails > self.guardrail_max_retries {
+                    return Err(AgentError::Guardrail { task: self.name.clone(), attempts: attempt, feedback });
+                }
+                rejection = Some(Rejection::Guardrail(feedback));
+                continue;
+            }
+            if let Some(review) = &self.review
+                && let Decision::Revise(feedback) = review.ask(&self.name, &output, revisions + 1).await?
+            {
+                revisions += 1;
+                if revisions > review.revisions() {
+                    return Err(AgentError::ReviewRejected { task: self.name.clone(), rounds: revisions, feedback });
+                }
+                rejection = Some(Rejection::Review { feedback, previous: output.raw });
+                continue;
+            }
+            if let Some(path) = &output_file {
+                crate::output_file::write(&self.name, path, &output).await?;
+            }
+            agent.remember(&output.agent, &description, &output.raw, Some(&self.name)).await?;
+            return Ok(output);
         }
-        Err(AgentError::Guardrail { task: self.name.clone(), attempts, feedback: feedback.unwrap_or_default() })
     }
+}
+
+/// Why an answer was sent back.
+enum Rejection {
+    /// A guardrail's feedback.
+    Guardrail(String),
+    /// A reviewer's, on this answer.
+    Review { feedback: String, previous: String },
 }
 
 /// How a crew's tasks are done.

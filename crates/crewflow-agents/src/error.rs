@@ -81,6 +81,37 @@ pub enum AgentError {
         /// The guardrail's last feedback.
         feedback: String,
     },
+    /// The agent's memory could not recall or remember (its store or its embedder failed).
+    #[error("agent \"{agent}\": its memory failed: {source}")]
+    Memory {
+        /// The agent's role.
+        agent: String,
+        /// The memory's error.
+        #[source]
+        source: crewflow_memory::MemoryError,
+    },
+    /// A task's human review could not be done: its feedback provider failed, or paused the
+    /// run (a task's review needs its answer inside the step).
+    #[error("task \"{task}\": its human review failed: {message}")]
+    ReviewFailed {
+        /// The task.
+        task: String,
+        /// Why.
+        message: String,
+    },
+    /// The reviewer asked for changes more times than the review's `max_revisions` allows.
+    #[error(
+        "task \"{task}\": the reviewer rejected all {rounds} answers (max_revisions allows {} revisions); the last feedback: {feedback}",
+        rounds.saturating_sub(1)
+    )]
+    ReviewRejected {
+        /// The task.
+        task: String,
+        /// How many answers were reviewed.
+        rounds: u32,
+        /// The reviewer's last words.
+        feedback: String,
+    },
     /// A task's `output_file` could not be written.
     #[error("task \"{task}\": cannot write its output_file {path}: {source}; check the path and its permissions")]
     OutputFile {

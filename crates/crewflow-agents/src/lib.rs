@@ -7,21 +7,27 @@ mod agent;
 mod crew;
 mod error;
 mod flow_tool;
+mod guardrail;
 mod journal;
 #[cfg(feature = "mcp")]
 mod mcp;
+mod memory;
 mod output_file;
+mod review;
 mod template;
 mod tool;
 mod yaml;
 
 pub use agent::{Agent, AgentOutput, DEFAULT_MAX_ITER};
-pub use crew::{Crew, CrewOutput, Guardrail, Process, Task, TaskOutput};
+pub use crew::{Crew, CrewOutput, Process, Task, TaskOutput};
 pub use crewflow_macros::tool;
 pub use error::{AgentError, ToolError};
 pub use flow_tool::FlowTool;
+pub use guardrail::Guardrail;
 #[cfg(feature = "mcp")]
 pub use mcp::{McpClient, McpError, McpServer, McpService, McpTool};
+pub use memory::{AGENT_MEMORY_SOURCE, AgentMemory, DEFAULT_RECALL_LIMIT};
+pub use review::{DEFAULT_MAX_REVISIONS, HumanReview};
 pub use template::Inputs;
 pub use tool::{IntoToolResult, Tool, ToolFn, ToolFuture, ToolOptions, ToolOutcome, ToolResult, ToolSet};
 pub use yaml::{CrewRegistry, YamlError};

@@ -18,7 +18,8 @@ use serde_json::Value;
 use serde_saphyr::Spanned;
 
 use crate::agent::Agent;
-use crate::crew::{Crew, Guardrail, Task, TaskOutput};
+use crate::crew::{Crew, Task, TaskOutput};
+use crate::guardrail::Guardrail;
 use crate::tool::{Tool, ToolOptions, ToolSet};
 
 /// The keys of an agent in `agents.yaml`.
@@ -37,6 +38,7 @@ const TASK_KEYS: &[&str] = &[
     "guardrail_max_retries",
     "output_json",
     "output_pydantic",
+    "human_input",
 ];
 
 /// CrewAI keys crewflow does not read (yet): named as such rather than as typos.
@@ -62,7 +64,6 @@ const CREWAI_ONLY: &[&str] = &[
     "use_system_prompt",
     "step_callback",
     "async_execution",
-    "human_input",
     "markdown",
     "callback",
     "callbacks",
@@ -141,7 +142,7 @@ impl CrewRegistry {
         name: impl Into<String>,
         check: impl Fn(&TaskOutput) -> Result<(), String> + Send + Sync + 'static,
     ) -> Self {
-        self.guardrails.insert(name.into(), Arc::new(check));
+        self.guardrails.insert(name.into(), Guardrail::function(check));
         self
     }
 
@@ -534,7 +535,7 @@ fn context_error(
 }
 
 /// `output_file`, `create_directory`, `guardrail`, `guardrail_max_retries`, `output_json`,
-/// `output_pydantic`.
+/// `output_pydantic`, `human_input`.
 fn task_options(
     file: &File<'_>,
     owner: &str,
@@ -544,6 +545,10 @@ fn task_options(
 ) -> Result<Task, YamlError> {
     if let Some(path) = text(file, owner, fields, "output_file")? {
         task = task.output_file(path);
+    }
+    if let Some((true, _)) = flag(file, owner, fields, "human_input")? {
+        let name = task.name().to_string();
+        task = task.human_review(crate::review::HumanReview::new(format!("Review the output of task `{name}`.")));
     }
     if let Some((false, at)) = flag(file, owner, fields, "create_directory")? {
         return Err(file.error(
@@ -562,7 +567,7 @@ fn task_options(
             "register it with CrewRegistry::guardrail(..)",
         )?
         .clone();
-        task = task.guardrail(move |out| check(out));
+        task = task.with_guardrail(check);
     }
     if let Some(n) = number(file, owner, fields, "guardrail_max_retries")? {
         task = task.guardrail_max_retries(n.min(f64::from(u32::MAX)) as u32);

@@ -63,6 +63,14 @@ impl<S: Send + Sync> HasTelemetry for RunShared<S> {
     fn journal(&self) -> &Journal {
         RunShared::journal(self)
     }
+
+    fn flow_name(&self) -> &str {
+        &self.flow
+    }
+
+    fn flow_feedback_provider(&self) -> Option<Arc<dyn FeedbackProvider>> {
+        self.feedback.clone()
+    }
 }
 
 impl<S> RunShared<S> {

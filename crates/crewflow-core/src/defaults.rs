@@ -25,6 +25,14 @@ pub fn set_default_input_provider(provider: impl InputProvider) {
     *INPUT.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(provider));
 }
 
+/// The feedback provider of code outside any flow: the process default
+/// ([`set_default_feedback_provider`]), else the terminal ([`ConsoleFeedback`]). Inside a step,
+/// [`StepScope::feedback_provider`](crate::scope::StepScope::feedback_provider) puts the flow's
+/// provider first.
+pub fn default_feedback_provider() -> Arc<dyn FeedbackProvider> {
+    feedback_provider()
+}
+
 /// The process default, else the terminal.
 pub(crate) fn feedback_provider() -> Arc<dyn FeedbackProvider> {
     FEEDBACK.read().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| Arc::new(ConsoleFeedback))

@@ -66,7 +66,7 @@ pub use builder::{DEFAULT_CANCEL_GRACE, DEFAULT_MAX_STEPS, FlowBuilder};
 pub use cancel::Canceller;
 pub use crewflow_rules::{FeedbackRule, GraphRule};
 pub use cx::Cx;
-pub use defaults::{set_default_feedback_provider, set_default_input_provider};
+pub use defaults::{default_feedback_provider, set_default_feedback_provider, set_default_input_provider};
 pub use error::{BoxError, BuildError, DurableError, Error, FeedbackError, InputError, Result, StepError, UnknownKey};
 pub use event::{Event, EventKind, EventStream, Observer};
 pub use feedback::{

@@ -60,6 +60,9 @@ impl RunTelemetry {
 pub(crate) trait HasTelemetry: Send + Sync {
     fn telemetry(&self) -> &RunTelemetry;
     fn journal(&self) -> &crate::journal::Journal;
+    fn flow_name(&self) -> &str;
+    /// The flow's own feedback provider, if it has one.
+    fn flow_feedback_provider(&self) -> Option<Arc<dyn crate::feedback::FeedbackProvider>>;
 }
 
 /// The run and step the current task works for (see the [module docs](self)).
@@ -98,6 +101,26 @@ impl StepScope {
     /// The step.
     pub fn step(&self) -> &str {
         &self.step
+    }
+
+    /// The flow's name.
+    pub fn flow_name(&self) -> &str {
+        self.run.flow_name()
+    }
+
+    /// This step execution's id within the run ([`Cx::activation`](crate::Cx::activation)).
+    pub fn activation(&self) -> u64 {
+        self.activation
+    }
+
+    /// Who answers human feedback asked from this step by code that names no provider of its
+    /// own (a task's review, say): the flow's provider
+    /// ([`FlowBuilder::feedback_provider`](crate::FlowBuilder::feedback_provider)), else the
+    /// process default ([`set_default_feedback_provider`](crate::set_default_feedback_provider)),
+    /// else the terminal ([`ConsoleFeedback`](crate::ConsoleFeedback)) — the policy of
+    /// `#[human_feedback]`, whose own `provider` comes first.
+    pub fn feedback_provider(&self) -> Arc<dyn crate::feedback::FeedbackProvider> {
+        self.run.flow_feedback_provider().unwrap_or_else(crate::defaults::feedback_provider)
     }
 
     /// Whether anyone observes the run's events (when not, building them can be skipped).

@@ -28,6 +28,11 @@ pub(crate) enum Delta {
         index: usize,
         args: String,
     },
+    /// What the provider needs back with a tool call ([`ToolCall::signature`]).
+    ToolSignature {
+        index: usize,
+        signature: String,
+    },
     /// Usage so far; later values replace earlier non-zero fields.
     Usage(TokenUsage),
     Finish(FinishReason),
@@ -57,11 +62,14 @@ pub enum StreamEvent {
     Done(ChatResponse),
 }
 
+/// A tool call being put together: id, name, arguments, signature.
+type PartialCall = (String, String, String, Option<String>);
+
 /// Puts deltas back together.
 #[derive(Default)]
 pub(crate) struct Assembler {
     text: String,
-    calls: Vec<(String, String, String)>,
+    calls: Vec<PartialCall>,
     usage: TokenUsage,
     finish: Option<FinishReason>,
     id: Option<String>,
@@ -94,6 +102,10 @@ impl Assembler {
                 self.call(index).2.push_str(&args);
                 Some(StreamEvent::ToolCall { index, id: None, name: None, arguments: args })
             }
+            Delta::ToolSignature { index, signature } => {
+                self.call(index).3 = Some(signature);
+                None
+            }
             Delta::Usage(u) => {
                 let merge = |old: &mut u64, new: u64| {
                     if new > 0 {
@@ -120,7 +132,7 @@ impl Assembler {
         }
     }
 
-    fn call(&mut self, index: usize) -> &mut (String, String, String) {
+    fn call(&mut self, index: usize) -> &mut PartialCall {
         while self.calls.len() <= index {
             self.calls.push(Default::default());
         }
@@ -131,11 +143,12 @@ impl Assembler {
         let tool_calls: Vec<ToolCall> = std::mem::take(&mut self.calls)
             .into_iter()
             .enumerate()
-            .filter(|(_, (_, name, _))| !name.is_empty())
-            .map(|(i, (id, name, arguments))| ToolCall {
+            .filter(|(_, (_, name, _, _))| !name.is_empty())
+            .map(|(i, (id, name, arguments, signature))| ToolCall {
                 id: if id.is_empty() { format!("call_{i}") } else { id },
                 name,
                 arguments,
+                signature,
             })
             .collect();
         let finish_reason = match (&self.finish, tool_calls.is_empty()) {

@@ -67,9 +67,19 @@ pub struct ToolCall {
     pub name: String,
     /// The arguments, as JSON text.
     pub arguments: String,
+    /// What the provider attached to the call and needs back with it when the conversation is
+    /// sent again (Gemini's `thoughtSignature`: Gemini 3 refuses a tool loop that drops it).
+    /// Opaque; `None` for most providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 impl ToolCall {
+    /// A call of tool `name` with `arguments` (JSON text), without a signature.
+    pub fn new(id: impl Into<String>, name: impl Into<String>, arguments: impl Into<String>) -> Self {
+        ToolCall { id: id.into(), name: name.into(), arguments: arguments.into(), signature: None }
+    }
+
     /// The arguments, parsed.
     pub fn args<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_str(if self.arguments.trim().is_empty() { "{}" } else { &self.arguments })

@@ -115,6 +115,10 @@ fn messages(req: &ChatRequest) -> Vec<Value> {
             }
             _ => ("user", text_and_images(&m.content)),
         };
+        // A message without content (an empty reply kept in the history) is refused by the API.
+        if blocks.is_empty() {
+            continue;
+        }
         match out.last_mut() {
             Some((last, existing)) if last == role => existing.extend(blocks),
             _ => out.push((role.to_string(), blocks)),
@@ -175,6 +179,7 @@ impl Provider for Anthropic {
                                 id: block.get("id").and_then(Value::as_str).unwrap_or("").to_string(),
                                 name,
                                 arguments: input.to_string(),
+                                signature: None,
                             });
                         }
                     }

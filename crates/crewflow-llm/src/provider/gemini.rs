@@ -15,6 +15,9 @@ use crate::types::{
 };
 
 const NAME: &str = "gemini";
+/// The start of the ids made up for function calls that come without one (Gemini's
+/// `generateContent` gives none): such ids are never sent back, a given one always is.
+const MADE_UP_ID: &str = "gemini_call_";
 
 /// The Gemini provider.
 #[derive(Clone, Debug)]
@@ -93,17 +96,34 @@ fn contents(req: &ChatRequest) -> Vec<Value> {
                 let text = m.text_content();
                 let result = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
                 let name = m.tool_name.clone().unwrap_or_default();
-                ("user", vec![json!({ "functionResponse": { "name": name, "response": { "result": result } } })])
+                let mut response = json!({ "name": name, "response": { "result": result } });
+                if let Some(id) = m.tool_call_id.as_deref().filter(|id| !id.starts_with(MADE_UP_ID)) {
+                    response["id"] = json!(id);
+                }
+                ("user", vec![json!({ "functionResponse": response })])
             }
             Role::Assistant => {
                 let mut parts = parts(&m.content);
                 parts.extend(m.tool_calls.iter().map(|c| {
-                    json!({ "functionCall": { "name": c.name, "args": c.args::<Value>().unwrap_or_else(|_| json!({})) } })
+                    let mut call = json!({ "name": c.name, "args": c.args::<Value>().unwrap_or_else(|_| json!({})) });
+                    if !c.id.starts_with(MADE_UP_ID) {
+                        call["id"] = json!(c.id);
+                    }
+                    let mut part = json!({ "functionCall": call });
+                    // Sent back exactly where it came: Gemini 3 refuses a tool loop without it.
+                    if let Some(signature) = &c.signature {
+                        part["thoughtSignature"] = json!(signature);
+                    }
+                    part
                 }));
                 ("model", parts)
             }
             _ => ("user", parts(&m.content)),
         };
+        // A turn without parts (an empty reply kept in the history) is refused by the API.
+        if parts.is_empty() {
+            continue;
+        }
         match out.last_mut() {
             Some((last, existing)) if last == role => existing.extend(parts),
             _ => out.push((role.to_string(), parts)),
@@ -196,9 +216,10 @@ fn read_parts(parts: &[Value], call_offset: usize) -> (String, Vec<ToolCall>) {
                     .get("id")
                     .and_then(Value::as_str)
                     .map(str::to_string)
-                    .unwrap_or_else(|| format!("call_{index}")),
+                    .unwrap_or_else(|| format!("{MADE_UP_ID}{index}")),
                 name: call.get("name").and_then(Value::as_str).unwrap_or("").to_string(),
                 arguments: call.get("args").cloned().unwrap_or(json!({})).to_string(),
+                signature: part.get("thoughtSignature").and_then(Value::as_str).map(str::to_string),
             });
         }
     }
@@ -324,6 +345,9 @@ fn chunk_deltas(chunk: Reply, calls_so_far: &mut usize) -> Vec<Result<Delta, Llm
             *calls_so_far += 1;
             out.push(Ok(Delta::ToolStart { index, id: Some(call.id), name: Some(call.name) }));
             out.push(Ok(Delta::ToolArgs { index, args: call.arguments }));
+            if let Some(signature) = call.signature {
+                out.push(Ok(Delta::ToolSignature { index, signature }));
+            }
         }
         if let Some(f) = candidate.finish_reason {
             let reason =

@@ -148,6 +148,7 @@ fn calls(message: &ReplyMessage, offset: usize) -> Vec<ToolCall> {
             id: format!("call_{}", offset + i),
             name: c.function.name.clone(),
             arguments: if c.function.arguments.is_null() { "{}".into() } else { c.function.arguments.to_string() },
+            signature: None,
         })
         .collect()
 }

@@ -251,6 +251,7 @@ impl Provider for OpenAi {
                     id: c.id.clone().unwrap_or_else(|| format!("call_{i}")),
                     name: c.function.name.clone().unwrap_or_default(),
                     arguments: arguments(&c.function.arguments),
+                    signature: None,
                 })
                 .collect();
             Ok(ChatResponse {
