@@ -6,101 +6,14 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{Running, error_of, serve};
-use crewflow_core::persist::RunStore;
-use crewflow_core::trigger::label;
-use crewflow_core::{Cx, DeferredFeedback, Flow, FlowBuilder, HumanFeedback, StepError};
-use crewflow_server::Server;
-use serde::{Deserialize, Serialize};
+use common::{error_of, runs_server};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-#[derive(Default, Serialize, Deserialize)]
-struct Greeting {
-    name: String,
-    times: u32,
-}
-
-#[derive(Default, Serialize, Deserialize)]
-struct Doc {}
-
-fn greet(store: &Arc<dyn RunStore>) -> Flow<Greeting> {
-    FlowBuilder::<Greeting>::new("greet")
-        .start(
-            "hello",
-            |cx: Cx<Greeting>, (): ()| async move { Ok(format!("hello, {}", cx.state(|g| g.name.clone()))) },
-        )
-        .listen("shout", "hello", |_cx: Cx<Greeting>, text: String| async move { Ok(text.to_uppercase()) })
-        .store_arc(store.clone())
-        .build()
-        .unwrap()
-}
-
-/// A flow whose second step waits until the test lets it go (no timing involved).
-fn gated(store: &Arc<dyn RunStore>, gate: Arc<Semaphore>) -> Flow<Doc> {
-    FlowBuilder::<Doc>::new("gated")
-        .start("first", |_cx: Cx<Doc>, (): ()| async move { Ok("first") })
-        .listen("wait", "first", move |_cx: Cx<Doc>, _: String| {
-            let gate = gate.clone();
-            async move {
-                gate.acquire().await.map_err(StepError::msg)?.forget();
-                Ok("released")
-            }
-        })
-        .store_arc(store.clone())
-        .build()
-        .unwrap()
-}
-
-/// A flow whose second step fails the first time it runs, and succeeds after.
-fn flaky(store: &Arc<dyn RunStore>, failed: Arc<AtomicBool>) -> Flow<Doc> {
-    FlowBuilder::<Doc>::new("flaky")
-        .start("prepare", |_cx: Cx<Doc>, (): ()| async move { Ok(7u32) })
-        .listen("finish", "prepare", move |_cx: Cx<Doc>, n: u32| {
-            let failed = failed.clone();
-            async move {
-                if !failed.swap(true, Ordering::SeqCst) {
-                    return Err(StepError::msg("the first attempt fails"));
-                }
-                Ok(n * 6)
-            }
-        })
-        .store_arc(store.clone())
-        .build()
-        .unwrap()
-}
-
-fn review(store: &Arc<dyn RunStore>) -> Flow<Doc> {
-    FlowBuilder::<Doc>::new("review")
-        .start("draft", |_cx: Cx<Doc>, (): ()| async move { Ok("the draft") })
-        .human_feedback(HumanFeedback::new("Publish?").emit(["approved", "rejected"]).provider(DeferredFeedback))
-        .listen("on_approved", label("approved"), |_cx: Cx<Doc>, (): ()| async move { Ok("published") })
-        .listen("on_rejected", label("rejected"), |_cx: Cx<Doc>, (): ()| async move { Ok("binned") })
-        .store_arc(store.clone())
-        .build()
-        .unwrap()
-}
-
-async fn server(gate: Arc<Semaphore>) -> (Running, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = crewflow_store::open(dir.path().join("runs.db").to_str().unwrap()).unwrap();
-    let server = Server::new(store.clone())
-        .flow(&greet(&store))
-        .unwrap()
-        .flow(&gated(&store, gate))
-        .unwrap()
-        .flow(&flaky(&store, Arc::default()))
-        .unwrap()
-        .flow(&review(&store))
-        .unwrap();
-    (serve(server).await, dir)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_run_is_cancelled_and_says_so() {
-    let (srv, _dir) = server(Arc::new(Semaphore::new(0))).await;
+    let (srv, _dir) = runs_server(Arc::new(Semaphore::new(0))).await;
     let (code, started) = srv.post("/flows/gated/runs", "").await;
     assert_eq!(code, 202, "{started}");
     let id = started["run_id"].as_str().unwrap().to_string();
@@ -127,7 +40,7 @@ async fn a_running_run_is_cancelled_and_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_run_resumes_from_its_checkpoint() {
-    let (srv, _dir) = server(Arc::new(Semaphore::new(0))).await;
+    let (srv, _dir) = runs_server(Arc::new(Semaphore::new(0))).await;
     let (code, failed) = srv.post("/flows/flaky/runs?wait=true", "").await;
     assert_eq!((code, failed["status"].as_str()), (200, Some("failed")), "{failed}");
     let id = failed["run_id"].as_str().unwrap().to_string();
@@ -159,7 +72,7 @@ async fn a_failed_run_resumes_from_its_checkpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_starts_a_new_run_from_another_runs_state() {
-    let (srv, _dir) = server(Arc::new(Semaphore::new(0))).await;
+    let (srv, _dir) = runs_server(Arc::new(Semaphore::new(0))).await;
     let (_, source) = srv.post("/flows/greet/runs?wait=true", r#"{"name": "Ada", "times": 3}"#).await;
     let source_id = source["run_id"].as_str().unwrap().to_string();
 
@@ -189,7 +102,7 @@ async fn a_fork_starts_a_new_run_from_another_runs_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flows_are_described_and_drawn() {
-    let (srv, _dir) = server(Arc::new(Semaphore::new(0))).await;
+    let (srv, _dir) = runs_server(Arc::new(Semaphore::new(0))).await;
     let (code, review) = srv.get("/flows/review").await;
     assert_eq!(code, 200, "{review}");
     let steps: Vec<(&str, &str)> = review["steps"]
@@ -225,7 +138,7 @@ async fn flows_are_described_and_drawn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_with_last_event_id_resumes_without_duplicates() {
     let gate = Arc::new(Semaphore::new(0));
-    let (srv, _dir) = server(gate.clone()).await;
+    let (srv, _dir) = runs_server(gate.clone()).await;
     let (_, started) = srv.post("/flows/gated/runs", "").await;
     let id = started["run_id"].as_str().unwrap().to_string();
     let path = format!("/runs/{id}/events");

@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Running, SseFrame, error_of, normalized, serve};
+use common::{Running, SseFrame, error_of, fresh_pg_schema, normalized, serve};
 use crewflow_chat::{ChatCx, ChatFlow, ChatState};
 use crewflow_core::{Cx, FlowBuilder, StepError};
 use crewflow_server::{DoubleTexting, Server};
@@ -340,7 +340,7 @@ async fn double_texting_interrupt_cancels_the_running_turn_cleanly() {
         })
     };
     let three = post("three");
-    wait_running(&srv, "i", 1).await;
+    srv.wait_running("i", 1).await;
     let four = post("four");
     let (code, body) = three.await.unwrap();
     assert_eq!(code, 409, "{body}");
@@ -350,30 +350,6 @@ async fn double_texting_interrupt_cancels_the_running_turn_cleanly() {
     assert_eq!(code, 200, "{body}");
     let said: Vec<String> = transcript(&srv, "i").await.into_iter().map(|(_, text)| text).collect();
     assert_eq!(said, ["never mind, two", "done: never mind, two", "four", "done: four"]);
-}
-
-/// Polls the session until `n` turns run or wait in it (a condition, not a delay).
-async fn wait_running(srv: &Running, session: &str, n: u64) {
-    for _ in 0..6000 {
-        let (_, body) = srv.get(&format!("/sessions/{session}")).await;
-        if body["running_turns"] == n {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    panic!("session {session} never had {n} turns running");
-}
-
-/// A fresh schema of the test database, and the URL that works in it.
-async fn fresh_pg_schema() -> String {
-    let base = std::env::var("CREWFLOW_TEST_POSTGRES").unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    let schema = format!("crewflow_s_{}_{:08x}", now.as_secs(), now.subsec_nanos() ^ std::process::id());
-    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-csearch_path%3D{schema}")
 }
 
 /// Two servers on one PostgreSQL: a turn sent to the second while the first runs a turn of
