@@ -23,7 +23,9 @@
 //!
 //! Refusals answer `{"error": {"code", "message"}}`: `400` for bad inputs or answers (the
 //! message names the field), `404` for an unknown flow or run, `409` for conflicts, `503` when
-//! the store does not answer. The full reference is `docs/server.md`.
+//! the store does not answer. Bodies over the size limit answer `413`, bodies that arrive too
+//! slowly `408`, answers that do not start in time `504`, and a key over its rate `429`
+//! ([`ServerConfig`], [`RateLimit`]). The full reference is `docs/server.md`.
 //!
 //! ```
 //! use crewflow_core::{Cx, FlowBuilder};
@@ -63,6 +65,7 @@
 //! that subscribes late still sees them from the first.
 
 mod chat;
+mod config;
 mod error;
 mod flows;
 mod frames;
@@ -82,6 +85,7 @@ use crewflow_chat::{ChatFlow, Conversational};
 use crewflow_core::persist::RunStore;
 use crewflow_core::{Flow, FlowState};
 
+pub use config::{RateLimit, ServerConfig};
 pub use error::ServerError;
 pub use lanes::DoubleTexting;
 pub use tenants::{Tenants, tenant_router};
@@ -93,12 +97,19 @@ pub struct Server {
     flows: BTreeMap<String, Arc<dyn hosted::Hosted>>,
     chats: BTreeMap<String, (Arc<dyn chat::HostedChat>, DoubleTexting)>,
     keep_events: usize,
+    config: ServerConfig,
 }
 
 impl Server {
     /// A server whose runs are kept in `store` (every flow it hosts must keep its runs there).
     pub fn new(store: Arc<dyn RunStore>) -> Self {
-        Server { store, flows: BTreeMap::new(), chats: BTreeMap::new(), keep_events: 1024 }
+        Server {
+            store,
+            flows: BTreeMap::new(),
+            chats: BTreeMap::new(),
+            keep_events: 1024,
+            config: ServerConfig::default(),
+        }
     }
 
     /// Hosts `flow` under its name. The flow must keep its runs in the server's store (built
@@ -148,6 +159,13 @@ impl Server {
         self
     }
 
+    /// Body and request limits and CORS ([`ServerConfig`]; its defaults otherwise). Under
+    /// [`tenant_router`], [`Tenants::config`] applies instead.
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
     /// The names of the flows hosted (conversational ones too), by name.
     pub fn flow_names(&self) -> impl Iterator<Item = &str> {
         let mut names: Vec<&str> = self.flows.keys().chain(self.chats.keys()).map(String::as_str).collect();
@@ -164,6 +182,11 @@ pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
 
 /// The server's routes, ready to serve (`axum::serve(listener, router(server))`) or to mount
 /// into an app (`Router::new().nest("/crewflow", router(server))`).
+///
+/// The server's [`ServerConfig`] applies: bodies are read whole within its size and time
+/// limits before a handler sees them, requests are answered within its timeout, and CORS is
+/// answered for its origins.
 pub fn router(server: Server) -> axum::Router {
-    routes::router(server)
+    let config = server.config.clone();
+    config.outer(config.bodies(routes::router(server)))
 }

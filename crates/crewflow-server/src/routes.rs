@@ -38,6 +38,8 @@ pub(crate) struct App {
     /// Sessions created (`POST /sessions`) that have no turn yet, by id: their flow. A session
     /// is stored with its first turn; until then only this process knows it.
     pub reserved: Mutex<HashMap<String, String>>,
+    /// The largest WebSocket message taken (the configured body limit).
+    pub max_message_bytes: usize,
 }
 
 pub(crate) type Shared = State<Arc<App>>;
@@ -84,8 +86,14 @@ pub(crate) fn router(server: crate::Server) -> Router {
         live: Table::new(server.keep_events),
         lanes: Arc::default(),
         reserved: Mutex::default(),
+        max_message_bytes: server.config.max_body_bytes,
     };
-    table().fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(Arc::new(app))
+    table()
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Bodies are read (within the configured limit) before the handlers: see config.rs.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(Arc::new(app))
 }
 
 impl App {

@@ -360,7 +360,8 @@ pub(crate) async fn session_ws(
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(path_error)?;
     app.locate(&id).await?;
-    Ok(ws.on_upgrade(move |socket| serve_socket(app, id, socket)))
+    let max = app.max_message_bytes;
+    Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| serve_socket(app, id, socket)))
 }
 
 async fn serve_socket(app: Arc<App>, id: String, mut socket: WebSocket) {
