@@ -167,3 +167,63 @@ async fn a_reconnect_with_last_event_id_resumes_without_duplicates() {
     let bad = srv.sse("GET", &path, None, Some("yesterday")).await;
     assert_eq!(bad.status(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_run_is_cancelled_through_the_store_even_from_another_server() {
+    let (srv, dir) = runs_server(Arc::new(Semaphore::new(0))).await;
+    let (_, paused) = srv.post("/flows/review/runs?wait=true", "").await;
+    assert_eq!(paused["status"], "paused", "{paused}");
+    let id = paused["run_id"].as_str().unwrap().to_string();
+
+    let (code, cancelled) = srv.post(&format!("/runs/{id}/cancel"), "").await;
+    assert_eq!((code, cancelled["status"].as_str()), (200, Some("cancelled")), "{cancelled}");
+    let (_, run) = srv.get(&format!("/runs/{id}")).await;
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert!(run.get("feedback").is_none(), "nothing waits for an answer: {run}");
+    let (_, pending) = srv.get("/feedback").await;
+    assert_eq!(pending["feedback"], json!([]), "a cancelled pause is not listed");
+    let (code, e) = srv.post(&format!("/runs/{id}/feedback"), r#"{"answer": "approved"}"#).await;
+    assert_eq!((code, error_of(&e).0), (409, "not_paused"), "{e}");
+    assert!(error_of(&e).1.contains("cancelled"), "{e}");
+    let (code, e) = srv.post(&format!("/runs/{id}/cancel"), "").await;
+    assert_eq!((code, error_of(&e).0), (409, "not_running"), "{e}");
+    // The run's stream ends with its cancellation, after its pause.
+    let names: Vec<String> = srv
+        .sse("GET", &format!("/runs/{id}/events"), None, None)
+        .await
+        .all()
+        .await
+        .into_iter()
+        .map(|f| f.event)
+        .collect();
+    let tail: Vec<&str> = names.iter().rev().take(2).rev().map(String::as_str).collect();
+    assert_eq!(tail, ["run_paused", "run_cancelled"], "{names:?}");
+
+    // A run paused by one server is cancelled by another on the same store.
+    let store = crewflow_store::open(common::runs_db(&dir).as_str()).unwrap();
+    let other = common::serve(common::runs_hosting(&store, Arc::new(Semaphore::new(0)))).await;
+    let (_, paused) = srv.post("/flows/review/runs?wait=true", "").await;
+    let id = paused["run_id"].as_str().unwrap().to_string();
+    let (code, cancelled) = other.post(&format!("/runs/{id}/cancel"), "").await;
+    assert_eq!((code, cancelled["status"].as_str()), (200, Some("cancelled")), "{cancelled}");
+    let (code, e) = srv.post(&format!("/runs/{id}/feedback?wait=true"), r#"{"answer": "approved"}"#).await;
+    assert_eq!((code, error_of(&e).0), (409, "not_paused"), "{e}");
+    srv.wait_status(&id, "cancelled").await;
+
+    // An answer and a cancel at once: exactly one wins, and the run shows which.
+    for _ in 0..5 {
+        let (_, paused) = srv.post("/flows/review/runs?wait=true", "").await;
+        let id = paused["run_id"].as_str().unwrap().to_string();
+        let (answer_path, cancel_path) = (format!("/runs/{id}/feedback?wait=true"), format!("/runs/{id}/cancel"));
+        let (answer, cancel) =
+            tokio::join!(srv.post(&answer_path, r#"{"answer": "approved"}"#), other.post(&cancel_path, ""));
+        let run = match (answer.0, cancel.0) {
+            (200, 409) => srv.wait_status(&id, "finished").await,
+            (409, 200) => srv.wait_status(&id, "cancelled").await,
+            other => panic!("both or neither won: {other:?} {answer:?} {cancel:?}"),
+        };
+        if run["status"] == "finished" {
+            assert_eq!(run["output"], "published", "{run}");
+        }
+    }
+}
