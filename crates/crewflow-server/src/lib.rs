@@ -62,7 +62,9 @@
 //!
 //! Runs started by the server run in the background on the caller's tokio runtime; their
 //! events are kept in memory for the most recent runs ([`Server::keep_events`]) so a client
-//! that subscribes late still sees them from the first.
+//! that subscribes late still sees them from the first; for other runs (after a restart, or
+//! driven by another instance) the stream is told from the store: the stored steps, then the
+//! run's end or pause.
 
 mod chat;
 mod config;
@@ -73,6 +75,7 @@ mod hosted;
 mod lanes;
 mod live;
 mod openapi;
+mod replay;
 mod routes;
 mod runs;
 mod sessions;

@@ -227,3 +227,80 @@ async fn a_paused_run_is_cancelled_through_the_store_even_from_another_server() 
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_a_reconnect_replays_what_the_store_knows() {
+    let gate = Arc::new(Semaphore::new(0));
+    let (srv, dir) = runs_server(gate.clone()).await;
+    let (_, started) = srv.post("/flows/gated/runs", "").await;
+    let id = started["run_id"].as_str().unwrap().to_string();
+    let path = format!("/runs/{id}/events");
+    let mut first = srv.sse("GET", &path, None, None).await;
+    let mut seen = first.until("step_finished").await;
+    seen.extend(first.until("step_started").await);
+    drop(first);
+    let last = seen.last().unwrap().id.clone();
+    // While the client is away the run finishes; then the server restarts.
+    gate.add_permits(1);
+    srv.wait_status(&id, "finished").await;
+    srv.stop();
+    // (A new client: the old one's pooled connection outlives the listener.)
+    let gone = reqwest::Client::new().get(format!("{}/flows", srv.base)).send().await;
+    assert!(gone.is_err(), "the first server still takes connections: {gone:?}");
+    let store = crewflow_store::open(common::runs_db(&dir).as_str()).unwrap();
+    let restarted = common::serve(common::runs_hosting(&store, Arc::new(Semaphore::new(0)))).await;
+
+    // The reconnect gets the run from the store: its steps, then its end.
+    let replay = restarted.sse("GET", &path, None, Some(&last)).await.all().await;
+    let kinds: Vec<&str> = replay.iter().map(|f| f.event.as_str()).collect();
+    assert_eq!(kinds, ["step_finished", "step_finished", "run_finished"], "{replay:?}");
+    let ids: Vec<&str> = replay.iter().map(|f| f.id.as_str()).collect();
+    assert_eq!(ids, ["s1", "s2", "s2"]);
+    assert!(replay.iter().all(|f| f.data["replayed"] == true && f.data["run_id"] == id.as_str()), "{replay:?}");
+    let seen_first = seen.iter().find(|f| f.event == "step_finished").unwrap();
+    assert_eq!(replay[0].data["activation"], seen_first.data["activation"], "a step seen before is recognisable");
+    assert_eq!((replay[0].data["step"].as_str(), replay[0].data["output"].as_str()), (Some("first"), Some("first")));
+    assert_eq!((replay[1].data["step"].as_str(), replay[1].data["output"].as_str()), (Some("wait"), Some("released")));
+    assert_eq!(replay[2].data["output"], "released");
+    // A reconnect within the replay continues it; `?after=` does the same.
+    let rest = restarted.sse("GET", &path, None, Some("s1")).await.all().await;
+    assert_eq!(rest, replay[1..].to_vec());
+    let end = restarted.sse("GET", &format!("{path}?after=s2"), None, None).await.all().await;
+    assert_eq!(end, replay[2..].to_vec());
+    let bad = restarted.sse("GET", &path, None, Some("s-1")).await;
+    assert_eq!(bad.status(), 400);
+    let (code, e) = restarted.get("/runs/0193f7a2-0000-7000-8000-000000000000/events").await;
+    assert_eq!((code, error_of(&e).0), (404, "unknown_run"), "{e}");
+
+    // A paused run replays up to its pause, with what it waits for.
+    let (_, paused) = restarted.post("/flows/review/runs?wait=true", "").await;
+    let paused_id = paused["run_id"].as_str().unwrap();
+    let store = crewflow_store::open(common::runs_db(&dir).as_str()).unwrap();
+    let third = common::serve(common::runs_hosting(&store, Arc::new(Semaphore::new(0)))).await;
+    let replay = third.sse("GET", &format!("/runs/{paused_id}/events"), None, None).await.all().await;
+    assert_eq!(replay.last().unwrap().event, "run_paused", "{replay:?}");
+    assert_eq!(replay.last().unwrap().data["feedback"][0]["message"], "Publish?");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_driven_by_another_server_is_followed_through_the_store() {
+    let gate = Arc::new(Semaphore::new(0));
+    let (srv, dir) = runs_server(gate.clone()).await;
+    let (_, started) = srv.post("/flows/gated/runs", "").await;
+    let id = started["run_id"].as_str().unwrap().to_string();
+    common::poll("the first step to be stored", || async {
+        let (_, run) = srv.get(&format!("/runs/{id}")).await;
+        (run["steps"].as_array().is_some_and(|s| s.len() == 1)).then_some(())
+    })
+    .await;
+    let store = crewflow_store::open(common::runs_db(&dir).as_str()).unwrap();
+    let other = common::serve(common::runs_hosting(&store, Arc::new(Semaphore::new(0)))).await;
+    let mut stream = other.sse("GET", &format!("/runs/{id}/events"), None, None).await;
+    let first = stream.next().await.unwrap();
+    assert_eq!((first.event.as_str(), first.data["step"].as_str()), ("step_finished", Some("first")));
+    gate.add_permits(1);
+    let rest = stream.all().await;
+    let kinds: Vec<&str> = rest.iter().map(|f| f.event.as_str()).collect();
+    assert_eq!(kinds, ["step_finished", "run_finished"], "{rest:?}");
+    assert_eq!(rest[1].data["output"], "released");
+}

@@ -301,9 +301,11 @@ async fn two_servers_on_one_postgres_share_runs_and_pauses() {
 
     let (_, pending) = b.get("/feedback").await;
     assert_eq!(pending["feedback"][0]["run_id"], id.as_str(), "{pending}");
-    // B never drove this run: its events are not kept there.
-    let (code, e) = b.get(&format!("/runs/{id}/events")).await;
-    assert_eq!((code, error_of(&e).0), (404, "no_events"));
+    // B never drove this run: its stream is told from the store, up to the pause.
+    let replay = b.sse("GET", &format!("/runs/{id}/events"), None, None).await.all().await;
+    let kinds: Vec<&str> = replay.iter().map(|f| f.event.as_str()).collect();
+    assert_eq!(kinds, ["run_paused"], "{replay:?}");
+    assert_eq!(replay[0].data["feedback"][0]["message"], "Publish?");
 
     let (code, done) = b.post(&format!("/runs/{id}/feedback?wait=true"), r#"{"answer": "rejected"}"#).await;
     assert_eq!((code, done["output"].as_str()), (200, Some("binned")), "{done}");
