@@ -101,6 +101,7 @@ pub struct Server {
     chats: BTreeMap<String, (Arc<dyn chat::HostedChat>, DoubleTexting)>,
     keep_events: usize,
     config: ServerConfig,
+    reservation_ttl: std::time::Duration,
 }
 
 impl Server {
@@ -112,6 +113,7 @@ impl Server {
             chats: BTreeMap::new(),
             keep_events: 1024,
             config: ServerConfig::default(),
+            reservation_ttl: std::time::Duration::from_secs(3600),
         }
     }
 
@@ -159,6 +161,15 @@ impl Server {
     /// 1024; running runs are always kept).
     pub fn keep_events(mut self, runs: usize) -> Self {
         self.keep_events = runs.max(1);
+        self
+    }
+
+    /// How long a session created with `POST /sessions` stays reserved while no request names
+    /// it and it has no saved turn (default 1 hour): then it lapses, its id answers `404
+    /// unknown_session` and may be created again. A session with a saved turn lives in its
+    /// store and never lapses.
+    pub fn reservation_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.reservation_ttl = ttl;
         self
     }
 

@@ -1,9 +1,9 @@
 //! The router, the state its handlers share, and the run handlers (start, show, list, events,
 //! feedback).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -35,9 +35,8 @@ pub(crate) struct App {
     pub chats: BTreeMap<String, (Arc<dyn HostedChat>, DoubleTexting)>,
     pub live: Table,
     pub lanes: Arc<Lanes>,
-    /// Sessions created (`POST /sessions`) that have no turn yet, by id: their flow. A session
-    /// is stored with its first turn; until then only this process knows it.
-    pub reserved: Mutex<HashMap<String, String>>,
+    /// Sessions created (`POST /sessions`) that have no turn yet.
+    pub reserved: sessions::Reservations,
     /// The largest WebSocket message taken (the configured body limit).
     pub max_message_bytes: usize,
 }
@@ -85,7 +84,7 @@ pub(crate) fn router(server: crate::Server) -> Router {
         chats: server.chats,
         live: Table::new(server.keep_events),
         lanes: Arc::default(),
-        reserved: Mutex::default(),
+        reserved: sessions::Reservations::new(server.reservation_ttl),
         max_message_bytes: server.config.max_body_bytes,
     };
     table()

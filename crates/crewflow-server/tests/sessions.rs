@@ -400,3 +400,46 @@ async fn two_servers_on_one_postgres_run_a_sessions_turns_one_at_a_time() {
     let said: Vec<String> = transcript(b, "shared").await.into_iter().map(|(_, text)| text).collect();
     assert_eq!(said, ["one", "done: one", "two", "done: two", "three", "done: three"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserved_session_that_never_gets_a_turn_lapses() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = crewflow_store::open(dir.path().join("runs.db").to_str().unwrap()).unwrap();
+    let sessions = Arc::new(SqliteStore::open(dir.path().join("sessions.db")));
+    let server = Server::new(runs)
+        .chat(&echo(&sessions), DoubleTexting::Enqueue)
+        .unwrap()
+        .reservation_ttl(std::time::Duration::from_secs(1));
+    let srv = serve(server).await;
+    for id in ["ghost", "kept"] {
+        create(&srv, "echo", id).await;
+    }
+    let (code, _) = srv.post("/sessions/kept/turns", &turn_body("hi")).await;
+    assert_eq!(code, 200);
+    let (code, e) = srv.post("/sessions", r#"{"flow": "echo", "id": "ghost"}"#).await;
+    assert_eq!((code, error_of(&e).0), (409, "session_exists"), "reserved, not lapsed yet: {e}");
+
+    // Nothing names `ghost` for the TTL: it lapses.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let (code, e) = srv.get("/sessions/ghost").await;
+    assert_eq!((code, error_of(&e).0), (404, "unknown_session"), "{e}");
+    let (code, e) = srv.post("/sessions/ghost/turns", &turn_body("too late")).await;
+    assert_eq!((code, error_of(&e).0), (404, "unknown_session"), "{e}");
+    let (_, list) = srv.get("/sessions").await;
+    let ids: Vec<&str> = list["sessions"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["kept"], "the lapsed one left nothing behind");
+    // Its id is free again; the session that got a turn is stored and never lapses.
+    create(&srv, "echo", "ghost").await;
+    let (code, kept) = srv.get("/sessions/kept").await;
+    assert_eq!((code, kept["messages"].as_array().map(Vec::len)), (200, Some(2)), "{kept}");
+
+    // A reservation in use is renewed by each request naming it.
+    create(&srv, "echo", "busy").await;
+    for _ in 0..4 {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let (code, body) = srv.get("/sessions/busy").await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let (code, turn) = srv.post("/sessions/busy/turns", &turn_body("at last")).await;
+    assert_eq!((code, turn["index"].as_u64()), (200, Some(0)), "{turn}");
+}
