@@ -48,6 +48,24 @@ pub enum ServerError {
         /// The tenant.
         tenant: String,
     },
+    /// A CORS origin that is not `scheme://host[:port]` ([`ServerConfig::cors_origins`](crate::ServerConfig::cors_origins)).
+    #[error(
+        "`{origin}` is not an origin; give it as a browser sends it: `https://app.example.com` or `http://localhost:3000` (scheme, host, port; no path), or `*` for any"
+    )]
+    BadCorsOrigin {
+        /// What was given.
+        origin: String,
+    },
+    /// A rate limit of no requests, or over no time ([`RateLimit::new`](crate::RateLimit::new)).
+    #[error(
+        "a rate limit of {requests} requests per {per:?} lets nothing through; give at least 1 request per a non-zero time"
+    )]
+    BadRateLimit {
+        /// The requests given.
+        requests: u32,
+        /// The time given.
+        per: std::time::Duration,
+    },
     /// The flow keeps its runs in another store than the server's.
     #[error(
         "flow `{flow}` keeps its runs in {flow_store}, not in the server's store ({server_store}); build it with FlowBuilder::store_arc(<the server's store>.clone())"

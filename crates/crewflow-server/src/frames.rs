@@ -44,7 +44,12 @@ impl Frame {
 
     /// The frame as an SSE event whose id is its position in the stream (from 1).
     pub fn sse(&self, position: usize) -> SseEvent {
-        SseEvent::default().event(&*self.kind).id(position.to_string()).data(&*self.data)
+        self.sse_with_id(&position.to_string())
+    }
+
+    /// The frame as an SSE event with the id `id`.
+    pub fn sse_with_id(&self, id: &str) -> SseEvent {
+        SseEvent::default().event(&*self.kind).id(id).data(&*self.data)
     }
 }
 

@@ -23,7 +23,9 @@
 //!
 //! Refusals answer `{"error": {"code", "message"}}`: `400` for bad inputs or answers (the
 //! message names the field), `404` for an unknown flow or run, `409` for conflicts, `503` when
-//! the store does not answer. The full reference is `docs/server.md`.
+//! the store does not answer. Bodies over the size limit answer `413`, bodies that arrive too
+//! slowly `408`, answers that do not start in time `504`, and a key over its rate `429`
+//! ([`ServerConfig`], [`RateLimit`]). The full reference is `docs/server.md`.
 //!
 //! ```
 //! use crewflow_core::{Cx, FlowBuilder};
@@ -60,9 +62,12 @@
 //!
 //! Runs started by the server run in the background on the caller's tokio runtime; their
 //! events are kept in memory for the most recent runs ([`Server::keep_events`]) so a client
-//! that subscribes late still sees them from the first.
+//! that subscribes late still sees them from the first; for other runs (after a restart, or
+//! driven by another instance) the stream is told from the store: the stored steps, then the
+//! run's end or pause.
 
 mod chat;
+mod config;
 mod error;
 mod flows;
 mod frames;
@@ -70,6 +75,7 @@ mod hosted;
 mod lanes;
 mod live;
 mod openapi;
+mod replay;
 mod routes;
 mod runs;
 mod sessions;
@@ -82,6 +88,7 @@ use crewflow_chat::{ChatFlow, Conversational};
 use crewflow_core::persist::RunStore;
 use crewflow_core::{Flow, FlowState};
 
+pub use config::{RateLimit, ServerConfig};
 pub use error::ServerError;
 pub use lanes::DoubleTexting;
 pub use tenants::{Tenants, tenant_router};
@@ -93,12 +100,21 @@ pub struct Server {
     flows: BTreeMap<String, Arc<dyn hosted::Hosted>>,
     chats: BTreeMap<String, (Arc<dyn chat::HostedChat>, DoubleTexting)>,
     keep_events: usize,
+    config: ServerConfig,
+    reservation_ttl: std::time::Duration,
 }
 
 impl Server {
     /// A server whose runs are kept in `store` (every flow it hosts must keep its runs there).
     pub fn new(store: Arc<dyn RunStore>) -> Self {
-        Server { store, flows: BTreeMap::new(), chats: BTreeMap::new(), keep_events: 1024 }
+        Server {
+            store,
+            flows: BTreeMap::new(),
+            chats: BTreeMap::new(),
+            keep_events: 1024,
+            config: ServerConfig::default(),
+            reservation_ttl: std::time::Duration::from_secs(3600),
+        }
     }
 
     /// Hosts `flow` under its name. The flow must keep its runs in the server's store (built
@@ -148,6 +164,22 @@ impl Server {
         self
     }
 
+    /// How long a session created with `POST /sessions` stays reserved while no request names
+    /// it and it has no saved turn (default 1 hour): then it lapses, its id answers `404
+    /// unknown_session` and may be created again. A session with a saved turn lives in its
+    /// store and never lapses.
+    pub fn reservation_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.reservation_ttl = ttl;
+        self
+    }
+
+    /// Body and request limits and CORS ([`ServerConfig`]; its defaults otherwise). Under
+    /// [`tenant_router`], [`Tenants::config`] applies instead.
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
     /// The names of the flows hosted (conversational ones too), by name.
     pub fn flow_names(&self) -> impl Iterator<Item = &str> {
         let mut names: Vec<&str> = self.flows.keys().chain(self.chats.keys()).map(String::as_str).collect();
@@ -164,6 +196,11 @@ pub fn routes() -> impl Iterator<Item = (&'static str, &'static str)> {
 
 /// The server's routes, ready to serve (`axum::serve(listener, router(server))`) or to mount
 /// into an app (`Router::new().nest("/crewflow", router(server))`).
+///
+/// The server's [`ServerConfig`] applies: bodies are read whole within its size and time
+/// limits before a handler sees them, requests are answered within its timeout, and CORS is
+/// answered for its origins.
 pub fn router(server: Server) -> axum::Router {
-    routes::router(server)
+    let config = server.config.clone();
+    config.outer(config.bodies(routes::router(server)))
 }

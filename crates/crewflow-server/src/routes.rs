@@ -2,9 +2,9 @@
 //! feedback).
 
 use crewflow_core::{DurableError, FeedbackError};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -36,9 +36,10 @@ pub(crate) struct App {
     pub chats: BTreeMap<String, (Arc<dyn HostedChat>, DoubleTexting)>,
     pub live: Table,
     pub lanes: Arc<Lanes>,
-    /// Sessions created (`POST /sessions`) that have no turn yet, by id: their flow. A session
-    /// is stored with its first turn; until then only this process knows it.
-    pub reserved: Mutex<HashMap<String, String>>,
+    /// Sessions created (`POST /sessions`) that have no turn yet.
+    pub reserved: sessions::Reservations,
+    /// The largest WebSocket message taken (the configured body limit).
+    pub max_message_bytes: usize,
 }
 
 pub(crate) type Shared = State<Arc<App>>;
@@ -84,9 +85,15 @@ pub(crate) fn router(server: crate::Server) -> Router {
         chats: server.chats,
         live: Table::new(server.keep_events),
         lanes: Arc::default(),
-        reserved: Mutex::default(),
+        reserved: sessions::Reservations::new(server.reservation_ttl),
+        max_message_bytes: server.config.max_body_bytes,
     };
-    table().fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(Arc::new(app))
+    table()
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Bodies are read (within the configured limit) before the handlers: see config.rs.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(Arc::new(app))
 }
 
 impl App {
@@ -354,17 +361,34 @@ async fn get_run(State(app): Shared, id: Result<Path<String>, PathRejection>) ->
 
 #[derive(Deserialize)]
 struct EventsQuery {
-    after: Option<usize>,
+    after: Option<String>,
 }
 
-/// Where a reconnecting client resumes: after the `Last-Event-ID` header's position (what
-/// `EventSource` sends by itself), or `?after=`; 0 for a first connection.
-fn resume_after(headers: &HeaderMap, query: &EventsQuery) -> Result<usize, ApiError> {
-    let Some(header) = headers.get("last-event-id") else { return Ok(query.after.unwrap_or(0)) };
-    let text = header.to_str().unwrap_or_default().trim();
-    text.parse().map_err(|_| {
+/// Where a reconnecting client resumes: a position in this process's stream of the run (`12`),
+/// or in the store's replay of it (`s3`).
+#[derive(Clone, Copy, Debug)]
+enum Cursor {
+    Memory(usize),
+    Store(usize),
+}
+
+/// The cursor of the `Last-Event-ID` header (what `EventSource` sends by itself), or of
+/// `?after=`; the start for a first connection.
+fn resume_after(headers: &HeaderMap, query: &EventsQuery) -> Result<Cursor, ApiError> {
+    let (text, what) = match headers.get("last-event-id") {
+        Some(header) => (header.to_str().unwrap_or("?").trim().to_string(), "`Last-Event-ID`"),
+        None => (query.after.clone().unwrap_or_default().trim().to_string(), "`after`"),
+    };
+    if text.is_empty() {
+        return Ok(Cursor::Memory(0));
+    }
+    let parsed = match text.strip_prefix('s') {
+        Some(n) => n.parse().map(Cursor::Store),
+        None => text.parse().map(Cursor::Memory),
+    };
+    parsed.map_err(|_| {
         ApiError::bad_request(format!(
-            "`Last-Event-ID` is `{text}`; it must be the `id:` of a frame of this stream (a number), or absent"
+            "{what} is `{text}`; it must be the `id:` of a frame of this stream (a number, or `s` and a number for frames replayed from the store), or absent"
         ))
     })
 }
@@ -378,20 +402,25 @@ async fn run_events(
     let Path(id) = id.map_err(path_error)?;
     let run_id = parse_run_id(&id)?;
     let Query(query) = query.map_err(query_error)?;
-    let after = resume_after(&headers, &query)?;
-    let Some(live) = app.live.get(run_id) else {
-        let known = app.store.load_run(run_id).await.map_err(ApiError::store)?.is_some();
-        return Err(if known {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no_events",
-                format!(
-                    "run {run_id} was not started by this server process (or long ago, or before a restart): its events are gone; GET /runs/{run_id} shows its steps"
-                ),
-            )
-        } else {
-            ApiError::unknown_run(&id)
-        });
+    let cursor = resume_after(&headers, &query)?;
+    let keep_alive = KeepAlive::new().interval(Duration::from_secs(15));
+    let (live, after) = match (app.live.get(run_id), cursor) {
+        (Some(live), Cursor::Memory(after)) => (live, after),
+        // Not kept here (a restart, another instance, evicted), or a client continuing a
+        // replay: the store tells what it knows. A position in another process's stream
+        // cannot be placed in the store's, so the replay starts at the run's first step.
+        (_, cursor) => {
+            if app.store.load_run(run_id).await.map_err(ApiError::store)?.is_none() {
+                return Err(ApiError::unknown_run(&id));
+            }
+            let skip = match cursor {
+                Cursor::Store(skip) => skip,
+                Cursor::Memory(_) => 0,
+            };
+            return Ok(Sse::new(crate::replay::stream(app.clone(), run_id, skip))
+                .keep_alive(keep_alive)
+                .into_response());
+        }
     };
     let stream = futures::stream::unfold((live, after), |(live, mut cursor)| async move {
         let mut rx = live.subscribe();
@@ -410,7 +439,7 @@ async fn run_events(
         }
     })
     .flatten();
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+    Ok(Sse::new(stream).keep_alive(keep_alive).into_response())
 }
 
 async fn list_feedback(State(app): Shared) -> Reply {

@@ -1,11 +1,14 @@
 //! Run handlers that act on a run already there: cancel, resume, fork.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use crewflow_core::RunId;
-use crewflow_core::persist::{RunStatus, StoredRun};
+use crewflow_core::persist::{RunEnd, RunStatus, StoredRun, process_owner};
+use serde_json::json;
 
 use crate::error::ApiError;
 use crate::routes::{
@@ -35,7 +38,8 @@ fn busy(run_id: RunId) -> ApiError {
 }
 
 /// Cancels a run this server drives: in-flight steps are cancelled and the run ends
-/// `cancelled`. `202` at once, or the result with `?wait=true`.
+/// `cancelled`. `202` at once, or the result with `?wait=true`. A paused run, wherever it
+/// paused, is cancelled in the store at once (`200`).
 pub(crate) async fn cancel_run(
     State(app): Shared,
     id: Result<Path<String>, PathRejection>,
@@ -52,6 +56,7 @@ pub(crate) async fn cancel_run(
     }
     let (_, stored) = app.stored(&id).await?;
     match stored.status {
+        RunStatus::Paused => cancel_paused(&app, run_id, &stored).await,
         RunStatus::Running | RunStatus::Queued => Err(ApiError::new(
             StatusCode::CONFLICT,
             "run_busy",
@@ -63,6 +68,60 @@ pub(crate) async fn cancel_run(
             format!("run {run_id} is {}, not running: there is nothing to cancel", status.as_str()),
         )),
     }
+}
+
+/// How long the claim taken to cancel a paused run holds, should the process die between the
+/// claim and the end (the run is then an orphan a worker may take).
+const CANCEL_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Cancels a paused run through the store: the pause is claimed at the checkpoint it was read
+/// at (the same guard two answers to one pause go through, so an answer and a cancel racing
+/// each other never both win), then the run is ended `cancelled`. Its pending feedback is no
+/// longer listed or answerable; its completed steps stay, and it can be resumed or forked.
+async fn cancel_paused(app: &App, run_id: RunId, stored: &StoredRun) -> Reply {
+    let taken = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "not_paused",
+            format!("run {run_id} was answered (or taken over) meanwhile; GET /runs/{run_id} shows where it stands"),
+        )
+    };
+    if app.driven_here(run_id) {
+        return Err(taken());
+    }
+    let owner = process_owner();
+    let claim = app
+        .store
+        .claim_paused(run_id, stored.seq, &owner, CANCEL_LEASE)
+        .await
+        .map_err(ApiError::store)?
+        .ok_or_else(taken)?;
+    let end = RunEnd {
+        run_id,
+        fencing: claim.fencing,
+        status: RunStatus::Cancelled,
+        checkpoint: None,
+        final_activation: None,
+        error: None,
+    };
+    app.store.end_run(&end).await.map_err(ApiError::store)?;
+    // A run paused here keeps one stream: it now ends with its cancellation.
+    if app.live.get(run_id).is_some()
+        && let Some(live) = app.live.begin(run_id, &stored.flow)
+    {
+        let at = app.store.load_run(run_id).await.ok().flatten().map(|r| json!(r.updated_at));
+        let frame = json!({"run_id": run_id.to_string(), "at": at, "step": null, "seq": 1});
+        live.push(crate::frames::Frame::new("run_cancelled", frame));
+        live.end(crate::live::Ended::Err {
+            cancelled: true,
+            refused: false,
+            message: "cancelled while paused".into(),
+            status: StatusCode::OK,
+            code: "cancelled",
+        });
+    }
+    let body = json!({"run_id": run_id.to_string(), "flow": stored.flow, "status": "cancelled"});
+    Ok((StatusCode::OK, Json(body)).into_response())
 }
 
 /// Continues a stored run from its last checkpoint: a failed or cancelled run, or one whose

@@ -69,7 +69,7 @@ impl App {
     /// flow's store has.
     async fn locate(&self, text: &str) -> Result<Located, ApiError> {
         let id = session_id(text)?;
-        let reserved = self.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(text).cloned();
+        let reserved = self.reserved.flow_of(text);
         let found = |flow: &str, id: SessionId| {
             self.chats.get(flow).map(|(chat, strategy)| Located {
                 flow: flow.to_string(),
@@ -90,7 +90,61 @@ impl App {
     }
 
     fn reserved_remove(&self, id: &str) {
-        self.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
+        self.reserved.remove(id);
+    }
+}
+
+/// Sessions created (`POST /sessions`) that have no saved turn yet, by id: their flow and when
+/// a request last named them. A session is stored with its first turn; until then only this
+/// process knows it. A reservation no request names for the TTL lapses (the id is free again),
+/// so clients that create sessions and never use them do not grow the map without end.
+pub(crate) struct Reservations {
+    map: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+    ttl: std::time::Duration,
+}
+
+impl Reservations {
+    pub(crate) fn new(ttl: std::time::Duration) -> Self {
+        Reservations { map: std::sync::Mutex::default(), ttl }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (String, std::time::Instant)>> {
+        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The reserved session's flow, if the reservation holds (it is renewed: the session is in
+    /// use).
+    fn flow_of(&self, id: &str) -> Option<String> {
+        let mut map = self.lock();
+        let now = std::time::Instant::now();
+        match map.get_mut(id) {
+            Some((flow, at)) if now.duration_since(*at) < self.ttl => {
+                *at = now;
+                Some(flow.clone())
+            }
+            Some(_) => {
+                map.remove(id);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Reserves `id` for `flow`, dropping lapsed reservations first (the map holds at most
+    /// the sessions reserved within one TTL); `false` if it is reserved already.
+    fn reserve(&self, id: &str, flow: &str) -> bool {
+        let mut map = self.lock();
+        let now = std::time::Instant::now();
+        map.retain(|_, (_, at)| now.duration_since(*at) < self.ttl);
+        if map.contains_key(id) {
+            return false;
+        }
+        map.insert(id.to_string(), (flow.to_string(), now));
+        true
+    }
+
+    fn remove(&self, id: &str) {
+        self.lock().remove(id);
     }
 }
 
@@ -128,8 +182,7 @@ pub(crate) async fn create_session(State(app): Shared, body: Result<Bytes, Bytes
         Err(e) if e.code == "unknown_session" => false,
         Err(e) => return Err(e),
     };
-    let mut reserved = app.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if taken || reserved.contains_key(id.as_str()) {
+    if taken || !app.reserved.reserve(id.as_str(), &flow) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "session_exists",
@@ -138,7 +191,6 @@ pub(crate) async fn create_session(State(app): Shared, body: Result<Bytes, Bytes
             ),
         ));
     }
-    reserved.insert(id.to_string(), flow.clone());
     let body = json!({"id": id.as_str(), "flow": flow, "turns": 0});
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -360,7 +412,8 @@ pub(crate) async fn session_ws(
 ) -> Result<Response, ApiError> {
     let Path(id) = id.map_err(path_error)?;
     app.locate(&id).await?;
-    Ok(ws.on_upgrade(move |socket| serve_socket(app, id, socket)))
+    let max = app.max_message_bytes;
+    Ok(ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| serve_socket(app, id, socket)))
 }
 
 async fn serve_socket(app: Arc<App>, id: String, mut socket: WebSocket) {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::body::Body;
@@ -14,8 +15,9 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use tower::ServiceExt;
 
+use crate::config::{Bucket, RateLimit, ServerConfig};
 use crate::error::{ApiError, ServerError};
-use crate::{Server, router};
+use crate::{Server, routes};
 
 /// The tenants a server serves and the API keys that reach them, kept hashed (SHA-256): the
 /// keys themselves are never stored, so a dump of the configuration or of memory does not give
@@ -35,14 +37,21 @@ use crate::{Server, router};
 #[derive(Default)]
 pub struct Tenants {
     keys: HashMap<[u8; 32], String>,
-    routers: HashMap<String, Router>,
+    servers: HashMap<String, Server>,
+    config: ServerConfig,
+    rate_limit: Option<RateLimit>,
 }
 
 impl fmt::Debug for Tenants {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut tenants: Vec<&String> = self.routers.keys().collect();
+        let mut tenants: Vec<&String> = self.servers.keys().collect();
         tenants.sort();
-        f.debug_struct("Tenants").field("tenants", &tenants).field("keys", &self.keys.len()).finish()
+        f.debug_struct("Tenants")
+            .field("tenants", &tenants)
+            .field("keys", &self.keys.len())
+            .field("config", &self.config)
+            .field("rate_limit", &self.rate_limit)
+            .finish()
     }
 }
 
@@ -52,13 +61,29 @@ impl Tenants {
         Tenants::default()
     }
 
-    /// Serves `server` (its flows, over its own stores) to the keys of tenant `name`.
+    /// Serves `server` (its flows, over its own stores) to the keys of tenant `name`. The
+    /// limits of [`Tenants::config`] apply to it (its own [`Server::config`] is not used).
     pub fn tenant(mut self, name: &str, server: Server) -> Result<Self, ServerError> {
-        if self.routers.contains_key(name) {
+        if self.servers.contains_key(name) {
             return Err(ServerError::DuplicateTenant { tenant: name.to_string() });
         }
-        self.routers.insert(name.to_string(), router(server));
+        self.servers.insert(name.to_string(), server);
         Ok(self)
+    }
+
+    /// Body and request limits and CORS for every request ([`ServerConfig`]; its defaults
+    /// otherwise). CORS and the request timeout apply before the key is checked; bodies are
+    /// read only for requests with a known key, within the rate limit.
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// How many requests each API key may send (each key its own allowance, whatever its
+    /// tenant); none by default.
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
     }
 
     /// Lets `api_key` reach tenant `tenant`; only its SHA-256 is kept.
@@ -82,18 +107,36 @@ impl Tenants {
     }
 
     fn add(mut self, tenant: &str, hash: [u8; 32]) -> Result<Self, ServerError> {
-        if !self.routers.contains_key(tenant) {
+        if !self.servers.contains_key(tenant) {
             return Err(ServerError::UnknownTenant { tenant: tenant.to_string() });
         }
         self.keys.insert(hash, tenant.to_string());
         Ok(self)
     }
+}
 
-    fn router_for(&self, headers: &HeaderMap) -> Option<Router> {
-        let key = bearer(headers)?;
+/// The tenants as served: each tenant's routes, and each key's bucket.
+struct Served {
+    keys: HashMap<[u8; 32], String>,
+    routers: HashMap<String, Router>,
+    rate_limit: Option<RateLimit>,
+    /// One bucket per configured key (unknown keys are refused before): bounded by the keys.
+    buckets: Mutex<HashMap<[u8; 32], Bucket>>,
+}
+
+impl Served {
+    /// The router of the request's key's tenant, once the key's allowance has a request left.
+    /// `Err(None)`: no known key; `Err(Some(wait))`: over the rate, for `wait`.
+    fn admit(&self, headers: &HeaderMap) -> Result<Router, Option<std::time::Duration>> {
+        let key = bearer(headers).ok_or(None)?;
         let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        let tenant = self.keys.get(&hash)?;
-        self.routers.get(tenant).cloned()
+        let tenant = self.keys.get(&hash).ok_or(None)?;
+        if let Some(limit) = &self.rate_limit {
+            let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+            let bucket = buckets.entry(hash).or_insert_with(|| Bucket::full(limit));
+            bucket.take(limit).map_err(Some)?;
+        }
+        self.routers.get(tenant).cloned().ok_or(None)
     }
 }
 
@@ -108,20 +151,43 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// The routes of [`router`], each request served by the [`Server`] of the tenant its API key
 /// belongs to. A request without a known key answers `401 unauthorized` (with
 /// `WWW-Authenticate: Bearer`), whatever its path, so the routes tell nothing to a stranger.
+///
+/// The limits of [`Tenants::config`] and [`Tenants::rate_limit`] apply: a key over its rate
+/// answers `429 rate_limited` with `Retry-After`, before its body is read.
 pub fn tenant_router(tenants: Tenants) -> Router {
-    let tenants = std::sync::Arc::new(tenants);
-    Router::new().fallback(move |request: Request<Body>| {
-        let tenants = tenants.clone();
+    let Tenants { keys, servers, config, rate_limit } = tenants;
+    let routers = servers.into_iter().map(|(name, server)| (name, config.bodies(routes::router(server)))).collect();
+    let served = Arc::new(Served { keys, routers, rate_limit, buckets: Mutex::default() });
+    let app = Router::new().fallback(move |request: Request<Body>| {
+        let served = served.clone();
         async move {
-            let Some(router) = tenants.router_for(request.headers()) else {
-                return unauthorized();
+            let router = match (served.admit(request.headers()), &served.rate_limit) {
+                (Ok(router), _) => router,
+                (Err(Some(wait)), Some(limit)) => return rate_limited(limit, wait),
+                (Err(_), _) => return unauthorized(),
             };
             match router.oneshot(request).await {
                 Ok(response) => response,
                 Err(never) => match never {},
             }
         }
-    })
+    });
+    config.outer(app)
+}
+
+fn rate_limited(limit: &RateLimit, wait: std::time::Duration) -> Response {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!(
+            "this API key is over its rate limit ({}); retry after {seconds} s (the Retry-After header)",
+            limit.describe()
+        ),
+    );
+    let mut response = e.into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    response
 }
 
 fn unauthorized() -> Response {

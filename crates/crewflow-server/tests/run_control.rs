@@ -6,101 +6,14 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{Running, error_of, serve};
-use crewflow_core::persist::RunStore;
-use crewflow_core::trigger::label;
-use crewflow_core::{Cx, DeferredFeedback, Flow, FlowBuilder, HumanFeedback, StepError};
-use crewflow_server::Server;
-use serde::{Deserialize, Serialize};
+use common::{error_of, runs_server};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-#[derive(Default, Serialize, Deserialize)]
-struct Greeting {
-    name: String,
-    times: u32,
-}
-
-#[derive(Default, Serialize, Deserialize)]
-struct Doc {}
-
-fn greet(store: &Arc<dyn RunStore>) -> Flow<Greeting> {
-    FlowBuilder::<Greeting>::new("greet")
-        .start(
-            "hello",
-            |cx: Cx<Greeting>, (): ()| async move { Ok(format!("hello, {}", cx.state(|g| g.name.clone()))) },
-        )
-        .listen("shout", "hello", |_cx: Cx<Greeting>, text: String| async move { Ok(text.to_uppercase()) })
-        .store_arc(store.clone())
-        .build()
-        .unwrap()
-}
-
-/// A flow whose second step waits until the test lets it go (no timing involved).
-fn gated(store: &Arc<dyn RunStore>, gate: Arc<Semaphore>) -> Flow<Doc> {
-    FlowBuilder::<Doc>::new("gated")
-        .start("first", |_cx: Cx<Doc>, (): ()| async move { Ok("first") })
-        .listen("wait", "first", move |_cx: Cx<Doc>, _: String| {
-            let gate = gate.clone();
-            async move {
-                gate.acquire().await.map_err(StepError::msg)?.forget();
-                Ok("released")
-            }
-        })
-        .store_arc(store.clone())
-        .build()
-        .unwrap()
-}
-
-/// A flow whose second step fails the first time it runs, and succeeds after.
-fn flaky(store: &Arc<dyn RunStore>, failed: Arc<AtomicBool>) -> Flow<Doc> {
-    FlowBuilder::<Doc>::new("flaky")
-        .start("prepare", |_cx: Cx<Doc>, (): ()| async move { Ok(7u32) })
-        .listen("finish", "prepare", move |_cx: Cx<Doc>, n: u32| {
-            let failed = failed.clone();
-            async move {
-                if !failed.swap(true, Ordering::SeqCst) {
-                    return Err(StepError::msg("the first attempt fails"));
-                }
-                Ok(n * 6)
-            }
-        })
-        .store_arc(store.clone())
-        .build()
-        .unwrap()
-}
-
-fn review(store: &Arc<dyn RunStore>) -> Flow<Doc> {
-    FlowBuilder::<Doc>::new("review")
-        .start("draft", |_cx: Cx<Doc>, (): ()| async move { Ok("the draft") })
-        .human_feedback(HumanFeedback::new("Publish?").emit(["approved", "rejected"]).provider(DeferredFeedback))
-        .listen("on_approved", label("approved"), |_cx: Cx<Doc>, (): ()| async move { Ok("published") })
-        .listen("on_rejected", label("rejected"), |_cx: Cx<Doc>, (): ()| async move { Ok("binned") })
-        .store_arc(store.clone())
-        .build()
-        .unwrap()
-}
-
-async fn server(gate: Arc<Semaphore>) -> (Running, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = crewflow_store::open(dir.path().join("runs.db").to_str().unwrap()).unwrap();
-    let server = Server::new(store.clone())
-        .flow(&greet(&store))
-        .unwrap()
-        .flow(&gated(&store, gate))
-        .unwrap()
-        .flow(&flaky(&store, Arc::default()))
-        .unwrap()
-        .flow(&review(&store))
-        .unwrap();
-    (serve(server).await, dir)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_run_is_cancelled_and_says_so() {
-    let (srv, _dir) = server(Arc::new(Semaphore::new(0))).await;
+    let (srv, _dir) = runs_server(Arc::new(Semaphore::new(0))).await;
     let (code, started) = srv.post("/flows/gated/runs", "").await;
     assert_eq!(code, 202, "{started}");
     let id = started["run_id"].as_str().unwrap().to_string();
@@ -127,7 +40,7 @@ async fn a_running_run_is_cancelled_and_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_run_resumes_from_its_checkpoint() {
-    let (srv, _dir) = server(Arc::new(Semaphore::new(0))).await;
+    let (srv, _dir) = runs_server(Arc::new(Semaphore::new(0))).await;
     let (code, failed) = srv.post("/flows/flaky/runs?wait=true", "").await;
     assert_eq!((code, failed["status"].as_str()), (200, Some("failed")), "{failed}");
     let id = failed["run_id"].as_str().unwrap().to_string();
@@ -159,7 +72,7 @@ async fn a_failed_run_resumes_from_its_checkpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_starts_a_new_run_from_another_runs_state() {
-    let (srv, _dir) = server(Arc::new(Semaphore::new(0))).await;
+    let (srv, _dir) = runs_server(Arc::new(Semaphore::new(0))).await;
     let (_, source) = srv.post("/flows/greet/runs?wait=true", r#"{"name": "Ada", "times": 3}"#).await;
     let source_id = source["run_id"].as_str().unwrap().to_string();
 
@@ -189,7 +102,7 @@ async fn a_fork_starts_a_new_run_from_another_runs_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flows_are_described_and_drawn() {
-    let (srv, _dir) = server(Arc::new(Semaphore::new(0))).await;
+    let (srv, _dir) = runs_server(Arc::new(Semaphore::new(0))).await;
     let (code, review) = srv.get("/flows/review").await;
     assert_eq!(code, 200, "{review}");
     let steps: Vec<(&str, &str)> = review["steps"]
@@ -225,7 +138,7 @@ async fn flows_are_described_and_drawn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_with_last_event_id_resumes_without_duplicates() {
     let gate = Arc::new(Semaphore::new(0));
-    let (srv, _dir) = server(gate.clone()).await;
+    let (srv, _dir) = runs_server(gate.clone()).await;
     let (_, started) = srv.post("/flows/gated/runs", "").await;
     let id = started["run_id"].as_str().unwrap().to_string();
     let path = format!("/runs/{id}/events");
@@ -253,4 +166,141 @@ async fn a_reconnect_with_last_event_id_resumes_without_duplicates() {
     assert!(none.is_empty(), "{none:?}");
     let bad = srv.sse("GET", &path, None, Some("yesterday")).await;
     assert_eq!(bad.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_run_is_cancelled_through_the_store_even_from_another_server() {
+    let (srv, dir) = runs_server(Arc::new(Semaphore::new(0))).await;
+    let (_, paused) = srv.post("/flows/review/runs?wait=true", "").await;
+    assert_eq!(paused["status"], "paused", "{paused}");
+    let id = paused["run_id"].as_str().unwrap().to_string();
+
+    let (code, cancelled) = srv.post(&format!("/runs/{id}/cancel"), "").await;
+    assert_eq!((code, cancelled["status"].as_str()), (200, Some("cancelled")), "{cancelled}");
+    let (_, run) = srv.get(&format!("/runs/{id}")).await;
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert!(run.get("feedback").is_none(), "nothing waits for an answer: {run}");
+    let (_, pending) = srv.get("/feedback").await;
+    assert_eq!(pending["feedback"], json!([]), "a cancelled pause is not listed");
+    let (code, e) = srv.post(&format!("/runs/{id}/feedback"), r#"{"answer": "approved"}"#).await;
+    assert_eq!((code, error_of(&e).0), (409, "not_paused"), "{e}");
+    assert!(error_of(&e).1.contains("cancelled"), "{e}");
+    let (code, e) = srv.post(&format!("/runs/{id}/cancel"), "").await;
+    assert_eq!((code, error_of(&e).0), (409, "not_running"), "{e}");
+    // The run's stream ends with its cancellation, after its pause.
+    let names: Vec<String> = srv
+        .sse("GET", &format!("/runs/{id}/events"), None, None)
+        .await
+        .all()
+        .await
+        .into_iter()
+        .map(|f| f.event)
+        .collect();
+    let tail: Vec<&str> = names.iter().rev().take(2).rev().map(String::as_str).collect();
+    assert_eq!(tail, ["run_paused", "run_cancelled"], "{names:?}");
+
+    // A run paused by one server is cancelled by another on the same store.
+    let store = crewflow_store::open(common::runs_db(&dir).as_str()).unwrap();
+    let other = common::serve(common::runs_hosting(&store, Arc::new(Semaphore::new(0)))).await;
+    let (_, paused) = srv.post("/flows/review/runs?wait=true", "").await;
+    let id = paused["run_id"].as_str().unwrap().to_string();
+    let (code, cancelled) = other.post(&format!("/runs/{id}/cancel"), "").await;
+    assert_eq!((code, cancelled["status"].as_str()), (200, Some("cancelled")), "{cancelled}");
+    let (code, e) = srv.post(&format!("/runs/{id}/feedback?wait=true"), r#"{"answer": "approved"}"#).await;
+    assert_eq!((code, error_of(&e).0), (409, "not_paused"), "{e}");
+    srv.wait_status(&id, "cancelled").await;
+
+    // An answer and a cancel at once: exactly one wins, and the run shows which.
+    for _ in 0..5 {
+        let (_, paused) = srv.post("/flows/review/runs?wait=true", "").await;
+        let id = paused["run_id"].as_str().unwrap().to_string();
+        let (answer_path, cancel_path) = (format!("/runs/{id}/feedback?wait=true"), format!("/runs/{id}/cancel"));
+        let (answer, cancel) =
+            tokio::join!(srv.post(&answer_path, r#"{"answer": "approved"}"#), other.post(&cancel_path, ""));
+        let run = match (answer.0, cancel.0) {
+            (200, 409) => srv.wait_status(&id, "finished").await,
+            (409, 200) => srv.wait_status(&id, "cancelled").await,
+            other => panic!("both or neither won: {other:?} {answer:?} {cancel:?}"),
+        };
+        if run["status"] == "finished" {
+            assert_eq!(run["output"], "published", "{run}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_a_reconnect_replays_what_the_store_knows() {
+    let gate = Arc::new(Semaphore::new(0));
+    let (srv, dir) = runs_server(gate.clone()).await;
+    let (_, started) = srv.post("/flows/gated/runs", "").await;
+    let id = started["run_id"].as_str().unwrap().to_string();
+    let path = format!("/runs/{id}/events");
+    let mut first = srv.sse("GET", &path, None, None).await;
+    let mut seen = first.until("step_finished").await;
+    seen.extend(first.until("step_started").await);
+    drop(first);
+    let last = seen.last().unwrap().id.clone();
+    // While the client is away the run finishes; then the server restarts.
+    gate.add_permits(1);
+    srv.wait_status(&id, "finished").await;
+    srv.stop();
+    // (A new client: the old one's pooled connection outlives the listener.)
+    let gone = reqwest::Client::new().get(format!("{}/flows", srv.base)).send().await;
+    assert!(gone.is_err(), "the first server still takes connections: {gone:?}");
+    let store = crewflow_store::open(common::runs_db(&dir).as_str()).unwrap();
+    let restarted = common::serve(common::runs_hosting(&store, Arc::new(Semaphore::new(0)))).await;
+
+    // The reconnect gets the run from the store: its steps, then its end.
+    let replay = restarted.sse("GET", &path, None, Some(&last)).await.all().await;
+    let kinds: Vec<&str> = replay.iter().map(|f| f.event.as_str()).collect();
+    assert_eq!(kinds, ["step_finished", "step_finished", "run_finished"], "{replay:?}");
+    let ids: Vec<&str> = replay.iter().map(|f| f.id.as_str()).collect();
+    assert_eq!(ids, ["s1", "s2", "s2"]);
+    assert!(replay.iter().all(|f| f.data["replayed"] == true && f.data["run_id"] == id.as_str()), "{replay:?}");
+    let seen_first = seen.iter().find(|f| f.event == "step_finished").unwrap();
+    assert_eq!(replay[0].data["activation"], seen_first.data["activation"], "a step seen before is recognisable");
+    assert_eq!((replay[0].data["step"].as_str(), replay[0].data["output"].as_str()), (Some("first"), Some("first")));
+    assert_eq!((replay[1].data["step"].as_str(), replay[1].data["output"].as_str()), (Some("wait"), Some("released")));
+    assert_eq!(replay[2].data["output"], "released");
+    // A reconnect within the replay continues it; `?after=` does the same.
+    let rest = restarted.sse("GET", &path, None, Some("s1")).await.all().await;
+    assert_eq!(rest, replay[1..].to_vec());
+    let end = restarted.sse("GET", &format!("{path}?after=s2"), None, None).await.all().await;
+    assert_eq!(end, replay[2..].to_vec());
+    let bad = restarted.sse("GET", &path, None, Some("s-1")).await;
+    assert_eq!(bad.status(), 400);
+    let (code, e) = restarted.get("/runs/0193f7a2-0000-7000-8000-000000000000/events").await;
+    assert_eq!((code, error_of(&e).0), (404, "unknown_run"), "{e}");
+
+    // A paused run replays up to its pause, with what it waits for.
+    let (_, paused) = restarted.post("/flows/review/runs?wait=true", "").await;
+    let paused_id = paused["run_id"].as_str().unwrap();
+    let store = crewflow_store::open(common::runs_db(&dir).as_str()).unwrap();
+    let third = common::serve(common::runs_hosting(&store, Arc::new(Semaphore::new(0)))).await;
+    let replay = third.sse("GET", &format!("/runs/{paused_id}/events"), None, None).await.all().await;
+    assert_eq!(replay.last().unwrap().event, "run_paused", "{replay:?}");
+    assert_eq!(replay.last().unwrap().data["feedback"][0]["message"], "Publish?");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_driven_by_another_server_is_followed_through_the_store() {
+    let gate = Arc::new(Semaphore::new(0));
+    let (srv, dir) = runs_server(gate.clone()).await;
+    let (_, started) = srv.post("/flows/gated/runs", "").await;
+    let id = started["run_id"].as_str().unwrap().to_string();
+    common::poll("the first step to be stored", || async {
+        let (_, run) = srv.get(&format!("/runs/{id}")).await;
+        (run["steps"].as_array().is_some_and(|s| s.len() == 1)).then_some(())
+    })
+    .await;
+    let store = crewflow_store::open(common::runs_db(&dir).as_str()).unwrap();
+    let other = common::serve(common::runs_hosting(&store, Arc::new(Semaphore::new(0)))).await;
+    let mut stream = other.sse("GET", &format!("/runs/{id}/events"), None, None).await;
+    let first = stream.next().await.unwrap();
+    assert_eq!((first.event.as_str(), first.data["step"].as_str()), ("step_finished", Some("first")));
+    gate.add_permits(1);
+    let rest = stream.all().await;
+    let kinds: Vec<&str> = rest.iter().map(|f| f.event.as_str()).collect();
+    assert_eq!(kinds, ["step_finished", "run_finished"], "{rest:?}");
+    assert_eq!(rest[1].data["output"], "released");
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Running, SseFrame, error_of, normalized, serve};
+use common::{Running, SseFrame, error_of, fresh_pg_schema, normalized, serve};
 use crewflow_chat::{ChatCx, ChatFlow, ChatState};
 use crewflow_core::{Cx, FlowBuilder, StepError};
 use crewflow_server::{DoubleTexting, Server};
@@ -340,7 +340,7 @@ async fn double_texting_interrupt_cancels_the_running_turn_cleanly() {
         })
     };
     let three = post("three");
-    wait_running(&srv, "i", 1).await;
+    srv.wait_running("i", 1).await;
     let four = post("four");
     let (code, body) = three.await.unwrap();
     assert_eq!(code, 409, "{body}");
@@ -350,30 +350,6 @@ async fn double_texting_interrupt_cancels_the_running_turn_cleanly() {
     assert_eq!(code, 200, "{body}");
     let said: Vec<String> = transcript(&srv, "i").await.into_iter().map(|(_, text)| text).collect();
     assert_eq!(said, ["never mind, two", "done: never mind, two", "four", "done: four"]);
-}
-
-/// Polls the session until `n` turns run or wait in it (a condition, not a delay).
-async fn wait_running(srv: &Running, session: &str, n: u64) {
-    for _ in 0..6000 {
-        let (_, body) = srv.get(&format!("/sessions/{session}")).await;
-        if body["running_turns"] == n {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    panic!("session {session} never had {n} turns running");
-}
-
-/// A fresh schema of the test database, and the URL that works in it.
-async fn fresh_pg_schema() -> String {
-    let base = std::env::var("CREWFLOW_TEST_POSTGRES").unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    let schema = format!("crewflow_s_{}_{:08x}", now.as_secs(), now.subsec_nanos() ^ std::process::id());
-    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.unwrap();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}options=-csearch_path%3D{schema}")
 }
 
 /// Two servers on one PostgreSQL: a turn sent to the second while the first runs a turn of
@@ -423,4 +399,47 @@ async fn two_servers_on_one_postgres_run_a_sessions_turns_one_at_a_time() {
     assert_eq!(rest.last().unwrap().data["turn"]["index"], 2, "{rest:?}");
     let said: Vec<String> = transcript(b, "shared").await.into_iter().map(|(_, text)| text).collect();
     assert_eq!(said, ["one", "done: one", "two", "done: two", "three", "done: three"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserved_session_that_never_gets_a_turn_lapses() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = crewflow_store::open(dir.path().join("runs.db").to_str().unwrap()).unwrap();
+    let sessions = Arc::new(SqliteStore::open(dir.path().join("sessions.db")));
+    let server = Server::new(runs)
+        .chat(&echo(&sessions), DoubleTexting::Enqueue)
+        .unwrap()
+        .reservation_ttl(std::time::Duration::from_secs(1));
+    let srv = serve(server).await;
+    for id in ["ghost", "kept"] {
+        create(&srv, "echo", id).await;
+    }
+    let (code, _) = srv.post("/sessions/kept/turns", &turn_body("hi")).await;
+    assert_eq!(code, 200);
+    let (code, e) = srv.post("/sessions", r#"{"flow": "echo", "id": "ghost"}"#).await;
+    assert_eq!((code, error_of(&e).0), (409, "session_exists"), "reserved, not lapsed yet: {e}");
+
+    // Nothing names `ghost` for the TTL: it lapses.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let (code, e) = srv.get("/sessions/ghost").await;
+    assert_eq!((code, error_of(&e).0), (404, "unknown_session"), "{e}");
+    let (code, e) = srv.post("/sessions/ghost/turns", &turn_body("too late")).await;
+    assert_eq!((code, error_of(&e).0), (404, "unknown_session"), "{e}");
+    let (_, list) = srv.get("/sessions").await;
+    let ids: Vec<&str> = list["sessions"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["kept"], "the lapsed one left nothing behind");
+    // Its id is free again; the session that got a turn is stored and never lapses.
+    create(&srv, "echo", "ghost").await;
+    let (code, kept) = srv.get("/sessions/kept").await;
+    assert_eq!((code, kept["messages"].as_array().map(Vec::len)), (200, Some(2)), "{kept}");
+
+    // A reservation in use is renewed by each request naming it.
+    create(&srv, "echo", "busy").await;
+    for _ in 0..4 {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let (code, body) = srv.get("/sessions/busy").await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let (code, turn) = srv.post("/sessions/busy/turns", &turn_body("at last")).await;
+    assert_eq!((code, turn["index"].as_u64()), (200, Some(0)), "{turn}");
 }

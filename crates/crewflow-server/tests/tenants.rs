@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::error_of;
+use common::{Running, error_of, serve_app};
 use crewflow_chat::{ChatCx, ChatFlow, ChatState};
 use crewflow_core::persist::RunStore;
 use crewflow_core::{Cx, FlowBuilder};
@@ -45,25 +45,17 @@ fn tenant_server(dir: &std::path::Path, tenant: &str) -> Server {
     Server::new(store).flow(&greet).unwrap().chat(&chat, DoubleTexting::Enqueue).unwrap()
 }
 
-struct Client {
-    base: String,
-    client: reqwest::Client,
-}
-
-impl Client {
-    async fn call(&self, method: &str, key: Option<&str>, path: &str, body: Option<Value>) -> (u16, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(key) = key {
-            req = req.header("authorization", format!("Bearer {key}"));
-        }
-        if let Some(body) = body {
-            req = req.header("content-type", "application/json").body(body.to_string());
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+/// Calls `srv` with `key` (none: no key).
+async fn call(srv: &Running, method: &str, key: Option<&str>, path: &str, body: Option<Value>) -> (u16, Value) {
+    let srv = match key {
+        Some(key) => srv.with_key(key),
+        None => srv.clone(),
+    };
+    let body = body.map(|b| b.to_string());
+    match method {
+        "GET" => srv.get(path).await,
+        "DELETE" => srv.delete(path).await,
+        _ => srv.post(path, body.as_deref().unwrap_or("")).await,
     }
 }
 
@@ -83,26 +75,21 @@ async fn each_tenant_sees_only_its_own_runs_and_sessions() {
     let shown = format!("{tenants:?}");
     assert!(!shown.contains("sk-acme") && shown.contains("acme"), "keys are kept hashed: {shown}");
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().nest("/api", tenant_router(tenants));
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    crewflow_llm::install_crypto_provider(); // reqwest is built without its own TLS provider
-    let c = Client { base: format!("http://{addr}/api"), client: reqwest::Client::new() };
+    let c = serve_app(tenant_router(tenants)).await;
     let (acme, globex) = (Some("sk-acme"), Some("sk-globex"));
 
     // Without a known key nothing is served, not even the route's existence.
     for (key, path) in [(None, "/flows"), (Some("sk-wrong"), "/flows"), (None, "/nowhere"), (None, "/openapi.json")] {
-        let (code, e) = c.call("GET", key, path, None).await;
+        let (code, e) = call(&c, "GET", key, path, None).await;
         assert_eq!((code, error_of(&e).0), (401, "unauthorized"), "{path}: {e}");
     }
 
-    let (code, run) = c.call("POST", acme, "/flows/greet/runs?wait=true", Some(json!({"name": "Ada"}))).await;
+    let (code, run) = call(&c, "POST", acme, "/flows/greet/runs?wait=true", Some(json!({"name": "Ada"}))).await;
     assert_eq!((code, run["output"].as_str()), (200, Some("hello, Ada")), "{run}");
     let id = run["run_id"].as_str().unwrap().to_string();
-    let (code, _) = c.call("POST", acme, "/sessions", Some(json!({"id": "s1"}))).await;
+    let (code, _) = call(&c, "POST", acme, "/sessions", Some(json!({"id": "s1"}))).await;
     assert_eq!(code, 201);
-    let (code, turn) = c.call("POST", acme, "/sessions/s1/turns", Some(json!({"message": "hi"}))).await;
+    let (code, turn) = call(&c, "POST", acme, "/sessions/s1/turns", Some(json!({"message": "hi"}))).await;
     assert_eq!((code, turn["reply"].as_str()), (200, Some("echo: hi")), "{turn}");
 
     // The other tenant: every way to reach acme's run or session is a 404, lists are empty.
@@ -115,24 +102,24 @@ async fn each_tenant_sees_only_its_own_runs_and_sessions() {
         ("GET", "/sessions/s1".to_string()),
         ("DELETE", "/sessions/s1".to_string()),
     ] {
-        let (code, e) = c.call(method, globex, &path, None).await;
+        let (code, e) = call(&c, method, globex, &path, None).await;
         assert_eq!(code, 404, "{method} {path}: {e}");
         assert!(!e.to_string().contains("Ada") && !e.to_string().contains("acme"), "{e}");
     }
-    let (code, e) = c.call("POST", globex, "/sessions/s1/turns", Some(json!({"message": "mine now"}))).await;
+    let (code, e) = call(&c, "POST", globex, "/sessions/s1/turns", Some(json!({"message": "mine now"}))).await;
     assert_eq!((code, error_of(&e).0), (404, "unknown_session"), "{e}");
-    let (_, runs) = c.call("GET", globex, "/runs", None).await;
+    let (_, runs) = call(&c, "GET", globex, "/runs", None).await;
     assert_eq!(runs["runs"], json!([]));
-    let (_, sessions) = c.call("GET", globex, "/sessions", None).await;
+    let (_, sessions) = call(&c, "GET", globex, "/sessions", None).await;
     assert_eq!(sessions["sessions"], json!([]));
     // The same id is free for the other tenant: its own session, apart from acme's.
-    let (code, _) = c.call("POST", globex, "/sessions", Some(json!({"id": "s1"}))).await;
+    let (code, _) = call(&c, "POST", globex, "/sessions", Some(json!({"id": "s1"}))).await;
     assert_eq!(code, 201);
 
     // Acme still has its run and its session, untouched.
-    let (code, run) = c.call("GET", acme, &format!("/runs/{id}"), None).await;
+    let (code, run) = call(&c, "GET", acme, &format!("/runs/{id}"), None).await;
     assert_eq!((code, run["status"].as_str()), (200, Some("finished")));
-    let (_, session) = c.call("GET", acme, "/sessions/s1", None).await;
+    let (_, session) = call(&c, "GET", acme, "/sessions/s1", None).await;
     assert_eq!(session["messages"].as_array().unwrap().len(), 2, "{session}");
 }
 
