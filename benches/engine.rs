@@ -247,7 +247,7 @@ fn chain20(store: Arc<dyn RunStore>) -> Flow<Counter> {
             Ok(())
         });
     }
-    b.store_arc(store).build().expect("chain20 builds")
+    b.store(store).build().expect("chain20 builds")
 }
 
 async fn persisted_chain(bench: &str, store: Arc<dyn RunStore>) {
@@ -356,7 +356,7 @@ fn large_chain(store: Arc<dyn RunStore>, deltas: bool) -> Flow<Large> {
         };
     }
     let b = if deltas { b } else { b.state_deltas(None) };
-    b.store_arc(store).build().expect("chain20_100kb builds")
+    b.store(store).build().expect("chain20_100kb builds")
 }
 
 /// Bytes this process has passed to `write` so far (`wchar` in /proc/self/io).
@@ -422,7 +422,7 @@ async fn resume_1000() {
                 Ok(())
             }
         })
-        .store_arc(store.clone())
+        .store(store.clone())
         .build()
         .expect("resume_1000 builds");
     let mut samples = Vec::new();

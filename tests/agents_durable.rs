@@ -79,7 +79,7 @@ fn checkout(store: Arc<dyn RunStore>, model_url: String, side: PathBuf, pause: D
                 Ok::<_, StepError>(format!("{} [{}]", out.raw, calls.join(", ")))
             }
         })
-        .store_arc(store)
+        .store(store)
         .build()
         .unwrap()
 }

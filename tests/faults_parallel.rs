@@ -268,7 +268,7 @@ fn build(
         previous = names;
     }
     b = b.listen("end", and(previous.iter().map(|p| step(p.as_str()))), body("end".into(), 7, 0));
-    b.store_arc(store).build().unwrap()
+    b.store(store).build().unwrap()
 }
 
 /// Runs the shape with the faults, resuming after each failure or kill, and returns the final
@@ -343,7 +343,7 @@ fn fan_out(store: Arc<dyn RunStore>) -> Flow<Tally> {
             cx.update(|t| t.sum += 1);
             Ok::<_, StepError>(())
         })
-        .store_arc(store)
+        .store(store)
         .build()
         .unwrap()
 }
@@ -386,7 +386,7 @@ async fn failed_update_is_not_checkpointed(store: Arc<dyn RunStore>) {
                 cx.update(|t| t.sum += 10);
                 Ok::<_, StepError>(())
             })
-            .store_arc(store)
+            .store(store)
             .build()
             .unwrap()
     };

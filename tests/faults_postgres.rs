@@ -66,7 +66,7 @@ impl Setup {
     /// The flow of `shape` through the proxy, with a short lease.
     fn flow(&self, shape: Shape, faults: StepFaults) -> Flow<Tally> {
         let probe = Probe::new(shape, &self.side(), &self.dir.path().join("marker"), faults);
-        builder(shape, &probe).lease(LEASE).store_arc(self.via_proxy.clone()).build().unwrap()
+        builder(shape, &probe).lease(LEASE).store(self.via_proxy.clone()).build().unwrap()
     }
 
     async fn stored(&self, id: RunId) -> StoredRun {
@@ -99,7 +99,7 @@ impl Setup {
         let side = dir.path().join("side.log");
         let parked = StepFaults { park: Some(StepPoint::new("s1", 1, Phase::Start)), ..StepFaults::default() };
         let probe = Probe::new(Shape::Chain, &side, &dir.path().join("marker"), parked);
-        let busy = builder(Shape::Chain, &probe).lease(LEASE).store_arc(self.via_proxy.clone()).build().unwrap();
+        let busy = builder(Shape::Chain, &probe).lease(LEASE).store(self.via_proxy.clone()).build().unwrap();
         let bystander = busy.spawn(()).unwrap();
         while executions(&side).is_empty() {
             tokio::time::sleep(Duration::from_millis(2)).await;

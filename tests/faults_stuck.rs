@@ -44,7 +44,7 @@ fn slow_flow<S: crewflow::FlowState>(store: Arc<dyn RunStore>, wait: Duration, r
             }
         })
         .lease(LEASE)
-        .store_arc(store)
+        .store(store)
         .build()
         .unwrap()
 }
@@ -107,7 +107,7 @@ async fn a_refused_resume_changes_nothing(store: Arc<dyn RunStore>) {
             Err::<(), _>(StepError::msg("the mail server said no"))
         })
         .lease(LEASE)
-        .store_arc(store.clone())
+        .store(store.clone())
         .build()
         .unwrap();
     let id = RunId::new();

@@ -526,7 +526,7 @@ mod over_http {
                 .listen("pay", label("approved"), |_cx, r: FeedbackResult| async move {
                     Ok(format!("paid: {}", r.feedback))
                 })
-                .store_arc(store.clone())
+                .store(store.clone())
                 .build()
                 .unwrap();
         let run = flow.kickoff(()).await.unwrap();
@@ -551,7 +551,7 @@ mod over_http {
         let flow = FlowBuilder::<Doc>::new("lost")
             .start("draft", |_cx, (): ()| async move { Ok("x") })
             .human_feedback(HumanFeedback::new("?").provider(WebhookFeedback::new(format!("{}/nope", missing.url))))
-            .store_arc(store.clone())
+            .store(store.clone())
             .build()
             .unwrap();
         let err = flow.kickoff(()).await.unwrap_err();

@@ -190,7 +190,7 @@ async fn a_step_is_checkpointed_before_it_waits_for_an_answer() {
             Ok(answer.text().map(str::to_string))
         })
         .input_provider(provider)
-        .store_arc(store)
+        .store(store)
         .build()
         .unwrap();
     let run = flow.kickoff(()).await.unwrap();

@@ -48,7 +48,7 @@ fn generate_flow(store: Arc<dyn RunStore>, downstream: bool) -> Flow<Counter> {
             Ok(format!("downstream:{}", review.output_as::<String>()?))
         });
     }
-    b.store_arc(store).build().unwrap()
+    b.store(store).build().unwrap()
 }
 
 /// C79: the pausing provider makes kickoff return a paused run (not an error): its request
@@ -126,7 +126,7 @@ async fn c85_a_resume_emits_one_matched_lifecycle_pair() {
     let flow = FlowBuilder::<Counter>::new("pausing")
         .start("generate", |_cx, (): ()| async move { Ok("generated content") })
         .human_feedback(HumanFeedback::new("Looks right?").provider(DeferredFeedback))
-        .store_arc(store)
+        .store(store)
         .observe(observer)
         .build()
         .unwrap();
@@ -185,7 +185,7 @@ async fn weakness_13_a_pause_keeps_siblings_joins_and_history() {
                     Ok(cx.state(|c| c.notes.clone()))
                 }
             })
-            .store_arc(store.clone())
+            .store(store.clone())
             .build()
             .unwrap()
     };
@@ -209,7 +209,7 @@ fn outcome_flow(
 ) -> Flow<Counter> {
     let mut review = HumanFeedback::new("Approve?").emit(["approved", "rejected"]);
     if let Some(p) = provider {
-        review = review.provider_arc(p);
+        review = review.provider(p);
     } else {
         review = review.provider(DeferredFeedback);
     }
@@ -238,7 +238,7 @@ fn outcome_flow(
                 Ok(())
             }
         })
-        .store_arc(store)
+        .store(store)
         .build()
         .unwrap()
 }
@@ -311,7 +311,7 @@ async fn loops_and_parallel_reviews_pause_again_until_done() {
         })
         .human_feedback(HumanFeedback::new("Publish?").emit(["revise", "approved"]).provider(DeferredFeedback))
         .listen("publish", label("approved"), |_cx, r: FeedbackResult| async move { Ok(r.output) })
-        .store_arc(store.clone())
+        .store(store.clone())
         .build()
         .unwrap();
     let mut run = flow.kickoff(()).await.unwrap();
@@ -331,7 +331,7 @@ async fn loops_and_parallel_reviews_pause_again_until_done() {
         .listen("both", and([step("a"), step("b")]), |cx: Cx<Counter>, (): ()| async move {
             Ok(cx.feedback_history().into_iter().map(|f| format!("{}={}", f.step, f.feedback)).collect::<Vec<_>>())
         })
-        .store_arc(store)
+        .store(store)
         .build()
         .unwrap();
     let first = parallel.kickoff(()).await.unwrap();
@@ -471,7 +471,7 @@ async fn inspect_reads_without_running_or_claiming() {
                 Err::<(), _>(StepError::msg("broken"))
             }
         })
-        .store_arc(store.clone())
+        .store(store.clone())
         .build()
         .unwrap();
     failing.kickoff(()).await.unwrap_err();
@@ -495,7 +495,7 @@ async fn questions_asked_before_a_pause_are_kept_with_the_run() {
         .listen("confirm", step("where"), |_cx, office: Option<String>| async move { Ok(office) })
         .human_feedback(HumanFeedback::new("Book it?").provider(DeferredFeedback))
         .input_provider(answers)
-        .store_arc(store)
+        .store(store)
         .build()
         .unwrap();
     let paused = flow.kickoff(()).await.unwrap();
@@ -521,7 +521,7 @@ async fn simultaneous_answers_to_parallel_requests_both_land() {
             got.sort();
             Ok(got)
         })
-        .store_arc(Arc::new(SlowClaims(store)))
+        .store(SlowClaims(store))
         .build()
         .unwrap();
     let run = flow.kickoff(()).await.unwrap();

@@ -65,7 +65,7 @@ fn checkout(store: Arc<dyn RunStore>, side: PathBuf, pause: Duration) -> Flow<Or
                 Ok::<_, StepError>(format!("{charged}; {mailed}"))
             }
         })
-        .store_arc(store)
+        .store(store)
         .build()
         .unwrap()
 }

@@ -21,7 +21,7 @@ const RUNS: usize = 10_000;
 /// One step with a small output: the shape of most stored runs.
 fn quick(store: Arc<dyn RunStore>) -> Flow<Map<String, Value>> {
     FlowBuilder::new("quick")
-        .store_arc(store)
+        .store(store)
         .start("work", |_cx, (): ()| async move { Ok("a result of some forty bytes, give or take") })
         .build()
         .unwrap()
@@ -30,7 +30,7 @@ fn quick(store: Arc<dyn RunStore>) -> Flow<Map<String, Value>> {
 /// A step reviewed by a person later: its runs pause.
 fn review(store: Arc<dyn RunStore>) -> Flow<Map<String, Value>> {
     FlowBuilder::new("review")
-        .store_arc(store)
+        .store(store)
         .start("draft", |_cx, (): ()| async move { Ok("a draft") })
         .human_feedback(HumanFeedback::new("Publish?").emit(["approved", "rejected"]).provider(DeferredFeedback))
         .build()

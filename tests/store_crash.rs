@@ -49,7 +49,7 @@ fn twenty_steps(store: Arc<dyn RunStore>, side: std::path::PathBuf) -> Flow<Tall
     for i in 2..=STEPS {
         b = b.listen(&format!("step_{i}"), format!("step_{}", i - 1).as_str(), step(i));
     }
-    b.store_arc(store).build().unwrap()
+    b.store(store).build().unwrap()
 }
 
 fn expected() -> Tally {

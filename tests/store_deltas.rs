@@ -126,7 +126,7 @@ async fn chains_are_capped_and_can_be_turned_off() {
 /// A 20-step chain; step `i` rewrites item `i * 5` and records itself. `fail_at` fails that
 /// step while `failures` is above zero.
 fn chain_builder(store: Arc<dyn RunStore>, fail_at: Option<u32>, failures: Arc<AtomicU32>) -> FlowBuilder<Big> {
-    let mut b = FlowBuilder::<Big>::new("big").store_arc(store);
+    let mut b = FlowBuilder::<Big>::new("big").store(store);
     for i in 0..STEPS {
         let failures = failures.clone();
         let handler = move |cx: Cx<Big>, (): ()| {

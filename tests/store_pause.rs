@@ -63,7 +63,7 @@ fn approval_flow(store: Arc<dyn RunStore>) -> Flow<Invoice> {
             Ok(format!("booked after \"{}\" ({})", review.feedback, cx.state(|i| i.checks.join(", "))))
         })
         .listen("refuse", label("rejected"), |_cx, (): ()| async move { Ok("refused".to_string()) })
-        .store_arc(store)
+        .store(store)
         .build()
         .unwrap()
 }

@@ -58,7 +58,7 @@ fn chain(name: &str, steps: u32, pause: Duration, side: std::path::PathBuf, stor
     for i in 2..=steps {
         b = b.listen(&format!("s{i}"), format!("s{}", i - 1).as_str(), step(i));
     }
-    b.store_arc(store).lease(Duration::from_millis(600)).build().unwrap()
+    b.store(store).lease(Duration::from_millis(600)).build().unwrap()
 }
 
 fn expected(steps: u32) -> Tally {
@@ -297,7 +297,7 @@ async fn resume_fork_and_list_on_postgres() {
                 Ok(())
             }
         })
-        .store_arc(store(&url))
+        .store(store(&url))
         .build()
         .unwrap();
     flow.kickoff(()).await.unwrap_err();
@@ -428,7 +428,7 @@ fn nul_flow(name: &str, to_state: bool, store: Arc<dyn RunStore>) -> Flow<Notes>
             }
             Ok(cx.state(|n| format!("{}!", n.text)))
         })
-        .store_arc(store)
+        .store(store)
         .build()
         .unwrap()
 }
@@ -459,7 +459,7 @@ async fn a_nul_character_is_refused_up_front_naming_where_it_is() {
     // Returned by a step: its output is named first.
     let echo = FlowBuilder::<()>::new("pg_nul_output")
         .start("shout", |_cx: Cx<()>, (): ()| async move { Ok(vec!["fine".to_string(), "bad\0".to_string()]) })
-        .store_arc(store.clone())
+        .store(store.clone())
         .build()
         .unwrap();
     let err = echo.kickoff(()).await.err().unwrap().to_string();

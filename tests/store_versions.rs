@@ -48,7 +48,7 @@ fn contact_flow<S: FlowState>(
     get: fn(&S) -> String,
 ) -> FlowBuilder<S> {
     FlowBuilder::<S>::new("contacts")
-        .store_arc(store)
+        .store(store)
         .start("fill", move |cx: Cx<S>, (): ()| async move {
             cx.update(set);
             Ok(())

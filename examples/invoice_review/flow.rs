@@ -169,7 +169,7 @@ impl InvoiceReview {
 
 /// The flow with its runs in `store`.
 pub fn build(policy: Policy, store: Arc<dyn RunStore>) -> Result<Flow<Invoice>, crewflow::Error> {
-    InvoiceReview { policy }.into_builder().store_arc(store).build()
+    InvoiceReview { policy }.into_builder().store(store).build()
 }
 
 /// One line of `Key: value`, case-insensitive on the key.

@@ -349,7 +349,7 @@ fn weighted(probe: &Arc<Probe>, step: &'static str) -> impl Fn(Cx<Tally>, ()) ->
 
 /// The flow of `shape` over `store`, its steps reporting to `probe`.
 pub fn build(shape: Shape, store: Arc<dyn RunStore>, probe: &Arc<Probe>) -> Flow<Tally> {
-    builder(shape, probe).store_arc(store).build().unwrap()
+    builder(shape, probe).store(store).build().unwrap()
 }
 
 /// The flow of `shape` to be given a store (and options), its steps reporting to `probe`.

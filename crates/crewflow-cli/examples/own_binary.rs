@@ -36,7 +36,7 @@ fn greet() -> Result<Flow<State>, crewflow_core::Error> {
         .listen("long", label("long"), |_cx: Cx<State>, (): ()| async { Ok("greeted at length".to_string()) });
     if let Some(url) = std::env::var("CREWFLOW_DB").ok().filter(|u| !u.is_empty()) {
         let store = crewflow_store::open(&url).map_err(|e| crewflow_core::Error::Internal(e.to_string()))?;
-        builder = builder.store_arc(store);
+        builder = builder.store(store);
     }
     builder.build()
 }

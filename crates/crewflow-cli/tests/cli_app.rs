@@ -170,7 +170,7 @@ fn main() -> ExitCode {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         text(&out.stderr),
-        "error: cannot serve: flow `greet` keeps its runs in no store; build it with the server's store (FlowBuilder::store_arc(store.clone()))\n"
+        "error: cannot serve: flow `greet` keeps its runs in no store; build it with the server's store (FlowBuilder::store(store.clone()))\n"
     );
 
     // the binary's help lists the same subcommands

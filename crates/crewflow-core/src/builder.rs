@@ -24,6 +24,7 @@ use crate::output::{Output, TypeInfo, extract_input};
 use crate::persist::{DEFAULT_LEASE, RunStore};
 use crate::retry::Retry;
 use crate::route::Route;
+use crate::shared::IntoShared;
 use crate::state::FlowState;
 use crate::trigger::Trigger;
 use crate::versions::StateVersions;
@@ -269,14 +270,9 @@ impl<S: FlowState> FlowBuilder<S> {
     /// Sets who answers [`Cx::ask`] (default: the process default set with
     /// [`set_default_input_provider`](crate::set_default_input_provider), else
     /// [`ConsoleInput`](crate::ConsoleInput)).
-    pub fn input_provider(mut self, provider: impl InputProvider) -> Self {
-        self.input = Some(Arc::new(provider));
-        self
-    }
-
-    /// [`input_provider`](FlowBuilder::input_provider), shared.
-    pub fn input_provider_arc(mut self, provider: Arc<dyn InputProvider>) -> Self {
-        self.input = Some(provider);
+    /// Takes a provider, or a shared `Arc<dyn InputProvider>` ([`IntoShared`]).
+    pub fn input_provider(mut self, provider: impl IntoShared<dyn InputProvider>) -> Self {
+        self.input = Some(provider.into_shared());
         self
     }
 
@@ -284,14 +280,9 @@ impl<S: FlowState> FlowBuilder<S> {
     /// (default: the process default set with
     /// [`set_default_feedback_provider`](crate::set_default_feedback_provider), else
     /// [`ConsoleFeedback`](crate::ConsoleFeedback)).
-    pub fn feedback_provider(mut self, provider: impl FeedbackProvider) -> Self {
-        self.feedback = Some(Arc::new(provider));
-        self
-    }
-
-    /// [`feedback_provider`](FlowBuilder::feedback_provider), shared.
-    pub fn feedback_provider_arc(mut self, provider: Arc<dyn FeedbackProvider>) -> Self {
-        self.feedback = Some(provider);
+    /// Takes a provider, or a shared `Arc<dyn FeedbackProvider>` ([`IntoShared`]).
+    pub fn feedback_provider(mut self, provider: impl IntoShared<dyn FeedbackProvider>) -> Self {
+        self.feedback = Some(provider.into_shared());
         self
     }
 
@@ -312,14 +303,9 @@ impl<S: FlowState> FlowBuilder<S> {
     /// Keeps this flow's runs in `store`: each run is recorded when it starts, checkpointed
     /// after every step (or only after the steps marked [`persisted`](FlowBuilder::persisted),
     /// if any are) and can be resumed with [`Flow::resume`].
-    pub fn store(mut self, store: impl RunStore) -> Self {
-        self.store = Some(Arc::new(store));
-        self
-    }
-
-    /// [`store`](FlowBuilder::store), with a shared store.
-    pub fn store_arc(mut self, store: Arc<dyn RunStore>) -> Self {
-        self.store = Some(store);
+    /// Takes a store, or an `Arc<dyn RunStore>` shared with other flows ([`IntoShared`]).
+    pub fn store(mut self, store: impl IntoShared<dyn RunStore>) -> Self {
+        self.store = Some(store.into_shared());
         self
     }
 

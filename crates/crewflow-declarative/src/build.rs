@@ -233,7 +233,7 @@ impl FlowDefinition {
             None => registry.default_feedback.clone(),
         };
         if let Some(provider) = feedback {
-            builder = builder.feedback_provider_arc(provider);
+            builder = builder.feedback_provider(provider);
         }
         if let Some(name) = &config.input_provider {
             let Some(provider) = registry.input_providers.get(name) else {
@@ -243,10 +243,10 @@ impl FlowDefinition {
                     unknown("input provider", name, &known, "Registry::input_provider")
                 )));
             };
-            builder = builder.input_provider_arc(provider.clone());
+            builder = builder.input_provider(provider.clone());
         }
         if let Some(store) = &registry.store {
-            return Ok(builder.store_arc(store.clone()));
+            return Ok(builder.store(store.clone()));
         }
         match &self.document.persist {
             None | Some(PersistDoc::Enabled(false)) => {}
@@ -254,7 +254,7 @@ impl FlowDefinition {
             Some(PersistDoc::Store(doc)) => {
                 let url = expand_env(&doc.store).map_err(|e| self.invalid(format!("persist: {e}")))?;
                 let store = crewflow_store::open(&url).map_err(|e| self.invalid(format!("persist: {e}")))?;
-                builder = builder.store_arc(store);
+                builder = builder.store(store);
             }
         }
         Ok(builder)
@@ -473,14 +473,14 @@ fn human_feedback(doc: &FeedbackDoc, is_router: bool, registry: &Registry) -> Re
         feedback = feedback.classifier(resolve_model(registry, Some(model))?);
     }
     if let Some(name) = &doc.provider {
-        feedback = feedback.provider_arc(feedback_provider(registry, name)?);
+        feedback = feedback.provider(feedback_provider(registry, name)?);
     }
     if let Some(name) = &doc.learn {
         let Some(learner) = registry.learners.get(name) else {
             let known: Vec<&str> = registry.learners.keys().map(String::as_str).collect();
             return Err(unknown("learner", name, &known, "Registry::learner"));
         };
-        feedback = feedback.learn_arc(learner.clone()).learn_strict(doc.learn_strict);
+        feedback = feedback.learn(learner.clone()).learn_strict(doc.learn_strict);
         if let Some(source) = &doc.learn_source {
             feedback = feedback.learn_source(source.as_str());
         }

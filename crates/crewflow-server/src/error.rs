@@ -20,7 +20,7 @@ pub enum ServerError {
     },
     /// The flow keeps its runs in no store: the server could not list, show or resume them.
     #[error(
-        "flow `{flow}` keeps its runs in no store; build it with the server's store (FlowBuilder::store_arc(store.clone()))"
+        "flow `{flow}` keeps its runs in no store; build it with the server's store (FlowBuilder::store(store.clone()))"
     )]
     FlowWithoutStore {
         /// The flow.
@@ -68,7 +68,7 @@ pub enum ServerError {
     },
     /// The flow keeps its runs in another store than the server's.
     #[error(
-        "flow `{flow}` keeps its runs in {flow_store}, not in the server's store ({server_store}); build it with FlowBuilder::store_arc(<the server's store>.clone())"
+        "flow `{flow}` keeps its runs in {flow_store}, not in the server's store ({server_store}); build it with FlowBuilder::store(<the server's store>.clone())"
     )]
     OtherStore {
         /// The flow.

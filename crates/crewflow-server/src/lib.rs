@@ -40,7 +40,7 @@
 //!     .start("greet", |cx: Cx<Greeting>, (): ()| async move {
 //!         Ok(format!("hello, {}", cx.state(|g| g.name.clone())))
 //!     })
-//!     .store_arc(store.clone())
+//!     .store(store.clone())
 //!     .build()?;
 //!
 //! let app = axum::Router::new().nest("/crewflow", router(Server::new(store).flow(&hello)?));
@@ -118,7 +118,7 @@ impl Server {
     }
 
     /// Hosts `flow` under its name. The flow must keep its runs in the server's store (built
-    /// with `FlowBuilder::store_arc(store.clone())`), so that the server can list, show and
+    /// with `FlowBuilder::store(store.clone())`), so that the server can list, show and
     /// resume them; and no other hosted flow may have its name.
     pub fn flow<S: FlowState>(mut self, flow: &Flow<S>) -> Result<Self, ServerError> {
         let name = flow.name().to_string();

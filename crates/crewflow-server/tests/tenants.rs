@@ -31,7 +31,7 @@ fn tenant_server(dir: &std::path::Path, tenant: &str) -> Server {
             "hello",
             |cx: Cx<Greeting>, (): ()| async move { Ok(format!("hello, {}", cx.state(|g| g.name.clone()))) },
         )
-        .store_arc(store.clone())
+        .store(store.clone())
         .build()
         .unwrap();
     let echo = FlowBuilder::<ChatState>::new("echo")

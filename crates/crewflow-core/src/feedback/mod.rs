@@ -107,26 +107,18 @@ impl HumanFeedback {
 
     /// Maps free-text feedback to an outcome when it matches none exactly (`crewflow::llm::Llm`
     /// implements [`OutcomeClassifier`]).
-    pub fn classifier(mut self, classifier: impl OutcomeClassifier) -> Self {
-        self.classifier = Some(Arc::new(classifier));
-        self
-    }
-
-    /// [`classifier`](HumanFeedback::classifier), shared.
-    pub fn classifier_arc(mut self, classifier: Arc<dyn OutcomeClassifier>) -> Self {
-        self.classifier = Some(classifier);
+    ///
+    /// Takes a value, or a shared `Arc<dyn OutcomeClassifier>` ([`IntoShared`](crate::IntoShared)).
+    pub fn classifier(mut self, classifier: impl crate::IntoShared<dyn OutcomeClassifier>) -> Self {
+        self.classifier = Some(classifier.into_shared());
         self
     }
 
     /// Who collects this step's feedback (default: the flow's provider, else the console).
-    pub fn provider(mut self, provider: impl FeedbackProvider) -> Self {
-        self.provider = Some(Arc::new(provider));
-        self
-    }
-
-    /// [`provider`](HumanFeedback::provider), shared.
-    pub fn provider_arc(mut self, provider: Arc<dyn FeedbackProvider>) -> Self {
-        self.provider = Some(provider);
+    ///
+    /// Takes a value, or a shared `Arc<dyn FeedbackProvider>` ([`IntoShared`](crate::IntoShared)).
+    pub fn provider(mut self, provider: impl crate::IntoShared<dyn FeedbackProvider>) -> Self {
+        self.provider = Some(provider.into_shared());
         self
     }
 
@@ -153,14 +145,10 @@ impl HumanFeedback {
     ///
     /// let review = HumanFeedback::new("Good to send?").learn(Nothing).learn_strict(true);
     /// ```
-    pub fn learn(mut self, learner: impl FeedbackLearner) -> Self {
-        self.learner = Some(Arc::new(learner));
-        self
-    }
-
-    /// [`learn`](HumanFeedback::learn), shared.
-    pub fn learn_arc(mut self, learner: Arc<dyn FeedbackLearner>) -> Self {
-        self.learner = Some(learner);
+    ///
+    /// Takes a value, or a shared `Arc<dyn FeedbackLearner>` ([`IntoShared`](crate::IntoShared)).
+    pub fn learn(mut self, learner: impl crate::IntoShared<dyn FeedbackLearner>) -> Self {
+        self.learner = Some(learner.into_shared());
         self
     }
 

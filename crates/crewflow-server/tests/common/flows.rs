@@ -26,7 +26,7 @@ pub fn greet(store: &Arc<dyn RunStore>) -> Flow<Greeting> {
             |cx: Cx<Greeting>, (): ()| async move { Ok(format!("hello, {}", cx.state(|g| g.name.clone()))) },
         )
         .listen("shout", "hello", |_cx: Cx<Greeting>, text: String| async move { Ok(text.to_uppercase()) })
-        .store_arc(store.clone())
+        .store(store.clone())
         .build()
         .unwrap()
 }
@@ -43,7 +43,7 @@ pub fn gated(store: &Arc<dyn RunStore>, gate: Arc<tokio::sync::Semaphore>) -> Fl
                 Ok("released")
             }
         })
-        .store_arc(store.clone())
+        .store(store.clone())
         .build()
         .unwrap()
 }
@@ -61,7 +61,7 @@ pub fn flaky(store: &Arc<dyn RunStore>, failed: Arc<AtomicBool>) -> Flow<Doc> {
                 Ok(n * 6)
             }
         })
-        .store_arc(store.clone())
+        .store(store.clone())
         .build()
         .unwrap()
 }
@@ -73,7 +73,7 @@ pub fn review(store: &Arc<dyn RunStore>) -> Flow<Doc> {
         .human_feedback(HumanFeedback::new("Publish?").emit(["approved", "rejected"]).provider(DeferredFeedback))
         .listen("on_approved", label("approved"), |_cx: Cx<Doc>, (): ()| async move { Ok("published") })
         .listen("on_rejected", label("rejected"), |_cx: Cx<Doc>, (): ()| async move { Ok("binned") })
-        .store_arc(store.clone())
+        .store(store.clone())
         .build()
         .unwrap()
 }
