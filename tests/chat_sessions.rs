@@ -5,7 +5,7 @@
 mod common;
 
 use common::chat::{echo_builder, echo_flow, on_file, sid, temp_db};
-use crewflow::chat::{ChatError, ChatState, Role, SessionStore};
+use crewflow::chat::{ChatError, ChatMessage, ChatState, Role, SessionStore};
 use crewflow::prelude::*;
 use crewflow::store::SqliteStore;
 
@@ -106,6 +106,11 @@ async fn a_turn_saved_elsewhere_in_between_is_a_conflict_not_a_silent_loss() {
                     state: serde_json::to_string(&ChatState::default()).unwrap(),
                     state_version: 0,
                     expected_turns: 0,
+                    messages_from: 0,
+                    messages: vec![
+                        ChatMessage::new(Role::User, "elsewhere", 0),
+                        ChatMessage::new(Role::Assistant, "saved elsewhere", 0),
+                    ],
                     turn: record,
                     trace: None,
                 };
@@ -121,6 +126,8 @@ async fn a_turn_saved_elsewhere_in_between_is_a_conflict_not_a_silent_loss() {
     let session = flow.session(sid("s")).await.unwrap().unwrap();
     let replies: Vec<_> = session.turns.iter().map(|t| t.reply.as_str()).collect();
     assert_eq!(replies, ["saved elsewhere"], "the other save stands; this one was refused whole");
+    let transcript: Vec<_> = session.state.messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(transcript, ["elsewhere", "saved elsewhere"], "no message of the refused turn was appended");
 }
 
 /// A session saved before conversations left crewflow-core (the state JSON as that code wrote
@@ -148,6 +155,10 @@ async fn a_session_stored_by_earlier_versions_still_loads_and_continues() {
         state: state.into(),
         state_version: 0,
         expected_turns: 0,
+        // Its transcript is in the state, as every session's was before transcripts were rows
+        // (and as the store's migration leaves one whose transcript it cannot tell apart).
+        messages_from: 0,
+        messages: Vec::new(),
         turn: record,
         trace: None,
     };

@@ -25,7 +25,7 @@ async fn sqlite_database() -> Database {
     Database::new(
         move || {
             let store = SqliteStore::open(&path);
-            Handle { runs: Arc::new(store.clone()), memories: Arc::new(store) }
+            Handle { runs: Arc::new(store.clone()), memories: Arc::new(store.clone()), sessions: Arc::new(store) }
         },
         dir,
     )
@@ -37,7 +37,7 @@ async fn postgres_database() -> Database {
     Database::new(
         move || {
             let store = PostgresStore::connect_lazy(&url).unwrap();
-            Handle { runs: Arc::new(store.clone()), memories: Arc::new(store) }
+            Handle { runs: Arc::new(store.clone()), memories: Arc::new(store.clone()), sessions: Arc::new(store) }
         },
         (),
     )

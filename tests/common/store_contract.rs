@@ -12,10 +12,10 @@
 //! [`store_contract_clauses!`] lists every clause and turns each into a `#[tokio::test]` for a
 //! backend; a clause added here runs on every backend.
 //!
-//! Sessions: conversation sessions (`SessionStore`) are moving out of core into a crate of their
-//! own, so they have no section yet. It goes after memories: a `sessions` handle in [`Handle`]
-//! (opened by each backend like `memories`), its clauses here, and their names in
-//! [`store_contract_clauses!`].
+//! Sessions: the promises of `SessionStore` (`crates/crewflow-chat/src/store.rs`) about a
+//! session's transcript, kept as one row per message: appended in order, read whole or by its
+//! end, rewritten from a message on, never with a gap; a turn saved against a session that
+//! moved on is refused whole; a deleted session takes its messages with it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
@@ -26,6 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use crewflow::chat::{ChatMessage, Role, SessionConflict, SessionStore, StoredSession, TurnRecord, TurnSave};
+use crewflow::store::StoreError;
 use crewflow::store::{
     Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, MemoryQuery, MemoryRow, MemoryStore, ModelCount, NewRun,
     Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, StepRow, StoredRun,
@@ -81,7 +83,11 @@ macro_rules! store_contract_clauses {
             memory_models_are_counted_by_model_and_dimensions,
             memories_are_deleted_and_touched,
             a_memory_batch_is_stored_whole_or_not_at_all,
-            // sessions: see the module docs
+            // sessions
+            session_messages_are_appended_in_order_and_read_by_their_end,
+            a_save_rewrites_the_transcript_from_a_loaded_message_and_never_leaves_a_gap,
+            of_two_concurrent_turns_of_a_session_one_is_saved_and_the_other_refused_whole,
+            deleting_a_session_deletes_its_messages,
         );
     };
     (@each $database:path, $attrs:tt, $($clause:ident),* $(,)?) => {
@@ -99,12 +105,13 @@ macro_rules! store_contract_clauses {
 // ----------------------------------------------------------------------------------------------
 // The backend's side: a database, handles on it, processes.
 
-/// One process's handle on a database: its run store and its memory store (the same object in
-/// both backends).
+/// One process's handle on a database: its run store, its memory store and its session store
+/// (the same object in both backends).
 #[derive(Clone)]
 pub struct Handle {
     pub runs: Arc<dyn RunStore>,
     pub memories: Arc<dyn MemoryStore>,
+    pub sessions: Arc<dyn SessionStore>,
 }
 
 /// A fresh, empty database for one clause, and how to open handles on it.
@@ -1330,4 +1337,162 @@ pub async fn a_memory_batch_is_stored_whole_or_not_at_all(db: Database) {
     let rows = memories.query_memories(&MemoryQuery::default()).await.unwrap();
     assert_eq!(memory_ids(&rows), ["m1"], "none of the batch was stored");
     assert_eq!(rows[0].content, "remembered m1");
+}
+
+// ----------------------------------------------------------------------------------------------
+// Sessions.
+
+/// The messages of turn `turn`: the user's and the reply.
+fn exchange(turn: u64) -> Vec<ChatMessage> {
+    vec![
+        ChatMessage::new(Role::User, format!("question {turn}"), turn),
+        ChatMessage::new(Role::Assistant, format!("answer {turn}"), turn),
+    ]
+}
+
+/// The save of turn `turn` (the session then has `turn` turns), its messages at `from`.
+fn turn_save(session: &str, turn: u64, from: u64, messages: Vec<ChatMessage>) -> TurnSave {
+    let now = Utc::now();
+    TurnSave {
+        session_id: session.into(),
+        flow: FLOW.into(),
+        state: json!({"messages": [], "turns": turn + 1, "note": format!("after turn {turn}")}).to_string(),
+        state_version: 0,
+        expected_turns: turn,
+        messages_from: from,
+        messages,
+        turn: TurnRecord {
+            session_id: session.into(),
+            index: turn,
+            run_id: RunId::new(),
+            user_message: format!("question {turn}"),
+            reply: format!("answer {turn}"),
+            intent: None,
+            usage: Default::default(),
+            started_at: now,
+            finished_at: now,
+        },
+        trace: None,
+    }
+}
+
+/// Saves `turns` turns of `session`, each appending its exchange.
+async fn converse(sessions: &dyn SessionStore, session: &str, turns: u64) {
+    for t in 0..turns {
+        sessions.save_turn(&turn_save(session, t, 2 * t, exchange(t))).await.unwrap();
+    }
+}
+
+fn texts(messages: &[ChatMessage]) -> Vec<&str> {
+    messages.iter().map(|m| m.content.as_str()).collect()
+}
+
+async fn whole(sessions: &dyn SessionStore, session: &str) -> StoredSession {
+    sessions.load_session(FLOW, session).await.unwrap().expect("the session")
+}
+
+fn conflict(err: &BoxError) -> &SessionConflict {
+    err.downcast_ref::<SessionConflict>().unwrap_or_else(|| panic!("a SessionConflict, not {err:?}"))
+}
+
+/// Each turn's messages are appended after the ones before, in order, with their role and
+/// turn; the session is read whole or by its last messages, which say where they start.
+pub async fn session_messages_are_appended_in_order_and_read_by_their_end(db: Database) {
+    let sessions = db.open().sessions;
+    converse(&*sessions, "s", 3).await;
+    let stored = whole(&*sessions, "s").await;
+    assert_eq!(stored.messages, [exchange(0), exchange(1), exchange(2)].concat());
+    assert_eq!((stored.messages_from, stored.message_count, stored.turns), (0, 6, 3));
+    assert_eq!(parse(&stored.state)["note"], "after turn 2", "the state is the last turn's");
+
+    let tail = sessions.load_session_tail(FLOW, "s", 3).await.unwrap().unwrap();
+    assert_eq!(texts(&tail.messages), ["answer 1", "question 2", "answer 2"]);
+    assert_eq!((tail.messages_from, tail.message_count, tail.turns), (3, 6, 3));
+    assert_eq!(tail.state, stored.state);
+    let longer = sessions.load_session_tail(FLOW, "s", 100).await.unwrap().unwrap();
+    assert_eq!((longer.messages, longer.messages_from), (stored.messages.clone(), 0), "all there are");
+    let none = sessions.load_session_tail(FLOW, "s", 0).await.unwrap().unwrap();
+    assert_eq!((none.messages.len(), none.messages_from, none.message_count), (0, 6, 6));
+    assert!(sessions.load_session_tail(FLOW, "unknown", 3).await.unwrap().is_none());
+
+    // Another session's transcript is its own.
+    converse(&*sessions, "t", 1).await;
+    assert_eq!(whole(&*sessions, "t").await.messages, exchange(0));
+    assert_eq!(whole(&*sessions, "s").await.message_count, 6);
+}
+
+/// A save may replace the transcript from a message on (a turn that changed messages it had
+/// loaded): what follows is replaced, what comes before stays. A save whose messages would
+/// start past the end of the transcript is refused, naming the gap, and changes nothing.
+pub async fn a_save_rewrites_the_transcript_from_a_loaded_message_and_never_leaves_a_gap(db: Database) {
+    let sessions = db.open().sessions;
+    converse(&*sessions, "s", 3).await;
+    let edited = vec![ChatMessage::new(Role::Assistant, "answer 1, corrected", 1)];
+    sessions.save_turn(&turn_save("s", 3, 3, edited)).await.unwrap();
+    let stored = whole(&*sessions, "s").await;
+    assert_eq!(texts(&stored.messages), ["question 0", "answer 0", "question 1", "answer 1, corrected"]);
+    assert_eq!((stored.message_count, stored.turns), (4, 4));
+
+    let err = sessions.save_turn(&turn_save("s", 4, 9, exchange(4))).await.unwrap_err();
+    let gap = err.downcast_ref::<StoreError>().unwrap_or_else(|| panic!("a StoreError, not {err:?}"));
+    assert!(matches!(gap, StoreError::MessageGap { from: 9, count: 4, .. }), "{gap:?}");
+    assert!(gap.to_string().contains("start at index 9") && gap.to_string().contains("holds 4"), "{gap}");
+    assert_eq!(whole(&*sessions, "s").await.messages, stored.messages, "the refused save changed nothing");
+    assert_eq!(whole(&*sessions, "s").await.turns, 4);
+    let err = sessions.save_turn(&turn_save("new", 0, 2, exchange(0))).await.unwrap_err();
+    assert!(matches!(err.downcast_ref::<StoreError>(), Some(StoreError::MessageGap { from: 2, count: 0, .. })));
+    assert!(sessions.load_session(FLOW, "new").await.unwrap().is_none(), "no session was created");
+}
+
+/// Two processes save the same turn of a session at once (no session lock between them):
+/// one is saved, the other refused with a conflict, and none of its messages is in the
+/// transcript. The same for the first turn of a new session.
+pub async fn of_two_concurrent_turns_of_a_session_one_is_saved_and_the_other_refused_whole(db: Database) {
+    let sessions = db.open().sessions;
+    converse(&*sessions, "s", 2).await;
+    for (session, turn) in [("s", 2), ("fresh", 0)] {
+        let (a, b) = (Process::start(&db), Process::start(&db));
+        let save = |tag: &str| {
+            let mut save = turn_save(session, turn, 2 * turn, exchange(turn));
+            save.messages[1].content = format!("answer from {tag}");
+            save
+        };
+        let (save_a, save_b) = (save("a"), save("b"));
+        let (first, second) = tokio::join!(
+            a.run(move |h| async move { h.sessions.save_turn(&save_a).await.map_err(|e| e.to_string()) }),
+            b.run(move |h| async move { h.sessions.save_turn(&save_b).await.map_err(|e| e.to_string()) }),
+        );
+        let winner = match (&first, &second) {
+            (Ok(()), Err(e)) | (Err(e), Ok(())) => {
+                assert!(e.contains("changed while this turn ran") || e.contains("was deleted"), "{e}");
+                if first.is_ok() { "answer from a" } else { "answer from b" }
+            }
+            other => panic!("exactly one save wins: {other:?}"),
+        };
+        let stored = whole(&*sessions, session).await;
+        assert_eq!(stored.turns, turn + 1);
+        assert_eq!(stored.message_count, 2 * turn + 2);
+        assert_eq!(stored.messages.last().map(|m| m.content.as_str()), Some(winner));
+        let answers = stored.messages.iter().filter(|m| m.content.starts_with("answer from")).count();
+        assert_eq!(answers, 1, "the refused turn appended nothing: {:?}", texts(&stored.messages));
+    }
+}
+
+/// Deleting a session deletes its messages: a save continuing it is refused, and a new session
+/// under the same id starts from an empty transcript.
+pub async fn deleting_a_session_deletes_its_messages(db: Database) {
+    let sessions = db.open().sessions;
+    converse(&*sessions, "s", 3).await;
+    assert!(sessions.delete_session(FLOW, "s").await.unwrap());
+    assert!(sessions.load_session(FLOW, "s").await.unwrap().is_none());
+    let err = sessions.save_turn(&turn_save("s", 3, 6, exchange(3))).await.unwrap_err();
+    assert_eq!((conflict(&err).expected, conflict(&err).found), (3, 0));
+    assert!(err.to_string().contains("was deleted"), "{err}");
+
+    sessions.save_turn(&turn_save("s", 0, 0, exchange(7))).await.unwrap();
+    let stored = whole(&*sessions, "s").await;
+    assert_eq!(stored.messages, exchange(7), "nothing of the deleted transcript is left");
+    assert_eq!((stored.message_count, stored.turns), (2, 1));
+    assert_eq!(sessions.load_session_tail(FLOW, "s", 10).await.unwrap().unwrap().messages, exchange(7));
+    assert!(!sessions.delete_session(FLOW, "never").await.unwrap());
 }

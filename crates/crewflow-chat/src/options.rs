@@ -41,6 +41,12 @@ pub struct ChatOptions {
     /// A session's open trace is finalized when its next turn comes after this long idle (and
     /// by [`ChatFlow::finalize_idle_sessions`](crate::ChatFlow::finalize_idle_sessions)); 30 min by default.
     pub idle_finalize_after: Duration,
+    /// Load the whole transcript into each turn's state, for steps that read everything ever
+    /// said (a turn's cost then grows with the session). Off by default: a turn loads the
+    /// messages its history needs ([`window`](ChatOptions::window), or up to
+    /// [`summarize_after`](ChatOptions::summarize_after) with compaction), so it costs the same
+    /// in a session's 200th turn as in its first.
+    pub whole_transcript: bool,
 }
 
 impl Default for ChatOptions {
@@ -52,6 +58,7 @@ impl Default for ChatOptions {
             lock_timeout: Duration::from_secs(30),
             traces: true,
             idle_finalize_after: Duration::from_secs(30 * 60),
+            whole_transcript: false,
         }
     }
 }
@@ -65,6 +72,7 @@ impl std::fmt::Debug for ChatOptions {
             .field("lock_timeout", &self.lock_timeout)
             .field("traces", &self.traces)
             .field("idle_finalize_after", &self.idle_finalize_after)
+            .field("whole_transcript", &self.whole_transcript)
             .finish()
     }
 }
@@ -99,6 +107,24 @@ impl ChatOptions {
     pub fn idle_finalize_after(mut self, idle: Duration) -> Self {
         self.idle_finalize_after = idle;
         self
+    }
+
+    /// Sets [`whole_transcript`](ChatOptions::whole_transcript).
+    pub fn whole_transcript(mut self, on: bool) -> Self {
+        self.whole_transcript = on;
+        self
+    }
+
+    /// How many of a session's last messages a turn loads (`None`: all of them): what
+    /// [`ChatState::recent`](crate::ChatState::recent) shows once the turn's user message is
+    /// appended, and, with compaction, every message the summary does not cover (after a turn,
+    /// at most `summarize_after` are uncovered: more are compacted).
+    pub(crate) fn turn_loads(&self) -> Option<u64> {
+        if self.whole_transcript {
+            return None;
+        }
+        let window = if self.window == 0 { ChatOptions::default().window } else { self.window };
+        Some(self.summarize_after.map_or(window, |after| after.max(window)) as u64)
     }
 
     /// Refuses options that cannot work: a compaction threshold without a summarizer, or one

@@ -55,10 +55,22 @@ impl From<ChatMessage> for Message {
 /// Embed it in your own state and implement [`Conversational`], or use `ChatState` itself as
 /// the state (`Flow<ChatState>`). The engine appends the user message before a turn's graph
 /// runs and the reply after it; steps read the history with [`ChatState::history`].
+///
+/// **During a turn, `messages` holds the end of the transcript, not all of it**: the messages
+/// the turn's history needs (the [window](crate::ChatOptions::window), or every message the
+/// summary does not cover), so a turn costs the same in a session's 200th turn as in its first.
+/// [`transcript_offset`](ChatState::transcript_offset) is the index of `messages[0]` in the
+/// whole transcript, and [`summarized`](ChatState::summarized) counts from `messages[0]` too.
+/// A flow whose steps read everything ever said turns on
+/// [`ChatOptions::whole_transcript`](crate::ChatOptions::whole_transcript).
+/// [`ChatFlow::session`](crate::ChatFlow::session) always shows the whole transcript.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatState {
-    /// The whole transcript, oldest first (compacted turns stay here; models get
-    /// [`history`](ChatState::history), which leaves them out).
+    /// The transcript, oldest first: all of it in a session read with
+    /// [`ChatFlow::session`](crate::ChatFlow::session), its end during a turn (see above).
+    /// Compacted messages stay in the transcript; models get [`history`](ChatState::history),
+    /// which leaves them out. The store keeps each message as a row of its own, appended once:
+    /// a turn that changes or removes messages it loaded rewrites the transcript from there on.
     #[serde(default)]
     pub messages: Vec<ChatMessage>,
     /// The text of the current (or last) user message.
@@ -75,7 +87,8 @@ pub struct ChatState {
     /// chat flow's [`Summarizer`](crate::Summarizer).
     #[serde(default)]
     pub summary: Option<String>,
-    /// How many messages, from the start, the summary covers.
+    /// How many messages, from the start of [`messages`](ChatState::messages), the summary
+    /// covers (as stored: from the start of the transcript).
     #[serde(default)]
     pub summarized: usize,
     /// How many turns completed.
@@ -91,6 +104,9 @@ pub struct ChatState {
     /// each turn.
     #[serde(skip)]
     pub(crate) compact_after: Option<usize>,
+    /// The index of `messages[0]` in the whole transcript (a turn loads its end only).
+    #[serde(skip)]
+    pub(crate) transcript_offset: usize,
 }
 
 /// The recent history a model should see: the summary of older turns, then the last messages.
@@ -112,6 +128,13 @@ impl History<'_> {
 }
 
 impl ChatState {
+    /// The index, in the whole transcript, of [`messages[0]`](ChatState::messages): 0 for a
+    /// session read whole, the number of older messages a turn did not load during a turn.
+    /// `transcript_offset() + messages.len()` is the length of the whole transcript.
+    pub fn transcript_offset(&self) -> usize {
+        self.transcript_offset
+    }
+
     /// The last `n` messages (fewer if the transcript is shorter).
     pub fn window(&self, n: usize) -> &[ChatMessage] {
         &self.messages[self.messages.len().saturating_sub(n)..]
@@ -140,7 +163,8 @@ impl ChatState {
         }
     }
 
-    /// The messages of one role, in order.
+    /// The messages of one role, in order (of [`messages`](ChatState::messages): during a turn,
+    /// those of the end of the transcript the turn loaded).
     pub fn by_role(&self, role: Role) -> impl Iterator<Item = &ChatMessage> {
         self.messages.iter().filter(move |m| m.role == role)
     }

@@ -2,8 +2,10 @@
 //!
 //! This crate knows no SQL: `crewflow-store` implements [`SessionStore`] for SQLite and
 //! PostgreSQL (its `chat` feature), and a [`ChatFlow`](crate::ChatFlow) is given one.
-//! A session is one row (its state, transcript included, replaced at each turn: the transcript
-//! is stored once, never once per step or per turn), one record per turn, and its traces.
+//! A session is one row (its state, without the transcript, replaced at each turn), its
+//! transcript as one row per message (appended, never rewritten by a turn that only adds to
+//! it), one record per turn, and its traces. A turn reads the session's end of the transcript
+//! only ([`SessionStore::load_session_tail`]), so its cost does not grow with the session.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use crewflow_core::persist::StoreFuture;
 use crewflow_core::{RunId, TokenUsage};
 
+use crate::state::ChatMessage;
+
 /// A session as stored.
 #[derive(Clone, Debug)]
 pub struct StoredSession {
@@ -22,13 +26,24 @@ pub struct StoredSession {
     pub id: String,
     /// The flow it belongs to.
     pub flow: String,
-    /// The state after the last turn, as JSON text.
+    /// The state after the last turn, as JSON text. Its transcript is
+    /// [`messages`](StoredSession::messages), kept apart: the state's own `messages` is empty
+    /// (except in a session written before transcripts were kept as rows that its store's
+    /// migration could not convert; its next turn converts it).
     pub state: String,
     /// The version of the state's type it was written at (0 for sessions written before
     /// versions; see `crewflow_core::versions`).
     pub state_version: u32,
     /// How many turns completed.
     pub turns: u64,
+    /// The messages read with the session, oldest first: the whole transcript
+    /// ([`load_session`](SessionStore::load_session)) or its end
+    /// ([`load_session_tail`](SessionStore::load_session_tail)).
+    pub messages: Vec<ChatMessage>,
+    /// The index of `messages[0]` in the transcript (0 when it is read whole).
+    pub messages_from: u64,
+    /// How many messages the stored transcript holds.
+    pub message_count: u64,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When its last turn was saved.
@@ -115,13 +130,23 @@ pub struct TurnSave {
     pub session_id: String,
     /// The flow.
     pub flow: String,
-    /// The state after the turn, as JSON text.
+    /// The state after the turn, as JSON text, without its transcript (see
+    /// [`messages`](TurnSave::messages)).
     pub state: String,
     /// The version of the state's type.
     pub state_version: u32,
     /// How many turns the session had when this turn loaded it; the save fails with
     /// [`SessionConflict`] if another turn was saved in between.
     pub expected_turns: u64,
+    /// Where [`messages`](TurnSave::messages) go in the transcript: the stored messages from
+    /// this index on are replaced by them. A turn that only added messages gives the stored
+    /// count (nothing is replaced: the messages are appended); one that changed or removed
+    /// messages it loaded gives the index of its first loaded message. Past the stored count
+    /// (a gap) the save is refused.
+    pub messages_from: u64,
+    /// The transcript's messages from [`messages_from`](TurnSave::messages_from) on, as they
+    /// are after the turn.
+    pub messages: Vec<ChatMessage>,
     /// The turn.
     pub turn: TurnRecord,
     /// The turn's spans, if the flow keeps traces.
@@ -225,12 +250,36 @@ pub trait SessionStore: Send + Sync {
     /// The store, for error messages (a path or URL, without secrets).
     fn describe(&self) -> String;
 
-    /// The session, or `None` if the store has none with this id (for this flow).
+    /// The session with its whole transcript, or `None` if the store has none with this id
+    /// (for this flow).
     fn load_session<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, Option<StoredSession>>;
 
+    /// The session with the last `last` messages of its transcript (all of them when it holds
+    /// fewer), read in one snapshot: what a turn reads. The default reads the whole transcript
+    /// and keeps its end; a store reads only the end, so a turn's cost does not grow with the
+    /// session.
+    fn load_session_tail<'a>(
+        &'a self,
+        flow: &'a str,
+        id: &'a str,
+        last: u64,
+    ) -> StoreFuture<'a, Option<StoredSession>> {
+        Box::pin(async move {
+            let mut session = self.load_session(flow, id).await?;
+            if let Some(s) = session.as_mut() {
+                let skip = s.messages.len().saturating_sub(usize::try_from(last).unwrap_or(usize::MAX));
+                s.messages.drain(..skip);
+                s.messages_from += skip as u64;
+            }
+            Ok(session)
+        })
+    }
+
     /// Saves a turn in one transaction: the session's state (creating the session on its
-    /// first turn), the turn record, and its spans. Fails with [`SessionConflict`] when the
-    /// session's turn count is not `save.expected_turns`.
+    /// first turn), its messages ([`TurnSave::messages`] from
+    /// [`messages_from`](TurnSave::messages_from) on), the turn record, and its spans. Fails
+    /// with [`SessionConflict`] when the session's turn count is not `save.expected_turns`,
+    /// writing nothing.
     fn save_turn<'a>(&'a self, save: &'a TurnSave) -> StoreFuture<'a, ()>;
 
     /// Lists sessions, most recently updated first.
@@ -239,7 +288,7 @@ pub trait SessionStore: Send + Sync {
     /// The turns of a session, in order.
     fn list_turns<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, Vec<TurnRecord>>;
 
-    /// Deletes a session, its turns and its traces; returns whether it existed.
+    /// Deletes a session, its transcript, its turns and its traces; returns whether it existed.
     fn delete_session<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, bool>;
 
     /// Takes the session's lock across processes, waiting at most `wait`; `Ok(None)` when the

@@ -16,7 +16,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use crate::error::ChatError;
 use crate::options::ChatOptions;
 use crate::session_id::{AsSessionId, SessionId};
-use crate::state::Conversational;
+use crate::state::{ChatMessage, Conversational};
 use crate::store::{
     SessionFilter, SessionStore, SessionSummary, SpanRecord, StoredSession, TraceSummary, TraceWrite, TurnRecord,
     TurnSave,
@@ -220,10 +220,11 @@ impl<S: Conversational> ChatFlow<S> {
         else {
             return Ok(None);
         };
-        let state = self.parse_state(id, &stored)?;
+        let (created_at, updated_at) = (stored.created_at, stored.updated_at);
+        let (state, _) = self.restore(id, stored)?;
         let turns =
             self.store.list_turns(self.name(), id.as_str()).await.map_err(|e| self.fail("list the turns", e))?;
-        Ok(Some(Session { id: id.clone(), state, turns, created_at: stored.created_at, updated_at: stored.updated_at }))
+        Ok(Some(Session { id: id.clone(), state, turns, created_at, updated_at }))
     }
 
     /// This flow's sessions, most recently updated first (`limit` 0: 100).
@@ -295,15 +296,10 @@ impl<S: Conversational> ChatFlow<S> {
         (clock, started_at): (Instant, DateTime<Utc>),
     ) -> Result<Turn, ChatError> {
         let options = &self.options;
-        let stored = self
-            .store
-            .load_session(self.name(), session.as_str())
-            .await
-            .map_err(|e| self.fail("load the session", e))?;
-        let (mut state, expected_turns) = match stored {
-            Some(s) => (self.parse_state(session, &s)?, s.turns),
+        let (mut state, expected_turns, loaded) = match self.load_for_turn(session).await? {
+            Some((state, turns, loaded)) => (state, turns, loaded),
             // A new id starts from the default state, never from another session's.
-            None => (S::default(), 0),
+            None => (S::default(), 0, Loaded::default()),
         };
         state.chat_mut().window = options.window;
         state.chat_mut().compact_after = options.summarize_after;
@@ -356,14 +352,62 @@ impl<S: Conversational> ChatFlow<S> {
             elapsed: clock.elapsed(),
             compacted,
         };
-        let save = self.turn_save(&run.state, &turn, message, expected_turns, started_at, &events)?;
+        let save = self.turn_save(run.state, loaded, &turn, message, expected_turns, started_at, &events)?;
         self.store.save_turn(&save).await.map_err(|e| self.fail("save the turn", e))?;
         Ok(turn)
     }
 
+    /// The session's state with the end of its transcript a turn needs (see
+    /// [`ChatOptions::whole_transcript`]), its turn count, and what was loaded.
+    async fn load_for_turn(&self, session: &SessionId) -> Result<Option<(S, u64, Loaded)>, ChatError> {
+        let load = |last: Option<u64>| async move {
+            let (name, id) = (self.name(), session.as_str());
+            match last {
+                Some(last) => self.store.load_session_tail(name, id, last).await,
+                None => self.store.load_session(name, id).await,
+            }
+            .map_err(|e| self.fail("load the session", e))
+        };
+        let Some(stored) = load(self.options.turn_loads()).await? else { return Ok(None) };
+        let (turns, count) = (stored.turns, stored.message_count);
+        let (state, loaded) = self.restore(session, stored)?;
+        // Compaction summarizes every message the summary does not cover; after a summarizer
+        // failed for a few turns there are more of them than a turn loads: read them all.
+        let backlog = state.chat().summary.is_some() && loaded.summarized.0 < loaded.from as usize;
+        if !(backlog && self.options.summarize_after.is_some()) {
+            return Ok(Some((state, turns, loaded)));
+        }
+        let uncovered = count.saturating_sub(loaded.summarized.0 as u64);
+        let Some(stored) = load(Some(uncovered)).await? else { return Ok(None) };
+        let turns = stored.turns;
+        let (state, loaded) = self.restore(session, stored)?;
+        Ok(Some((state, turns, loaded)))
+    }
+
+    /// A stored session's state, its transcript (what was read of it) put back into it.
+    fn restore(&self, session: &SessionId, stored: StoredSession) -> Result<(S, Loaded), ChatError> {
+        let mut state = self.parse_state(session, &stored)?;
+        let chat = state.chat_mut();
+        if !chat.messages.is_empty() {
+            // Written before transcripts were rows, and not converted by the store's
+            // migration: the state holds the whole transcript. Its next save writes it all.
+            let summarized = chat.summarized;
+            return Ok((state, Loaded { from: 0, kept: Vec::new(), summarized: (summarized, summarized) }));
+        }
+        let from = stored.messages_from;
+        chat.messages = stored.messages;
+        chat.transcript_offset = from as usize;
+        let stored_summarized = chat.summarized;
+        chat.summarized = stored_summarized.saturating_sub(from as usize);
+        let loaded = Loaded { from, kept: chat.messages.clone(), summarized: (stored_summarized, chat.summarized) };
+        Ok((state, loaded))
+    }
+
+    #[allow(clippy::too_many_arguments)] // one call site: the turn's parts
     fn turn_save(
         &self,
-        state: &S,
+        mut state: S,
+        loaded: Loaded,
         turn: &Turn,
         message: &str,
         expected_turns: u64,
@@ -396,7 +440,23 @@ impl<S: Conversational> ChatFlow<S> {
                 spans: turn_spans(turn.index, started_at, finished_at, attributes, events),
             }
         });
-        let state = serde_json::to_string(state).map_err(|e| Error::StateSerialization {
+        // The transcript goes in rows of its own: only what this turn added (or, if it changed
+        // messages it loaded, everything from the first of them).
+        let chat = state.chat_mut();
+        let mut messages = std::mem::take(&mut chat.messages);
+        let (stored_summarized, loaded_summarized) = loaded.summarized;
+        chat.summarized = if chat.summarized == loaded_summarized {
+            stored_summarized // unchanged (and kept exact when it was before the loaded messages)
+        } else {
+            loaded.from as usize + chat.summarized
+        };
+        let kept = loaded.kept.len();
+        let (messages_from, messages) = if messages.len() >= kept && messages[..kept] == loaded.kept[..] {
+            (loaded.from + kept as u64, messages.split_off(kept))
+        } else {
+            (loaded.from, messages)
+        };
+        let state = serde_json::to_string(&state).map_err(|e| Error::StateSerialization {
             state_type: std::any::type_name::<S>(),
             action: "converted to",
             message: e.to_string(),
@@ -407,6 +467,8 @@ impl<S: Conversational> ChatFlow<S> {
             state,
             state_version: self.flow.state_version(),
             expected_turns,
+            messages_from,
+            messages,
             turn: record,
             trace,
         })
@@ -444,6 +506,18 @@ impl<S: Conversational> ChatFlow<S> {
             Err(_) => false,
         }
     }
+}
+
+/// What a turn read of its session's transcript, so that its save writes only what changed.
+#[derive(Default)]
+struct Loaded {
+    /// The index of the first loaded message in the transcript.
+    from: u64,
+    /// The loaded messages, as loaded.
+    kept: Vec<ChatMessage>,
+    /// `summarized` as stored (from the transcript's start) and as the turn's state has it
+    /// (from the first loaded message).
+    summarized: (usize, usize),
 }
 
 /// An event of the turn's run as the turn stream reports it.

@@ -474,6 +474,7 @@ async fn sessions_show(ctx: &Ctx, flow: &str, id: &str) -> Result<Exit, CliError
         outln!(
             "{}",
             json!({"flow": session.flow, "id": session.id, "turns": turns, "state": parse_json(&session.state),
+                   "messages": session.messages,
                    "created_at": session.created_at.to_rfc3339(), "updated_at": session.updated_at.to_rfc3339()})
         );
         return Ok(Exit::Ok);

@@ -155,6 +155,8 @@ fn store_session(path: &std::path::Path, rt: &tokio::runtime::Runtime) -> String
         state: "{}".into(),
         state_version: 0,
         expected_turns: 0,
+        messages_from: 0,
+        messages: Vec::new(),
         turn: TurnRecord {
             session_id: "ada".into(),
             index: 0,

@@ -7,7 +7,7 @@ mod common;
 
 use chrono::{Duration, Utc};
 use common::{Scratch, json_lines, stderr, stdout};
-use crewflow_chat::{SpanRecord, TraceWrite, TurnRecord, TurnSave};
+use crewflow_chat::{ChatMessage, Role, SpanRecord, TraceWrite, TurnRecord, TurnSave};
 use crewflow_core::{RunId, TokenUsage};
 use serde_json::json;
 
@@ -41,6 +41,11 @@ fn save_session(db: &str) {
         state: json!({"messages": []}).to_string(),
         state_version: 0,
         expected_turns: 0,
+        messages_from: 0,
+        messages: vec![
+            ChatMessage::new(Role::User, "my invoice is wrong", 0),
+            ChatMessage::new(Role::Assistant, "I have opened a ticket", 0),
+        ],
         turn: TurnRecord {
             session_id: "alice".into(),
             index: 0,
@@ -98,6 +103,15 @@ fn sessions_are_listed_shown_traced_and_deleted() {
     assert!(show.starts_with("session alice of flow `support`: 1 turns\n"), "{show}");
     assert!(show.contains("    user: my invoice is wrong\n    reply: I have opened a ticket\n"), "{show}");
     assert!(show.contains(" [billing] (run "), "{show}");
+    let shown =
+        json_lines(&s.cmd(&["sessions", "show", "support", "alice", "--json", "--store", &db]).output().unwrap());
+    let transcript: Vec<_> = shown[0]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(transcript, [("user", "my invoice is wrong"), ("assistant", "I have opened a ticket")]);
 
     let out = s.cmd(&["trace", "--session", "support/alice", "--store", &db]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

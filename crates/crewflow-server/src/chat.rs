@@ -80,7 +80,7 @@ impl<S: Conversational> HostedChat for ChatFlow<S> {
         Box::pin(async move {
             Ok(chat
                 .store()
-                .load_session(chat.name(), session.as_str())
+                .load_session_tail(chat.name(), session.as_str(), 0)
                 .await
                 .map_err(|e| ChatError::Store {
                     store: chat.store().describe(),

@@ -119,6 +119,19 @@ pub enum StoreError {
     #[cfg(feature = "chat")]
     #[error(transparent)]
     SessionLocked(crewflow_chat::SessionLockTimeout),
+    /// A turn's messages would leave a gap in the session's transcript.
+    #[cfg(feature = "chat")]
+    #[error(
+        "the turn's messages start at index {from} of session `{session}`'s transcript, which holds {count}; a turn appends at the end or rewrites from a message it loaded (nothing of the turn was saved)"
+    )]
+    MessageGap {
+        /// The session.
+        session: String,
+        /// Where the turn's messages start.
+        from: u64,
+        /// How many messages the stored transcript holds.
+        count: u64,
+    },
 }
 
 impl StoreError {

@@ -35,9 +35,9 @@ use crate::util::{
 };
 
 /// The newest schema this crewflow writes.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -86,6 +86,7 @@ CREATE TABLE crewflow_state_chain (
     PRIMARY KEY (run_id, seq)
 );
 "#,
+    crate::sessions_schema::POSTGRES_MESSAGES,
 ];
 
 /// Connections for the store's own queries.

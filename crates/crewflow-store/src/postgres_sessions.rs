@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use crewflow_chat::{
-    SessionConflict, SessionFilter, SessionGuard, SessionLockTimeout, SessionStore, SessionSummary, SpanRecord,
-    StoredSession, TraceSummary, TraceWrite, TurnRecord, TurnSave,
+    ChatMessage, SessionConflict, SessionFilter, SessionGuard, SessionLockTimeout, SessionStore, SessionSummary,
+    SpanRecord, StoredSession, TraceSummary, TraceWrite, TurnRecord, TurnSave,
 };
 use crewflow_core::persist::StoreFuture;
 use deadpool_postgres::Object;
@@ -19,7 +19,7 @@ use deadpool_postgres::Transaction;
 
 use crate::StoreError;
 use crate::postgres::{PostgresStore, boxed};
-use crate::util::parse_run_id;
+use crate::util::{message_gap, parse_role, parse_run_id};
 
 /// The advisory lock key of a session: FNV-1a over flow and id (stable across processes and
 /// versions, unlike `std`'s hasher).
@@ -90,6 +90,51 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// A session with its last `last` messages (all of them: `None`): one statement, so one
+    /// snapshot and one round trip.
+    async fn read_session(&self, flow: &str, id: &str, last: Option<u64>) -> Result<Option<StoredSession>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT s.state::text, s.turns, s.created_at, s.updated_at, s.state_version, s.message_count,
+                        m.roles, m.contents, m.turns
+                 FROM crewflow_sessions s
+                 CROSS JOIN LATERAL (
+                     SELECT coalesce(array_agg(role ORDER BY idx), '{}') AS roles,
+                            coalesce(array_agg(content ORDER BY idx), '{}') AS contents,
+                            coalesce(array_agg(turn ORDER BY idx), '{}') AS turns
+                     FROM crewflow_messages
+                     WHERE flow = s.flow AND session_id = s.id AND idx >= s.message_count - $3
+                 ) m
+                 WHERE s.flow = $1 AND s.id = $2",
+            )
+            .await?;
+        let last = last.map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        let Some(r) = client.query_opt(&stmt, &[&flow, &id, &last]).await? else { return Ok(None) };
+        let count = r.get::<_, i64>(5) as u64;
+        let (roles, contents, turns): (Vec<String>, Vec<String>, Vec<i64>) = (r.get(6), r.get(7), r.get(8));
+        let messages = roles
+            .iter()
+            .zip(contents)
+            .zip(turns)
+            .map(|((role, content), turn)| Ok(ChatMessage { role: parse_role(role)?, content, turn: turn as u64 }))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Some(StoredSession {
+            id: id.to_string(),
+            flow: flow.to_string(),
+            state: r.get(0),
+            state_version: u32::try_from(r.get::<_, i64>(4)).unwrap_or(u32::MAX),
+            turns: r.get::<_, i64>(1) as u64,
+            messages_from: count - messages.len() as u64,
+            messages,
+            message_count: count,
+            created_at: r.get(2),
+            updated_at: r.get(3),
+        }))
+    }
+}
+
 impl HeldLock {
     async fn try_acquire(&self) -> Result<bool, StoreError> {
         let Some(client) = self.client.as_ref() else { return Ok(false) };
@@ -104,30 +149,16 @@ impl SessionStore for PostgresStore {
     }
 
     fn load_session<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, Option<StoredSession>> {
-        Box::pin(async move {
-            boxed(
-                async {
-                    let client = self.client().await?;
-                    let stmt = client
-                        .prepare_cached(
-                            "SELECT state::text, turns, created_at, updated_at, state_version FROM crewflow_sessions
-                             WHERE flow = $1 AND id = $2",
-                        )
-                        .await?;
-                    let row = client.query_opt(&stmt, &[&flow, &id]).await?;
-                    Ok(row.map(|r| StoredSession {
-                        id: id.to_string(),
-                        flow: flow.to_string(),
-                        state: r.get(0),
-                        state_version: u32::try_from(r.get::<_, i64>(4)).unwrap_or(u32::MAX),
-                        turns: r.get::<_, i64>(1) as u64,
-                        created_at: r.get(2),
-                        updated_at: r.get(3),
-                    }))
-                }
-                .await,
-            )
-        })
+        Box::pin(async move { boxed(self.read_session(flow, id, None).await) })
+    }
+
+    fn load_session_tail<'a>(
+        &'a self,
+        flow: &'a str,
+        id: &'a str,
+        last: u64,
+    ) -> StoreFuture<'a, Option<StoredSession>> {
+        Box::pin(async move { boxed(self.read_session(flow, id, Some(last)).await) })
     }
 
     fn save_turn<'a>(&'a self, save: &'a TurnSave) -> StoreFuture<'a, ()> {
@@ -227,6 +258,8 @@ impl SessionStore for PostgresStore {
                     tx.execute("DELETE FROM crewflow_traces WHERE flow = $1 AND session_id = $2", &[&flow, &id])
                         .await?;
                     tx.execute("DELETE FROM crewflow_turns WHERE flow = $1 AND session_id = $2", &[&flow, &id]).await?;
+                    tx.execute("DELETE FROM crewflow_messages WHERE flow = $1 AND session_id = $2", &[&flow, &id])
+                        .await?;
                     let n =
                         tx.execute("DELETE FROM crewflow_sessions WHERE flow = $1 AND id = $2", &[&flow, &id]).await?;
                     tx.commit().await?;
@@ -359,37 +392,53 @@ async fn save_turn(tx: &Transaction<'_>, save: &TurnSave) -> Result<(), StoreErr
     crate::util::refuse_nul_json("the session's state", &save.state)?;
     crate::util::refuse_nul_text("the user's message", &save.turn.user_message)?;
     crate::util::refuse_nul_text("the reply", &save.turn.reply)?;
+    for m in &save.messages {
+        crate::util::refuse_nul_text("a message of the transcript", &m.content)?;
+    }
     let expected = save.expected_turns as i64;
     let version = i64::from(save.state_version);
+    let from = save.messages_from as i64;
+    let count = from + save.messages.len() as i64;
+    if expected == 0 && from > 0 {
+        return Err(message_gap(save, 0));
+    }
     // A new session is created only if no row exists; an existing one moves on only from the
     // turn count this turn started from (never re-created if it was deleted meanwhile). The row
-    // lock these take orders concurrent saves of the session.
+    // lock these take orders concurrent saves of the session. The messages this save replaces
+    // (none, when the turn only adds) go in the same statement: if the session moved on, the
+    // transaction is rolled back with them.
     let n = if expected == 0 {
         let stmt = tx
             .prepare_cached(
-                "INSERT INTO crewflow_sessions (flow, id, state, turns, created_at, updated_at, state_version)
-                 VALUES ($1, $2, $3::text::jsonb, 1, now(), now(), $4) ON CONFLICT (flow, id) DO NOTHING",
+                "INSERT INTO crewflow_sessions (flow, id, state, turns, created_at, updated_at, state_version, message_count)
+                 VALUES ($1, $2, $3::text::jsonb, 1, now(), now(), $4, $5) ON CONFLICT (flow, id) DO NOTHING",
             )
             .await?;
-        tx.execute(&stmt, &[&save.flow, &save.session_id, &save.state, &version]).await?
+        tx.execute(&stmt, &[&save.flow, &save.session_id, &save.state, &version, &count]).await?
     } else {
         let stmt = tx
             .prepare_cached(
-                "UPDATE crewflow_sessions SET state = $3::text::jsonb, turns = $4::bigint + 1, updated_at = now(),
-                     state_version = $5
-                 WHERE flow = $1 AND id = $2 AND turns = $4::bigint",
+                "WITH replaced AS (
+                     DELETE FROM crewflow_messages WHERE flow = $1 AND session_id = $2 AND idx >= $6
+                 )
+                 UPDATE crewflow_sessions SET state = $3::text::jsonb, turns = $4::bigint + 1, updated_at = now(),
+                     state_version = $5, message_count = $7
+                 WHERE flow = $1 AND id = $2 AND turns = $4::bigint AND message_count >= $6",
             )
             .await?;
-        tx.execute(&stmt, &[&save.flow, &save.session_id, &save.state, &expected, &version]).await?
+        tx.execute(&stmt, &[&save.flow, &save.session_id, &save.state, &expected, &version, &from, &count]).await?
     };
     if n == 0 {
-        let found = tx
+        let (found, stored) = tx
             .query_opt(
-                "SELECT turns FROM crewflow_sessions WHERE flow = $1 AND id = $2",
+                "SELECT turns, message_count FROM crewflow_sessions WHERE flow = $1 AND id = $2",
                 &[&save.flow, &save.session_id],
             )
             .await?
-            .map_or(0, |row| row.get::<_, i64>(0));
+            .map_or((0, 0), |row| (row.get::<_, i64>(0), row.get::<_, i64>(1)));
+        if found == expected && expected > 0 {
+            return Err(message_gap(save, stored as u64));
+        }
         return Err(StoreError::SessionConflict(SessionConflict {
             session: save.session_id.clone(),
             expected: save.expected_turns,
@@ -398,12 +447,21 @@ async fn save_turn(tx: &Transaction<'_>, save: &TurnSave) -> Result<(), StoreErr
     }
     let turn = &save.turn;
     let usage = serde_json::to_string(&turn.usage).map_err(corrupt)?;
+    // The turn's messages ride on its record's statement: one round trip for both.
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO crewflow_turns (flow, session_id, idx, run_id, user_message, reply, intent, usage, started_at, finished_at)
+            "WITH added AS (
+                 INSERT INTO crewflow_messages (flow, session_id, idx, role, content, turn)
+                 SELECT $1, $2, $11 + m.ord - 1, m.role, m.content, m.turn
+                 FROM unnest($12::text[], $13::text[], $14::bigint[]) WITH ORDINALITY AS m (role, content, turn, ord)
+             )
+             INSERT INTO crewflow_turns (flow, session_id, idx, run_id, user_message, reply, intent, usage, started_at, finished_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10)",
         )
         .await?;
+    let roles: Vec<&str> = save.messages.iter().map(|m| m.role.as_str()).collect();
+    let contents: Vec<&str> = save.messages.iter().map(|m| m.content.as_str()).collect();
+    let message_turns: Vec<i64> = save.messages.iter().map(|m| m.turn as i64).collect();
     tx.execute(
         &stmt,
         &[
@@ -417,6 +475,10 @@ async fn save_turn(tx: &Transaction<'_>, save: &TurnSave) -> Result<(), StoreErr
             &usage,
             &turn.started_at,
             &turn.finished_at,
+            &from,
+            &roles,
+            &contents,
+            &message_turns,
         ],
     )
     .await?;

@@ -107,3 +107,103 @@ CREATE TABLE crewflow_spans (
     PRIMARY KEY (trace_id, seq)
 );
 "#;
+
+/// SQLite's migration 6: a session's transcript as one row per message, out of its state.
+///
+/// A turn used to read and rewrite the whole transcript inside the session's state; now it
+/// appends its messages and reads the end of the transcript only. Existing sessions are
+/// converted here: the store does not know the flow's state type, so the transcript is found by
+/// its shape — the one object in the state with an array `messages` (of objects with a text
+/// `role` and `content`) and numbers `summarized` and `turns`, which is how a `ChatState` is
+/// written (at the top, in a field, flattened). A state with no such object, or more than one,
+/// is left as it was: the chat flow, which knows where its transcript is, converts it at the
+/// session's next turn.
+#[cfg(feature = "sqlite")]
+pub(crate) const SQLITE_MESSAGES: &str = r#"
+CREATE TABLE crewflow_messages (
+    flow       TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    idx        INTEGER NOT NULL,
+    role       TEXT NOT NULL,
+    content    TEXT NOT NULL,
+    turn       INTEGER NOT NULL,
+    PRIMARY KEY (flow, session_id, idx)
+) WITHOUT ROWID;
+ALTER TABLE crewflow_sessions ADD COLUMN message_count INTEGER NOT NULL DEFAULT 0;
+CREATE TEMP TABLE crewflow_transcripts AS
+    SELECT s.flow, s.id, min(t.fullkey) || '.messages' AS path
+    FROM crewflow_sessions s, json_tree(s.state) t
+    WHERE json_valid(s.state) AND t.type = 'object'
+      AND json_type(t.value, '$.messages') = 'array'
+      AND json_type(t.value, '$.summarized') IN ('integer', 'real')
+      AND json_type(t.value, '$.turns') IN ('integer', 'real')
+      AND NOT EXISTS (
+          SELECT 1 FROM json_each(t.value, '$.messages') m
+          WHERE json_type(m.value, '$.role') IS NOT 'text' OR json_type(m.value, '$.content') IS NOT 'text')
+    GROUP BY s.flow, s.id
+    HAVING count(*) = 1;
+INSERT INTO crewflow_messages (flow, session_id, idx, role, content, turn)
+    SELECT t.flow, t.id, m.key, json_extract(m.value, '$.role'), json_extract(m.value, '$.content'),
+           CASE json_type(m.value, '$.turn') WHEN 'integer' THEN json_extract(m.value, '$.turn') ELSE 0 END
+    FROM crewflow_transcripts t
+    JOIN crewflow_sessions s ON s.flow = t.flow AND s.id = t.id,
+    json_each(s.state, t.path) m;
+UPDATE crewflow_sessions AS s
+    SET message_count = json_array_length(s.state, t.path), state = json_set(s.state, t.path, json('[]'))
+    FROM crewflow_transcripts t
+    WHERE s.flow = t.flow AND s.id = t.id;
+DROP TABLE temp.crewflow_transcripts;
+"#;
+
+/// PostgreSQL's migration 6: the same as SQLite's ([`SQLITE_MESSAGES`]), the transcript found
+/// by the same shape (a recursive walk over the state's objects and arrays).
+#[cfg(feature = "postgres")]
+pub(crate) const POSTGRES_MESSAGES: &str = r#"
+CREATE TABLE crewflow_messages (
+    flow       TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    idx        BIGINT NOT NULL,
+    role       TEXT NOT NULL,
+    content    TEXT NOT NULL,
+    turn       BIGINT NOT NULL,
+    PRIMARY KEY (flow, session_id, idx)
+);
+ALTER TABLE crewflow_sessions ADD COLUMN message_count BIGINT NOT NULL DEFAULT 0;
+CREATE TEMP TABLE crewflow_transcripts ON COMMIT DROP AS
+    WITH RECURSIVE node (flow, id, path, value) AS (
+        SELECT flow, id, ARRAY[]::text[], state FROM crewflow_sessions
+        UNION ALL
+        SELECT n.flow, n.id, n.path || c.key, c.value
+        FROM node n
+        CROSS JOIN LATERAL (
+            SELECT e.key, e.value
+            FROM jsonb_each(CASE WHEN jsonb_typeof(n.value) = 'object' THEN n.value END) e
+            UNION ALL
+            SELECT (a.ord - 1)::text, a.value
+            FROM jsonb_array_elements(CASE WHEN jsonb_typeof(n.value) = 'array' THEN n.value END)
+                 WITH ORDINALITY a (value, ord)
+        ) c
+    )
+    SELECT flow, id, min(path) || 'messages'::text AS path
+    FROM node
+    WHERE jsonb_typeof(value) = 'object'
+      AND jsonb_typeof(value -> 'messages') = 'array'
+      AND jsonb_typeof(value -> 'summarized') = 'number'
+      AND jsonb_typeof(value -> 'turns') = 'number'
+      AND NOT EXISTS (
+          SELECT 1 FROM jsonb_array_elements(value -> 'messages') m
+          WHERE jsonb_typeof(m -> 'role') IS DISTINCT FROM 'string'
+             OR jsonb_typeof(m -> 'content') IS DISTINCT FROM 'string')
+    GROUP BY flow, id
+    HAVING count(*) = 1;
+INSERT INTO crewflow_messages (flow, session_id, idx, role, content, turn)
+    SELECT t.flow, t.id, m.ord - 1, m.value ->> 'role', m.value ->> 'content',
+           CASE WHEN jsonb_typeof(m.value -> 'turn') = 'number' THEN (m.value ->> 'turn')::numeric::bigint ELSE 0 END
+    FROM crewflow_transcripts t
+    JOIN crewflow_sessions s ON s.flow = t.flow AND s.id = t.id
+    CROSS JOIN LATERAL jsonb_array_elements(s.state #> t.path) WITH ORDINALITY m (value, ord);
+UPDATE crewflow_sessions s
+    SET message_count = jsonb_array_length(s.state #> t.path), state = jsonb_set(s.state, t.path, '[]'::jsonb)
+    FROM crewflow_transcripts t
+    WHERE s.flow = t.flow AND s.id = t.id;
+"#;

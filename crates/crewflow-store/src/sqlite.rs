@@ -38,10 +38,10 @@ use crate::sqlite_open::{file_error, looks_like_sqlite, prepare};
 use crate::util::{fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status};
 
 /// The newest schema this crewflow writes.
-pub(crate) const SCHEMA_VERSION: i64 = 5;
+pub(crate) const SCHEMA_VERSION: i64 = 6;
 
 /// Schema migrations, applied in order; migration `i` brings the schema to version `i + 1`.
-pub(crate) const MIGRATIONS: [&str; 5] = [
+pub(crate) const MIGRATIONS: [&str; 6] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -88,6 +88,7 @@ CREATE TABLE crewflow_state_chain (
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 "#,
+    crate::sessions_schema::SQLITE_MESSAGES,
 ];
 
 enum Location {

@@ -1,7 +1,9 @@
 //! Conversation sessions, turns and traces in SQLite (schema migration 2).
 //!
-//! A session is one row holding its state (transcript included), replaced at each turn; a
-//! turn adds one row and its spans, in the same transaction. SQLite has no cross-process
+//! A session is one row holding its state (without the transcript), replaced at each turn,
+//! and its transcript as one row per message (schema migration 6); a turn appends its
+//! messages, adds its record and its spans, in one transaction, and reads only the end of the
+//! transcript. SQLite has no cross-process
 //! locks worth holding for a whole turn, so turns of one session are serialised by the
 //! flow's in-process lock, and a turn that another process saved in between is refused
 //! ([`SessionConflict`]) rather than lost.
@@ -10,15 +12,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use crewflow_chat::{
-    SessionConflict, SessionFilter, SessionStore, SessionSummary, SpanRecord, StoredSession, TraceSummary, TraceWrite,
-    TurnRecord, TurnSave,
+    ChatMessage, SessionConflict, SessionFilter, SessionStore, SessionSummary, SpanRecord, StoredSession, TraceSummary,
+    TraceWrite, TurnRecord, TurnSave,
 };
 use crewflow_core::persist::StoreFuture;
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
 use crate::StoreError;
 use crate::sqlite::{SqliteStore, boxed, from_ms, ms, now};
-use crate::util::parse_run_id;
+use crate::util::{message_gap, parse_role, parse_run_id};
 
 impl SessionStore for SqliteStore {
     fn describe(&self) -> String {
@@ -27,37 +29,17 @@ impl SessionStore for SqliteStore {
 
     fn load_session<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, Option<StoredSession>> {
         let (flow, id) = (flow.to_string(), id.to_string());
-        Box::pin(async move {
-            boxed(
-                self.call(move |c| {
-                    let row = c
-                        .prepare_cached(
-                            "SELECT state, turns, created_at, updated_at, state_version FROM crewflow_sessions
-                             WHERE flow = ?1 AND id = ?2",
-                        )?
-                        .query_row(params![flow, id], |r| {
-                            Ok((
-                                r.get::<_, String>(0)?,
-                                r.get::<_, i64>(1)?,
-                                r.get::<_, i64>(2)?,
-                                r.get::<_, i64>(3)?,
-                                r.get::<_, u32>(4)?,
-                            ))
-                        })
-                        .optional()?;
-                    Ok(row.map(|(state, turns, created, updated, state_version)| StoredSession {
-                        id,
-                        flow,
-                        state,
-                        state_version,
-                        turns: turns as u64,
-                        created_at: from_ms(created),
-                        updated_at: from_ms(updated),
-                    }))
-                })
-                .await,
-            )
-        })
+        Box::pin(async move { boxed(self.call(move |c| read_session(c, flow, id, None)).await) })
+    }
+
+    fn load_session_tail<'a>(
+        &'a self,
+        flow: &'a str,
+        id: &'a str,
+        last: u64,
+    ) -> StoreFuture<'a, Option<StoredSession>> {
+        let (flow, id) = (flow.to_string(), id.to_string());
+        Box::pin(async move { boxed(self.call(move |c| read_session(c, flow, id, Some(last))).await) })
     }
 
     fn save_turn<'a>(&'a self, save: &'a TurnSave) -> StoreFuture<'a, ()> {
@@ -156,6 +138,7 @@ impl SessionStore for SqliteStore {
                     )?;
                     tx.execute("DELETE FROM crewflow_traces WHERE flow = ?1 AND session_id = ?2", params![flow, id])?;
                     tx.execute("DELETE FROM crewflow_turns WHERE flow = ?1 AND session_id = ?2", params![flow, id])?;
+                    tx.execute("DELETE FROM crewflow_messages WHERE flow = ?1 AND session_id = ?2", params![flow, id])?;
                     let n =
                         tx.execute("DELETE FROM crewflow_sessions WHERE flow = ?1 AND id = ?2", params![flow, id])?;
                     tx.commit()?;
@@ -285,12 +268,70 @@ impl SessionStore for SqliteStore {
     }
 }
 
+/// A session with its last `last` messages (all of them: `None`), read in one snapshot.
+fn read_session(
+    c: &mut rusqlite::Connection,
+    flow: String,
+    id: String,
+    last: Option<u64>,
+) -> Result<Option<StoredSession>, StoreError> {
+    // A read transaction: the row and the messages are of one moment even when another
+    // process saves a turn in between.
+    let tx = c.transaction()?;
+    let row = tx
+        .prepare_cached(
+            "SELECT state, turns, created_at, updated_at, state_version, message_count FROM crewflow_sessions
+             WHERE flow = ?1 AND id = ?2",
+        )?
+        .query_row(params![flow, id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, u32>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })
+        .optional()?;
+    let Some((state, turns, created, updated, state_version, count)) = row else { return Ok(None) };
+    let count = count as u64;
+    let from = last.map_or(0, |last| count.saturating_sub(last));
+    let messages = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT role, content, turn FROM crewflow_messages
+             WHERE flow = ?1 AND session_id = ?2 AND idx >= ?3 ORDER BY idx",
+        )?;
+        let rows = stmt.query_map(params![flow, id, from as i64], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+        })?;
+        rows.map(|row| {
+            let (role, content, turn) = row?;
+            Ok(ChatMessage { role: parse_role(&role)?, content, turn: turn as u64 })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?
+    };
+    tx.commit()?;
+    Ok(Some(StoredSession {
+        id,
+        flow,
+        state,
+        state_version,
+        turns: turns as u64,
+        messages,
+        messages_from: from,
+        message_count: count,
+        created_at: from_ms(created),
+        updated_at: from_ms(updated),
+    }))
+}
+
 fn save_turn(tx: &Transaction<'_>, save: &TurnSave) -> Result<(), StoreError> {
-    let found: i64 = tx
-        .prepare_cached("SELECT turns FROM crewflow_sessions WHERE flow = ?1 AND id = ?2")?
-        .query_row(params![save.flow, save.session_id], |r| r.get(0))
+    let (found, count): (i64, i64) = tx
+        .prepare_cached("SELECT turns, message_count FROM crewflow_sessions WHERE flow = ?1 AND id = ?2")?
+        .query_row(params![save.flow, save.session_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?
-        .unwrap_or(0);
+        .unwrap_or((0, 0));
     if found as u64 != save.expected_turns {
         return Err(StoreError::SessionConflict(SessionConflict {
             session: save.session_id.clone(),
@@ -298,12 +339,17 @@ fn save_turn(tx: &Transaction<'_>, save: &TurnSave) -> Result<(), StoreError> {
             found: found as u64,
         }));
     }
+    let count = count as u64;
+    if save.messages_from > count {
+        return Err(message_gap(save, count));
+    }
     let t = ms(now());
     tx.prepare_cached(
-        "INSERT INTO crewflow_sessions (flow, id, state, turns, created_at, updated_at, state_version)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)
+        "INSERT INTO crewflow_sessions (flow, id, state, turns, created_at, updated_at, state_version, message_count)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)
          ON CONFLICT (flow, id) DO UPDATE SET state = excluded.state, turns = excluded.turns,
-             updated_at = excluded.updated_at, state_version = excluded.state_version",
+             updated_at = excluded.updated_at, state_version = excluded.state_version,
+             message_count = excluded.message_count",
     )?
     .execute(params![
         save.flow,
@@ -311,8 +357,20 @@ fn save_turn(tx: &Transaction<'_>, save: &TurnSave) -> Result<(), StoreError> {
         save.state,
         save.expected_turns as i64 + 1,
         t,
-        save.state_version
+        save.state_version,
+        (save.messages_from + save.messages.len() as u64) as i64
     ])?;
+    if save.messages_from < count {
+        tx.prepare_cached("DELETE FROM crewflow_messages WHERE flow = ?1 AND session_id = ?2 AND idx >= ?3")?
+            .execute(params![save.flow, save.session_id, save.messages_from as i64])?;
+    }
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO crewflow_messages (flow, session_id, idx, role, content, turn) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for (i, m) in save.messages.iter().enumerate() {
+        let idx = (save.messages_from + i as u64) as i64;
+        insert.execute(params![save.flow, save.session_id, idx, m.role.as_str(), m.content, m.turn as i64])?;
+    }
     let turn = &save.turn;
     let usage = serde_json::to_string(&turn.usage).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     tx.prepare_cached(

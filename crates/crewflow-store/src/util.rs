@@ -25,6 +25,22 @@ pub(crate) fn parse_status(status: &str) -> Result<RunStatus, StoreError> {
     RunStatus::parse(status).ok_or_else(|| StoreError::Corrupt(format!("run status `{status}`")))
 }
 
+/// A stored message role (`user`, `assistant`, `system`, `tool`).
+#[cfg(feature = "chat")]
+pub(crate) fn parse_role(role: &str) -> Result<crewflow_chat::Role, StoreError> {
+    use crewflow_chat::Role;
+    [Role::User, Role::Assistant, Role::System, Role::Tool]
+        .into_iter()
+        .find(|r| r.as_str() == role)
+        .ok_or_else(|| StoreError::Corrupt(format!("message role `{role}`")))
+}
+
+/// The refusal of a save whose messages start past the end of the stored transcript.
+#[cfg(feature = "chat")]
+pub(crate) fn message_gap(save: &crewflow_chat::TurnSave, count: u64) -> StoreError {
+    StoreError::MessageGap { session: save.session_id.clone(), from: save.messages_from, count }
+}
+
 /// Whether `me` may claim a run held by `holder` whose lease is `live`: it may, unless another
 /// owner's lease still holds and that owner is not the dead one being `replacing`.
 pub(crate) fn may_claim(holder: Option<&str>, live: bool, me: &str, replacing: Option<&str>) -> bool {
