@@ -121,9 +121,9 @@ extern crate self as crewflow;
 pub use crewflow_core::{
     Answer, BoxError, BuildError, Canceller, ConsoleInput, Cx, DEFAULT_CANCEL_GRACE, DEFAULT_MAX_STEPS, DurableError,
     Error, Event, EventKind, EventStream, FeedbackError, FeedbackRule, Flow, FlowBuilder, FlowState, GraphRule,
-    HostedRun, InputError, InputFuture, InputProvider, InputRecord, InputRequest, InputResponse, IntoFlow, Kickoff,
-    Observer, Output, Result, Retry, Route, Run, RunHandle, RunId, StateError, StepError, StepRecord, TokenUsage,
-    Trigger, TypeInfo, Worker, WorkerReport, default_feedback_provider, delta, host, journal,
+    HostedRun, InputError, InputFuture, InputProvider, InputRecord, InputRequest, InputResponse, IntoFlow, IntoShared,
+    Kickoff, Observer, Output, Result, Retry, Route, Run, RunHandle, RunId, StateError, StepError, StepRecord,
+    TokenUsage, Trigger, TypeInfo, Worker, WorkerReport, default_feedback_provider, delta, host, journal,
     set_default_feedback_provider, set_default_input_provider, trigger, versions,
 };
 pub use crewflow_core::{

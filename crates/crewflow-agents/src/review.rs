@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crewflow_core::feedback::{FeedbackProvider, FeedbackReply, FeedbackRequest};
-use crewflow_core::{EventKind, RunId};
+use crewflow_core::{EventKind, IntoShared, RunId};
 use serde_json::{Value, json};
 
 use crate::crew::TaskOutput;
@@ -62,14 +62,9 @@ impl HumanReview {
     }
 
     /// Who reviews (default: the flow's provider, else the process default, else the terminal).
-    pub fn provider(mut self, provider: impl FeedbackProvider) -> Self {
-        self.provider = Some(Arc::new(provider));
-        self
-    }
-
-    /// [`provider`](HumanReview::provider), shared.
-    pub fn provider_arc(mut self, provider: Arc<dyn FeedbackProvider>) -> Self {
-        self.provider = Some(provider);
+    /// Takes a provider, or a shared `Arc<dyn FeedbackProvider>` ([`IntoShared`]).
+    pub fn provider(mut self, provider: impl IntoShared<dyn FeedbackProvider>) -> Self {
+        self.provider = Some(provider.into_shared());
         self
     }
 

@@ -6,6 +6,8 @@
 //! `#[cfg(test)] mod tests`, and the names inside `use crate::{..}`. Imports of `error` are left
 //! out (every module reports errors).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -480,10 +480,10 @@ struct CheckContext<'a> {
 
 fn check(steps: &[StepMethod], cx: &CheckContext<'_>, errors: &mut Errors) {
     let flow = cx.flow;
-    if !cx.unparsed {
-        if let Err(rule) = rules::check_start(flow, steps.iter().any(StepMethod::is_start)) {
-            errors.push(cx.impl_span, rule.to_string());
-        }
+    if !cx.unparsed
+        && let Err(rule) = rules::check_start(flow, steps.iter().any(StepMethod::is_start))
+    {
+        errors.push(cx.impl_span, rule.to_string());
     }
     let names: BTreeSet<String> = steps.iter().map(|s| s.ident.to_string()).collect();
     let string_labels: BTreeMap<String, &LitStr> = steps
