@@ -23,8 +23,17 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// `Result` with the engine's [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything the engine can report. The first four variants group causes by what a caller
-/// does about them (see the [module docs](self)); the rest are about the run itself.
+/// Everything the engine can report, split by what a caller does about it:
+///
+/// | variant | what the caller does |
+/// |---|---|
+/// | [`Error::Build`] ([`BuildError`]) | fix the flow's definition (code or YAML); nothing ran |
+/// | [`Error::Input`] ([`InputError`]) | fix the inputs passed to kickoff; nothing ran |
+/// | [`Error::Durable`] ([`DurableError`]) | a stored run: pick another id, resume elsewhere, retry the store, migrate the state |
+/// | [`Error::Feedback`] ([`FeedbackError`]) | answer the pending request differently, or later |
+/// | the other variants | the run itself: a step failed, a budget ran out, it was cancelled |
+///
+/// Every part is `#[non_exhaustive]`; each message names the thing at fault and the fix.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

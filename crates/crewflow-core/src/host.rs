@@ -100,7 +100,7 @@ impl<S: FlowState> HostedRun<S> {
 
     /// Records this run in no store (the flow's other runs keep theirs): no run record, no
     /// checkpoints. A step that would pause for feedback then fails the run with
-    /// [`FeedbackError::PauseWithoutStore`], since nothing could keep the paused run.
+    /// [`FeedbackError::PauseWithoutStore`](crate::FeedbackError::PauseWithoutStore), since nothing could keep the paused run.
     pub fn without_store(mut self) -> Self {
         self.store = None;
         self

@@ -20,6 +20,9 @@ use crate::persist::RunStore;
 /// let b = FlowBuilder::<()>::new("b").input_provider(ConsoleInput);
 /// # let _ = (a, b);
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be given here: it needs to implement the trait of `{T}` (or be an `Arc<{T}>`)"
+)]
 pub trait IntoShared<T: ?Sized> {
     /// The value behind an `Arc`.
     fn into_shared(self) -> Arc<T>;

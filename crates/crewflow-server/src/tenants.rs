@@ -148,7 +148,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
-/// The routes of [`router`], each request served by the [`Server`] of the tenant its API key
+/// The routes of [`router`](crate::router), each request served by the [`Server`] of the tenant its API key
 /// belongs to. A request without a known key answers `401 unauthorized` (with
 /// `WWW-Authenticate: Bearer`), whatever its path, so the routes tell nothing to a stranger.
 ///

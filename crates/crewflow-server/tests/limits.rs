@@ -11,10 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Running, error_of, runs_hosting, serve, serve_app};
-use crewflow_chat::{ChatCx, ChatFlow, ChatState};
-use crewflow_core::{Cx, FlowBuilder};
+
 use crewflow_server::{DoubleTexting, RateLimit, Server, ServerConfig, ServerError, Tenants, tenant_router};
-use crewflow_store::SqliteStore;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,14 +22,7 @@ use tokio::sync::Semaphore;
 /// The runs server of the other tests, plus a conversational `echo`, with `config`.
 fn hosting(dir: &tempfile::TempDir, gate: Arc<Semaphore>, config: ServerConfig) -> Server {
     let store = crewflow_store::open(common::runs_db(dir).as_str()).unwrap();
-    let echo = FlowBuilder::<ChatState>::new("echo")
-        .start("answer", |cx: Cx<ChatState>, message: String| async move {
-            cx.reply(format!("echo: {message}"));
-            Ok(())
-        })
-        .build()
-        .unwrap();
-    let chat = ChatFlow::new(echo, SqliteStore::open(dir.path().join("sessions.db")));
+    let chat = common::echo_chat(dir.path().join("sessions.db"));
     runs_hosting(&store, gate).chat(&chat, DoubleTexting::Enqueue).unwrap().config(config)
 }
 

@@ -139,15 +139,8 @@ async fn flows_are_described_and_drawn() {
 async fn a_reconnect_with_last_event_id_resumes_without_duplicates() {
     let gate = Arc::new(Semaphore::new(0));
     let (srv, _dir) = runs_server(gate.clone()).await;
-    let (_, started) = srv.post("/flows/gated/runs", "").await;
-    let id = started["run_id"].as_str().unwrap().to_string();
-    let path = format!("/runs/{id}/events");
-
     // Read up to the held step, then drop the connection.
-    let mut first = srv.sse("GET", &path, None, None).await;
-    let mut seen = first.until("step_finished").await;
-    seen.extend(first.until("step_started").await);
-    drop(first);
+    let (_, path, seen) = read_to_the_held_step(&srv).await;
     let last = seen.last().unwrap().id.clone();
     assert_eq!(last, seen.len().to_string());
 
@@ -232,13 +225,7 @@ async fn a_paused_run_is_cancelled_through_the_store_even_from_another_server() 
 async fn after_a_restart_a_reconnect_replays_what_the_store_knows() {
     let gate = Arc::new(Semaphore::new(0));
     let (srv, dir) = runs_server(gate.clone()).await;
-    let (_, started) = srv.post("/flows/gated/runs", "").await;
-    let id = started["run_id"].as_str().unwrap().to_string();
-    let path = format!("/runs/{id}/events");
-    let mut first = srv.sse("GET", &path, None, None).await;
-    let mut seen = first.until("step_finished").await;
-    seen.extend(first.until("step_started").await);
-    drop(first);
+    let (id, path, seen) = read_to_the_held_step(&srv).await;
     let last = seen.last().unwrap().id.clone();
     // While the client is away the run finishes; then the server restarts.
     gate.add_permits(1);
@@ -303,4 +290,16 @@ async fn a_run_driven_by_another_server_is_followed_through_the_store() {
     let kinds: Vec<&str> = rest.iter().map(|f| f.event.as_str()).collect();
     assert_eq!(kinds, ["step_finished", "run_finished"], "{rest:?}");
     assert_eq!(rest[1].data["output"], "released");
+}
+
+/// Starts the gated flow and reads its events up to the held step, then drops the connection:
+/// the run's id, its events path and the frames seen.
+async fn read_to_the_held_step(srv: &common::Running) -> (String, String, Vec<common::SseFrame>) {
+    let (_, started) = srv.post("/flows/gated/runs", "").await;
+    let id = started["run_id"].as_str().unwrap().to_string();
+    let path = format!("/runs/{id}/events");
+    let mut first = srv.sse("GET", &path, None, None).await;
+    let mut seen = first.until("step_finished").await;
+    seen.extend(first.until("step_started").await);
+    (id, path, seen)
 }

@@ -9,11 +9,9 @@ mod common;
 use std::sync::Arc;
 
 use common::{Running, error_of, serve_app};
-use crewflow_chat::{ChatCx, ChatFlow, ChatState};
 use crewflow_core::persist::RunStore;
 use crewflow_core::{Cx, FlowBuilder};
 use crewflow_server::{DoubleTexting, Server, ServerError, Tenants, tenant_router};
-use crewflow_store::SqliteStore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -34,14 +32,7 @@ fn tenant_server(dir: &std::path::Path, tenant: &str) -> Server {
         .store(store.clone())
         .build()
         .unwrap();
-    let echo = FlowBuilder::<ChatState>::new("echo")
-        .start("answer", |cx: Cx<ChatState>, message: String| async move {
-            cx.reply(format!("echo: {message}"));
-            Ok(())
-        })
-        .build()
-        .unwrap();
-    let chat = ChatFlow::new(echo, SqliteStore::open(dir.join(format!("{tenant}-sessions.db"))));
+    let chat = common::echo_chat(dir.join(format!("{tenant}-sessions.db")));
     Server::new(store).flow(&greet).unwrap().chat(&chat, DoubleTexting::Enqueue).unwrap()
 }
 

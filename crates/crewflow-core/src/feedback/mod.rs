@@ -159,7 +159,7 @@ impl HumanFeedback {
         self
     }
 
-    /// When the pre-review improvement fails, fail the step (an [`FeedbackError::FeedbackLearn`])
+    /// When the pre-review improvement fails, fail the step (an [`FeedbackError::FeedbackLearn`](crate::FeedbackError::FeedbackLearn))
     /// instead of showing the raw output with a warning event. Distillation failures never
     /// fail the run. Needs [`learn`](HumanFeedback::learn).
     pub fn learn_strict(mut self, strict: bool) -> Self {
@@ -241,7 +241,7 @@ pub trait FeedbackProvider: Send + Sync + 'static {
     /// Called for each request this provider answered `Pending` to, once the run is paused and
     /// its checkpoint written: the place to tell the reviewer (a webhook post, a queue
     /// message), because an answer is only taken once the pause is recorded. A failure is
-    /// returned by the kickoff (or resume) as [`FeedbackError::FeedbackNotification`]; the run stays
+    /// returned by the kickoff (or resume) as [`FeedbackError::FeedbackNotification`](crate::FeedbackError::FeedbackNotification); the run stays
     /// paused all the same.
     fn paused(&self, request: &FeedbackRequest) -> NotifyFuture {
         let _ = request;

@@ -77,3 +77,17 @@ pub fn review(store: &Arc<dyn RunStore>) -> Flow<Doc> {
         .build()
         .unwrap()
 }
+
+/// A conversational flow that replies `echo: <message>`, its sessions in `sessions` (a SQLite
+/// file).
+pub fn echo_chat(sessions: impl AsRef<std::path::Path>) -> crewflow_chat::ChatFlow<crewflow_chat::ChatState> {
+    use crewflow_chat::{ChatCx, ChatFlow, ChatState};
+    let echo = FlowBuilder::<ChatState>::new("echo")
+        .start("answer", |cx: Cx<ChatState>, message: String| async move {
+            cx.reply(format!("echo: {message}"));
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    ChatFlow::new(echo, crewflow_store::SqliteStore::open(sessions.as_ref()))
+}
