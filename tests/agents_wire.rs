@@ -53,6 +53,19 @@ struct Verdict {
 
 // ---------------------------------------------------------------- Anthropic
 
+/// Kicks off the calculator with the `meet` tool for a reply that calls it twice in parallel,
+/// and checks both calls ran and the answer came back.
+async fn meet_twice(llm: Llm) -> crewflow::agents::AgentOutput {
+    let out = calculator(llm)
+        .tool_with(meet(), ToolOptions::new().timeout(Duration::from_secs(10)))
+        .kickoff("Meet twice.")
+        .await
+        .unwrap();
+    assert_eq!(out.raw, "Both met.");
+    assert_eq!(out.tool_calls.iter().map(|t| t.text.as_str()).collect::<Vec<_>>(), ["met a", "met b"]);
+    out
+}
+
 fn anthropic(content: Value, stop: &str) -> Reply {
     Reply::json(200, &anthropic_message(content, stop))
 }
@@ -130,13 +143,7 @@ async fn anthropic_parallel_calls_run_together_and_answer_in_one_user_turn() {
         anthropic(json!([text("Both met.")]), "end_turn"),
     ])
     .await;
-    let out = calculator(anthropic_llm(&server))
-        .tool_with(meet(), ToolOptions::new().timeout(Duration::from_secs(10)))
-        .kickoff("Meet twice.")
-        .await
-        .unwrap();
-    assert_eq!(out.raw, "Both met.");
-    assert_eq!(out.tool_calls.iter().map(|t| t.text.as_str()).collect::<Vec<_>>(), ["met a", "met b"]);
+    meet_twice(anthropic_llm(&server)).await;
     let sent = anthropic_messages(&server.requests()[1]);
     assert_eq!(sent.len(), 3, "one assistant turn with both calls, one user turn with both results");
     assert_eq!(
@@ -268,13 +275,7 @@ async fn gemini_parallel_calls_run_together_and_answer_in_one_turn() {
         gemini(json!([{ "text": "Both met." }])),
     ])
     .await;
-    let out = calculator(gemini_llm(&server, "gemini-2.5-flash"))
-        .tool_with(meet(), ToolOptions::new().timeout(Duration::from_secs(10)))
-        .kickoff("Meet twice.")
-        .await
-        .unwrap();
-    assert_eq!(out.raw, "Both met.");
-    assert_eq!(out.tool_calls.iter().map(|t| t.text.as_str()).collect::<Vec<_>>(), ["met a", "met b"]);
+    let out = meet_twice(gemini_llm(&server, "gemini-2.5-flash")).await;
     assert_ne!(out.tool_calls[0].id, out.tool_calls[1].id, "calls without ids are told apart");
     let contents = gemini_contents(&server.requests()[1]);
     assert_eq!(contents.len(), 3);

@@ -11,6 +11,7 @@
 //! | the other variants | the run itself: a step failed, a budget ran out, it was cancelled |
 //!
 //! Every enum is `#[non_exhaustive]`, and each message names the thing at fault and the fix.
+//! (Kept as one file: every error the engine reports and its message, read side by side.)
 //! [`StepError`] is what a step returns.
 
 use std::fmt;

@@ -52,14 +52,7 @@ async fn a_failed_run_resumes_from_its_checkpoint() {
     let steps: Vec<&str> = run["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
     assert_eq!(steps, ["prepare", "finish"], "`prepare` did not run again: {run}");
     // The run's stream holds both drives: the failure, then the resumed run to its end.
-    let names: Vec<String> = srv
-        .sse("GET", &format!("/runs/{id}/events"), None, None)
-        .await
-        .all()
-        .await
-        .into_iter()
-        .map(|f| f.event)
-        .collect();
+    let names = srv.event_names(&id).await;
     assert!(names.contains(&"run_failed".to_string()) && names.last().unwrap() == "run_finished", "{names:?}");
 
     let (code, e) = srv.post(&format!("/runs/{id}/resume"), "").await;
@@ -181,14 +174,7 @@ async fn a_paused_run_is_cancelled_through_the_store_even_from_another_server() 
     let (code, e) = srv.post(&format!("/runs/{id}/cancel"), "").await;
     assert_eq!((code, error_of(&e).0), (409, "not_running"), "{e}");
     // The run's stream ends with its cancellation, after its pause.
-    let names: Vec<String> = srv
-        .sse("GET", &format!("/runs/{id}/events"), None, None)
-        .await
-        .all()
-        .await
-        .into_iter()
-        .map(|f| f.event)
-        .collect();
+    let names = srv.event_names(&id).await;
     let tail: Vec<&str> = names.iter().rev().take(2).rev().map(String::as_str).collect();
     assert_eq!(tail, ["run_paused", "run_cancelled"], "{names:?}");
 

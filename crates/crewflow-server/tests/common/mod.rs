@@ -100,6 +100,12 @@ pub async fn fresh_pg_schema() -> String {
 }
 
 impl Running {
+    /// The kinds of a run's events, in order, from its whole stream.
+    pub async fn event_names(&self, run_id: &str) -> Vec<String> {
+        let frames = self.sse("GET", &format!("/runs/{run_id}/events"), None, None).await.all().await;
+        frames.into_iter().map(|f| f.event).collect()
+    }
+
     /// The same server, called with `key`.
     pub fn with_key(&self, key: &str) -> Running {
         Running { key: Some(key.to_string()), ..self.clone() }
