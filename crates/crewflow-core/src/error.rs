@@ -1,5 +1,8 @@
 //! Errors, split by what a caller does about them.
 //!
+//! Kept as one file on purpose: every error the engine reports, with its message, read side by
+//! side (so the messages stay consistent in wording and in the fix they name).
+//!
 //! [`Error`] is what every engine call returns. Its variants group the causes:
 //!
 //! | variant | what the caller does |
@@ -11,7 +14,6 @@
 //! | the other variants | the run itself: a step failed, a budget ran out, it was cancelled |
 //!
 //! Every enum is `#[non_exhaustive]`, and each message names the thing at fault and the fix.
-//! (Kept as one file: every error the engine reports and its message, read side by side.)
 //! [`StepError`] is what a step returns.
 
 use std::fmt;
