@@ -177,15 +177,18 @@ impl ServerConfig {
         let (parts, body) = req.into_parts();
         let max = self.max_body_bytes;
         let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let mut stream = body.into_data_stream();
         if declared.is_some_and(|len| len > max as u64) {
+            linger(&mut stream).await;
             return Err(self.too_large());
         }
         let read = async {
-            let mut stream = body.into_data_stream();
             let mut buf = Vec::with_capacity(declared.map_or(0, |len| len as usize));
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| ApiError::bad_request(format!("the body could not be read: {e}")))?;
                 if buf.len() + chunk.len() > max {
+                    drop(buf);
+                    linger(&mut stream).await;
                     return Err(self.too_large());
                 }
                 buf.extend_from_slice(&chunk);
@@ -216,6 +219,27 @@ impl ServerConfig {
             ),
         )
     }
+}
+
+/// How much of a refused body is read and thrown away before the refusal is sent, and for how
+/// long. A client that is still writing when the server answers and closes gets a broken pipe
+/// instead of the `413` (what reqwest and curl report), so the server reads on, discarding, as
+/// nginx's lingering close does; a body past these bounds is cut off.
+const LINGER_BYTES: usize = 16 << 20;
+const LINGER_TIME: Duration = Duration::from_secs(2);
+
+/// Reads and discards what is left of a refused body, within [`LINGER_BYTES`] and [`LINGER_TIME`].
+async fn linger(stream: &mut axum::body::BodyDataStream) {
+    let drain = async {
+        let mut read = 0;
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len();
+            if read > LINGER_BYTES {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 /// How many requests each API key may send ([`Tenants::rate_limit`](crate::Tenants::rate_limit)):

@@ -9,7 +9,7 @@
 //! | Request | Answer |
 //! |---|---|
 //! | `GET /flows` | the flows served: `{"flows": [{"name", "steps"}]}` |
-//! | `POST /flows/{flow}/runs` | starts a run with the JSON body as its inputs: `202 {"run_id", "status": "running"}` at once; with `?wait=true`, `200` and the result when it finishes or pauses |
+//! | `POST /flows/{flow}/runs` | starts a run with the JSON body as its inputs: `202 {"run_id", "status": "running"}` as soon as the run is recorded; with `?wait=true`, `200` and the result when it finishes or pauses |
 //! | `GET /runs/{id}` | the run: status, output or error, steps, pending feedback |
 //! | `GET /runs?flow=&status=&limit=` | runs, newest first |
 //! | `GET /runs/{id}/events` | the run's events as server-sent events (`event: <type>`, `data: <JSON>`), from its first, ending with its end (or pause) |

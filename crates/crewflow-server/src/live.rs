@@ -93,6 +93,27 @@ impl Live {
         self.tick.subscribe()
     }
 
+    /// Waits until the run has its first frame (a run's first event comes after its record is
+    /// in the store) or has ended; `Some` when it ended before any frame: it was not recorded.
+    pub async fn recorded(&self) -> Option<Ended> {
+        let mut rx = self.subscribe();
+        loop {
+            rx.borrow_and_update();
+            {
+                let inner = self.lock();
+                if !inner.frames.is_empty() {
+                    return None;
+                }
+                if let Some(ended) = &inner.ended {
+                    return Some(ended.clone());
+                }
+            }
+            if rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+
     /// Waits until the run ends.
     pub async fn wait(&self) -> Ended {
         let mut rx = self.subscribe();

@@ -203,6 +203,17 @@ pub(crate) fn drive(live: Arc<Live>, driven: Driven) {
 /// pause) with `?wait=true` and answers its result.
 pub(crate) async fn accepted_or_wait(live: &Live, run_id: RunId, flow: &str, wait: bool) -> Reply {
     if !wait {
+        // Answered once the run is in the store, so a client listing runs right after the 202
+        // sees it; a run that could not be recorded (or an answer refused) answers its error.
+        match live.recorded().await {
+            Some(Ended::Err { refused: true, message, status, code, .. }) => {
+                return Err(ApiError::new(status, code, message));
+            }
+            Some(Ended::Err { status: StatusCode::SERVICE_UNAVAILABLE, message, code, .. }) => {
+                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message));
+            }
+            _ => {}
+        }
         let body = json!({"run_id": run_id.to_string(), "flow": flow, "status": "running"});
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }

@@ -154,6 +154,46 @@ async fn oversized_and_malformed_bodies_are_refused_plainly_and_change_nothing()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_an_oversized_body_reads_the_413_not_a_reset() {
+    // The server answers as soon as the declared length is over the limit, while the client is
+    // still writing: had it closed at once, the unread bytes would turn the close into a reset
+    // and the client (reqwest, curl) would report a broken pipe instead of the 413, as CI once
+    // saw. It reads on, discarding, then answers.
+    let dir = tempfile::tempdir().unwrap();
+    let srv = serve(hosting(&dir, Arc::new(Semaphore::new(0)), ServerConfig::new().max_body_bytes(1024))).await;
+    // A client that writes its whole body before it reads (as Python's http.client does),
+    // at a pace that outlasts the socket's buffers.
+    let declared = 64 * 16 * 1024;
+    let mut tcp = TcpStream::connect(srv.addr).await.unwrap();
+    let head = post_head("/flows/greet/runs", &format!("content-length: {declared}\r\n"));
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    for part in 0..64 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if let Err(e) = tcp.write_all(&[b' '; 16 * 1024]).await {
+            panic!("the server cut the body off at part {part} of 64 instead of reading on: {e}");
+        }
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(error_of(&json_in(&answer)).0, "body_too_large", "{answer}");
+    // Through a real client too, several times: each read its answer.
+    let huge = json!({"name": "x".repeat(3 << 20)}).to_string();
+    for attempt in 0..5 {
+        let sent = srv
+            .request(reqwest::Method::POST, "/flows/greet/runs")
+            .header("content-type", "application/json")
+            .body(huge.clone())
+            .send()
+            .await;
+        let resp = sent.unwrap_or_else(|e| panic!("attempt {attempt}: the refusal did not reach the client: {e:?}"));
+        assert_eq!(resp.status().as_u16(), 413, "attempt {attempt}");
+    }
+    assert_eq!(run_count(&srv).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_bodies_are_cut_off_without_holding_up_others() {
     let dir = tempfile::tempdir().unwrap();
     let config = ServerConfig::new().body_timeout(Duration::from_millis(500));

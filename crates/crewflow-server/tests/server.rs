@@ -262,9 +262,9 @@ async fn a_store_that_does_not_answer_is_a_503() {
     let (code, e) = srv.post("/flows/greet/runs?wait=true", r#"{"name": "x"}"#).await;
     assert_eq!((code, error_of(&e).0), (503, "store_unavailable"), "{e}");
     assert!(error_of(&e).1.contains("127.0.0.1:1"), "{e}");
-    // Without waiting it is accepted: the run fails in the background, as a worker would see it.
-    let (code, started) = srv.post("/flows/greet/runs", r#"{"name": "x"}"#).await;
-    assert_eq!(code, 202, "{started}");
+    // Nor without waiting: a 202 is only answered once the run is recorded.
+    let (code, e) = srv.post("/flows/greet/runs", r#"{"name": "x"}"#).await;
+    assert_eq!((code, error_of(&e).0), (503, "store_unavailable"), "{e}");
     let (code, e) = srv.get("/flows").await;
     assert_eq!(code, 200, "{e}");
 }
