@@ -73,7 +73,7 @@ pub(crate) enum Leaf {
 
 #[derive(Clone, Debug)]
 pub(crate) enum CondNode {
-    Leaf { leaf: Leaf, slot: u16 },
+    Leaf { leaf: Leaf, term: u16 },
     Or(Vec<u16>),
     And(Vec<u16>),
 }
@@ -96,54 +96,54 @@ pub(crate) struct Cond {
     pub shape: Shape,
     /// The root is an `or` of two or more members: it fires once per round.
     pub once_per_round: bool,
-    pub slots: u16,
+    pub terms: u16,
     /// Where the frontier keeps this listener's state (only `or` and `and` listeners have
     /// some; single triggers keep none).
-    pub state_slot: u32,
+    pub state_index: u32,
 }
 
 impl Cond {
-    /// Whether the tree is satisfied given which leaf slots are.
-    pub fn satisfied(&self, slot_done: &impl Fn(u16) -> bool) -> bool {
-        self.node_satisfied(0, slot_done)
+    /// Whether the tree is satisfied given which of its terms (leaves, numbered in order) are.
+    pub fn satisfied(&self, term_done: &impl Fn(u16) -> bool) -> bool {
+        self.node_satisfied(0, term_done)
     }
 
-    fn node_satisfied(&self, ix: u16, slot_done: &impl Fn(u16) -> bool) -> bool {
+    fn node_satisfied(&self, ix: u16, term_done: &impl Fn(u16) -> bool) -> bool {
         match &self.nodes[ix as usize] {
-            CondNode::Leaf { slot, .. } => slot_done(*slot),
-            CondNode::Or(children) => children.iter().any(|c| self.node_satisfied(*c, slot_done)),
-            CondNode::And(children) => children.iter().all(|c| self.node_satisfied(*c, slot_done)),
+            CondNode::Leaf { term, .. } => term_done(*term),
+            CondNode::Or(children) => children.iter().any(|c| self.node_satisfied(*c, term_done)),
+            CondNode::And(children) => children.iter().all(|c| self.node_satisfied(*c, term_done)),
         }
     }
 
-    /// The slots that make the tree satisfied: all members of an `and`, the first satisfied
+    /// The terms that make the tree satisfied: all members of an `and`, the first satisfied
     /// member of an `or`. These are the events the firing descends from.
-    pub fn satisfying_slots(&self, slot_done: &impl Fn(u16) -> bool, out: &mut SmallVec<[u16; 4]>) {
-        self.collect(0, slot_done, out);
+    pub fn satisfying_terms(&self, term_done: &impl Fn(u16) -> bool, out: &mut SmallVec<[u16; 4]>) {
+        self.collect(0, term_done, out);
     }
 
-    fn collect(&self, ix: u16, slot_done: &impl Fn(u16) -> bool, out: &mut SmallVec<[u16; 4]>) {
+    fn collect(&self, ix: u16, term_done: &impl Fn(u16) -> bool, out: &mut SmallVec<[u16; 4]>) {
         match &self.nodes[ix as usize] {
-            CondNode::Leaf { slot, .. } => out.push(*slot),
+            CondNode::Leaf { term, .. } => out.push(*term),
             CondNode::Or(children) => {
-                if let Some(c) = children.iter().find(|c| self.node_satisfied(**c, slot_done)) {
-                    self.collect(*c, slot_done, out);
+                if let Some(c) = children.iter().find(|c| self.node_satisfied(**c, term_done)) {
+                    self.collect(*c, term_done, out);
                 }
             }
             CondNode::And(children) => {
                 for c in children {
-                    self.collect(*c, slot_done, out);
+                    self.collect(*c, term_done, out);
                 }
             }
         }
     }
 }
 
-/// A listener subscribed to a leaf, with the slots of its condition that leaf fills.
+/// A listener subscribed to a leaf, with the terms of its condition that leaf fills.
 #[derive(Clone, Debug)]
 pub(crate) struct Subscription {
     pub listener: u32,
-    pub slots: SmallVec<[u16; 2]>,
+    pub terms: SmallVec<[u16; 2]>,
 }
 
 #[derive(Clone, Debug)]
@@ -289,8 +289,8 @@ impl GraphSpec {
         }
 
         let stateful = nodes.iter_mut().filter_map(|n| n.cond.as_mut()).filter(|c| c.shape != Shape::Single);
-        for (slot, cond) in stateful.enumerate() {
-            cond.state_slot = slot as u32;
+        for (index, cond) in stateful.enumerate() {
+            cond.state_index = index as u32;
         }
         self.check_routes_handled(&nodes, &labels)?;
         self.check_payload_types(&step_index, &label_owner)?;
@@ -364,7 +364,7 @@ impl GraphSpec {
     ) -> Result<Cond, Error> {
         let normal = normalise(t, &s.name)?;
         let mut nodes = Vec::new();
-        let mut slots = 0u16;
+        let mut terms = 0u16;
         let resolve = |leaf: &Trigger| -> Result<Leaf, Error> {
             match leaf {
                 Trigger::Step(name) => {
@@ -402,7 +402,7 @@ impl GraphSpec {
                 Trigger::Or(_) | Trigger::And(_) => Err(Error::Internal("leaf expected".into())),
             }
         };
-        build_nodes(&normal, &mut nodes, &mut slots, &resolve)?;
+        build_nodes(&normal, &mut nodes, &mut terms, &resolve)?;
         let shape = match &nodes[0] {
             CondNode::Leaf { .. } => Shape::Single,
             CondNode::Or(children) if children.iter().all(|c| matches!(nodes[*c as usize], CondNode::Leaf { .. })) => {
@@ -411,7 +411,7 @@ impl GraphSpec {
             _ => Shape::General,
         };
         let once_per_round = matches!(nodes[0], CondNode::Or(_));
-        Ok(Cond { nodes, shape, once_per_round, slots, state_slot: u32::MAX })
+        Ok(Cond { nodes, shape, once_per_round, terms, state_index: u32::MAX })
     }
 
     fn check_routes_handled(&self, nodes: &[StepNode], labels: &[Arc<str>]) -> Result<(), Error> {
@@ -532,7 +532,7 @@ fn same_trigger(a: &Trigger, b: &Trigger) -> bool {
 fn build_nodes(
     t: &Trigger,
     nodes: &mut Vec<CondNode>,
-    slots: &mut u16,
+    terms: &mut u16,
     resolve: &impl Fn(&Trigger) -> Result<Leaf, Error>,
 ) -> Result<u16, Error> {
     let ix = nodes.len() as u16;
@@ -540,13 +540,13 @@ fn build_nodes(
         Trigger::Or(members) | Trigger::And(members) => {
             nodes.push(CondNode::Or(Vec::new()));
             let children =
-                members.iter().map(|m| build_nodes(m, nodes, slots, resolve)).collect::<Result<Vec<_>, _>>()?;
+                members.iter().map(|m| build_nodes(m, nodes, terms, resolve)).collect::<Result<Vec<_>, _>>()?;
             nodes[ix as usize] =
                 if matches!(t, Trigger::Or(_)) { CondNode::Or(children) } else { CondNode::And(children) };
         }
         leaf => {
-            nodes.push(CondNode::Leaf { leaf: resolve(leaf)?, slot: *slots });
-            *slots += 1;
+            nodes.push(CondNode::Leaf { leaf: resolve(leaf)?, term: *terms });
+            *terms += 1;
         }
     }
     Ok(ix)
@@ -559,7 +559,7 @@ fn subscriptions(nodes: &[StepNode], labels: usize) -> (Vec<Vec<Subscription>>, 
     for (listener, n) in nodes.iter().enumerate() {
         let Some(c) = &n.cond else { continue };
         for node in &c.nodes {
-            let CondNode::Leaf { leaf, slot } = node else {
+            let CondNode::Leaf { leaf, term } = node else {
                 continue;
             };
             let list = match leaf {
@@ -567,8 +567,8 @@ fn subscriptions(nodes: &[StepNode], labels: usize) -> (Vec<Vec<Subscription>>, 
                 Leaf::Label(l) => &mut by_label[*l as usize],
             };
             match list.last_mut() {
-                Some(sub) if sub.listener == listener as u32 => sub.slots.push(*slot),
-                _ => list.push(Subscription { listener: listener as u32, slots: smallvec::smallvec![*slot] }),
+                Some(sub) if sub.listener == listener as u32 => sub.terms.push(*term),
+                _ => list.push(Subscription { listener: listener as u32, terms: smallvec::smallvec![*term] }),
             }
         }
     }

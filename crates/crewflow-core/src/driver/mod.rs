@@ -318,7 +318,7 @@ impl<S: FlowState> Driver<S> {
         self.inline.is_some() || self.running.as_ref().is_some_and(|r| !r.is_empty())
     }
 
-    fn slot(&mut self, activation: u64, step: u32) -> &mut ActRecord {
+    fn record(&mut self, activation: u64, step: u32) -> &mut ActRecord {
         let ix = activation as usize;
         while self.acts.len() <= ix {
             self.acts.push(ActRecord::pending(u32::MAX));
@@ -371,7 +371,7 @@ impl<S: FlowState> Driver<S> {
     }
 
     fn start_step(&mut self, a: Activation) -> BoxFuture<Completion> {
-        self.slot(a.id, a.step);
+        self.record(a.id, a.step);
         let (payload, triggered_by) = match a.payload {
             Some(event) => {
                 let producer = event.activation() as usize;

@@ -273,12 +273,12 @@ impl<S: FlowState> Driver<S> {
         let flow = self.flow.clone();
         for r in records {
             let Some(step) = flow.graph.step_index(&r.step) else { continue };
-            let slot = self.slot(r.activation, step);
-            slot.output = Some(r.output);
+            let record = self.record(r.activation, step);
+            record.output = Some(r.output);
             self.completed.push(r.activation);
         }
         for a in self.frontier.in_flight().collect::<Vec<_>>() {
-            self.slot(a.id, a.step);
+            self.record(a.id, a.step);
         }
     }
 }

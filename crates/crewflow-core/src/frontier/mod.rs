@@ -110,7 +110,7 @@ struct Record {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct ListenerState {
-    /// Per condition slot: the event that satisfied it (general shape only).
+    /// Per condition term: the event that satisfied it (general shape only).
     records: Vec<Option<Record>>,
     /// For `or` conditions: the watch opened on the event it last fired on.
     fired: Option<WatchId>,
@@ -156,14 +156,14 @@ pub struct Frontier {
 impl Frontier {
     /// A fresh frontier for `graph`, allowing at most `budget` step executions in the run.
     pub fn new(graph: &Graph, budget: u64) -> Self {
-        // State only for `or` and `and` listeners, in the order of their `state_slot`.
+        // State only for `or` and `and` listeners, in the order of their `state_index`.
         let listeners = graph
             .steps
             .iter()
             .filter_map(|s| s.cond.as_ref())
             .filter(|c| c.shape != Shape::Single)
             .map(|c| match c.shape {
-                Shape::General => ListenerState { records: vec![None; c.slots as usize], fired: None },
+                Shape::General => ListenerState { records: vec![None; c.terms as usize], fired: None },
                 _ => ListenerState::default(),
             })
             .collect();
@@ -285,7 +285,7 @@ impl Frontier {
         self.counts.len() == graph.len()
             && self.listeners.len() == stateful.len()
             && self.listeners.iter().zip(stateful).all(|(l, c)| match c.shape {
-                Shape::General => l.records.len() == c.slots as usize,
+                Shape::General => l.records.len() == c.terms as usize,
                 _ => l.records.is_empty(),
             })
     }
@@ -318,11 +318,11 @@ impl Frontier {
         match cond.shape {
             Shape::Single => fires.push(fire(smallvec::smallvec![Source::Current(event)])),
             Shape::FlatOr => {
-                let slot = cond.state_slot as usize;
-                if self.same_round_as_last_firing(slot, lineage) {
+                let state_ix = cond.state_index as usize;
+                if self.same_round_as_last_firing(state_ix, lineage) {
                     return;
                 }
-                self.mark_fired(slot, listener, event, lineage);
+                self.mark_fired(state_ix, listener, event, lineage);
                 fires.push(fire(smallvec::smallvec![Source::Current(event)]));
             }
             Shape::General => self.offer_general(graph, sub, event, lineage, fires),
@@ -331,16 +331,16 @@ impl Frontier {
 
     /// For `or` conditions: whether the last firing is open and `lineage` did not come round
     /// a loop since.
-    fn same_round_as_last_firing(&self, slot: usize, lineage: &Lineage) -> bool {
-        self.listeners[slot].fired.is_some_and(|w| self.watches.get(w).is_some() && !lineage.came_round(w))
+    fn same_round_as_last_firing(&self, state_ix: usize, lineage: &Lineage) -> bool {
+        self.listeners[state_ix].fired.is_some_and(|w| self.watches.get(w).is_some() && !lineage.came_round(w))
     }
 
-    fn mark_fired(&mut self, slot: usize, listener: u32, event: EventId, lineage: &Lineage) {
-        if let Some(old) = self.listeners[slot].fired.take() {
+    fn mark_fired(&mut self, state_ix: usize, listener: u32, event: EventId, lineage: &Lineage) {
+        if let Some(old) = self.listeners[state_ix].fired.take() {
             self.watches.close(old);
         }
         let w = self.watches.open(event, listener, &lineage.past);
-        self.listeners[slot].fired = Some(w);
+        self.listeners[state_ix].fired = Some(w);
     }
 
     fn offer_general(
@@ -355,26 +355,26 @@ impl Frontier {
         let Some(cond) = graph.steps[listener as usize].cond.as_ref() else {
             return;
         };
-        let ix = cond.state_slot as usize;
+        let ix = cond.state_index as usize;
 
         // Progress from an earlier round is discarded: a join never mixes iterations.
         let stale = self.listeners[ix].records.iter().flatten().any(|r| r.watch.is_some_and(|w| lineage.came_round(w)));
         if stale {
             self.forget_progress(ix);
         }
-        for &slot in &sub.slots {
-            let r = &mut self.listeners[ix].records[slot as usize];
+        for &term in &sub.terms {
+            let r = &mut self.listeners[ix].records[term as usize];
             if r.is_none() {
                 *r = Some(Record { event, lineage: lineage.clone(), watch: None });
             }
         }
 
         let records = &self.listeners[ix].records;
-        let done = |slot: u16| records[slot as usize].is_some();
+        let done = |term: u16| records[term as usize].is_some();
         if !cond.satisfied(&done) {
             // Keep the progress, and watch it so that a later round can discard it.
             let fresh: SmallVec<[u16; 2]> = sub
-                .slots
+                .terms
                 .iter()
                 .copied()
                 .filter(|s| records[*s as usize].as_ref().is_some_and(|r| r.event == event && r.watch.is_none()))
@@ -390,11 +390,11 @@ impl Frontier {
             return;
         }
 
-        let mut slots = SmallVec::<[u16; 4]>::new();
-        cond.satisfying_slots(&done, &mut slots);
+        let mut terms = SmallVec::<[u16; 4]>::new();
+        cond.satisfying_terms(&done, &mut terms);
         let mut triggers: SmallVec<[Source; 2]> = SmallVec::new();
         let mut seen: SmallVec<[EventId; 4]> = SmallVec::new();
-        for s in slots {
+        for s in terms {
             let Some(r) = &records[s as usize] else {
                 continue;
             };
@@ -419,8 +419,8 @@ impl Frontier {
         fires.push(Fire { listener, payload: Some(event), triggers });
     }
 
-    fn forget_progress(&mut self, slot: usize) {
-        for r in self.listeners[slot].records.iter_mut() {
+    fn forget_progress(&mut self, state_ix: usize) {
+        for r in self.listeners[state_ix].records.iter_mut() {
             if let Some(w) = r.take().and_then(|r| r.watch) {
                 self.watches.close(w);
             }
