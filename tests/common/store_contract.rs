@@ -1200,9 +1200,9 @@ pub async fn schedules_are_kept_per_tenant(db: Database) {
         let other = other.clone();
         async move { other.list_schedules(tenant, flow).await.unwrap().into_iter().map(|s| s.id).collect::<Vec<_>>() }
     };
-    assert_eq!(listed("acme", None).await, [a1.id.clone(), a2.id.clone()]);
-    assert_eq!(listed("acme", Some("digest")).await, [a2.id.clone()]);
-    assert_eq!(listed("globex", None).await, [g1.id.clone()]);
+    assert_eq!(listed("acme", None).await, [a1.id.as_str(), a2.id.as_str()]);
+    assert_eq!(listed("acme", Some("digest")).await, [a2.id.as_str()]);
+    assert_eq!(listed("globex", None).await, [g1.id.as_str()]);
     assert!(listed("initech", None).await.is_empty());
 
     assert_eq!(schedule_of(other.as_ref(), "globex", &a1.id).await, None);
@@ -1211,7 +1211,7 @@ pub async fn schedules_are_kept_per_tenant(db: Database) {
     assert!(other.delete_schedule("acme", &a1.id).await.unwrap());
     assert_eq!(schedule_of(store.as_ref(), "acme", &a1.id).await, None);
     assert!(!store.delete_schedule("acme", &a1.id).await.unwrap());
-    assert_eq!(listed("acme", None).await, [a2.id.clone()]);
+    assert_eq!(listed("acme", None).await, [a2.id.as_str()]);
 }
 
 /// `fire_schedule` fires a tick for one caller only: of concurrent callers from several
