@@ -125,6 +125,40 @@ async fn bad_schedules_are_refused_at_creation_naming_the_problem_and_the_fix() 
     }
 }
 
+/// With `run_scheduled(false)` the server only fires ticks: each run is recorded queued, and a
+/// worker (`crewflow worker`, here the `Worker` it runs) claims and runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_left_to_the_workers_is_run_by_a_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir);
+    let srv = serve(greeting_server(&store).run_scheduled(false)).await;
+    let (code, created) =
+        srv.post("/flows/greet/schedules", r#"{"cron": "* * * * * *", "inputs": {"name": "w"}}"#).await;
+    assert_eq!(code, 201, "{created}");
+    let id = created["schedule_id"].as_str().unwrap().to_string();
+    let first = poll("a tick to fire", || async {
+        let (_, body) = srv.get(&format!("/schedules/{id}")).await;
+        body["fires"].as_array().unwrap().last().cloned()
+    })
+    .await;
+    let run_id = first["run_id"].as_str().unwrap().to_string();
+    let (_, run) = srv.get(&format!("/runs/{run_id}")).await;
+    assert_eq!(run["status"], "queued", "fired, not run: {run}");
+
+    let shutdown = crewflow_core::Canceller::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let worker =
+        crewflow_core::Worker::new(store.clone()).flow(&greet(&store)).poll_interval(Duration::from_millis(50));
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { worker.run(stop, move |report| drop(tx.send(report))).await });
+    let run = srv.wait_status(&run_id, "finished").await;
+    assert_eq!(run["output"], "HELLO, W");
+    let report = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.unwrap().unwrap();
+    assert!(report.result.is_ok(), "{report:?}");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
 /// Ticks missed while no server fired them: only the latest fires, once, when a server looks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missed_ticks_fire_once_not_as_a_burst() {

@@ -157,6 +157,33 @@ async fn finished_failed_and_paused_runs_are_told_signed_and_retried_after_a_500
     python_verifies(&changed, false);
 }
 
+/// A run a schedule fired here sends its webhook like any run the server drives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_run_sends_its_webhook() {
+    let (url, got) = receiver(|_| false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = crewflow_store::open(dir.path().join("runs.db").to_str().unwrap()).unwrap();
+    let hook = Webhook::new(&url, SECRET).unwrap();
+    let srv = serve(hosting(&store, hook).schedule_every(Duration::from_millis(50))).await;
+    let (code, created) =
+        srv.post("/flows/greet/schedules", r#"{"cron": "* * * * * *", "inputs": {"name": "tick"}}"#).await;
+    assert_eq!(code, 201, "{created}");
+    let payload = poll("a scheduled run's webhook", || async {
+        got.lock().unwrap().first().map(|g| {
+            assert_eq!(g.verified, Ok(()));
+            g.json()
+        })
+    })
+    .await;
+    assert_eq!(
+        (payload["type"].as_str(), payload["data"]["output"].as_str()),
+        (Some("run.finished"), Some("HELLO, TICK"))
+    );
+    let (_, schedule) = srv.get(&format!("/schedules/{}", created["schedule_id"].as_str().unwrap())).await;
+    let fired: Vec<&Value> = schedule["fires"].as_array().unwrap().iter().map(|f| &f["run_id"]).collect();
+    assert!(fired.contains(&&payload["data"]["run_id"]), "{payload} {schedule}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_keeps_failing_gets_the_configured_attempts_and_no_more() {
     let (url, got) = receiver(|_| true).await;
