@@ -102,9 +102,11 @@ fn serve_refuses_no_flows_and_a_taken_address() {
     assert!(stderr(&out).starts_with("error: cannot read the flow definition missing.yaml: "), "{}", stderr(&out));
 }
 
-/// A webhook receiver on loopback: each request's headers (lower-cased names) and body, sent
-/// on the channel; every request is answered 204.
-fn receiver() -> (String, std::sync::mpsc::Receiver<(Vec<(String, String)>, String)>) {
+/// A request the receiver got: its headers (lower-cased names) and its body.
+type Delivery = (Vec<(String, String)>, String);
+
+/// A webhook receiver on loopback: each request sent on the channel, answered 204.
+fn receiver() -> (String, std::sync::mpsc::Receiver<Delivery>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
