@@ -44,6 +44,8 @@ pub(crate) struct App {
     pub tenant: String,
     /// How this server fires schedules.
     pub scheduling: schedules::Scheduling,
+    /// Why a schedule's latest tick could not fire here, by schedule id (cleared by a fire).
+    pub schedule_errors: schedules::Errors,
 }
 
 pub(crate) type Shared = State<Arc<App>>;
@@ -96,6 +98,7 @@ pub(crate) fn router(server: crate::Server) -> Router {
         max_message_bytes: server.config.max_body_bytes,
         tenant: server.tenant,
         scheduling: server.scheduling,
+        schedule_errors: schedules::Errors::default(),
     };
     let app = Arc::new(app);
     schedules::spawn(&app);

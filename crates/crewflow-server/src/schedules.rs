@@ -12,8 +12,9 @@
 //! fires, once, when an instance looks next; the earlier ones are skipped, never fired as a
 //! burst. No tick before a schedule's creation fires.
 
+use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use axum::Json;
@@ -51,6 +52,29 @@ impl Default for Scheduling {
     }
 }
 
+/// Why a schedule's due tick could not fire on this server (its flow no longer takes its
+/// inputs, the store refused), by schedule id: shown as `last_error` until a tick fires.
+#[derive(Default)]
+pub(crate) struct Errors(Mutex<HashMap<String, String>>);
+
+impl Errors {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set(&self, id: &str, message: String) {
+        self.lock().insert(id.to_string(), message);
+    }
+
+    fn clear(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn get(&self, id: &str) -> Option<String> {
+        self.lock().get(id).cloned()
+    }
+}
+
 /// How many of a schedule's latest fires `GET /schedules/{id}` shows.
 const SHOWN_FIRES: usize = 20;
 
@@ -78,7 +102,7 @@ fn next_tick(cron: &Cron, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
     cron.find_next_occurrence(&after, false).ok()
 }
 
-fn schedule_json(s: &StoredSchedule) -> Value {
+fn schedule_json(app: &App, s: &StoredSchedule) -> Value {
     let inputs: Value = serde_json::from_str(&s.inputs).unwrap_or(Value::Null);
     let from = s.last_tick.map_or(s.created_at, |t| t.max(s.created_at)).max(Utc::now());
     let next = parse_cron(&s.cron).ok().and_then(|c| next_tick(&c, from));
@@ -92,6 +116,7 @@ fn schedule_json(s: &StoredSchedule) -> Value {
         "last_tick": s.last_tick,
         "last_run_id": s.last_run.map(|r| r.to_string()),
         "next_tick": next,
+        "last_error": app.schedule_errors.get(&s.id),
     })
 }
 
@@ -156,7 +181,7 @@ pub(crate) async fn create_schedule(
         .await
         .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::store("the schedule just created is not there"))?;
-    Ok((StatusCode::CREATED, Json(schedule_json(&stored))).into_response())
+    Ok((StatusCode::CREATED, Json(schedule_json(&app, &stored))).into_response())
 }
 
 #[derive(Deserialize)]
@@ -169,7 +194,7 @@ pub(crate) async fn list_schedules(State(app): Shared, query: Result<Query<ListQ
     let Query(query) = query.map_err(query_error)?;
     let flow = query.flow.filter(|f| !f.is_empty());
     let schedules = app.store.list_schedules(&app.tenant, flow.as_deref()).await.map_err(ApiError::store)?;
-    let schedules: Vec<Value> = schedules.iter().map(schedule_json).collect();
+    let schedules: Vec<Value> = schedules.iter().map(|s| schedule_json(&app, s)).collect();
     Ok(Json(json!({ "schedules": schedules })).into_response())
 }
 
@@ -182,7 +207,7 @@ pub(crate) async fn get_schedule(State(app): Shared, id: Result<Path<String>, Pa
         .await
         .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::unknown_schedule(&id))?;
-    let mut body = schedule_json(&schedule);
+    let mut body = schedule_json(&app, &schedule);
     body["fires"] = fires.iter().map(fire_json).collect();
     Ok(Json(body).into_response())
 }
@@ -193,6 +218,7 @@ pub(crate) async fn delete_schedule(State(app): Shared, id: Result<Path<String>,
     if !app.store.delete_schedule(&app.tenant, &id).await.map_err(ApiError::store)? {
         return Err(ApiError::unknown_schedule(&id));
     }
+    app.schedule_errors.clear(&id);
     Ok(Json(json!({"schedule_id": id, "deleted": true})).into_response())
 }
 
@@ -241,11 +267,27 @@ async fn fire(app: &Arc<App>, hosted: &Arc<dyn Hosted>, schedule: &StoredSchedul
         Ok(Value::Object(inputs)) => inputs,
         _ => Map::new(),
     };
+    let errors = &app.schedule_errors;
     // Inputs the flow no longer takes (its definition changed since): nothing to fire.
-    let Ok(run) = hosted.queued(inputs) else { return };
+    let run = match hosted.queued(inputs) {
+        Ok(run) => run,
+        Err(e) => {
+            let why = format!(
+                "tick {} did not fire: the flow refuses the schedule's inputs ({e}); delete the schedule and create it with inputs the flow takes",
+                tick.to_rfc3339()
+            );
+            return errors.set(&schedule.id, why);
+        }
+    };
     let run_id = run.run_id;
-    if !matches!(app.store.fire_schedule(&schedule.id, tick, &run).await, Ok(true)) {
-        return;
+    match app.store.fire_schedule(&schedule.id, tick, &run).await {
+        Ok(true) => errors.clear(&schedule.id),
+        // Fired by another server, or deleted meanwhile.
+        Ok(false) => return,
+        Err(e) => {
+            let why = format!("tick {} did not fire: the store refused ({e}); it is tried again", tick.to_rfc3339());
+            return errors.set(&schedule.id, why);
+        }
     }
     if !app.scheduling.run_here {
         return;

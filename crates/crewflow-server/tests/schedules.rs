@@ -159,6 +159,40 @@ async fn a_run_left_to_the_workers_is_run_by_a_worker() {
     task.await.unwrap().unwrap();
 }
 
+/// A schedule whose flow changed so that it no longer takes the schedule's inputs fires
+/// nothing, and says why in `last_error` (naming the fix); deleting it clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_that_cannot_fire_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir);
+    let before = serve(greeting_server(&store).fire_schedules(false)).await;
+    let (code, created) =
+        before.post("/flows/greet/schedules", r#"{"cron": "* * * * * *", "inputs": {"name": "x"}}"#).await;
+    assert_eq!(code, 201, "{created}");
+    assert!(created["last_error"].is_null(), "{created}");
+    let id = created["schedule_id"].as_str().unwrap().to_string();
+
+    // `greet` redefined without the `name` field.
+    let changed = crewflow_core::FlowBuilder::<common::Doc>::new("greet")
+        .start("hello", |_cx: crewflow_core::Cx<common::Doc>, (): ()| async move { Ok("hi") })
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let after =
+        serve(Server::new(store.clone()).flow(&changed).unwrap().schedule_every(Duration::from_millis(50))).await;
+    let body = poll("the tick's error", || async {
+        let (_, body) = after.get(&format!("/schedules/{id}")).await;
+        body["last_error"].as_str().is_some().then_some(body)
+    })
+    .await;
+    let error = body["last_error"].as_str().unwrap();
+    assert!(error.contains("refuses the schedule's inputs") && error.contains("name"), "{error}");
+    assert!(error.contains("create it with inputs the flow takes"), "{error}");
+    assert_eq!(body["fires"], serde_json::json!([]));
+    let (code, _) = after.delete(&format!("/schedules/{id}")).await;
+    assert_eq!(code, 200);
+}
+
 /// Ticks missed while no server fired them: only the latest fires, once, when a server looks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missed_ticks_fire_once_not_as_a_burst() {
