@@ -132,7 +132,7 @@ async fn sqlite_migration_moves_existing_transcripts_into_rows() {
     SqliteStore::open(&path).list_sessions(&Default::default()).await.unwrap();
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute_batch(
-        "DROP TABLE crewflow_schedule_ticks; DROP TABLE crewflow_schedules;
+        "DROP TABLE crewflow_schedule_ticks; DROP TABLE crewflow_schedules; DROP TABLE crewflow_webhooks;
          DROP TABLE crewflow_messages; ALTER TABLE crewflow_sessions DROP COLUMN message_count;
          DELETE FROM crewflow_schema WHERE version >= 6;",
     )
@@ -166,7 +166,7 @@ async fn postgres_migration_moves_existing_transcripts_into_rows() {
     tokio::spawn(conn);
     client
         .batch_execute(
-            "DROP TABLE crewflow_schedule_ticks; DROP TABLE crewflow_schedules;
+            "DROP TABLE crewflow_schedule_ticks; DROP TABLE crewflow_schedules; DROP TABLE crewflow_webhooks;
              DROP TABLE crewflow_messages; ALTER TABLE crewflow_sessions DROP COLUMN message_count;
              DELETE FROM crewflow_schema WHERE version >= 6;",
         )

@@ -32,7 +32,7 @@ use crewflow::store::{
     Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, MemoryQuery, MemoryRow, MemoryStore, ModelCount, NewRun,
     Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, StepRow, StoredRun,
 };
-use crewflow::store::{NewSchedule, StoredSchedule};
+use crewflow::store::{NewSchedule, NewWebhook, StoredSchedule};
 use crewflow::{BoxError, RunId};
 use serde_json::{Value, json};
 
@@ -81,6 +81,7 @@ macro_rules! store_contract_clauses {
             // schedules
             schedules_are_kept_per_tenant,
             each_schedule_tick_fires_once_across_concurrent_callers,
+            webhook_events_are_claimed_once_retried_and_settled,
             // memories
             memories_round_trip,
             memory_queries_filter_by_scope_source_model_ids_and_age,
@@ -1282,6 +1283,51 @@ pub async fn each_schedule_tick_fires_once_across_concurrent_callers(db: Databas
     store.create_schedule(&again).await.unwrap();
     let (_, fires) = store.load_schedule("acme", &s.id, 10).await.unwrap().unwrap();
     assert!(fires.is_empty(), "a deleted schedule's fires outlived it: {fires:?}");
+}
+
+/// Webhook events: queued due at once; concurrent claims from several handles never share an
+/// event; a claimed event is not claimed again until settled or its lease lapses (then with the
+/// next attempt number); settled with a time it waits until then; settled with none it is gone.
+/// Each tenant claims only its own.
+pub async fn webhook_events_are_claimed_once_retried_and_settled(db: Database) {
+    let store = db.open().runs;
+    let event = |n: u32, tenant: &str| NewWebhook {
+        id: format!("evt-{n}"),
+        tenant: tenant.into(),
+        event: "run.finished".into(),
+        body: json!({"n": n}).to_string(),
+    };
+    for n in 0..5 {
+        store.queue_webhook(&event(n, "acme")).await.unwrap();
+    }
+    store.queue_webhook(&event(9, "globex")).await.unwrap();
+    store.queue_webhook(&event(0, "acme")).await.unwrap(); // queued twice: kept once
+
+    let (a, b) = (db.open().runs, db.open().runs);
+    let (got_a, got_b) = tokio::join!(a.claim_webhooks("acme", 3, LONG), b.claim_webhooks("acme", 3, LONG));
+    let (got_a, got_b) = (got_a.unwrap(), got_b.unwrap());
+    let mut ids: Vec<&str> = got_a.iter().chain(&got_b).map(|w| w.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["evt-0", "evt-1", "evt-2", "evt-3", "evt-4"], "{got_a:?} {got_b:?}");
+    assert!(got_a.iter().chain(&got_b).all(|w| w.attempts == 1 && w.event == "run.finished"));
+    let evt1 = got_a.iter().chain(&got_b).find(|w| w.id == "evt-1").unwrap();
+    assert_eq!(parse(&evt1.body), json!({"n": 1}));
+    assert!(store.claim_webhooks("acme", 10, LONG).await.unwrap().is_empty(), "claimed twice");
+
+    // Settled: gone; to retry later: not due before then; to retry now: claimed, attempt 2.
+    store.settle_webhook("evt-0", None).await.unwrap();
+    store.settle_webhook("evt-1", Some(Utc::now() + chrono::TimeDelta::seconds(3600))).await.unwrap();
+    store.settle_webhook("evt-2", Some(Utc::now() - chrono::TimeDelta::seconds(1))).await.unwrap();
+    let again = store.claim_webhooks("acme", 10, SHORT).await.unwrap();
+    assert_eq!(again.iter().map(|w| (w.id.as_str(), w.attempts)).collect::<Vec<_>>(), [("evt-2", 2)]);
+    // A lapsed claim (its claimer stopped) is claimed again.
+    short_leases_lapse().await;
+    let lapsed = store.claim_webhooks("acme", 10, LONG).await.unwrap();
+    assert_eq!(lapsed.iter().map(|w| (w.id.as_str(), w.attempts)).collect::<Vec<_>>(), [("evt-2", 3)]);
+
+    let theirs = store.claim_webhooks("globex", 10, LONG).await.unwrap();
+    assert_eq!(theirs.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(), ["evt-9"]);
+    assert!(store.claim_webhooks("initech", 10, LONG).await.unwrap().is_empty());
 }
 
 // ----------------------------------------------------------------------------------------------

@@ -515,6 +515,34 @@ pub trait RunStore: Send + Sync + 'static {
         no_schedules(self.describe())
     }
 
+    /// Keeps a webhook event until it is delivered ([`claim_webhooks`](RunStore::claim_webhooks),
+    /// [`settle_webhook`](RunStore::settle_webhook)); due at once. The default refuses (the
+    /// server then delivers from memory).
+    fn queue_webhook<'a>(&'a self, webhook: &'a NewWebhook) -> StoreFuture<'a, ()> {
+        let _ = webhook;
+        no_schedules(self.describe())
+    }
+
+    /// Claims up to `limit` due webhook events of `tenant` for `lease` (no other claimer gets
+    /// them until the lease runs out or they are settled), oldest due first, counting the
+    /// attempt.
+    fn claim_webhooks<'a>(
+        &'a self,
+        tenant: &'a str,
+        limit: usize,
+        lease: Duration,
+    ) -> StoreFuture<'a, Vec<QueuedWebhook>> {
+        let _ = (tenant, limit, lease);
+        no_schedules(self.describe())
+    }
+
+    /// Settles a claimed webhook event: `None` removes it (delivered, or given up), `Some(at)`
+    /// makes it due again at `at`.
+    fn settle_webhook<'a>(&'a self, id: &'a str, retry_at: Option<DateTime<Utc>>) -> StoreFuture<'a, ()> {
+        let _ = (id, retry_at);
+        no_schedules(self.describe())
+    }
+
     /// Fires one tick of a schedule, once across every process sharing the store: in one
     /// transaction, records the tick as a unique row (schedule, tick), moves the schedule's
     /// last tick to `tick` and records `run` (a queued run, [`RunStatus::Queued`]). True for
@@ -524,6 +552,33 @@ pub trait RunStore: Send + Sync + 'static {
         let _ = (id, tick, run);
         no_schedules(self.describe())
     }
+}
+
+/// A webhook event to deliver ([`RunStore::queue_webhook`]): kept until a server delivers it
+/// or gives up, so a restart loses none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewWebhook {
+    /// The delivery's id (unique; the receiver sees it on every attempt).
+    pub id: String,
+    /// The tenant whose server delivers it (`""` without tenants).
+    pub tenant: String,
+    /// The event's type (`run.finished`, ...).
+    pub event: String,
+    /// The body, as sent (JSON text).
+    pub body: String,
+}
+
+/// A webhook event claimed for delivery ([`RunStore::claim_webhooks`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedWebhook {
+    /// The delivery's id.
+    pub id: String,
+    /// The event's type.
+    pub event: String,
+    /// The body.
+    pub body: String,
+    /// Which attempt this claim is (1 for the first).
+    pub attempts: u32,
 }
 
 fn no_schedules<T>(store: String) -> StoreFuture<'static, T> {

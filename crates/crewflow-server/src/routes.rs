@@ -88,11 +88,13 @@ routes! {
 }
 
 pub(crate) fn router(server: crate::Server) -> Router {
+    let notifier =
+        server.webhook.map(|hook| crate::webhooks::Notifier::start(hook, server.store.clone(), server.tenant.clone()));
     let app = App {
         store: server.store,
         flows: server.flows,
         chats: server.chats,
-        live: Table::new(server.keep_events).notify(server.webhook.map(crate::webhooks::Notifier::new)),
+        live: Table::new(server.keep_events).notify(notifier),
         lanes: Arc::default(),
         reserved: sessions::Reservations::new(server.reservation_ttl),
         max_message_bytes: server.config.max_body_bytes,

@@ -8,9 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use crewflow_core::RunId;
+use crewflow_core::persist::{NewWebhook, RunStore};
 use hmac::{Hmac, KeyInit, Mac};
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::Sha256;
+use tokio::sync::Notify;
 
 use crate::error::ServerError;
 use crate::live::Ended;
@@ -35,7 +37,9 @@ pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 ///
 /// A connection error, a timeout or a non-2xx answer is tried again after `first_retry`, then
 /// twice as long each time (at most 10 minutes), up to `attempts` tries in all; each attempt is
-/// signed anew (a fresh timestamp).
+/// signed anew (a fresh timestamp). Events are kept in the run store until delivered (or given
+/// up), so a restart loses none and servers sharing the store send each once (at least once:
+/// receivers drop repeats by `crewflow-delivery`).
 ///
 /// ```
 /// use std::time::Duration;
@@ -209,16 +213,41 @@ pub fn verify_signature(secret: &[u8], header: &str, body: &[u8], tolerance: Dur
     Ok(())
 }
 
-/// Sends the webhooks of one server (one tenant).
+/// Sends the webhooks of one server (one tenant): each event is kept in the run store until
+/// it is delivered or given up ([`RunStore::queue_webhook`]), so a restart loses none and
+/// several servers on one store deliver each once; a store that keeps no webhooks has them
+/// delivered from memory.
 pub(crate) struct Notifier {
     hook: Webhook,
     client: reqwest::Client,
+    store: Arc<dyn RunStore>,
+    tenant: String,
+    /// Wakes the delivery loop when an event is queued.
+    wake: Arc<Notify>,
 }
 
 impl Notifier {
-    pub fn new(hook: Webhook) -> Arc<Self> {
+    /// The notifier, and its delivery loop on the current runtime (none without one: events
+    /// are then delivered from memory as they come); the loop stops with the notifier.
+    pub fn start(hook: Webhook, store: Arc<dyn RunStore>, tenant: String) -> Arc<Self> {
         crewflow_llm::install_crypto_provider(); // reqwest is built without its own TLS provider
-        Arc::new(Notifier { hook, client: reqwest::Client::new() })
+        let me = Arc::new(Notifier { hook, client: reqwest::Client::new(), store, tenant, wake: Arc::default() });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (weak, wake) = (Arc::downgrade(&me), me.wake.clone());
+            let poll = me.hook.first_retry.clamp(Duration::from_millis(10), Duration::from_secs(1));
+            runtime.spawn(async move {
+                loop {
+                    let Some(me) = weak.upgrade() else { return };
+                    me.deliver_due().await;
+                    drop(me);
+                    tokio::select! {
+                        () = wake.notified() => {}
+                        () = tokio::time::sleep(poll) => {}
+                    }
+                }
+            });
+        }
+        me
     }
 
     /// Sends the event of a run's end, in the background; nothing for an answer or a resume
@@ -234,42 +263,84 @@ impl Notifier {
             Ended::Err { .. } => "run.failed",
         };
         let (_, data) = crate::routes::outcome_json(run_id, flow, ended);
-        let delivery = RunId::new().to_string();
+        let id = RunId::new().to_string();
         let payload = json!({
-            "id": delivery,
+            "id": id,
             "type": kind,
             "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "data": data,
         });
+        let event = NewWebhook { id, tenant: self.tenant.clone(), event: kind.to_string(), body: payload.to_string() };
         let me = self.clone();
-        tokio::spawn(async move { me.deliver(kind, &delivery, &payload).await });
+        tokio::spawn(async move {
+            match me.store.queue_webhook(&event).await {
+                Ok(()) => me.wake.notify_one(),
+                // A store that keeps no webhooks (or does not answer now): from memory.
+                Err(_) => me.deliver_from_memory(&event).await,
+            }
+        });
     }
 
-    /// Posts until a 2xx answer or the attempts run out.
-    async fn deliver(&self, kind: &str, delivery: &str, payload: &Value) {
-        let body = payload.to_string();
+    /// Delivers the due events of this tenant kept in the store, a batch at a time, until none
+    /// is due.
+    async fn deliver_due(&self) {
+        // Longer than an attempt can take: another server takes an event over only when the
+        // one that claimed it stopped.
+        let lease = self.hook.timeout + Duration::from_secs(5);
+        loop {
+            let Ok(batch) = self.store.claim_webhooks(&self.tenant, 16, lease).await else { return };
+            if batch.is_empty() {
+                return;
+            }
+            let posts = batch.into_iter().map(|w| async move {
+                let delivered = self.post(&w.event, &w.id, &w.body, w.attempts).await;
+                let retry_at = (!delivered && w.attempts < self.hook.attempts)
+                    .then(|| chrono::Utc::now() + self.backoff(w.attempts));
+                // Not settled (the store is down): the claim lapses and it is tried again.
+                let _ = self.store.settle_webhook(&w.id, retry_at).await;
+            });
+            futures::future::join_all(posts).await;
+        }
+    }
+
+    /// The wait after attempt `attempt` (1-based): `first_retry`, doubling, at most 10 minutes.
+    fn backoff(&self, attempt: u32) -> chrono::TimeDelta {
+        let wait = self.hook.first_retry.saturating_mul(1 << attempt.saturating_sub(1).min(20)).min(MAX_WAIT);
+        chrono::TimeDelta::from_std(wait).unwrap_or(chrono::TimeDelta::MAX)
+    }
+
+    /// Posts until a 2xx answer or the attempts run out, from memory.
+    async fn deliver_from_memory(&self, event: &NewWebhook) {
         let mut wait = self.hook.first_retry;
         for attempt in 1..=self.hook.attempts {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            let sent = self
-                .client
-                .post(&self.hook.url)
-                .header(axum::http::header::CONTENT_TYPE, "application/json")
-                .header(SIGNATURE_HEADER, sign(&self.hook.secret, now, body.as_bytes()))
-                .header("crewflow-event", kind)
-                .header("crewflow-delivery", delivery)
-                .header("crewflow-attempt", attempt.to_string())
-                .timeout(self.hook.timeout)
-                .body(body.clone())
-                .send()
-                .await;
-            if sent.is_ok_and(|r| r.status().is_success()) {
+            if self.post(&event.event, &event.id, &event.body, attempt).await {
                 return;
             }
             if attempt < self.hook.attempts {
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(600));
+                wait = wait.saturating_mul(2).min(MAX_WAIT);
             }
         }
     }
+
+    /// One attempt, signed now: whether the receiver answered 2xx.
+    async fn post(&self, kind: &str, delivery: &str, body: &str, attempt: u32) -> bool {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let sent = self
+            .client
+            .post(&self.hook.url)
+            .header(axum::http::header::CONTENT_TYPE, "application/json")
+            .header(SIGNATURE_HEADER, sign(&self.hook.secret, now, body.as_bytes()))
+            .header("crewflow-event", kind)
+            .header("crewflow-delivery", delivery)
+            .header("crewflow-attempt", attempt.to_string())
+            .timeout(self.hook.timeout)
+            .body(body.to_string())
+            .send()
+            .await;
+        sent.is_ok_and(|r| r.status().is_success())
+    }
 }
+
+/// The longest wait between two attempts.
+const MAX_WAIT: Duration = Duration::from_secs(600);

@@ -3,7 +3,9 @@
 //! as the payload; a delivery answered 500 is tried again (same delivery id, a fresh
 //! signature); a receiver that keeps failing gets the configured number of attempts and no
 //! more; the signature check refuses a changed body, another secret, an old timestamp; the
-//! Python verifier of docs/server.md accepts a real delivery and refuses a changed one.
+//! Python verifier of docs/server.md accepts a real delivery and refuses a changed one; an
+//! event outlives a server that could not deliver it; two servers on one PostgreSQL deliver
+//! each event once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -214,6 +216,88 @@ async fn a_receiver_that_keeps_failing_gets_the_configured_attempts_and_no_more(
     let srv = serve(hosting(&store, hook)).await;
     let (code, run) = srv.post("/flows/greet/runs?wait=true", r#"{"name": "Cy"}"#).await;
     assert_eq!((code, run["output"].as_str()), (200, Some("HELLO, CY")), "{run}");
+}
+
+/// An event is kept in the store until delivered: a server that stops while its receiver is
+/// down loses nothing; the next server on the store delivers it (same delivery id, a later
+/// attempt), once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_outlives_the_server_that_could_not_deliver_it() {
+    // A port with nobody listening yet: the receiver comes up there later.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let dir = tempfile::tempdir().unwrap();
+    let store = crewflow_store::open(dir.path().join("runs.db").to_str().unwrap()).unwrap();
+    let hook = || {
+        Webhook::new(&url, SECRET)
+            .unwrap()
+            .attempts(1000)
+            .first_retry(Duration::from_millis(50))
+            .timeout(Duration::from_secs(1))
+    };
+    let first = serve(hosting(&store, hook())).await;
+    let (_, run) = first.post("/flows/greet/runs?wait=true", r#"{"name": "Di"}"#).await;
+    let id = run["run_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await; // a few refused attempts
+    first.stop();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let got: Arc<Mutex<Vec<Got>>> = Arc::default();
+    let seen = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let seen = seen.clone();
+            async move {
+                let signature = headers.get("crewflow-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
+                let verified = verify_signature(SECRET.as_bytes(), signature, &body, DEFAULT_TOLERANCE);
+                seen.lock().unwrap().push(Got { headers, body, verified });
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    // The stopped server's delivery loop ended with it: the event waits in the store.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(of_run(&got, &id).is_empty(), "the stopped server delivered");
+
+    let second = serve(hosting(&store, hook())).await;
+    let seen = deliveries(&got, &id, 1).await;
+    assert_eq!(seen[0].verified, Ok(()));
+    assert_eq!(seen[0].json()["data"]["output"], "HELLO, DI");
+    let attempt: u32 = seen[0].header("crewflow-attempt").parse().unwrap();
+    assert!(attempt >= 2, "the first server tried first: attempt {attempt}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(of_run(&got, &id).len(), 1, "delivered once");
+    second.stop();
+}
+
+/// Two servers on one PostgreSQL database deliver each event once between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES to a PostgreSQL URL")]
+async fn two_servers_on_one_postgres_deliver_each_event_once() {
+    let (url, got) = receiver(|_| false).await;
+    let db = common::fresh_pg_schema().await;
+    let open = || -> Arc<dyn RunStore> { Arc::new(crewflow_store::PostgresStore::connect_lazy(&db).unwrap()) };
+    let hook = || Webhook::new(&url, SECRET).unwrap().first_retry(Duration::from_millis(20));
+    let (one, two) = (open(), open());
+    let servers = [serve(hosting(&one, hook())).await, serve(hosting(&two, hook())).await];
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let (code, run) = servers[i % 2].post("/flows/greet/runs?wait=true", &format!(r#"{{"name": "n{i}"}}"#)).await;
+        assert_eq!(code, 200, "{run}");
+        ids.push(run["run_id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        deliveries(&got, id, 1).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = got.lock().unwrap().clone();
+    assert_eq!(all.len(), ids.len(), "{} deliveries for {} events", all.len(), ids.len());
+    let delivery_ids: std::collections::BTreeSet<&str> = all.iter().map(|g| g.header("crewflow-delivery")).collect();
+    assert_eq!(delivery_ids.len(), ids.len());
+    assert!(all.iter().all(|g| g.verified.is_ok() && g.header("crewflow-attempt") == "1"));
 }
 
 #[test]

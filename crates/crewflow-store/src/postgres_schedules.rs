@@ -1,4 +1,5 @@
-//! Cron schedules in PostgreSQL (schema migration 7): the schedules, and one row per fired tick.
+//! Cron schedules in PostgreSQL (schema migration 7): the schedules, one row per fired tick,
+//! and the run server's webhook events waiting for delivery.
 //!
 //! Several servers sharing the database fire each tick once: the tick's row (schedule, tick) is
 //! the table's primary key, inserted (`ON CONFLICT DO NOTHING`) in the same transaction that
@@ -7,13 +8,15 @@
 //! last tick and changes nothing (see `RunStore::fire_schedule`).
 
 use chrono::{DateTime, Utc};
-use crewflow_core::persist::{NewRun, NewSchedule, RunStatus, ScheduleFire, StoreFuture, StoredSchedule};
+use crewflow_core::persist::{
+    NewRun, NewSchedule, NewWebhook, QueuedWebhook, RunStatus, ScheduleFire, StoreFuture, StoredSchedule,
+};
 
 use crate::StoreError;
 use crate::postgres::{PostgresStore, boxed};
 use crate::util::{fingerprint, parse_run_id, refuse_nul_json, refuse_nul_text};
 
-/// Migration 7: schedules (per tenant and flow) and their fired ticks.
+/// Migration 7: schedules (per tenant and flow), their fired ticks, and webhook events.
 pub(crate) const MIGRATION: &str = r#"
 CREATE TABLE crewflow_schedules (
     id         TEXT PRIMARY KEY,
@@ -33,6 +36,17 @@ CREATE TABLE crewflow_schedule_ticks (
     fired_at    TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (schedule_id, tick)
 );
+CREATE TABLE crewflow_webhooks (
+    id            TEXT PRIMARY KEY,
+    tenant        TEXT NOT NULL,
+    event         TEXT NOT NULL,
+    body          TEXT NOT NULL,
+    attempts      INTEGER NOT NULL,
+    next_at       TIMESTAMPTZ NOT NULL,
+    claimed_until TIMESTAMPTZ,
+    created_at    TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX crewflow_webhooks_due ON crewflow_webhooks (tenant, next_at);
 "#;
 
 /// How many fired ticks are kept per schedule (see the SQLite store's).
@@ -239,6 +253,93 @@ impl PostgresStore {
                     .await?;
                     tx.commit().await?;
                     Ok(true)
+                }
+                .await,
+            )
+        })
+    }
+
+    pub(crate) fn queue_webhook_row<'a>(&'a self, w: &'a NewWebhook) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    refuse_nul_text("the webhook's tenant", &w.tenant)?;
+                    refuse_nul_json("the webhook's body", &w.body)?;
+                    let client = self.client().await?;
+                    client
+                        .execute(
+                            "INSERT INTO crewflow_webhooks (id, tenant, event, body, attempts, next_at, created_at)
+                             VALUES ($1, $2, $3, $4, 0, now(), now()) ON CONFLICT (id) DO NOTHING",
+                            &[&w.id, &w.tenant, &w.event, &w.body],
+                        )
+                        .await?;
+                    Ok(())
+                }
+                .await,
+            )
+        })
+    }
+
+    pub(crate) fn claim_webhook_rows<'a>(
+        &'a self,
+        tenant: &'a str,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> StoreFuture<'a, Vec<QueuedWebhook>> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let client = self.client().await?;
+                    let lease_ms = lease.as_millis() as f64;
+                    // SKIP LOCKED: concurrent claimers never wait on, or get, the same events.
+                    let rows = client
+                        .query(
+                            "UPDATE crewflow_webhooks w
+                             SET claimed_until = now() + $3 * interval '1 millisecond', attempts = w.attempts + 1
+                             WHERE w.id IN (SELECT id FROM crewflow_webhooks
+                                 WHERE tenant = $1 AND next_at <= now() AND (claimed_until IS NULL OR claimed_until < now())
+                                 ORDER BY next_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                             RETURNING w.id, w.event, w.body, w.attempts",
+                            &[&tenant, &(limit as i64), &lease_ms],
+                        )
+                        .await?;
+                    let mut claimed = Vec::with_capacity(rows.len());
+                    for r in &rows {
+                        claimed.push(QueuedWebhook {
+                            id: r.try_get(0)?,
+                            event: r.try_get(1)?,
+                            body: r.try_get(2)?,
+                            attempts: r.try_get::<_, i32>(3)? as u32,
+                        });
+                    }
+                    Ok(claimed)
+                }
+                .await,
+            )
+        })
+    }
+
+    pub(crate) fn settle_webhook_row<'a>(
+        &'a self,
+        id: &'a str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let client = self.client().await?;
+                    match retry_at {
+                        None => client.execute("DELETE FROM crewflow_webhooks WHERE id = $1", &[&id]).await?,
+                        Some(at) => {
+                            client
+                                .execute(
+                                    "UPDATE crewflow_webhooks SET next_at = $2, claimed_until = NULL WHERE id = $1",
+                                    &[&id, &at],
+                                )
+                                .await?
+                        }
+                    };
+                    Ok(())
                 }
                 .await,
             )

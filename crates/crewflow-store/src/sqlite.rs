@@ -25,8 +25,9 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use crewflow_core::RunId;
 use crewflow_core::persist::{
-    Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, NewRun, NewSchedule, Retention, RunEnd, RunFilter,
-    RunOwned, RunStatus, RunStore, RunSummary, ScheduleFire, StepRow, StoreFuture, StoredRun, StoredSchedule,
+    Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, NewRun, NewSchedule, NewWebhook, QueuedWebhook,
+    Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, RunSummary, ScheduleFire, StepRow, StoreFuture,
+    StoredRun, StoredSchedule,
 };
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use tokio::runtime::RuntimeFlavor;
@@ -693,6 +694,23 @@ impl RunStore for SqliteStore {
 
     fn fire_schedule<'a>(&'a self, id: &'a str, tick: DateTime<Utc>, run: &'a NewRun) -> StoreFuture<'a, bool> {
         self.fire_schedule_tick(id, tick, run)
+    }
+
+    fn queue_webhook<'a>(&'a self, webhook: &'a NewWebhook) -> StoreFuture<'a, ()> {
+        self.queue_webhook_row(webhook)
+    }
+
+    fn claim_webhooks<'a>(
+        &'a self,
+        tenant: &'a str,
+        limit: usize,
+        lease: Duration,
+    ) -> StoreFuture<'a, Vec<QueuedWebhook>> {
+        self.claim_webhook_rows(tenant, limit, lease)
+    }
+
+    fn settle_webhook<'a>(&'a self, id: &'a str, retry_at: Option<DateTime<Utc>>) -> StoreFuture<'a, ()> {
+        self.settle_webhook_row(id, retry_at)
     }
 
     fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>> {

@@ -1,18 +1,21 @@
-//! Cron schedules in SQLite (schema migration 7): the schedules, and one row per fired tick.
+//! Cron schedules in SQLite (schema migration 7): the schedules, one row per fired tick, and
+//! the run server's webhook events waiting for delivery.
 //!
 //! A tick fires once across every process sharing the file: the tick's row (schedule, tick) is
 //! the table's primary key, inserted in the same transaction that moves the schedule's last
 //! tick and records the queued run (see `RunStore::fire_schedule`).
 
 use chrono::{DateTime, Utc};
-use crewflow_core::persist::{NewRun, NewSchedule, RunStatus, ScheduleFire, StoreFuture, StoredSchedule};
+use crewflow_core::persist::{
+    NewRun, NewSchedule, NewWebhook, QueuedWebhook, RunStatus, ScheduleFire, StoreFuture, StoredSchedule,
+};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use crate::StoreError;
 use crate::sqlite::{SqliteStore, boxed, from_ms, ms, now};
 use crate::util::{fingerprint, parse_run_id};
 
-/// Migration 7: schedules (per tenant and flow) and their fired ticks.
+/// Migration 7: schedules (per tenant and flow), their fired ticks, and webhook events.
 pub(crate) const MIGRATION: &str = r#"
 CREATE TABLE crewflow_schedules (
     id         TEXT PRIMARY KEY,
@@ -32,6 +35,17 @@ CREATE TABLE crewflow_schedule_ticks (
     fired_at    INTEGER NOT NULL,
     PRIMARY KEY (schedule_id, tick)
 ) WITHOUT ROWID;
+CREATE TABLE crewflow_webhooks (
+    id            TEXT PRIMARY KEY,
+    tenant        TEXT NOT NULL,
+    event         TEXT NOT NULL,
+    body          TEXT NOT NULL,
+    attempts      INTEGER NOT NULL,
+    next_at       INTEGER NOT NULL,
+    claimed_until INTEGER,
+    created_at    INTEGER NOT NULL
+);
+CREATE INDEX crewflow_webhooks_due ON crewflow_webhooks (tenant, next_at);
 "#;
 
 /// How many fired ticks are kept per schedule (older ones are dropped as new ones fire; the
@@ -223,6 +237,89 @@ impl SqliteStore {
                     )?;
                     tx.commit()?;
                     Ok(true)
+                })
+                .await,
+            )
+        })
+    }
+
+    pub(crate) fn queue_webhook_row<'a>(&'a self, w: &'a NewWebhook) -> StoreFuture<'a, ()> {
+        let w = w.clone();
+        Box::pin(async move {
+            boxed(
+                self.call(move |c| {
+                    let t = ms(now());
+                    c.execute(
+                        "INSERT INTO crewflow_webhooks (id, tenant, event, body, attempts, next_at, created_at)
+                         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5) ON CONFLICT (id) DO NOTHING",
+                        params![w.id, w.tenant, w.event, w.body, t],
+                    )?;
+                    Ok(())
+                })
+                .await,
+            )
+        })
+    }
+
+    pub(crate) fn claim_webhook_rows<'a>(
+        &'a self,
+        tenant: &'a str,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> StoreFuture<'a, Vec<QueuedWebhook>> {
+        let tenant = tenant.to_string();
+        Box::pin(async move {
+            boxed(
+                self.call(move |c| {
+                    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let t = ms(now());
+                    let until = t + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+                    let mut claimed = Vec::new();
+                    {
+                        let mut stmt = tx.prepare_cached(
+                            "UPDATE crewflow_webhooks SET claimed_until = ?3, attempts = attempts + 1
+                             WHERE id IN (SELECT id FROM crewflow_webhooks
+                                 WHERE tenant = ?1 AND next_at <= ?2 AND (claimed_until IS NULL OR claimed_until < ?2)
+                                 ORDER BY next_at, id LIMIT ?4)
+                             RETURNING id, event, body, attempts",
+                        )?;
+                        let rows = stmt.query_map(params![tenant, t, until, limit as i64], |r| {
+                            Ok(QueuedWebhook {
+                                id: r.get(0)?,
+                                event: r.get(1)?,
+                                body: r.get(2)?,
+                                attempts: r.get::<_, i64>(3)? as u32,
+                            })
+                        })?;
+                        for row in rows {
+                            claimed.push(row?);
+                        }
+                    }
+                    tx.commit()?;
+                    Ok(claimed)
+                })
+                .await,
+            )
+        })
+    }
+
+    pub(crate) fn settle_webhook_row<'a>(
+        &'a self,
+        id: &'a str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> StoreFuture<'a, ()> {
+        let id = id.to_string();
+        Box::pin(async move {
+            boxed(
+                self.call(move |c| {
+                    match retry_at {
+                        None => c.execute("DELETE FROM crewflow_webhooks WHERE id = ?1", [&id])?,
+                        Some(at) => c.execute(
+                            "UPDATE crewflow_webhooks SET next_at = ?2, claimed_until = NULL WHERE id = ?1",
+                            params![id, ms(at)],
+                        )?,
+                    };
+                    Ok(())
                 })
                 .await,
             )
