@@ -62,7 +62,8 @@
 //! [`tenant_router`] ([`Tenants`]).
 //!
 //! A [`Webhook`] ([`Server::webhook`]) tells a URL of every run's end or pause, signed with
-//! HMAC-SHA256 ([`verify_signature`] checks it) and retried with backoff.
+//! HMAC-SHA256 ([`verify_signature`] checks it), kept in the run store until delivered and
+//! retried with backoff.
 //!
 //! Runs started by the server run in the background on the caller's tokio runtime; their
 //! events are kept in memory for the most recent runs ([`Server::keep_events`]) so a client
