@@ -195,6 +195,7 @@ pub mod store {
         Checkpoint, Claim, CompactReport, DEFAULT_LEASE, JournalEntry, LeaseLost, NewRun, Retention, RunEnd, RunFilter,
         RunOwned, RunStatus, RunStore, RunSummary, StepRow, StoreFuture, StoredRun, driven_runs, process_owner,
     };
+    pub use crewflow_core::persist::{NewSchedule, NewWebhook, QueuedWebhook, ScheduleFire, StoredSchedule};
     pub use crewflow_store::*;
 }
 

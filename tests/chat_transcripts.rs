@@ -128,12 +128,13 @@ async fn continue_migrated(store: Arc<dyn SessionStore>) {
 #[tokio::test]
 async fn sqlite_migration_moves_existing_transcripts_into_rows() {
     let (_dir, path) = temp_db();
-    // A database as the previous version left it: schema 5, transcripts inside the states.
+    // A database as an earlier version left it: schema 5, transcripts inside the states.
     SqliteStore::open(&path).list_sessions(&Default::default()).await.unwrap();
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute_batch(
-        "DROP TABLE crewflow_messages; ALTER TABLE crewflow_sessions DROP COLUMN message_count;
-         DELETE FROM crewflow_schema WHERE version = 6;",
+        "DROP TABLE crewflow_schedule_ticks; DROP TABLE crewflow_schedules; DROP TABLE crewflow_webhooks;
+         DROP TABLE crewflow_messages; ALTER TABLE crewflow_sessions DROP COLUMN message_count;
+         DELETE FROM crewflow_schema WHERE version >= 6;",
     )
     .unwrap();
     for (flow, id, state) in legacy_sessions() {
@@ -152,7 +153,7 @@ async fn sqlite_migration_moves_existing_transcripts_into_rows() {
         .unwrap()
         .query_row("SELECT max(version) FROM crewflow_schema", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
     continue_migrated(store).await;
 }
 
@@ -165,8 +166,9 @@ async fn postgres_migration_moves_existing_transcripts_into_rows() {
     tokio::spawn(conn);
     client
         .batch_execute(
-            "DROP TABLE crewflow_messages; ALTER TABLE crewflow_sessions DROP COLUMN message_count;
-             DELETE FROM crewflow_schema WHERE version = 6;",
+            "DROP TABLE crewflow_schedule_ticks; DROP TABLE crewflow_schedules; DROP TABLE crewflow_webhooks;
+             DROP TABLE crewflow_messages; ALTER TABLE crewflow_sessions DROP COLUMN message_count;
+             DELETE FROM crewflow_schema WHERE version >= 6;",
         )
         .await
         .unwrap();
@@ -184,7 +186,7 @@ async fn postgres_migration_moves_existing_transcripts_into_rows() {
     let store = Arc::new(PostgresStore::connect_lazy(&url).unwrap());
     check_migrated(&*store).await;
     let version: i32 = client.query_one("SELECT max(version) FROM crewflow_schema", &[]).await.unwrap().get(0);
-    assert_eq!(version, 6);
+    assert_eq!(version, 7);
     continue_migrated(store).await;
 }
 

@@ -494,7 +494,7 @@ async fn corrupt_foreign_and_newer_databases_are_refused() {
     SqliteStore::open(&newer).connect().await.unwrap();
     rusqlite_like::open(&newer).exec("INSERT INTO crewflow_schema (version) VALUES (99)");
     let err = flow_on(&newer).kickoff(()).await.err().unwrap();
-    assert!(err.to_string().contains("has schema version 99, newer than this crewflow supports (6)"), "{err}");
+    assert!(err.to_string().contains("has schema version 99, newer than this crewflow supports (7)"), "{err}");
 }
 
 /// The names in a directory, sorted.

@@ -7,7 +7,7 @@
 //! process stops: its lease heartbeat and its connections end with it. The clauses are the
 //! promises of `RunStore` (`crates/crewflow-core/src/persist.rs`) and of `MemoryStore`, one
 //! per behaviour, in sections: runs, checkpoints, ends, leases, fencing, pause claims, worker
-//! claims, errors, memories.
+//! claims, errors, schedules, memories.
 //!
 //! [`store_contract_clauses!`] lists every clause and turns each into a `#[tokio::test]` for a
 //! backend; a clause added here runs on every backend.
@@ -32,6 +32,7 @@ use crewflow::store::{
     Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, MemoryQuery, MemoryRow, MemoryStore, ModelCount, NewRun,
     Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, StepRow, StoredRun,
 };
+use crewflow::store::{NewSchedule, NewWebhook, StoredSchedule};
 use crewflow::{BoxError, RunId};
 use serde_json::{Value, json};
 
@@ -77,6 +78,10 @@ macro_rules! store_contract_clauses {
             // compaction
             compaction_deletes_only_ended_runs_past_their_time,
             compaction_drops_finished_journals_and_keeps_failed_ones,
+            // schedules
+            schedules_are_kept_per_tenant,
+            each_schedule_tick_fires_once_across_concurrent_callers,
+            webhook_events_are_claimed_once_retried_and_settled,
             // memories
             memories_round_trip,
             memory_queries_filter_by_scope_source_model_ids_and_age,
@@ -1152,6 +1157,177 @@ pub async fn unknown_run_ids_are_errors_that_name_the_run(db: Database) {
     assert_eq!(store.heartbeat("owner-a", &[id], LONG).await.unwrap(), 0);
     assert!(store.list_runs(&RunFilter::default()).await.unwrap().is_empty(), "nothing was created");
     assert!(store.load_run(id).await.unwrap().is_none());
+}
+
+// ----------------------------------------------------------------------------------------------
+// Schedules.
+
+fn schedule(tenant: &str, flow: &str) -> NewSchedule {
+    NewSchedule {
+        id: RunId::new().to_string(),
+        tenant: tenant.into(),
+        flow: flow.into(),
+        cron: "*/5 * * * *".into(),
+        inputs: r#"{"topic": "invoices"}"#.into(),
+    }
+}
+
+async fn schedule_of(store: &dyn RunStore, tenant: &str, id: &str) -> Option<StoredSchedule> {
+    store.load_schedule(tenant, id, 10).await.unwrap().map(|(s, _)| s)
+}
+
+/// A schedule is read, listed and deleted only by its tenant: to another tenant its id is
+/// unknown (`None`, not listed, `false` on delete, which leaves it there). Lists are oldest
+/// first and filter by flow; a taken id is refused.
+pub async fn schedules_are_kept_per_tenant(db: Database) {
+    let store = db.open().runs;
+    let a1 = schedule("acme", "report");
+    let a2 = schedule("acme", "digest");
+    let g1 = schedule("globex", "report");
+    for s in [&a1, &a2, &g1] {
+        store.create_schedule(s).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(store.create_schedule(&NewSchedule { tenant: "globex".into(), ..a1.clone() }).await.is_err());
+
+    let other = db.open().runs;
+    let got = schedule_of(other.as_ref(), "acme", &a1.id).await.expect("the schedule, from another handle");
+    assert_eq!((got.tenant.as_str(), got.flow.as_str(), got.cron.as_str()), ("acme", "report", "*/5 * * * *"));
+    assert_eq!(parse(&got.inputs), json!({"topic": "invoices"}));
+    assert_eq!((got.last_tick, got.last_run), (None, None));
+    assert!((Utc::now() - got.created_at).num_seconds().abs() < 60, "{:?}", got.created_at);
+
+    let listed = |tenant: &'static str, flow: Option<&'static str>| {
+        let other = other.clone();
+        async move { other.list_schedules(tenant, flow).await.unwrap().into_iter().map(|s| s.id).collect::<Vec<_>>() }
+    };
+    assert_eq!(listed("acme", None).await, [a1.id.as_str(), a2.id.as_str()]);
+    assert_eq!(listed("acme", Some("digest")).await, [a2.id.as_str()]);
+    assert_eq!(listed("globex", None).await, [g1.id.as_str()]);
+    assert!(listed("initech", None).await.is_empty());
+
+    assert_eq!(schedule_of(other.as_ref(), "globex", &a1.id).await, None);
+    assert!(!other.delete_schedule("globex", &a1.id).await.unwrap());
+    assert!(schedule_of(other.as_ref(), "acme", &a1.id).await.is_some(), "another tenant's delete removed it");
+    assert!(other.delete_schedule("acme", &a1.id).await.unwrap());
+    assert_eq!(schedule_of(store.as_ref(), "acme", &a1.id).await, None);
+    assert!(!store.delete_schedule("acme", &a1.id).await.unwrap());
+    assert_eq!(listed("acme", None).await, [a2.id.as_str()]);
+}
+
+/// `fire_schedule` fires a tick for one caller only: of concurrent callers from several
+/// handles, one gets `true` and its queued run is recorded; the others get `false` and record
+/// nothing. A tick no later than the last fired one never fires; a later one does; a deleted
+/// schedule fires nothing and its fires go with it.
+pub async fn each_schedule_tick_fires_once_across_concurrent_callers(db: Database) {
+    let store = db.open().runs;
+    let s = schedule("acme", FLOW);
+    store.create_schedule(&s).await.unwrap();
+    let tick = at(60_000);
+
+    let handles: Vec<Arc<dyn RunStore>> = (0..4).map(|_| db.open().runs).collect();
+    let mut tasks = Vec::new();
+    for (i, handle) in handles.iter().enumerate() {
+        let (handle, id, run) = (handle.clone(), s.id.clone(), new_run("", RunStatus::Queued));
+        tasks.push(tokio::spawn(async move {
+            let fired = handle.fire_schedule(&id, tick, &run).await.unwrap();
+            (i, fired, run.run_id)
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    let winners: Vec<_> = results.iter().filter(|(_, fired, _)| *fired).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    let won = winners[0].2;
+    for (_, fired, run_id) in &results {
+        let stored = store.load_run(*run_id).await.unwrap();
+        match fired {
+            true => {
+                let stored = stored.expect("the winner's run is recorded");
+                assert_eq!((stored.status, stored.fencing, stored.owner.as_deref()), (RunStatus::Queued, 0, None));
+                assert_eq!(parsed(stored.inputs.as_deref()), Some(json!({"topic": "invoices", "limit": 3})));
+            }
+            false => assert!(stored.is_none(), "a losing caller recorded its run {run_id}"),
+        }
+    }
+    let (got, fires) = store.load_schedule("acme", &s.id, 10).await.unwrap().unwrap();
+    assert_eq!((got.last_tick, got.last_run), (Some(tick), Some(won)));
+    assert_eq!(fires.iter().map(|f| (f.tick, f.run_id)).collect::<Vec<_>>(), [(tick, won)]);
+
+    // The same tick again, or an earlier one: nothing.
+    for again in [tick, at(0)] {
+        let run = new_run("", RunStatus::Queued);
+        assert!(!store.fire_schedule(&s.id, again, &run).await.unwrap(), "{again}");
+        assert!(store.load_run(run.run_id).await.unwrap().is_none());
+    }
+    // A later tick fires; the fires list newest first.
+    let later = new_run("", RunStatus::Queued);
+    assert!(handles[1].fire_schedule(&s.id, at(120_000), &later).await.unwrap());
+    let (got, fires) = store.load_schedule("acme", &s.id, 10).await.unwrap().unwrap();
+    assert_eq!((got.last_tick, got.last_run), (Some(at(120_000)), Some(later.run_id)));
+    assert_eq!(fires.iter().map(|f| f.tick).collect::<Vec<_>>(), [at(120_000), tick]);
+    assert!(fires.iter().all(|f| (Utc::now() - f.fired_at).num_seconds().abs() < 60), "{fires:?}");
+    let (_, one) = store.load_schedule("acme", &s.id, 1).await.unwrap().unwrap();
+    assert_eq!(one.len(), 1);
+
+    // Only queued runs fire; a deleted schedule fires nothing, its fires gone, its runs kept.
+    assert!(store.fire_schedule(&s.id, at(180_000), &new_run("x", RunStatus::Running)).await.is_err());
+    assert!(store.delete_schedule("acme", &s.id).await.unwrap());
+    let run = new_run("", RunStatus::Queued);
+    assert!(!store.fire_schedule(&s.id, at(240_000), &run).await.unwrap());
+    assert!(store.load_run(run.run_id).await.unwrap().is_none());
+    assert!(store.load_run(later.run_id).await.unwrap().is_some());
+    let again = NewSchedule { id: s.id.clone(), ..schedule("acme", FLOW) };
+    store.create_schedule(&again).await.unwrap();
+    let (_, fires) = store.load_schedule("acme", &s.id, 10).await.unwrap().unwrap();
+    assert!(fires.is_empty(), "a deleted schedule's fires outlived it: {fires:?}");
+}
+
+/// Webhook events: queued due at once; concurrent claims from several handles never share an
+/// event; a claimed event is not claimed again until settled or its lease lapses (then with the
+/// next attempt number); settled with a time it waits until then; settled with none it is gone.
+/// Each tenant claims only its own.
+pub async fn webhook_events_are_claimed_once_retried_and_settled(db: Database) {
+    let store = db.open().runs;
+    let event = |n: u32, tenant: &str| NewWebhook {
+        id: format!("evt-{n}"),
+        tenant: tenant.into(),
+        event: "run.finished".into(),
+        body: json!({"n": n}).to_string(),
+    };
+    for n in 0..5 {
+        store.queue_webhook(&event(n, "acme")).await.unwrap();
+    }
+    store.queue_webhook(&event(9, "globex")).await.unwrap();
+    store.queue_webhook(&event(0, "acme")).await.unwrap(); // queued twice: kept once
+
+    let (a, b) = (db.open().runs, db.open().runs);
+    let (got_a, got_b) = tokio::join!(a.claim_webhooks("acme", 3, LONG), b.claim_webhooks("acme", 3, LONG));
+    let (got_a, got_b) = (got_a.unwrap(), got_b.unwrap());
+    let mut ids: Vec<&str> = got_a.iter().chain(&got_b).map(|w| w.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["evt-0", "evt-1", "evt-2", "evt-3", "evt-4"], "{got_a:?} {got_b:?}");
+    assert!(got_a.iter().chain(&got_b).all(|w| w.attempts == 1 && w.event == "run.finished"));
+    let evt1 = got_a.iter().chain(&got_b).find(|w| w.id == "evt-1").unwrap();
+    assert_eq!(parse(&evt1.body), json!({"n": 1}));
+    assert!(store.claim_webhooks("acme", 10, LONG).await.unwrap().is_empty(), "claimed twice");
+
+    // Settled: gone; to retry later: not due before then; to retry now: claimed, attempt 2.
+    store.settle_webhook("evt-0", None).await.unwrap();
+    store.settle_webhook("evt-1", Some(Utc::now() + chrono::TimeDelta::seconds(3600))).await.unwrap();
+    store.settle_webhook("evt-2", Some(Utc::now() - chrono::TimeDelta::seconds(1))).await.unwrap();
+    let again = store.claim_webhooks("acme", 10, SHORT).await.unwrap();
+    assert_eq!(again.iter().map(|w| (w.id.as_str(), w.attempts)).collect::<Vec<_>>(), [("evt-2", 2)]);
+    // A lapsed claim (its claimer stopped) is claimed again.
+    short_leases_lapse().await;
+    let lapsed = store.claim_webhooks("acme", 10, LONG).await.unwrap();
+    assert_eq!(lapsed.iter().map(|w| (w.id.as_str(), w.attempts)).collect::<Vec<_>>(), [("evt-2", 3)]);
+
+    let theirs = store.claim_webhooks("globex", 10, LONG).await.unwrap();
+    assert_eq!(theirs.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(), ["evt-9"]);
+    assert!(store.claim_webhooks("initech", 10, LONG).await.unwrap().is_empty());
 }
 
 // ----------------------------------------------------------------------------------------------

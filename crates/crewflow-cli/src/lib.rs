@@ -354,6 +354,10 @@ pub struct ServeArgs {
     /// The address to listen on; port 0 takes any free port (the first stdout line says which).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
     pub addr: String,
+    /// POST a signed event to this URL when a run finishes, fails, pauses or is cancelled; the
+    /// signing secret is read from $CREWFLOW_WEBHOOK_SECRET.
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
 }
 
 /// `crewflow chat`.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crewflow_core::persist::{RunFilter, RunStore};
-use crewflow_server::{Server, ServerError, router};
+use crewflow_server::{Server, ServerError, Webhook, router};
 
 use crate::commands::{Ctx, store_failed};
 use crate::target::Target;
@@ -27,6 +27,9 @@ pub(crate) async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<Exit, CliError> 
     }
     for chat in ctx.chats() {
         server = chat.serve(server).map_err(refused)?;
+    }
+    if let Some(url) = &args.webhook {
+        server = server.webhook(webhook(url)?);
     }
     let names: Vec<String> = server.flow_names().map(String::from).collect();
     if names.is_empty() {
@@ -70,6 +73,24 @@ fn server_store(ctx: &Ctx) -> Result<(Arc<dyn RunStore>, String), CliError> {
     let store = crewflow_store::open(&url)
         .map_err(|e| CliError::new(Exit::Store, format!("cannot open the store `{url}`: {e}")))?;
     Ok((store, url))
+}
+
+/// The variable holding the webhook's signing secret (kept out of the command line, which
+/// other users of the machine can read).
+const WEBHOOK_SECRET_VAR: &str = "CREWFLOW_WEBHOOK_SECRET";
+
+/// `--webhook URL`, signed with the secret of `$CREWFLOW_WEBHOOK_SECRET`.
+fn webhook(url: &str) -> Result<Webhook, CliError> {
+    let secret = std::env::var(WEBHOOK_SECRET_VAR).unwrap_or_default();
+    if secret.is_empty() {
+        return Err(CliError::new(
+            Exit::Usage,
+            format!(
+                "--webhook needs the secret its events are signed with: set ${WEBHOOK_SECRET_VAR} (at least 16 random bytes, say `openssl rand -hex 32`); the receiver checks signatures with the same secret"
+            ),
+        ));
+    }
+    Webhook::new(url, secret).map_err(refused)
 }
 
 fn refused(e: ServerError) -> CliError {

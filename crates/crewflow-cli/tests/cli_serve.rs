@@ -101,3 +101,164 @@ fn serve_refuses_no_flows_and_a_taken_address() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).starts_with("error: cannot read the flow definition missing.yaml: "), "{}", stderr(&out));
 }
+
+/// A request the receiver got: its headers (lower-cased names) and its body.
+type Delivery = (Vec<(String, String)>, String);
+
+/// A webhook receiver on loopback: each request sent on the channel, answered 204.
+fn receiver() -> (String, std::sync::mpsc::Receiver<Delivery>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut reader = BufReader::new(stream);
+            let mut headers = Vec::new();
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    headers.push((name.trim().to_lowercase(), value.trim().to_string()));
+                }
+            }
+            let len: usize = headers.iter().find(|(n, _)| n == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let mut stream = reader.into_inner();
+            stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").unwrap();
+            if tx.send((headers, String::from_utf8(body).unwrap())).is_err() {
+                return;
+            }
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn serve_fires_cron_schedules_and_sends_signed_webhooks() {
+    const SECRET: &str = "whsec_cli_0123456789abcdef";
+    let s = Scratch::new();
+    s.write("review.yaml", REVIEW);
+    let db = s.db("runs.db");
+    let (hook, deliveries) = receiver();
+
+    // No secret: refused before anything listens, naming the variable.
+    let out = s
+        .cmd(&["serve", "--flows", "review.yaml", "--addr", "127.0.0.1:0", "--store", &db, "--webhook", &hook])
+        .env_remove("CREWFLOW_WEBHOOK_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("set $CREWFLOW_WEBHOOK_SECRET"), "{}", stderr(&out));
+
+    let mut server = std::process::Command::new(assert_cmd::cargo::cargo_bin!("crewflow"))
+        .current_dir(s.dir.path())
+        .env_remove("CREWFLOW_DB")
+        .env("CREWFLOW_WEBHOOK_SECRET", SECRET)
+        .args(["serve", "--flows", "review.yaml", "--addr", "127.0.0.1:0", "--store", &db, "--webhook", &hook])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let addr = first.trim_end().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{first:?}")).to_string();
+
+    // Every second, a run of `review` with the schedule's inputs; its end is a signed webhook.
+    let (status, created) =
+        http(&addr, "POST", "/flows/review/schedules", r#"{"cron": "* * * * * *", "inputs": {"topic": "ticks"}}"#);
+    assert_eq!(status, 201, "{created}");
+    let id = created["schedule_id"].as_str().unwrap().to_string();
+    let (headers, body) = deliveries.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
+    let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).unwrap_or("");
+    crewflow_server::verify_signature(
+        SECRET.as_bytes(),
+        header("crewflow-signature"),
+        body.as_bytes(),
+        crewflow_server::DEFAULT_TOLERANCE,
+    )
+    .unwrap();
+    let event: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((event["type"].as_str(), header("crewflow-event")), (Some("run.finished"), "run.finished"));
+    assert_eq!(event["data"]["output"], "published: draft about ticks", "{event}");
+    let (status, schedule) = http(&addr, "GET", &format!("/schedules/{id}"), "");
+    assert_eq!(status, 200);
+    let fired: Vec<&Value> = schedule["fires"].as_array().unwrap().iter().map(|f| &f["run_id"]).collect();
+    assert!(fired.contains(&&event["data"]["run_id"]), "{schedule}");
+    let (status, _) = http(&addr, "DELETE", &format!("/schedules/{id}"), "");
+    assert_eq!(status, 200);
+
+    let status = std::process::Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert_eq!(server.wait_with_output().unwrap().status.code(), Some(0));
+}
+
+/// Starts `crewflow serve` on a free port; its address.
+fn serve_on(s: &Scratch, store: &str, flow: &str) -> (std::process::Child, String) {
+    let mut server = std::process::Command::new(assert_cmd::cargo::cargo_bin!("crewflow"))
+        .current_dir(s.dir.path())
+        .env_remove("CREWFLOW_DB")
+        .args(["serve", "--flows", flow, "--addr", "127.0.0.1:0", "--store", store])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let addr = first.trim_end().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{first:?}")).to_string();
+    (server, addr)
+}
+
+/// Two `crewflow serve` processes on one PostgreSQL database: a schedule firing every second
+/// fires each tick once between them, one run per tick.
+#[test]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "needs CREWFLOW_TEST_POSTGRES")]
+fn two_serve_processes_on_one_postgres_fire_each_tick_once() {
+    let url = std::env::var("CREWFLOW_TEST_POSTGRES").unwrap();
+    let s = Scratch::new();
+    // A flow of its own name, so the shared database's other runs are not counted.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let name = format!("ticks_{}_{nanos}", std::process::id());
+    s.write("ticks.yaml", &REVIEW.replacen("name: review", &format!("name: {name}"), 1));
+    let (mut one, addr_one) = serve_on(&s, &url, "ticks.yaml");
+    let (mut two, addr_two) = serve_on(&s, &url, "ticks.yaml");
+
+    let (status, created) = http(
+        &addr_one,
+        "POST",
+        &format!("/flows/{name}/schedules"),
+        r#"{"cron": "* * * * * *", "inputs": {"topic": "twice?"}}"#,
+    );
+    assert_eq!(status, 201, "{created}");
+    let id = created["schedule_id"].as_str().unwrap().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(4500));
+    let (status, schedule) = http(&addr_two, "GET", &format!("/schedules/{id}"), "");
+    assert_eq!(status, 200);
+    let (status, _) = http(&addr_two, "DELETE", &format!("/schedules/{id}"), "");
+    assert_eq!(status, 200);
+    let deleted_at = chrono::Utc::now();
+
+    let fires = schedule["fires"].as_array().unwrap();
+    assert!(fires.len() >= 3, "{schedule}");
+    let ticks: std::collections::BTreeSet<String> =
+        fires.iter().map(|f| f["tick"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ticks.len(), fires.len(), "a tick fired twice: {schedule}");
+    let first: chrono::DateTime<chrono::Utc> = fires.last().unwrap()["tick"].as_str().unwrap().parse().unwrap();
+    // Every run of the flow came from a tick, one per tick: no more runs than seconds went by.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let listed = json_lines(&s.cmd(&["runs", "list", "--flow", &name, "--store", &url, "--json"]).output().unwrap());
+    let most = (deleted_at - first).num_seconds() + 1;
+    assert!(listed.len() as i64 <= most, "{} runs for at most {most} ticks", listed.len());
+    assert!(listed.len() >= fires.len(), "{} runs, {} fires", listed.len(), fires.len());
+
+    for server in [&mut one, &mut two] {
+        let status = std::process::Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+    assert_eq!((one.wait().unwrap().code(), two.wait().unwrap().code()), (Some(0), Some(0)));
+}

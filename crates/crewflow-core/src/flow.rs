@@ -517,6 +517,17 @@ impl<S: FlowState> Flow<S> {
         Ok(new.run_id)
     }
 
+    /// The record of a queued run, as [`enqueue`](Flow::enqueue) would store it, without
+    /// storing it: for callers that record it together with something else in one
+    /// transaction (a schedule's tick, [`RunStore::fire_schedule`]). The inputs are checked
+    /// now; the run gets a new id (or the kickoff's).
+    pub fn queued_run(&self, kickoff: impl Into<Kickoff>) -> Result<crate::persist::NewRun, Error> {
+        let kickoff = kickoff.into();
+        let inputs = kickoff.inputs.clone().map(serde_json::Value::Object);
+        let prepared = driver::prepare(&self.inner, kickoff, None, None)?;
+        driver::queued_run(&self.inner, &prepared, inputs)
+    }
+
     /// Runs the flow to the end from synchronous code (it starts its own runtime). Called from
     /// inside an async runtime it returns an error instead of blocking it.
     pub fn kickoff_blocking(&self, kickoff: impl Into<Kickoff>) -> Result<Run<S>, Error> {

@@ -482,6 +482,158 @@ pub trait RunStore: Send + Sync + 'static {
         let _ = (run_id, executions);
         Box::pin(async { Ok(Vec::new()) })
     }
+
+    /// Records a cron schedule ([`NewSchedule`]). The default refuses: the store keeps no
+    /// schedules (see `docs/server.md`, schedules).
+    fn create_schedule<'a>(&'a self, schedule: &'a NewSchedule) -> StoreFuture<'a, ()> {
+        let _ = schedule;
+        no_schedules(self.describe())
+    }
+
+    /// The schedules of `tenant` (of `flow` only, when given), oldest first.
+    fn list_schedules<'a>(&'a self, tenant: &'a str, flow: Option<&'a str>) -> StoreFuture<'a, Vec<StoredSchedule>> {
+        let _ = (tenant, flow);
+        no_schedules(self.describe())
+    }
+
+    /// One schedule of `tenant`, with its latest fires (newest first, at most `fires`); `None`
+    /// when `tenant` has no schedule with this id (another tenant's ids included).
+    fn load_schedule<'a>(
+        &'a self,
+        tenant: &'a str,
+        id: &'a str,
+        fires: usize,
+    ) -> StoreFuture<'a, Option<(StoredSchedule, Vec<ScheduleFire>)>> {
+        let _ = (tenant, id, fires);
+        no_schedules(self.describe())
+    }
+
+    /// Deletes a schedule of `tenant` and the record of its fires (not the runs it started);
+    /// false when `tenant` has no schedule with this id.
+    fn delete_schedule<'a>(&'a self, tenant: &'a str, id: &'a str) -> StoreFuture<'a, bool> {
+        let _ = (tenant, id);
+        no_schedules(self.describe())
+    }
+
+    /// Keeps a webhook event until it is delivered ([`claim_webhooks`](RunStore::claim_webhooks),
+    /// [`settle_webhook`](RunStore::settle_webhook)); due at once. The default refuses (the
+    /// server then delivers from memory).
+    fn queue_webhook<'a>(&'a self, webhook: &'a NewWebhook) -> StoreFuture<'a, ()> {
+        let _ = webhook;
+        no_schedules(self.describe())
+    }
+
+    /// Claims up to `limit` due webhook events of `tenant` for `lease` (no other claimer gets
+    /// them until the lease runs out or they are settled), oldest due first, counting the
+    /// attempt.
+    fn claim_webhooks<'a>(
+        &'a self,
+        tenant: &'a str,
+        limit: usize,
+        lease: Duration,
+    ) -> StoreFuture<'a, Vec<QueuedWebhook>> {
+        let _ = (tenant, limit, lease);
+        no_schedules(self.describe())
+    }
+
+    /// Settles a claimed webhook event: `None` removes it (delivered, or given up), `Some(at)`
+    /// makes it due again at `at`.
+    fn settle_webhook<'a>(&'a self, id: &'a str, retry_at: Option<DateTime<Utc>>) -> StoreFuture<'a, ()> {
+        let _ = (id, retry_at);
+        no_schedules(self.describe())
+    }
+
+    /// Fires one tick of a schedule, once across every process sharing the store: in one
+    /// transaction, records the tick as a unique row (schedule, tick), moves the schedule's
+    /// last tick to `tick` and records `run` (a queued run, [`RunStatus::Queued`]). True for
+    /// the one caller that fired it; false (and nothing written) when the tick was fired
+    /// already, a later tick was, or the schedule is gone.
+    fn fire_schedule<'a>(&'a self, id: &'a str, tick: DateTime<Utc>, run: &'a NewRun) -> StoreFuture<'a, bool> {
+        let _ = (id, tick, run);
+        no_schedules(self.describe())
+    }
+}
+
+/// A webhook event to deliver ([`RunStore::queue_webhook`]): kept until a server delivers it
+/// or gives up, so a restart loses none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewWebhook {
+    /// The delivery's id (unique; the receiver sees it on every attempt).
+    pub id: String,
+    /// The tenant whose server delivers it (`""` without tenants).
+    pub tenant: String,
+    /// The event's type (`run.finished`, ...).
+    pub event: String,
+    /// The body, as sent (JSON text).
+    pub body: String,
+}
+
+/// A webhook event claimed for delivery ([`RunStore::claim_webhooks`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedWebhook {
+    /// The delivery's id.
+    pub id: String,
+    /// The event's type.
+    pub event: String,
+    /// The body.
+    pub body: String,
+    /// Which attempt this claim is (1 for the first).
+    pub attempts: u32,
+}
+
+fn no_schedules<T>(store: String) -> StoreFuture<'static, T> {
+    Box::pin(async move {
+        Err(format!("the store {store} keeps no schedules; use a SQLite or PostgreSQL store from crewflow-store")
+            .into())
+    })
+}
+
+/// A cron schedule to record ([`RunStore::create_schedule`]): runs of `flow` with `inputs`, one
+/// at each tick of `cron`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewSchedule {
+    /// The schedule's id (unique in the store).
+    pub id: String,
+    /// The tenant it belongs to (`""` for a server without tenants).
+    pub tenant: String,
+    /// The flow it starts runs of.
+    pub flow: String,
+    /// The cron expression, as given.
+    pub cron: String,
+    /// The inputs of every run it starts, as JSON text (an object).
+    pub inputs: String,
+}
+
+/// A cron schedule as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSchedule {
+    /// The schedule's id.
+    pub id: String,
+    /// The tenant it belongs to.
+    pub tenant: String,
+    /// The flow it starts runs of.
+    pub flow: String,
+    /// The cron expression.
+    pub cron: String,
+    /// The inputs of every run it starts, as JSON text.
+    pub inputs: String,
+    /// When it was created: no tick before this fires.
+    pub created_at: DateTime<Utc>,
+    /// The latest tick fired, if any: no tick up to this one fires again.
+    pub last_tick: Option<DateTime<Utc>>,
+    /// The run the latest tick started.
+    pub last_run: Option<RunId>,
+}
+
+/// One fired tick of a schedule and the run it started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleFire {
+    /// The tick (a time the cron expression names).
+    pub tick: DateTime<Utc>,
+    /// The run it queued.
+    pub run_id: RunId,
+    /// When it was fired (at or a little after the tick).
+    pub fired_at: DateTime<Utc>,
 }
 
 /// One recorded result of a run's journal of side effects.

@@ -66,6 +66,12 @@ pub enum ServerError {
         /// The time given.
         per: std::time::Duration,
     },
+    /// A webhook without a usable URL or secret ([`Webhook::new`](crate::Webhook::new)).
+    #[error("the webhook cannot be used: {problem}")]
+    BadWebhook {
+        /// What is wrong, and what to give instead.
+        problem: String,
+    },
     /// The flow keeps its runs in another store than the server's.
     #[error(
         "flow `{flow}` keeps its runs in {flow_store}, not in the server's store ({server_store}); build it with FlowBuilder::store(<the server's store>.clone())"
@@ -129,6 +135,14 @@ impl ApiError {
             StatusCode::NOT_FOUND,
             "unknown_run",
             format!("no run `{run_id}` in the store; GET /runs lists them"),
+        )
+    }
+
+    pub fn unknown_schedule(id: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_schedule",
+            format!("no schedule `{id}` here; GET /schedules lists them"),
         )
     }
 

@@ -55,6 +55,9 @@ pub(crate) trait Hosted: Send + Sync + 'static {
     fn inputs(&self) -> Value;
     /// Starts a run in the background; bad inputs are refused here, before any step runs.
     fn start(&self, inputs: Map<String, Value>) -> Result<Driven, Error>;
+    /// The record of a queued run with `inputs` (not stored): what a schedule's tick records.
+    /// Bad inputs are refused here.
+    fn queued(&self, inputs: Map<String, Value>) -> Result<crewflow_core::persist::NewRun, Error>;
     /// Answers a paused run's feedback and continues it, in the background.
     fn answer(&self, run_id: RunId, answer: String) -> Result<Driven, Error>;
     /// Continues a stored run from its last checkpoint, in the background.
@@ -82,6 +85,10 @@ impl<S: FlowState> Hosted for Flow<S> {
     fn start(&self, inputs: Map<String, Value>) -> Result<Driven, Error> {
         let (handle, events) = self.stream(Kickoff::new().inputs(Value::Object(inputs)))?;
         Ok(Driven::of(handle, events))
+    }
+
+    fn queued(&self, inputs: Map<String, Value>) -> Result<crewflow_core::persist::NewRun, Error> {
+        self.queued_run(Kickoff::new().inputs(Value::Object(inputs)))
     }
 
     fn answer(&self, run_id: RunId, answer: String) -> Result<Driven, Error> {

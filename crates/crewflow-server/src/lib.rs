@@ -20,6 +20,7 @@
 //! | `POST /sessions`, `GET /sessions`, `GET`/`DELETE /sessions/{id}` | sessions of conversational flows: create, list, history (messages, turns, traces), delete |
 //! | `POST /sessions/{id}/turns` | `{"message": "..."}`: the turn's reply, or its frames as SSE with `?stream=sse` |
 //! | `GET /sessions/{id}/ws` | a WebSocket: send `{"message": "..."}`, receive the same frames as the SSE |
+//! | `POST /flows/{flow}/schedules`, `GET /schedules`, `GET`/`DELETE /schedules/{id}` | cron schedules: a run of the flow with fixed inputs at each tick (UTC), fired once per tick across every server sharing the store |
 //!
 //! Refusals answer `{"error": {"code", "message"}}`: `400` for bad inputs or answers (the
 //! message names the field), `404` for an unknown flow or run, `409` for conflicts, `503` when
@@ -60,6 +61,10 @@
 //! Several tenants, each a `Server` over its own stores, are served behind API keys by
 //! [`tenant_router`] ([`Tenants`]).
 //!
+//! A [`Webhook`] ([`Server::webhook`]) tells a URL of every run's end or pause, signed with
+//! HMAC-SHA256 ([`verify_signature`] checks it), kept in the run store until delivered and
+//! retried with backoff.
+//!
 //! Runs started by the server run in the background on the caller's tokio runtime; their
 //! events are kept in memory for the most recent runs ([`Server::keep_events`]) so a client
 //! that subscribes late still sees them from the first; for other runs (after a restart, or
@@ -78,8 +83,10 @@ mod openapi;
 mod replay;
 mod routes;
 mod runs;
+mod schedules;
 mod sessions;
 mod tenants;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -92,6 +99,7 @@ pub use config::{RateLimit, ServerConfig};
 pub use error::ServerError;
 pub use lanes::DoubleTexting;
 pub use tenants::{Tenants, tenant_router};
+pub use webhooks::{DEFAULT_TOLERANCE, SIGNATURE_HEADER, SignatureError, Webhook, sign, verify_signature};
 
 /// The flows a server hosts and the store their runs are kept in. Turn it into a router with
 /// [`router`].
@@ -102,6 +110,9 @@ pub struct Server {
     keep_events: usize,
     config: ServerConfig,
     reservation_ttl: std::time::Duration,
+    tenant: String,
+    scheduling: schedules::Scheduling,
+    webhook: Option<Webhook>,
 }
 
 impl Server {
@@ -114,6 +125,9 @@ impl Server {
             keep_events: 1024,
             config: ServerConfig::default(),
             reservation_ttl: std::time::Duration::from_secs(3600),
+            tenant: String::new(),
+            scheduling: schedules::Scheduling::default(),
+            webhook: None,
         }
     }
 
@@ -177,6 +191,36 @@ impl Server {
     /// [`tenant_router`], [`Tenants::config`] applies instead.
     pub fn config(mut self, config: ServerConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Sends a signed webhook when a run this server drives finishes, fails, pauses for
+    /// feedback or is cancelled ([`Webhook`]). Under [`tenant_router`], each tenant's server
+    /// sends its own runs' webhooks.
+    pub fn webhook(mut self, webhook: Webhook) -> Self {
+        self.webhook = Some(webhook);
+        self
+    }
+
+    /// How often this server looks for due schedule ticks (default 1 s): a tick fires at most
+    /// this long after its time. See `docs/server.md` (schedules).
+    pub fn schedule_every(mut self, every: std::time::Duration) -> Self {
+        self.scheduling.every = every.max(std::time::Duration::from_millis(10));
+        self
+    }
+
+    /// Whether this server fires schedule ticks (default true). Several servers on one store
+    /// may all fire: each tick fires once. Off, it still serves the schedule routes.
+    pub fn fire_schedules(mut self, fire: bool) -> Self {
+        self.scheduling.fire = fire;
+        self
+    }
+
+    /// Whether the server that fired a tick drives its run (default true), or leaves it queued
+    /// for a `crewflow worker` (a [`crewflow_core::Worker`]) to claim. Either way the run is
+    /// recorded queued with the tick, in one transaction.
+    pub fn run_scheduled(mut self, here: bool) -> Self {
+        self.scheduling.run_here = here;
         self
     }
 

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::frames::Frame;
 use crate::hosted::Outcome;
+use crate::webhooks::Notifier;
 
 /// How a driven run came back.
 #[derive(Clone, Debug)]
@@ -27,6 +28,9 @@ pub(crate) enum Ended {
 /// One run this server drives (or drove).
 pub(crate) struct Live {
     pub flow: String,
+    run_id: RunId,
+    /// Told of each end (the server's webhook), if any.
+    notifier: Option<Arc<Notifier>>,
     inner: Mutex<LiveInner>,
     /// Bumped on every new frame and at the end.
     tick: watch::Sender<u64>,
@@ -40,9 +44,15 @@ struct LiveInner {
 }
 
 impl Live {
-    fn new(flow: String) -> Self {
+    fn new(flow: String, run_id: RunId, notifier: Option<Arc<Notifier>>) -> Self {
         let (tick, _) = watch::channel(0);
-        Live { flow, inner: Mutex::new(LiveInner { frames: Vec::new(), ended: None, cancel: None }), tick }
+        Live {
+            flow,
+            run_id,
+            notifier,
+            inner: Mutex::new(LiveInner { frames: Vec::new(), ended: None, cancel: None }),
+            tick,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LiveInner> {
@@ -56,6 +66,9 @@ impl Live {
     }
 
     pub fn end(&self, ended: Ended) {
+        if let Some(notifier) = &self.notifier {
+            notifier.ended(self.run_id, &self.flow, &ended);
+        }
         let mut inner = self.lock();
         inner.ended = Some(ended);
         inner.cancel = None;
@@ -139,6 +152,7 @@ impl Live {
 pub(crate) struct Table {
     inner: Mutex<TableInner>,
     keep: usize,
+    notifier: Option<Arc<Notifier>>,
 }
 
 struct TableInner {
@@ -148,7 +162,13 @@ struct TableInner {
 
 impl Table {
     pub fn new(keep: usize) -> Self {
-        Table { inner: Mutex::new(TableInner { runs: HashMap::new(), order: VecDeque::new() }), keep }
+        Table { inner: Mutex::new(TableInner { runs: HashMap::new(), order: VecDeque::new() }), keep, notifier: None }
+    }
+
+    /// Tells `notifier` of every run's end (and pause).
+    pub fn notify(mut self, notifier: Option<Arc<Notifier>>) -> Self {
+        self.notifier = notifier;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TableInner> {
@@ -173,7 +193,7 @@ impl Table {
             live.tick.send_modify(|t| *t += 1);
             return Some(live);
         }
-        let live = Arc::new(Live::new(flow.to_string()));
+        let live = Arc::new(Live::new(flow.to_string(), run_id, self.notifier.clone()));
         inner.runs.insert(run_id, live.clone());
         inner.order.push_back(run_id);
         // Forget the oldest ended runs beyond what is kept (running ones always stay).

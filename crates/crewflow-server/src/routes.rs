@@ -27,7 +27,7 @@ use crate::frames::Frame;
 use crate::hosted::{Driven, Hosted};
 use crate::lanes::{DoubleTexting, Lanes};
 use crate::live::{Ended, Live, Table};
-use crate::{flows, openapi, runs, sessions};
+use crate::{flows, openapi, runs, schedules, sessions};
 
 /// What every handler shares.
 pub(crate) struct App {
@@ -40,6 +40,12 @@ pub(crate) struct App {
     pub reserved: sessions::Reservations,
     /// The largest WebSocket message taken (the configured body limit).
     pub max_message_bytes: usize,
+    /// The tenant whose schedules this server sees (`""` without tenants).
+    pub tenant: String,
+    /// How this server fires schedules.
+    pub scheduling: schedules::Scheduling,
+    /// Why a schedule's latest tick could not fire here, by schedule id (cleared by a fire).
+    pub schedule_errors: schedules::Errors,
 }
 
 pub(crate) type Shared = State<Arc<App>>;
@@ -75,25 +81,35 @@ routes! {
     "/sessions/{id}" => get(sessions::get_session).delete(sessions::delete_session);
     "/sessions/{id}/turns" => post(sessions::post_turn);
     "/sessions/{id}/ws" => get(sessions::session_ws);
+    "/flows/{flow}/schedules" => post(schedules::create_schedule);
+    "/schedules" => get(schedules::list_schedules);
+    "/schedules/{id}" => get(schedules::get_schedule).delete(schedules::delete_schedule);
     "/openapi.json" => get(openapi::document);
 }
 
 pub(crate) fn router(server: crate::Server) -> Router {
+    let notifier =
+        server.webhook.map(|hook| crate::webhooks::Notifier::start(hook, server.store.clone(), server.tenant.clone()));
     let app = App {
         store: server.store,
         flows: server.flows,
         chats: server.chats,
-        live: Table::new(server.keep_events),
+        live: Table::new(server.keep_events).notify(notifier),
         lanes: Arc::default(),
         reserved: sessions::Reservations::new(server.reservation_ttl),
         max_message_bytes: server.config.max_body_bytes,
+        tenant: server.tenant,
+        scheduling: server.scheduling,
+        schedule_errors: schedules::Errors::default(),
     };
+    let app = Arc::new(app);
+    schedules::spawn(&app);
     table()
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read (within the configured limit) before the handlers: see config.rs.
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .with_state(Arc::new(app))
+        .with_state(app)
 }
 
 impl App {

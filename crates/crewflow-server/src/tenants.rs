@@ -63,10 +63,12 @@ impl Tenants {
 
     /// Serves `server` (its flows, over its own stores) to the keys of tenant `name`. The
     /// limits of [`Tenants::config`] apply to it (its own [`Server::config`] is not used).
-    pub fn tenant(mut self, name: &str, server: Server) -> Result<Self, ServerError> {
+    pub fn tenant(mut self, name: &str, mut server: Server) -> Result<Self, ServerError> {
         if self.servers.contains_key(name) {
             return Err(ServerError::DuplicateTenant { tenant: name.to_string() });
         }
+        // Its schedules are kept under its name, even in a store shared with other tenants.
+        server.tenant = name.to_string();
         self.servers.insert(name.to_string(), server);
         Ok(self)
     }

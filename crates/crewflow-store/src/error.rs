@@ -73,6 +73,9 @@ pub enum StoreError {
     /// A run with this id exists already.
     #[error("a run with id {0} already exists; resume it with Flow::resume, or start a new run without pinning the id")]
     RunExists(String),
+    /// A schedule with this id exists already.
+    #[error("a schedule with id {0} already exists; give the new one another id")]
+    ScheduleExists(String),
     /// The run is not in the store.
     #[error("no run {0} in the store")]
     NoSuchRun(String),

@@ -30,6 +30,8 @@ mod postgres_journal;
 mod postgres_memories;
 #[cfg(feature = "postgres")]
 mod postgres_reports;
+#[cfg(feature = "postgres")]
+mod postgres_schedules;
 #[cfg(all(feature = "postgres", feature = "chat"))]
 mod postgres_sessions;
 mod sessions_schema;
@@ -47,6 +49,8 @@ mod sqlite_memories;
 mod sqlite_open;
 #[cfg(feature = "sqlite")]
 mod sqlite_reports;
+#[cfg(feature = "sqlite")]
+mod sqlite_schedules;
 #[cfg(all(feature = "sqlite", feature = "chat"))]
 mod sqlite_sessions;
 mod util;

@@ -21,8 +21,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use crewflow_core::RunId;
 use crewflow_core::persist::{
-    Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, NewRun, Retention, RunEnd, RunFilter, RunOwned,
-    RunStatus, RunStore, RunSummary, StepRow, StoreFuture, StoredRun,
+    Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, NewRun, NewSchedule, NewWebhook, QueuedWebhook,
+    Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, RunSummary, ScheduleFire, StepRow, StoreFuture,
+    StoredRun, StoredSchedule,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::OnceCell;
@@ -35,9 +36,9 @@ use crate::util::{
 };
 
 /// The newest schema this crewflow writes.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -87,6 +88,7 @@ CREATE TABLE crewflow_state_chain (
 );
 "#,
     crate::sessions_schema::POSTGRES_MESSAGES,
+    crate::postgres_schedules::MIGRATION,
 ];
 
 /// Connections for the store's own queries.
@@ -671,6 +673,48 @@ impl RunStore for PostgresStore {
 
     fn load_journal<'a>(&'a self, run_id: RunId, executions: &'a [u64]) -> StoreFuture<'a, Vec<JournalEntry>> {
         self.load_journal_entries(run_id, executions)
+    }
+
+    fn create_schedule<'a>(&'a self, schedule: &'a NewSchedule) -> StoreFuture<'a, ()> {
+        self.create_schedule_row(schedule)
+    }
+
+    fn list_schedules<'a>(&'a self, tenant: &'a str, flow: Option<&'a str>) -> StoreFuture<'a, Vec<StoredSchedule>> {
+        self.list_schedule_rows(tenant, flow)
+    }
+
+    fn load_schedule<'a>(
+        &'a self,
+        tenant: &'a str,
+        id: &'a str,
+        fires: usize,
+    ) -> StoreFuture<'a, Option<(StoredSchedule, Vec<ScheduleFire>)>> {
+        self.load_schedule_row(tenant, id, fires)
+    }
+
+    fn delete_schedule<'a>(&'a self, tenant: &'a str, id: &'a str) -> StoreFuture<'a, bool> {
+        self.delete_schedule_row(tenant, id)
+    }
+
+    fn fire_schedule<'a>(&'a self, id: &'a str, tick: DateTime<Utc>, run: &'a NewRun) -> StoreFuture<'a, bool> {
+        self.fire_schedule_tick(id, tick, run)
+    }
+
+    fn queue_webhook<'a>(&'a self, webhook: &'a NewWebhook) -> StoreFuture<'a, ()> {
+        self.queue_webhook_row(webhook)
+    }
+
+    fn claim_webhooks<'a>(
+        &'a self,
+        tenant: &'a str,
+        limit: usize,
+        lease: Duration,
+    ) -> StoreFuture<'a, Vec<QueuedWebhook>> {
+        self.claim_webhook_rows(tenant, limit, lease)
+    }
+
+    fn settle_webhook<'a>(&'a self, id: &'a str, retry_at: Option<DateTime<Utc>>) -> StoreFuture<'a, ()> {
+        self.settle_webhook_row(id, retry_at)
     }
 
     fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>> {

@@ -25,8 +25,9 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use crewflow_core::RunId;
 use crewflow_core::persist::{
-    Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, NewRun, Retention, RunEnd, RunFilter, RunOwned,
-    RunStatus, RunStore, RunSummary, StepRow, StoreFuture, StoredRun,
+    Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, NewRun, NewSchedule, NewWebhook, QueuedWebhook,
+    Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, RunSummary, ScheduleFire, StepRow, StoreFuture,
+    StoredRun, StoredSchedule,
 };
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use tokio::runtime::RuntimeFlavor;
@@ -38,10 +39,10 @@ use crate::sqlite_open::{file_error, looks_like_sqlite, prepare};
 use crate::util::{fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status};
 
 /// The newest schema this crewflow writes.
-pub(crate) const SCHEMA_VERSION: i64 = 6;
+pub(crate) const SCHEMA_VERSION: i64 = 7;
 
 /// Schema migrations, applied in order; migration `i` brings the schema to version `i + 1`.
-pub(crate) const MIGRATIONS: [&str; 6] = [
+pub(crate) const MIGRATIONS: [&str; 7] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -89,6 +90,7 @@ CREATE TABLE crewflow_state_chain (
 ) WITHOUT ROWID;
 "#,
     crate::sessions_schema::SQLITE_MESSAGES,
+    crate::sqlite_schedules::MIGRATION,
 ];
 
 enum Location {
@@ -667,6 +669,48 @@ impl RunStore for SqliteStore {
 
     fn load_journal<'a>(&'a self, run_id: RunId, executions: &'a [u64]) -> StoreFuture<'a, Vec<JournalEntry>> {
         self.load_journal_entries(run_id, executions)
+    }
+
+    fn create_schedule<'a>(&'a self, schedule: &'a NewSchedule) -> StoreFuture<'a, ()> {
+        self.create_schedule_row(schedule)
+    }
+
+    fn list_schedules<'a>(&'a self, tenant: &'a str, flow: Option<&'a str>) -> StoreFuture<'a, Vec<StoredSchedule>> {
+        self.list_schedule_rows(tenant, flow)
+    }
+
+    fn load_schedule<'a>(
+        &'a self,
+        tenant: &'a str,
+        id: &'a str,
+        fires: usize,
+    ) -> StoreFuture<'a, Option<(StoredSchedule, Vec<ScheduleFire>)>> {
+        self.load_schedule_row(tenant, id, fires)
+    }
+
+    fn delete_schedule<'a>(&'a self, tenant: &'a str, id: &'a str) -> StoreFuture<'a, bool> {
+        self.delete_schedule_row(tenant, id)
+    }
+
+    fn fire_schedule<'a>(&'a self, id: &'a str, tick: DateTime<Utc>, run: &'a NewRun) -> StoreFuture<'a, bool> {
+        self.fire_schedule_tick(id, tick, run)
+    }
+
+    fn queue_webhook<'a>(&'a self, webhook: &'a NewWebhook) -> StoreFuture<'a, ()> {
+        self.queue_webhook_row(webhook)
+    }
+
+    fn claim_webhooks<'a>(
+        &'a self,
+        tenant: &'a str,
+        limit: usize,
+        lease: Duration,
+    ) -> StoreFuture<'a, Vec<QueuedWebhook>> {
+        self.claim_webhook_rows(tenant, limit, lease)
+    }
+
+    fn settle_webhook<'a>(&'a self, id: &'a str, retry_at: Option<DateTime<Utc>>) -> StoreFuture<'a, ()> {
+        self.settle_webhook_row(id, retry_at)
     }
 
     fn list_runs<'a>(&'a self, filter: &'a RunFilter) -> StoreFuture<'a, Vec<RunSummary>> {
