@@ -593,3 +593,23 @@ async fn unknown_inputs_are_refused_when_the_definition_declares_its_keys() {
     let undeclared = build(&format!("name: d\n{method}"));
     assert_eq!(undeclared.kickoff(json!({"any": 1})).await.unwrap().output_json(), Some(json!({"any": 1})));
 }
+
+/// Each method of a YAML flow knows where it is defined: the file it was read from and the
+/// line and column of its name under `methods:` (`<yaml>` for text given inline), so a
+/// picture's click panel can point at it.
+#[test]
+fn methods_know_their_file_and_line() {
+    let text = "name: placed\nmethods:\n  first:\n    start: true\n    do: {call: expression, expr: '1'}\n\n  second: {listen: first, do: {call: expression, expr: '2'}}\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("placed.yaml");
+    std::fs::write(&path, text).unwrap();
+    let flow = FlowDefinition::from_path(&path).unwrap().build(&Registry::new()).unwrap();
+    let at = |flow: &crewflow::declarative::DeclarativeFlow, name: &str| {
+        let g = flow.flow().graph();
+        g.source(g.step_index(name).unwrap()).map(ToString::to_string)
+    };
+    assert_eq!(at(&flow, "first"), Some(format!("{}:3:3", path.display())));
+    assert_eq!(at(&flow, "second"), Some(format!("{}:7:3", path.display())));
+    let inline = FlowDefinition::from_yaml(text).unwrap().build(&Registry::new()).unwrap();
+    assert_eq!(at(&inline, "second").as_deref(), Some("<yaml>:7:3"));
+}

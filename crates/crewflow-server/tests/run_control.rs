@@ -106,6 +106,10 @@ async fn flows_are_described_and_drawn() {
         .collect();
     assert_eq!(steps, [("draft", "-"), ("on_approved", "'approved'"), ("on_rejected", "'rejected'")], "{review}");
     assert_eq!(review["steps"][0]["start"], "always");
+    // where each step is defined: the `start` call in tests/common/flows.rs (the builder
+    // tracks its caller)
+    let source = review["steps"][0]["source"].as_str().unwrap_or_else(|| panic!("{review}"));
+    assert!(source.starts_with("crates/crewflow-server/tests/common/flows.rs:72:"), "{review}");
     assert_eq!(review["conversational"], false);
     let (_, greet) = srv.get("/flows/greet").await;
     assert_eq!(
