@@ -68,6 +68,7 @@
 
 mod chat;
 mod config;
+mod drain;
 mod error;
 mod flows;
 mod frames;
@@ -89,6 +90,7 @@ use crewflow_core::persist::RunStore;
 use crewflow_core::{Flow, FlowState};
 
 pub use config::{RateLimit, ServerConfig};
+pub use drain::Drain;
 pub use error::ServerError;
 pub use lanes::DoubleTexting;
 pub use tenants::{Tenants, tenant_router};
@@ -102,6 +104,7 @@ pub struct Server {
     keep_events: usize,
     config: ServerConfig,
     reservation_ttl: std::time::Duration,
+    drain: Drain,
 }
 
 impl Server {
@@ -114,6 +117,7 @@ impl Server {
             keep_events: 1024,
             config: ServerConfig::default(),
             reservation_ttl: std::time::Duration::from_secs(3600),
+            drain: Drain::default(),
         }
     }
 
@@ -178,6 +182,12 @@ impl Server {
     pub fn config(mut self, config: ServerConfig) -> Self {
         self.config = config;
         self
+    }
+
+    /// A handle to shut this server down gracefully (take it before [`router`]): stop taking
+    /// runs and turns, then wait for those going (see [`Drain`]).
+    pub fn drain(&self) -> Drain {
+        self.drain.clone()
     }
 
     /// The names of the flows hosted (conversational ones too), by name.
