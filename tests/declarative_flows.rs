@@ -240,8 +240,16 @@ methods:
     .unwrap()
     .build(&Registry::new().model("writer", llm))
     .unwrap();
+    let logged = StepLogs::default();
+    let guard = tracing::subscriber::set_default(logged.clone());
     let run = flow.kickoff(json!({"audience": "engineers", "text": "the deploy failed twice"})).await.unwrap();
+    drop(guard);
     assert_eq!(run.output_json(), Some(json!("A short, friendly summary.")));
+    // the step's finish log carries the model's usage (the reply said 20 prompt, 5 completion)
+    let finished = logged.0.lock().unwrap().iter().find(|f| f["message"] == "step finished").cloned();
+    let finished = finished.expect("a `step finished` line");
+    assert_eq!((finished["step"].as_str(), finished.get("input_tokens").map(String::as_str)), ("summary", Some("20")));
+    assert_eq!(finished.get("output_tokens").map(String::as_str), Some("5"), "{finished:?}");
     let sent = server.requests()[0].json();
     assert_eq!(sent["messages"][0], json!({"role": "system", "content": "You write for engineers."}));
     assert_eq!(sent["messages"][1]["content"], json!("Summarise in one sentence: the deploy failed twice"));
@@ -612,4 +620,34 @@ fn methods_know_their_file_and_line() {
     assert_eq!(at(&flow, "second"), Some(format!("{}:7:3", path.display())));
     let inline = FlowDefinition::from_yaml(text).unwrap().build(&Registry::new()).unwrap();
     assert_eq!(at(&inline, "second").as_deref(), Some("<yaml>:7:3"));
+}
+
+/// The `crewflow::step` log lines a run emits, each as its fields (`message`, `step`, ...).
+#[derive(Clone, Default)]
+struct StepLogs(Arc<std::sync::Mutex<Vec<std::collections::BTreeMap<String, String>>>>);
+
+impl tracing::Subscriber for StepLogs {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields(std::collections::BTreeMap<String, String>);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.insert(field.name().to_string(), format!("{value:?}"));
+            }
+        }
+        if event.metadata().target() == "crewflow::step" {
+            let mut fields = Fields(std::collections::BTreeMap::new());
+            event.record(&mut fields);
+            self.0.lock().unwrap().push(fields.0);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
 }
