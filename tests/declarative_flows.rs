@@ -240,8 +240,16 @@ methods:
     .unwrap()
     .build(&Registry::new().model("writer", llm))
     .unwrap();
+    let logged = StepLogs::default();
+    let guard = tracing::subscriber::set_default(logged.clone());
     let run = flow.kickoff(json!({"audience": "engineers", "text": "the deploy failed twice"})).await.unwrap();
+    drop(guard);
     assert_eq!(run.output_json(), Some(json!("A short, friendly summary.")));
+    // the step's finish log carries the model's usage (the reply said 20 prompt, 5 completion)
+    let finished = logged.0.lock().unwrap().iter().find(|f| f["message"] == "step finished").cloned();
+    let finished = finished.expect("a `step finished` line");
+    assert_eq!((finished["step"].as_str(), finished.get("input_tokens").map(String::as_str)), ("summary", Some("20")));
+    assert_eq!(finished.get("output_tokens").map(String::as_str), Some("5"), "{finished:?}");
     let sent = server.requests()[0].json();
     assert_eq!(sent["messages"][0], json!({"role": "system", "content": "You write for engineers."}));
     assert_eq!(sent["messages"][1]["content"], json!("Summarise in one sentence: the deploy failed twice"));
@@ -592,4 +600,54 @@ async fn unknown_inputs_are_refused_when_the_definition_declares_its_keys() {
     assert_eq!(open.kickoff(json!({"a": 1, "b": 2})).await.unwrap().output_json(), Some(json!({"a": 1, "b": 2})));
     let undeclared = build(&format!("name: d\n{method}"));
     assert_eq!(undeclared.kickoff(json!({"any": 1})).await.unwrap().output_json(), Some(json!({"any": 1})));
+}
+
+/// Each method of a YAML flow knows where it is defined: the file it was read from and the
+/// line and column of its name under `methods:` (`<yaml>` for text given inline), so a
+/// picture's click panel can point at it.
+#[test]
+fn methods_know_their_file_and_line() {
+    let text = "name: placed\nmethods:\n  first:\n    start: true\n    do: {call: expression, expr: '1'}\n\n  second: {listen: first, do: {call: expression, expr: '2'}}\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("placed.yaml");
+    std::fs::write(&path, text).unwrap();
+    let flow = FlowDefinition::from_path(&path).unwrap().build(&Registry::new()).unwrap();
+    let at = |flow: &crewflow::declarative::DeclarativeFlow, name: &str| {
+        let g = flow.flow().graph();
+        g.source(g.step_index(name).unwrap()).map(ToString::to_string)
+    };
+    assert_eq!(at(&flow, "first"), Some(format!("{}:3:3", path.display())));
+    assert_eq!(at(&flow, "second"), Some(format!("{}:7:3", path.display())));
+    let inline = FlowDefinition::from_yaml(text).unwrap().build(&Registry::new()).unwrap();
+    assert_eq!(at(&inline, "second").as_deref(), Some("<yaml>:7:3"));
+}
+
+/// The `crewflow::step` log lines a run emits, each as its fields (`message`, `step`, ...).
+#[derive(Clone, Default)]
+struct StepLogs(Arc<std::sync::Mutex<Vec<std::collections::BTreeMap<String, String>>>>);
+
+impl tracing::Subscriber for StepLogs {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields(std::collections::BTreeMap<String, String>);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.insert(field.name().to_string(), format!("{value:?}"));
+            }
+        }
+        if event.metadata().target() == "crewflow::step" {
+            let mut fields = Fields(std::collections::BTreeMap::new());
+            event.record(&mut fields);
+            self.0.lock().unwrap().push(fields.0);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
 }

@@ -1,6 +1,7 @@
 //! Real SIGKILLs at every step boundary of four shapes — a chain, a fan-out joined by an
 //! `and`, a router loop, a flow that pauses for human feedback — and in the middle of steps;
-//! then the run is resumed in another process. On SQLite always, on PostgreSQL when
+//! then the run is resumed in another process. The loop and the fan-out also run with a large
+//! state, whose checkpoints are deltas on the run's state chain. On SQLite always, on PostgreSQL when
 //! `CREWFLOW_TEST_POSTGRES` is set.
 //!
 //! Each case runs the run in child processes (this test binary, re-executed as
@@ -58,12 +59,13 @@ fn fault_child() {
         fail: var("FAULT_FAIL"),
     };
     let answer = var("FAULT_ANSWER").is_some_and(|a| a == "1");
+    let large = var("FAULT_LARGE").is_some_and(|a| a == "1");
     let id: RunId = run.parse().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let (side, marker) = (Path::new(&side), Path::new(&marker));
         let store = HangingStore::new(open_store(&url), write, marker);
-        let flow = build(shape, store, &Probe::new(shape, side, marker, faults));
+        let flow = build(shape, store, &Probe::sized(shape, side, marker, faults, large));
         println!("{}", drive(&flow, id, answer).await.line());
     });
     use std::io::Write;
@@ -201,6 +203,8 @@ impl Proc {
 struct Harness {
     shape: Shape,
     url: String,
+    /// Whether the run's state is large (see `Probe::sized`): its checkpoints are deltas.
+    large: bool,
     rt: tokio::runtime::Runtime,
     store: Arc<dyn RunStore>,
     expected: Tally,
@@ -211,7 +215,7 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(shape: Shape, url: &str) -> Harness {
+    fn new(shape: Shape, url: &str, large: bool) -> Harness {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let store = rt.block_on(async { open_store(url) });
         let dir = tempfile::tempdir().unwrap();
@@ -221,7 +225,8 @@ impl Harness {
         let mut outcome = Outcome::Paused;
         for answer in [false, true] {
             let counting = HangingStore::new(store.clone(), None, &marker);
-            let flow = build(shape, counting.clone(), &Probe::new(shape, &side, &marker, StepFaults::default()));
+            let probe = Probe::sized(shape, &side, &marker, StepFaults::default(), large);
+            let flow = build(shape, counting.clone(), &probe);
             outcome = rt.block_on(drive(&flow, id, answer));
             writes.push(counting.writes());
             if outcome != Outcome::Paused {
@@ -229,11 +234,28 @@ impl Harness {
             }
         }
         let Outcome::Finished(expected) = outcome else { panic!("the uninterrupted run did not finish: {outcome:?}") };
+        expected.check_notes(large).unwrap();
+        if large && !url.starts_with("postgres") {
+            // The large state went through the chain: its checkpoints were deltas.
+            let db = rusqlite::Connection::open(url).unwrap();
+            let deltas: i64 = db
+                .query_row("SELECT count(*) FROM crewflow_state_chain WHERE kind = 'delta'", [], |r| r.get(0))
+                .unwrap();
+            let sizes: Vec<i64> = db
+                .prepare("SELECT length(body) FROM crewflow_state_chain WHERE kind = 'delta'")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(deltas > 0, "a large run's checkpoints should be deltas; the chain holds none");
+            assert!(sizes.iter().all(|&n| n < 4096), "deltas should be small: {sizes:?}");
+        }
         assert_eq!(writes.len(), if shape == Shape::Pause { 2 } else { 1 }, "only the pause shape pauses");
         let stored = rt.block_on(store.load_run(id)).unwrap().unwrap();
         let mut expected_steps: Vec<String> = stored.steps.iter().map(|s| s.step.to_string()).collect();
         expected_steps.sort();
-        Harness { shape, url: url.to_string(), rt, store, expected, expected_steps, writes }
+        Harness { shape, url: url.to_string(), large, rt, store, expected, expected_steps, writes }
     }
 
     fn child(&self, id: RunId, proc: &Proc, side: &Path, marker: &Path) -> Command {
@@ -246,6 +268,7 @@ impl Harness {
             .env("FAULT_MARKER", marker)
             .env("FAULT_RUN", id.to_string())
             .env("FAULT_ANSWER", if proc.answer { "1" } else { "0" })
+            .env("FAULT_LARGE", if self.large { "1" } else { "0" })
             .env("FAULT_WRITE", proc.write.map(WriteHang::encode).unwrap_or_default())
             .env("FAULT_PARK", encode(&proc.faults.park))
             .env("FAULT_HANG", encode(&proc.faults.hang))
@@ -261,6 +284,10 @@ impl Harness {
         match self.rt.block_on(self.store.load_run(id)).unwrap() {
             Some(stored) => {
                 assert_exact_checkpoint(&stored, context);
+                let state: Tally = serde_json::from_str(&stored.state).unwrap();
+                if let Err(e) = state.check_notes(self.large) {
+                    panic!("{context}: {e}");
+                }
                 durable_steps(&stored).into_iter().map(|(activation, _)| activation).collect()
             }
             None => BTreeSet::new(),
@@ -307,7 +334,8 @@ impl Harness {
             let outcome = Outcome::from_stdout(&stdout).unwrap_or_else(|| panic!("no outcome: {}", report()));
             match (proc.expect, &outcome) {
                 (Expect::Finished, Outcome::Finished(state)) => {
-                    assert_eq!(state.canonical(), self.expected.canonical(), "{what}: the final state")
+                    assert_eq!(state.canonical(), self.expected.canonical(), "{what}: the final state");
+                    assert_eq!(state.check_notes(self.large), Ok(()), "{what}: the final state's notes");
                 }
                 (Expect::Paused, Outcome::Paused) => {}
                 (Expect::Failed, Outcome::Failed(error)) => {
@@ -326,6 +354,7 @@ impl Harness {
         assert_eq!((stored.owner.as_deref(), stored.lease_until), (None, None), "{what}: no lease left");
         let state: Tally = serde_json::from_str(&stored.state).unwrap();
         assert_eq!(state.canonical(), self.expected.canonical(), "{what}: the stored state");
+        assert_eq!(state.check_notes(self.large), Ok(()), "{what}: the stored state's notes");
         let mut steps: Vec<String> = stored.steps.iter().map(|s| s.step.to_string()).collect();
         steps.sort();
         assert_eq!(steps, self.expected_steps, "{what}: the stored steps");
@@ -353,7 +382,12 @@ impl Harness {
     }
 
     fn backend(&self) -> &'static str {
-        if self.url.starts_with("postgres") { "PostgreSQL" } else { "SQLite" }
+        match (self.url.starts_with("postgres"), self.large) {
+            (true, false) => "PostgreSQL",
+            (true, true) => "PostgreSQL, large state",
+            (false, false) => "SQLite",
+            (false, true) => "SQLite, large state (deltas)",
+        }
     }
 
     /// Runs every case, and says how many ran.
@@ -369,15 +403,23 @@ impl Harness {
 }
 
 fn sqlite(shape: Shape) {
+    sqlite_sized(shape, false);
+}
+
+fn sqlite_sized(shape: Shape, large: bool) {
     let dir = tempfile::tempdir().unwrap();
-    Harness::new(shape, dir.path().join("runs.db").to_str().unwrap()).run_cases();
+    Harness::new(shape, dir.path().join("runs.db").to_str().unwrap(), large).run_cases();
 }
 
 fn postgres(shape: Shape) {
+    postgres_sized(shape, false);
+}
+
+fn postgres_sized(shape: Shape, large: bool) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let url = rt.block_on(common::postgres::fresh_schema());
     drop(rt);
-    Harness::new(shape, &url).run_cases();
+    Harness::new(shape, &url, large).run_cases();
 }
 
 #[test]
@@ -398,6 +440,25 @@ fn sqlite_router_loop_killed_at_every_boundary() {
 #[test]
 fn sqlite_pause_killed_before_after_and_during_the_resume() {
     sqlite(Shape::Pause);
+}
+
+// Large states: checkpoints are deltas on the run's state chain (SQLite), whole states on
+// PostgreSQL; a kill between any two of them must leave a chain that restores exactly.
+
+#[test]
+fn sqlite_router_loop_with_a_large_state_killed_at_every_boundary() {
+    sqlite_sized(Shape::Loop, true);
+}
+
+#[test]
+fn sqlite_fan_out_join_with_a_large_state_killed_at_every_boundary() {
+    sqlite_sized(Shape::FanOut, true);
+}
+
+#[test]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
+fn postgres_router_loop_with_a_large_state_killed_at_every_boundary() {
+    postgres_sized(Shape::Loop, true);
 }
 
 #[test]

@@ -394,3 +394,42 @@ async fn operators_spell_triggers_alike_in_the_macro_and_the_builder() {
     flow.kickoff(()).await.unwrap();
     assert!(log.count("joined") >= 1);
 }
+
+/// Every step knows where it is defined: `#[flow]` records the method's name (file, line,
+/// column), the builder the call that added the step; pictures show it when a step is clicked.
+#[test]
+fn every_step_knows_where_it_is_defined() {
+    struct Located;
+    #[flow]
+    impl Located {
+        #[start]
+        async fn first(&self) -> Result<()> {
+            Ok(())
+        }
+
+        #[listen(first)]
+        async fn second(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+    let start_line = line!() - 9; // the line of `async fn first`
+    let flow = Located.into_flow().unwrap();
+    let at = |flow: &Flow<()>, name: &str| {
+        let g = flow.graph();
+        g.source(g.step_index(name).unwrap()).map(ToString::to_string)
+    };
+    let file = file!();
+    assert_eq!(at(&flow, "first").as_deref(), Some(&*format!("{file}:{start_line}:18")));
+    assert_eq!(at(&flow, "second").as_deref(), Some(&*format!("{file}:{}:18", start_line + 5)));
+
+    // the builder: the line and column of the `start` call
+    let built_at = line!() + 1;
+    let flow = FlowBuilder::<()>::new("built").start("only", |_cx, (): ()| async { Ok(()) }).build().unwrap();
+    assert_eq!(at(&flow, "only").as_deref(), Some(&*format!("{file}:{built_at}:48")));
+    let flow = FlowBuilder::<()>::new("placed")
+        .start("only", |_cx, (): ()| async { Ok(()) })
+        .defined_at("flows/placed.rs", 7, 0)
+        .build()
+        .unwrap();
+    assert_eq!(at(&flow, "only").as_deref(), Some("flows/placed.rs:7"));
+}

@@ -16,8 +16,13 @@
 //!
 //! A hang writes the marker file before it stops, so a test kills the process at a known
 //! point rather than after a guessed time.
+//!
+//! A *large* run ([`Probe::large`]) also keeps notes in its state: an 8 KiB ballast and a
+//! 1.5 KiB note per step, so its checkpoints are past the store's delta threshold (4 KiB) and
+//! go through the state chain (a whole state, then deltas); [`Tally::check_notes`] says
+//! whether the notes are exactly those of the state's steps.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -41,6 +46,19 @@ pub struct Tally {
     pub items: Vec<String>,
     /// Rounds of the loop.
     pub rounds: u32,
+    /// A large run's notes: the ballast, and one per step (`work#n` for the loop's rounds).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notes: BTreeMap<String, String>,
+}
+
+/// A note's text: its key, repeated to 1.5 KiB (distinct per key, so a note swapped shows).
+pub fn note(key: &str) -> String {
+    key.chars().chain(std::iter::once(' ')).cycle().take(1536).collect()
+}
+
+/// The 8 KiB every large run's state carries.
+pub fn ballast() -> String {
+    (0..8192u32).map(|i| char::from(b'a' + ((i * 7 + i / 26) % 26) as u8)).collect()
 }
 
 impl Tally {
@@ -66,6 +84,36 @@ impl Tally {
         let mut items = self.items.clone();
         items.sort();
         (self.sum, items, self.rounds)
+    }
+
+    /// Whether the notes are exactly those of the items (a large run) or absent (a small one).
+    pub fn check_notes(&self, large: bool) -> Result<(), String> {
+        let mut expected = BTreeMap::new();
+        if large && !self.items.is_empty() {
+            expected.insert("ballast".to_string(), ballast());
+            let mut rounds = 0;
+            for item in &self.items {
+                let key = if item == "work" {
+                    rounds += 1;
+                    format!("work#{rounds}")
+                } else {
+                    item.clone()
+                };
+                expected.insert(key.clone(), note(&key));
+            }
+        }
+        if self.notes == expected {
+            return Ok(());
+        }
+        let keys = |m: &BTreeMap<String, String>| m.keys().cloned().collect::<Vec<_>>();
+        let differ: Vec<&String> =
+            expected.iter().filter(|(k, v)| self.notes.get(*k) != Some(v)).map(|(k, _)| k).collect();
+        Err(format!(
+            "the notes {:?} are not those of the items {:?} (expected {:?}; wrong or missing: {differ:?})",
+            keys(&self.notes),
+            self.items,
+            keys(&expected)
+        ))
     }
 }
 
@@ -238,17 +286,24 @@ pub struct Probe {
     side: PathBuf,
     marker: PathBuf,
     faults: StepFaults,
+    large: bool,
     started: Mutex<HashMap<String, u32>>,
     ended: Mutex<HashMap<String, u32>>,
 }
 
 impl Probe {
     pub fn new(shape: Shape, side: &Path, marker: &Path, faults: StepFaults) -> Arc<Self> {
+        Self::sized(shape, side, marker, faults, false)
+    }
+
+    /// A probe whose steps also write notes into the state when `large` (see the module docs).
+    pub fn sized(shape: Shape, side: &Path, marker: &Path, faults: StepFaults, large: bool) -> Arc<Self> {
         Arc::new(Probe {
             shape,
             side: side.to_path_buf(),
             marker: marker.to_path_buf(),
             faults,
+            large,
             started: Mutex::default(),
             ended: Mutex::default(),
         })
@@ -319,6 +374,11 @@ async fn body(probe: Arc<Probe>, cx: Cx<Tally>, step: &'static str, weight: i64)
         t.items.push(step.to_string());
         if step == "work" {
             t.rounds += 1;
+        }
+        if probe.large {
+            t.notes.entry("ballast".to_string()).or_insert_with(ballast);
+            let key = if step == "work" { format!("work#{}", t.rounds) } else { step.to_string() };
+            t.notes.insert(key.clone(), note(&key));
         }
     });
     probe.at(step, nth, Phase::End).await;
@@ -485,6 +545,11 @@ pub fn assert_exact_checkpoint(stored: &StoredRun, context: &str) {
         stored.status,
         stored.seq
     );
+    // A large run's notes follow its items; a small run has none.
+    let large = !state.notes.is_empty();
+    if let Err(e) = state.check_notes(large) {
+        panic!("{context}: {e} (checkpoint {})", stored.seq);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

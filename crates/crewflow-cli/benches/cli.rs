@@ -91,6 +91,7 @@ fn spec(name: String, start: StartKind, trigger: Option<Trigger>, routes: Option
         }),
         input: None,
         output: None,
+        source: None,
     }
 }
 

@@ -172,10 +172,10 @@ pub enum Command {
         after_help = "Example:\n  crewflow worker --flows review.yaml nightly.yaml --store postgres://app@db/flows"
     )]
     Worker(WorkerArgs),
-    /// Serve flows over HTTP (crewflow-server's routes) until Ctrl-C; prints `listening on
-    /// http://ADDR` first.
+    /// Serve flows over HTTP (crewflow-server's routes) until Ctrl-C or SIGTERM (then runs in
+    /// flight get `--grace` to finish); prints `listening on http://ADDR` first.
     #[command(
-        after_help = "Examples:\n  crewflow serve --flows review.yaml nightly.yaml --store sqlite://runs.db\n  crewflow serve --flows review.yaml --addr 0.0.0.0:8080 --store postgres://app@db/flows"
+        after_help = "Examples:\n  crewflow serve --flows review.yaml nightly.yaml --store sqlite://runs.db\n  crewflow serve --flows review.yaml --addr 0.0.0.0:8080 --store postgres://app@db/flows --grace 25s"
     )]
     Serve(ServeArgs),
     /// Hold a conversation with a conversational flow compiled into this binary: each line is
@@ -358,6 +358,12 @@ pub struct ServeArgs {
     /// signing secret is read from $CREWFLOW_WEBHOOK_SECRET.
     #[arg(long, value_name = "URL")]
     pub webhook: Option<String>,
+    /// On SIGTERM or Ctrl-C, how long runs and turns in flight get to finish (no new ones are
+    /// taken meanwhile); runs still going then are left checkpointed in the store, for
+    /// `crewflow runs resume`, a worker or another instance. Keep it below your supervisor's
+    /// kill timeout.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub grace: std::time::Duration,
 }
 
 /// `crewflow chat`.

@@ -1,5 +1,6 @@
 //! `crewflow serve`: the run server (`crewflow-server`) over the given YAML flows, the flows
-//! compiled into the binary and its conversational flows, until Ctrl-C or SIGTERM.
+//! compiled into the binary and its conversational flows, until Ctrl-C or SIGTERM; then it
+//! drains: no new runs, and those in flight get `--grace` to finish.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use crewflow_server::{Server, ServerError, Webhook, router};
 
 use crate::commands::{Ctx, store_failed};
 use crate::target::Target;
-use crate::worker::wait_for_signal;
+use crate::worker::on_signal;
 use crate::{CliError, Exit, ServeArgs};
 
 /// Serves until a signal: the first stdout line is `listening on http://ADDR`, the address
@@ -45,21 +46,85 @@ pub(crate) async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<Exit, CliError> 
         )
     })?;
     let addr = listener.local_addr().map_err(|e| CliError::new(Exit::Usage, format!("cannot listen: {e}")))?;
+    let drain = server.drain();
+    let signal = on_signal(); // installed before anyone can know the address
+    let (signalled, stopping) = tokio::sync::oneshot::channel::<()>();
+    let stop = drain.clone();
+    let shutdown = async move {
+        signal.await;
+        stop.begin();
+        let _ = signalled.send(());
+    };
+    // No new connections after the signal; requests that would start a run or a turn answer
+    // 503 on the open ones; the rest are answered.
+    let serving = axum::serve(listener, router(server)).with_graceful_shutdown(shutdown).into_future();
+    let mut serving = std::pin::pin!(serving);
     outln!("listening on http://{addr}");
     if !ctx.json {
         eprintln!("serving flows {} with runs in {url}; Ctrl-C stops it", names.join(", "));
     }
-    // Graceful: no new connections after the signal, open requests are answered. Runs still
-    // going in the background are not waited for: their checkpoints are in the store, and
-    // `crewflow runs resume` (or a worker, once their lease lapses) continues them.
-    axum::serve(listener, router(server))
-        .with_graceful_shutdown(wait_for_signal())
-        .await
-        .map_err(|e| CliError::new(Exit::RunFailed, format!("the server stopped: {e}")))?;
+    let stopped = |e: std::io::Error| CliError::new(Exit::RunFailed, format!("the server stopped: {e}"));
+    // The server ends on its own only on an error; with no connection open it may end in the
+    // very poll that sees the signal, so whether to drain is told by the drain, not the branch.
+    let server_done = tokio::select! {
+        served = &mut serving => {
+            served.map_err(stopped)?;
+            true
+        }
+        _ = stopping => false,
+    };
+    if drain.is_draining() {
+        let going = drain.in_flight();
+        if !going.is_empty() && !ctx.json {
+            eprintln!(
+                "stopping: no new runs; waiting up to {} for {} in flight",
+                humantime::format_duration(args.grace),
+                count(going.len())
+            );
+        }
+        // Runs in flight get the grace period to finish; open requests (a `?wait=true`
+        // answer, an event stream) end with them.
+        let drained = async {
+            let served = if server_done { Ok(()) } else { (&mut serving).await };
+            drain.idle().await;
+            served
+        };
+        match tokio::time::timeout(args.grace, drained).await {
+            Ok(served) => served.map_err(stopped)?,
+            Err(_) => left_running(ctx, &drain.in_flight()),
+        }
+    }
     if !ctx.json {
         eprintln!("server stopped");
     }
     Ok(Exit::Ok)
+}
+
+fn count(n: usize) -> String {
+    if n == 1 { "1 run or turn".into() } else { format!("{n} runs or turns") }
+}
+
+/// Says what the grace period did not see end: runs keep their checkpoints in the store (they
+/// are continued by `crewflow runs resume`, a worker, or another instance), turns are lost.
+fn left_running(ctx: &Ctx, going: &[String]) {
+    if going.is_empty() {
+        return;
+    }
+    let runs: Vec<&str> = going.iter().filter_map(|g| g.strip_prefix("run ")).collect();
+    let turns: Vec<&str> = going.iter().filter_map(|g| g.strip_prefix("turn ")).collect();
+    if ctx.json {
+        outln!("{}", serde_json::json!({"left_running": runs, "turns_dropped": turns}));
+        return;
+    }
+    if !runs.is_empty() {
+        eprintln!(
+            "grace period over: left running, checkpointed in the store: {}; `crewflow runs resume ID` (or a worker, or another instance) continues them",
+            runs.join(", ")
+        );
+    }
+    if !turns.is_empty() {
+        eprintln!("grace period over: turns dropped unsaved (their clients may send them again): {}", turns.join(", "));
+    }
 }
 
 /// The server's run store: the one the compiled flows keep their runs in (the server needs

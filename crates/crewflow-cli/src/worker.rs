@@ -91,16 +91,23 @@ fn say(json: bool, report: &WorkerReport) {
 
 /// Ctrl-C, or SIGTERM (what `kill` and service managers send).
 pub(crate) async fn wait_for_signal() {
+    on_signal().await
+}
+
+/// [`wait_for_signal`] with SIGTERM's handler installed now, before the future is first polled:
+/// a SIGTERM that comes in between is not lost (nor kills the process).
+pub(crate) fn on_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }

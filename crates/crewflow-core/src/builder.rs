@@ -17,7 +17,7 @@ use crate::error::{BoxError, Error, StepError};
 use crate::event::Observer;
 use crate::feedback::{FeedbackProvider, FeedbackResult, HumanFeedback};
 use crate::flow::{Flow, FlowInner, StepRuntime};
-use crate::graph::{GraphSpec, RouterSpec, StartKind, StepSpec};
+use crate::graph::{GraphSpec, RouterSpec, SourceLocation, StartKind, StepSpec};
 use crate::handler::{BoxFuture, Completion, Handler, Predicate, StepOutcome};
 use crate::input::InputProvider;
 use crate::output::{Output, TypeInfo, extract_input};
@@ -119,6 +119,7 @@ impl<S: FlowState> FlowBuilder<S> {
 
     /// Adds a start step: it runs at kickoff. A start that takes an input receives the
     /// kickoff's payload ([`Kickoff::payload`](crate::Kickoff::payload)).
+    #[track_caller]
     pub fn start<I, O, F, Fut>(self, name: &str, handler: F) -> Self
     where
         F: Fn(Cx<S>, I) -> Fut + Send + Sync + 'static,
@@ -131,6 +132,7 @@ impl<S: FlowState> FlowBuilder<S> {
 
     /// Adds a start step that runs at kickoff only when `predicate` holds for the state (after
     /// the inputs were merged into it).
+    #[track_caller]
     pub fn start_when<I, O, P, F, Fut>(mut self, name: &str, predicate: P, handler: F) -> Self
     where
         P: Fn(&S) -> bool + Send + Sync + 'static,
@@ -148,6 +150,7 @@ impl<S: FlowState> FlowBuilder<S> {
 
     /// Adds a conditional start: it runs whenever `trigger` is satisfied (and at kickoff when
     /// the flow has no unconditional start).
+    #[track_caller]
     pub fn start_on<I, O, F, Fut>(self, name: &str, trigger: impl Into<Trigger>, handler: F) -> Self
     where
         F: Fn(Cx<S>, I) -> Fut + Send + Sync + 'static,
@@ -160,6 +163,7 @@ impl<S: FlowState> FlowBuilder<S> {
 
     /// Adds a listener: it runs each time `trigger` is satisfied, with the triggering output as
     /// its input.
+    #[track_caller]
     pub fn listen<I, O, F, Fut>(self, name: &str, trigger: impl Into<Trigger>, handler: F) -> Self
     where
         F: Fn(Cx<S>, I) -> Fut + Send + Sync + 'static,
@@ -172,6 +176,7 @@ impl<S: FlowState> FlowBuilder<S> {
 
     /// Adds a router: a listener whose output is a [`Route`] whose label is dispatched.
     /// A `String` router must declare its labels with [`routes`](FlowBuilder::routes).
+    #[track_caller]
     pub fn router<I, R, F, Fut>(self, name: &str, trigger: impl Into<Trigger>, handler: F) -> Self
     where
         F: Fn(Cx<S>, I) -> Fut + Send + Sync + 'static,
@@ -184,6 +189,7 @@ impl<S: FlowState> FlowBuilder<S> {
     }
 
     /// Adds a router that is also a start (it runs at kickoff).
+    #[track_caller]
     pub fn start_router<I, R, F, Fut>(self, name: &str, handler: F) -> Self
     where
         F: Fn(Cx<S>, I) -> Fut + Send + Sync + 'static,
@@ -196,6 +202,7 @@ impl<S: FlowState> FlowBuilder<S> {
     }
 
     /// Adds a router that is a conditional start.
+    #[track_caller]
     pub fn start_router_on<I, R, F, Fut>(self, name: &str, trigger: impl Into<Trigger>, handler: F) -> Self
     where
         F: Fn(Cx<S>, I) -> Fut + Send + Sync + 'static,
@@ -231,6 +238,21 @@ impl<S: FlowState> FlowBuilder<S> {
             Some(step) => step.retry = Some(retry),
             None => {
                 self.error.get_or_insert(BuildError::ModifierWithoutStep { modifier: "retry".into() }.into());
+            }
+        }
+        self
+    }
+
+    /// Says where the step added last is defined, for pictures (the panel shown when a step is
+    /// clicked) and `GET /flows/{flow}`. The builder records the place of the call that added
+    /// the step by itself (`start`, `listen`, ... track their caller); `#[flow]` sets the
+    /// method's place with this, and declarative flows the document's file and line. A column
+    /// of 0 means unknown.
+    pub fn defined_at(mut self, file: impl Into<std::borrow::Cow<'static, str>>, line: u32, column: u32) -> Self {
+        match self.steps.last_mut() {
+            Some(step) => step.spec.source = Some(SourceLocation::new(file, line, column)),
+            None => {
+                self.error.get_or_insert(BuildError::ModifierWithoutStep { modifier: "defined_at".into() }.into());
             }
         }
         self
@@ -442,6 +464,7 @@ impl<S: FlowState> FlowBuilder<S> {
         }))
     }
 
+    #[track_caller]
     fn add<I: 'static, O: 'static>(
         mut self,
         name: &str,
@@ -458,6 +481,8 @@ impl<S: FlowState> FlowBuilder<S> {
             router,
             input: (!input.is_unit()).then_some(input),
             output: Some(TypeInfo::of::<O>()),
+            // The user's call of `start`, `listen`, ... (every method down to here tracks its caller).
+            source: Some(SourceLocation::from(std::panic::Location::caller())),
         };
         self.steps.push(StepDef {
             spec,

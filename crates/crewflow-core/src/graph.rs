@@ -4,7 +4,9 @@
 
 use crate::error::BuildError;
 use crewflow_rules::GraphRule;
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
@@ -38,6 +40,51 @@ pub struct RouterSpec {
     pub route_type: &'static str,
 }
 
+/// Where a step is defined: the Rust file, line and column of the `FlowBuilder` call that added
+/// it (or of its method under `#[flow]`), or a declarative document and the line of its method.
+/// Pictures show it when a step is clicked; it is no part of the graph's fingerprint, so moving
+/// a step in its file leaves stored runs resumable.
+///
+/// ```
+/// use crewflow_core::graph::SourceLocation;
+///
+/// let at = SourceLocation::new("src/main.rs", 12, 5);
+/// assert_eq!(at.to_string(), "src/main.rs:12:5");
+/// assert_eq!(SourceLocation::new("flows/triage.yaml", 7, 0).to_string(), "flows/triage.yaml:7");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SourceLocation {
+    /// The file, as the compiler names it (`file!()`, relative to the workspace) or as the
+    /// document was read (its path, or `<yaml>` for text given inline).
+    pub file: Cow<'static, str>,
+    /// The line, from 1.
+    pub line: u32,
+    /// The column, from 1; 0 when unknown (not written).
+    pub column: u32,
+}
+
+impl SourceLocation {
+    /// A location from its parts.
+    pub fn new(file: impl Into<Cow<'static, str>>, line: u32, column: u32) -> SourceLocation {
+        SourceLocation { file: file.into(), line, column }
+    }
+}
+
+impl From<&'static std::panic::Location<'static>> for SourceLocation {
+    fn from(at: &'static std::panic::Location<'static>) -> SourceLocation {
+        SourceLocation { file: Cow::Borrowed(at.file()), line: at.line(), column: at.column() }
+    }
+}
+
+impl fmt::Display for SourceLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.column {
+            0 => write!(f, "{}:{}", self.file, self.line),
+            column => write!(f, "{}:{}:{column}", self.file, self.line),
+        }
+    }
+}
+
 /// One step of a [`GraphSpec`]: its name, how it starts, its trigger and its types.
 #[derive(Clone, Debug)]
 pub struct StepSpec {
@@ -53,6 +100,8 @@ pub struct StepSpec {
     pub input: Option<TypeInfo>,
     /// The type of its output.
     pub output: Option<TypeInfo>,
+    /// Where it is defined, if known (not part of the fingerprint).
+    pub source: Option<SourceLocation>,
 }
 
 /// A flow definition without handlers: enough to validate it and to drive its frontier.
@@ -155,6 +204,7 @@ pub(crate) struct StepNode {
     /// Label indexes this router may return (empty for other steps).
     pub routes: Vec<u32>,
     pub router: Option<RouterSpec>,
+    pub source: Option<SourceLocation>,
 }
 
 /// A validated flow graph.
@@ -232,6 +282,11 @@ impl Graph {
         self.steps[ix as usize].trigger.as_ref()
     }
 
+    /// Where step `ix` is defined, if known (see [`SourceLocation`]).
+    pub fn source(&self, ix: u32) -> Option<&SourceLocation> {
+        self.steps[ix as usize].source.as_ref()
+    }
+
     /// The steps started at kickoff: the unconditional starts, or, when there are none, every
     /// conditional start.
     pub fn entry_steps(&self) -> &[u32] {
@@ -285,6 +340,7 @@ impl GraphSpec {
                 trigger: s.trigger.clone(),
                 routes,
                 router: s.router.clone(),
+                source: s.source.clone(),
             });
         }
 

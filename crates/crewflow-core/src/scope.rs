@@ -44,15 +44,49 @@ pub(crate) struct RunTelemetry {
     pub events: EventHub,
     calls: AtomicU64,
     usage: Mutex<TokenUsage>,
+    /// Usage of the step executions in flight that made model calls, by activation: the
+    /// driver takes an execution's sum when it ends, for its log line.
+    by_step: Mutex<Vec<(u64, TokenUsage)>>,
+    /// How many entries `by_step` holds (read without the lock: most steps call no model).
+    steps_with_usage: AtomicU64,
 }
 
 impl RunTelemetry {
     pub fn new(events: EventHub) -> Self {
-        RunTelemetry { events, calls: AtomicU64::new(0), usage: Mutex::new(TokenUsage::default()) }
+        RunTelemetry {
+            events,
+            calls: AtomicU64::new(0),
+            usage: Mutex::new(TokenUsage::default()),
+            by_step: Mutex::new(Vec::new()),
+            steps_with_usage: AtomicU64::new(0),
+        }
     }
 
     pub fn usage(&self) -> TokenUsage {
         *self.usage.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn add_step_usage(&self, activation: u64, usage: &TokenUsage) {
+        let mut by_step = self.by_step.lock().unwrap_or_else(PoisonError::into_inner);
+        match by_step.iter_mut().find(|(a, _)| *a == activation) {
+            Some((_, sum)) => sum.add(usage),
+            None => {
+                by_step.push((activation, *usage));
+                self.steps_with_usage.fetch_add(1, Ordering::Release);
+            }
+        }
+    }
+
+    /// The tokens the model calls of execution `activation` used, summed, if it made any
+    /// (every attempt of a retried step counts); forgets them.
+    pub fn take_step_usage(&self, activation: u64) -> Option<TokenUsage> {
+        if self.steps_with_usage.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut by_step = self.by_step.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = by_step.iter().position(|(a, _)| *a == activation)?;
+        self.steps_with_usage.fetch_sub(1, Ordering::Release);
+        Some(by_step.swap_remove(at).1)
     }
 }
 
@@ -154,8 +188,11 @@ impl StepScope {
         self.run.journal().once(self.activation, name, op).await
     }
 
-    /// Adds tokens to the run's usage totals.
+    /// Adds tokens to the run's usage totals and to this step execution's (its finish log
+    /// line, target `crewflow::step`, carries the sum).
     pub fn add_usage(&self, usage: &TokenUsage) {
-        self.run.telemetry().usage.lock().unwrap_or_else(PoisonError::into_inner).add(usage);
+        let telemetry = self.run.telemetry();
+        telemetry.usage.lock().unwrap_or_else(PoisonError::into_inner).add(usage);
+        telemetry.add_step_usage(self.activation, usage);
     }
 }

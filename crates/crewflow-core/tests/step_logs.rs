@@ -78,3 +78,55 @@ fn steps_log_their_start_finish_and_failure_with_run_id_and_duration() {
     assert!(logged[1].1["elapsed_us"].parse::<u64>().is_ok(), "{:?}", logged[1].1);
     assert!(logged[3].1["error"].contains("too many pages"), "{:?}", logged[3].1);
 }
+
+/// A step's finish line carries the tokens its model calls used, summed (model clients report
+/// each call's usage to the step's scope, as `crewflow-llm` does); a step that called no
+/// model carries none; a retried step's line sums every attempt, a failed one's too.
+#[test]
+fn a_steps_finish_log_carries_the_tokens_of_its_model_calls() {
+    use crewflow_core::{Retry, TokenUsage};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    fn call_model(prompt: u64, completion: u64) {
+        let scope = crewflow_core::scope::current().expect("inside a step");
+        scope.add_usage(&TokenUsage { prompt_tokens: prompt, completion_tokens: completion, cached_tokens: 0 });
+    }
+    let attempts = Arc::new(AtomicU32::new(0));
+    let flow = FlowBuilder::<()>::new("metered")
+        .start("plan", |_cx: Cx<()>, (): ()| async {
+            call_model(120, 30);
+            call_model(80, 12);
+            Ok(())
+        })
+        .listen("tidy", "plan", |_cx: Cx<()>, (): ()| async { Ok(()) })
+        .listen("write", "tidy", move |_cx: Cx<()>, (): ()| {
+            let attempts = attempts.clone();
+            async move {
+                call_model(10, 5);
+                if attempts.fetch_add(1, Ordering::SeqCst) == 0 { Err("rate limited".into()) } else { Ok(()) }
+            }
+        })
+        .retry(Retry::attempts(2).backoff(std::time::Duration::ZERO))
+        .listen("judge", "write", |_cx: Cx<()>, (): ()| async {
+            call_model(7, 1);
+            Err::<(), _>("unparsable verdict".into())
+        })
+        .build()
+        .unwrap();
+    let logged = Logged::default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let result = tracing::subscriber::with_default(Capture(logged.clone()), || runtime.block_on(flow.kickoff(())));
+    assert!(result.is_err());
+    let logged = logged.lock().unwrap();
+    let tokens = |message: &str, step: &str| {
+        let (_, f) = logged
+            .iter()
+            .find(|(_, f)| f["message"] == message && f["step"] == step)
+            .unwrap_or_else(|| panic!("no `{message}` line for {step}: {logged:?}"));
+        (f.get("input_tokens").cloned(), f.get("output_tokens").cloned())
+    };
+    let some = |i: &str, o: &str| (Some(i.to_string()), Some(o.to_string()));
+    assert_eq!(tokens("step finished", "plan"), some("200", "42"));
+    assert_eq!(tokens("step finished", "tidy"), (None, None));
+    assert_eq!(tokens("step finished", "write"), some("20", "10"), "both attempts count");
+    assert_eq!(tokens("step failed", "judge"), some("7", "1"));
+}

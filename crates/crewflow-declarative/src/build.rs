@@ -1,7 +1,7 @@
 //! From a document to a flow: every name resolved, every expression compiled, every condition
 //! checked, then handed to [`FlowBuilder`], the same builder `#[flow]` uses.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -41,17 +41,21 @@ use crate::state::DeclarativeState;
 #[derive(Clone, Debug)]
 pub struct FlowDefinition {
     document: Document,
+    /// The file it was read from (`<yaml>` / `<json>` for text given inline).
+    file: Arc<str>,
+    /// Each method's place in the text: the line and column of its name under `methods:`.
+    places: HashMap<String, (u32, u32)>,
 }
 
 impl FlowDefinition {
     /// Reads a definition written in YAML (JSON is YAML too).
     pub fn from_yaml(text: &str) -> Result<FlowDefinition, DeclarativeError> {
-        FlowDefinition::parse(text, "the definition", Format::Yaml)
+        FlowDefinition::parse(text, "the definition", None, Format::Yaml)
     }
 
     /// Reads a definition written in JSON.
     pub fn from_json(text: &str) -> Result<FlowDefinition, DeclarativeError> {
-        FlowDefinition::parse(text, "the definition", Format::Json)
+        FlowDefinition::parse(text, "the definition", None, Format::Json)
     }
 
     /// Reads a definition from a file: JSON for `.json`, YAML otherwise.
@@ -60,10 +64,11 @@ impl FlowDefinition {
         let text = std::fs::read_to_string(path)
             .map_err(|source| DeclarativeError::Read { path: path.display().to_string(), source })?;
         let format = if path.extension().is_some_and(|e| e == "json") { Format::Json } else { Format::Yaml };
-        FlowDefinition::parse(&text, &path.display().to_string(), format)
+        let origin = path.display().to_string();
+        FlowDefinition::parse(&text, &origin, Some(&origin), format)
     }
 
-    fn parse(text: &str, origin: &str, format: Format) -> Result<FlowDefinition, DeclarativeError> {
+    fn parse(text: &str, origin: &str, file: Option<&str>, format: Format) -> Result<FlowDefinition, DeclarativeError> {
         let syntax = |message: String| DeclarativeError::Syntax { origin: origin.to_string(), message: plain(message) };
         if text.trim().is_empty() {
             return Err(syntax("it is empty; a definition needs at least `name:` and `methods:`".into()));
@@ -74,7 +79,12 @@ impl FlowDefinition {
                 .map_err(|e| syntax(e.to_string()))?,
             Format::Json => serde_json::from_str(text).map_err(|e| syntax(e.to_string()))?,
         };
-        let definition = FlowDefinition { document };
+        let file = match (file, format) {
+            (Some(file), _) => file,
+            (None, Format::Yaml) => "<yaml>",
+            (None, Format::Json) => "<json>",
+        };
+        let definition = FlowDefinition { document, file: Arc::from(file), places: method_places(text) };
         if let Some(schema) = &definition.document.schema
             && schema != SCHEMA_V1
         {
@@ -208,6 +218,9 @@ impl FlowDefinition {
                 StepKind::Listen(t) => builder.listen(name, t, handler),
             }
         };
+        if let Some(&(line, column)) = self.places.get(name) {
+            builder = builder.defined_at(self.file.to_string(), line, column);
+        }
         if let Some(feedback) = &method.human_feedback {
             builder = builder.human_feedback(
                 human_feedback(feedback, method.router, registry).map_err(|e| format!("human_feedback: {e}"))?,
@@ -266,6 +279,29 @@ impl FlowDefinition {
 
     fn method_error(&self, method: &str, message: String) -> DeclarativeError {
         DeclarativeError::Method { flow: self.document.name.clone(), method: method.to_string(), message }
+    }
+}
+
+/// Where each method's name stands in the text (line and column, from 1), read by a second,
+/// span-keeping pass of the YAML reader (JSON is YAML too). Text it cannot read that way gives
+/// no places: the flow builds the same, its steps only lose their location in pictures.
+fn method_places(text: &str) -> HashMap<String, (u32, u32)> {
+    #[derive(serde::Deserialize)]
+    struct Methods {
+        #[serde(default)]
+        methods: indexmap::IndexMap<serde_saphyr::Spanned<String>, serde::de::IgnoredAny>,
+    }
+    let options = serde_saphyr::options! { strict_booleans: true };
+    match serde_saphyr::from_str_with_options::<Methods>(text, options) {
+        Ok(doc) => doc
+            .methods
+            .into_keys()
+            .filter_map(|k| {
+                let line = u32::try_from(k.referenced.line()).ok().filter(|l| *l > 0)?;
+                Some((k.value, (line, u32::try_from(k.referenced.column()).unwrap_or(0))))
+            })
+            .collect(),
+        Err(_) => HashMap::new(),
     }
 }
 

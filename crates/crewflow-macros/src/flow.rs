@@ -682,5 +682,8 @@ fn add_step(s: &StepMethod, state: &Type, every_step_persists: bool, krate: &Tok
         let var = FeedbackAttr::var(&s.ident);
         quote!(.human_feedback(#var))
     });
-    quote!(let builder = #call #modifiers #persisted #blocking #retry #feedback;)
+    // `file!()`, `line!()` and `column!()` spanned at the method's name expand to where the
+    // method is written, not to the `#[flow]` attribute.
+    let at = quote_spanned!(ident.span()=> .defined_at(::core::file!(), ::core::line!(), ::core::column!()));
+    quote!(let builder = #call #at #modifiers #persisted #blocking #retry #feedback;)
 }

@@ -55,7 +55,7 @@ fn header(s: &mut String, p: &Picture) {
             let _ = write!(s, "<span class=\"error\">{}</span>", esc(e));
         }
     }
-    s.push_str("<span style=\"color:#6b7280\">hover: paths · click: triggers · drag: pan · wheel: zoom · double-click: fit</span></header>\n");
+    s.push_str("<span style=\"color:#6b7280\">hover: paths · click: triggers and source · drag: pan · wheel: zoom · double-click: fit</span></header>\n");
 }
 
 fn edges(s: &mut String, p: &Picture, l: &Layout) {
@@ -199,6 +199,7 @@ fn data(p: &Picture, l: &Layout) -> Value {
                 "start": n.also_start,
                 "trigger": n.trigger,
                 "routes": n.routes,
+                "source": n.source,
                 "count": p.run.as_ref().map_or(0, |r| r.counts[i]),
             })
         })

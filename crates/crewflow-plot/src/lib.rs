@@ -9,7 +9,8 @@
 //! - [`Plot::to_dot`]: Graphviz DOT (`dot -Tsvg`);
 //! - [`Plot::to_html`] / [`Plot::plot`]: one self-contained HTML page (inline SVG laid out left
 //!   to right here in Rust, a few lines of inline script, nothing fetched from the network):
-//!   hover a step to highlight its paths, click it for its triggers, drag to pan, wheel to zoom.
+//!   hover a step to highlight its paths, click it for its triggers and where it is defined,
+//!   drag to pan, wheel to zoom.
 //!
 //! [`Plot`] is implemented for [`Flow`] and [`Graph`]; a [`Picture`] with
 //! [`Picture::with_run`] draws a stored run over its flow (steps taken and how often, where it

@@ -57,6 +57,7 @@
     var to = out[i].map(function (ei) { var e = D.edges[ei]; return D.nodes[e[1]].name + (e[2] ? " [" + e[2] + "]" : ""); });
     if (to.length) line("triggers:", to.join(", "));
     if (n.routes.length) line("routes:", n.routes.join(", "));
+    if (n.source) line("defined at:", n.source);
     if (D.run) line("completed:", String(n.count) + (n.count === 1 ? " time" : " times"));
     info.hidden = false;
   }

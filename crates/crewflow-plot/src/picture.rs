@@ -45,6 +45,9 @@ pub struct Node {
     pub trigger: Option<String>,
     /// The labels a router declares.
     pub routes: Vec<String>,
+    /// Where the step is defined (`src/main.rs:12:5`, `flows/triage.yaml:7:3`), if known; see
+    /// [`SourceLocation`](crewflow_core::graph::SourceLocation).
+    pub source: Option<String>,
 }
 
 /// How an edge joins its listener's trigger.
@@ -147,6 +150,7 @@ impl Picture {
                     also_start: router && start,
                     trigger: graph.trigger(ix).map(|t| t.to_string()),
                     routes: graph.routes_of(ix).map(str::to_string).collect(),
+                    source: graph.source(ix).map(ToString::to_string),
                 }
             })
             .collect();
@@ -185,6 +189,7 @@ impl Picture {
                                         also_start: false,
                                         trigger: None,
                                         routes: Vec::new(),
+                                        source: None,
                                     });
                                     nodes.len() - 1
                                 });

@@ -94,6 +94,10 @@ pub(crate) fn dot(p: &Picture) -> String {
         if n.also_start {
             attrs.push_str(", peripheries=2");
         }
+        if let Some(source) = &n.source {
+            // shown on hover in Graphviz's SVG output
+            let _ = write!(attrs, ", tooltip={}", dot_id(source));
+        }
         let mut label = n.name.clone();
         if let Some(run) = &p.run {
             if run.counts[i] > 0 {

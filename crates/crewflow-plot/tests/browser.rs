@@ -1,6 +1,7 @@
 //! The HTML page in a real headless Chromium (Debian's `chromium`, installed by `.ci/run`):
-//! every step is drawn, a real mouse click on a step opens the panel with its triggers, and a
-//! screenshot lands in `target/plot-screenshots/` for a reviewer to open.
+//! every step is drawn, a real mouse click on a step opens the panel with its triggers and where
+//! the step is defined, and a screenshot lands in `target/plot-screenshots/` for a reviewer to
+//! open.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
@@ -29,7 +30,7 @@ fn review() -> crewflow_core::Flow<State> {
 }
 
 #[test]
-fn the_page_draws_every_step_and_a_click_shows_its_triggers() {
+fn the_page_draws_every_step_and_a_click_shows_its_triggers_and_source() {
     let flow = review();
     let dir = tempfile::tempdir().unwrap();
     let page = flow.plot(dir.path().join("review.html")).unwrap();
@@ -62,6 +63,10 @@ fn the_page_draws_every_step_and_a_click_shows_its_triggers() {
     let from = panel.lines().find(|l| l.starts_with("triggered by:")).unwrap_or_else(|| panic!("{panel}"));
     assert!(from.contains("legal") && from.contains("style"), "{panel}");
     assert!(panel.contains("triggers: publish"), "{panel}");
+    // and where the step is defined: the builder's `listen("merge", ..)` call above
+    let merge = flow.graph().source(flow.graph().step_index("merge").unwrap()).unwrap().to_string();
+    assert!(merge.starts_with(&format!("{}:", file!())), "{merge}");
+    assert!(panel.lines().any(|l| l == format!("defined at: {merge}")), "no source location in the panel: {panel}");
     // hovering highlighted the step's paths: the rest of the graph is dimmed
     assert_eq!(browser.eval("document.getElementById('graph').classList.contains('dim')"), json!(true));
 

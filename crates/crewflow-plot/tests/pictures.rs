@@ -9,13 +9,21 @@
 use std::sync::Arc;
 
 use crewflow_core::RunId;
-use crewflow_core::graph::{Graph, GraphSpec, RouterSpec, StartKind, StepSpec};
+use crewflow_core::graph::{Graph, GraphSpec, RouterSpec, SourceLocation, StartKind, StepSpec};
 use crewflow_core::persist::{RunStatus, StepRow, StoredRun};
 use crewflow_core::trigger::{Trigger, and, label, or, step};
 use crewflow_plot::{Join, NodeKind, Picture, Plot};
 
 fn start(name: &str) -> StepSpec {
-    StepSpec { name: name.into(), start: StartKind::Always, trigger: None, router: None, input: None, output: None }
+    StepSpec {
+        name: name.into(),
+        start: StartKind::Always,
+        trigger: None,
+        router: None,
+        input: None,
+        output: None,
+        source: None,
+    }
 }
 
 fn listen(name: &str, t: impl Into<Trigger>) -> StepSpec {
@@ -26,6 +34,7 @@ fn listen(name: &str, t: impl Into<Trigger>) -> StepSpec {
         router: None,
         input: None,
         output: None,
+        source: None,
     }
 }
 
@@ -186,6 +195,33 @@ fn a_label_declared_by_two_routers_gets_an_edge_from_each() {
         p.edges.iter().filter(|e| p.nodes[e.to].name == "on_call").map(|e| p.nodes[e.from].name.as_str()).collect();
     assert_eq!(into_on_call, ["triage", "answer"]);
     assert!(p.nodes[0].also_start && p.nodes[0].kind == NodeKind::Router);
+}
+
+#[test]
+fn a_steps_source_location_reaches_the_page_data_and_the_dot_tooltip_not_mermaid() {
+    let mut steps = vec![start("fetch"), listen("parse", step("fetch"))];
+    steps[0].source = Some(SourceLocation::new("src/flows/fetch.rs", 12, 5));
+    steps[1].source = Some(SourceLocation::new("flows/\"odd\".yaml", 7, 0));
+    let g = graph("located", steps);
+    let p = Picture::of(&g);
+    assert_eq!(p.nodes[0].source.as_deref(), Some("src/flows/fetch.rs:12:5"));
+    assert_eq!(p.nodes[1].source.as_deref(), Some("flows/\"odd\".yaml:7"));
+    // the page's data block, which the click panel reads
+    let html = p.to_html();
+    let block = html.find("<script type=\"application/json\" id=\"flow-data\">").unwrap();
+    let json = &html[block..];
+    let json = &json[json.find('>').unwrap() + 1..json.find("</script>").unwrap()];
+    let data: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(data["nodes"][0]["source"], "src/flows/fetch.rs:12:5");
+    assert_eq!(data["nodes"][1]["source"], "flows/\"odd\".yaml:7");
+    assert!(html.contains("defined at:"), "the panel's script names the location");
+    let dot = p.to_dot();
+    assert!(dot.contains("tooltip=\"src/flows/fetch.rs:12:5\""), "{dot}");
+    assert!(dot.contains("tooltip=\"flows/\\\"odd\\\".yaml:7\""), "{dot}");
+    assert!(!p.to_mermaid().contains("fetch.rs"));
+    // the location is no part of the fingerprint: moving a step keeps stored runs resumable
+    let moved = graph("located", vec![start("fetch"), listen("parse", step("fetch"))]);
+    assert_eq!(g.fingerprint(), moved.fingerprint());
 }
 
 /// The `<g class="node ...">` elements of a page: (classes, step, x, y, width) of its shape.

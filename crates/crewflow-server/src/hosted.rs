@@ -204,6 +204,7 @@ pub(crate) fn describe(graph: &Graph, inputs: Value, conversational: bool) -> Va
                 "start": start,
                 "trigger": graph.trigger(ix).map(ToString::to_string),
                 "routes": graph.routes_of(ix).collect::<Vec<_>>(),
+                "source": graph.source(ix).map(ToString::to_string),
             })
         })
         .collect();

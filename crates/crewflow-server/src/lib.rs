@@ -73,6 +73,7 @@
 
 mod chat;
 mod config;
+mod drain;
 mod error;
 mod flows;
 mod frames;
@@ -96,6 +97,7 @@ use crewflow_core::persist::RunStore;
 use crewflow_core::{Flow, FlowState};
 
 pub use config::{RateLimit, ServerConfig};
+pub use drain::Drain;
 pub use error::ServerError;
 pub use lanes::DoubleTexting;
 pub use tenants::{Tenants, tenant_router};
@@ -113,6 +115,7 @@ pub struct Server {
     tenant: String,
     scheduling: schedules::Scheduling,
     webhook: Option<Webhook>,
+    drain: Drain,
 }
 
 impl Server {
@@ -128,6 +131,7 @@ impl Server {
             tenant: String::new(),
             scheduling: schedules::Scheduling::default(),
             webhook: None,
+            drain: Drain::default(),
         }
     }
 
@@ -222,6 +226,12 @@ impl Server {
     pub fn run_scheduled(mut self, here: bool) -> Self {
         self.scheduling.run_here = here;
         self
+    }
+
+    /// A handle to shut this server down gracefully (take it before [`router`]): stop taking
+    /// runs and turns, then wait for those going (see [`Drain`]).
+    pub fn drain(&self) -> Drain {
+        self.drain.clone()
     }
 
     /// The names of the flows hosted (conversational ones too), by name.

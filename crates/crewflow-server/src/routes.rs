@@ -46,6 +46,8 @@ pub(crate) struct App {
     pub scheduling: schedules::Scheduling,
     /// Why a schedule's latest tick could not fire here, by schedule id (cleared by a fire).
     pub schedule_errors: schedules::Errors,
+    /// Counts the runs and turns going, refuses new ones once shutting down.
+    pub drain: crate::Drain,
 }
 
 pub(crate) type Shared = State<Arc<App>>;
@@ -101,12 +103,17 @@ pub(crate) fn router(server: crate::Server) -> Router {
         tenant: server.tenant,
         scheduling: server.scheduling,
         schedule_errors: schedules::Errors::default(),
+        drain: server.drain.clone(),
     };
+    let drain = server.drain;
     let app = Arc::new(app);
     schedules::spawn(&app);
     table()
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+            crate::drain::refuse_work_when_draining(drain.clone(), request, next)
+        }))
         // Bodies are read (within the configured limit) before the handlers: see config.rs.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(app)
@@ -192,10 +199,12 @@ pub(crate) fn outcome_json(run_id: RunId, flow: &str, ended: &Ended) -> (StatusC
 }
 
 /// Drives a started or resumed run in the background, recording its events and its end.
-pub(crate) fn drive(live: Arc<Live>, driven: Driven) {
-    let Driven { run, events, cancel, .. } = driven;
+pub(crate) fn drive(app: &App, live: Arc<Live>, driven: Driven) {
+    let Driven { run_id, run, events, cancel } = driven;
     live.set_cancel(cancel);
+    let tracked = app.drain.track(format!("run {run_id}"));
     tokio::spawn(async move {
+        let _tracked = tracked; // counted as going until the run's end is recorded
         let pump = async {
             let mut events = events;
             while let Some(event) = events.next().await {
@@ -277,7 +286,7 @@ async fn start_run(
     let live = app.live.begin(run_id, &flow).ok_or_else(|| {
         ApiError::new(StatusCode::CONFLICT, "run_busy", format!("run {run_id} is already being driven"))
     })?;
-    drive(live.clone(), driven);
+    drive(&app, live.clone(), driven);
     accepted_or_wait(&live, run_id, &flow, query.wait).await
 }
 
@@ -550,6 +559,6 @@ async fn answer_feedback(
             return Err(api);
         }
     };
-    drive(live.clone(), driven);
+    drive(&app, live.clone(), driven);
     accepted_or_wait(&live, run_id, &stored.flow, query.wait).await
 }

@@ -172,7 +172,7 @@ pub(crate) async fn resume_run(
             return Err(api);
         }
     };
-    drive(live.clone(), driven);
+    drive(&app, live.clone(), driven);
     accepted_or_wait(&live, run_id, &stored.flow, query.wait).await
 }
 
@@ -193,6 +193,6 @@ pub(crate) async fn fork_run(
     let driven = hosted.fork(source, &stored.state, inputs).await.map_err(ApiError::engine)?;
     let run_id = driven.run_id;
     let live = app.live.begin(run_id, &stored.flow).ok_or_else(|| busy(run_id))?;
-    drive(live.clone(), driven);
+    drive(&app, live.clone(), driven);
     accepted_or_wait(&live, run_id, &stored.flow, query.wait).await
 }

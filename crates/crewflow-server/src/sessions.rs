@@ -278,8 +278,10 @@ fn start_turn(
         e.detail = Some(json!({"running_turn_id": running}));
         e
     })?;
+    let tracked = app.drain.track(format!("turn {turn_id}"));
     let app = app.clone();
     tokio::spawn(async move {
+        let _tracked = tracked; // counted as going until the turn ends
         if run_turn(&located, &message, &ticket, &sink).await {
             app.reserved_remove(located.id.as_str());
         }

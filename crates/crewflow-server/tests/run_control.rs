@@ -106,6 +106,10 @@ async fn flows_are_described_and_drawn() {
         .collect();
     assert_eq!(steps, [("draft", "-"), ("on_approved", "'approved'"), ("on_rejected", "'rejected'")], "{review}");
     assert_eq!(review["steps"][0]["start"], "always");
+    // where each step is defined: the `start` call in tests/common/flows.rs (the builder
+    // tracks its caller)
+    let source = review["steps"][0]["source"].as_str().unwrap_or_else(|| panic!("{review}"));
+    assert!(source.starts_with("crates/crewflow-server/tests/common/flows.rs:72:"), "{review}");
     assert_eq!(review["conversational"], false);
     let (_, greet) = srv.get("/flows/greet").await;
     assert_eq!(
@@ -288,4 +292,53 @@ async fn read_to_the_held_step(srv: &common::Running) -> (String, String, Vec<co
     let mut seen = first.until("step_finished").await;
     seen.extend(first.until("step_started").await);
     (id, path, seen)
+}
+
+/// A draining server takes no new work (`503 shutting_down`) but still answers reads and
+/// streams; it counts the run in flight until that run ends, and `idle` resolves then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_server_takes_no_new_work_and_waits_for_its_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crewflow_store::open(common::runs_db(&dir).as_str()).unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let server = common::runs_hosting(&store, gate.clone());
+    let drain = server.drain();
+    let srv = common::serve(server).await;
+    let (code, started) = srv.post("/flows/gated/runs", "").await;
+    assert_eq!(code, 202, "{started}");
+    let id = started["run_id"].as_str().unwrap().to_string();
+    let mut events = srv.sse("GET", &format!("/runs/{id}/events"), None, None).await;
+    events.until("step_started").await;
+    events.until("step_started").await; // `wait` holds on the gate
+    assert_eq!(drain.in_flight(), [format!("run {id}")]);
+
+    drain.begin();
+    assert!(drain.is_draining());
+    for (path, body) in [
+        ("/flows/greet/runs", r#"{"name": "Ada"}"#.to_string()),
+        (&*format!("/runs/{id}/resume"), String::new()),
+        (&*format!("/runs/{id}/fork"), "{}".to_string()),
+        (&*format!("/runs/{id}/feedback"), r#"{"answer": "ok"}"#.to_string()),
+    ] {
+        let (code, e) = srv.post(path, &body).await;
+        assert_eq!((code, error_of(&e).0), (503, "shutting_down"), "{path}: {e}");
+        assert!(error_of(&e).1.contains("another instance"), "{e}");
+    }
+    let (code, _) = srv.get("/flows").await;
+    assert_eq!(code, 200, "reads are still served");
+    let (code, run) = srv.get(&format!("/runs/{id}")).await;
+    assert_eq!((code, run["status"].as_str()), (200, Some("running")));
+
+    let idle = tokio::spawn({
+        let drain = drain.clone();
+        async move { drain.idle().await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!idle.is_finished(), "idle while a run goes");
+    gate.add_permits(1);
+    tokio::time::timeout(std::time::Duration::from_secs(10), idle).await.unwrap().unwrap();
+    assert!(drain.in_flight().is_empty());
+    let rest = events.all().await;
+    assert_eq!(rest.last().unwrap().event, "run_finished", "the stream ends with the run: {rest:?}");
+    srv.wait_status(&id, "finished").await;
 }

@@ -445,6 +445,14 @@ impl<S: FlowState> Driver<S> {
         }
     }
 
+    /// The prompt and completion tokens execution `activation`'s model calls used, summed over
+    /// its attempts, for its log line (`None` when it made none: `Option` fields are logged only
+    /// when set).
+    fn step_tokens(&self, activation: u64) -> (Option<u64>, Option<u64>) {
+        let usage = self.shared.telemetry.take_step_usage(activation);
+        (usage.map(|u| u.prompt_tokens), usage.map(|u| u.completion_tokens))
+    }
+
     fn cancelled(&self) -> Error {
         Error::Cancelled { run_id: self.shared.id.to_string() }
     }
@@ -465,8 +473,9 @@ impl<S: FlowState> Driver<S> {
             }
             Err(e) => {
                 let error: Arc<str> = Arc::from(e.to_string());
+                let (input_tokens, output_tokens) = self.step_tokens(c.activation);
                 tracing::warn!(target: "crewflow::step", run_id = %self.shared.id, step = %name, activation = c.activation,
-                    elapsed_us = micros(c.elapsed), error = %error, "step failed");
+                    elapsed_us = micros(c.elapsed), input_tokens, output_tokens, error = %error, "step failed");
                 self.emit(Some(&name), || EventKind::StepFailed { activation: c.activation, error });
                 return Err(e);
             }
@@ -476,8 +485,9 @@ impl<S: FlowState> Driver<S> {
             self.paused.push(*pending);
             return Ok(());
         }
+        let (input_tokens, output_tokens) = self.step_tokens(c.activation);
         tracing::info!(target: "crewflow::step", run_id = %self.shared.id, step = %name, activation = c.activation,
-            elapsed_us = micros(c.elapsed), "step finished");
+            elapsed_us = micros(c.elapsed), input_tokens, output_tokens, "step finished");
         let finished_seq = self.emit(Some(&name), || EventKind::StepFinished {
             activation: c.activation,
             output: outcome.output.clone(),

@@ -13,7 +13,7 @@
 //! use crewflow_core::trigger::{and, step};
 //!
 //! let spec = |name: &str, start, trigger| StepSpec {
-//!     name: name.into(), start, trigger, router: None, input: None, output: None,
+//!     name: name.into(), start, trigger, router: None, input: None, output: None, source: None,
 //! };
 //! let graph = GraphSpec {
 //!     name: "join".into(),

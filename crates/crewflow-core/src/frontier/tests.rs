@@ -29,6 +29,7 @@ fn spec(name: &str, start: StartKind, trigger: Option<Trigger>, routes: &[&str],
         }),
         input: None,
         output: None,
+        source: None,
     }
 }
 
