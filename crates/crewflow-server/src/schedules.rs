@@ -246,6 +246,10 @@ pub(crate) fn spawn(app: &Arc<App>) {
 /// latest tick not after now, if it is later than the schedule's last fired tick and its
 /// creation. A store that does not answer is asked again at the next look.
 async fn fire_due(app: &Arc<App>) {
+    // Shutting down: no new work; another instance (or this one, restarted) fires the tick.
+    if app.drain.is_draining() {
+        return;
+    }
     let Ok(schedules) = app.store.list_schedules(&app.tenant, None).await else { return };
     let now = Utc::now();
     for schedule in schedules {
@@ -295,7 +299,7 @@ async fn fire(app: &Arc<App>, hosted: &Arc<dyn Hosted>, schedule: &StoredSchedul
     // Claimed by a worker first, the run is the worker's: the refusal leaves it as it is.
     let Some(live) = app.live.begin(run_id, &schedule.flow) else { return };
     match hosted.resume(run_id) {
-        Ok(driven) => drive(live, driven),
+        Ok(driven) => drive(app, live, driven),
         Err(e) => {
             let api = ApiError::engine(e);
             live.end(Ended::Err {
