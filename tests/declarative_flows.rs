@@ -241,7 +241,7 @@ methods:
     .build(&Registry::new().model("writer", llm))
     .unwrap();
     let logged = StepLogs::default();
-    let guard = tracing::subscriber::set_default(logged.clone());
+    let guard = logged.capture();
     let run = flow.kickoff(json!({"audience": "engineers", "text": "the deploy failed twice"})).await.unwrap();
     drop(guard);
     assert_eq!(run.output_json(), Some(json!("A short, friendly summary.")));
@@ -625,6 +625,22 @@ fn methods_know_their_file_and_line() {
 /// The `crewflow::step` log lines a run emits, each as its fields (`message`, `step`, ...).
 #[derive(Clone, Default)]
 struct StepLogs(Arc<std::sync::Mutex<Vec<std::collections::BTreeMap<String, String>>>>);
+
+impl StepLogs {
+    /// Captures this thread's step logs until the guard drops. tracing caches, process-wide,
+    /// whether a log line has a listener, decided on the thread that first reaches it: a
+    /// sibling test reaching `step finished` first, with no subscriber, would silence it for
+    /// every thread (a flake seen in full runs). A global subscriber that listens to every
+    /// line keeps that answer "yes"; it keeps what it hears, which nothing reads.
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        static KEEP_INTEREST: std::sync::Once = std::sync::Once::new();
+        KEEP_INTEREST.call_once(|| {
+            let _ = tracing::subscriber::set_global_default(StepLogs::default());
+            tracing::callsite::rebuild_interest_cache();
+        });
+        tracing::subscriber::set_default(self.clone())
+    }
+}
 
 impl tracing::Subscriber for StepLogs {
     fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
