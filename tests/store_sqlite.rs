@@ -870,3 +870,43 @@ async fn flow_persist_and_a_step_mark_add_up() {
     // b completed before the failure and was checkpointed: it does not run again.
     assert_eq!(marked.log.entries(), ["a", "b", "c", "c"]);
 }
+
+/// `inspect_with` reads what it is asked for: with `LoadRun::new()` the state and the run's
+/// output (its final step's) only, with no outputs nothing but the state; the other outputs are
+/// read on demand with `load_steps`, the same as `inspect` reads them.
+#[tokio::test]
+async fn inspect_with_reads_the_state_and_the_output_and_the_rest_on_demand() {
+    use crewflow::store::{LoadRun, RunStore, StepOutputs};
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::open(&path);
+    let flow = FlowBuilder::<Count>::new("outputs")
+        .start("a", |cx: Cx<Count>, (): ()| async move {
+            cx.update(|c| c.counter += 1);
+            Ok(1u32)
+        })
+        .listen("b", "a", |cx: Cx<Count>, n: u32| async move {
+            cx.update(|c| c.counter += 1);
+            Ok(n + 1)
+        })
+        .listen("c", "b", |_cx: Cx<Count>, n: u32| async move { Ok(format!("the answer is {n}")) })
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let id = flow.kickoff(()).await.unwrap().id;
+
+    let light = flow.inspect_with(id, LoadRun::new()).await.unwrap();
+    assert_eq!(light.state.counter, 2);
+    assert_eq!(light.output::<String>().unwrap(), "the answer is 2");
+    assert_eq!((light.final_step(), light.step_names()), (Some("c"), vec!["c"]));
+    let bare = flow.inspect_with(id, LoadRun::new().outputs(StepOutputs::None)).await.unwrap();
+    assert_eq!(bare.state.counter, 2);
+    assert!(bare.steps().is_empty());
+    assert!(matches!(bare.output::<String>(), Err(Error::NoOutput { .. })), "no output was read");
+
+    let whole = flow.inspect(id).await.unwrap();
+    assert_eq!(whole.step_names(), ["a", "b", "c"]);
+    let on_demand = store.load_steps(id).await.unwrap();
+    let names: Vec<&str> = on_demand.iter().map(|s| &*s.step).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert_eq!(on_demand[1].output, "2");
+}

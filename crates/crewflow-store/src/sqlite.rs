@@ -25,8 +25,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use crewflow_core::RunId;
 use crewflow_core::persist::{
-    Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, NewRun, Retention, RunEnd, RunFilter, RunOwned,
-    RunStatus, RunStore, RunSummary, StepRow, StoreFuture, StoredRun,
+    Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, LoadRun, NewRun, Retention, RunEnd, RunFilter, RunOwned,
+    RunStatus, RunStore, RunSummary, StepOutputs, StepRow, StoreFuture, StoredRun,
 };
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use tokio::runtime::RuntimeFlavor;
@@ -285,6 +285,83 @@ impl SqliteStore {
     }
 }
 
+/// A run's record, state and the step outputs `what` asks for, in one snapshot (another
+/// process's checkpoint may commit between the reads).
+fn read_run(c: &mut rusqlite::Connection, run_id: RunId, what: LoadRun) -> Result<Option<StoredRun>, StoreError> {
+    let tx = c.transaction()?;
+    let id = run_id.to_string();
+    let run = tx
+        .prepare_cached(
+            "SELECT flow, fingerprint, status, fencing, owner, lease_until, seq, inputs, payload, state,
+                 frontier, final_activation, error, created_at, updated_at, pending, state_version
+             FROM crewflow_runs WHERE id = ?1",
+        )?
+        .query_row([&id], |r| {
+            Ok(StoredRun {
+                run_id,
+                flow: r.get(0)?,
+                fingerprint: parse_fingerprint(&r.get::<_, String>(1)?),
+                status: RunStatus::parse(&r.get::<_, String>(2)?).unwrap_or(RunStatus::Failed),
+                fencing: r.get::<_, i64>(3)? as u64,
+                owner: r.get(4)?,
+                lease_until: r.get::<_, Option<i64>>(5)?.map(from_ms),
+                seq: r.get::<_, i64>(6)? as u64,
+                inputs: r.get(7)?,
+                payload: r.get(8)?,
+                state: r.get(9)?,
+                frontier: r.get(10)?,
+                final_activation: r.get::<_, Option<i64>>(11)?.map(|a| a as u64),
+                error: r.get(12)?,
+                created_at: from_ms(r.get(13)?),
+                updated_at: from_ms(r.get(14)?),
+                feedback: r.get(15)?,
+                state_version: r.get(16)?,
+                steps: Vec::new(),
+            })
+        })
+        .optional()?;
+    let Some(mut run) = run else { return Ok(None) };
+    run.steps = match what.outputs {
+        StepOutputs::All => read_steps(&tx, &id, None)?,
+        StepOutputs::Final => match run.final_activation {
+            Some(last) => read_steps(&tx, &id, Some(last))?,
+            None => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    run.state = chained_state(&tx, run_id, std::mem::take(&mut run.state))?;
+    tx.commit()?;
+    Ok(Some(run))
+}
+
+/// A run's stored step outputs by activation: all of them, or the one of `activation`.
+fn read_steps(c: &rusqlite::Connection, id: &str, activation: Option<u64>) -> Result<Vec<StepRow>, StoreError> {
+    let row = |r: &rusqlite::Row<'_>| {
+        Ok(StepRow {
+            activation: r.get::<_, i64>(0)? as u64,
+            step: Arc::from(r.get_ref(1)?.as_str()?),
+            output: r.get(2)?,
+            finished_at: from_ms(r.get(3)?),
+        })
+    };
+    let steps = match activation {
+        None => c
+            .prepare_cached(
+                "SELECT activation, step, output, finished_at FROM crewflow_steps
+                 WHERE run_id = ?1 ORDER BY activation",
+            )?
+            .query_map([id], row)?
+            .collect::<Result<_, _>>()?,
+        Some(a) => c
+            .prepare_cached(
+                "SELECT activation, step, output, finished_at FROM crewflow_steps WHERE run_id = ?1 AND activation = ?2",
+            )?
+            .query_map(params![id, a as i64], row)?
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(steps)
+}
+
 pub(crate) fn boxed<T>(r: Result<T, StoreError>) -> Result<T, crewflow_core::BoxError> {
     r.map_err(StoreError::into_boxed)
 }
@@ -448,65 +525,15 @@ impl RunStore for SqliteStore {
     }
 
     fn load_run(&self, run_id: RunId) -> StoreFuture<'_, Option<StoredRun>> {
-        Box::pin(async move {
-            boxed(
-                self.call(move |c| {
-                    // One snapshot for the run and its steps (another process's checkpoint may
-                    // commit between the two reads).
-                    let tx = c.transaction()?;
-                    let id = run_id.to_string();
-                    let run = tx
-                        .prepare_cached(
-                            "SELECT flow, fingerprint, status, fencing, owner, lease_until, seq, inputs, payload, state,
-                                 frontier, final_activation, error, created_at, updated_at, pending, state_version
-                             FROM crewflow_runs WHERE id = ?1",
-                        )?
-                        .query_row([&id], |r| {
-                            Ok(StoredRun {
-                                run_id,
-                                flow: r.get(0)?,
-                                fingerprint: parse_fingerprint(&r.get::<_, String>(1)?),
-                                status: RunStatus::parse(&r.get::<_, String>(2)?).unwrap_or(RunStatus::Failed),
-                                fencing: r.get::<_, i64>(3)? as u64,
-                                owner: r.get(4)?,
-                                lease_until: r.get::<_, Option<i64>>(5)?.map(from_ms),
-                                seq: r.get::<_, i64>(6)? as u64,
-                                inputs: r.get(7)?,
-                                payload: r.get(8)?,
-                                state: r.get(9)?,
-                                frontier: r.get(10)?,
-                                final_activation: r.get::<_, Option<i64>>(11)?.map(|a| a as u64),
-                                error: r.get(12)?,
-                                created_at: from_ms(r.get(13)?),
-                                updated_at: from_ms(r.get(14)?),
-                                feedback: r.get(15)?,
-                                state_version: r.get(16)?,
-                                steps: Vec::new(),
-                            })
-                        })
-                        .optional()?;
-                    let Some(mut run) = run else { return Ok(None) };
-                    run.steps = tx
-                        .prepare_cached(
-                            "SELECT activation, step, output, finished_at FROM crewflow_steps
-                             WHERE run_id = ?1 ORDER BY activation",
-                        )?
-                        .query_map([&id], |r| {
-                            Ok(StepRow {
-                                activation: r.get::<_, i64>(0)? as u64,
-                                step: Arc::from(r.get::<_, String>(1)?),
-                                output: r.get(2)?,
-                                finished_at: from_ms(r.get(3)?),
-                            })
-                        })?
-                        .collect::<Result<_, _>>()?;
-                    run.state = chained_state(&tx, run_id, std::mem::take(&mut run.state))?;
-                    tx.commit()?;
-                    Ok(Some(run))
-                })
-                .await,
-            )
-        })
+        self.load_run_with(run_id, LoadRun::everything())
+    }
+
+    fn load_run_with(&self, run_id: RunId, what: LoadRun) -> StoreFuture<'_, Option<StoredRun>> {
+        Box::pin(async move { boxed(self.call(move |c| read_run(c, run_id, what)).await) })
+    }
+
+    fn load_steps(&self, run_id: RunId) -> StoreFuture<'_, Vec<StepRow>> {
+        Box::pin(async move { boxed(self.call(move |c| read_steps(c, &run_id.to_string(), None)).await) })
     }
 
     fn claim_run<'a>(
