@@ -910,3 +910,41 @@ async fn inspect_with_reads_the_state_and_the_output_and_the_rest_on_demand() {
     assert_eq!(names, ["a", "b", "c"]);
     assert_eq!(on_demand[1].output, "2");
 }
+
+/// With `background_checkpoints`, the write-ahead log is copied back into the database file by
+/// the store's background checkpoints, not only when a commit takes it past the threshold where the store's own
+/// connection checkpoints (which makes that commit wait for two disk flushes): with the store
+/// still open, after a few hundred writes the rows are in the database file itself, long before
+/// the log reaches that threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_checkpointed_in_the_background() {
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::open(&path).background_checkpoints(true);
+    let mut b = FlowBuilder::<Count>::new("wal").start("s0", |cx: Cx<Count>, (): ()| async move {
+        cx.update(|c| c.message = "x".repeat(200));
+        Ok(())
+    });
+    for i in 1..10 {
+        b = b.listen(&format!("s{i}"), step(format!("s{}", i - 1)), |cx: Cx<Count>, (): ()| async move {
+            cx.update(|c| c.counter += 1);
+            Ok(())
+        });
+    }
+    let flow = b.store(store.clone()).build().unwrap();
+    for _ in 0..60 {
+        flow.kickoff(()).await.unwrap(); // 12 writes each: 720 in all, some 2,500 log pages
+    }
+    let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while size(&path) < 64 * 1024 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (file, log) = (size(&path), size(&wal));
+    assert!(file >= 64 * 1024, "the rows never reached the database file ({file} bytes; log {log} bytes)");
+    // The store's own connection checkpoints only past 8,000 pages (some 33 MB of log): the
+    // rows above were copied by the background checkpoints.
+    assert!(log < 8_000 * 4_096, "the log grew to {log} bytes, past the store's own checkpoint threshold");
+    drop(flow);
+    drop(store);
+}

@@ -49,6 +49,8 @@ mod sqlite_open;
 mod sqlite_reports;
 #[cfg(all(feature = "sqlite", feature = "chat"))]
 mod sqlite_sessions;
+#[cfg(feature = "sqlite")]
+mod sqlite_wal;
 mod util;
 
 use std::sync::Arc;
