@@ -174,7 +174,8 @@ pub struct RunEnd {
     pub error: Option<String>,
 }
 
-/// A run as stored: its latest checkpoint and every stored step output.
+/// A run as stored: its latest checkpoint and its stored step outputs (every one from
+/// [`RunStore::load_run`]; those asked for from [`RunStore::load_run_with`]).
 #[derive(Clone, Debug)]
 pub struct StoredRun {
     /// The run.
@@ -203,7 +204,7 @@ pub struct StoredRun {
     pub state_version: u32,
     /// The frontier at the last checkpoint, as JSON text.
     pub frontier: String,
-    /// Completed steps, by activation.
+    /// Completed steps, by activation: all of them, or those a [`LoadRun`] asked for.
     pub steps: Vec<StepRow>,
     /// The activation whose output is the run's output (finished runs).
     pub final_activation: Option<u64>,
@@ -215,6 +216,73 @@ pub struct StoredRun {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+/// Which step outputs [`RunStore::load_run_with`] reads with a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StepOutputs {
+    /// None: [`StoredRun::steps`] is empty. Read them later, if needed, with
+    /// [`RunStore::load_steps`].
+    None,
+    /// The run's output only: [`StoredRun::steps`] holds the step row of its
+    /// [`final_activation`](StoredRun::final_activation), when it has one (a finished run).
+    #[default]
+    Final,
+    /// Every stored step output, by activation (what [`RunStore::load_run`] reads).
+    All,
+}
+
+/// What to read of a stored run ([`RunStore::load_run_with`]): the run's record and state
+/// always, step outputs as asked. The default reads the record, the state and the run's
+/// output (its final step's), not every step's output.
+///
+/// ```
+/// use crewflow_core::persist::{LoadRun, StepOutputs};
+///
+/// let default = LoadRun::new(); // the record, the state and the run's output
+/// assert_eq!(default.outputs, StepOutputs::Final);
+/// let record_only = LoadRun::new().outputs(StepOutputs::None);
+/// let everything = LoadRun::everything(); // what `load_run` reads
+/// # let _ = (record_only, everything);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct LoadRun {
+    /// Which step outputs to read (default: the run's output only).
+    pub outputs: StepOutputs,
+}
+
+impl LoadRun {
+    /// The record, the state and the run's output ([`StepOutputs::Final`]).
+    pub fn new() -> Self {
+        LoadRun::default()
+    }
+
+    /// Everything, every step's output included: what [`RunStore::load_run`] reads.
+    pub fn everything() -> Self {
+        LoadRun { outputs: StepOutputs::All }
+    }
+
+    /// Reads these step outputs with the run.
+    pub fn outputs(mut self, outputs: StepOutputs) -> Self {
+        self.outputs = outputs;
+        self
+    }
+
+    /// Keeps of `run.steps` (every stored step, by activation) what this asks for: how a
+    /// store that cannot read less reads as little as asked (the default
+    /// [`RunStore::load_run_with`]).
+    pub fn trim(&self, run: &mut StoredRun) {
+        match self.outputs {
+            StepOutputs::All => {}
+            StepOutputs::None => run.steps = Vec::new(),
+            StepOutputs::Final => {
+                let last = run.final_activation;
+                run.steps.retain(|s| Some(s.activation) == last);
+            }
+        }
+    }
 }
 
 /// One line of a run listing.
@@ -391,8 +459,31 @@ pub trait RunStore: Send + Sync + 'static {
     /// with [`LeaseLost`] on a stale token.
     fn end_run<'a>(&'a self, end: &'a RunEnd) -> StoreFuture<'a, ()>;
 
-    /// The run, or `None` if the store has no run with this id.
+    /// The run with every stored step output, or `None` if the store has no run with this id
+    /// (to read less, see [`load_run_with`](RunStore::load_run_with)).
     fn load_run(&self, run_id: RunId) -> StoreFuture<'_, Option<StoredRun>>;
+
+    /// The run, or `None` if the store has no run with this id: its record, state and frontier
+    /// always, and the step outputs `what` asks for ([`LoadRun`]; by default only the run's
+    /// output), read in one snapshot. Cheaper than [`load_run`](RunStore::load_run) when a run
+    /// has many steps or large outputs; the default implementation reads everything and
+    /// drops what was not asked for.
+    fn load_run_with(&self, run_id: RunId, what: LoadRun) -> StoreFuture<'_, Option<StoredRun>> {
+        Box::pin(async move {
+            let mut run = self.load_run(run_id).await?;
+            if let Some(run) = &mut run {
+                what.trim(run);
+            }
+            Ok(run)
+        })
+    }
+
+    /// Every stored step output of a run, by activation (empty for an unknown run): the
+    /// outputs [`load_run_with`](RunStore::load_run_with) left out, on demand. The default
+    /// reads the whole run.
+    fn load_steps(&self, run_id: RunId) -> StoreFuture<'_, Vec<StepRow>> {
+        Box::pin(async move { Ok(self.load_run(run_id).await?.map(|r| r.steps).unwrap_or_default()) })
+    }
 
     /// Takes over a run to resume it: increments its fencing token and makes `owner` the owner.
     /// Fails with [`RunOwned`] if another owner's lease has not expired, unless that owner is
@@ -717,3 +808,49 @@ pub fn owner_is_dead(owner: &str) -> bool {
 
 /// How long a lease lasts without renewal, unless the flow sets another.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(final_activation: Option<u64>) -> StoredRun {
+        let at = Utc::now();
+        let row = |activation| StepRow { activation, step: Arc::from("s"), output: "null".into(), finished_at: at };
+        StoredRun {
+            run_id: RunId::new(),
+            flow: "f".into(),
+            fingerprint: 0,
+            status: RunStatus::Finished,
+            fencing: 1,
+            owner: None,
+            lease_until: None,
+            seq: 1,
+            inputs: None,
+            payload: None,
+            state: "{}".into(),
+            state_version: 0,
+            frontier: "{}".into(),
+            steps: vec![row(0), row(1), row(2)],
+            final_activation,
+            error: None,
+            feedback: None,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    /// What the default `load_run_with` keeps of a whole run: nothing, the final activation's
+    /// row (none when the run has no output), or everything.
+    #[test]
+    fn load_run_trims_to_what_was_asked() {
+        let activations = |what: LoadRun, last| {
+            let mut run = stored(last);
+            what.trim(&mut run);
+            run.steps.iter().map(|s| s.activation).collect::<Vec<_>>()
+        };
+        assert_eq!(activations(LoadRun::new(), Some(1)), [1]);
+        assert_eq!(activations(LoadRun::new(), None), [] as [u64; 0]);
+        assert_eq!(activations(LoadRun::new().outputs(StepOutputs::None), Some(1)), [] as [u64; 0]);
+        assert_eq!(activations(LoadRun::everything(), Some(1)), [0, 1, 2]);
+    }
+}
