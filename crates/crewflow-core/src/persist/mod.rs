@@ -28,6 +28,16 @@ use serde::{Deserialize, Serialize};
 use crate::error::BoxError;
 use crate::id::RunId;
 
+mod load;
+mod owner;
+mod schedules;
+
+pub use load::{LoadRun, StepOutputs};
+pub(crate) use owner::Driving;
+pub use owner::{driven_runs, owner_is_dead, process_owner};
+use schedules::no_schedules;
+pub use schedules::{NewSchedule, NewWebhook, QueuedWebhook, ScheduleFire, StoredSchedule};
+
 /// The future a store method returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'a>>;
 
@@ -216,73 +226,6 @@ pub struct StoredRun {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
-}
-
-/// Which step outputs [`RunStore::load_run_with`] reads with a run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum StepOutputs {
-    /// None: [`StoredRun::steps`] is empty. Read them later, if needed, with
-    /// [`RunStore::load_steps`].
-    None,
-    /// The run's output only: [`StoredRun::steps`] holds the step row of its
-    /// [`final_activation`](StoredRun::final_activation), when it has one (a finished run).
-    #[default]
-    Final,
-    /// Every stored step output, by activation (what [`RunStore::load_run`] reads).
-    All,
-}
-
-/// What to read of a stored run ([`RunStore::load_run_with`]): the run's record and state
-/// always, step outputs as asked. The default reads the record, the state and the run's
-/// output (its final step's), not every step's output.
-///
-/// ```
-/// use crewflow_core::persist::{LoadRun, StepOutputs};
-///
-/// let default = LoadRun::new(); // the record, the state and the run's output
-/// assert_eq!(default.outputs, StepOutputs::Final);
-/// let record_only = LoadRun::new().outputs(StepOutputs::None);
-/// let everything = LoadRun::everything(); // what `load_run` reads
-/// # let _ = (record_only, everything);
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub struct LoadRun {
-    /// Which step outputs to read (default: the run's output only).
-    pub outputs: StepOutputs,
-}
-
-impl LoadRun {
-    /// The record, the state and the run's output ([`StepOutputs::Final`]).
-    pub fn new() -> Self {
-        LoadRun::default()
-    }
-
-    /// Everything, every step's output included: what [`RunStore::load_run`] reads.
-    pub fn everything() -> Self {
-        LoadRun { outputs: StepOutputs::All }
-    }
-
-    /// Reads these step outputs with the run.
-    pub fn outputs(mut self, outputs: StepOutputs) -> Self {
-        self.outputs = outputs;
-        self
-    }
-
-    /// Keeps of `run.steps` (every stored step, by activation) what this asks for: how a
-    /// store that cannot read less reads as little as asked (the default
-    /// [`RunStore::load_run_with`]).
-    pub fn trim(&self, run: &mut StoredRun) {
-        match self.outputs {
-            StepOutputs::All => {}
-            StepOutputs::None => run.steps = Vec::new(),
-            StepOutputs::Final => {
-                let last = run.final_activation;
-                run.steps.retain(|s| Some(s.activation) == last);
-            }
-        }
-    }
 }
 
 /// One line of a run listing.
@@ -645,88 +588,6 @@ pub trait RunStore: Send + Sync + 'static {
     }
 }
 
-/// A webhook event to deliver ([`RunStore::queue_webhook`]): kept until a server delivers it
-/// or gives up, so a restart loses none.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewWebhook {
-    /// The delivery's id (unique; the receiver sees it on every attempt).
-    pub id: String,
-    /// The tenant whose server delivers it (`""` without tenants).
-    pub tenant: String,
-    /// The event's type (`run.finished`, ...).
-    pub event: String,
-    /// The body, as sent (JSON text).
-    pub body: String,
-}
-
-/// A webhook event claimed for delivery ([`RunStore::claim_webhooks`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueuedWebhook {
-    /// The delivery's id.
-    pub id: String,
-    /// The event's type.
-    pub event: String,
-    /// The body.
-    pub body: String,
-    /// Which attempt this claim is (1 for the first).
-    pub attempts: u32,
-}
-
-fn no_schedules<T>(store: String) -> StoreFuture<'static, T> {
-    Box::pin(async move {
-        Err(format!("the store {store} keeps no schedules; use a SQLite or PostgreSQL store from crewflow-store")
-            .into())
-    })
-}
-
-/// A cron schedule to record ([`RunStore::create_schedule`]): runs of `flow` with `inputs`, one
-/// at each tick of `cron`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewSchedule {
-    /// The schedule's id (unique in the store).
-    pub id: String,
-    /// The tenant it belongs to (`""` for a server without tenants).
-    pub tenant: String,
-    /// The flow it starts runs of.
-    pub flow: String,
-    /// The cron expression, as given.
-    pub cron: String,
-    /// The inputs of every run it starts, as JSON text (an object).
-    pub inputs: String,
-}
-
-/// A cron schedule as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredSchedule {
-    /// The schedule's id.
-    pub id: String,
-    /// The tenant it belongs to.
-    pub tenant: String,
-    /// The flow it starts runs of.
-    pub flow: String,
-    /// The cron expression.
-    pub cron: String,
-    /// The inputs of every run it starts, as JSON text.
-    pub inputs: String,
-    /// When it was created: no tick before this fires.
-    pub created_at: DateTime<Utc>,
-    /// The latest tick fired, if any: no tick up to this one fires again.
-    pub last_tick: Option<DateTime<Utc>>,
-    /// The run the latest tick started.
-    pub last_run: Option<RunId>,
-}
-
-/// One fired tick of a schedule and the run it started.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScheduleFire {
-    /// The tick (a time the cron expression names).
-    pub tick: DateTime<Utc>,
-    /// The run it queued.
-    pub run_id: RunId,
-    /// When it was fired (at or a little after the tick).
-    pub fired_at: DateTime<Utc>,
-}
-
 /// One recorded result of a run's journal of side effects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JournalEntry {
@@ -738,119 +599,5 @@ pub struct JournalEntry {
     pub value: String,
 }
 
-/// The runs this process is driving right now (kicked off with a store, resumed, or taken
-/// over by a worker, and not ended): the runs whose leases heartbeats renew.
-pub fn driven_runs() -> Vec<RunId> {
-    driven().iter().copied().collect()
-}
-
-fn driven() -> std::sync::MutexGuard<'static, std::collections::HashSet<RunId>> {
-    static DRIVEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<RunId>>> = std::sync::OnceLock::new();
-    DRIVEN.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A run this process drives, listed in [`driven_runs`] until dropped (when the driver ends,
-/// however it ends: finished, failed, or its future dropped).
-pub(crate) struct Driving(RunId);
-
-impl Driving {
-    /// Starts driving `run_id`; `None` when this process drives it already.
-    pub fn start(run_id: RunId) -> Option<Driving> {
-        let inserted = driven().insert(run_id);
-        // Built only when inserted: a `Driving` dropped here would unlist the other driver.
-        inserted.then(|| Driving(run_id))
-    }
-}
-
-impl Drop for Driving {
-    fn drop(&mut self) {
-        driven().remove(&self.0);
-    }
-}
-
-/// The identity this process uses as a lease owner: `host:pid:tag`, where the tag is random.
-pub fn process_owner() -> Arc<str> {
-    static OWNER: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-    OWNER
-        .get_or_init(|| {
-            let tag = uuid::Uuid::now_v7().simple().to_string();
-            Arc::from(format!("{}:{}:{}", host_name(), std::process::id(), &tag[tag.len() - 8..]))
-        })
-        .clone()
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty() && !h.contains(':'))
-        .unwrap_or_else(|| "localhost".to_string())
-}
-
-/// Whether a lease owner is certainly dead: a process of this host (by [`process_owner`]'s
-/// format) that no longer runs. Owners on other hosts, and processes whose state cannot be
-/// read, are never declared dead: their leases are left to expire.
-pub fn owner_is_dead(owner: &str) -> bool {
-    let mut parts = owner.split(':');
-    let (Some(host), Some(pid)) = (parts.next(), parts.next().and_then(|p| p.parse::<u32>().ok())) else {
-        return false;
-    };
-    if host != host_name() || pid == std::process::id() {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // A zombie (state Z) has exited; it only waits to be reaped.
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound && std::path::Path::new("/proc/self").exists(),
-    }
-}
-
 /// How long a lease lasts without renewal, unless the flow sets another.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn stored(final_activation: Option<u64>) -> StoredRun {
-        let at = Utc::now();
-        let row = |activation| StepRow { activation, step: Arc::from("s"), output: "null".into(), finished_at: at };
-        StoredRun {
-            run_id: RunId::new(),
-            flow: "f".into(),
-            fingerprint: 0,
-            status: RunStatus::Finished,
-            fencing: 1,
-            owner: None,
-            lease_until: None,
-            seq: 1,
-            inputs: None,
-            payload: None,
-            state: "{}".into(),
-            state_version: 0,
-            frontier: "{}".into(),
-            steps: vec![row(0), row(1), row(2)],
-            final_activation,
-            error: None,
-            feedback: None,
-            created_at: at,
-            updated_at: at,
-        }
-    }
-
-    /// What the default `load_run_with` keeps of a whole run: nothing, the final activation's
-    /// row (none when the run has no output), or everything.
-    #[test]
-    fn load_run_trims_to_what_was_asked() {
-        let activations = |what: LoadRun, last| {
-            let mut run = stored(last);
-            what.trim(&mut run);
-            run.steps.iter().map(|s| s.activation).collect::<Vec<_>>()
-        };
-        assert_eq!(activations(LoadRun::new(), Some(1)), [1]);
-        assert_eq!(activations(LoadRun::new(), None), [] as [u64; 0]);
-        assert_eq!(activations(LoadRun::new().outputs(StepOutputs::None), Some(1)), [] as [u64; 0]);
-        assert_eq!(activations(LoadRun::everything(), Some(1)), [0, 1, 2]);
-    }
-}
