@@ -7,8 +7,6 @@ use std::sync::Arc;
 
 use crate::cancel::Canceller;
 pub use crate::kickoff::Kickoff;
-use serde::Serialize;
-use serde_json::{Map, Value};
 use tokio::task::JoinHandle;
 
 use crate::driver;
