@@ -6,7 +6,8 @@
 //! figure is not polluted by the benchmark before it.
 //!
 //! - `turn_overhead`: 100 turns on one session, SQLite, a reply step with no model call
-//!   (`per_turn_us`, with the default session trace; `per_turn_us_untraced` without).
+//!   (`per_turn_us`, with the default session trace; `per_turn_us_untraced` without;
+//!   `per_turn_us_background` traced, with `SqliteStore::background_checkpoints`).
 //! - `sessions_10k`: 10,000 sessions × 10 turns, 64 sessions at a time (`turns_per_s`,
 //!   `peak_rss_mb`).
 //! - `turn_flatness`: 1 session × 200 turns, SQLite, a reply step with no model call, each
@@ -50,11 +51,15 @@ fn run_child(name: &str) {
 
 /// A conversational flow whose one step replies without a model.
 fn reply_flow(path: &std::path::Path, traces: bool) -> ChatFlow<ChatState> {
+    reply_flow_on(SqliteStore::open(path), traces)
+}
+
+fn reply_flow_on(store: SqliteStore, traces: bool) -> ChatFlow<ChatState> {
     let flow = FlowBuilder::<ChatState>::new("bench_chat")
         .start("reply", |_cx, message: String| async move { Ok(format!("you said: {message}")) })
         .build()
         .expect("a flow");
-    ChatFlow::new(flow, SqliteStore::open(path)).with_options(ChatOptions::default().traces(traces)).expect("options")
+    ChatFlow::new(flow, store).with_options(ChatOptions::default().traces(traces)).expect("options")
 }
 
 fn session(id: &str) -> SessionId {
@@ -72,8 +77,11 @@ async fn hundred_turns(flow: &ChatFlow<ChatState>, session: &SessionId) -> f64 {
 
 async fn turn_overhead() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    for (traces, metric) in [(true, "per_turn_us"), (false, "per_turn_us_untraced")] {
-        let flow = reply_flow(&dir.path().join(format!("turns-{traces}.db")), traces);
+    let runs =
+        [(true, false, "per_turn_us"), (false, false, "per_turn_us_untraced"), (true, true, "per_turn_us_background")];
+    for (traces, background, metric) in runs {
+        let store = SqliteStore::open(dir.path().join(format!("turns-{metric}.db"))).background_checkpoints(background);
+        let flow = reply_flow_on(store, traces);
         hundred_turns(&flow, &session("warmup")).await;
         let mut samples = Vec::new();
         for s in 0..7 {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crewflow::prelude::*;
-use crewflow::store::{RunStore, SqliteStore, Synchronous};
+use crewflow::store::{LoadRun, RunStore, SqliteStore, Synchronous};
 use crewflow::{DEFAULT_MAX_STEPS, FlowBuilder};
 use crewflow_store::PostgresStore;
 use serde::{Deserialize, Serialize};
@@ -42,7 +42,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-const BENCHES: [&str; 11] = [
+const BENCHES: [&str; 12] = [
     "chain100",
     "fanout_join",
     "router_loop",
@@ -54,6 +54,7 @@ const BENCHES: [&str; 11] = [
     "persist_chain20_100kb",
     "resume_1000",
     "journal_op",
+    "load_run",
 ];
 
 mod harness;
@@ -82,6 +83,7 @@ fn run_child(name: &str) {
             "persist_chain20_100kb" => persist_chain20_100kb().await,
             "resume_1000" => resume_1000().await,
             "journal_op" => journal_op().await,
+            "load_run" => load_run().await,
             other => eprintln!("unknown benchmark {other}"),
         }
     });
@@ -438,4 +440,60 @@ async fn resume_1000() {
         assert_eq!(run.steps_run(), 1002);
     }
     report("resume_1000", "resume_ms", "ms", samples);
+}
+
+/// Times `op` (after 100 warm-up calls): `samples` batches of `batch` calls, in µs per call.
+async fn per_call_us<F, Fut>(samples: usize, batch: usize, mut op: F) -> Vec<f64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..100 {
+        op().await;
+    }
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        for _ in 0..batch {
+            op().await;
+        }
+        out.push(t.elapsed().as_secs_f64() * 1e6 / batch as f64);
+    }
+    out
+}
+
+/// Loads a finished 20-step run by id from a SQLite file: `us` reads what a caller asking
+/// for a run gets by default ([`LoadRun::new`](crewflow::store::LoadRun::new): the record,
+/// its state and its output), `us_all_outputs` the whole record with every step's output
+/// (`RunStore::load_run`), `us_inspect` a typed [`Run`](crewflow::Run) through
+/// `Flow::inspect` (every step's output, decoded), `us_inspect_light` the same through
+/// `Flow::inspect_with(id, LoadRun::new())` (the state and the output).
+async fn load_run() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(dir.path().join("load.db")));
+    let flow = chain20(store.clone());
+    let id = flow.kickoff(()).await.expect("run").id;
+    let light = per_call_us(30, 200, || async {
+        let run = store.load_run_with(id, LoadRun::new()).await.expect("load").expect("the run");
+        assert_eq!(run.steps.len(), 1);
+    })
+    .await;
+    let all = per_call_us(30, 200, || async {
+        let run = store.load_run(id).await.expect("load").expect("the run");
+        assert_eq!(run.steps.len(), 20);
+    })
+    .await;
+    let inspect = per_call_us(30, 200, || async {
+        assert_eq!(flow.inspect(id).await.expect("inspect").steps_run(), 20);
+    })
+    .await;
+    let inspect_light = per_call_us(30, 200, || async {
+        let run = flow.inspect_with(id, LoadRun::new()).await.expect("inspect");
+        assert_eq!(run.state.n, 20);
+    })
+    .await;
+    report("load_run", "us", "us", light);
+    report("load_run", "us_all_outputs", "us", all);
+    report("load_run", "us_inspect", "us", inspect);
+    report("load_run", "us_inspect_light", "us", inspect_light);
 }

@@ -870,3 +870,81 @@ async fn flow_persist_and_a_step_mark_add_up() {
     // b completed before the failure and was checkpointed: it does not run again.
     assert_eq!(marked.log.entries(), ["a", "b", "c", "c"]);
 }
+
+/// `inspect_with` reads what it is asked for: with `LoadRun::new()` the state and the run's
+/// output (its final step's) only, with no outputs nothing but the state; the other outputs are
+/// read on demand with `load_steps`, the same as `inspect` reads them.
+#[tokio::test]
+async fn inspect_with_reads_the_state_and_the_output_and_the_rest_on_demand() {
+    use crewflow::store::{LoadRun, RunStore, StepOutputs};
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::open(&path);
+    let flow = FlowBuilder::<Count>::new("outputs")
+        .start("a", |cx: Cx<Count>, (): ()| async move {
+            cx.update(|c| c.counter += 1);
+            Ok(1u32)
+        })
+        .listen("b", "a", |cx: Cx<Count>, n: u32| async move {
+            cx.update(|c| c.counter += 1);
+            Ok(n + 1)
+        })
+        .listen("c", "b", |_cx: Cx<Count>, n: u32| async move { Ok(format!("the answer is {n}")) })
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let id = flow.kickoff(()).await.unwrap().id;
+
+    let light = flow.inspect_with(id, LoadRun::new()).await.unwrap();
+    assert_eq!(light.state.counter, 2);
+    assert_eq!(light.output::<String>().unwrap(), "the answer is 2");
+    assert_eq!((light.final_step(), light.step_names()), (Some("c"), vec!["c"]));
+    let bare = flow.inspect_with(id, LoadRun::new().outputs(StepOutputs::None)).await.unwrap();
+    assert_eq!(bare.state.counter, 2);
+    assert!(bare.steps().is_empty());
+    assert!(matches!(bare.output::<String>(), Err(Error::NoOutput { .. })), "no output was read");
+
+    let whole = flow.inspect(id).await.unwrap();
+    assert_eq!(whole.step_names(), ["a", "b", "c"]);
+    let on_demand = store.load_steps(id).await.unwrap();
+    let names: Vec<&str> = on_demand.iter().map(|s| &*s.step).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert_eq!(on_demand[1].output, "2");
+}
+
+/// With `background_checkpoints`, the write-ahead log is copied back into the database file by
+/// the store's background checkpoints, not only when a commit takes it past the threshold where the store's own
+/// connection checkpoints (which makes that commit wait for two disk flushes): with the store
+/// still open, after a few hundred writes the rows are in the database file itself, long before
+/// the log reaches that threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_checkpointed_in_the_background() {
+    let (_dir, path) = temp_db();
+    let store = SqliteStore::open(&path).background_checkpoints(true);
+    let mut b = FlowBuilder::<Count>::new("wal").start("s0", |cx: Cx<Count>, (): ()| async move {
+        cx.update(|c| c.message = "x".repeat(200));
+        Ok(())
+    });
+    for i in 1..10 {
+        b = b.listen(&format!("s{i}"), step(format!("s{}", i - 1)), |cx: Cx<Count>, (): ()| async move {
+            cx.update(|c| c.counter += 1);
+            Ok(())
+        });
+    }
+    let flow = b.store(store.clone()).build().unwrap();
+    for _ in 0..60 {
+        flow.kickoff(()).await.unwrap(); // 12 writes each: 720 in all, some 2,500 log pages
+    }
+    let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while size(&path) < 64 * 1024 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (file, log) = (size(&path), size(&wal));
+    assert!(file >= 64 * 1024, "the rows never reached the database file ({file} bytes; log {log} bytes)");
+    // The store's own connection checkpoints only past 8,000 pages (some 33 MB of log): the
+    // rows above were copied by the background checkpoints.
+    assert!(log < 8_000 * 4_096, "the log grew to {log} bytes, past the store's own checkpoint threshold");
+    drop(flow);
+    drop(store);
+}

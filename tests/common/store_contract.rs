@@ -29,8 +29,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use crewflow::chat::{ChatMessage, Role, SessionConflict, SessionStore, StoredSession, TurnRecord, TurnSave};
 use crewflow::store::StoreError;
 use crewflow::store::{
-    Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, MemoryQuery, MemoryRow, MemoryStore, ModelCount, NewRun,
-    Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, StepRow, StoredRun,
+    Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, LoadRun, MemoryQuery, MemoryRow, MemoryStore,
+    ModelCount, NewRun, Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, StepOutputs, StepRow, StoredRun,
 };
 use crewflow::store::{NewSchedule, NewWebhook, StoredSchedule};
 use crewflow::{BoxError, RunId};
@@ -52,6 +52,7 @@ macro_rules! store_contract_clauses {
             json_values_round_trip,
             // ends
             a_finished_run_keeps_its_final_checkpoint,
+            a_run_loads_with_the_outputs_asked_for_and_the_rest_on_demand,
             a_failed_run_keeps_its_error_and_its_last_checkpoint,
             a_paused_run_keeps_its_feedback_and_releases_its_lease,
             // leases
@@ -560,6 +561,47 @@ pub async fn a_finished_run_keeps_its_final_checkpoint(db: Database) {
     assert_eq!(store.heartbeat("owner-a", &[id], LONG).await.unwrap(), 0, "an ended run is no longer renewed");
     let finished_runs = RunFilter { status: Some(RunStatus::Finished), ..RunFilter::default() };
     assert_eq!(ids(&store.list_runs(&finished_runs).await.unwrap()), [id]);
+}
+
+/// `load_run_with` reads the record and the state as `load_run` does, and of the step outputs
+/// only those asked for: none, the run's output (its final activation's; none before the run
+/// finished), or all. `load_steps` reads every output on demand (none for an unknown run).
+pub async fn a_run_loads_with_the_outputs_asked_for_and_the_rest_on_demand(db: Database) {
+    let store = db.open().runs;
+    let run = new_run("owner-a", RunStatus::Running);
+    store.create_run(&run).await.unwrap();
+    let id = run.run_id;
+    let first = vec![row(0, "first", json!(1)), row(1, "second", json!({"k": [2]}))];
+    store.save_checkpoint(&checkpoint(id, 1, 1, json!({"n": 1}), first)).await.unwrap();
+    let running = store.load_run_with(id, LoadRun::new()).await.unwrap().unwrap();
+    assert!(running.steps.is_empty(), "a running run has no output yet: {:?}", running.steps);
+    assert_eq!(parse(&running.state), json!({"n": 1}));
+
+    let last = checkpoint(id, 1, 2, json!({"n": 2}), vec![row(2, "last", json!("the output"))]);
+    let finished = RunEnd { checkpoint: Some(last), final_activation: Some(2), ..end(id, 1, RunStatus::Finished) };
+    store.end_run(&finished).await.unwrap();
+
+    let reader = db.open().runs;
+    let whole = load(&*reader, id).await;
+    let default = reader.load_run_with(id, LoadRun::new()).await.unwrap().unwrap();
+    assert_eq!(steps(&default), [(2, "last".to_string(), json!("the output"))]);
+    let mut trimmed = whole.clone();
+    trimmed.steps = default.steps.clone();
+    assert_eq!(everything(&default), everything(&trimmed), "the record is read whole whatever the outputs");
+    let none = reader.load_run_with(id, LoadRun::new().outputs(StepOutputs::None)).await.unwrap().unwrap();
+    assert!(none.steps.is_empty());
+    assert_eq!(
+        (none.status, none.final_activation, parse(&none.state)),
+        (RunStatus::Finished, Some(2), json!({"n": 2}))
+    );
+    let all = reader.load_run_with(id, LoadRun::everything()).await.unwrap().unwrap();
+    assert_eq!(everything(&all), everything(&whole));
+    assert_eq!(reader.load_steps(id).await.unwrap(), whole.steps, "the outputs on demand are the stored ones");
+    assert_eq!(steps(&whole).len(), 3);
+
+    let unknown = RunId::new();
+    assert!(reader.load_run_with(unknown, LoadRun::new()).await.unwrap().is_none());
+    assert!(reader.load_steps(unknown).await.unwrap().is_empty());
 }
 
 /// A failed (or cancelled) run keeps its error, and its state stays at the last checkpoint;

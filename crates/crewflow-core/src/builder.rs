@@ -614,18 +614,27 @@ where
                 .map_err(|panic| failed(&name, panic_message(panic).into()))
         });
         let name = name.clone();
-        Box::pin(async move {
-            let started = Instant::now();
-            let result = match body {
-                Err(e) => Err(e),
-                Ok(body) => match AssertUnwindSafe(scope.enter(body)).catch_unwind().await {
-                    Ok(Ok(out)) => Ok(finish(out)),
-                    Ok(Err(e)) => Err(failed(&name, e.into_boxed())),
-                    Err(panic) => Err(failed(&name, panic_message(panic).into())),
-                },
-            };
-            Completion { activation, result, elapsed: started.elapsed() }
-        })
+        match body {
+            Err(e) => {
+                Box::pin(futures::future::ready(Completion { activation, result: Err(e), elapsed: Duration::ZERO }))
+            }
+            // Combinators rather than an `async` block: a block would keep the body both as its
+            // capture and inside the future it awaits, and every step in flight holds this.
+            // The clock starts at the first poll (a retried step's backoff is not its time).
+            Ok(body) => {
+                let entered = AssertUnwindSafe(scope.enter(body)).catch_unwind();
+                Box::pin(futures::future::lazy(|_| Instant::now()).then(move |started| {
+                    entered.map(move |caught| {
+                        let result = match caught {
+                            Ok(Ok(out)) => Ok(finish(out)),
+                            Ok(Err(e)) => Err(failed(&name, e.into_boxed())),
+                            Err(panic) => Err(failed(&name, panic_message(panic).into())),
+                        };
+                        Completion { activation, result, elapsed: started.elapsed() }
+                    })
+                }))
+            }
+        }
     })
 }
 

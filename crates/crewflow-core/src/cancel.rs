@@ -17,6 +17,8 @@ pub struct Canceller(Arc<State>);
 struct State {
     cancelled: AtomicBool,
     notify: Notify,
+    /// The run's driver, woken on cancel (see [`Canceller::poll_cancelled`]).
+    driver: futures::task::AtomicWaker,
 }
 
 impl Canceller {
@@ -29,7 +31,21 @@ impl Canceller {
     pub fn cancel(&self) {
         if !self.0.cancelled.swap(true, Ordering::SeqCst) {
             self.0.notify.notify_waiters();
+            self.0.driver.wake();
         }
+    }
+
+    /// Ready once cancelled; otherwise registers the polling task to be woken by
+    /// [`cancel`](Canceller::cancel). For the run's driver only: one task at a time is
+    /// registered (steps wait with [`cancelled`](Canceller::cancelled)). Unlike that future,
+    /// this keeps nothing in the caller's future, which every run in flight holds.
+    pub(crate) fn poll_cancelled(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.is_cancelled() {
+            return std::task::Poll::Ready(());
+        }
+        self.0.driver.register(cx.waker());
+        // Again after registering: a cancel in between woke no one.
+        if self.is_cancelled() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
     }
 
     /// Whether [`cancel`](Canceller::cancel) was called.

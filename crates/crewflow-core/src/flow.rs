@@ -6,8 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::cancel::Canceller;
-use serde::Serialize;
-use serde_json::{Map, Value};
+pub use crate::kickoff::Kickoff;
 use tokio::task::JoinHandle;
 
 use crate::driver;
@@ -17,9 +16,9 @@ use crate::graph::Graph;
 use crate::handler::{Handler, Predicate};
 use crate::id::RunId;
 use crate::output::Output;
-use crate::persist::{Driving, RunStatus, RunStore, process_owner};
+use crate::persist::{Driving, LoadRun, RunStatus, RunStore, StepOutputs, process_owner};
 use crate::run::Run;
-use crate::state::{FlowState, json_kind};
+use crate::state::FlowState;
 
 pub(crate) struct StepRuntime<S> {
     pub name: Arc<str>,
@@ -374,7 +373,7 @@ impl<S: FlowState> Flow<S> {
     /// Every request a paused run waits for, oldest first (empty if it is not paused).
     pub async fn pending_requests(&self, run_id: RunId) -> Result<Vec<crate::feedback::FeedbackRequest>, Error> {
         let store = self.require_store("Flow::pending_requests")?.clone();
-        let stored = self.load_own(store.as_ref(), run_id).await?;
+        let stored = self.load_own_with(store.as_ref(), run_id, LoadRun::new().outputs(StepOutputs::None)).await?;
         if stored.status != RunStatus::Paused {
             return Ok(Vec::new());
         }
@@ -385,11 +384,31 @@ impl<S: FlowState> Flow<S> {
     /// status (its state at the last checkpoint, the outputs stored so far, the feedback it
     /// received, what it waits for if it is paused). Unlike [`resume`](Flow::resume), this
     /// also reads runs of an earlier definition of the flow: for reports and dashboards.
+    ///
+    /// It reads every step's output (for [`Run::steps`]); to read less, see
+    /// [`inspect_with`](Flow::inspect_with).
     pub async fn inspect(&self, run_id: RunId) -> Result<Run<S>, Error> {
+        self.inspect_with(run_id, LoadRun::everything()).await
+    }
+
+    /// [`inspect`](Flow::inspect), reading only the step outputs `what` asks for: with
+    /// [`LoadRun::new`] the run's state and output (its final step's), and in
+    /// [`Run::steps`] only that step; with [`StepOutputs::None`] no output at all. Read the
+    /// other outputs later, if needed, with [`RunStore::load_steps`]. What a dashboard asking
+    /// "where does this run stand" needs, at a fraction of the cost for runs of many steps.
+    ///
+    /// ```no_run
+    /// # async fn demo(flow: crewflow_core::Flow<()>, id: crewflow_core::RunId) -> Result<(), crewflow_core::Error> {
+    /// use crewflow_core::persist::LoadRun;
+    /// let run = flow.inspect_with(id, LoadRun::new()).await?;
+    /// let answer: String = run.output()?; // the final step's output is read
+    /// # Ok(()) }
+    /// ```
+    pub async fn inspect_with(&self, run_id: RunId, what: LoadRun) -> Result<Run<S>, Error> {
         let store = self.require_store("Flow::inspect")?.clone();
-        let stored = match self.load_own(store.as_ref(), run_id).await {
+        let stored = match self.load_own_with(store.as_ref(), run_id, what).await {
             Err(Error::Durable(DurableError::DefinitionChanged { .. })) => store
-                .load_run(run_id)
+                .load_run_with(run_id, what)
                 .await
                 .map_err(|e| Error::from_store(store.as_ref(), "load the run", e))?
                 .ok_or_else(|| {
@@ -412,7 +431,7 @@ impl<S: FlowState> Flow<S> {
     /// What a paused run waits for (`None` if it is not paused).
     pub async fn pending_feedback(&self, run_id: RunId) -> Result<Option<crate::feedback::Paused>, Error> {
         let store = self.require_store("Flow::pending_feedback")?.clone();
-        let stored = self.load_own(store.as_ref(), run_id).await?;
+        let stored = self.load_own_with(store.as_ref(), run_id, LoadRun::new().outputs(StepOutputs::None)).await?;
         if stored.status != RunStatus::Paused {
             return Ok(None);
         }
@@ -450,10 +469,23 @@ impl<S: FlowState> Flow<S> {
     }
 
     async fn load_own(&self, store: &dyn RunStore, run_id: RunId) -> Result<crate::persist::StoredRun, Error> {
-        let stored =
-            store.load_run(run_id).await.map_err(|e| Error::from_store(store, "load the run", e))?.ok_or_else(
-                || Error::Durable(DurableError::UnknownRun { run_id: run_id.to_string(), store: store.describe() }),
-            )?;
+        self.load_own_with(store, run_id, LoadRun::everything()).await
+    }
+
+    /// [`load_own`](Flow::load_own), reading the step outputs `what` asks for.
+    async fn load_own_with(
+        &self,
+        store: &dyn RunStore,
+        run_id: RunId,
+        what: LoadRun,
+    ) -> Result<crate::persist::StoredRun, Error> {
+        let stored = store
+            .load_run_with(run_id, what)
+            .await
+            .map_err(|e| Error::from_store(store, "load the run", e))?
+            .ok_or_else(|| {
+                Error::Durable(DurableError::UnknownRun { run_id: run_id.to_string(), store: store.describe() })
+            })?;
         if stored.flow != self.name() {
             return Err(Error::Durable(DurableError::RunOfAnotherFlow {
                 run_id: run_id.to_string(),
@@ -566,92 +598,6 @@ impl<S: FlowState> Flow<S> {
         let cancel = prepared.cancel_token();
         let join = rt.spawn(driver::drive(self.inner.clone(), prepared));
         Ok(RunHandle { id, cancel, join })
-    }
-}
-
-/// How to start a run: inputs merged into the state, a payload for the start steps, a run id,
-/// a step budget.
-///
-/// Plain inputs convert into a `Kickoff`: `flow.kickoff(json!({"topic": "rust"}))`,
-/// `flow.kickoff(())`.
-#[derive(Default)]
-pub struct Kickoff {
-    pub(crate) inputs: Option<Map<String, Value>>,
-    pub(crate) payload: Option<Output>,
-    pub(crate) run_id: Option<RunId>,
-    pub(crate) max_steps: Option<u64>,
-    pub(crate) error: Option<Error>,
-}
-
-impl Kickoff {
-    /// No inputs, no payload.
-    pub fn new() -> Self {
-        Kickoff::default()
-    }
-
-    /// Inputs to merge into the state: anything that serializes to a JSON object.
-    pub fn inputs(mut self, inputs: impl Serialize) -> Self {
-        match serde_json::to_value(inputs) {
-            Ok(Value::Object(map)) => self.inputs = Some(map),
-            Ok(Value::Null) => self.inputs = None,
-            Ok(other) => self.error = Some(Error::Input(InputError::InputsNotAnObject { got: json_kind(&other) })),
-            Err(e) => {
-                self.error =
-                    Some(Error::Input(InputError::InvalidInput { state_type: "inputs", message: e.to_string() }))
-            }
-        }
-        self
-    }
-
-    /// One input.
-    pub fn input(mut self, key: impl Into<String>, value: impl Serialize) -> Self {
-        match serde_json::to_value(value) {
-            Ok(v) => {
-                self.inputs.get_or_insert_with(Map::new).insert(key.into(), v);
-            }
-            Err(e) => {
-                self.error =
-                    Some(Error::Input(InputError::InvalidInput { state_type: "inputs", message: e.to_string() }))
-            }
-        }
-        self
-    }
-
-    /// A payload for the start steps that take an input (for instance the webhook body that
-    /// triggered the run).
-    pub fn payload<T: Serialize + Send + Sync + 'static>(mut self, payload: T) -> Self {
-        self.payload = Some(Output::new(payload));
-        self
-    }
-
-    /// Runs under this id instead of a fresh one.
-    pub fn run_id(mut self, id: RunId) -> Self {
-        self.run_id = Some(id);
-        self
-    }
-
-    /// The step budget of this run (overrides the flow's).
-    pub fn max_steps(mut self, budget: u64) -> Self {
-        self.max_steps = Some(budget);
-        self
-    }
-}
-
-impl From<()> for Kickoff {
-    fn from(_: ()) -> Self {
-        Kickoff::new()
-    }
-}
-
-impl From<Value> for Kickoff {
-    fn from(inputs: Value) -> Self {
-        Kickoff::new().inputs(inputs)
-    }
-}
-
-impl From<Map<String, Value>> for Kickoff {
-    fn from(inputs: Map<String, Value>) -> Self {
-        Kickoff { inputs: Some(inputs), ..Kickoff::default() }
     }
 }
 

@@ -47,6 +47,7 @@ pub mod graph;
 mod handler;
 pub mod host;
 mod id;
+mod kickoff;
 mod input;
 pub mod journal;
 mod output;

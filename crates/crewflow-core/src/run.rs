@@ -74,7 +74,8 @@ impl<S> Run<S> {
         self.final_step.as_deref()
     }
 
-    /// Every step execution, in the order they finished.
+    /// Every step execution, in the order they finished (of a run read with
+    /// [`Flow::inspect_with`](crate::Flow::inspect_with), those whose outputs were read).
     pub fn steps(&self) -> &[StepRecord] {
         &self.records
     }

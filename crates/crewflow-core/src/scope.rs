@@ -122,9 +122,10 @@ impl StepScope {
         StepScope { run_id, step, activation, run }
     }
 
-    /// Runs `future` inside this scope.
-    pub(crate) async fn enter<F: std::future::Future>(self, future: F) -> F::Output {
-        CURRENT.scope(self, future).await
+    /// Runs `future` inside this scope. (Not an `async fn`: one would hold `future` twice, as
+    /// its argument and inside the scope's future, and every step in flight holds this.)
+    pub(crate) fn enter<F: std::future::Future>(self, future: F) -> impl std::future::Future<Output = F::Output> {
+        CURRENT.scope(self, future)
     }
 
     /// The run.

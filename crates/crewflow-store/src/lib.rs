@@ -53,6 +53,8 @@ mod sqlite_reports;
 mod sqlite_schedules;
 #[cfg(all(feature = "sqlite", feature = "chat"))]
 mod sqlite_sessions;
+#[cfg(feature = "sqlite")]
+mod sqlite_wal;
 mod util;
 
 use std::sync::Arc;

@@ -21,9 +21,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use crewflow_core::RunId;
 use crewflow_core::persist::{
-    Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, NewRun, NewSchedule, NewWebhook, QueuedWebhook,
-    Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, RunSummary, ScheduleFire, StepRow, StoreFuture,
-    StoredRun, StoredSchedule,
+    Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, LoadRun, NewRun, NewSchedule, NewWebhook,
+    QueuedWebhook, Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, RunSummary, ScheduleFire,
+    StepOutputs, StepRow, StoreFuture, StoredRun, StoredSchedule,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::OnceCell;
@@ -461,6 +461,29 @@ impl RunStore for PostgresStore {
     }
 
     fn load_run(&self, run_id: RunId) -> StoreFuture<'_, Option<StoredRun>> {
+        self.load_run_with(run_id, LoadRun::everything())
+    }
+
+    fn load_steps(&self, run_id: RunId) -> StoreFuture<'_, Vec<StepRow>> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let client = self.client().await?;
+                    let rows = client
+                        .query(
+                            "SELECT activation, step, output::text, finished_at FROM crewflow_steps
+                             WHERE run_id = $1 ORDER BY activation",
+                            &[&run_id.to_string()],
+                        )
+                        .await?;
+                    Ok(rows.iter().map(step_row).collect())
+                }
+                .await,
+            )
+        })
+    }
+
+    fn load_run_with(&self, run_id: RunId, what: LoadRun) -> StoreFuture<'_, Option<StoredRun>> {
         Box::pin(async move {
             boxed(
                 async {
@@ -487,21 +510,30 @@ impl RunStore for PostgresStore {
                         return Ok(None);
                     };
                     let status: String = r.get(2);
-                    let steps = tx
-                        .query(
-                            "SELECT activation, step, output::text, finished_at FROM crewflow_steps
-                             WHERE run_id = $1 ORDER BY activation",
-                            &[&id],
-                        )
-                        .await?
-                        .into_iter()
-                        .map(|s| StepRow {
-                            activation: s.get::<_, i64>(0) as u64,
-                            step: Arc::from(s.get::<_, String>(1)),
-                            output: s.get(2),
-                            finished_at: s.get(3),
-                        })
-                        .collect();
+                    let final_activation = r.get::<_, Option<i64>>(11);
+                    let steps = match (what.outputs, final_activation) {
+                        (StepOutputs::All, _) => tx
+                            .query(
+                                "SELECT activation, step, output::text, finished_at FROM crewflow_steps
+                                 WHERE run_id = $1 ORDER BY activation",
+                                &[&id],
+                            )
+                            .await?
+                            .iter()
+                            .map(step_row)
+                            .collect(),
+                        (StepOutputs::Final, Some(last)) => tx
+                            .query(
+                                "SELECT activation, step, output::text, finished_at FROM crewflow_steps
+                                 WHERE run_id = $1 AND activation = $2",
+                                &[&id, &last],
+                            )
+                            .await?
+                            .iter()
+                            .map(step_row)
+                            .collect(),
+                        _ => Vec::new(),
+                    };
                     tx.commit().await?;
                     Ok(Some(StoredRun {
                         run_id,
@@ -516,7 +548,7 @@ impl RunStore for PostgresStore {
                         payload: r.get(8),
                         state: r.get(9),
                         frontier: r.get(10),
-                        final_activation: r.get::<_, Option<i64>>(11).map(|a| a as u64),
+                        final_activation: final_activation.map(|a| a as u64),
                         error: r.get(12),
                         created_at: r.get(13),
                         updated_at: r.get(14),
@@ -746,6 +778,16 @@ pub(crate) const SUMMARY: &str = "r.id, r.flow, r.status, r.created_at, r.update
     (SELECT count(*) FROM crewflow_steps s WHERE s.run_id = r.id)";
 
 /// A row selecting [`SUMMARY`], as a run summary.
+/// A `crewflow_steps` row read as `activation, step, output::text, finished_at`.
+fn step_row(s: &tokio_postgres::Row) -> StepRow {
+    StepRow {
+        activation: s.get::<_, i64>(0) as u64,
+        step: Arc::from(s.get::<_, &str>(1)),
+        output: s.get(2),
+        finished_at: s.get(3),
+    }
+}
+
 pub(crate) fn summary(r: &tokio_postgres::Row) -> Result<RunSummary, StoreError> {
     let id: String = r.get(0);
     let status: String = r.get(2);

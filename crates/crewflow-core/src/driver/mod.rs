@@ -33,6 +33,7 @@ mod end;
 mod resume;
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 
 use crate::cancel::Canceller;
 use chrono::Utc;
@@ -157,7 +158,7 @@ pub(crate) async fn drive<S: FlowState>(flow: Arc<FlowInner<S>>, prepared: Prepa
         let new = Durable::new_run(&driver, &inputs_json)?;
         let durable = Box::pin(Durable::record(store.clone(), new)).await?;
         driver.start_journal(store, durable.fencing, Vec::new());
-        driver.durable = Some(durable);
+        driver.durable = Some(Box::new(durable));
     }
     let flow_name = driver.shared.flow.clone();
     let inputs = if driver.shared.telemetry.events.is_active() { inputs_json } else { None };
@@ -233,13 +234,22 @@ struct Driver<S> {
     /// The one step in flight when it is the only one (a chain): polled directly, which
     /// spares the per-future bookkeeping of `running`.
     inline: Option<BoxFuture<Completion>>,
-    durable: Option<Durable>,
+    /// Boxed: most runs have no store, and every run holds its driver.
+    durable: Option<Box<Durable>>,
     /// Executions waiting for feedback (still in flight in the frontier), oldest first.
     paused: Vec<PendingFeedback>,
     /// Steps asking for a checkpoint before they wait for a person.
     checkpoint_asks: Option<UnboundedReceiver<CheckpointAsk>>,
     /// Executions retried so far, with the number of their current attempt.
     attempts: Vec<(u64, u32)>,
+}
+
+/// What one poll of the driver's waits gave.
+enum Polled {
+    Cancelled,
+    Completed(Completion),
+    Asked(CheckpointAsk),
+    NothingRunning,
 }
 
 /// What the driver waits for next.
@@ -254,7 +264,7 @@ impl<S: FlowState> Driver<S> {
         shared: Arc<RunShared<S>>,
         kickoff_payload: Option<Output>,
         frontier: Frontier,
-        durable: Option<Durable>,
+        durable: Option<Box<Durable>>,
     ) -> Self {
         Driver {
             flow,
@@ -292,7 +302,15 @@ impl<S: FlowState> Driver<S> {
 
     /// Runs until nothing is running, then records the end, the pause, or the failure.
     async fn complete(mut self: Box<Self>) -> Result<Run<S>, Error> {
-        match self.run().await {
+        let ran = self.run().await;
+        // Boxed, and apart: the results matched below would otherwise stay in every run's
+        // future for its whole life (a `match` keeps what it matches on across its awaits).
+        Box::pin(self.conclude(ran)).await
+    }
+
+    /// Records the end, the pause, or the failure of a run whose steps are done.
+    async fn conclude(self: Box<Self>, ran: Result<(), Error>) -> Result<Run<S>, Error> {
+        match ran {
             Ok(()) if !self.paused.is_empty() => match Box::pin(self.pause_end()).await {
                 Ok(run) => Ok(run),
                 Err((Some(driver), e)) => Err(Box::pin(driver.abort(e)).await),
@@ -406,42 +424,40 @@ impl<S: FlowState> Driver<S> {
     }
 
     async fn next_signal(&mut self) -> Result<Signal, Error> {
-        let cancel = self.shared.cancel.clone();
-        let asks = self.checkpoint_asks.as_mut();
-        let asked = async move {
-            match asks {
-                Some(rx) => rx.recv().await,
-                None => std::future::pending().await,
+        // Polled by hand rather than with `select!`: the futures a `select!` keeps (a
+        // cancellation waiter, a receive) would be part of every run's future.
+        let Driver { shared, inline, running, checkpoint_asks, .. } = self;
+        let polled = std::future::poll_fn(|cx| {
+            if shared.cancel.poll_cancelled(cx).is_ready() {
+                // An inline step stays where it is, left to wind down in `abort`.
+                return Poll::Ready(Polled::Cancelled);
             }
-        };
-        if let Some(mut fut) = self.inline.take() {
-            return tokio::select! {
-                biased;
-                _ = cancel.cancelled() => {
-                    self.inline = Some(fut); // left to wind down in `abort`
-                    Err(self.cancelled())
+            if let Some(fut) = inline.as_mut() {
+                if let Poll::Ready(c) = fut.as_mut().poll(cx) {
+                    *inline = None;
+                    return Poll::Ready(Polled::Completed(c));
                 }
-                c = &mut fut => Ok(Signal::Completed(c)),
-                Some(done) = asked => {
-                    self.inline = Some(fut);
-                    Ok(Signal::CheckpointAsked(done))
+            } else {
+                match running.as_mut().map(|r| r.poll_next_unpin(cx)) {
+                    Some(Poll::Ready(Some(c))) => return Poll::Ready(Polled::Completed(c)),
+                    Some(Poll::Pending) => {}
+                    Some(Poll::Ready(None)) | None => return Poll::Ready(Polled::NothingRunning),
                 }
-            };
-        }
-        let running = self.running.as_mut();
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => Err(self.cancelled()),
-            next = async {
-                match running {
-                    Some(running) => running.next().await,
-                    None => None,
-                }
-            } => {
-                next.map(Signal::Completed)
-                    .ok_or_else(|| Error::Internal("the frontier has work in flight but no step is running".into()))
             }
-            Some(done) = asked => Ok(Signal::CheckpointAsked(done)),
+            // A closed channel (`Ready(None)`) asks for nothing.
+            if let Some(Poll::Ready(Some(done))) = checkpoint_asks.as_mut().map(|rx| rx.poll_recv(cx)) {
+                return Poll::Ready(Polled::Asked(done));
+            }
+            Poll::Pending
+        })
+        .await;
+        match polled {
+            Polled::Cancelled => Err(self.cancelled()),
+            Polled::Completed(c) => Ok(Signal::Completed(c)),
+            Polled::Asked(done) => Ok(Signal::CheckpointAsked(done)),
+            Polled::NothingRunning => {
+                Err(Error::Internal("the frontier has work in flight but no step is running".into()))
+            }
         }
     }
 
@@ -457,7 +473,28 @@ impl<S: FlowState> Driver<S> {
         Error::Cancelled { run_id: self.shared.id.to_string() }
     }
 
-    async fn on_completion(&mut self, c: Completion) -> Result<(), Error> {
+    /// Feeds a completion to the frontier, writes the checkpoint it calls for and launches the
+    /// steps it made ready. (The bookkeeping is done before the returned future is first
+    /// polled, so the future holds no completion: every run in flight holds it.)
+    fn on_completion(&mut self, c: Completion) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        let settled = self.settle(c).map_err(Box::new);
+        async move {
+            let Some((ready, write)) = settled.map_err(|e| *e)? else { return Ok(()) };
+            if let Some(write) = write {
+                write.await?;
+            }
+            self.launch(ready);
+            Ok(())
+        }
+    }
+
+    /// What a completion makes ready (`None` when it makes nothing: a retry, a pause), and
+    /// the checkpoint to write before launching it.
+    #[allow(clippy::type_complexity)] // one caller
+    fn settle(
+        &mut self,
+        c: Completion,
+    ) -> Result<Option<(Vec<Activation>, Option<BoxFuture<Result<(), Error>>>)>, Error> {
         let step_ix = self.acts[c.activation as usize].step;
         if let Some(log) = &self.shared.uncommitted {
             // A completed execution's changes belong to the run now (a paused one's too: it
@@ -469,7 +506,7 @@ impl<S: FlowState> Driver<S> {
             Ok(outcome) => outcome,
             Err(e) if self.retry_allowed(c.activation, step_ix, &e) => {
                 self.retry(c.activation, step_ix, e);
-                return Ok(());
+                return Ok(None);
             }
             Err(e) => {
                 let error: Arc<str> = Arc::from(e.to_string());
@@ -483,7 +520,7 @@ impl<S: FlowState> Driver<S> {
         if let Some(pending) = outcome.pause.take() {
             // The execution stays in flight in the frontier; the rest of the run goes on.
             self.paused.push(*pending);
-            return Ok(());
+            return Ok(None);
         }
         let (input_tokens, output_tokens) = self.step_tokens(c.activation);
         tracing::info!(target: "crewflow::step", run_id = %self.shared.id, step = %name, activation = c.activation,
@@ -516,17 +553,17 @@ impl<S: FlowState> Driver<S> {
         self.completed.push(c.activation);
         let flow = self.flow.clone();
         let ready = self.frontier.complete(&flow.graph, c.activation, route)?;
+        let mut write: Option<BoxFuture<Result<(), Error>>> = None;
         if let Some(durable) = &mut self.durable {
             durable.unsaved.push((c.activation, Utc::now()));
             if flow.checkpoints_after(step_ix) {
                 let checkpoint = self.checkpoint()?;
                 if let Some(store) = self.store() {
-                    Box::pin(write_checkpoint(store, checkpoint, name)).await?;
+                    write = Some(Box::pin(write_checkpoint(store, checkpoint, name)));
                 }
             }
         }
-        self.launch(ready);
-        Ok(())
+        Ok(Some((ready, write)))
     }
 
     /// Whether a failure of `activation` is retried (its step's [`Retry`](crate::Retry) allows

@@ -106,7 +106,7 @@ pub(crate) async fn drive_resumed<S: FlowState>(
     driver.paused = feedback.pending;
     let chain = store.state_deltas().then(|| crate::delta::Chain::new(true, None));
     driver.durable =
-        Some(Durable { store, fencing: claim.fencing, seq, unsaved: Vec::new(), chain, _driving: driving });
+        Some(Box::new(Durable { store, fencing: claim.fencing, seq, unsaved: Vec::new(), chain, _driving: driving }));
     let flow_name = driver.shared.flow.clone();
     driver.emit(None, || EventKind::RunResumed { flow: flow_name, checkpoint: seq, steps_done });
     let waiting: Vec<u64> = driver.paused.iter().map(|p| p.activation).collect();

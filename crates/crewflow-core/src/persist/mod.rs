@@ -28,6 +28,16 @@ use serde::{Deserialize, Serialize};
 use crate::error::BoxError;
 use crate::id::RunId;
 
+mod load;
+mod owner;
+mod schedules;
+
+pub use load::{LoadRun, StepOutputs};
+pub(crate) use owner::Driving;
+pub use owner::{driven_runs, owner_is_dead, process_owner};
+use schedules::no_schedules;
+pub use schedules::{NewSchedule, NewWebhook, QueuedWebhook, ScheduleFire, StoredSchedule};
+
 /// The future a store method returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'a>>;
 
@@ -174,7 +184,8 @@ pub struct RunEnd {
     pub error: Option<String>,
 }
 
-/// A run as stored: its latest checkpoint and every stored step output.
+/// A run as stored: its latest checkpoint and its stored step outputs (every one from
+/// [`RunStore::load_run`]; those asked for from [`RunStore::load_run_with`]).
 #[derive(Clone, Debug)]
 pub struct StoredRun {
     /// The run.
@@ -203,7 +214,7 @@ pub struct StoredRun {
     pub state_version: u32,
     /// The frontier at the last checkpoint, as JSON text.
     pub frontier: String,
-    /// Completed steps, by activation.
+    /// Completed steps, by activation: all of them, or those a [`LoadRun`] asked for.
     pub steps: Vec<StepRow>,
     /// The activation whose output is the run's output (finished runs).
     pub final_activation: Option<u64>,
@@ -391,8 +402,31 @@ pub trait RunStore: Send + Sync + 'static {
     /// with [`LeaseLost`] on a stale token.
     fn end_run<'a>(&'a self, end: &'a RunEnd) -> StoreFuture<'a, ()>;
 
-    /// The run, or `None` if the store has no run with this id.
+    /// The run with every stored step output, or `None` if the store has no run with this id
+    /// (to read less, see [`load_run_with`](RunStore::load_run_with)).
     fn load_run(&self, run_id: RunId) -> StoreFuture<'_, Option<StoredRun>>;
+
+    /// The run, or `None` if the store has no run with this id: its record, state and frontier
+    /// always, and the step outputs `what` asks for ([`LoadRun`]; by default only the run's
+    /// output), read in one snapshot. Cheaper than [`load_run`](RunStore::load_run) when a run
+    /// has many steps or large outputs; the default implementation reads everything and
+    /// drops what was not asked for.
+    fn load_run_with(&self, run_id: RunId, what: LoadRun) -> StoreFuture<'_, Option<StoredRun>> {
+        Box::pin(async move {
+            let mut run = self.load_run(run_id).await?;
+            if let Some(run) = &mut run {
+                what.trim(run);
+            }
+            Ok(run)
+        })
+    }
+
+    /// Every stored step output of a run, by activation (empty for an unknown run): the
+    /// outputs [`load_run_with`](RunStore::load_run_with) left out, on demand. The default
+    /// reads the whole run.
+    fn load_steps(&self, run_id: RunId) -> StoreFuture<'_, Vec<StepRow>> {
+        Box::pin(async move { Ok(self.load_run(run_id).await?.map(|r| r.steps).unwrap_or_default()) })
+    }
 
     /// Takes over a run to resume it: increments its fencing token and makes `owner` the owner.
     /// Fails with [`RunOwned`] if another owner's lease has not expired, unless that owner is
@@ -554,88 +588,6 @@ pub trait RunStore: Send + Sync + 'static {
     }
 }
 
-/// A webhook event to deliver ([`RunStore::queue_webhook`]): kept until a server delivers it
-/// or gives up, so a restart loses none.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewWebhook {
-    /// The delivery's id (unique; the receiver sees it on every attempt).
-    pub id: String,
-    /// The tenant whose server delivers it (`""` without tenants).
-    pub tenant: String,
-    /// The event's type (`run.finished`, ...).
-    pub event: String,
-    /// The body, as sent (JSON text).
-    pub body: String,
-}
-
-/// A webhook event claimed for delivery ([`RunStore::claim_webhooks`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueuedWebhook {
-    /// The delivery's id.
-    pub id: String,
-    /// The event's type.
-    pub event: String,
-    /// The body.
-    pub body: String,
-    /// Which attempt this claim is (1 for the first).
-    pub attempts: u32,
-}
-
-fn no_schedules<T>(store: String) -> StoreFuture<'static, T> {
-    Box::pin(async move {
-        Err(format!("the store {store} keeps no schedules; use a SQLite or PostgreSQL store from crewflow-store")
-            .into())
-    })
-}
-
-/// A cron schedule to record ([`RunStore::create_schedule`]): runs of `flow` with `inputs`, one
-/// at each tick of `cron`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewSchedule {
-    /// The schedule's id (unique in the store).
-    pub id: String,
-    /// The tenant it belongs to (`""` for a server without tenants).
-    pub tenant: String,
-    /// The flow it starts runs of.
-    pub flow: String,
-    /// The cron expression, as given.
-    pub cron: String,
-    /// The inputs of every run it starts, as JSON text (an object).
-    pub inputs: String,
-}
-
-/// A cron schedule as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredSchedule {
-    /// The schedule's id.
-    pub id: String,
-    /// The tenant it belongs to.
-    pub tenant: String,
-    /// The flow it starts runs of.
-    pub flow: String,
-    /// The cron expression.
-    pub cron: String,
-    /// The inputs of every run it starts, as JSON text.
-    pub inputs: String,
-    /// When it was created: no tick before this fires.
-    pub created_at: DateTime<Utc>,
-    /// The latest tick fired, if any: no tick up to this one fires again.
-    pub last_tick: Option<DateTime<Utc>>,
-    /// The run the latest tick started.
-    pub last_run: Option<RunId>,
-}
-
-/// One fired tick of a schedule and the run it started.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ScheduleFire {
-    /// The tick (a time the cron expression names).
-    pub tick: DateTime<Utc>,
-    /// The run it queued.
-    pub run_id: RunId,
-    /// When it was fired (at or a little after the tick).
-    pub fired_at: DateTime<Utc>,
-}
-
 /// One recorded result of a run's journal of side effects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JournalEntry {
@@ -645,74 +597,6 @@ pub struct JournalEntry {
     pub key: String,
     /// The result, as JSON.
     pub value: String,
-}
-
-/// The runs this process is driving right now (kicked off with a store, resumed, or taken
-/// over by a worker, and not ended): the runs whose leases heartbeats renew.
-pub fn driven_runs() -> Vec<RunId> {
-    driven().iter().copied().collect()
-}
-
-fn driven() -> std::sync::MutexGuard<'static, std::collections::HashSet<RunId>> {
-    static DRIVEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<RunId>>> = std::sync::OnceLock::new();
-    DRIVEN.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A run this process drives, listed in [`driven_runs`] until dropped (when the driver ends,
-/// however it ends: finished, failed, or its future dropped).
-pub(crate) struct Driving(RunId);
-
-impl Driving {
-    /// Starts driving `run_id`; `None` when this process drives it already.
-    pub fn start(run_id: RunId) -> Option<Driving> {
-        let inserted = driven().insert(run_id);
-        // Built only when inserted: a `Driving` dropped here would unlist the other driver.
-        inserted.then(|| Driving(run_id))
-    }
-}
-
-impl Drop for Driving {
-    fn drop(&mut self) {
-        driven().remove(&self.0);
-    }
-}
-
-/// The identity this process uses as a lease owner: `host:pid:tag`, where the tag is random.
-pub fn process_owner() -> Arc<str> {
-    static OWNER: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-    OWNER
-        .get_or_init(|| {
-            let tag = uuid::Uuid::now_v7().simple().to_string();
-            Arc::from(format!("{}:{}:{}", host_name(), std::process::id(), &tag[tag.len() - 8..]))
-        })
-        .clone()
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty() && !h.contains(':'))
-        .unwrap_or_else(|| "localhost".to_string())
-}
-
-/// Whether a lease owner is certainly dead: a process of this host (by [`process_owner`]'s
-/// format) that no longer runs. Owners on other hosts, and processes whose state cannot be
-/// read, are never declared dead: their leases are left to expire.
-pub fn owner_is_dead(owner: &str) -> bool {
-    let mut parts = owner.split(':');
-    let (Some(host), Some(pid)) = (parts.next(), parts.next().and_then(|p| p.parse::<u32>().ok())) else {
-        return false;
-    };
-    if host != host_name() || pid == std::process::id() {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // A zombie (state Z) has exited; it only waits to be reaped.
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound && std::path::Path::new("/proc/self").exists(),
-    }
 }
 
 /// How long a lease lasts without renewal, unless the flow sets another.

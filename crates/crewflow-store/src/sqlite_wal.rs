@@ -1,0 +1,103 @@
+//! Checkpointing a SQLite file's write-ahead log off the callers' path.
+//!
+//! In WAL mode a commit appends pages to `<file>-wal`; a *checkpoint* copies them back into the
+//! database file and waits for the disk (an `fsync` of the log and one of the file, whatever
+//! `synchronous` says). By default SQLite checkpoints inside the commit that takes the log past
+//! 1,000 pages, so one call in every few dozen pays for two disk flushes: milliseconds on a
+//! busy disk, the larger part of a conversation turn's average cost (`turn_overhead`).
+//!
+//! A file store can therefore checkpoint on a thread of its own, with a connection of its own,
+//! after every [`EVERY`] writes (SQLite's `PASSIVE` mode: it never blocks the writer, and
+//! readers keep reading): [`SqliteStore::background_checkpoints`](crate::SqliteStore::background_checkpoints).
+//! The log file is reused from its start once a checkpoint has copied all of it; under writes
+//! that never pause, each checkpoint finds new pages behind it and the log grows until the
+//! store's connection checkpoints itself, at [`FALLBACK_PAGES`] (also what happens when this
+//! thread cannot open the file), so it stays bounded (some 33 MB) either way. Nothing changes for
+//! durability: a commit is as durable as `synchronous` makes it, before and after the
+//! checkpoint.
+//!
+//! Off by default: measured on the 2-core development machine, it halves a conversation turn
+//! (`turn_overhead`: every turn writes) but slows the tightest write loop (`persist_chain20`, a
+//! checkpoint every 25 µs) by a fifth to a half (probably its writes waiting on pages the
+//! thread's flushes hold; not verified). See docs/store.md.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+/// Writes between two background checkpoints.
+pub(crate) const EVERY: u64 = 64;
+
+/// The log size, in pages, past which the store's own connection checkpoints (SQLite's
+/// `wal_autocheckpoint`; its default is 1,000).
+pub(crate) const FALLBACK_PAGES: u32 = 8_000;
+
+/// The background checkpointer of one file store; stops when dropped.
+pub(crate) struct WalCheckpointer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// Writes since the last checkpoint.
+    writes: u64,
+    stop: bool,
+}
+
+impl WalCheckpointer {
+    /// Starts the thread for the database at `path` (which exists: the store opened it). `None`
+    /// when no thread can be started: the store's connection then checkpoints on its own.
+    pub fn start(path: PathBuf) -> Option<WalCheckpointer> {
+        let shared = Arc::new(Shared::default());
+        let worker = shared.clone();
+        std::thread::Builder::new().name("crewflow-sqlite-wal".into()).spawn(move || worker.run(&path)).ok()?;
+        Some(WalCheckpointer { shared })
+    }
+
+    /// Counts a write; every [`EVERY`] writes, wakes the thread.
+    pub fn wrote(&self) {
+        let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.writes += 1;
+        if state.writes == EVERY {
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+impl Drop for WalCheckpointer {
+    fn drop(&mut self) {
+        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).stop = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Shared {
+    fn run(&self, path: &std::path::Path) {
+        // Opened without creating: the store created the file. A failure leaves checkpoints
+        // to the store's connection.
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let Ok(conn) = rusqlite::Connection::open_with_flags(path, flags) else { return };
+        let _ = conn.busy_timeout(Duration::from_millis(100));
+        loop {
+            {
+                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                while !state.stop && state.writes < EVERY {
+                    state = self.wake.wait(state).unwrap_or_else(PoisonError::into_inner);
+                }
+                if state.stop {
+                    return;
+                }
+                state.writes = 0;
+            }
+            // PASSIVE: copies what no reader still needs and never waits for the writer; what
+            // it leaves is copied next time. Errors (a busy file) are retried next time too.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
+    }
+}
