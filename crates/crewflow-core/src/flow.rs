@@ -1,6 +1,6 @@
 //! A built flow and its runs.
 
-use crate::error::{DurableError, FeedbackError, InputError};
+use crate::error::{DurableError, FeedbackError};
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,7 +15,6 @@ use crate::event::{EventStream, Observer, stream_channel};
 use crate::graph::Graph;
 use crate::handler::{Handler, Predicate};
 use crate::id::RunId;
-use crate::output::Output;
 use crate::persist::{Driving, LoadRun, RunStatus, RunStore, StepOutputs, process_owner};
 use crate::run::Run;
 use crate::state::FlowState;

@@ -21,9 +21,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use crewflow_core::RunId;
 use crewflow_core::persist::{
-    Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, LoadRun, NewRun, NewSchedule, NewWebhook,
-    QueuedWebhook, Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, RunSummary, ScheduleFire,
-    StepOutputs, StepRow, StoreFuture, StoredRun, StoredSchedule,
+    Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, LoadRun, NewRun, NewSchedule, NewWebhook, QueuedWebhook,
+    Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, RunSummary, ScheduleFire, StepOutputs, StepRow,
+    StoreFuture, StoredRun, StoredSchedule,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::OnceCell;

@@ -25,9 +25,9 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use crewflow_core::RunId;
 use crewflow_core::persist::{
-    Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, LoadRun, NewRun, NewSchedule, NewWebhook,
-    QueuedWebhook, Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, RunSummary, ScheduleFire,
-    StepOutputs, StepRow, StoreFuture, StoredRun, StoredSchedule,
+    Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, LoadRun, NewRun, NewSchedule, NewWebhook, QueuedWebhook,
+    Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, RunSummary, ScheduleFire, StepOutputs, StepRow,
+    StoreFuture, StoredRun, StoredSchedule,
 };
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use tokio::runtime::RuntimeFlavor;
