@@ -41,6 +41,9 @@ struct LiveInner {
     ended: Option<Ended>,
     /// Cancels the part of the run being driven now.
     cancel: Option<Canceller>,
+    /// How many frames there were when the part being driven now began (a run continued
+    /// after a pause keeps its earlier frames).
+    begun_at: usize,
 }
 
 impl Live {
@@ -50,7 +53,7 @@ impl Live {
             flow,
             run_id,
             notifier,
-            inner: Mutex::new(LiveInner { frames: Vec::new(), ended: None, cancel: None }),
+            inner: Mutex::new(LiveInner { frames: Vec::new(), ended: None, cancel: None, begun_at: 0 }),
             tick,
         }
     }
@@ -106,15 +109,16 @@ impl Live {
         self.tick.subscribe()
     }
 
-    /// Waits until the run has its first frame (a run's first event comes after its record is
-    /// in the store) or has ended; `Some` when it ended before any frame: it was not recorded.
+    /// Waits until the part of the run being driven now has its first frame (a run's first
+    /// event comes after its record or its claim is in the store) or has ended; `Some` when it
+    /// ended before any frame: it was not recorded, or its claim was refused.
     pub async fn recorded(&self) -> Option<Ended> {
         let mut rx = self.subscribe();
         loop {
             rx.borrow_and_update();
             {
                 let inner = self.lock();
-                if !inner.frames.is_empty() {
+                if inner.frames.len() > inner.begun_at {
                     return None;
                 }
                 if let Some(ended) = &inner.ended {
@@ -189,7 +193,10 @@ impl Table {
         }
         // A run continued after a pause keeps its events so far: its stream tells the whole run.
         if let Some(live) = inner.runs.get(&run_id).cloned() {
-            live.lock().ended = None;
+            let mut part = live.lock();
+            part.ended = None;
+            part.begun_at = part.frames.len();
+            drop(part);
             live.tick.send_modify(|t| *t += 1);
             return Some(live);
         }
