@@ -4,6 +4,8 @@
 
 use chrono::{DateTime, Utc};
 
+#[cfg(doc)]
+use super::RunStore;
 use super::StoreFuture;
 use crate::id::RunId;
 
