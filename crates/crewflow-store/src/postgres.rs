@@ -32,7 +32,8 @@ use tokio_postgres::NoTls;
 use crate::StoreError;
 use crate::heartbeat::Heartbeat;
 use crate::util::{
-    fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status, refuse_nul_json, refuse_nul_text,
+    fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status, refuse_nul_in_run, refuse_nul_json,
+    refuse_nul_text,
 };
 
 /// The newest schema this crewflow writes.
@@ -308,15 +309,7 @@ impl RunStore for PostgresStore {
         Box::pin(async move {
             boxed(
                 async {
-                    refuse_nul_text("the flow's name", &run.flow)?;
-                    if let Some(inputs) = &run.inputs {
-                        refuse_nul_json("the kickoff inputs", inputs)?;
-                    }
-                    if let Some(payload) = &run.payload {
-                        refuse_nul_json("the kickoff payload", payload)?;
-                    }
-                    refuse_nul_json("the initial state", &run.state)?;
-                    refuse_nul_json("the run's frontier (the inputs waiting for their steps)", &run.frontier)?;
+                    refuse_nul_in_run(run)?;
                     let client = self.client().await?;
                     let queued = run.status == RunStatus::Queued;
                     let owner: Option<&str> = (!queued).then_some(&*run.owner);

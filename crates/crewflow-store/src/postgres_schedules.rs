@@ -14,7 +14,7 @@ use crewflow_core::persist::{
 
 use crate::StoreError;
 use crate::postgres::{PostgresStore, boxed};
-use crate::util::{fingerprint, parse_run_id, refuse_nul_json, refuse_nul_text};
+use crate::util::{fingerprint, parse_run_id, refuse_nul_in_run, refuse_nul_json, refuse_nul_text};
 
 /// Migration 7: schedules (per tenant and flow), their fired ticks, and webhook events.
 pub(crate) const MIGRATION: &str = r#"
@@ -193,15 +193,7 @@ impl PostgresStore {
                             run.status.as_str()
                         )));
                     }
-                    refuse_nul_text("the flow's name", &run.flow)?;
-                    if let Some(inputs) = &run.inputs {
-                        refuse_nul_json("the kickoff inputs", inputs)?;
-                    }
-                    if let Some(payload) = &run.payload {
-                        refuse_nul_json("the kickoff payload", payload)?;
-                    }
-                    refuse_nul_json("the initial state", &run.state)?;
-                    refuse_nul_json("the run's frontier (the inputs waiting for their steps)", &run.frontier)?;
+                    refuse_nul_in_run(run)?;
                     let mut client = self.client().await?;
                     let tx = client.transaction().await?;
                     let run_id = run.run_id.to_string();

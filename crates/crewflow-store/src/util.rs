@@ -50,6 +50,21 @@ pub(crate) fn may_claim(holder: Option<&str>, live: bool, me: &str, replacing: O
     }
 }
 
+/// Refuses a new run whose texts PostgreSQL cannot keep (U+0000 in its flow name, inputs,
+/// payload, state or frontier), before anything is written.
+#[cfg(feature = "postgres")]
+pub(crate) fn refuse_nul_in_run(run: &crewflow_core::persist::NewRun) -> Result<(), StoreError> {
+    refuse_nul_text("the flow's name", &run.flow)?;
+    if let Some(inputs) = &run.inputs {
+        refuse_nul_json("the kickoff inputs", inputs)?;
+    }
+    if let Some(payload) = &run.payload {
+        refuse_nul_json("the kickoff payload", payload)?;
+    }
+    refuse_nul_json("the initial state", &run.state)?;
+    refuse_nul_json("the run's frontier (the inputs waiting for their steps)", &run.frontier)
+}
+
 /// Refuses JSON text holding U+0000 (PostgreSQL's `jsonb` cannot), naming `what` and the path
 /// inside it. Cheap when there is none: one substring search.
 #[cfg(feature = "postgres")]
