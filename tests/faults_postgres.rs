@@ -32,7 +32,7 @@ use crewflow::{Error, Flow, Kickoff, RunId};
 const LEASE: Duration = Duration::from_millis(300);
 
 /// The statements cut at (substrings of the store's SQL).
-const CHECKPOINT: &str = "UPDATE crewflow_runs SET state = $2::text::jsonb";
+const CHECKPOINT: &str = "UPDATE crewflow_runs SET state = coalesce($2::text::jsonb, state)";
 const END: &str = "UPDATE crewflow_runs SET status = $2, error = $3";
 const CLAIM_LOCK: &str = "WHERE id = $1 FOR UPDATE";
 const CLAIM_UPDATE: &str = "WHERE id = $1 RETURNING fencing";

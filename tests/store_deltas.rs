@@ -1,5 +1,6 @@
-//! State deltas: a large state whose steps change a little of it is checkpointed as deltas
-//! (SQLite), restored exactly on resume, after a failed step and after a failed write.
+//! State deltas: a large state whose steps change a little of it is checkpointed as deltas,
+//! restored exactly on resume, after a failed step and after a failed write; on SQLite and on
+//! PostgreSQL (those tests need `CREWFLOW_TEST_POSTGRES`, which `.ci/run` sets).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
@@ -11,7 +12,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use common::faults::HangingStore;
 use crewflow::delta::DeltaPolicy;
 use crewflow::prelude::*;
+use common::postgres::fresh_schema;
 use crewflow::store::{RunStatus, RunStore, SqliteStore};
+use crewflow_store::PostgresStore;
 use crewflow::{Error, RunId};
 use serde::{Deserialize, Serialize};
 
@@ -44,40 +47,99 @@ fn expected() -> Big {
     s
 }
 
-/// (deltas in the run's chain, their total bytes, whole states in it)
-fn chain_rows(path: &std::path::Path, run: RunId) -> (i64, i64, i64) {
-    let c = rusqlite::Connection::open(path).unwrap();
-    c.query_row(
-        "SELECT count(*) FILTER (WHERE kind = 'delta'), coalesce(sum(length(body)) FILTER (WHERE kind = 'delta'), 0),
-             count(*) FILTER (WHERE kind = 'whole')
-         FROM crewflow_state_chain WHERE run_id = ?1",
-        [run.to_string()],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )
-    .unwrap()
+/// A store under test, and its tables read directly (what a chain holds, what the run's row
+/// holds).
+enum Tables {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
 }
 
-/// The state column of the run's row (empty while the state lives in its chain).
-fn row_state(path: &std::path::Path, run: RunId) -> String {
-    let c = rusqlite::Connection::open(path).unwrap();
-    c.query_row("SELECT state FROM crewflow_runs WHERE id = ?1", [run.to_string()], |r| r.get(0)).unwrap()
+impl Tables {
+    fn sqlite() -> Tables {
+        Tables::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    async fn postgres() -> Tables {
+        Tables::Postgres(fresh_schema().await)
+    }
+
+    fn store(&self) -> Arc<dyn RunStore> {
+        match self {
+            Tables::Sqlite(dir) => Arc::new(SqliteStore::open(dir.path().join("runs.db"))),
+            Tables::Postgres(url) => Arc::new(PostgresStore::connect_lazy(url).unwrap()),
+        }
+    }
+
+    /// (deltas in the run's chain, their total bytes, whole states in it)
+    async fn chain_rows(&self, run: RunId) -> (i64, i64, i64) {
+        const SQL: &str = "SELECT count(*) FILTER (WHERE kind = 'delta'),
+                 coalesce(sum(length(body)) FILTER (WHERE kind = 'delta'), 0),
+                 count(*) FILTER (WHERE kind = 'whole')
+             FROM crewflow_state_chain WHERE run_id = $1";
+        match self {
+            Tables::Sqlite(dir) => {
+                let c = rusqlite::Connection::open(dir.path().join("runs.db")).unwrap();
+                c.query_row(SQL, [run.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap()
+            }
+            Tables::Postgres(url) => {
+                let row = pg(url).await.query_one(SQL, &[&run.to_string()]).await.unwrap();
+                (row.get(0), row.get::<_, i64>(1), row.get(2))
+            }
+        }
+    }
+
+    /// The state column of the run's row, as text.
+    async fn row_state(&self, run: RunId) -> String {
+        match self {
+            Tables::Sqlite(dir) => {
+                let c = rusqlite::Connection::open(dir.path().join("runs.db")).unwrap();
+                c.query_row("SELECT state FROM crewflow_runs WHERE id = ?1", [run.to_string()], |r| r.get(0)).unwrap()
+            }
+            Tables::Postgres(url) => {
+                let sql = "SELECT state::text FROM crewflow_runs WHERE id = $1";
+                pg(url).await.query_one(sql, &[&run.to_string()]).await.unwrap().get(0)
+            }
+        }
+    }
+
+    /// What the run's row holds while its state lives in the chain.
+    fn out_of_row(&self) -> &'static str {
+        match self {
+            Tables::Sqlite(_) => "",
+            Tables::Postgres(_) => "null",
+        }
+    }
+}
+
+async fn pg(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
 }
 
 #[tokio::test]
-async fn a_failed_run_resumes_exactly_from_its_chain() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("runs.db");
-    let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(&path));
+async fn a_failed_run_resumes_exactly_from_its_chain_sqlite() {
+    a_failed_run_resumes_exactly_from_its_chain(Tables::sqlite()).await;
+}
+
+#[tokio::test]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
+async fn a_failed_run_resumes_exactly_from_its_chain_postgres() {
+    a_failed_run_resumes_exactly_from_its_chain(Tables::postgres().await).await;
+}
+
+async fn a_failed_run_resumes_exactly_from_its_chain(tables: Tables) {
+    let store = tables.store();
     let failures = Arc::new(AtomicU32::new(1));
     let flow = chain(store.clone(), Some(13), failures);
 
     let err = flow.kickoff(()).await.unwrap_err();
     let Error::StepFailed { run_id, .. } = err else { panic!("{err}") };
     // The checkpoints after s1..s12 are deltas (s0's is whole): small next to the 100 KB state.
-    let (deltas, bytes, whole) = chain_rows(&path, run_id);
+    let (deltas, bytes, whole) = tables.chain_rows(run_id).await;
     assert_eq!((deltas, whole), (13, 1), "the initial state whole, then a delta per checkpoint");
     assert!(bytes < 13 * 1_200, "{bytes} bytes of deltas");
-    assert_eq!(row_state(&path, run_id), "", "the large state is kept out of the run's row");
+    assert_eq!(tables.row_state(run_id).await, tables.out_of_row(), "the large state is kept out of the run's row");
     // Read back, the state is exactly what s0..s12 made (s13's change is not kept).
     let stored: Big = serde_json::from_str(&store.load_run(run_id).await.unwrap().unwrap().state).unwrap();
     assert_eq!(stored.steps, (0..13).collect::<Vec<_>>());
@@ -86,7 +148,7 @@ async fn a_failed_run_resumes_exactly_from_its_chain() {
     let run = flow.resume(run_id).await.unwrap();
     assert_eq!(run.state, expected());
     // The resumed run's first checkpoint is whole (a new chain), the rest deltas.
-    let (deltas, _, whole) = chain_rows(&path, run_id);
+    let (deltas, _, whole) = tables.chain_rows(run_id).await;
     assert_eq!(whole, 1);
     assert!((6..=8).contains(&deltas), "{deltas}");
     let row = store.load_run(run_id).await.unwrap().unwrap();
@@ -95,10 +157,18 @@ async fn a_failed_run_resumes_exactly_from_its_chain() {
 }
 
 #[tokio::test]
-async fn chains_are_capped_and_can_be_turned_off() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("runs.db");
-    let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(&path));
+async fn chains_are_capped_and_can_be_turned_off_sqlite() {
+    chains_are_capped_and_can_be_turned_off(Tables::sqlite()).await;
+}
+
+#[tokio::test]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
+async fn chains_are_capped_and_can_be_turned_off_postgres() {
+    chains_are_capped_and_can_be_turned_off(Tables::postgres().await).await;
+}
+
+async fn chains_are_capped_and_can_be_turned_off(tables: Tables) {
+    let store = tables.store();
     let failures = Arc::new(AtomicU32::new(1));
     // At most 4 deltas between whole states: the initial state whole, s0..s3 deltas, s4 whole,
     // s5..s8 deltas, s9 whole, s10..s12 deltas, s13 fails.
@@ -108,7 +178,7 @@ async fn chains_are_capped_and_can_be_turned_off() {
         b.state_deltas(Some(DeltaPolicy { min_state: 4096, max_chain: 4 })).build().unwrap()
     };
     let Error::StepFailed { run_id, .. } = capped.kickoff(()).await.unwrap_err() else { panic!() };
-    assert_eq!(chain_rows(&path, run_id).0, 3);
+    assert_eq!(tables.chain_rows(run_id).await.0, 3);
     assert_eq!(capped.resume(run_id).await.unwrap().state, expected());
 
     failures.store(1, Ordering::SeqCst);
@@ -118,9 +188,37 @@ async fn chains_are_capped_and_can_be_turned_off() {
         .build()
         .unwrap();
     let Error::StepFailed { run_id, .. } = whole.kickoff(()).await.unwrap_err() else { panic!() };
-    assert_eq!(chain_rows(&path, run_id), (0, 0, 0));
-    assert!(row_state(&path, run_id).len() > 100_000, "deltas off: the state stays in the run's row");
+    assert_eq!(tables.chain_rows(run_id).await, (0, 0, 0));
+    assert!(tables.row_state(run_id).await.len() > 100_000, "deltas off: the state stays in the run's row");
     assert_eq!(whole.resume(run_id).await.unwrap().state, expected());
+}
+
+/// A state that grows past the size that starts a chain gets no delta over the small state
+/// its row held (PostgreSQL keeps that one as `jsonb`, not as the text a delta applies to):
+/// the first large checkpoint is whole, and the run reads back exactly.
+#[tokio::test]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
+async fn a_state_that_grows_into_a_chain_reads_back_exactly_postgres() {
+    let tables = Tables::postgres().await;
+    let store = tables.store();
+    let flow = FlowBuilder::<Big>::new("grows")
+        .start("small", |cx: Cx<Big>, (): ()| async move {
+            cx.update(|s| s.items.truncate(3));
+            Ok(())
+        })
+        .listen("large", step("small"), |cx: Cx<Big>, (): ()| async move {
+            cx.update(|s| s.items.push("z".repeat(5000)));
+            Ok(())
+        })
+        .listen("fails", step("large"), |_cx: Cx<Big>, (): ()| async move { Err::<(), _>("stop here".into()) })
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let Error::StepFailed { run_id, .. } = flow.kickoff(()).await.unwrap_err() else { panic!() };
+    assert_eq!(tables.chain_rows(run_id).await, (0, 0, 1), "whole, in the chain");
+    let stored: Big = serde_json::from_str(&store.load_run(run_id).await.unwrap().unwrap().state).unwrap();
+    assert_eq!(stored.items.len(), 4);
+    assert_eq!(stored.items[3].len(), 5000);
 }
 
 /// A 20-step chain; step `i` rewrites item `i * 5` and records itself. `fail_at` fails that
@@ -153,21 +251,29 @@ fn chain_builder(store: Arc<dyn RunStore>, fail_at: Option<u32>, failures: Arc<A
 }
 
 #[tokio::test]
-async fn a_failed_delta_write_leaves_the_chain_it_extends_exact() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("runs.db");
+async fn a_failed_delta_write_leaves_the_chain_it_extends_exact_sqlite() {
+    a_failed_delta_write_leaves_the_chain_it_extends_exact(Tables::sqlite()).await;
+}
+
+#[tokio::test]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
+async fn a_failed_delta_write_leaves_the_chain_it_extends_exact_postgres() {
+    a_failed_delta_write_leaves_the_chain_it_extends_exact(Tables::postgres().await).await;
+}
+
+async fn a_failed_delta_write_leaves_the_chain_it_extends_exact(tables: Tables) {
     // Write 9 (the run's record, then the checkpoint after s7, a delta) fails: the run stops
     // with s0..s6 checkpointed, all deltas over the initial state.
-    let failing: Arc<dyn RunStore> = HangingStore::failing_write(Arc::new(SqliteStore::open(&path)), 9);
+    let failing: Arc<dyn RunStore> = HangingStore::failing_write(tables.store(), 9);
     let err = chain(failing, None, Arc::default()).kickoff(()).await.unwrap_err();
     assert!(err.to_string().contains("the disk is full"), "{err}");
-    let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(&path));
+    let store = tables.store();
     let run_id = store.list_runs(&Default::default()).await.unwrap()[0].run_id;
-    assert_eq!(chain_rows(&path, run_id).0, 7);
+    assert_eq!(tables.chain_rows(run_id).await.0, 7);
     let stored: Big = serde_json::from_str(&store.load_run(run_id).await.unwrap().unwrap().state).unwrap();
     assert_eq!(stored.steps, (0..7).collect::<Vec<_>>());
     // Resumed by a process whose store works: the first checkpoint drops the old chain.
     let run = chain(store.clone(), None, Arc::default()).resume(run_id).await.unwrap();
     assert_eq!(run.state, expected());
-    assert_eq!(chain_rows(&path, run_id).2, 1, "the resume started a new chain");
+    assert_eq!(tables.chain_rows(run_id).await.2, 1, "the resume started a new chain");
 }

@@ -77,12 +77,12 @@ impl StateDelta {
 /// the whole texts.
 fn diff(old: &str, new: &str, base_old: usize, base_new: usize, depth: u32, edits: &mut Vec<Edit>) {
     let (o, n) = (old.as_bytes(), new.as_bytes());
-    let mut prefix = o.iter().zip(n).take_while(|(x, y)| x == y).count();
+    let mut prefix = common_prefix(o, n);
     while !old.is_char_boundary(prefix) || !new.is_char_boundary(prefix) {
         prefix -= 1;
     }
     let most = o.len().min(n.len()) - prefix;
-    let mut suffix = o.iter().rev().zip(n.iter().rev()).take(most).take_while(|(x, y)| x == y).count();
+    let mut suffix = common_suffix(&o[o.len() - most..], &n[n.len() - most..]);
     while !old.is_char_boundary(o.len() - suffix) || !new.is_char_boundary(n.len() - suffix) {
         suffix -= 1;
     }
@@ -122,8 +122,8 @@ fn common_run(old: &str, new: &str) -> Option<(usize, usize, usize)> {
         None => memchr::memmem::find(o, probe)?,
     };
     // Widen the match both ways.
-    let back = o[..found].iter().rev().zip(n[..start].iter().rev()).take_while(|(x, y)| x == y).count();
-    let fwd = o[found..].iter().zip(&n[start..]).take_while(|(x, y)| x == y).count();
+    let back = common_suffix(&o[..found], &n[..start]);
+    let fwd = common_prefix(&o[found..], &n[start..]);
     let (mut o_at, mut n_at, mut end) = (found - back, start - back, fwd + back);
     while !old.is_char_boundary(o_at) || !new.is_char_boundary(n_at) {
         o_at += 1;
@@ -134,6 +134,26 @@ fn common_run(old: &str, new: &str) -> Option<(usize, usize, usize)> {
         end -= 1;
     }
     (end > 0).then_some((o_at, n_at, end))
+}
+
+/// How many bytes `a` and `b` share at their start. Compared 32 bytes at a time (a vector
+/// compare), since a checkpoint scans most of a large state here.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let len = a.len().min(b.len());
+    let (blocks_a, _) = a[..len].as_chunks::<32>();
+    let (blocks_b, _) = b[..len].as_chunks::<32>();
+    let same = blocks_a.iter().zip(blocks_b).take_while(|(x, y)| x == y).count() * 32;
+    same + a[same..len].iter().zip(&b[same..len]).take_while(|(x, y)| x == y).count()
+}
+
+/// How many bytes `a` and `b` share at their end (see [`common_prefix`]).
+fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    let len = a.len().min(b.len());
+    let (a, b) = (&a[a.len() - len..], &b[b.len() - len..]);
+    let (_, blocks_a) = a.as_rchunks::<32>();
+    let (_, blocks_b) = b.as_rchunks::<32>();
+    let same = blocks_a.iter().rev().zip(blocks_b.iter().rev()).take_while(|(x, y)| x == y).count() * 32;
+    same + a[..len - same].iter().rev().zip(b[..len - same].iter().rev()).take_while(|(x, y)| x == y).count()
 }
 
 /// Applies a run's chain of stored deltas (each as JSON text) to the full text that starts
@@ -205,9 +225,16 @@ impl Chain {
             _ => None,
         };
         // Kept for the next delta (reusing the buffer): one copy of the state per checkpoint.
-        let last = self.last.get_or_insert_with(String::new);
-        last.clear();
-        last.push_str(text);
+        // A whole state too small to start a chain goes into the run's row, and no delta
+        // follows it: a store may keep the row's state in another form than this text
+        // (PostgreSQL's `jsonb`), so deltas apply only to a chain's own whole state.
+        if delta.is_none() && !DeltaPolicy::chains(Some(policy), text.len()) {
+            self.last = None;
+        } else {
+            let last = self.last.get_or_insert_with(String::new);
+            last.clear();
+            last.push_str(text);
+        }
         match &delta {
             Some(d) => {
                 self.deltas += 1;
@@ -264,6 +291,8 @@ mod tests {
         assert!(chain.next(&big('d'), policy).is_none(), "max_chain reached");
         assert!(chain.next(&big('e'), policy).is_some());
         assert!(chain.next("{}", policy).is_none(), "small states are whole");
+        assert!(chain.next(&big('f'), policy).is_none(), "no delta over a state kept in the row");
+        assert!(chain.next(&big('g'), policy).is_some());
         assert!(chain.next(&big('g'), None).is_none(), "no policy: always whole");
         // Everything changed: a delta would be as large as the state.
         let other = format!("{{\"t\":\"{}\"}}", "y".repeat(220));
@@ -296,6 +325,21 @@ mod tests {
             }
             let restored = apply_chain(&texts[0], deltas.iter().map(String::as_str)).unwrap();
             prop_assert_eq!(&restored, texts.last().unwrap());
+        }
+
+        /// The block-wise scans agree with a byte-by-byte count, wherever the first difference
+        /// falls relative to the 32-byte blocks.
+        #[test]
+        fn shared_ends_match_a_bytewise_count(
+            shared in 0usize..200, a in "[ab]{0,70}", b in "[ab]{0,70}",
+        ) {
+            let base = "x".repeat(shared);
+            let (x, y) = (format!("{base}{a}"), format!("{base}{b}"));
+            let bytewise = x.bytes().zip(y.bytes()).take_while(|(p, q)| p == q).count();
+            prop_assert_eq!(common_prefix(x.as_bytes(), y.as_bytes()), bytewise);
+            let (x, y) = (format!("{a}{base}"), format!("{b}{base}"));
+            let bytewise = x.bytes().rev().zip(y.bytes().rev()).take_while(|(p, q)| p == q).count();
+            prop_assert_eq!(common_suffix(x.as_bytes(), y.as_bytes()), bytewise);
         }
     }
 }

@@ -23,6 +23,8 @@ mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
+mod postgres_chain;
+#[cfg(feature = "postgres")]
 mod postgres_compact;
 #[cfg(feature = "postgres")]
 mod postgres_journal;

@@ -31,9 +31,10 @@ use tokio_postgres::NoTls;
 
 use crate::StoreError;
 use crate::heartbeat::Heartbeat;
+use crate::postgres_chain::{CHAIN_COLUMNS, ChainWrite, chain_ctes};
 use crate::util::{
-    fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status, refuse_nul_in_run, refuse_nul_json,
-    refuse_nul_text,
+    apply_state_chain, fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status, refuse_nul_in_run,
+    refuse_nul_json, refuse_nul_text,
 };
 
 /// The newest schema this crewflow writes.
@@ -78,8 +79,8 @@ CREATE TABLE crewflow_steps (
     r#"
 ALTER TABLE crewflow_runs ADD COLUMN state_version BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE crewflow_sessions ADD COLUMN state_version BIGINT NOT NULL DEFAULT 0;
--- The same table as SQLite's, for one schema on both backends. Unused here for now: a delta
--- applies to the exact text it was computed from, and `state` (JSONB) does not keep the text.
+-- The same table as SQLite's: a run's chain of state deltas. Its whole state is kept here as
+-- text, since a delta applies to the exact text it was computed from and `jsonb` reorders it.
 CREATE TABLE crewflow_state_chain (
     run_id TEXT NOT NULL,
     seq    BIGINT NOT NULL,
@@ -261,7 +262,10 @@ fn refuse_nul_checkpoint(cp: &Checkpoint) -> Result<(), StoreError> {
         refuse_nul_text("a step's name", &step.step)?;
         refuse_nul_json(&format!("the output of step `{}`", step.step), &step.output)?;
     }
-    refuse_nul_json("the run's state", &cp.state)?;
+    // A chained state is kept as text, which holds U+0000; only `jsonb` cannot.
+    if !cp.chained {
+        refuse_nul_json("the run's state", &cp.state)?;
+    }
     refuse_nul_json("the run's frontier (the inputs waiting for their steps)", &cp.frontier)?;
     if let Some(feedback) = &cp.feedback {
         refuse_nul_json("the run's feedback record", feedback)?;
@@ -305,6 +309,10 @@ impl RunStore for PostgresStore {
         self.inner.target.clone()
     }
 
+    fn state_deltas(&self) -> bool {
+        true
+    }
+
     fn create_run<'a>(&'a self, run: &'a NewRun) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             boxed(
@@ -313,14 +321,22 @@ impl RunStore for PostgresStore {
                     let client = self.client().await?;
                     let queued = run.status == RunStatus::Queued;
                     let owner: Option<&str> = (!queued).then_some(&*run.owner);
-                    let inserted = client
-                        .execute(
-                            "INSERT INTO crewflow_runs (id, flow, fingerprint, status, owner, lease_until, fencing, seq,
-                                 inputs, payload, state, frontier, created_at, updated_at, state_version)
-                             VALUES ($1, $2, $3, $4, $5,
-                                 CASE WHEN $5::text IS NULL THEN NULL ELSE now() + $6 * interval '1 millisecond' END,
-                                 $7, 0, $8::text::jsonb, $9::text::jsonb, $10::text::jsonb, $11::text::jsonb, now(), now(), $12)
-                             ON CONFLICT (id) DO NOTHING",
+                    // A chained state starts the run's chain (as text), and the row holds `null`.
+                    let (row_state, chain) =
+                        if run.chained { ("null", Some(run.state.as_str())) } else { (run.state.as_str(), None) };
+                    let inserted: i64 = client
+                        .query_one(
+                            "WITH run AS (
+                                 INSERT INTO crewflow_runs (id, flow, fingerprint, status, owner, lease_until, fencing, seq,
+                                     inputs, payload, state, frontier, created_at, updated_at, state_version)
+                                 VALUES ($1, $2, $3, $4, $5,
+                                     CASE WHEN $5::text IS NULL THEN NULL ELSE now() + $6 * interval '1 millisecond' END,
+                                     $7, 0, $8::text::jsonb, $9::text::jsonb, $10::text::jsonb, $11::text::jsonb, now(), now(), $12)
+                                 ON CONFLICT (id) DO NOTHING RETURNING id),
+                             chained AS (
+                                 INSERT INTO crewflow_state_chain (run_id, seq, kind, body)
+                                 SELECT id, 0, 'whole', $13::text FROM run WHERE $13::text IS NOT NULL)
+                             SELECT count(*) FROM run",
                             &[
                                 &run.run_id.to_string(),
                                 &&*run.flow,
@@ -331,12 +347,14 @@ impl RunStore for PostgresStore {
                                 &if queued { 0i64 } else { 1 },
                                 &run.inputs,
                                 &run.payload,
-                                &run.state,
+                                &row_state,
                                 &run.frontier,
                                 &i64::from(run.state_version),
+                                &chain,
                             ],
                         )
-                        .await?;
+                        .await?
+                        .get(0);
                     if inserted == 0 {
                         return Err(StoreError::RunExists(run.run_id.to_string()));
                     }
@@ -356,14 +374,18 @@ impl RunStore for PostgresStore {
                 async {
                     refuse_nul_checkpoint(cp)?;
                     let client = self.client().await?;
+                    let chain = ChainWrite::of(cp);
                     let sql = format!(
                         "WITH run AS (
-                             UPDATE crewflow_runs SET state = $2::text::jsonb, frontier = $3::text::jsonb, seq = $4,
-                                 updated_at = now(), pending = coalesce($7::text::jsonb, pending), state_version = $8
+                             UPDATE crewflow_runs SET state = coalesce($2::text::jsonb, state), frontier = $3::text::jsonb,
+                                 seq = $4, updated_at = now(), pending = coalesce($7::text::jsonb, pending),
+                                 state_version = $8
                              WHERE id = $1 AND fencing = $5 RETURNING id),
-                         steps AS ({})
+                         steps AS ({}),
+                         {}
                          SELECT count(*) FROM run",
-                        INSERT_STEPS.replace("$STEPS", "$6")
+                        INSERT_STEPS.replace("$STEPS", "$6"),
+                        chain_ctes(9, 10, 11, 4)
                     );
                     let stmt = client.prepare_cached(&sql).await?;
                     let row = client
@@ -371,13 +393,16 @@ impl RunStore for PostgresStore {
                             &stmt,
                             &[
                                 &cp.run_id.to_string(),
-                                &cp.state,
+                                &chain.row_state,
                                 &cp.frontier,
                                 &(cp.seq as i64),
                                 &(cp.fencing as i64),
                                 &steps_json(&cp.steps),
                                 &cp.feedback,
                                 &i64::from(cp.state_version),
+                                &chain.drop,
+                                &chain.kind,
+                                &chain.body,
                             ],
                         )
                         .await?;
@@ -402,16 +427,16 @@ impl RunStore for PostgresStore {
                     // run `running` until its lease ran out.
                     let error = end.error.as_deref().map(|e| e.replace('\0', "\\u0000"));
                     let client = self.client().await?;
-                    let (state, frontier, seq, steps, feedback, state_version) = match &end.checkpoint {
+                    let (chain, frontier, seq, steps, feedback, state_version) = match &end.checkpoint {
                         Some(cp) => (
-                            Some(&cp.state),
+                            ChainWrite::of(cp),
                             Some(&cp.frontier),
                             Some(cp.seq as i64),
                             steps_json(&cp.steps),
                             cp.feedback.as_ref(),
                             Some(i64::from(cp.state_version)),
                         ),
-                        None => (None, None, None, "[]".to_string(), None, None),
+                        None => (ChainWrite::none(), None, None, "[]".to_string(), None, None),
                     };
                     let sql = format!(
                         "WITH run AS (
@@ -421,9 +446,11 @@ impl RunStore for PostgresStore {
                                  seq = coalesce($7, seq), pending = coalesce($10::text::jsonb, pending),
                                  state_version = coalesce($11, state_version)
                              WHERE id = $1 AND fencing = $8 RETURNING id),
-                         steps AS ({})
+                         steps AS ({}),
+                         {}
                          SELECT count(*) FROM run",
-                        INSERT_STEPS.replace("$STEPS", "$9")
+                        INSERT_STEPS.replace("$STEPS", "$9"),
+                        chain_ctes(12, 13, 14, 7)
                     );
                     let row = client
                         .query_one(
@@ -433,13 +460,16 @@ impl RunStore for PostgresStore {
                                 &end.status.as_str(),
                                 &error,
                                 &end.final_activation.map(|a| a as i64),
-                                &state,
+                                &chain.row_state,
                                 &frontier,
                                 &seq,
                                 &(end.fencing as i64),
                                 &steps,
                                 &feedback,
                                 &state_version,
+                                &chain.drop,
+                                &chain.kind,
+                                &chain.body,
                             ],
                         )
                         .await?;
@@ -490,14 +520,14 @@ impl RunStore for PostgresStore {
                         .start()
                         .await?;
                     let id = run_id.to_string();
+                    let sql = format!(
+                        "SELECT flow, fingerprint, status, fencing, owner, lease_until, seq, inputs::text,
+                             payload::text, state::text, frontier::text, final_activation, error, created_at, updated_at,
+                             pending::text, state_version, {CHAIN_COLUMNS}
+                         FROM crewflow_runs WHERE id = $1"
+                    );
                     let Some(r) = tx
-                        .query_opt(
-                            "SELECT flow, fingerprint, status, fencing, owner, lease_until, seq, inputs::text,
-                                 payload::text, state::text, frontier::text, final_activation, error, created_at, updated_at,
-                                 pending::text, state_version
-                             FROM crewflow_runs WHERE id = $1",
-                            &[&id],
-                        )
+                        .query_opt(&sql, &[&id])
                         .await?
                     else {
                         return Ok(None);
@@ -539,7 +569,7 @@ impl RunStore for PostgresStore {
                         seq: r.get::<_, i64>(6) as u64,
                         inputs: r.get(7),
                         payload: r.get(8),
-                        state: r.get(9),
+                        state: apply_state_chain(run_id, r.get(9), &chain_rows(&r, 17))?,
                         frontier: r.get(10),
                         final_activation: final_activation.map(|a| a as u64),
                         error: r.get(12),
@@ -772,6 +802,12 @@ pub(crate) const SUMMARY: &str = "r.id, r.flow, r.status, r.created_at, r.update
 
 /// A row selecting [`SUMMARY`], as a run summary.
 /// A `crewflow_steps` row read as `activation, step, output::text, finished_at`.
+/// The chain rows (`(kind, body)` in order) a run's load read in columns `at` and `at + 1`.
+fn chain_rows(r: &tokio_postgres::Row, at: usize) -> Vec<(String, String)> {
+    let (kinds, bodies): (Vec<String>, Vec<String>) = (r.get(at), r.get(at + 1));
+    kinds.into_iter().zip(bodies).collect()
+}
+
 fn step_row(s: &tokio_postgres::Row) -> StepRow {
     StepRow {
         activation: s.get::<_, i64>(0) as u64,

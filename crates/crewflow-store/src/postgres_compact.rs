@@ -72,6 +72,7 @@ async fn delete_runs(
     let runs = format!("SELECT id FROM crewflow_runs WHERE {condition}");
     report.journal += tx.execute(&format!("DELETE FROM crewflow_journal WHERE run_id IN ({runs})"), params).await?;
     report.steps += tx.execute(&format!("DELETE FROM crewflow_steps WHERE run_id IN ({runs})"), params).await?;
+    tx.execute(&format!("DELETE FROM crewflow_state_chain WHERE run_id IN ({runs})"), params).await?;
     report.runs += tx.execute(&format!("DELETE FROM crewflow_runs WHERE {condition}"), params).await?;
     Ok(())
 }

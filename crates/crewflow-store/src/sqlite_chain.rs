@@ -56,15 +56,5 @@ pub(crate) fn chained_state(
         .prepare_cached("SELECT kind, body FROM crewflow_state_chain WHERE run_id = ?1 ORDER BY seq")?
         .query_map([run_id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    let corrupt = |e: String| StoreError::Corrupt(format!("the state of run {run_id}: {e}"));
-    let Some(((kind, first), deltas)) = rows.split_first() else { return Ok(row_state) };
-    let base = match kind.as_str() {
-        "whole" => first.as_str(),
-        // A chain of deltas over the row's whole state.
-        _ => {
-            return crewflow_core::delta::apply_chain(&row_state, rows.iter().map(|(_, d)| d.as_str()))
-                .map_err(corrupt);
-        }
-    };
-    crewflow_core::delta::apply_chain(base, deltas.iter().map(|(_, d)| d.as_str())).map_err(corrupt)
+    crate::util::apply_state_chain(run_id, row_state, &rows)
 }

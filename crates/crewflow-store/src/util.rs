@@ -25,6 +25,23 @@ pub(crate) fn parse_status(status: &str) -> Result<RunStatus, StoreError> {
     RunStatus::parse(status).ok_or_else(|| StoreError::Corrupt(format!("run status `{status}`")))
 }
 
+/// The state a run's row and chain rows (`(kind, body)` in order of seq) hold: the chain's
+/// whole state with its deltas applied, the row's state with them (a chain of deltas over a
+/// whole state kept in the row), or the row's state when there is no chain.
+pub(crate) fn apply_state_chain(
+    run_id: RunId,
+    row_state: String,
+    rows: &[(String, String)],
+) -> Result<String, StoreError> {
+    let corrupt = |e: String| StoreError::Corrupt(format!("the state of run {run_id}: {e}"));
+    let Some(((kind, first), deltas)) = rows.split_first() else { return Ok(row_state) };
+    if kind == "whole" {
+        crewflow_core::delta::apply_chain(first, deltas.iter().map(|(_, d)| d.as_str())).map_err(corrupt)
+    } else {
+        crewflow_core::delta::apply_chain(&row_state, rows.iter().map(|(_, d)| d.as_str())).map_err(corrupt)
+    }
+}
+
 /// A stored message role (`user`, `assistant`, `system`, `tool`).
 #[cfg(feature = "chat")]
 pub(crate) fn parse_role(role: &str) -> Result<crewflow_chat::Role, StoreError> {
@@ -61,7 +78,10 @@ pub(crate) fn refuse_nul_in_run(run: &crewflow_core::persist::NewRun) -> Result<
     if let Some(payload) = &run.payload {
         refuse_nul_json("the kickoff payload", payload)?;
     }
-    refuse_nul_json("the initial state", &run.state)?;
+    // A chained state is kept as text, which holds U+0000; only `jsonb` cannot.
+    if !run.chained {
+        refuse_nul_json("the initial state", &run.state)?;
+    }
     refuse_nul_json("the run's frontier (the inputs waiting for their steps)", &run.frontier)
 }
 
