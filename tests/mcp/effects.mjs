@@ -4,11 +4,13 @@
 // kills the agent's process while it waits). Usage: EFFECTS_FILE=... node effects.mjs
 //
 // The server exits as soon as its standard input ends: a client killed with SIGKILL cannot shut
-// it down, and a server left behind would still write `mail` after its delay.
+// it down, and a server left behind would still write `mail` after its delay (the SDK's stdio
+// transport does not exit on its own). The SDK's low-level `Server` takes plain JSON Schemas,
+// so this needs no package but the SDK.
 import { appendFileSync } from "node:fs";
-import { McpServer } from "@modelcontextprotocol/sdk/server/mcp.js";
+import { Server } from "@modelcontextprotocol/sdk/server/index.js";
 import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js";
-import { z } from "zod";
+import { CallToolRequestSchema, ListToolsRequestSchema } from "@modelcontextprotocol/sdk/types.js";
 
 const file = process.env.EFFECTS_FILE;
 if (!file) {
@@ -16,25 +18,35 @@ if (!file) {
   process.exit(2);
 }
 const mailDelay = Number(process.env.MAIL_DELAY_MS ?? "0");
-const text = (t) => ({ content: [{ type: "text", text: t }] });
+const order = { type: "object", properties: { order: { type: "string" } }, required: ["order"] };
+const tools = {
+  charge: {
+    description: "Charges an order.",
+    call: async ({ order }) => {
+      appendFileSync(file, `charge ${order}\n`);
+      return `receipt for ${order}`;
+    },
+  },
+  mail: {
+    description: "Mails the receipt of an order.",
+    call: async ({ order }) => {
+      await new Promise((done) => setTimeout(done, mailDelay));
+      appendFileSync(file, `mail ${order}\n`);
+      return "mailed";
+    },
+  },
+};
 
-const server = new McpServer({ name: "effects", version: "1.0.0" });
-server.registerTool(
-  "charge",
-  { description: "Charges an order.", inputSchema: { order: z.string() } },
-  async ({ order }) => {
-    appendFileSync(file, `charge ${order}\n`);
-    return text(`receipt for ${order}`);
-  },
-);
-server.registerTool(
-  "mail",
-  { description: "Mails the receipt of an order.", inputSchema: { order: z.string() } },
-  async ({ order }) => {
-    await new Promise((done) => setTimeout(done, mailDelay));
-    appendFileSync(file, `mail ${order}\n`);
-    return text("mailed");
-  },
-);
+const server = new Server({ name: "effects", version: "1.0.0" }, { capabilities: { tools: {} } });
+server.setRequestHandler(ListToolsRequestSchema, async () => ({
+  tools: Object.entries(tools).map(([name, t]) => ({ name, description: t.description, inputSchema: order })),
+}));
+server.setRequestHandler(CallToolRequestSchema, async ({ params }) => {
+  const tool = tools[params.name];
+  if (!tool) {
+    return { isError: true, content: [{ type: "text", text: `no tool named ${params.name}` }] };
+  }
+  return { content: [{ type: "text", text: await tool.call(params.arguments ?? {}) }] };
+});
 process.stdin.on("end", () => process.exit(0));
 await server.connect(new StdioServerTransport());
