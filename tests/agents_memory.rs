@@ -1,6 +1,7 @@
 //! Agent memory on a real SQLite file: recall before the work, remember after it, in a scope
 //! of the agent's own; a task remembers only the answer its guardrail accepted; a retried
-//! step does not remember twice; a broken store fails the kickoff before the model is called.
+//! step does not remember twice; a broken store fails the kickoff before the model is called;
+//! recalls, rememberings and failures are events of the step.
 //!
 //! With `CREWFLOW_TEST_LOCAL_MODELS=1` (after `scripts/fetch-models`) the memories are
 //! embedded by the local embedding model, `AgentMemory::local`, the default — and the test
@@ -166,5 +167,110 @@ async fn a_memory_that_cannot_open_its_store_fails_the_kickoff_before_the_model_
     assert!(matches!(err, AgentError::Memory { .. }), "{err}");
     let text = err.to_string();
     assert!(text.contains("agent \"Researcher\": its memory failed") && text.contains("memory store"), "{text}");
+    assert!(server.requests().is_empty(), "the model was not called");
+}
+
+/// The events of a flow's runs, kept by an observer.
+fn observed() -> (Arc<std::sync::Mutex<Vec<Event>>>, impl Fn(&Event) + Send + Sync + 'static) {
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = events.clone();
+    (events, move |e: &Event| seen.lock().unwrap().push(e.clone()))
+}
+
+/// A flow whose one step kicks off `agent` with each of `prompts`, in turn.
+fn asking(
+    agent: Agent,
+    prompts: &'static [&'static str],
+    observer: impl Fn(&Event) + Send + Sync + 'static,
+) -> Flow<()> {
+    FlowBuilder::<()>::new("remembering")
+        .start("research", move |_cx: Cx<()>, (): ()| {
+            let agent = agent.clone();
+            async move {
+                for prompt in prompts {
+                    agent.kickoff(*prompt).await?;
+                }
+                Ok::<_, StepError>(())
+            }
+        })
+        .observe(observer)
+        .build()
+        .unwrap()
+}
+
+/// Recalling and remembering are events of the step, among the agent's own: the recall (its
+/// query, how many memories it found, how long it took) after `agent_started`, the
+/// remembering after `agent_finished`.
+#[tokio::test]
+async fn recalls_and_rememberings_are_events_of_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("memory.db");
+    let server = TestServer::start(vec![openai_completion("Fresnel lenses."), openai_completion("Fresnel.")]).await;
+    let agent = Agent::new(openai_llm(&server)).role("Researcher").memory(memory_in(&db));
+    let (events, observer) = observed();
+    let prompts = &["How do lighthouses focus light?", "What lens do lighthouses use?"];
+    asking(agent, prompts, observer).kickoff(()).await.unwrap();
+
+    let events = events.lock().unwrap();
+    let agents: Vec<&Event> =
+        events.iter().filter(|e| e.kind.name().starts_with("agent_") || e.kind.name().starts_with("memory_")).collect();
+    let names: Vec<&str> =
+        agents.iter().filter(|e| e.kind.name() != "agent_iteration").map(|e| e.kind.name()).collect();
+    let once = ["agent_started", "memory_recalled", "agent_finished", "memory_saved"];
+    assert_eq!(names, [once, once].concat());
+    assert!(agents.iter().all(|e| e.step.as_deref() == Some("research")), "nested under the step");
+    let recalls: Vec<(&str, &str, usize, u64)> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::MemoryRecalled { agent, query, count, elapsed_us } => {
+                Some((agent.as_str(), query.as_str(), *count, *elapsed_us))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recalls.len(), 2);
+    assert_eq!(recalls[0].0, "Researcher");
+    assert_eq!((recalls[0].1, recalls[0].2), (prompts[0], 0), "nothing to recall yet");
+    assert_eq!((recalls[1].1, recalls[1].2), (prompts[1], 1), "the first answer is recalled");
+    assert!(recalls[1].3 > 0, "a recall that embedded and searched took time");
+    let saved: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::MemorySaved { agent, elapsed_us } if agent == "Researcher" => Some(*elapsed_us),
+            _ => None,
+        })
+        .collect();
+    assert!(saved.len() == 2 && saved.iter().all(|us| *us > 0), "{saved:?}");
+    let json = serde_json::to_value(agents[1]).unwrap();
+    assert_eq!(json["type"], "memory_recalled");
+    assert_eq!(json["count"], 0);
+}
+
+/// A memory that fails is a `memory_failed` event of the step, naming the operation, before
+/// the step fails; the model is not called.
+#[tokio::test]
+async fn a_failing_memory_is_an_event_of_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(vec![openai_completion("never sent")]).await;
+    // A directory is not a SQLite file.
+    let memory = AgentMemory::new(Memory::new(SqliteStore::open(dir.path()), HashEmbedder::default()));
+    let agent = Agent::new(openai_llm(&server)).role("Researcher").memory(memory);
+    let (events, observer) = observed();
+    let err = asking(agent, &["Go."], observer).kickoff(()).await.unwrap_err();
+    assert!(err.to_string().contains("its memory failed"), "{err}");
+    let events = events.lock().unwrap();
+    let failed: Vec<(&str, &str, &str)> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::MemoryFailed { agent, operation, error } if e.step.as_deref() == Some("research") => {
+                Some((agent.as_str(), operation.as_str(), error.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!((failed[0].0, failed[0].1), ("Researcher", "recall"));
+    assert!(failed[0].2.contains("memory store"), "{}", failed[0].2);
+    assert!(events.iter().all(|e| !matches!(e.kind, EventKind::MemoryRecalled { .. })));
     assert!(server.requests().is_empty(), "the model was not called");
 }

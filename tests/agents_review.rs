@@ -2,7 +2,9 @@
 //! verdicts in the OpenAI wire format over the loopback server) and human review through the
 //! engine's feedback providers (scripted providers): approve passes, feedback reruns the task
 //! with the feedback, the limits, the provider policy (review's own → flow's → process
-//! default), a provider that would pause, and a retried step that does not ask again.
+//! default), a provider that would pause, a retried step that does not ask again, and the
+//! answers in the run's feedback history (and the stored run's) once, whether the step ran
+//! once, was retried or was resumed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
@@ -16,8 +18,11 @@ use std::time::Duration;
 use common::http::{Recorded, Reply, TestServer, openai_completion, openai_llm};
 use crewflow::agents::{Agent, AgentError, Crew, Guardrail, HumanReview, Inputs, Task, TaskOutput};
 use crewflow::prelude::*;
+use crewflow::store::RunStore;
 use crewflow::store::SqliteStore;
-use crewflow::{DeferredFeedback, FeedbackReply, FeedbackRequest, FlowBuilder, Retry};
+use crewflow::{
+    DeferredFeedback, FeedbackReply, FeedbackRequest, FeedbackResult, FlowBuilder, HumanFeedback, Retry, RunId,
+};
 use serde_json::{Value, json};
 
 fn user_prompt(r: &Recorded) -> String {
@@ -294,6 +299,135 @@ async fn in_a_step_the_flows_provider_reviews_and_a_retry_does_not_ask_again() {
     );
     let requested = events.iter().filter(|e| matches!(e.kind, EventKind::FeedbackRequested { .. })).count();
     assert!(requested >= 2, "{requested}");
+}
+
+/// Each record of a feedback history: its step, answer, outcome, output shown and round.
+fn answers(history: &[FeedbackResult]) -> Vec<Value> {
+    history
+        .iter()
+        .map(|f| {
+            let round = f.metadata.as_ref().and_then(|m| m.get("round").cloned());
+            json!([f.step, f.feedback, f.outcome, f.output, round])
+        })
+        .collect()
+}
+
+/// The feedback history in the stored run's record, as JSON (`[]` before there is one).
+async fn stored_history(store: &SqliteStore, run: RunId) -> Value {
+    let stored = store.load_run(run).await.unwrap();
+    match stored.and_then(|s| s.feedback) {
+        Some(record) => serde_json::from_str::<Value>(&record).unwrap()["history"].clone(),
+        None => json!([]),
+    }
+}
+
+/// A review's answers are in the run's feedback history, in order and before the answer to a
+/// `#[human_feedback]` step after it, with the output shown, the outcome and the question; in
+/// a persisted run, the stored run's record has them too. The step fails once after the crew
+/// and is retried: the replayed answers are not recorded a second time.
+#[tokio::test]
+async fn review_answers_are_in_the_runs_feedback_history_once() {
+    let server = TestServer::start(vec![openai_completion("Draft one."), openai_completion("Draft two.")]).await;
+    let llm = openai_llm(&server);
+    let reviewer = Reviewer::answering(&["Mention the price.", "approve", "ship it"]);
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let tries = attempts.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("runs.db"));
+    let flow = FlowBuilder::<()>::new("reviewed_ads")
+        .start("write", move |cx: Cx<()>, (): ()| {
+            let (llm, tries) = (llm.clone(), tries.clone());
+            async move {
+                let writer = Agent::new(llm).role("Copywriter");
+                let task =
+                    Task::new("ad", "Write an ad.").agent(writer.clone()).human_review(HumanReview::new("Publish?"));
+                let out = Crew::new([writer], [task]).kickoff(&Inputs::new()).await?;
+                assert_eq!(cx.feedback_history().len(), 2, "in the history while the step runs");
+                if tries.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return Err(StepError::msg("a failure after the crew"));
+                }
+                Ok::<_, StepError>(out.raw)
+            }
+        })
+        .retry(Retry::attempts(2).backoff(Duration::from_millis(1)))
+        .listen("publish", step("write"), |_cx, ad: String| async move { Ok(ad) })
+        .human_feedback(HumanFeedback::new("Ship it?"))
+        .feedback_provider(reviewer.provider())
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let run = flow.kickoff(()).await.unwrap();
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    assert_eq!(reviewer.asked().len(), 3, "the retry asked nothing again");
+    let history = run.feedback_history();
+    assert_eq!(
+        answers(history),
+        [
+            json!(["write", "Mention the price.", "revise", "Draft one.", 1]),
+            json!(["write", "approve", "approved", "Draft two.", 2]),
+            json!(["publish", "ship it", null, "Draft two.", null]),
+        ]
+    );
+    assert_eq!(
+        history[0].metadata,
+        Some(json!({ "task": "ad", "agent": "Copywriter", "round": 1, "message": "Publish?" }))
+    );
+    assert!(history[0].key.is_some() && history[0].key != history[1].key, "{history:?}");
+    assert_eq!(history[2].key, None, "a #[human_feedback] answer has no key");
+    assert_eq!(stored_history(&store, run.id).await, serde_json::to_value(history).unwrap());
+}
+
+/// The crash case: a sibling step's checkpoint, written while the reviewed step is still in
+/// flight, already holds its answers; the reviewed step then fails, and the run is resumed:
+/// the step runs again, replays the answers from the journal, and the history keeps them once.
+#[tokio::test]
+async fn a_resumed_step_replays_its_review_without_recording_it_twice() {
+    let server = TestServer::start(vec![openai_completion("Draft one."), openai_completion("Draft two.")]).await;
+    let llm = openai_llm(&server);
+    let reviewer = Reviewer::answering(&["Shorter.", "ok"]);
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let tries = attempts.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("runs.db"));
+    let (watched, run_id) = (store.clone(), RunId::new());
+    let flow = FlowBuilder::<()>::new("reviewed_ads")
+        .start("write", move |_cx: Cx<()>, (): ()| {
+            let (llm, tries, watched) = (llm.clone(), tries.clone(), watched.clone());
+            async move {
+                let writer = Agent::new(llm).role("Copywriter");
+                let task = Task::new("ad", "Write an ad.").agent(writer.clone()).human_review(HumanReview::new("OK?"));
+                let out = Crew::new([writer], [task]).kickoff(&Inputs::new()).await?;
+                if tries.fetch_add(1, Ordering::SeqCst) == 0 {
+                    // Fail only once the sibling's checkpoint has stored the answers.
+                    let started = std::time::Instant::now();
+                    while stored_history(&watched, run_id).await.as_array().map_or(0, Vec::len) < 2 {
+                        assert!(started.elapsed() < Duration::from_secs(10), "the sibling never checkpointed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    return Err(StepError::msg("killed after the review"));
+                }
+                Ok::<_, StepError>(out.raw)
+            }
+        })
+        .start("sibling", |cx: Cx<()>, (): ()| async move {
+            while cx.feedback_history().len() < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok("checkpointed".to_string())
+        })
+        .feedback_provider(reviewer.provider())
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let err = flow.kickoff(Kickoff::new().run_id(run_id)).await.unwrap_err();
+    assert!(err.to_string().contains("killed after the review"), "{err}");
+    let run = flow.resume(run_id).await.unwrap();
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    assert_eq!(reviewer.asked().len(), 2, "the resumed step asked nothing again");
+    assert_eq!(server.requests().len(), 2);
+    let said: Vec<&str> = run.feedback_history().iter().map(|f| f.feedback.as_str()).collect();
+    assert_eq!(said, ["Shorter.", "ok"], "each answer once");
+    assert_eq!(stored_history(&store, run_id).await, serde_json::to_value(run.feedback_history()).unwrap());
 }
 
 /// Outside a flow, a review without a provider asks the process default. (The only test of

@@ -24,3 +24,10 @@ pub fn client_script() -> PathBuf {
     node_module("@modelcontextprotocol/sdk/package.json");
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.mjs")
 }
+
+/// The MCP server of tests/mcp_durable.rs (tests/mcp/effects.mjs: tools that append to a
+/// file), after checking the SDK is installed.
+pub fn effects_script() -> PathBuf {
+    node_module("@modelcontextprotocol/sdk/package.json");
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/effects.mjs")
+}

@@ -2,7 +2,9 @@
 //! crewflow-memory under a scope of its own.
 
 use std::sync::Arc;
+use std::time::Instant;
 
+use crewflow_core::EventKind;
 use crewflow_memory::{Memory, MemoryError, RecallOptions, RememberOptions};
 use crewflow_store::MemoryStore;
 
@@ -81,14 +83,27 @@ impl AgentMemory {
         Ok(memory.scoped(&scope))
     }
 
-    /// What the agent recalls about `prompt`, as text to add to it (empty: nothing).
+    /// What the agent recalls about `prompt`, as text to add to it (empty: nothing); a
+    /// `memory_recalled` or `memory_failed` event of the step.
     pub(crate) async fn recall(&self, role: &str, agent: &str, prompt: &str) -> Result<Vec<String>, AgentError> {
         if self.limit == 0 {
             return Ok(Vec::new());
         }
-        let memory = self.scoped(role, agent)?;
         let query = excerpt(prompt, 2000);
-        let limit = self.limit;
+        let started = Instant::now();
+        let found = self.recall_now(role, agent, &query).await;
+        report(agent, "recall", started, &found, |found, elapsed_us| EventKind::MemoryRecalled {
+            agent: agent.to_string(),
+            query,
+            count: found.len(),
+            elapsed_us,
+        });
+        found
+    }
+
+    async fn recall_now(&self, role: &str, agent: &str, query: &str) -> Result<Vec<String>, AgentError> {
+        let memory = self.scoped(role, agent)?;
+        let (query, limit) = (query.to_string(), self.limit);
         let recall = async move {
             let found = memory.recall(&query, RecallOptions::new().limit(limit)).await?;
             Ok::<_, MemoryError>(found.into_iter().map(|m| m.record.content).collect::<Vec<String>>())
@@ -96,8 +111,26 @@ impl AgentMemory {
         journaled(agent, "memory:recall", recall).await
     }
 
-    /// Remembers `prompt` and its `answer` (for `task`, when a task's).
+    /// Remembers `prompt` and its `answer` (for `task`, when a task's); a `memory_saved` or
+    /// `memory_failed` event of the step.
     pub(crate) async fn remember(
+        &self,
+        role: &str,
+        agent: &str,
+        prompt: &str,
+        answer: &str,
+        task: Option<&str>,
+    ) -> Result<(), AgentError> {
+        let started = Instant::now();
+        let saved = self.remember_now(role, agent, prompt, answer, task).await;
+        report(agent, "remember", started, &saved, |(), elapsed_us| EventKind::MemorySaved {
+            agent: agent.to_string(),
+            elapsed_us,
+        });
+        saved
+    }
+
+    async fn remember_now(
         &self,
         role: &str,
         agent: &str,
@@ -117,6 +150,27 @@ impl AgentMemory {
         };
         journaled(agent, "memory:remember", remember).await.map(drop)
     }
+}
+
+/// Reports a memory operation that began at `started` as an event of the current step (none
+/// outside a step): `done`'s event when it worked, `memory_failed` when not.
+fn report<T>(
+    agent: &str,
+    operation: &str,
+    started: Instant,
+    result: &Result<T, AgentError>,
+    done: impl FnOnce(&T, u64) -> EventKind,
+) {
+    let Some(scope) = crewflow_core::scope::current() else { return };
+    let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    match result {
+        Ok(value) => scope.emit(|| done(value, elapsed_us)),
+        Err(e) => scope.emit(|| EventKind::MemoryFailed {
+            agent: agent.to_string(),
+            operation: operation.to_string(),
+            error: e.to_string(),
+        }),
+    };
 }
 
 /// `{topic} Senior Researcher` → `topic-senior-researcher`: a role as one path segment.

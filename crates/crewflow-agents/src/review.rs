@@ -108,8 +108,8 @@ impl HumanReview {
             requested_at: chrono_now(),
         };
         if let Some(s) = &scope {
-            let message = request.message.clone();
-            s.emit(|| EventKind::FeedbackRequested { message, output: shown, emit: Vec::new() });
+            let (message, output) = (request.message.clone(), shown.clone());
+            s.emit(|| EventKind::FeedbackRequested { message, output, emit: Vec::new() });
         }
         let failed = |message: String| AgentError::ReviewFailed { task: task.to_string(), message };
         let asked = async move {
@@ -122,17 +122,16 @@ impl HumanReview {
                 Err(e) => Err(format!("the feedback provider failed: {e}")),
             }
         };
+        let key = journal::join(&journal::current_path(), "review");
         let answer = match &scope {
             None => asked.await.map_err(failed)?,
-            Some(s) => {
-                let key = journal::join(&journal::current_path(), "review");
-                s.once(&key, |_| async move { asked.await.map_err(crewflow_core::BoxError::from) }).await.map_err(
-                    |e| match e {
-                        crewflow_core::journal::OnceError::Failed { source, .. } => failed(source.to_string()),
-                        other => failed(other.to_string()),
-                    },
-                )?
-            }
+            Some(s) => s
+                .once(&key, |_| async move { asked.await.map_err(crewflow_core::BoxError::from) })
+                .await
+                .map_err(|e| match e {
+                    crewflow_core::journal::OnceError::Failed { source, .. } => failed(source.to_string()),
+                    other => failed(other.to_string()),
+                })?,
         };
         let decision = decide(&answer);
         if let Some(s) = &scope {
@@ -140,6 +139,11 @@ impl HumanReview {
                 Decision::Approved => "approved",
                 Decision::Revise(_) => "revise",
             };
+            // In the run's history as a `#[human_feedback]` answer is; keyed by the review's
+            // journal name, so a step that runs again and replays it keeps it once.
+            let metadata =
+                json!({ "task": task, "agent": output.agent, "round": round, "message": self.message.trim() });
+            s.record_feedback(&key, shown, answer.clone(), Some(outcome.into()), Some(metadata));
             s.emit(|| EventKind::FeedbackReceived { feedback: answer, outcome: Some(outcome.into()) });
         }
         Ok(decision)

@@ -71,6 +71,10 @@ impl<S: Send + Sync> HasTelemetry for RunShared<S> {
     fn flow_feedback_provider(&self) -> Option<Arc<dyn FeedbackProvider>> {
         self.feedback.clone()
     }
+
+    fn feedback_history(&self) -> &Mutex<Vec<FeedbackResult>> {
+        &self.feedback_history
+    }
 }
 
 impl<S> RunShared<S> {

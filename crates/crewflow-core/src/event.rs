@@ -255,6 +255,36 @@ pub enum EventKind {
         /// The error, as text.
         error: String,
     },
+    /// An agent with memory recalled what it remembers about its prompt, before its first model
+    /// call (`crewflow-agents`, `AgentMemory`). Inside a durable run a step that runs again
+    /// replays the recall from the journal: the event comes again, with the replay's time.
+    MemoryRecalled {
+        /// The agent's role.
+        agent: String,
+        /// What was looked up: the prompt (its first 2,000 characters).
+        query: String,
+        /// How many memories were found (at most the memory's limit).
+        count: usize,
+        /// How long the recall took (embedding the query and searching), in microseconds.
+        elapsed_us: u64,
+    },
+    /// An agent with memory remembered a prompt and its accepted answer (`crewflow-agents`).
+    MemorySaved {
+        /// The agent's role.
+        agent: String,
+        /// How long it took (embedding and storing), in microseconds.
+        elapsed_us: u64,
+    },
+    /// An agent's memory failed (its store, its embedder, or a local embedding model that is
+    /// not installed); the kickoff fails with `AgentError::Memory` (or the configuration error).
+    MemoryFailed {
+        /// The agent's role.
+        agent: String,
+        /// `recall` (before the model was called) or `remember` (after the answer).
+        operation: String,
+        /// The error, as text.
+        error: String,
+    },
     /// A step's output was put to a reviewer ([`HumanFeedback`](crate::HumanFeedback)).
     FeedbackRequested {
         /// The question.
@@ -331,6 +361,9 @@ impl EventKind {
             EventKind::ToolCallFinished { .. } => "tool_call_finished",
             EventKind::AgentFinished { .. } => "agent_finished",
             EventKind::AgentFailed { .. } => "agent_failed",
+            EventKind::MemoryRecalled { .. } => "memory_recalled",
+            EventKind::MemorySaved { .. } => "memory_saved",
+            EventKind::MemoryFailed { .. } => "memory_failed",
             EventKind::FeedbackRequested { .. } => "feedback_requested",
             EventKind::FeedbackReceived { .. } => "feedback_received",
             EventKind::FeedbackImproved { .. } => "feedback_improved",

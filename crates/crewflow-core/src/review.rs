@@ -168,6 +168,7 @@ pub(crate) fn apply_answer<S>(
         outcome: outcome.as_ref().map(|o| o.to_string()),
         metadata: reviewed.request.metadata,
         at: Utc::now(),
+        key: None,
     };
     let (feedback, reported) = (result.feedback.clone(), result.outcome.clone());
     run.with_feedback_history(|h| h.push(result.clone()));

@@ -11,6 +11,7 @@ use std::sync::{Mutex, PoisonError};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{EventHub, EventKind};
+use crate::feedback::FeedbackResult;
 use crate::id::RunId;
 
 /// Tokens a model call (or a whole run) used.
@@ -97,6 +98,8 @@ pub(crate) trait HasTelemetry: Send + Sync {
     fn flow_name(&self) -> &str;
     /// The flow's own feedback provider, if it has one.
     fn flow_feedback_provider(&self) -> Option<Arc<dyn crate::feedback::FeedbackProvider>>;
+    /// The run's feedback history (what `Run::feedback_history` and checkpoints hold).
+    fn feedback_history(&self) -> &Mutex<Vec<FeedbackResult>>;
 }
 
 /// The run and step the current task works for (see the [module docs](self)).
@@ -158,6 +161,53 @@ impl StepScope {
         self.run.flow_feedback_provider().unwrap_or_else(crate::defaults::feedback_provider)
     }
 
+    /// Adds an answer a person gave inside this step's body to the run's feedback history, as
+    /// a `#[human_feedback]` step adds the answers to its reviews: it is in
+    /// [`Cx::feedback_history`](crate::Cx::feedback_history) from now on, in
+    /// [`Run::feedback_history`](crate::Run::feedback_history) after the run, and in the stored
+    /// run's record from the next checkpoint on. For code that asks a person from inside a step
+    /// (a task's human review in `crewflow-agents`); it emits nothing (the caller emits its own
+    /// `feedback_received`).
+    ///
+    /// `name` tells this execution's records apart, as [`once`](StepScope::once)'s does, and
+    /// repeated records under one name are told apart by their order; together they are the
+    /// record's [`key`](FeedbackResult::key). When the step runs again (a retry, a resume after
+    /// a crash) and records the same answers again (replayed from the journal), each replaces
+    /// the record of its key instead of adding a second one — and keeps it as it was when the
+    /// answer is the same, so its time is the answer's, not the replay's.
+    pub fn record_feedback(
+        &self,
+        name: &str,
+        output: serde_json::Value,
+        feedback: impl Into<String>,
+        outcome: Option<String>,
+        metadata: Option<serde_json::Value>,
+    ) -> FeedbackResult {
+        // A name of its own in the journal's counters, so records never shift `once`'s keys.
+        let counted = self.run.journal().next_key(self.activation, &format!("feedback:{name}"));
+        let result = FeedbackResult {
+            step: self.step.to_string(),
+            output,
+            feedback: feedback.into(),
+            outcome,
+            metadata,
+            at: chrono::Utc::now(),
+            key: Some(crate::journal::idempotency_key(self.run_id, self.activation, &counted)),
+        };
+        let mut history = self.run.feedback_history().lock().unwrap_or_else(PoisonError::into_inner);
+        match history.iter_mut().find(|earlier| earlier.key == result.key) {
+            Some(earlier) if same_answer(earlier, &result) => earlier.clone(),
+            Some(earlier) => {
+                *earlier = result.clone();
+                result
+            }
+            None => {
+                history.push(result.clone());
+                result
+            }
+        }
+    }
+
     /// Whether anyone observes the run's events (when not, building them can be skipped).
     pub fn observed(&self) -> bool {
         self.run.telemetry().events.is_active()
@@ -196,4 +246,9 @@ impl StepScope {
         telemetry.usage.lock().unwrap_or_else(PoisonError::into_inner).add(usage);
         telemetry.add_step_usage(self.activation, usage);
     }
+}
+
+/// Whether two records of one key hold the same answer (a replay), whenever each was made.
+fn same_answer(a: &FeedbackResult, b: &FeedbackResult) -> bool {
+    a.feedback == b.feedback && a.outcome == b.outcome && a.output == b.output && a.metadata == b.metadata
 }

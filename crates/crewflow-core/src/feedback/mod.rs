@@ -384,6 +384,13 @@ pub struct FeedbackResult {
     pub metadata: Option<Value>,
     /// When the answer came.
     pub at: DateTime<Utc>,
+    /// For an answer recorded from inside a step's body
+    /// ([`StepScope::record_feedback`](crate::scope::StepScope::record_feedback): a task's human
+    /// review), its key in the run: the run, the step's execution, the caller's name and order.
+    /// It is the same when the step runs again, which keeps the answer once in the history.
+    /// `None` for the answers of `#[human_feedback]` steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl FeedbackResult {
