@@ -329,7 +329,8 @@ impl Default for Large {
 /// (`bytes_per_step`: states or their deltas, frontiers, step outputs, the run's first whole
 /// state included); and the bytes the process writes to the store's files per step
 /// (`file_bytes_per_step`, `wchar` of /proc/self/io: SQLite writes whole 4 KiB pages, several
-/// per commit, and its log frames).
+/// per commit, and its log frames). With `CREWFLOW_TEST_POSTGRES` set, the time per step on
+/// PostgreSQL too (`per_step_us_pg`, `per_step_us_pg_whole`).
 async fn persist_chain20_100kb() {
     for (deltas, suffix) in [(true, ""), (false, "_whole")] {
         let dir = tempfile::tempdir().expect("a temp dir");
@@ -346,6 +347,20 @@ async fn persist_chain20_100kb() {
         }
         report("persist_chain20_100kb", &format!("bytes_per_step{suffix}"), "bytes", payload);
         report("persist_chain20_100kb", &format!("file_bytes_per_step{suffix}"), "bytes", file);
+    }
+    // The same on PostgreSQL (when `CREWFLOW_TEST_POSTGRES` is set): deltas, then whole states.
+    let Ok(url) = std::env::var("CREWFLOW_TEST_POSTGRES") else { return };
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("PostgreSQL");
+    tokio::spawn(conn);
+    for (deltas, suffix) in [(true, "_pg"), (false, "_pg_whole")] {
+        let schema = format!("crewflow_bench_{}", uuid::Uuid::new_v4().simple());
+        client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("a schema");
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let scoped = format!("{url}{sep}options=-csearch_path%3D{schema}");
+        let flow = large_chain(Arc::new(PostgresStore::connect_lazy(&scoped).expect("a store")), deltas);
+        let per_step = sample(&flow, 20, 3).await.into_iter().map(|d| d.as_nanos() as f64 / 20.0 / 1000.0).collect();
+        report("persist_chain20_100kb", &format!("per_step_us{suffix}"), "us", per_step);
+        let _ = client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await;
     }
 }
 

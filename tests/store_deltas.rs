@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::faults::HangingStore;
+use common::postgres::fresh_schema;
 use crewflow::delta::DeltaPolicy;
 use crewflow::prelude::*;
-use common::postgres::fresh_schema;
 use crewflow::store::{RunStatus, RunStore, SqliteStore};
-use crewflow_store::PostgresStore;
 use crewflow::{Error, RunId};
+use crewflow_store::PostgresStore;
 use serde::{Deserialize, Serialize};
 
 /// 100 items of ~1 KB: each step rewrites one.

@@ -381,7 +381,7 @@ impl<S: FlowState> FlowBuilder<S> {
 
     /// When a checkpoint writes the state as a delta from the previous one (default
     /// [`DeltaPolicy::default`]: states from 4 KiB, up to 32 deltas between whole ones), on
-    /// stores that keep deltas (SQLite). `None` writes every checkpoint whole: the store's
+    /// stores that keep deltas (SQLite and PostgreSQL). `None` writes every checkpoint whole: the store's
     /// `state` column then always holds the latest state, for SQL readers. See [`crate::delta`].
     pub fn state_deltas(mut self, policy: Option<DeltaPolicy>) -> Self {
         self.delta_policy = policy;

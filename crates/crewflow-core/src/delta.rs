@@ -10,7 +10,7 @@
 //!
 //! A store keeps a run's **chain**: the full text of its last whole checkpoint, then the deltas
 //! written since, in order; the state is the chain applied in order. A whole checkpoint starts
-//! a new chain (SQLite keeps a large whole state in the chain's table too, out of the run's row,
+//! a new chain (the stores keep a large whole state in the chain's table too, out of the run's row,
 //! so that updating the run's status or lease does not rewrite it). How often one is written is [`DeltaPolicy`]: a chain never grows past
 //! `max_chain` deltas nor past the state's own size in delta bytes, so reading a run back
 //! costs at most about twice its state.

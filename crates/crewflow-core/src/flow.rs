@@ -187,9 +187,13 @@ impl<S: FlowState> Flow<S> {
             },
         };
         // Read again under the claim: a late write of the previous owner may have committed
-        // between the first read and the claim (after the claim its token refuses any).
-        let restored = match self.load_own(store.as_ref(), run_id).await {
-            Ok(latest) if latest.seq != restored.seq() => driver::Restored::decode(&self.inner, &latest)?,
+        // between the first read and the claim (after the claim its token refuses any). Its
+        // checkpoint number says whether one did; only then is the whole run read again.
+        let again = LoadRun::new().outputs(StepOutputs::None);
+        let restored = match self.load_own_with(store.as_ref(), run_id, again).await {
+            Ok(latest) if latest.seq != restored.seq() => {
+                driver::Restored::decode(&self.inner, &self.load_own(store.as_ref(), run_id).await?)?
+            }
             _ => restored,
         };
         driver::drive_resumed(self.inner.clone(), restored, claim, driving, stream, cancel, None).await
