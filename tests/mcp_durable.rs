@@ -9,7 +9,7 @@
 //! process over stdio: each call appends a line to a file, so the evidence outlives the killed
 //! process (and its server, which exits when its client dies). The processes are this test
 //! binary, re-executed in the role given by `MCP_AGENT_ROLE`; the model is the loopback server
-//! of the parent.
+//! of the parent. On SQLite, and on PostgreSQL when `CREWFLOW_TEST_POSTGRES` is set.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use common::http::{TestServer, openai_completion, openai_tool_calls};
 use crewflow::agents::{Agent, McpServer};
 use crewflow::prelude::*;
-use crewflow::store::{RunStore, SqliteStore};
+use crewflow::store::RunStore;
 use crewflow::{FlowBuilder, RunId};
 use serde_json::json;
 
@@ -81,9 +81,9 @@ async fn model() -> TestServer {
 #[test]
 #[ignore = "a child process of the MCP crash test in this file, started by it with MCP_AGENT_ROLE set"]
 fn mcp_agent_child() {
-    let (Ok(role), Ok(db), Ok(side), Ok(run), Ok(model)) = (
+    let (Ok(role), Ok(store), Ok(side), Ok(run), Ok(model)) = (
         std::env::var("MCP_AGENT_ROLE"),
-        std::env::var("MCP_AGENT_DB"),
+        std::env::var("MCP_AGENT_STORE"),
         std::env::var("MCP_AGENT_SIDE"),
         std::env::var("MCP_AGENT_RUN"),
         std::env::var("MCP_AGENT_MODEL_URL"),
@@ -95,7 +95,7 @@ fn mcp_agent_child() {
     rt.block_on(async {
         // The first process waits in `mail` until it is killed.
         let mail_delay = if role == "run" { Duration::from_secs(60) } else { Duration::ZERO };
-        let flow = checkout(Arc::new(SqliteStore::open(&db)), model, side.into(), mail_delay);
+        let flow = checkout(crewflow::store::open(&store).unwrap(), model, side.into(), mail_delay);
         let run = match role.as_str() {
             "run" => flow.kickoff(Kickoff::new().run_id(run_id)).await,
             _ => flow.resume(run_id).await,
@@ -105,11 +105,12 @@ fn mcp_agent_child() {
     });
 }
 
-fn child(role: &str, db: &Path, side: &Path, run: RunId, model: &str) -> Command {
+/// A child process in `role`, on the store at `store` (a path or a URL).
+fn child(role: &str, store: &str, side: &Path, run: RunId, model: &str) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["mcp_agent_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
         .env("MCP_AGENT_ROLE", role)
-        .env("MCP_AGENT_DB", db)
+        .env("MCP_AGENT_STORE", store)
         .env("MCP_AGENT_SIDE", side)
         .env("MCP_AGENT_RUN", run.to_string())
         .env("MCP_AGENT_MODEL_URL", model)
@@ -119,14 +120,27 @@ fn child(role: &str, db: &Path, side: &Path, run: RunId, model: &str) -> Command
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_killed_between_two_mcp_tool_calls_does_not_repeat_the_first() {
+async fn a_run_killed_between_two_mcp_tool_calls_does_not_repeat_the_first_sqlite() {
     let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("runs.db").to_str().unwrap().to_string();
+    killed_between_two_mcp_tool_calls(&store, dir.path()).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests")]
+async fn a_run_killed_between_two_mcp_tool_calls_does_not_repeat_the_first_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    killed_between_two_mcp_tool_calls(&common::postgres::fresh_schema().await, dir.path()).await;
+}
+
+/// Kills the run (in a child process) between its two MCP tool calls, on the store at `store`,
+/// and resumes it in another; `dir` holds the side files.
+async fn killed_between_two_mcp_tool_calls(store: &str, dir: &Path) {
     // An uninterrupted run, for the result to compare with.
     let whole = model().await;
-    let whole_side = dir.path().join("whole.log");
-    let store: Arc<dyn RunStore> = Arc::new(SqliteStore::open(dir.path().join("whole.db")));
-    let uninterrupted = checkout(store, format!("{}/v1", whole.url), whole_side.clone(), Duration::ZERO)
+    let whole_side = dir.join("whole.log");
+    let whole_store: Arc<dyn RunStore> = crewflow::store::open(store).unwrap();
+    let uninterrupted = checkout(whole_store, format!("{}/v1", whole.url), whole_side.clone(), Duration::ZERO)
         .kickoff(())
         .await
         .unwrap()
@@ -137,8 +151,8 @@ async fn a_run_killed_between_two_mcp_tool_calls_does_not_repeat_the_first() {
 
     let server = model().await;
     let model = format!("{}/v1", server.url);
-    let (db, side, run) = (dir.path().join("runs.db"), dir.path().join("effects.log"), RunId::new());
-    let mut victim = child("run", &db, &side, run, &model).spawn().unwrap();
+    let (side, run) = (dir.join("effects.log"), RunId::new());
+    let mut victim = child("run", store, &side, run, &model).spawn().unwrap();
     let started = Instant::now();
     while server.requests().len() < 2 {
         assert!(started.elapsed() < Duration::from_secs(60), "the child never asked for the second tool");
@@ -152,8 +166,8 @@ async fn a_run_killed_between_two_mcp_tool_calls_does_not_repeat_the_first() {
     victim.wait().unwrap();
 
     let out = tokio::task::spawn_blocking({
-        let (db, side, model) = (db.clone(), side.clone(), model.clone());
-        move || child("resume", &db, &side, run, &model).output().unwrap()
+        let (store, side, model) = (store.to_string(), side.clone(), model.clone());
+        move || child("resume", &store, &side, run, &model).output().unwrap()
     })
     .await
     .unwrap();
