@@ -282,15 +282,27 @@ async fn persist_chain20_pg() {
         eprintln!("persist_chain20_pg skipped: set CREWFLOW_TEST_POSTGRES=postgres://...");
         return;
     };
-    let schema = format!("crewflow_bench_{}", uuid::Uuid::new_v4().simple());
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("PostgreSQL");
-    tokio::spawn(conn);
-    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("a schema");
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let scoped = format!("{url}{sep}options=-csearch_path%3D{schema}");
+    let client = pg_client(&url).await;
+    let (schema, scoped) = pg_schema(&client, &url).await;
     persisted_chain("persist_chain20_pg", Arc::new(PostgresStore::connect_lazy(&scoped).expect("a store"))).await;
     report("persist_chain20_pg", "commit_floor_us", "us", commit_floor(&client, &schema).await);
     let _ = client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await;
+}
+
+/// A connection to the PostgreSQL server at `url`.
+async fn pg_client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("PostgreSQL");
+    tokio::spawn(conn);
+    client
+}
+
+/// A new schema for one benchmark (drop it after), and the URL that works in it.
+async fn pg_schema(client: &tokio_postgres::Client, url: &str) -> (String, String) {
+    let schema = format!("crewflow_bench_{}", uuid::Uuid::new_v4().simple());
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("a schema");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let scoped = format!("{url}{sep}options=-csearch_path%3D{schema}");
+    (schema, scoped)
 }
 
 /// The server's floor for one durable write: a bare one-row insert committed on one connection
@@ -350,13 +362,9 @@ async fn persist_chain20_100kb() {
     }
     // The same on PostgreSQL (when `CREWFLOW_TEST_POSTGRES` is set): deltas, then whole states.
     let Ok(url) = std::env::var("CREWFLOW_TEST_POSTGRES") else { return };
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("PostgreSQL");
-    tokio::spawn(conn);
+    let client = pg_client(&url).await;
     for (deltas, suffix) in [(true, "_pg"), (false, "_pg_whole")] {
-        let schema = format!("crewflow_bench_{}", uuid::Uuid::new_v4().simple());
-        client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.expect("a schema");
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let scoped = format!("{url}{sep}options=-csearch_path%3D{schema}");
+        let (schema, scoped) = pg_schema(&client, &url).await;
         let flow = large_chain(Arc::new(PostgresStore::connect_lazy(&scoped).expect("a store")), deltas);
         let per_step = sample(&flow, 20, 3).await.into_iter().map(|d| d.as_nanos() as f64 / 20.0 / 1000.0).collect();
         report("persist_chain20_100kb", &format!("per_step_us{suffix}"), "us", per_step);
