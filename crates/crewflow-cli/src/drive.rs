@@ -5,7 +5,7 @@ use crewflow_core::{DurableError, FeedbackError};
 use std::path::Path;
 use std::sync::Arc;
 
-use crewflow_core::persist::{RunStatus, RunStore};
+use crewflow_core::persist::{LoadRun, RunStatus, RunStore};
 use crewflow_core::{Error, EventKind, FeedbackRequest, RunId};
 use serde_json::{Map, Value, json};
 
@@ -228,7 +228,7 @@ pub(crate) async fn feedback_answer(
     // Say plainly when the run waits for nothing, rather than the engine's resume error.
     if let Some(store) = flow.flow.store() {
         let url = store.describe();
-        match store.load_run(id).await.map_err(|e| store_failed(&url, "load the run", e))? {
+        match store.load_run_with(id, LoadRun::new()).await.map_err(|e| store_failed(&url, "load the run", e))? {
             None => return Err(not_found_run(id, &url)),
             Some(r) if r.status != RunStatus::Paused => {
                 return Err(CliError::new(

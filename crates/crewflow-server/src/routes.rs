@@ -15,7 +15,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use crewflow_core::persist::{RunFilter, RunStatus, RunStore, StoredRun};
+use crewflow_core::persist::{LoadRun, RunFilter, RunStatus, RunStore, StoredRun};
 use crewflow_core::{Error, RunId};
 use futures::StreamExt;
 use serde::Deserialize;
@@ -446,7 +446,7 @@ async fn run_events(
         // replay: the store tells what it knows. A position in another process's stream
         // cannot be placed in the store's, so the replay starts at the run's first step.
         (_, cursor) => {
-            if app.store.load_run(run_id).await.map_err(ApiError::store)?.is_none() {
+            if app.store.load_run_with(run_id, LoadRun::new()).await.map_err(ApiError::store)?.is_none() {
                 return Err(ApiError::unknown_run(&id));
             }
             let skip = match cursor {

@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use crewflow_core::RunId;
-use crewflow_core::persist::{RunEnd, RunStatus, StoredRun, process_owner};
+use crewflow_core::persist::{LoadRun, RunEnd, RunStatus, StoredRun, process_owner};
 use serde_json::json;
 
 use crate::error::ApiError;
@@ -109,7 +109,7 @@ async fn cancel_paused(app: &App, run_id: RunId, stored: &StoredRun) -> Reply {
     if app.live.get(run_id).is_some()
         && let Some(live) = app.live.begin(run_id, &stored.flow)
     {
-        let at = app.store.load_run(run_id).await.ok().flatten().map(|r| json!(r.updated_at));
+        let at = app.store.load_run_with(run_id, LoadRun::new()).await.ok().flatten().map(|r| json!(r.updated_at));
         let frame = json!({"run_id": run_id.to_string(), "at": at, "step": null, "seq": 1});
         live.push(crate::frames::Frame::new("run_cancelled", frame));
         live.end(crate::live::Ended::Err {
