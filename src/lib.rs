@@ -80,6 +80,8 @@
 //! |---|---|---|
 //! | `sqlite` | yes | the SQLite store, the default of `#[flow(persist)]` |
 //! | `postgres` | no | the PostgreSQL store (`store::PostgresStore`) |
+//! | `declarative` | yes | flows written in YAML or JSON ([`declarative`]) |
+//! | `plot` | yes | pictures of flows: Mermaid, DOT, interactive HTML ([`plot`]) |
 //! | `agents` | yes | agents, tools, tasks and crews ([`agents`]) |
 //! | `mcp` | no | tools of MCP servers (stdio, streamable HTTP) for agents; tools and flows served over MCP ([`agents`], `docs/agents.md`) |
 //! | `local` | no | the local model provider (SmolLM2 and MiniLM on the CPU; `scripts/fetch-models`) |
@@ -163,7 +165,9 @@ pub mod llm {
 }
 
 /// Declarative flows: a flow written in YAML or JSON, built at run time against a registry of
-/// Rust functions and providers. See [`docs::declarative`].
+/// Rust functions and providers (feature `declarative`, on by default). See
+/// [`docs::declarative`].
+#[cfg(feature = "declarative")]
 pub mod declarative {
     pub use crewflow_declarative::*;
 }
@@ -182,7 +186,9 @@ pub mod agents {
 }
 
 /// Pictures of flows: Mermaid, DOT, and one self-contained interactive HTML page
-/// (`flow.plot("flow.html")`, with [`plot::Plot`] in scope). See `docs/plot.md`.
+/// (`flow.plot("flow.html")`, with [`plot::Plot`] in scope; feature `plot`, on by default).
+/// See `docs/plot.md`.
+#[cfg(feature = "plot")]
 pub mod plot {
     pub use crewflow_plot::*;
 }
@@ -215,6 +221,7 @@ pub mod __private {
 pub mod prelude {
     pub use crate::chat::{ChatCx, ChatFlow, ChatOptions, ChatState, Conversational, SessionId};
     pub use crate::llm::{ChatRequest, Llm, Message};
+    #[cfg(feature = "plot")]
     pub use crate::plot::Plot;
     pub use crate::trigger::{and, label, or, route, step};
     pub use crate::{

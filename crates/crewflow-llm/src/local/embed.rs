@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+use super::models::bert::{BertModel, Config};
 use super::{default_embedder_dir, default_threads, failed, pool, require};
 use crate::embed::{EmbedFuture, Embedder};
 use crate::error::LlmError;

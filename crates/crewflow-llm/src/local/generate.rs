@@ -7,14 +7,15 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
-use candle_transformers::generation::LogitsProcessor;
-use candle_transformers::models::quantized_llama::ModelWeights;
 use futures::StreamExt;
+use rayon::iter::{IntoParallelIterator, ParallelIterator};
 use tokenizers::Tokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 
+use super::models::llama::{Llama, apply_repeat_penalty};
+use super::models::sampling::Sampler;
 use super::tokens::{Piece, TextStream};
 use super::{default_model_path, default_threads, failed, pool, require};
 use crate::error::LlmError;
@@ -69,7 +70,7 @@ pub struct LocalModel {
 struct Loaded {
     name: String,
     path: PathBuf,
-    weights: Mutex<ModelWeights>,
+    weights: Mutex<Llama>,
     tokenizer: Tokenizer,
     template: Option<String>,
     stop_ids: Vec<u32>,
@@ -145,7 +146,7 @@ impl LocalModel {
             });
         }
         let max_tokens = (request.max_tokens.unwrap_or(self.options.max_tokens) as usize).min(room);
-        let mut sampler = LogitsProcessor::new(
+        let mut sampler = Sampler::new(
             request.seed.unwrap_or(self.options.seed),
             request.temperature.map(f64::from),
             request.top_p.map(f64::from),
@@ -158,7 +159,7 @@ impl LocalModel {
         prompt: Vec<u32>,
         max_tokens: usize,
         stops: &[String],
-        sampler: &mut LogitsProcessor,
+        sampler: &mut Sampler,
         on_text: &mut (dyn FnMut(String) -> bool + Send),
     ) -> Result<(FinishReason, TokenUsage), LlmError> {
         let mut weights = self.inner.weights.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -177,8 +178,7 @@ impl LocalModel {
             let logits = if self.options.repeat_penalty == 1.0 {
                 logits
             } else {
-                candle_transformers::utils::apply_repeat_penalty(&logits, self.options.repeat_penalty, recent)
-                    .map_err(fail)?
+                apply_repeat_penalty(&logits, self.options.repeat_penalty, recent).map_err(fail)?
             };
             let next = sampler.sample(&logits).map_err(fail)?;
             if self.inner.stop_ids.contains(&next) {
@@ -334,24 +334,30 @@ fn tokenizer_from(content: &gguf_file::Content, path: &Path) -> Result<Tokenizer
 
 /// The weights, with Q4_1/Q5_0/Q5_1 matrices re-quantized to Q8_0: candle has SIMD kernels
 /// for Q8_0 but runs those formats scalar, about 5× slower. Takes under a second for 135M.
-fn fast_weights(content: gguf_file::Content, bytes: Vec<u8>, path: &Path) -> Result<ModelWeights, LlmError> {
+fn fast_weights(content: gguf_file::Content, bytes: Vec<u8>, path: &Path) -> Result<Llama, LlmError> {
     let slow = |t: GgmlDType| matches!(t, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1);
     let fail = |e: candle_core::Error| failed("cannot load the weights of", path, e);
     let mut reader = Cursor::new(bytes);
     if !content.tensor_infos.values().any(|info| slow(info.ggml_dtype)) {
-        return ModelWeights::from_gguf(content, &mut reader, &Device::Cpu).map_err(fail);
+        return Llama::from_gguf(content, &mut reader, &Device::Cpu).map_err(fail);
     }
-    let mut tensors = Vec::with_capacity(content.tensor_infos.len());
+    let mut read = Vec::with_capacity(content.tensor_infos.len());
     for name in content.tensor_infos.keys() {
-        let tensor = content.tensor(&mut reader, name, &Device::Cpu).map_err(fail)?;
-        let block_fits = tensor.shape().dims().last().is_some_and(|d| d % GgmlDType::Q8_0.block_size() == 0);
-        let tensor = if slow(tensor.dtype()) && block_fits {
-            QTensor::quantize(&tensor.dequantize(&Device::Cpu).map_err(fail)?, GgmlDType::Q8_0).map_err(fail)?
-        } else {
-            tensor
-        };
-        tensors.push((name.as_str(), tensor));
+        read.push((name.as_str(), content.tensor(&mut reader, name, &Device::Cpu).map_err(fail)?));
     }
+    // Converted on every inference thread (the caller runs in the pool): most of the load.
+    let tensors = read
+        .into_par_iter()
+        .map(|(name, tensor)| {
+            let block_fits = tensor.shape().dims().last().is_some_and(|d| d % GgmlDType::Q8_0.block_size() == 0);
+            if !(slow(tensor.dtype()) && block_fits) {
+                return Ok((name, tensor));
+            }
+            let converted = QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?;
+            Ok((name, converted))
+        })
+        .collect::<candle_core::Result<Vec<_>>>()
+        .map_err(fail)?;
     let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
     let mut fast = Cursor::new(Vec::new());
@@ -359,7 +365,7 @@ fn fast_weights(content: gguf_file::Content, bytes: Vec<u8>, path: &Path) -> Res
     drop(tensors);
     fast.set_position(0);
     let content = gguf_file::Content::read(&mut fast).map_err(fail)?;
-    ModelWeights::from_gguf(content, &mut fast, &Device::Cpu).map_err(fail)
+    Llama::from_gguf(content, &mut fast, &Device::Cpu).map_err(fail)
 }
 
 impl From<LocalModel> for crate::Llm {

@@ -15,8 +15,11 @@
 //! **Threads.** Inference uses `CREWFLOW_LOCAL_THREADS` threads, by default one less than the
 //! machine has (at least one). On a shared CPU, more threads than free cores make spinning
 //! workers wait on each other and decoding collapses by 10–30×; leaving a core free is the
-//! safe default. candle sizes its kernel pool once per process, so the first model loaded
-//! fixes the count.
+//! safe default. [`use_idle_cores`] opts a program that has the machine to itself (the README's
+//! example) into every idle core. candle sizes its kernel pool once per process, so the first
+//! model loaded fixes the count; it is passed to candle as `CANDLE_NUM_THREADS` and
+//! `RAYON_NUM_THREADS` (unless either is set), so a rayon global pool the program builds
+//! afterwards has that many threads too.
 //!
 //! **Quality.** SmolLM2-135M writes fluent short text but cannot follow instructions such
 //! as "answer with one of these labels". Route with [`LocalEmbedder`] (cosine to label
@@ -25,10 +28,12 @@
 
 mod embed;
 mod generate;
+mod models;
 mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::OnceCell;
 
@@ -109,13 +114,60 @@ fn failed(doing: &str, path: &Path, error: impl std::fmt::Display) -> LlmError {
     LlmError::Local(format!("{doing} {}: {error}", path.display()))
 }
 
-/// The number of inference threads: `CREWFLOW_LOCAL_THREADS`, else one less than the
-/// machine's cores, at least one.
+/// The number of inference threads: `CREWFLOW_LOCAL_THREADS`, else the count
+/// [`use_idle_cores`] chose, else one less than the machine's cores, at least one.
 pub fn default_threads() -> usize {
     crate::env(THREADS_VAR)
         .and_then(|t| t.trim().parse::<usize>().ok())
         .filter(|&t| t > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get().saturating_sub(1).max(1)).unwrap_or(1))
+        .or_else(|| Some(IDLE_CORES.load(Ordering::Relaxed)).filter(|&t| t > 0))
+        .unwrap_or_else(|| cores().saturating_sub(1).max(1))
+}
+
+/// What [`use_idle_cores`] chose; 0 until it is called.
+static IDLE_CORES: AtomicUsize = AtomicUsize::new(0);
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Opts this process into inference on every core that is idle now (sampled over 100 ms),
+/// instead of the default of all cores but one; returns the count. Call it before the first
+/// local model loads (the count is fixed then); `CREWFLOW_LOCAL_THREADS` still wins.
+///
+/// For a program that has the machine to itself for a short burst of inference: a command,
+/// an example, a batch job. Not for a server: threads that spin in step collapse by 10–30×
+/// when other work later takes one of their cores (see the module docs), and a server's own
+/// requests are such work. On an idle 2-core machine this doubles decoding speed.
+///
+/// ```no_run
+/// let threads = crewflow_llm::local::use_idle_cores();
+/// println!("local inference on {threads} threads");
+/// ```
+pub fn use_idle_cores() -> usize {
+    let threads = idle_cores().unwrap_or_else(|| cores().saturating_sub(1)).max(1);
+    IDLE_CORES.store(threads, Ordering::Relaxed);
+    threads
+}
+
+/// The cores no process used over the last 100 ms (Linux's `/proc/stat`); `None` elsewhere.
+fn idle_cores() -> Option<usize> {
+    let sample = || -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let times: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+        // user nice system idle iowait irq softirq steal: idle and iowait are idle time.
+        let idle = times.get(3)? + times.get(4).copied().unwrap_or(0);
+        Some((times.iter().take(8).sum(), idle))
+    };
+    let (total_before, idle_before) = sample()?;
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (total_after, idle_after) = sample()?;
+    let total = total_after.saturating_sub(total_before).max(1) as f64;
+    let busy = 1.0 - idle_after.saturating_sub(idle_before) as f64 / total;
+    // A core counts as taken from a fifth of it in use: a busy neighbour that shares it would
+    // make spinning threads wait on each other.
+    let cores = cores();
+    Some(cores.saturating_sub((busy * cores as f64 + 0.8).floor() as usize))
 }
 
 /// The thread pool inference runs in, sized once per process.
@@ -134,14 +186,21 @@ fn pool(threads: usize) -> Result<&'static rayon::ThreadPool, LlmError> {
 }
 
 /// candle's quantized kernels run on a process-wide pool it sizes from `CANDLE_NUM_THREADS`
-/// the first time it multiplies; it has no API for it. Unless the user set it, set it to our
-/// count before candle's first use, so that it does not spin on every core.
+/// the first time it multiplies, and its float matrix products split their work by
+/// `RAYON_NUM_THREADS`, read on every product (without it, candle counts the physical cores
+/// by parsing `/proc/cpuinfo` each time: 3 % of decoding); it has no API for either. Unless
+/// the user set them, set both to our count before candle's first use, so that it does not
+/// spin on every core. (`RAYON_NUM_THREADS` also sizes rayon's global pool if the program
+/// first uses it after this; the module docs say so.)
 #[allow(unsafe_code)]
 fn size_candle_kernels(threads: usize) {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() && std::env::var_os("RAYON_NUM_THREADS").is_none() {
         // SAFETY: `set_var` races only with C code reading the environment at the same time.
         // It runs once, before the first model loads; Rust's own reads take the std lock.
-        unsafe { std::env::set_var("CANDLE_NUM_THREADS", threads.to_string()) };
+        unsafe {
+            std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        }
     }
 }
 
