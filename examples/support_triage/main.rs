@@ -153,11 +153,11 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error + Send + Sy
 
     // This program has the machine to itself for a few seconds: decode on every idle core
     // (twice as fast on two). A server keeps the default, all cores but one.
-    crewflow::llm::local::use_idle_cores();
+    let threads = crewflow::llm::local::use_idle_cores();
     let writer = Llm::from_env()?;
     let embedder = LocalEmbedder::load_default()?;
     println!(
-        "writer: {}/{} (set CREWFLOW_MODEL to change), router: {}",
+        "writer: {}/{} (set CREWFLOW_MODEL to change), router: {}, local inference on {threads} thread(s)",
         writer.provider(),
         writer.model(),
         embedder.model_id()
