@@ -342,6 +342,11 @@ pub struct WorkerArgs {
     /// How often to look for runs, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub poll_ms: u64,
+    /// POST a signed event to this URL when a run this worker drives finishes, fails, pauses
+    /// or is cancelled (as `serve --webhook` does); the signing secret is read from
+    /// $CREWFLOW_WEBHOOK_SECRET.
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
 }
 
 /// `crewflow serve`.

@@ -81,6 +81,7 @@ mod hosted;
 mod lanes;
 mod live;
 mod openapi;
+mod outbox;
 mod replay;
 mod routes;
 mod runs;
@@ -100,6 +101,7 @@ pub use config::{RateLimit, ServerConfig};
 pub use drain::Drain;
 pub use error::ServerError;
 pub use lanes::DoubleTexting;
+pub use outbox::WorkerWebhooks;
 pub use tenants::{Tenants, tenant_router};
 pub use webhooks::{DEFAULT_TOLERANCE, SIGNATURE_HEADER, SignatureError, Webhook, sign, verify_signature};
 
