@@ -215,6 +215,17 @@ impl Server {
         self
     }
 
+    /// How late a missed schedule tick may fire (default 1 hour): when no server fired for a
+    /// while (all were down, the store was unreachable), only the latest missed tick fires,
+    /// and only if it is at most this old when a server finds it; an older one is skipped —
+    /// recorded as skipped (`"skipped": true`, no run, in `GET /schedules/{id}`'s fires) — and
+    /// the schedule goes on from the next tick. `None` fires it however old. Keep it well above
+    /// [`schedule_every`](Server::schedule_every). See `docs/server.md` (schedules).
+    pub fn max_lateness(mut self, limit: Option<std::time::Duration>) -> Self {
+        self.scheduling.max_lateness = limit;
+        self
+    }
+
     /// Whether this server fires schedule ticks (default true). Several servers on one store
     /// may all fire: each tick fires once. Off, it still serves the schedule routes.
     pub fn fire_schedules(mut self, fire: bool) -> Self {
