@@ -19,7 +19,7 @@ pub(crate) async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<Exit, CliError> 
     // A store that does not answer (a dead PostgreSQL) is said now, not on the first request.
     let probe = RunFilter { flow: None, status: None, limit: 1 };
     store.list_runs(&probe).await.map_err(|e| store_failed(&url, "list runs", e))?;
-    let mut server = Server::new(store.clone());
+    let mut server = Server::new(store.clone()).max_lateness(args.max_lateness.0);
     for flow in ctx.all_mounted() {
         server = flow.serve(server).map_err(refused)?;
     }

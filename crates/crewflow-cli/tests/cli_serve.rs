@@ -102,6 +102,12 @@ fn serve_refuses_no_flows_and_a_taken_address() {
     assert!(err.starts_with(&format!("error: could not list runs in the store `{dead}`: ")), "{err}");
     assert!(err.ends_with("; check the URL (--store or $CREWFLOW_DB) and that the database is up\n"), "{err}");
 
+    let out = s.cmd(&["serve", "--flows", "review.yaml", "--store", &db, "--max-lateness", "soon"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("invalid value 'soon' for '--max-lateness <DURATION|none>'"), "{err}");
+    assert!(err.contains("give a duration (`30m`, `2h`, `1day`) or `none` (no limit)"), "{err}");
+
     let out = s.cmd(&["serve", "--flows", "missing.yaml", "--store", &db]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).starts_with("error: cannot read the flow definition missing.yaml: "), "{}", stderr(&out));
