@@ -202,7 +202,8 @@ impl Server {
 
     /// Sends a signed webhook when a run this server drives finishes, fails, pauses for
     /// feedback or is cancelled ([`Webhook`]). Under [`tenant_router`], each tenant's server
-    /// sends its own runs' webhooks.
+    /// sends its own runs' webhooks. Runs a worker drives (those left queued by
+    /// [`run_scheduled(false)`](Server::run_scheduled), say) are told by [`WorkerWebhooks`].
     pub fn webhook(mut self, webhook: Webhook) -> Self {
         self.webhook = Some(webhook);
         self
