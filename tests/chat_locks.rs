@@ -114,3 +114,41 @@ async fn separately_built_copies_of_a_flow_share_the_session_lock() {
     let state = copies[0].session(sid("shared")).await.unwrap().unwrap().state;
     assert_eq!(state.messages.len(), 40, "no turn was refused or lost");
 }
+
+/// One message sent many times at once with its key (a client retrying): it runs once, each
+/// call gets that turn, and the session holds it once. A key names one message, and a session
+/// remembers the last `TURN_KEYS_KEPT` keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keyed_turn_sent_many_times_at_once_runs_once() {
+    let (_dir, path) = temp_db();
+    let flow = slow_echo(&path, Duration::from_millis(1), ChatOptions::default());
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let flow = flow.clone();
+            tokio::spawn(async move { flow.handle_turn_once(sid("retried"), "hello", "key-1").await.unwrap() })
+        })
+        .collect();
+    let mut turns = Vec::new();
+    for call in calls {
+        turns.push(call.await.unwrap());
+    }
+    assert_eq!(turns.iter().filter(|t| !t.repeated).count(), 1, "{turns:?}");
+    assert!(turns.iter().all(|t| (t.index, t.run_id, t.reply.as_str()) == (0, turns[0].run_id, "re: hello")));
+    let session = flow.session(sid("retried")).await.unwrap().unwrap();
+    assert_eq!((session.turns.len(), session.state.messages.len()), (1, 2));
+
+    let err = flow.handle_turn_once(sid("retried"), "other", "key-1").await.unwrap_err();
+    assert!(matches!(err, ChatError::TurnKeyReused { turn: 0, .. }), "{err}");
+    let err = flow.handle_turn_once(sid("retried"), "hello", "").await.unwrap_err();
+    assert!(err.to_string().starts_with("invalid turn key ``: it is empty; "), "{err}");
+
+    // The oldest key is forgotten once TURN_KEYS_KEPT newer keyed turns were saved.
+    for n in 0..crewflow::chat::TURN_KEYS_KEPT {
+        assert!(!flow.handle_turn_once(sid("retried"), &format!("m{n}"), &format!("k{n}")).await.unwrap().repeated);
+    }
+    let last = crewflow::chat::TURN_KEYS_KEPT - 1;
+    let again = flow.handle_turn_once(sid("retried"), &format!("m{last}"), &format!("k{last}")).await.unwrap();
+    assert!(again.repeated && again.index == crewflow::chat::TURN_KEYS_KEPT as u64);
+    let forgotten = flow.handle_turn_once(sid("retried"), "hello", "key-1").await.unwrap();
+    assert!(!forgotten.repeated && forgotten.index == crewflow::chat::TURN_KEYS_KEPT as u64 + 1);
+}

@@ -1296,7 +1296,7 @@ pub async fn each_schedule_tick_fires_once_across_concurrent_callers(db: Databas
     }
     let (got, fires) = store.load_schedule("acme", &s.id, 10).await.unwrap().unwrap();
     assert_eq!((got.last_tick, got.last_run), (Some(tick), Some(won)));
-    assert_eq!(fires.iter().map(|f| (f.tick, f.run_id)).collect::<Vec<_>>(), [(tick, won)]);
+    assert_eq!(fires.iter().map(|f| (f.tick, f.run_id)).collect::<Vec<_>>(), [(tick, Some(won))]);
 
     // The same tick again, or an earlier one: nothing.
     for again in [tick, at(0)] {
@@ -1313,6 +1313,18 @@ pub async fn each_schedule_tick_fires_once_across_concurrent_callers(db: Databas
     assert!(fires.iter().all(|f| (Utc::now() - f.fired_at).num_seconds().abs() < 60), "{fires:?}");
     let (_, one) = store.load_schedule("acme", &s.id, 1).await.unwrap().unwrap();
     assert_eq!(one.len(), 1);
+
+    // A tick skipped (too late to fire): once, no run; the last run stays; it then never fires.
+    let skips: Vec<_> = handles.iter().map(|h| h.skip_schedule_tick(&s.id, at(150_000))).collect();
+    let skipped: Vec<bool> = futures::future::join_all(skips).await.into_iter().map(Result::unwrap).collect();
+    assert_eq!(skipped.iter().filter(|s| **s).count(), 1, "{skipped:?}");
+    assert!(!store.skip_schedule_tick(&s.id, at(90_000)).await.unwrap(), "an earlier tick was skipped");
+    let run = new_run("", RunStatus::Queued);
+    assert!(!store.fire_schedule(&s.id, at(150_000), &run).await.unwrap(), "a skipped tick fired");
+    let (got, fires) = store.load_schedule("acme", &s.id, 10).await.unwrap().unwrap();
+    assert_eq!((got.last_tick, got.last_run), (Some(at(150_000)), Some(later.run_id)));
+    let listed: Vec<_> = fires.iter().map(|f| (f.tick, f.run_id)).collect();
+    assert_eq!(listed, [(at(150_000), None), (at(120_000), Some(later.run_id)), (tick, Some(won))]);
 
     // Only queued runs fire; a deleted schedule fires nothing, its fires gone, its runs kept.
     assert!(store.fire_schedule(&s.id, at(180_000), &new_run("x", RunStatus::Running)).await.is_err());

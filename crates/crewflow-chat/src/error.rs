@@ -74,6 +74,29 @@ pub enum ChatError {
         /// Why, and the fix.
         source: crewflow_core::StateError,
     },
+    /// A turn key ([`ChatFlow::handle_turn_once`](crate::ChatFlow::handle_turn_once)) that
+    /// cannot be used.
+    #[error(
+        "invalid turn key `{key}`: {reason}; use a non-empty string of at most 255 bytes without control characters (a UUID the client makes per message)"
+    )]
+    InvalidTurnKey {
+        /// The key as given, shortened to 64 characters, its control characters escaped.
+        key: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A turn key was sent again with another message than the turn it named.
+    #[error(
+        "turn key `{key}` of session `{session}` was used by turn {turn}, whose message differs; a key names one message: send a new message with a new key"
+    )]
+    TurnKeyReused {
+        /// The session.
+        session: String,
+        /// The key.
+        key: String,
+        /// The turn that ran with it.
+        turn: u64,
+    },
     /// [`ChatOptions`](crate::ChatOptions) that cannot work.
     #[error("{0}")]
     InvalidOptions(String),

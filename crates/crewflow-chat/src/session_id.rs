@@ -63,6 +63,21 @@ impl SessionId {
     }
 }
 
+/// Checks a turn key ([`ChatFlow::handle_turn_once`](crate::ChatFlow::handle_turn_once)):
+/// non-empty, at most 255 bytes, no control characters.
+pub(crate) fn check_turn_key(key: &str) -> Result<(), ChatError> {
+    let reason = if key.is_empty() {
+        "it is empty"
+    } else if key.len() > 255 {
+        "it is longer than 255 bytes"
+    } else if key.chars().any(char::is_control) {
+        "it contains control characters"
+    } else {
+        return Ok(());
+    };
+    Err(ChatError::InvalidTurnKey { key: shown(key), reason })
+}
+
 /// The id as an error message may show it: at most 64 characters, control characters escaped.
 fn shown(id: &str) -> String {
     let mut out = String::new();

@@ -97,6 +97,12 @@ pub struct ChatState {
     /// The reply set with [`ChatCx::reply`](crate::ChatCx::reply) during the current turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) pending_reply: Option<String>,
+    /// The keys of the last [`TURN_KEYS_KEPT`] turns run with a key
+    /// ([`ChatFlow::handle_turn_once`](crate::ChatFlow::handle_turn_once)), oldest first: a
+    /// turn sent again with one of them is answered from the store instead of running twice.
+    /// Saved with the state, in the turn's transaction.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) turn_keys: Vec<TurnKey>,
     /// The flow's window ([`ChatOptions::window`](crate::ChatOptions::window)), set for each turn.
     #[serde(skip)]
     pub(crate) window: usize,
@@ -107,6 +113,18 @@ pub struct ChatState {
     /// The index of `messages[0]` in the whole transcript (a turn loads its end only).
     #[serde(skip)]
     pub(crate) transcript_offset: usize,
+}
+
+/// How many turn keys a session remembers ([`ChatFlow::handle_turn_once`](crate::ChatFlow::handle_turn_once)):
+/// a key older than the last this many keyed turns is forgotten, and a turn sent with it runs
+/// again.
+pub const TURN_KEYS_KEPT: usize = 64;
+
+/// A turn key and the index of the turn it ran as.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TurnKey {
+    pub(crate) key: String,
+    pub(crate) turn: u64,
 }
 
 /// The recent history a model should see: the summary of older turns, then the last messages.
@@ -180,6 +198,18 @@ impl ChatState {
         self.last_user_message = Some(message.to_string());
         self.previous_intent = self.last_intent.take();
         self.pending_reply = None;
+    }
+
+    /// The index of the turn run with `key`, if it is remembered.
+    pub(crate) fn turn_of_key(&self, key: &str) -> Option<u64> {
+        self.turn_keys.iter().rev().find(|k| k.key == key).map(|k| k.turn)
+    }
+
+    /// Remembers that turn `turn` ran with `key`, forgetting the oldest beyond [`TURN_KEYS_KEPT`].
+    pub(crate) fn remember_key(&mut self, key: &str, turn: u64) {
+        self.turn_keys.push(TurnKey { key: key.to_string(), turn });
+        let over = self.turn_keys.len().saturating_sub(TURN_KEYS_KEPT);
+        self.turn_keys.drain(..over);
     }
 
     /// Appends the reply and counts the turn.

@@ -46,6 +46,10 @@ pub struct Turn {
     pub elapsed: Duration,
     /// Whether older messages were compacted into the summary at the end of this turn.
     pub compacted: bool,
+    /// `true` when the turn's key ([`ChatFlow::handle_turn_once`]) named a turn saved before:
+    /// this is that turn, read back from the store, and nothing ran. Its `routes` are then
+    /// empty and `compacted` is `false` (the store keeps neither), its `elapsed` this call's.
+    pub repeated: bool,
 }
 
 /// What a streamed turn reports, in order: tokens and events while it runs, then the turn.
@@ -192,21 +196,62 @@ impl<S: Conversational> ChatFlow<S> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::NoRuntime { call: "ChatFlow::handle_turn", instead: "a tokio runtime" }.into());
         }
-        self.turn(session.as_session_id(), message, None).await
+        self.turn(session.as_session_id(), message, None, None).await
+    }
+
+    /// [`handle_turn`](ChatFlow::handle_turn), run at most once for `key`: a key the client
+    /// makes for each message it sends (a UUID), and sends again when it retries that message
+    /// — after a timeout, a dropped connection, a server that died mid-turn. Under the
+    /// session's lock, a key the session has saved a turn with answers that turn from the
+    /// store ([`Turn::repeated`]) and runs nothing; an unknown key runs the turn, and the key
+    /// is saved with it, in the turn's transaction. So a retry never stores the message twice,
+    /// whether the first attempt was saved (then it is answered) or not (then it runs now).
+    ///
+    /// A session remembers the keys of its last [`TURN_KEYS_KEPT`](crate::TURN_KEYS_KEPT)
+    /// keyed turns. A key sent again with another message is [`ChatError::TurnKeyReused`]; a
+    /// key that is empty, longer than 255 bytes or holds control characters is
+    /// [`ChatError::InvalidTurnKey`].
+    pub async fn handle_turn_once(
+        &self,
+        session: impl AsSessionId,
+        message: &str,
+        key: &str,
+    ) -> Result<Turn, ChatError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime { call: "ChatFlow::handle_turn_once", instead: "a tokio runtime" }.into());
+        }
+        crate::session_id::check_turn_key(key)?;
+        self.turn(session.as_session_id(), message, Some(key), None).await
     }
 
     /// [`handle_turn`](ChatFlow::handle_turn), streaming the turn's tokens and events as they
     /// happen, then the turn. Errors arrive on the stream.
     pub fn stream_turn(&self, session: impl AsSessionId, message: &str) -> TurnStream {
+        self.stream(session.as_session_id(), message, None)
+    }
+
+    /// [`handle_turn_once`](ChatFlow::handle_turn_once), streaming like
+    /// [`stream_turn`](ChatFlow::stream_turn). A repeated turn streams only its
+    /// [`TurnEvent::Finished`].
+    pub fn stream_turn_once(&self, session: impl AsSessionId, message: &str, key: &str) -> TurnStream {
+        self.stream(session.as_session_id(), message, Some(key))
+    }
+
+    fn stream(&self, session: &SessionId, message: &str, key: Option<&str>) -> TurnStream {
         let (tx, rx) = unbounded_channel();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             let e = Error::NoRuntime { call: "ChatFlow::stream_turn", instead: "a tokio runtime" };
             let _ = tx.send(Err(e.into()));
             return TurnStream { rx, task: None };
         };
-        let (chat, session, message) = (self.clone(), session.as_session_id().clone(), message.to_string());
+        if let Some(Err(e)) = key.map(crate::session_id::check_turn_key) {
+            let _ = tx.send(Err(e));
+            return TurnStream { rx, task: None };
+        }
+        let (chat, session, message) = (self.clone(), session.clone(), message.to_string());
+        let key = key.map(str::to_string);
         let task = rt.spawn(async move {
-            let result = chat.turn(&session, &message, Some(&tx)).await;
+            let result = chat.turn(&session, &message, key.as_deref(), Some(&tx)).await;
             let _ = tx.send(result.map(TurnEvent::Finished));
         });
         TurnStream { rx, task: Some(task) }
@@ -269,18 +314,24 @@ impl<S: Conversational> ChatFlow<S> {
         ChatError::from_store(self.store.describe(), action, e, self.options.lock_timeout)
     }
 
-    async fn turn(&self, session: &SessionId, message: &str, sink: Option<&Sink>) -> Result<Turn, ChatError> {
+    async fn turn(
+        &self,
+        session: &SessionId,
+        message: &str,
+        key: Option<&str>,
+        sink: Option<&Sink>,
+    ) -> Result<Turn, ChatError> {
         let (clock, started_at) = (Instant::now(), Utc::now());
         let wait = self.options.lock_timeout;
         let busy = || ChatError::SessionBusy { session: session.to_string(), waited: wait };
-        let key = format!("{}\0{session}", self.name());
-        let local = crate::lock::process_locks().lock(&key, wait).await.ok_or_else(busy)?;
+        let lock = format!("{}\0{session}", self.name());
+        let local = crate::lock::process_locks().lock(&lock, wait).await.ok_or_else(busy)?;
         let remote = self
             .store
             .lock_session(self.name(), session.as_str(), wait.saturating_sub(clock.elapsed()))
             .await
             .map_err(|e| self.fail("lock the session", e))?;
-        let result = self.locked_turn(session, message, sink, (clock, started_at)).await;
+        let result = self.locked_turn(session, message, key, sink, (clock, started_at)).await;
         if let Some(guard) = remote {
             guard.release().await;
         }
@@ -292,6 +343,7 @@ impl<S: Conversational> ChatFlow<S> {
         &self,
         session: &SessionId,
         message: &str,
+        key: Option<&str>,
         sink: Option<&Sink>,
         (clock, started_at): (Instant, DateTime<Utc>),
     ) -> Result<Turn, ChatError> {
@@ -301,6 +353,10 @@ impl<S: Conversational> ChatFlow<S> {
             // A new id starts from the default state, never from another session's.
             None => (S::default(), 0, Loaded::default()),
         };
+        // Looked up under the lock: a turn saved with this key by any process is seen here.
+        if let Some((key, turn)) = key.and_then(|k| Some((k, state.chat().turn_of_key(k)?))) {
+            return self.repeated_turn(session, message, key, turn, clock).await;
+        }
         state.chat_mut().window = options.window;
         state.chat_mut().compact_after = options.summarize_after;
         state.chat_mut().begin_turn(message);
@@ -340,6 +396,9 @@ impl<S: Conversational> ChatFlow<S> {
             chat.last_intent = routes.first().cloned();
         }
         chat.end_turn(&reply);
+        if let Some(key) = key {
+            chat.remember_key(key, index); // saved with the turn, in its transaction
+        }
         let compacted = self.compact(&mut run.state).await;
         let turn = Turn {
             session_id: session.clone(),
@@ -351,10 +410,44 @@ impl<S: Conversational> ChatFlow<S> {
             usage: run.usage(),
             elapsed: clock.elapsed(),
             compacted,
+            repeated: false,
         };
         let save = self.turn_save(run.state, loaded, &turn, message, expected_turns, started_at, &events)?;
         self.store.save_turn(&save).await.map_err(|e| self.fail("save the turn", e))?;
         Ok(turn)
+    }
+
+    /// The turn saved with `key` (turn `index`), read back from the store: nothing runs.
+    async fn repeated_turn(
+        &self,
+        session: &SessionId,
+        message: &str,
+        key: &str,
+        index: u64,
+        clock: Instant,
+    ) -> Result<Turn, ChatError> {
+        let turns =
+            self.store.list_turns(self.name(), session.as_str()).await.map_err(|e| self.fail("list the turns", e))?;
+        let Some(record) = turns.into_iter().find(|t| t.index == index) else {
+            return Err(ChatError::Internal(format!(
+                "session `{session}` remembers turn key `{key}` for turn {index}, which is not stored"
+            )));
+        };
+        if record.user_message != message {
+            return Err(ChatError::TurnKeyReused { session: session.to_string(), key: key.to_string(), turn: index });
+        }
+        Ok(Turn {
+            session_id: session.clone(),
+            index,
+            run_id: record.run_id,
+            reply: record.reply,
+            intent: record.intent,
+            routes: Vec::new(),
+            usage: record.usage,
+            elapsed: clock.elapsed(),
+            compacted: false,
+            repeated: true,
+        })
     }
 
     /// The session's state with the end of its transcript a turn needs (see

@@ -342,6 +342,11 @@ pub struct WorkerArgs {
     /// How often to look for runs, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub poll_ms: u64,
+    /// POST a signed event to this URL when a run this worker drives finishes, fails, pauses
+    /// or is cancelled (as `serve --webhook` does); the signing secret is read from
+    /// $CREWFLOW_WEBHOOK_SECRET.
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
 }
 
 /// `crewflow serve`.
@@ -364,6 +369,23 @@ pub struct ServeArgs {
     /// kill timeout.
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
     pub grace: std::time::Duration,
+    /// A cron schedule's missed tick older than this when the server finds it (after an
+    /// outage) is recorded as skipped, not fired; `none` fires it however old.
+    #[arg(long, value_name = "DURATION|none", default_value = "1h", value_parser = parse_lateness)]
+    pub max_lateness: Lateness,
+}
+
+/// `serve --max-lateness`: a duration, or `None` for no limit.
+#[derive(Clone, Copy, Debug)]
+pub struct Lateness(pub Option<std::time::Duration>);
+
+fn parse_lateness(text: &str) -> Result<Lateness, String> {
+    if text.trim().eq_ignore_ascii_case("none") {
+        return Ok(Lateness(None));
+    }
+    humantime::parse_duration(text.trim())
+        .map(|d| Lateness(Some(d)))
+        .map_err(|e| format!("{e}; give a duration (`30m`, `2h`, `1day`) or `none` (no limit)"))
 }
 
 /// `crewflow chat`.

@@ -19,7 +19,7 @@ pub(crate) async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<Exit, CliError> 
     // A store that does not answer (a dead PostgreSQL) is said now, not on the first request.
     let probe = RunFilter { flow: None, status: None, limit: 1 };
     store.list_runs(&probe).await.map_err(|e| store_failed(&url, "list runs", e))?;
-    let mut server = Server::new(store.clone());
+    let mut server = Server::new(store.clone()).max_lateness(args.max_lateness.0);
     for flow in ctx.all_mounted() {
         server = flow.serve(server).map_err(refused)?;
     }
@@ -144,8 +144,9 @@ fn server_store(ctx: &Ctx) -> Result<(Arc<dyn RunStore>, String), CliError> {
 /// other users of the machine can read).
 const WEBHOOK_SECRET_VAR: &str = "CREWFLOW_WEBHOOK_SECRET";
 
-/// `--webhook URL`, signed with the secret of `$CREWFLOW_WEBHOOK_SECRET`.
-fn webhook(url: &str) -> Result<Webhook, CliError> {
+/// `--webhook URL` (of `serve` and `worker`), signed with the secret of
+/// `$CREWFLOW_WEBHOOK_SECRET`.
+pub(crate) fn webhook(url: &str) -> Result<Webhook, CliError> {
     let secret = std::env::var(WEBHOOK_SECRET_VAR).unwrap_or_default();
     if secret.is_empty() {
         return Err(CliError::new(
@@ -155,7 +156,7 @@ fn webhook(url: &str) -> Result<Webhook, CliError> {
             ),
         ));
     }
-    Webhook::new(url, secret).map_err(refused)
+    Webhook::new(url, secret).map_err(|e| CliError::new(Exit::Usage, format!("--webhook: {e}")))
 }
 
 fn refused(e: ServerError) -> CliError {

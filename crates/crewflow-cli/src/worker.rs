@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crewflow_core::{Canceller, Kickoff, Worker, WorkerReport};
+use crewflow_server::WorkerWebhooks;
 use serde_json::json;
 
 use crate::commands::Ctx;
@@ -46,6 +47,10 @@ pub(crate) async fn worker(ctx: &Ctx, args: WorkerArgs) -> Result<Exit, CliError
     if flows.is_empty() {
         return Err(CliError::new(Exit::Usage, "no flows to run: give their definitions with --flows FILE…"));
     }
+    let hooks = match &args.webhook {
+        Some(url) => Some(WorkerWebhooks::start(crate::serve::webhook(url)?, store.clone())),
+        None => None,
+    };
     let mut worker = Worker::new(store).poll_interval(Duration::from_millis(args.poll_ms));
     let names: Vec<&str> = flows.iter().map(|f| f.name()).collect();
     if !ctx.json {
@@ -61,14 +66,43 @@ pub(crate) async fn worker(ctx: &Ctx, args: WorkerArgs) -> Result<Exit, CliError
         stop.cancel();
     });
     let json = ctx.json;
-    worker
-        .run(shutdown, move |report| say(json, &report))
-        .await
-        .map_err(|e| CliError::new(Exit::Store, format!("the worker stopped: {e}")))?;
+    // Each reported run's webhook event is recorded in the store (then sent) in the
+    // background; all are recorded before the worker stops.
+    let mut queued = tokio::task::JoinSet::new();
+    let ran = worker
+        .run(shutdown, |report| {
+            say(json, &report);
+            while let Some(done) = queued.try_join_next() {
+                unrecorded(done);
+            }
+            if let Some(hooks) = hooks.clone() {
+                queued.spawn(async move { hooks.run_ended(report.run_id).await.map_err(|e| (report.run_id, e)) });
+            }
+        })
+        .await;
+    while let Some(done) = queued.join_next().await {
+        unrecorded(done);
+    }
+    if let Some(hooks) = &hooks {
+        hooks.flush(Duration::from_secs(10)).await; // the rest waits in the store for the next sender
+    }
+    ran.map_err(|e| CliError::new(Exit::Store, format!("the worker stopped: {e}")))?;
     if !json {
         eprintln!("worker stopped");
     }
     Ok(Exit::Ok)
+}
+
+/// Says when a run's webhook event could not be recorded (the store did not answer): it is
+/// not sent.
+fn unrecorded(done: Result<Result<bool, (crewflow_core::RunId, crewflow_core::Error)>, tokio::task::JoinError>) {
+    match done {
+        Ok(Err((run_id, e))) => {
+            eprintln!("warning: the webhook of run {run_id} was not recorded, and is not sent: {e}")
+        }
+        Err(e) => eprintln!("warning: a webhook was not recorded: {e}"),
+        Ok(Ok(_)) => {}
+    }
 }
 
 fn say(json: bool, report: &WorkerReport) {

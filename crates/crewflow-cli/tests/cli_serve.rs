@@ -102,6 +102,12 @@ fn serve_refuses_no_flows_and_a_taken_address() {
     assert!(err.starts_with(&format!("error: could not list runs in the store `{dead}`: ")), "{err}");
     assert!(err.ends_with("; check the URL (--store or $CREWFLOW_DB) and that the database is up\n"), "{err}");
 
+    let out = s.cmd(&["serve", "--flows", "review.yaml", "--store", &db, "--max-lateness", "soon"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("invalid value 'soon' for '--max-lateness <DURATION|none>'"), "{err}");
+    assert!(err.contains("give a duration (`30m`, `2h`, `1day`) or `none` (no limit)"), "{err}");
+
     let out = s.cmd(&["serve", "--flows", "missing.yaml", "--store", &db]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).starts_with("error: cannot read the flow definition missing.yaml: "), "{}", stderr(&out));
@@ -459,4 +465,66 @@ fn two_serve_processes_on_one_postgres_fire_each_tick_once() {
         assert!(status.success());
     }
     assert_eq!((one.wait().unwrap().code(), two.wait().unwrap().code()), (Some(0), Some(0)));
+}
+
+/// `crewflow worker --webhook`: the runs a worker drives (here queued with `run --queue`, as
+/// scheduled runs a server leaves to workers are) send the same signed events a server sends.
+#[test]
+fn a_worker_sends_signed_webhooks_for_the_runs_it_drives() {
+    const SECRET: &str = "whsec_worker_0123456789abcdef";
+    let s = Scratch::new();
+    s.write("review.yaml", REVIEW);
+    s.write("reviewed.yaml", REVIEWED);
+    let db = s.db("runs.db");
+    let (hook, deliveries) = receiver();
+    let worker_args = ["worker", "--flows", "review.yaml", "reviewed.yaml", "--store", &db, "--poll-ms", "50"];
+    let out = s.cmd(&worker_args).args(["--webhook", &hook]).env_remove("CREWFLOW_WEBHOOK_SECRET").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("set $CREWFLOW_WEBHOOK_SECRET"), "{}", stderr(&out));
+
+    let mut queued = Vec::new();
+    for (flow, topic) in [("review.yaml", "worker hooks"), ("reviewed.yaml", "a pause")] {
+        let input = format!("topic={topic}");
+        let out = s.cmd(&["run", flow, "--queue", "--input", &input, "--store", &db]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        queued.push(stdout(&out).trim().to_string());
+    }
+    let worker = std::process::Command::new(assert_cmd::cargo::cargo_bin!("crewflow"))
+        .current_dir(s.dir.path())
+        .env_remove("CREWFLOW_DB")
+        .env("CREWFLOW_WEBHOOK_SECRET", SECRET)
+        .args(worker_args)
+        .args(["--webhook", &hook])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut events = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        // generous: only a guard against a hung worker, not a speed check
+        let (headers, body) = deliveries.recv_timeout(Duration::from_secs(60)).expect("no webhook from the worker");
+        let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default();
+        crewflow_server::verify_signature(
+            SECRET.as_bytes(),
+            &header("crewflow-signature"),
+            body.as_bytes(),
+            crewflow_server::DEFAULT_TOLERANCE,
+        )
+        .unwrap();
+        let event: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(event["type"].as_str(), Some(header("crewflow-event").as_str()), "{event}");
+        events.insert(event["data"]["run_id"].as_str().unwrap().to_string(), event);
+    }
+    let finished = &events[&queued[0]];
+    assert_eq!(finished["type"], "run.finished", "{finished}");
+    assert_eq!(finished["data"]["output"], "published: draft about worker hooks", "{finished}");
+    assert_eq!((finished["data"]["flow"].as_str(), finished["data"]["steps"].as_u64()), (Some("review"), Some(3)));
+    let paused = &events[&queued[1]];
+    assert_eq!(paused["type"], "run.paused", "{paused}");
+    assert_eq!(paused["data"]["feedback"]["message"], "Is this draft good?", "{paused}");
+
+    sigterm(&worker);
+    let (code, err, _) = exit_within(worker, Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(deliveries.try_recv().is_err(), "an event was sent twice");
 }

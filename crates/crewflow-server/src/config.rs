@@ -148,6 +148,7 @@ impl ServerConfig {
                     header::CONTENT_TYPE,
                     HeaderName::from_static("x-api-key"),
                     HeaderName::from_static("last-event-id"),
+                    HeaderName::from_static("idempotency-key"),
                 ])
                 .expose_headers([header::RETRY_AFTER])
                 .max_age(Duration::from_secs(600)),

@@ -66,6 +66,7 @@ pub(crate) fn turn_json(flow: &str, turn_id: &str, turn: &Turn) -> Value {
         "routes": turn.routes,
         "usage": turn.usage,
         "compacted": turn.compacted,
+        "repeated": turn.repeated,
         "elapsed_ms": u64::try_from(turn.elapsed.as_millis()).unwrap_or(u64::MAX),
     })
 }

@@ -81,6 +81,7 @@ mod hosted;
 mod lanes;
 mod live;
 mod openapi;
+mod outbox;
 mod replay;
 mod routes;
 mod runs;
@@ -100,6 +101,7 @@ pub use config::{RateLimit, ServerConfig};
 pub use drain::Drain;
 pub use error::ServerError;
 pub use lanes::DoubleTexting;
+pub use outbox::WorkerWebhooks;
 pub use tenants::{Tenants, tenant_router};
 pub use webhooks::{DEFAULT_TOLERANCE, SIGNATURE_HEADER, SignatureError, Webhook, sign, verify_signature};
 
@@ -200,7 +202,8 @@ impl Server {
 
     /// Sends a signed webhook when a run this server drives finishes, fails, pauses for
     /// feedback or is cancelled ([`Webhook`]). Under [`tenant_router`], each tenant's server
-    /// sends its own runs' webhooks.
+    /// sends its own runs' webhooks. Runs a worker drives (those left queued by
+    /// [`run_scheduled(false)`](Server::run_scheduled), say) are told by [`WorkerWebhooks`].
     pub fn webhook(mut self, webhook: Webhook) -> Self {
         self.webhook = Some(webhook);
         self
@@ -210,6 +213,17 @@ impl Server {
     /// this long after its time. See `docs/server.md` (schedules).
     pub fn schedule_every(mut self, every: std::time::Duration) -> Self {
         self.scheduling.every = every.max(std::time::Duration::from_millis(10));
+        self
+    }
+
+    /// How late a missed schedule tick may fire (default 1 hour): when no server fired for a
+    /// while (all were down, the store was unreachable), only the latest missed tick fires,
+    /// and only if it is at most this old when a server finds it; an older one is skipped —
+    /// recorded as skipped (`"skipped": true`, no run, in `GET /schedules/{id}`'s fires) — and
+    /// the schedule goes on from the next tick. `None` fires it however old. Keep it well above
+    /// [`schedule_every`](Server::schedule_every). See `docs/server.md` (schedules).
+    pub fn max_lateness(mut self, limit: Option<std::time::Duration>) -> Self {
+        self.scheduling.max_lateness = limit;
         self
     }
 

@@ -10,7 +10,9 @@
 //!
 //! Missed ticks (every instance was down, or busy past the tick): only the latest missed tick
 //! fires, once, when an instance looks next; the earlier ones are skipped, never fired as a
-//! burst. No tick before a schedule's creation fires.
+//! burst. The latest is skipped too — recorded as a skipped tick, with no run — when it is
+//! older than the server's maximum lateness ([`Server::max_lateness`](crate::Server::max_lateness),
+//! 1 hour by default). No tick before a schedule's creation fires.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -44,11 +46,22 @@ pub(crate) struct Scheduling {
     pub run_here: bool,
     /// How often it looks.
     pub every: Duration,
+    /// A missed tick older than this when it is found is skipped, not fired (`None`: fired
+    /// however old).
+    pub max_lateness: Option<Duration>,
 }
+
+/// The default [`Scheduling::max_lateness`]: 1 hour.
+pub(crate) const DEFAULT_MAX_LATENESS: Duration = Duration::from_secs(3600);
 
 impl Default for Scheduling {
     fn default() -> Self {
-        Scheduling { fire: true, run_here: true, every: Duration::from_secs(1) }
+        Scheduling {
+            fire: true,
+            run_here: true,
+            every: Duration::from_secs(1),
+            max_lateness: Some(DEFAULT_MAX_LATENESS),
+        }
     }
 }
 
@@ -121,7 +134,12 @@ fn schedule_json(app: &App, s: &StoredSchedule) -> Value {
 }
 
 fn fire_json(f: &ScheduleFire) -> Value {
-    json!({"tick": f.tick, "run_id": f.run_id.to_string(), "fired_at": f.fired_at})
+    json!({
+        "tick": f.tick,
+        "run_id": f.run_id.map(|r| r.to_string()),
+        "skipped": f.run_id.is_none(),
+        "fired_at": f.fired_at,
+    })
 }
 
 /// `POST /flows/{flow}/schedules` with `{"cron": "...", "inputs": {...}}`: `201` and the
@@ -258,10 +276,37 @@ async fn fire_due(app: &Arc<App>) {
         let Ok(cron) = parse_cron(&schedule.cron) else { continue };
         let Ok(latest) = cron.find_previous_occurrence(&now, true) else { continue };
         let after = schedule.last_tick.map_or(schedule.created_at, |t| t.max(schedule.created_at));
-        if latest > after {
-            fire(app, hosted, &schedule, latest).await;
+        if latest <= after {
+            continue;
+        }
+        let late = (now - latest).to_std().unwrap_or_default();
+        match app.scheduling.max_lateness {
+            Some(limit) if late > limit => skip(app, &schedule, latest, late, limit).await,
+            _ => fire(app, hosted, &schedule, latest).await,
         }
     }
+}
+
+/// Skips a tick found too late to fire: recorded as skipped (once across instances), no run.
+async fn skip(app: &Arc<App>, schedule: &StoredSchedule, tick: DateTime<Utc>, late: Duration, limit: Duration) {
+    let errors = &app.schedule_errors;
+    match app.store.skip_schedule_tick(&schedule.id, tick).await {
+        Ok(_) => errors.clear(&schedule.id),
+        Err(e) => {
+            let why = format!(
+                "tick {} was found {} late, over the maximum lateness of {}, and is skipped, but the store refused to record it ({e}); it is tried again",
+                tick.to_rfc3339(),
+                humanize(late),
+                humanize(limit)
+            );
+            errors.set(&schedule.id, why);
+        }
+    }
+}
+
+/// A duration in whole seconds, for messages.
+fn humanize(d: Duration) -> String {
+    format!("{} s", d.as_secs())
 }
 
 /// Fires one tick: records it with its queued run (once across instances), then drives the run

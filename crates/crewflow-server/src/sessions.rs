@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use crewflow_chat::{ChatError, SessionId, TurnEvent};
@@ -56,7 +56,10 @@ fn chat_error(e: ChatError) -> ApiError {
     let (status, code) = match &e {
         ChatError::SessionBusy { .. } => (StatusCode::CONFLICT, "session_busy"),
         ChatError::SessionConflict(_) => (StatusCode::CONFLICT, "session_conflict"),
-        ChatError::InvalidSessionId { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+        ChatError::InvalidSessionId { .. } | ChatError::InvalidTurnKey { .. } => {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        }
+        ChatError::TurnKeyReused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "turn_key_reused"),
         ChatError::Store { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         ChatError::CorruptSession { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_session"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "turn_failed"),
@@ -244,16 +247,69 @@ pub(crate) async fn delete_session(State(app): Shared, id: Result<Path<String>, 
     Ok(Json(json!({"id": id, "flow": located.flow, "deleted": true})).into_response())
 }
 
-/// The message of a turn's body: `{"message": "..."}`.
-fn message_of(body: &[u8]) -> Result<String, ApiError> {
+/// A turn as sent: its message and, if the client gave one, its idempotency key.
+struct TurnBody {
+    message: String,
+    key: Option<String>,
+}
+
+/// The header a REST turn may carry its key in (`idempotency_key` in the body does the same).
+const KEY_HEADER: &str = "idempotency-key";
+
+/// The turn of a body: `{"message": "...", "idempotency_key"?: "..."}`.
+fn message_of(body: &[u8]) -> Result<TurnBody, ApiError> {
     let body = object_body(&Bytes::copy_from_slice(body), "the turn")?;
-    if let Some(extra) = body.keys().find(|k| k.as_str() != "message") {
-        return Err(ApiError::bad_request(format!("unknown field `{extra}`; the body is {{\"message\": \"...\"}}")));
+    if let Some(extra) = body.keys().find(|k| !matches!(k.as_str(), "message" | "idempotency_key")) {
+        return Err(ApiError::bad_request(format!(
+            "unknown field `{extra}`; the body is {{\"message\": \"...\", \"idempotency_key\": \"...\"}} (the key is optional)"
+        )));
     }
+    let key = match body.get("idempotency_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(key)) => Some(checked_key(key)?),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("`idempotency_key` must be a string, not {other}")));
+        }
+    };
     match body.get("message") {
-        Some(Value::String(text)) => Ok(text.clone()),
+        Some(Value::String(text)) => Ok(TurnBody { message: text.clone(), key }),
         Some(other) => Err(ApiError::bad_request(format!("`message` must be a string, not {other}"))),
         None => Err(ApiError::bad_request("the body needs `message`: {\"message\": \"hello\"}")),
+    }
+}
+
+/// A turn key as the chat flow takes it (non-empty, at most 255 bytes, no control characters).
+fn checked_key(key: &str) -> Result<String, ApiError> {
+    let reason = if key.is_empty() {
+        "it is empty"
+    } else if key.len() > 255 {
+        "it is longer than 255 bytes"
+    } else if key.chars().any(char::is_control) {
+        "it contains control characters"
+    } else {
+        return Ok(key.to_string());
+    };
+    Err(ApiError::bad_request(format!(
+        "the idempotency key cannot be used: {reason}; send a non-empty key of at most 255 bytes without control characters (a UUID made per message)"
+    )))
+}
+
+/// The key of a REST turn: the `Idempotency-Key` header or the body's `idempotency_key`
+/// (both: they must be equal).
+fn key_of(headers: &HeaderMap, body: &mut TurnBody) -> Result<(), ApiError> {
+    let Some(value) = headers.get(KEY_HEADER) else { return Ok(()) };
+    let header = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("the Idempotency-Key header is not visible ASCII; send a UUID"))?;
+    let header = checked_key(header)?;
+    match &body.key {
+        Some(key) if *key != header => Err(ApiError::bad_request(format!(
+            "the Idempotency-Key header (`{header}`) and the body's `idempotency_key` (`{key}`) differ; send one of them"
+        ))),
+        _ => {
+            body.key = Some(header);
+            Ok(())
+        }
     }
 }
 
@@ -262,7 +318,7 @@ fn message_of(body: &[u8]) -> Result<String, ApiError> {
 fn start_turn(
     app: &Arc<App>,
     located: Located,
-    message: String,
+    body: TurnBody,
     sink: UnboundedSender<Frame>,
 ) -> Result<String, ApiError> {
     let turn_id = RunId::new().to_string();
@@ -282,7 +338,7 @@ fn start_turn(
     let app = app.clone();
     tokio::spawn(async move {
         let _tracked = tracked; // counted as going until the turn ends
-        if run_turn(&located, &message, &ticket, &sink).await {
+        if run_turn(&located, &body, &ticket, &sink).await {
             app.reserved_remove(located.id.as_str());
         }
         drop(ticket);
@@ -292,7 +348,7 @@ fn start_turn(
 
 /// Runs one turn once the turns before it have left, sending its frames; `true` if it was
 /// saved. Ends with `turn_finished`, `turn_failed` or `turn_interrupted`.
-async fn run_turn(at: &Located, message: &str, ticket: &Ticket, sink: &UnboundedSender<Frame>) -> bool {
+async fn run_turn(at: &Located, body: &TurnBody, ticket: &Ticket, sink: &UnboundedSender<Frame>) -> bool {
     let (flow, turn_id, session) = (at.flow.as_str(), ticket.turn_id.as_str(), at.id.as_str());
     let send = |frame: Frame| drop(sink.send(frame));
     let interrupted = || Frame::new("turn_interrupted", json!({"turn_id": turn_id, "session_id": session}));
@@ -307,7 +363,7 @@ async fn run_turn(at: &Located, message: &str, ticket: &Ticket, sink: &Unbounded
         }
     }
     send(Frame::new("turn_started", json!({"turn_id": turn_id, "session_id": session, "flow": flow})));
-    let mut stream = at.chat.stream_turn(&at.id, message);
+    let mut stream = at.chat.stream_turn(&at.id, &body.message, body.key.as_deref());
     loop {
         let item = tokio::select! {
             item = stream.next() => item,
@@ -354,6 +410,7 @@ pub(crate) async fn post_turn(
     State(app): Shared,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<TurnQuery>, QueryRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply {
     let body = body.map_err(body_error)?;
@@ -366,10 +423,11 @@ pub(crate) async fn post_turn(
             return Err(ApiError::bad_request(format!("`stream` is `{other}`; it must be `sse`, or absent")));
         }
     };
-    let message = message_of(&body)?;
+    let mut turn = message_of(&body)?;
+    key_of(&headers, &mut turn)?;
     let located = app.locate(&id).await?;
     let (tx, mut rx) = unbounded_channel();
-    start_turn(&app, located, message, tx)?;
+    start_turn(&app, located, turn, tx)?;
     if sse {
         let stream = futures::stream::unfold((rx, 0usize), |(mut rx, n)| async move {
             let frame = rx.recv().await?;
@@ -388,6 +446,8 @@ pub(crate) async fn post_turn(
                     Some("session_conflict") => (StatusCode::CONFLICT, "session_conflict"),
                     Some("store_unavailable") => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
                     Some("corrupt_session") => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_session"),
+                    Some("turn_key_reused") => (StatusCode::UNPROCESSABLE_ENTITY, "turn_key_reused"),
+                    Some("bad_request") => (StatusCode::BAD_REQUEST, "bad_request"),
                     _ => (StatusCode::INTERNAL_SERVER_ERROR, "turn_failed"),
                 };
                 return Err(ApiError::new(status, code, message));
@@ -431,8 +491,8 @@ async fn serve_socket(app: Arc<App>, id: String, mut socket: WebSocket) {
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     let refusal = match message_of(text.as_bytes()) {
-                        Ok(message) => match app.locate(&id).await {
-                            Ok(located) => start_turn(&app, located, message, tx.clone()).err(),
+                        Ok(turn) => match app.locate(&id).await {
+                            Ok(located) => start_turn(&app, located, turn, tx.clone()).err(),
                             Err(e) => Some(e),
                         },
                         Err(e) => Some(e),

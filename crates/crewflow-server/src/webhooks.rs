@@ -263,6 +263,13 @@ impl Notifier {
             Ended::Err { .. } => "run.failed",
         };
         let (_, data) = crate::routes::outcome_json(run_id, flow, ended);
+        let me = self.clone();
+        tokio::spawn(async move { me.queue(kind, data).await });
+    }
+
+    /// Keeps the event `kind` with `data` in the store for the delivery loop (or, with a store
+    /// that keeps no webhooks, delivers it from memory); returns once it is kept or delivered.
+    pub async fn queue(&self, kind: &str, data: serde_json::Value) {
         let id = RunId::new().to_string();
         let payload = json!({
             "id": id,
@@ -271,19 +278,16 @@ impl Notifier {
             "data": data,
         });
         let event = NewWebhook { id, tenant: self.tenant.clone(), event: kind.to_string(), body: payload.to_string() };
-        let me = self.clone();
-        tokio::spawn(async move {
-            match me.store.queue_webhook(&event).await {
-                Ok(()) => me.wake.notify_one(),
-                // A store that keeps no webhooks (or does not answer now): from memory.
-                Err(_) => me.deliver_from_memory(&event).await,
-            }
-        });
+        match self.store.queue_webhook(&event).await {
+            Ok(()) => self.wake.notify_one(),
+            // A store that keeps no webhooks (or does not answer now): from memory.
+            Err(_) => self.deliver_from_memory(&event).await,
+        }
     }
 
     /// Delivers the due events of this tenant kept in the store, a batch at a time, until none
     /// is due.
-    async fn deliver_due(&self) {
+    pub async fn deliver_due(&self) {
         // Longer than an attempt can take: another server takes an event over only when the
         // one that claimed it stopped.
         let lease = self.hook.timeout + Duration::from_secs(5);

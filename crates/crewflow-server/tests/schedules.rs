@@ -325,3 +325,87 @@ async fn snapshot(url: &str, schedule: &str) -> (i64, i64, DateTime<Utc>) {
         .unwrap();
     (row.get(0), row.get(1), row.get::<_, Option<DateTime<Utc>>>(2).unwrap_or(DateTime::<Utc>::MIN_UTC))
 }
+
+/// A schedule made long ago whose latest tick (this year's January 1st, 00:00 UTC) was missed
+/// by every server: older than the maximum lateness (1 hour by default) it is skipped —
+/// recorded as skipped, with no run — and with no limit it fires, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_tick_older_than_the_maximum_lateness_is_skipped_not_fired() {
+    use chrono::Datelike;
+    let now = Utc::now();
+    let tick = chrono::NaiveDate::from_ymd_opt(now.year(), 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    for limit in [Some(None), None] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite(&dir);
+        let server = match limit {
+            Some(limit) => greeting_server(&store).max_lateness(limit),
+            None => greeting_server(&store), // the default: 1 hour
+        };
+        let srv = serve(server).await;
+        let (code, created) = srv.post("/flows/greet/schedules", r#"{"cron": "0 0 0 1 1 *"}"#).await;
+        assert_eq!(code, 201, "{created}");
+        let id = created["schedule_id"].as_str().unwrap().to_string();
+        // Made two years ago, and no server fired since: the tick of January 1st was missed.
+        let db = rusqlite::Connection::open(dir.path().join("runs.db")).unwrap();
+        let moved = db
+            .execute(
+                "UPDATE crewflow_schedules SET created_at = created_at - ?2 WHERE id = ?1",
+                rusqlite::params![id, 2 * 366 * 86_400_000_i64],
+            )
+            .unwrap();
+        assert_eq!(moved, 1);
+        let body = poll("the missed tick to be fired or skipped", || async {
+            let (_, body) = srv.get(&format!("/schedules/{id}")).await;
+            (!body["fires"].as_array().unwrap().is_empty()).then_some(body)
+        })
+        .await;
+        let fires = body["fires"].as_array().unwrap();
+        assert_eq!((fires.len(), time(&fires[0]["tick"])), (1, tick), "{body}");
+        assert_eq!(time(&body["last_tick"]), tick, "{body}");
+        assert!(body["last_error"].is_null(), "{body}");
+        let (_, runs) = srv.get("/runs").await;
+        let runs = runs["runs"].as_array().unwrap();
+        if limit.is_some() {
+            // No limit: fired, however old.
+            assert_eq!(fires[0]["skipped"], false, "{body}");
+            assert_eq!((runs.len(), &runs[0]["run_id"]), (1, &fires[0]["run_id"]), "{runs:?}");
+        } else {
+            assert_eq!((&fires[0]["skipped"], &fires[0]["run_id"]), (&Value::Bool(true), &Value::Null), "{body}");
+            assert!(body["last_run_id"].is_null(), "{body}");
+            assert!(runs.is_empty(), "a skipped tick started a run: {runs:?}");
+        }
+        // The schedule goes on: its next tick is next January 1st.
+        assert!(time(&body["next_tick"]) > now, "{body}");
+    }
+}
+
+/// The same on PostgreSQL, with two servers looking every 20 ms: the too-late tick is skipped
+/// once between them, and no run is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(crewflow_postgres_tests), ignore = "set CREWFLOW_TEST_POSTGRES to a PostgreSQL URL")]
+async fn two_servers_on_one_postgres_skip_a_too_late_tick_once() {
+    let url = common::fresh_pg_schema().await;
+    let open = || -> Arc<dyn RunStore> { Arc::new(crewflow_store::PostgresStore::connect_lazy(&url).unwrap()) };
+    let (one, two) = (open(), open());
+    let srv_one = serve(greeting_server(&one).schedule_every(Duration::from_millis(20))).await;
+    let _srv_two = serve(greeting_server(&two).schedule_every(Duration::from_millis(20))).await;
+    let (code, created) = srv_one.post("/flows/greet/schedules", r#"{"cron": "0 0 0 1 1 *"}"#).await;
+    assert_eq!(code, 201, "{created}");
+    let id = created["schedule_id"].as_str().unwrap().to_string();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let moved = client
+        .execute("UPDATE crewflow_schedules SET created_at = created_at - interval '732 days' WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    assert_eq!(moved, 1);
+    let body = poll("the missed tick to be skipped", || async {
+        let (_, body) = srv_one.get(&format!("/schedules/{id}")).await;
+        (!body["fires"].as_array().unwrap().is_empty()).then_some(body)
+    })
+    .await;
+    let fires = body["fires"].as_array().unwrap();
+    assert_eq!((fires.len(), &fires[0]["skipped"], &fires[0]["run_id"]), (1, &Value::Bool(true), &Value::Null));
+    let (recorded, runs, _) = snapshot(&url, &id).await;
+    assert_eq!((recorded, runs), (1, 0), "skipped once, no run: {body}");
+}

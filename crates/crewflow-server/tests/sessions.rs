@@ -443,3 +443,67 @@ async fn a_reserved_session_that_never_gets_a_turn_lapses() {
     let (code, turn) = srv.post("/sessions/busy/turns", &turn_body("at last")).await;
     assert_eq!((code, turn["index"].as_u64()), (200, Some(0)), "{turn}");
 }
+
+/// A turn sent again with its idempotency key (a client retrying after a lost answer) is
+/// answered from the store, over REST and the WebSocket alike, and stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_sent_again_with_its_key_is_answered_once() {
+    let (srv, _gates, _dir) = server().await;
+    create(&srv, "echo", "keyed").await;
+    let keyed = |key: &str, body: &str| {
+        srv.request(reqwest::Method::POST, "/sessions/keyed/turns")
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body.to_string())
+            .send()
+    };
+    let json = |resp: reqwest::Response| async move { (resp.status().as_u16(), resp.json::<Value>().await.unwrap()) };
+    let (code, first) = json(keyed("k-1", &turn_body("hello")).await.unwrap()).await;
+    assert_eq!((code, first["index"].as_u64(), &first["repeated"]), (200, Some(0), &json!(false)), "{first}");
+    let (code, again) = json(keyed("k-1", &turn_body("hello")).await.unwrap()).await;
+    assert_eq!((code, &again["repeated"]), (200, &json!(true)), "{again}");
+    assert_eq!(
+        (&again["index"], &again["run_id"], &again["reply"]),
+        (&first["index"], &first["run_id"], &first["reply"])
+    );
+    // The key in the body does the same.
+    let (code, body) = srv.post("/sessions/keyed/turns", r#"{"message": "hello", "idempotency_key": "k-1"}"#).await;
+    assert_eq!((code, &body["repeated"], &body["run_id"]), (200, &json!(true), &first["run_id"]), "{body}");
+
+    // Over the WebSocket: a new key runs, the same key again is answered from the store.
+    let url = format!("ws://{}/api/sessions/keyed/ws", srv.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut finished = Vec::new();
+    for key in ["k-2", "k-2", "k-1"] {
+        let message = if key == "k-1" { "hello" } else { "again" };
+        let text = json!({"message": message, "idempotency_key": key}).to_string();
+        ws.send(Message::Text(text.into())).await.unwrap();
+        while let Some(msg) = ws.next().await {
+            let Message::Text(text) = msg.unwrap() else { continue };
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            if frame["type"] == "turn_finished" {
+                finished.push((frame["turn"]["index"].as_u64(), frame["turn"]["repeated"].as_bool()));
+                break;
+            }
+        }
+    }
+    ws.close(None).await.unwrap();
+    assert_eq!(finished, [(Some(1), Some(false)), (Some(1), Some(true)), (Some(0), Some(true))]);
+
+    // A key names one message; a key must be usable; header and body must agree.
+    let (code, e) = json(keyed("k-1", &turn_body("something else")).await.unwrap()).await;
+    assert_eq!((code, error_of(&e).0), (422, "turn_key_reused"), "{e}");
+    assert!(error_of(&e).1.contains("was used by turn 0, whose message differs"), "{e}");
+    let (code, e) = json(keyed("k-3", r#"{"message": "x", "idempotency_key": "k-4"}"#).await.unwrap()).await;
+    assert_eq!((code, error_of(&e).0), (400, "bad_request"), "{e}");
+    assert!(error_of(&e).1.contains("differ; send one of them"), "{e}");
+    let (code, e) = srv.post("/sessions/keyed/turns", r#"{"message": "x", "idempotency_key": ""}"#).await;
+    assert_eq!((code, error_of(&e).0), (400, "bad_request"), "{e}");
+    assert!(error_of(&e).1.contains("the idempotency key cannot be used: it is empty"), "{e}");
+
+    let (code, session) = srv.get("/sessions/keyed").await;
+    assert_eq!(code, 200);
+    let said: Vec<&str> =
+        session["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
+    assert_eq!(said, ["hello", "turn 0: you said hello", "again", "turn 1: you said again"]);
+}

@@ -755,6 +755,10 @@ impl RunStore for PostgresStore {
         self.fire_schedule_tick(id, tick, run)
     }
 
+    fn skip_schedule_tick<'a>(&'a self, id: &'a str, tick: DateTime<Utc>) -> StoreFuture<'a, bool> {
+        self.skip_schedule_tick_row(id, tick)
+    }
+
     fn queue_webhook<'a>(&'a self, webhook: &'a NewWebhook) -> StoreFuture<'a, ()> {
         self.queue_webhook_row(webhook)
     }

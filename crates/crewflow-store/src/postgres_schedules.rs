@@ -151,7 +151,8 @@ impl PostgresStore {
                         let run: String = r.try_get(1)?;
                         list.push(ScheduleFire {
                             tick: r.try_get(0)?,
-                            run_id: parse_run_id(&run)?,
+                            // A skipped tick is stored with no run (an empty id).
+                            run_id: if run.is_empty() { None } else { Some(parse_run_id(&run)?) },
                             fired_at: r.try_get(2)?,
                         });
                     }
@@ -236,6 +237,47 @@ impl PostgresStore {
                         ],
                     )
                     .await?;
+                    tx.execute(
+                        "DELETE FROM crewflow_schedule_ticks WHERE schedule_id = $1 AND tick <
+                             (SELECT tick FROM crewflow_schedule_ticks WHERE schedule_id = $1
+                              ORDER BY tick DESC LIMIT 1 OFFSET $2)",
+                        &[&id, &(KEPT_FIRES - 1)],
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    Ok(true)
+                }
+                .await,
+            )
+        })
+    }
+
+    pub(crate) fn skip_schedule_tick_row<'a>(&'a self, id: &'a str, tick: DateTime<Utc>) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            boxed(
+                async {
+                    let mut client = self.client().await?;
+                    let tx = client.transaction().await?;
+                    // As a fire, without a run: `last_run` stays the last run a tick started.
+                    let moved = tx
+                        .execute(
+                            "UPDATE crewflow_schedules SET last_tick = $2
+                             WHERE id = $1 AND (last_tick IS NULL OR last_tick < $2)",
+                            &[&id, &tick],
+                        )
+                        .await?;
+                    let skipped = moved > 0
+                        && tx
+                            .execute(
+                                "INSERT INTO crewflow_schedule_ticks (schedule_id, tick, run_id, fired_at)
+                                 VALUES ($1, $2, '', now()) ON CONFLICT DO NOTHING",
+                                &[&id, &tick],
+                            )
+                            .await?
+                            > 0;
+                    if !skipped {
+                        return Ok(false); // dropping the transaction rolls the update back
+                    }
                     tx.execute(
                         "DELETE FROM crewflow_schedule_ticks WHERE schedule_id = $1 AND tick <
                              (SELECT tick FROM crewflow_schedule_ticks WHERE schedule_id = $1

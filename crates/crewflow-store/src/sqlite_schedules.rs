@@ -147,7 +147,8 @@ impl SqliteStore {
                         let (tick, run, fired) = row?;
                         list.push(ScheduleFire {
                             tick: from_ms(tick),
-                            run_id: parse_run_id(&run)?,
+                            // A skipped tick is stored with no run (an empty id).
+                            run_id: if run.is_empty() { None } else { Some(parse_run_id(&run)?) },
                             fired_at: from_ms(fired),
                         });
                     }
@@ -229,6 +230,42 @@ impl SqliteStore {
                             run.state_version
                         ],
                     )?;
+                    tx.execute(
+                        "DELETE FROM crewflow_schedule_ticks WHERE schedule_id = ?1 AND tick <
+                             (SELECT tick FROM crewflow_schedule_ticks WHERE schedule_id = ?1
+                              ORDER BY tick DESC LIMIT 1 OFFSET ?2)",
+                        params![id, KEPT_FIRES - 1],
+                    )?;
+                    tx.commit()?;
+                    Ok(true)
+                })
+                .await,
+            )
+        })
+    }
+
+    pub(crate) fn skip_schedule_tick_row<'a>(&'a self, id: &'a str, tick: DateTime<Utc>) -> StoreFuture<'a, bool> {
+        let id = id.to_string();
+        Box::pin(async move {
+            boxed(
+                self.call(move |c| {
+                    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let (tick, t) = (ms(tick), ms(now()));
+                    // As a fire, without a run: `last_run` stays the last run a tick started.
+                    let moved = tx.execute(
+                        "UPDATE crewflow_schedules SET last_tick = ?2
+                         WHERE id = ?1 AND (last_tick IS NULL OR last_tick < ?2)",
+                        params![id, tick],
+                    )?;
+                    let skipped = moved > 0
+                        && tx.execute(
+                            "INSERT INTO crewflow_schedule_ticks (schedule_id, tick, run_id, fired_at)
+                             VALUES (?1, ?2, '', ?3) ON CONFLICT DO NOTHING",
+                            params![id, tick, t],
+                        )? > 0;
+                    if !skipped {
+                        return Ok(false); // dropping the transaction rolls the update back
+                    }
                     tx.execute(
                         "DELETE FROM crewflow_schedule_ticks WHERE schedule_id = ?1 AND tick <
                              (SELECT tick FROM crewflow_schedule_ticks WHERE schedule_id = ?1

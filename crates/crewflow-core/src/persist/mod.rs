@@ -586,6 +586,16 @@ pub trait RunStore: Send + Sync + 'static {
         let _ = (id, tick, run);
         no_schedules(self.describe())
     }
+
+    /// Skips one tick of a schedule (it is too late to fire), once across every process
+    /// sharing the store: like [`fire_schedule`](RunStore::fire_schedule), moves the schedule's
+    /// last tick to `tick` and records the tick, with no run ([`ScheduleFire::run_id`] `None`).
+    /// True for the one caller that skipped it; false when the tick was fired or skipped
+    /// already, a later tick was, or the schedule is gone.
+    fn skip_schedule_tick<'a>(&'a self, id: &'a str, tick: DateTime<Utc>) -> StoreFuture<'a, bool> {
+        let _ = (id, tick);
+        no_schedules(self.describe())
+    }
 }
 
 /// One recorded result of a run's journal of side effects.

@@ -80,13 +80,14 @@ pub struct StoredSchedule {
     pub last_run: Option<RunId>,
 }
 
-/// One fired tick of a schedule and the run it started.
+/// One fired tick of a schedule and the run it started, or a tick skipped as too late
+/// ([`RunStore::skip_schedule_tick`](super::RunStore::skip_schedule_tick)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScheduleFire {
     /// The tick (a time the cron expression names).
     pub tick: DateTime<Utc>,
-    /// The run it queued.
-    pub run_id: RunId,
-    /// When it was fired (at or a little after the tick).
+    /// The run it queued; `None` for a skipped tick.
+    pub run_id: Option<RunId>,
+    /// When it was fired (at or a little after the tick), or skipped.
     pub fired_at: DateTime<Utc>,
 }
