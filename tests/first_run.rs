@@ -25,7 +25,7 @@ fn cargo_tree(args: &[&str]) -> String {
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
-        .expect("cargo runs");
+        .unwrap_or_else(|e| panic!("cannot run cargo tree: {e}"));
     assert!(output.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
