@@ -249,3 +249,35 @@ fn embedder_child() {
         assert_eq!(v[0].len(), 384);
     }
 }
+
+#[tokio::test]
+async fn warm_up_reports_a_broken_model_file_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.gguf");
+    std::fs::write(&path, b"not a model").unwrap();
+    // The file exists, so the handle is made; loading is what fails, and warm_up does it now.
+    let llm = Llm::new(&format!("local/{}", path.display())).unwrap();
+    let err = llm.warm_up().await.unwrap_err();
+    assert!(matches!(err, LlmError::Local(_)), "{err:?}");
+    assert!(err.to_string().contains("not a GGUF model file") && err.to_string().contains("broken.gguf"), "{err}");
+    // A hosted provider has nothing to load: no request is made (nothing listens on port 9).
+    let options = crewflow::llm::LlmOptions {
+        api_key: Some("key".into()),
+        base_url: Some("http://127.0.0.1:9/v1".into()),
+        ..Default::default()
+    };
+    Llm::with_options("openai/gpt-4o-mini", options).unwrap().warm_up().await.unwrap();
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(crewflow_local_model_tests),
+    ignore = "needs the local models: run scripts/fetch-models, then set CREWFLOW_TEST_LOCAL_MODELS=1"
+)]
+async fn warm_up_is_idempotent_and_changes_no_reply() {
+    let cold = llm().complete("Name a colour.").await.unwrap();
+    let warmed = llm();
+    warmed.warm_up().await.unwrap();
+    warmed.warm_up().await.unwrap(); // twice is once
+    assert_eq!(warmed.complete("Name a colour.").await.unwrap(), cold);
+}

@@ -155,6 +155,12 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error + Send + Sy
     // (twice as fast on two). A server keeps the default, all cores but one.
     let threads = crewflow::llm::local::use_idle_cores();
     let writer = Llm::from_env()?;
+    // Load the writer's model while the router's loads and routes the first ticket, rather
+    // than at the first reply; a load that fails here is reported by that reply.
+    tokio::spawn({
+        let writer = writer.clone();
+        async move { writer.warm_up().await }
+    });
     let embedder = LocalEmbedder::load_default()?;
     println!(
         "writer: {}/{} (set CREWFLOW_MODEL to change), router: {}, local inference on {threads} thread(s)",

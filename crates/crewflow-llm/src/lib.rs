@@ -268,6 +268,25 @@ impl Llm {
         Self::new(&env(MODEL_VAR).unwrap_or_else(|| "local".to_string()))
     }
 
+    /// Loads the model now instead of at the first call: the local model's weights (about a
+    /// second, off the async runtime), nothing for a hosted provider. Call it at startup, or
+    /// spawn it, so that the first reply does not wait and a broken model file is reported
+    /// before any work; a call made meanwhile waits for the same load. A failed load is tried
+    /// again by the next call.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), crewflow_llm::LlmError> {
+    /// let llm = crewflow_llm::Llm::from_env()?;
+    /// tokio::spawn({
+    ///     let llm = llm.clone();
+    ///     async move { llm.warm_up().await }
+    /// });
+    /// # Ok(()) }
+    /// ```
+    pub async fn warm_up(&self) -> Result<(), LlmError> {
+        self.provider.warm_up().await
+    }
+
     /// The provider's name (`openai`, `anthropic`, ...).
     pub fn provider(&self) -> &'static str {
         self.provider.name()

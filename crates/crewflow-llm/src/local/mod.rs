@@ -310,6 +310,10 @@ impl Provider for LazyLocal {
         Box::pin(async move { self.get().await?.chat(req).await })
     }
 
+    fn warm_up(&self) -> BoxFuture<'_, Result<(), LlmError>> {
+        Box::pin(async move { self.get().await.map(|_| ()) })
+    }
+
     fn chat_stream<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<DeltaStream, LlmError>> {
         Box::pin(async move { self.get().await?.chat_stream(req).await })
     }

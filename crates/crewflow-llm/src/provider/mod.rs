@@ -25,6 +25,11 @@ pub(crate) trait Provider: Send + Sync + std::fmt::Debug {
     fn chat<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>>;
     /// A streamed reply.
     fn chat_stream<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<DeltaStream, LlmError>>;
+    /// Loads now what the first call would load (a local model's weights); a hosted provider
+    /// has nothing to load.
+    fn warm_up(&self) -> BoxFuture<'_, Result<(), LlmError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Embeddings of texts with this provider's embedding model.
     fn embed<'a>(&'a self, texts: &'a [&'a str]) -> EmbedFuture<'a> {
         let _ = texts;
