@@ -98,7 +98,7 @@ pub use crewflow_llm::{Message, Role};
 pub use cx::ChatCx;
 pub use error::ChatError;
 pub use options::{ChatOptions, Summarizer, SummaryFuture};
-pub use session_id::{AsSessionId, MAX_SESSION_ID_BYTES, SessionId};
+pub use session_id::{AsSessionId, MAX_SESSION_ID_BYTES, SessionId, check_turn_key};
 pub use state::{ChatMessage, ChatState, Conversational, History, TURN_KEYS_KEPT};
 pub use store::{
     SessionConflict, SessionFilter, SessionGuard, SessionLockTimeout, SessionStore, SessionSummary, SpanRecord,

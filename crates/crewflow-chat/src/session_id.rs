@@ -64,8 +64,9 @@ impl SessionId {
 }
 
 /// Checks a turn key ([`ChatFlow::handle_turn_once`](crate::ChatFlow::handle_turn_once)):
-/// non-empty, at most 255 bytes, no control characters.
-pub(crate) fn check_turn_key(key: &str) -> Result<(), ChatError> {
+/// non-empty, at most 255 bytes, no control characters; else [`ChatError::InvalidTurnKey`].
+/// For a caller that takes keys from clients and refuses a bad one before starting a turn.
+pub fn check_turn_key(key: &str) -> Result<(), ChatError> {
     let reason = if key.is_empty() {
         "it is empty"
     } else if key.len() > 255 {

@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use crewflow_chat::{ChatError, SessionId, TurnEvent};
+use crewflow_chat::{ChatError, SessionId, TurnEvent, check_turn_key};
 use crewflow_core::RunId;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -278,20 +278,10 @@ fn message_of(body: &[u8]) -> Result<TurnBody, ApiError> {
     }
 }
 
-/// A turn key as the chat flow takes it (non-empty, at most 255 bytes, no control characters).
+/// A turn key as the chat flow takes it, refused before the turn starts (the chat flow's check).
 fn checked_key(key: &str) -> Result<String, ApiError> {
-    let reason = if key.is_empty() {
-        "it is empty"
-    } else if key.len() > 255 {
-        "it is longer than 255 bytes"
-    } else if key.chars().any(char::is_control) {
-        "it contains control characters"
-    } else {
-        return Ok(key.to_string());
-    };
-    Err(ApiError::bad_request(format!(
-        "the idempotency key cannot be used: {reason}; send a non-empty key of at most 255 bytes without control characters (a UUID made per message)"
-    )))
+    check_turn_key(key).map_err(chat_error)?;
+    Ok(key.to_string())
 }
 
 /// The key of a REST turn: the `Idempotency-Key` header or the body's `idempotency_key`

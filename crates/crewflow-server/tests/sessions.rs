@@ -499,7 +499,7 @@ async fn a_turn_sent_again_with_its_key_is_answered_once() {
     assert!(error_of(&e).1.contains("differ; send one of them"), "{e}");
     let (code, e) = srv.post("/sessions/keyed/turns", r#"{"message": "x", "idempotency_key": ""}"#).await;
     assert_eq!((code, error_of(&e).0), (400, "bad_request"), "{e}");
-    assert!(error_of(&e).1.contains("the idempotency key cannot be used: it is empty"), "{e}");
+    assert!(error_of(&e).1.contains("invalid turn key ``: it is empty; use a non-empty string"), "{e}");
 
     let (code, session) = srv.get("/sessions/keyed").await;
     assert_eq!(code, 200);

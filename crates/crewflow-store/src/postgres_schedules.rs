@@ -54,6 +54,11 @@ const KEPT_FIRES: i64 = 100;
 
 const COLUMNS: &str = "id, tenant, flow, cron, inputs, created_at, last_tick, last_run";
 
+/// Keeps a schedule's latest `KEPT_FIRES` ticks ($1: the schedule, $2: `KEPT_FIRES - 1`), after a
+/// tick is fired or skipped.
+const TRIM_TICKS: &str = "DELETE FROM crewflow_schedule_ticks WHERE schedule_id = $1 AND tick <
+    (SELECT tick FROM crewflow_schedule_ticks WHERE schedule_id = $1 ORDER BY tick DESC LIMIT 1 OFFSET $2)";
+
 fn schedule(r: &tokio_postgres::Row) -> Result<StoredSchedule, StoreError> {
     let last_run: Option<String> = r.try_get(7)?;
     Ok(StoredSchedule {
@@ -237,13 +242,7 @@ impl PostgresStore {
                         ],
                     )
                     .await?;
-                    tx.execute(
-                        "DELETE FROM crewflow_schedule_ticks WHERE schedule_id = $1 AND tick <
-                             (SELECT tick FROM crewflow_schedule_ticks WHERE schedule_id = $1
-                              ORDER BY tick DESC LIMIT 1 OFFSET $2)",
-                        &[&id, &(KEPT_FIRES - 1)],
-                    )
-                    .await?;
+                    tx.execute(TRIM_TICKS, &[&id, &(KEPT_FIRES - 1)]).await?;
                     tx.commit().await?;
                     Ok(true)
                 }
@@ -278,13 +277,7 @@ impl PostgresStore {
                     if !skipped {
                         return Ok(false); // dropping the transaction rolls the update back
                     }
-                    tx.execute(
-                        "DELETE FROM crewflow_schedule_ticks WHERE schedule_id = $1 AND tick <
-                             (SELECT tick FROM crewflow_schedule_ticks WHERE schedule_id = $1
-                              ORDER BY tick DESC LIMIT 1 OFFSET $2)",
-                        &[&id, &(KEPT_FIRES - 1)],
-                    )
-                    .await?;
+                    tx.execute(TRIM_TICKS, &[&id, &(KEPT_FIRES - 1)]).await?;
                     tx.commit().await?;
                     Ok(true)
                 }

@@ -54,6 +54,11 @@ pub(crate) const KEPT_FIRES: i64 = 100;
 
 const COLUMNS: &str = "id, tenant, flow, cron, inputs, created_at, last_tick, last_run";
 
+/// Keeps a schedule's latest `KEPT_FIRES` ticks (?1: the schedule, ?2: `KEPT_FIRES - 1`), after a
+/// tick is fired or skipped.
+const TRIM_TICKS: &str = "DELETE FROM crewflow_schedule_ticks WHERE schedule_id = ?1 AND tick <
+    (SELECT tick FROM crewflow_schedule_ticks WHERE schedule_id = ?1 ORDER BY tick DESC LIMIT 1 OFFSET ?2)";
+
 fn schedule(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredSchedule, Option<String>)> {
     Ok((
         StoredSchedule {
@@ -230,12 +235,7 @@ impl SqliteStore {
                             run.state_version
                         ],
                     )?;
-                    tx.execute(
-                        "DELETE FROM crewflow_schedule_ticks WHERE schedule_id = ?1 AND tick <
-                             (SELECT tick FROM crewflow_schedule_ticks WHERE schedule_id = ?1
-                              ORDER BY tick DESC LIMIT 1 OFFSET ?2)",
-                        params![id, KEPT_FIRES - 1],
-                    )?;
+                    tx.execute(TRIM_TICKS, params![id, KEPT_FIRES - 1])?;
                     tx.commit()?;
                     Ok(true)
                 })
@@ -266,12 +266,7 @@ impl SqliteStore {
                     if !skipped {
                         return Ok(false); // dropping the transaction rolls the update back
                     }
-                    tx.execute(
-                        "DELETE FROM crewflow_schedule_ticks WHERE schedule_id = ?1 AND tick <
-                             (SELECT tick FROM crewflow_schedule_ticks WHERE schedule_id = ?1
-                              ORDER BY tick DESC LIMIT 1 OFFSET ?2)",
-                        params![id, KEPT_FIRES - 1],
-                    )?;
+                    tx.execute(TRIM_TICKS, params![id, KEPT_FIRES - 1])?;
                     tx.commit()?;
                     Ok(true)
                 })
