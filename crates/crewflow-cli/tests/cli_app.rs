@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
+mod common;
 #[path = "../examples/own_binary.rs"]
 mod own_binary;
 
@@ -145,9 +146,7 @@ fn main() -> ExitCode {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut first).unwrap();
-    let addr = first.trim_end().strip_prefix("listening on http://").unwrap().to_string();
+    let addr = common::listening_address(&mut server);
     let flows = http(&addr, "GET", "/flows", "");
     let names: Vec<(&str, bool)> = flows["flows"]
         .as_array()

@@ -46,9 +46,7 @@ fn serve_starts_runs_over_http_and_stops_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    let addr = first.trim_end().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{first:?}")).to_string();
+    let addr = common::listening_address(&mut server);
 
     let (status, flows) = http(&addr, "GET", "/flows", "");
     assert_eq!((status, flows["flows"][0]["name"].as_str()), (200, Some("review")));
@@ -204,9 +202,7 @@ fn serve_slow(s: &Scratch, db: &str, model: &SlowModel, grace: &str) -> (Child, 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    let addr = first.trim_end().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{first:?}")).to_string();
+    let addr = common::listening_address(&mut server);
     (server, addr)
 }
 
@@ -369,9 +365,7 @@ fn serve_fires_cron_schedules_and_sends_signed_webhooks() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    let addr = first.trim_end().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{first:?}")).to_string();
+    let addr = common::listening_address(&mut server);
 
     // Every second, a run of `review` with the schedule's inputs; its end is a signed webhook.
     let (status, created) =
@@ -412,9 +406,7 @@ fn serve_on(s: &Scratch, store: &str, flow: &str) -> (std::process::Child, Strin
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    let addr = first.trim_end().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{first:?}")).to_string();
+    let addr = common::listening_address(&mut server);
     (server, addr)
 }
 

@@ -17,7 +17,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -91,9 +92,7 @@ fn serve(url: &str, hold: &Path) -> (Served, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    let addr = first.trim_end().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{first:?}")).to_string();
+    let addr = common::listening_address(&mut child);
     (Served(Some(child)), addr)
 }
 

@@ -2,7 +2,9 @@
 
 #![allow(dead_code)] // each test file uses a part
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::Child;
 
 use assert_cmd::Command;
 
@@ -93,4 +95,15 @@ pub fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
 
 pub fn exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// The address a `serve` process prints first (`listening on http://ADDR`), read from its
+/// piped stdout.
+pub fn listening_address(server: &mut Child) -> String {
+    let mut first = String::new();
+    let stdout = server.stdout.take().unwrap_or_else(|| panic!("the server's stdout is not piped"));
+    if let Err(e) = BufReader::new(stdout).read_line(&mut first) {
+        panic!("the server did not print its address: {e}");
+    }
+    first.trim_end().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{first:?}")).to_string()
 }
