@@ -8,6 +8,7 @@
 //!
 //! | Request | Answer |
 //! |---|---|
+//! | `GET /` | a web page to pick a flow, chat, answer feedback, browse runs and sessions (served without a key under [`tenant_router`]; it asks for one) |
 //! | `GET /flows` | the flows served: `{"flows": [{"name", "steps"}]}` |
 //! | `POST /flows/{flow}/runs` | starts a run with the JSON body as its inputs: `202 {"run_id", "status": "running"}` as soon as the run is recorded; with `?wait=true`, `200` and the result when it finishes or pauses |
 //! | `GET /runs/{id}` | the run: status, output or error, steps, pending feedback |
@@ -82,6 +83,7 @@ mod lanes;
 mod live;
 mod openapi;
 mod outbox;
+mod page;
 mod replay;
 mod routes;
 mod runs;
@@ -118,6 +120,7 @@ pub struct Server {
     scheduling: schedules::Scheduling,
     webhook: Option<Webhook>,
     drain: Drain,
+    page: bool,
 }
 
 impl Server {
@@ -134,6 +137,7 @@ impl Server {
             scheduling: schedules::Scheduling::default(),
             webhook: None,
             drain: Drain::default(),
+            page: true,
         }
     }
 
@@ -239,6 +243,14 @@ impl Server {
     /// recorded queued with the tick, in one transaction.
     pub fn run_scheduled(mut self, here: bool) -> Self {
         self.scheduling.run_here = here;
+        self
+    }
+
+    /// Whether `GET /` serves the web page (default true; `docs/server.md`, "The web page").
+    /// Off, `GET /` answers `404 not_found` like any path the router does not serve. Under
+    /// [`tenant_router`], [`Tenants::page`] applies instead.
+    pub fn page(mut self, serve: bool) -> Self {
+        self.page = serve;
         self
     }
 

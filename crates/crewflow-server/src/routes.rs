@@ -27,7 +27,7 @@ use crate::frames::Frame;
 use crate::hosted::{Driven, Hosted};
 use crate::lanes::{DoubleTexting, Lanes};
 use crate::live::{Ended, Live, Table};
-use crate::{flows, openapi, runs, schedules, sessions};
+use crate::{flows, openapi, page, runs, schedules, sessions};
 
 /// What every handler shares.
 pub(crate) struct App {
@@ -48,6 +48,8 @@ pub(crate) struct App {
     pub schedule_errors: schedules::Errors,
     /// Counts the runs and turns going, refuses new ones once shutting down.
     pub drain: crate::Drain,
+    /// Whether `GET /` serves the web page.
+    pub page: bool,
 }
 
 pub(crate) type Shared = State<Arc<App>>;
@@ -67,6 +69,7 @@ macro_rules! routes {
 }
 
 routes! {
+    "/" => get(page::page);
     "/flows" => get(flows::list_flows);
     "/flows/{flow}" => get(flows::describe_flow);
     "/flows/{flow}/plot" => get(flows::plot_flow);
@@ -104,6 +107,7 @@ pub(crate) fn router(server: crate::Server) -> Router {
         scheduling: server.scheduling,
         schedule_errors: schedules::Errors::default(),
         drain: server.drain.clone(),
+        page: server.page,
     };
     let drain = server.drain;
     let app = Arc::new(app);
@@ -126,6 +130,10 @@ impl App {
 }
 
 async fn not_found() -> ApiError {
+    no_route()
+}
+
+pub(crate) fn no_route() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; GET /openapi.json lists the routes")
 }
 

@@ -40,6 +40,8 @@ pub struct Tenants {
     servers: HashMap<String, Server>,
     config: ServerConfig,
     rate_limit: Option<RateLimit>,
+    /// `Tenants::page(false)`: `GET /` is no page (false by default: it is served).
+    no_page: bool,
 }
 
 impl fmt::Debug for Tenants {
@@ -51,6 +53,7 @@ impl fmt::Debug for Tenants {
             .field("keys", &self.keys.len())
             .field("config", &self.config)
             .field("rate_limit", &self.rate_limit)
+            .field("page", &!self.no_page)
             .finish()
     }
 }
@@ -85,6 +88,14 @@ impl Tenants {
     /// tenant); none by default.
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
         self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Whether `GET /` serves the web page (default true), without a key: the page holds no
+    /// data and asks for the key. Off, `GET /` is a route like the others: `401` without a
+    /// known key, `404 not_found` with one (each tenant's [`Server::page`] is turned off too).
+    pub fn page(mut self, serve: bool) -> Self {
+        self.no_page = !serve;
         self
     }
 
@@ -152,17 +163,25 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// The routes of [`router`](crate::router), each request served by the [`Server`] of the tenant its API key
 /// belongs to. A request without a known key answers `401 unauthorized` (with
-/// `WWW-Authenticate: Bearer`), whatever its path, so the routes tell nothing to a stranger.
+/// `WWW-Authenticate: Bearer`), whatever its path, so the routes tell nothing to a stranger —
+/// but `GET /`, the web page, which holds no data and asks for the key.
 ///
 /// The limits of [`Tenants::config`] and [`Tenants::rate_limit`] apply: a key over its rate
 /// answers `429 rate_limited` with `Retry-After`, before its body is read.
 pub fn tenant_router(tenants: Tenants) -> Router {
-    let Tenants { keys, servers, config, rate_limit } = tenants;
-    let routers = servers.into_iter().map(|(name, server)| (name, config.bodies(routes::router(server)))).collect();
+    let Tenants { keys, servers, config, rate_limit, no_page } = tenants;
+    let routers = servers
+        .into_iter()
+        .map(|(name, server)| (name, config.bodies(routes::router(server.page(!no_page)))))
+        .collect();
     let served = Arc::new(Served { keys, routers, rate_limit, buckets: Mutex::default() });
     let app = Router::new().fallback(move |request: Request<Body>| {
         let served = served.clone();
         async move {
+            // The page holds no data: it is served without a key, and asks for one.
+            if !no_page && crate::page::is_page(request.method(), request.uri()) {
+                return crate::page::response();
+            }
             let router = match (served.admit(request.headers()), &served.rate_limit) {
                 (Ok(router), _) => router,
                 (Err(Some(wait)), Some(limit)) => return rate_limited(limit, wait),

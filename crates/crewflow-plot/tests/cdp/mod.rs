@@ -1,11 +1,12 @@
 //! A tiny Chrome DevTools Protocol client over a real headless Chromium: enough to load a
-//! page, evaluate script, click at a point and take a screenshot.
+//! page, evaluate script, click at a point, type text and keys, and take a screenshot.
 //!
 //! Why not `headless_chrome` or `chromiumoxide`: both compile the whole generated protocol
 //! (headless_chrome's build script generates it with `auto_generate_cdp`): from scratch on the
 //! 2-core CI machine, headless_chrome 1.0.22 built in 4 min 47 s (118 crates), tungstenite with
 //! base64 in 18 s (29 crates), for the five commands used here.
-//! Shared by the plot page's browser test and the `plot_1000_render` benchmark.
+//! Shared by the plot page's browser test, the `plot_1000_render` benchmark and the run
+//! server's page test (crates/crewflow-server/tests/page.rs).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // each user takes a part; tests may panic
 
@@ -83,6 +84,13 @@ impl Browser {
 
     /// Sends a command (to the page once attached) and returns its result; events are skipped.
     pub fn call(&mut self, method: &str, params: Value) -> Value {
+        let reply = self.send(method, params);
+        assert!(reply.get("error").is_none(), "{method} failed: {}", reply["error"]);
+        reply["result"].clone()
+    }
+
+    /// Sends a command and returns the whole reply (`result` or `error`).
+    fn send(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -95,19 +103,52 @@ impl Browser {
             let Ok(text) = reply.to_text() else { continue };
             let Ok(v) = serde_json::from_str::<Value>(text) else { continue };
             if v["id"] == json!(id) {
-                assert!(v.get("error").is_none(), "{method} failed: {}", v["error"]);
-                return v["result"].clone();
+                return v;
             }
         }
     }
 
     /// Loads a file and waits until its scripts have run (the document is complete).
     pub fn open(&mut self, path: &Path) {
-        let url = format!("file://{}", path.canonicalize().unwrap().display());
+        self.goto(&format!("file://{}", path.canonicalize().unwrap().display()));
+    }
+
+    /// Loads a URL (the exact `location.href` it ends at) and waits until the document is
+    /// complete.
+    pub fn goto(&mut self, url: &str) {
         self.call("Page.navigate", json!({"url": url}));
         while self.eval(&format!("location.href === {url:?} && document.readyState")) != json!("complete") {
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Reloads the page and waits until the new document is complete.
+    pub fn reload(&mut self) {
+        self.eval("window.__cdp_old_document = true");
+        self.call("Page.reload", json!({}));
+        // While the old document goes, an evaluation may find no context: ask again.
+        let check = json!({"expression": "!window.__cdp_old_document && document.readyState", "returnByValue": true});
+        while self.send("Runtime.evaluate", check.clone())["result"]["result"]["value"] != json!("complete") {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Types `text` into the focused element, as an input method would.
+    pub fn type_text(&mut self, text: &str) {
+        self.call("Input.insertText", json!({"text": text}));
+    }
+
+    /// Presses and releases a key (`"Enter"`, `"Tab"`) in the focused element.
+    pub fn press(&mut self, key: &str, code: u32) {
+        let text = if key == "Enter" { "\r" } else { "" };
+        self.call(
+            "Input.dispatchKeyEvent",
+            json!({"type": "keyDown", "key": key, "code": key, "windowsVirtualKeyCode": code, "text": text}),
+        );
+        self.call(
+            "Input.dispatchKeyEvent",
+            json!({"type": "keyUp", "key": key, "code": key, "windowsVirtualKeyCode": code}),
+        );
     }
 
     /// Evaluates a script in the page and returns its value; an exception panics with it.

@@ -91,3 +91,36 @@ pub fn echo_chat(sessions: impl AsRef<std::path::Path>) -> crewflow_chat::ChatFl
         .unwrap();
     ChatFlow::new(echo, crewflow_store::SqliteStore::open(sessions.as_ref()))
 }
+
+/// A conversational flow `talk` that replies `echo: <message>` streamed word by word, as a
+/// model's reply is (`llm_chunk` events, `token` frames), and holds the reply's last word until
+/// it takes a permit of `gate` (one per turn): a test sees the partial reply with no timing
+/// involved.
+pub fn streaming_chat(
+    sessions: impl AsRef<std::path::Path>,
+    gate: Arc<tokio::sync::Semaphore>,
+) -> crewflow_chat::ChatFlow<crewflow_chat::ChatState> {
+    use crewflow_chat::{ChatCx, ChatFlow, ChatState};
+    use crewflow_core::EventKind;
+    let talk = FlowBuilder::<ChatState>::new("talk")
+        .start("answer", move |cx: Cx<ChatState>, message: String| {
+            let gate = gate.clone();
+            async move {
+                let reply = format!("echo: {message}");
+                let scope = crewflow_core::scope::current().ok_or_else(|| StepError::msg("no step scope"))?;
+                let call = scope.next_call();
+                let pieces: Vec<&str> = reply.split_inclusive(' ').collect();
+                for (i, piece) in pieces.iter().enumerate() {
+                    if i + 1 == pieces.len() {
+                        gate.acquire().await.map_err(StepError::msg)?.forget();
+                    }
+                    scope.emit(|| EventKind::LlmChunk { call, text: piece.to_string() });
+                }
+                cx.reply(reply);
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    ChatFlow::new(talk, crewflow_store::SqliteStore::open(sessions.as_ref()))
+}
