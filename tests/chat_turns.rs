@@ -183,6 +183,24 @@ async fn stream_turn_yields_events_then_the_turn() {
 }
 
 #[tokio::test]
+async fn an_existing_turn_refuses_an_unknown_session_and_creates_nothing() {
+    let (_dir, path) = temp_db();
+    let flow = echo_flow(&path);
+    let refused = flow.stream_existing_turn(sid("nobody"), "hi", None).finish().await.unwrap_err();
+    assert!(matches!(&refused, ChatError::UnknownSession { session } if session == "nobody"), "{refused:?}");
+    assert!(refused.to_string().contains("no session `nobody`"), "{refused}");
+    assert!(flow.session(sid("nobody")).await.unwrap().is_none(), "nothing was saved");
+
+    // A session the store has goes on as with stream_turn, with a key as once.
+    flow.handle_turn(sid("known"), "one").await.unwrap();
+    let turn = flow.stream_existing_turn(sid("known"), "two", None).finish().await.unwrap();
+    assert_eq!((turn.index, turn.reply.as_str()), (1, "echo: two (#1)"));
+    let keyed = flow.stream_existing_turn(sid("known"), "three", Some("k-3")).finish().await.unwrap();
+    let again = flow.stream_existing_turn(sid("known"), "three", Some("k-3")).finish().await.unwrap();
+    assert_eq!((keyed.index, again.index, again.repeated), (2, 2, true));
+}
+
+#[tokio::test]
 async fn custom_step_events_reach_the_stream() {
     let (_dir, path) = temp_db();
     let flow = on_file(

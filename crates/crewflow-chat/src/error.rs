@@ -97,6 +97,16 @@ pub enum ChatError {
         /// The turn that ran with it.
         turn: u64,
     },
+    /// A turn for a session the store does not have, asked to continue an existing session
+    /// only ([`ChatFlow::stream_existing_turn`](crate::ChatFlow::stream_existing_turn)).
+    /// Nothing ran and nothing was saved.
+    #[error(
+        "no session `{session}` in the session store: it was never saved, or was deleted; start one with a turn of a new session (ChatFlow::handle_turn)"
+    )]
+    UnknownSession {
+        /// The session.
+        session: String,
+    },
     /// [`ChatOptions`](crate::ChatOptions) that cannot work.
     #[error("{0}")]
     InvalidOptions(String),

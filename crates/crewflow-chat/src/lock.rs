@@ -34,20 +34,30 @@ pub(crate) struct LocalGuard {
 }
 
 impl SessionLocks {
+    /// The session's entry, made if it has none.
+    fn entry(&self, key: &str) -> (Arc<str>, Entry) {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        match map.get_key_value(key) {
+            Some((k, e)) => (k.clone(), e.clone()),
+            None => {
+                let k: Arc<str> = Arc::from(key);
+                let e = Entry::default();
+                map.insert(k.clone(), e.clone());
+                (k, e)
+            }
+        }
+    }
+
+    /// The session's lock if it is free now (no turn holds it); `None` otherwise.
+    pub fn try_lock(self: &Arc<Self>, key: &str) -> Option<LocalGuard> {
+        let (key, entry) = self.entry(key);
+        let guard = entry.try_lock_owned().ok()?; // taken: the holder keeps the entry alive
+        Some(LocalGuard { locks: self.clone(), key, guard: Some(guard) })
+    }
+
     /// Waits up to `wait` for the session's lock; `None` when the wait ran out.
     pub async fn lock(self: &Arc<Self>, key: &str, wait: Duration) -> Option<LocalGuard> {
-        let (key, entry) = {
-            let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-            match map.get_key_value(key) {
-                Some((k, e)) => (k.clone(), e.clone()),
-                None => {
-                    let k: Arc<str> = Arc::from(key);
-                    let e = Entry::default();
-                    map.insert(k.clone(), e.clone());
-                    (k, e)
-                }
-            }
-        };
+        let (key, entry) = self.entry(key);
         match tokio::time::timeout(wait, entry.lock_owned()).await {
             Ok(guard) => Some(LocalGuard { locks: self.clone(), key, guard: Some(guard) }),
             Err(_) => {
@@ -99,6 +109,19 @@ mod tests {
         drop(held);
         assert_eq!(locks.len(), 0, "an idle session keeps no lock entry");
         assert!(locks.lock("a", Duration::from_millis(20)).await.is_some());
+        assert_eq!(locks.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn try_lock_takes_only_a_free_lock() {
+        let locks = Arc::new(SessionLocks::default());
+        let held = locks.try_lock("a");
+        assert!(held.is_some());
+        assert!(locks.try_lock("a").is_none(), "held: not free");
+        assert_eq!(locks.len(), 1);
+        drop(held);
+        assert_eq!(locks.len(), 0, "an idle session keeps no lock entry");
+        assert!(locks.try_lock("a").is_some());
         assert_eq!(locks.len(), 0);
     }
 }

@@ -196,7 +196,7 @@ impl<S: Conversational> ChatFlow<S> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::NoRuntime { call: "ChatFlow::handle_turn", instead: "a tokio runtime" }.into());
         }
-        self.turn(session.as_session_id(), message, None, None).await
+        self.turn(session.as_session_id(), message, None, None, false).await
     }
 
     /// [`handle_turn`](ChatFlow::handle_turn), run at most once for `key`: a key the client
@@ -221,23 +221,37 @@ impl<S: Conversational> ChatFlow<S> {
             return Err(Error::NoRuntime { call: "ChatFlow::handle_turn_once", instead: "a tokio runtime" }.into());
         }
         crate::session_id::check_turn_key(key)?;
-        self.turn(session.as_session_id(), message, Some(key), None).await
+        self.turn(session.as_session_id(), message, Some(key), None, false).await
     }
 
     /// [`handle_turn`](ChatFlow::handle_turn), streaming the turn's tokens and events as they
     /// happen, then the turn. Errors arrive on the stream.
     pub fn stream_turn(&self, session: impl AsSessionId, message: &str) -> TurnStream {
-        self.stream(session.as_session_id(), message, None)
+        self.stream(session.as_session_id(), message, None, false)
     }
 
     /// [`handle_turn_once`](ChatFlow::handle_turn_once), streaming like
     /// [`stream_turn`](ChatFlow::stream_turn). A repeated turn streams only its
     /// [`TurnEvent::Finished`].
     pub fn stream_turn_once(&self, session: impl AsSessionId, message: &str, key: &str) -> TurnStream {
-        self.stream(session.as_session_id(), message, Some(key))
+        self.stream(session.as_session_id(), message, Some(key), false)
     }
 
-    fn stream(&self, session: &SessionId, message: &str, key: Option<&str>) -> TurnStream {
+    /// [`stream_turn`](ChatFlow::stream_turn) (with a key,
+    /// [`stream_turn_once`](ChatFlow::stream_turn_once)) of a session the store has already:
+    /// an id it has no session for is refused with [`ChatError::UnknownSession`] instead of
+    /// starting a new session. The check is the turn's own read of the session, under its
+    /// lock: no extra read, and no window in which the session could be deleted between a
+    /// check and the turn. While another turn of the session runs in this process, the store
+    /// is asked at once instead (an unknown id is refused without waiting for that turn);
+    /// a turn in another process holding a store's session lock (PostgreSQL) is waited for,
+    /// and its session is then known. What a server uses for a turn of a session named by a
+    /// client.
+    pub fn stream_existing_turn(&self, session: impl AsSessionId, message: &str, key: Option<&str>) -> TurnStream {
+        self.stream(session.as_session_id(), message, key, true)
+    }
+
+    fn stream(&self, session: &SessionId, message: &str, key: Option<&str>, existing: bool) -> TurnStream {
         let (tx, rx) = unbounded_channel();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             let e = Error::NoRuntime { call: "ChatFlow::stream_turn", instead: "a tokio runtime" };
@@ -251,7 +265,7 @@ impl<S: Conversational> ChatFlow<S> {
         let (chat, session, message) = (self.clone(), session.clone(), message.to_string());
         let key = key.map(str::to_string);
         let task = rt.spawn(async move {
-            let result = chat.turn(&session, &message, key.as_deref(), Some(&tx)).await;
+            let result = chat.turn(&session, &message, key.as_deref(), Some(&tx), existing).await;
             let _ = tx.send(result.map(TurnEvent::Finished));
         });
         TurnStream { rx, task: Some(task) }
@@ -320,18 +334,30 @@ impl<S: Conversational> ChatFlow<S> {
         message: &str,
         key: Option<&str>,
         sink: Option<&Sink>,
+        existing: bool,
     ) -> Result<Turn, ChatError> {
         let (clock, started_at) = (Instant::now(), Utc::now());
         let wait = self.options.lock_timeout;
         let busy = || ChatError::SessionBusy { session: session.to_string(), waited: wait };
         let lock = format!("{}\0{session}", self.name());
-        let local = crate::lock::process_locks().lock(&lock, wait).await.ok_or_else(busy)?;
+        let locks = crate::lock::process_locks();
+        let local = match locks.try_lock(&lock) {
+            Some(local) => local,
+            None => {
+                // Another turn of it runs here: an unknown session is refused now, not after
+                // that turn (which may be the one creating it) lets go.
+                if existing && !self.is_stored(session).await? {
+                    return Err(ChatError::UnknownSession { session: session.to_string() });
+                }
+                locks.lock(&lock, wait).await.ok_or_else(busy)?
+            }
+        };
         let remote = self
             .store
             .lock_session(self.name(), session.as_str(), wait.saturating_sub(clock.elapsed()))
             .await
             .map_err(|e| self.fail("lock the session", e))?;
-        let result = self.locked_turn(session, message, key, sink, (clock, started_at)).await;
+        let result = self.locked_turn(session, message, key, sink, existing, (clock, started_at)).await;
         if let Some(guard) = remote {
             guard.release().await;
         }
@@ -345,11 +371,13 @@ impl<S: Conversational> ChatFlow<S> {
         message: &str,
         key: Option<&str>,
         sink: Option<&Sink>,
+        existing: bool,
         (clock, started_at): (Instant, DateTime<Utc>),
     ) -> Result<Turn, ChatError> {
         let options = &self.options;
         let (mut state, expected_turns, loaded) = match self.load_for_turn(session).await? {
             Some((state, turns, loaded)) => (state, turns, loaded),
+            None if existing => return Err(ChatError::UnknownSession { session: session.to_string() }),
             // A new id starts from the default state, never from another session's.
             None => (S::default(), 0, Loaded::default()),
         };
@@ -448,6 +476,12 @@ impl<S: Conversational> ChatFlow<S> {
             compacted: false,
             repeated: true,
         })
+    }
+
+    /// Whether the store has the session (read without its lock).
+    async fn is_stored(&self, session: &SessionId) -> Result<bool, ChatError> {
+        let found = self.store.load_session_tail(self.name(), session.as_str(), 0).await;
+        Ok(found.map_err(|e| self.fail("load the session", e))?.is_some())
     }
 
     /// The session's state with the end of its transcript a turn needs (see

@@ -16,8 +16,9 @@ pub(crate) trait HostedChat: Send + Sync + 'static {
     fn graph(&self) -> &Graph;
     fn inputs(&self) -> Value;
     /// Runs one turn, streaming its events ([`ChatFlow::stream_turn`]); with a key, at most
-    /// once for it ([`ChatFlow::stream_turn_once`]).
-    fn stream_turn(&self, session: &SessionId, message: &str, key: Option<&str>) -> TurnStream;
+    /// once for it ([`ChatFlow::stream_turn_once`]). `existing`: only if the store has the
+    /// session ([`ChatFlow::stream_existing_turn`]), `ChatError::UnknownSession` otherwise.
+    fn stream_turn(&self, session: &SessionId, message: &str, key: Option<&str>, existing: bool) -> TurnStream;
     /// The session's history: its messages and turns; `None` for an unknown id.
     fn history(&self, session: SessionId) -> ChatFut<Option<Value>>;
     fn list(&self, limit: usize) -> ChatFut<Vec<SessionSummary>>;
@@ -39,10 +40,11 @@ impl<S: Conversational> HostedChat for ChatFlow<S> {
         json!({"message": {"type": "string", "default": ""}})
     }
 
-    fn stream_turn(&self, session: &SessionId, message: &str, key: Option<&str>) -> TurnStream {
-        match key {
-            Some(key) => ChatFlow::stream_turn_once(self, session, message, key),
-            None => ChatFlow::stream_turn(self, session, message),
+    fn stream_turn(&self, session: &SessionId, message: &str, key: Option<&str>, existing: bool) -> TurnStream {
+        match (key, existing) {
+            (_, true) => ChatFlow::stream_existing_turn(self, session, message, key),
+            (Some(key), false) => ChatFlow::stream_turn_once(self, session, message, key),
+            (None, false) => ChatFlow::stream_turn(self, session, message),
         }
     }
 

@@ -31,6 +31,9 @@ struct Located {
     chat: Arc<dyn HostedChat>,
     strategy: DoubleTexting,
     id: SessionId,
+    /// The store was not asked whether it has the session: the turn's own read of it refuses
+    /// an unknown id ([`App::locate_turn`]).
+    unchecked: bool,
 }
 
 impl Located {
@@ -55,6 +58,7 @@ fn unknown_session(id: &str) -> ApiError {
 fn chat_error(e: ChatError) -> ApiError {
     let (status, code) = match &e {
         ChatError::SessionBusy { .. } => (StatusCode::CONFLICT, "session_busy"),
+        ChatError::UnknownSession { .. } => (StatusCode::NOT_FOUND, "unknown_session"),
         ChatError::SessionConflict(_) => (StatusCode::CONFLICT, "session_conflict"),
         ChatError::InvalidSessionId { .. } | ChatError::InvalidTurnKey { .. } => {
             (StatusCode::BAD_REQUEST, "bad_request")
@@ -71,22 +75,38 @@ impl App {
     /// The flow a session belongs to: one created here and not started yet, or one a chat
     /// flow's store has.
     async fn locate(&self, text: &str) -> Result<Located, ApiError> {
+        self.find(text, false).await
+    }
+
+    /// [`locate`](App::locate) for a turn answered whole (REST): with one conversational flow
+    /// the store is not asked first, the turn's own read of the session refuses an unknown id
+    /// (`unknown_session` all the same), so a turn reads its session once, not twice. Streamed
+    /// turns are located first: their `404` comes before the stream's `200`.
+    async fn locate_turn(&self, text: &str) -> Result<Located, ApiError> {
+        self.find(text, true).await
+    }
+
+    async fn find(&self, text: &str, turn_checks: bool) -> Result<Located, ApiError> {
         let id = session_id(text)?;
         let reserved = self.reserved.flow_of(text);
-        let found = |flow: &str, id: SessionId| {
+        let found = |flow: &str, id: SessionId, unchecked: bool| {
             self.chats.get(flow).map(|(chat, strategy)| Located {
                 flow: flow.to_string(),
                 chat: chat.clone(),
                 strategy: *strategy,
                 id,
+                unchecked,
             })
         };
-        if let Some(located) = reserved.and_then(|flow| found(&flow, id.clone())) {
+        if let Some(located) = reserved.and_then(|flow| found(&flow, id.clone(), false)) {
             return Ok(located);
+        }
+        if let (true, 1, Some(flow)) = (turn_checks, self.chats.len(), self.chats.keys().next()) {
+            return found(flow, id, true).ok_or_else(|| unknown_session(text));
         }
         for (flow, (chat, _)) in &self.chats {
             if chat.exists(id.clone()).await.map_err(chat_error)? {
-                return found(flow, id).ok_or_else(|| unknown_session(text));
+                return found(flow, id, false).ok_or_else(|| unknown_session(text));
             }
         }
         Err(unknown_session(text))
@@ -303,14 +323,39 @@ fn key_of(headers: &HeaderMap, body: &mut TurnBody) -> Result<(), ApiError> {
     }
 }
 
+/// Where a turn's frames go: every frame (SSE, WebSocket), or only the last one, the turn
+/// finished, failed or interrupted (REST answers with it alone, so the others are not made).
+#[derive(Clone)]
+struct Sink {
+    tx: UnboundedSender<Frame>,
+    every_frame: bool,
+}
+
+impl Sink {
+    fn every(tx: UnboundedSender<Frame>) -> Self {
+        Sink { tx, every_frame: true }
+    }
+
+    fn last_only(tx: UnboundedSender<Frame>) -> Self {
+        Sink { tx, every_frame: false }
+    }
+
+    /// Sends a turn's last frame.
+    fn last(&self, frame: Frame) {
+        drop(self.tx.send(frame));
+    }
+
+    /// Sends a frame of the turn's progress, made only if it goes out.
+    fn progress(&self, frame: impl FnOnce() -> Frame) {
+        if self.every_frame {
+            drop(self.tx.send(frame()));
+        }
+    }
+}
+
 /// Records the turn's arrival in its session's lane (refused under [`DoubleTexting::Reject`]
 /// while a turn runs) and runs it in the background, its frames sent to `sink`.
-fn start_turn(
-    app: &Arc<App>,
-    located: Located,
-    body: TurnBody,
-    sink: UnboundedSender<Frame>,
-) -> Result<String, ApiError> {
+fn start_turn(app: &Arc<App>, located: Located, body: TurnBody, sink: Sink) -> Result<String, ApiError> {
     let turn_id = RunId::new().to_string();
     let ticket = app.lanes.enter(located.key(), turn_id.clone(), located.strategy).map_err(|running| {
         let mut e = ApiError::new(
@@ -338,12 +383,14 @@ fn start_turn(
 
 /// Runs one turn once the turns before it have left, sending its frames; `true` if it was
 /// saved. Ends with `turn_finished`, `turn_failed` or `turn_interrupted`.
-async fn run_turn(at: &Located, body: &TurnBody, ticket: &Ticket, sink: &UnboundedSender<Frame>) -> bool {
+async fn run_turn(at: &Located, body: &TurnBody, ticket: &Ticket, sink: &Sink) -> bool {
     let (flow, turn_id, session) = (at.flow.as_str(), ticket.turn_id.as_str(), at.id.as_str());
-    let send = |frame: Frame| drop(sink.send(frame));
+    let send = |frame: Frame| sink.last(frame);
     let interrupted = || Frame::new("turn_interrupted", json!({"turn_id": turn_id, "session_id": session}));
     if ticket.ahead > 0 {
-        send(Frame::new("turn_queued", json!({"turn_id": turn_id, "session_id": session, "ahead": ticket.ahead})));
+        sink.progress(|| {
+            Frame::new("turn_queued", json!({"turn_id": turn_id, "session_id": session, "ahead": ticket.ahead}))
+        });
     }
     tokio::select! {
         () = ticket.wait_turn() => {}
@@ -352,8 +399,8 @@ async fn run_turn(at: &Located, body: &TurnBody, ticket: &Ticket, sink: &Unbound
             return false;
         }
     }
-    send(Frame::new("turn_started", json!({"turn_id": turn_id, "session_id": session, "flow": flow})));
-    let mut stream = at.chat.stream_turn(&at.id, &body.message, body.key.as_deref());
+    sink.progress(|| Frame::new("turn_started", json!({"turn_id": turn_id, "session_id": session, "flow": flow})));
+    let mut stream = at.chat.stream_turn(&at.id, &body.message, body.key.as_deref(), at.unchecked);
     loop {
         let item = tokio::select! {
             item = stream.next() => item,
@@ -365,13 +412,11 @@ async fn run_turn(at: &Located, body: &TurnBody, ticket: &Ticket, sink: &Unbound
             }
         };
         match item {
-            Some(Ok(event)) => {
-                let done = matches!(event, TurnEvent::Finished(_));
+            Some(Ok(event @ TurnEvent::Finished(_))) => {
                 send(turn_frame(flow, turn_id, &event));
-                if done {
-                    return true;
-                }
+                return true;
             }
+            Some(Ok(event)) => sink.progress(|| turn_frame(flow, turn_id, &event)),
             Some(Err(e)) => {
                 let e = chat_error(e);
                 send(Frame::new(
@@ -415,9 +460,9 @@ pub(crate) async fn post_turn(
     };
     let mut turn = message_of(&body)?;
     key_of(&headers, &mut turn)?;
-    let located = app.locate(&id).await?;
+    let located = if sse { app.locate(&id).await? } else { app.locate_turn(&id).await? };
     let (tx, mut rx) = unbounded_channel();
-    start_turn(&app, located, turn, tx)?;
+    start_turn(&app, located, turn, if sse { Sink::every(tx) } else { Sink::last_only(tx) })?;
     if sse {
         let stream = futures::stream::unfold((rx, 0usize), |(mut rx, n)| async move {
             let frame = rx.recv().await?;
@@ -432,6 +477,8 @@ pub(crate) async fn post_turn(
             "turn_failed" => {
                 let message = data["error"]["message"].as_str().unwrap_or_default().to_string();
                 let (status, code) = match data["error"]["code"].as_str() {
+                    // The turn found no such session (a turn located without the store).
+                    Some("unknown_session") => return Err(unknown_session(&id)),
                     Some("session_busy") => (StatusCode::CONFLICT, "session_busy"),
                     Some("session_conflict") => (StatusCode::CONFLICT, "session_conflict"),
                     Some("store_unavailable") => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
@@ -482,7 +529,7 @@ async fn serve_socket(app: Arc<App>, id: String, mut socket: WebSocket) {
                 Some(Ok(Message::Text(text))) => {
                     let refusal = match message_of(text.as_bytes()) {
                         Ok(turn) => match app.locate(&id).await {
-                            Ok(located) => start_turn(&app, located, turn, tx.clone()).err(),
+                            Ok(located) => start_turn(&app, located, turn, Sink::every(tx.clone())).err(),
                             Err(e) => Some(e),
                         },
                         Err(e) => Some(e),

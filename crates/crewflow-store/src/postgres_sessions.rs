@@ -39,9 +39,16 @@ struct HeldLock {
 impl HeldLock {
     async fn unlock(mut self) {
         if let Some(client) = self.client.take() {
-            match client.query_one("SELECT pg_advisory_unlock($1)", &[&self.key]).await {
-                Ok(_) => drop(client),                // back to the pool, unlocked
-                Err(_) => drop(Object::take(client)), // closes the connection: the lock goes with it
+            // Prepared once per connection: a plain string would be parsed again every turn,
+            // a round trip of its own (as in `add_to_trace`).
+            let unlocked = match client.prepare_cached("SELECT pg_advisory_unlock($1)").await {
+                Ok(stmt) => client.query_one(&stmt, &[&self.key]).await.is_ok(),
+                Err(_) => false,
+            };
+            if unlocked {
+                drop(client); // back to the pool, unlocked
+            } else {
+                drop(Object::take(client)); // closes the connection: the lock goes with it
             }
         }
     }
@@ -492,14 +499,16 @@ async fn save_turn(tx: &Transaction<'_>, save: &TurnSave) -> Result<(), StoreErr
 /// open one was idle too long (it is finalized first).
 async fn add_to_trace(tx: &Transaction<'_>, save: &TurnSave, trace: &TraceWrite) -> Result<(), StoreError> {
     let idle = trace.idle_after.map(|d| ms(d) as f64);
-    let open = tx
-        .query_opt(
+    // The statements of every turn are prepared once per connection (`prepare_cached`): given
+    // as plain strings, each was parsed again, a round trip more per statement and turn.
+    let find = tx
+        .prepare_cached(
             "SELECT id, updated_at, ($3::float8 IS NOT NULL AND updated_at < now() - $3::float8 * interval '1 millisecond')
              FROM crewflow_traces WHERE flow = $1 AND session_id = $2 AND finalized_at IS NULL
              FOR UPDATE",
-            &[&save.flow, &save.session_id, &idle],
         )
         .await?;
+    let open = tx.query_opt(&find, &[&save.flow, &save.session_id, &idle]).await?;
     let open = match open {
         Some(row) if row.get::<_, bool>(2) => {
             finalize(tx, row.get(0), row.get(1)).await?;
@@ -530,7 +539,9 @@ async fn add_to_trace(tx: &Transaction<'_>, save: &TurnSave, trace: &TraceWrite)
         }
     };
     insert_spans(tx, &trace_id, &trace.spans).await?;
-    tx.execute("UPDATE crewflow_traces SET turns = turns + 1, updated_at = now() WHERE id = $1", &[&trace_id]).await?;
+    let count =
+        tx.prepare_cached("UPDATE crewflow_traces SET turns = turns + 1, updated_at = now() WHERE id = $1").await?;
+    tx.execute(&count, &[&trace_id]).await?;
     Ok(())
 }
 
