@@ -197,36 +197,73 @@ fn sleepy_chain() -> Flow<Counter> {
         .expect("sleepy chain builds")
 }
 
-/// Starts `runs` runs at once, waits until all are inside the sleeping step, samples memory,
-/// and waits for all of them. Returns (wall time, RSS delta, live heap delta) at the peak.
-async fn all_at_once(flow: &Flow<Counter>, runs: usize) -> (Duration, i64, i64) {
-    let rss_before = rss_bytes();
-    let heap_before = LIVE.load(Ordering::Relaxed) as i64;
-    let inside = Arc::new(AtomicU32::new(0));
+/// The sleepy chain with a gate instead of the sleep: every run started waits in its middle
+/// step until the gate opens, so memory is sampled with all of them parked however loaded the
+/// machine is (with the sleep, a busy machine sampled runs not started yet or already done).
+fn gated_chain(parked: Arc<AtomicU32>, gate: Arc<tokio::sync::Semaphore>) -> Flow<Counter> {
+    FlowBuilder::<Counter>::new("gated")
+        .start("a", |cx: Cx<Counter>, (): ()| async move {
+            cx.update(|c| c.n += 1);
+            Ok(())
+        })
+        .listen("b", "a", move |cx: Cx<Counter>, (): ()| {
+            let (parked, gate) = (parked.clone(), gate.clone());
+            async move {
+                parked.fetch_add(1, Ordering::SeqCst);
+                gate.acquire().await.expect("the gate stays open").forget();
+                cx.update(|c| c.n += 1);
+                Ok(())
+            }
+        })
+        .listen("c", "b", |cx: Cx<Counter>, (): ()| async move {
+            cx.update(|c| c.n += 1);
+            Ok(())
+        })
+        .build()
+        .expect("gated chain builds")
+}
+
+/// Starts `runs` runs at once and waits for all of them. Returns the wall time.
+async fn all_at_once(flow: &Flow<Counter>, runs: usize) -> Duration {
     let started = Instant::now();
     let handles: Vec<_> = (0..runs).map(|_| flow.spawn(()).expect("spawn")).collect();
-    // The middle step sleeps 10 ms: 5 ms in, every run that started is parked in it.
-    let _ = &inside;
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    let rss_peak = rss_bytes();
-    let heap_peak = LIVE.load(Ordering::Relaxed) as i64;
     for h in handles {
         assert_eq!(h.await.expect("run").state.n, 3);
     }
-    (started.elapsed(), rss_peak - rss_before, heap_peak - heap_before)
+    started.elapsed()
 }
 
-/// 1,000 runs of the sleepy chain at once.
-async fn concurrent() {
-    let flow = sleepy_chain();
-    let runs = 1000;
-    // The first round also measures memory: later rounds reuse the pages it freed.
-    let (first_wall, rss, heap) = all_at_once(&flow, runs).await;
-    let state = std::mem::size_of::<Counter>() as f64;
-    let mut walls = vec![first_wall.as_secs_f64() * 1000.0];
-    for _ in 0..9 {
-        walls.push(all_at_once(&flow, runs).await.0.as_secs_f64() * 1000.0);
+/// Starts `runs` runs of the gated chain, waits until all are parked in its middle step,
+/// samples memory, opens the gate and waits for all of them. Returns (RSS delta, live heap
+/// delta) with every run parked.
+async fn parked_memory(runs: usize) -> (i64, i64) {
+    let (parked, gate) = (Arc::new(AtomicU32::new(0)), Arc::new(tokio::sync::Semaphore::new(0)));
+    let flow = gated_chain(parked.clone(), gate.clone());
+    let rss_before = rss_bytes();
+    let heap_before = LIVE.load(Ordering::Relaxed) as i64;
+    let handles: Vec<_> = (0..runs).map(|_| flow.spawn(()).expect("spawn")).collect();
+    while parked.load(Ordering::SeqCst) < runs as u32 {
+        tokio::time::sleep(Duration::from_micros(200)).await;
     }
+    let (rss, heap) = (rss_bytes() - rss_before, LIVE.load(Ordering::Relaxed) as i64 - heap_before);
+    gate.add_permits(runs);
+    for h in handles {
+        assert_eq!(h.await.expect("run").state.n, 3);
+    }
+    (rss, heap)
+}
+
+/// 1,000 runs of the sleepy chain at once; memory with 1,000 runs parked in a step.
+async fn concurrent() {
+    let runs = 1000;
+    // First: later rounds reuse the pages earlier ones freed.
+    let (rss, heap) = parked_memory(runs).await;
+    let flow = sleepy_chain();
+    let mut walls = Vec::new();
+    for _ in 0..10 {
+        walls.push(all_at_once(&flow, runs).await.as_secs_f64() * 1000.0);
+    }
+    let state = std::mem::size_of::<Counter>() as f64;
     report("concurrent", "wall_ms", "ms", walls);
     report("concurrent", "rss_per_run_bytes", "bytes", vec![rss as f64 / runs as f64 - state]);
     report("concurrent", "heap_per_run_bytes", "bytes", vec![heap as f64 / runs as f64 - state]);
@@ -235,7 +272,7 @@ async fn concurrent() {
 /// 100,000 runs of the sleepy chain at once.
 async fn concurrent_100k() {
     let flow = sleepy_chain();
-    let (wall, _, _) = all_at_once(&flow, 100_000).await;
+    let wall = all_at_once(&flow, 100_000).await;
     report("concurrent_100k", "wall_ms", "ms", vec![wall.as_secs_f64() * 1000.0]);
     report("concurrent_100k", "peak_rss_mb", "MB", vec![peak_rss_bytes() as f64 / (1024.0 * 1024.0)]);
 }

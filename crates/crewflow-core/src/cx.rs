@@ -30,10 +30,11 @@ pub(crate) struct RunShared<S> {
     pub feedback_history: Mutex<Vec<FeedbackResult>>,
     /// Asks the driver for a checkpoint (before a step waits for a person); present when the
     /// run is durable.
-    pub checkpoints: Option<CheckpointAsks>,
+    pub checkpoints: Option<Box<CheckpointAsks>>,
     /// The changes of executions in flight, kept out of checkpoints; present when the run is
-    /// durable (see [`crate::uncommitted`]).
-    pub uncommitted: Option<StateLog<S>>,
+    /// durable (see [`crate::uncommitted`]). Both boxed: every run in flight holds this
+    /// record, and most have no store.
+    pub uncommitted: Option<Box<StateLog<S>>>,
     /// The journal of side effects: set when a durable run is recorded or claimed, or on the
     /// first [`Cx::once`] of a run without a store (boxed: most runs never use it).
     pub journal: std::sync::OnceLock<Box<Journal>>,

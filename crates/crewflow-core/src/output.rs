@@ -46,6 +46,12 @@ impl<T: Serialize + Send + Sync + 'static> ErasedValue for Typed<T> {
 impl Output {
     /// Wraps a value.
     pub fn new<T: Serialize + Send + Sync + 'static>(value: T) -> Self {
+        // Steps that return nothing are common (a chain's links): they share one value
+        // rather than each allocating one that every run in flight keeps.
+        if TypeId::of::<T>() == TypeId::of::<()>() {
+            static UNIT: std::sync::LazyLock<Output> = std::sync::LazyLock::new(|| Output(Arc::new(Typed(()))));
+            return UNIT.clone();
+        }
         Output(Arc::new(Typed(value)))
     }
 

@@ -140,31 +140,65 @@ fn new_shared<S: FlowState>(
         input_history: Mutex::new(Vec::new()),
         feedback: flow.feedback.clone(),
         feedback_history: Mutex::new(Vec::new()),
-        checkpoints: durable.then(CheckpointAsks::new),
-        uncommitted: (durable || flow.steps.iter().any(|s| s.retry.is_some())).then(StateLog::new),
+        checkpoints: durable.then(|| Box::new(CheckpointAsks::new())),
+        uncommitted: (durable || flow.steps.iter().any(|s| s.retry.is_some())).then(|| Box::new(StateLog::new())),
         journal: std::sync::OnceLock::new(),
     })
 }
 
 /// Runs a prepared run from its start to its end.
-pub(crate) async fn drive<S: FlowState>(flow: Arc<FlowInner<S>>, prepared: Prepared<S>) -> Result<Run<S>, Error> {
+///
+/// Not an `async fn`: its arguments would stay in the run's future for the run's whole life
+/// (an async fn keeps its arguments), and every run in flight holds that future. The first
+/// moves are synchronous, so they are made here and the future keeps only the driver.
+pub(crate) fn drive<S: FlowState>(
+    flow: Arc<FlowInner<S>>,
+    prepared: Prepared<S>,
+) -> impl Future<Output = Result<Run<S>, Error>> + Send + 'static {
+    let begun = begin(flow, prepared).map_err(Box::new);
+    async move {
+        let Begun { mut driver, ready, mut start } = begun.map_err(|e| *e)?;
+        if let Some((store, new)) = start.as_mut().and_then(|s| s.record.take()) {
+            // Boxed, like every store path: runs without a store should not pay for its futures.
+            let durable = Box::pin(Durable::record(store.clone(), new)).await?;
+            driver.start_journal(store, durable.fencing, Vec::new());
+            driver.durable = Some(Box::new(durable));
+        }
+        let flow_name = driver.shared.flow.clone();
+        let inputs = start.and_then(|s| s.inputs);
+        driver.emit(None, || EventKind::RunStarted { flow: flow_name, inputs });
+        driver.launch(ready);
+        driver.complete().await
+    }
+}
+
+/// A run whose first steps are activated, not yet launched.
+struct Begun<S> {
+    /// On the heap: the run's future then holds a pointer, not the driver.
+    driver: Box<Driver<S>>,
+    ready: Vec<Activation>,
+    /// What the start needs once: the record to write, the inputs to report (boxed, and
+    /// absent when there is neither).
+    start: Option<Box<Start>>,
+}
+
+struct Start {
+    record: Option<(Arc<dyn RunStore>, NewRun)>,
+    inputs: Option<Value>,
+}
+
+fn begin<S: FlowState>(flow: Arc<FlowInner<S>>, prepared: Prepared<S>) -> Result<Begun<S>, Error> {
     let frontier = Frontier::new(&flow.graph, prepared.budget);
-    // The driver lives on the heap: the run's future then holds a pointer, not a copy per await.
     let mut driver = Box::new(Driver::new(flow, prepared.shared, prepared.payload, frontier, None));
     let ready = driver.start()?;
-    let inputs_json = prepared.inputs.map(Value::Object);
-    if let Some(store) = prepared.store {
-        // Boxed, like every store path: runs without a store should not pay for its futures.
-        let new = Durable::new_run(&driver, &inputs_json)?;
-        let durable = Box::pin(Durable::record(store.clone(), new)).await?;
-        driver.start_journal(store, durable.fencing, Vec::new());
-        driver.durable = Some(Box::new(durable));
-    }
-    let flow_name = driver.shared.flow.clone();
-    let inputs = if driver.shared.telemetry.events.is_active() { inputs_json } else { None };
-    driver.emit(None, || EventKind::RunStarted { flow: flow_name, inputs });
-    driver.launch(ready);
-    driver.complete().await
+    let inputs = prepared.inputs.map(Value::Object);
+    let record = match prepared.store {
+        Some(store) => Some((store, Durable::new_run(&driver, &inputs)?)),
+        None => None,
+    };
+    let inputs = if driver.shared.telemetry.events.is_active() { inputs } else { None };
+    let start = (record.is_some() || inputs.is_some()).then(|| Box::new(Start { record, inputs }));
+    Ok(Begun { driver, ready, start })
 }
 
 /// The record of a run queued for a worker: its starts are activated (in flight), so the
@@ -413,13 +447,14 @@ impl<S: FlowState> Driver<S> {
 
     async fn next_completion(&mut self) -> Result<Completion, Error> {
         loop {
-            match self.next_signal().await? {
+            // The signal is taken apart in a statement of its own: awaiting inside the `match`
+            // would keep the matched value (and the `?`'s) in every run's future, 272 bytes.
+            let done = match self.next_signal().await? {
                 Signal::Completed(c) => return Ok(c),
-                Signal::CheckpointAsked(done) => {
-                    Box::pin(self.checkpoint_now()).await?; // boxed: rare, keep the run future small
-                    let _ = done.send(()); // the step may have stopped waiting
-                }
-            }
+                Signal::CheckpointAsked(done) => done,
+            };
+            Box::pin(self.checkpoint_now()).await?; // boxed: rare, keep the run future small
+            let _ = done.send(()); // the step may have stopped waiting
         }
     }
 

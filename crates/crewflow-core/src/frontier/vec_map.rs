@@ -31,7 +31,14 @@ impl<K: Ord + Copy, V> VecMap<K, V> {
     pub fn insert(&mut self, key: K, value: V) {
         match self.find(&key) {
             Ok(i) => self.0[i].1 = value,
-            Err(i) => self.0.insert(i, (key, value)),
+            Err(i) => {
+                // A first entry gets room for one, not `Vec`'s four: most maps of a run
+                // never hold a second, and every run in flight holds its maps.
+                if self.0.capacity() == 0 {
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(i, (key, value))
+            }
         }
     }
 
