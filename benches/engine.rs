@@ -177,50 +177,46 @@ async fn router_loop() {
     report("router_loop", "per_iteration_ns", "ns", per_iteration);
 }
 
+/// A 3-step chain counting its steps, with `middle` as its middle step.
+fn chain_around<F, Fut>(name: &str, middle: F) -> Flow<Counter>
+where
+    F: Fn(Cx<Counter>, ()) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), StepError>> + Send + 'static,
+{
+    let count = |cx: Cx<Counter>, (): ()| async move {
+        cx.update(|c| c.n += 1);
+        Ok(())
+    };
+    FlowBuilder::<Counter>::new(name)
+        .start("a", count)
+        .listen("b", "a", middle)
+        .listen("c", "b", count)
+        .build()
+        .expect("the chain builds")
+}
+
 /// A 3-step chain whose middle step sleeps 10 ms.
 fn sleepy_chain() -> Flow<Counter> {
-    FlowBuilder::<Counter>::new("sleepy")
-        .start("a", |cx: Cx<Counter>, (): ()| async move {
-            cx.update(|c| c.n += 1);
-            Ok(())
-        })
-        .listen("b", "a", |cx: Cx<Counter>, (): ()| async move {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            cx.update(|c| c.n += 1);
-            Ok(())
-        })
-        .listen("c", "b", |cx: Cx<Counter>, (): ()| async move {
-            cx.update(|c| c.n += 1);
-            Ok(())
-        })
-        .build()
-        .expect("sleepy chain builds")
+    chain_around("sleepy", |cx: Cx<Counter>, (): ()| async move {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        cx.update(|c| c.n += 1);
+        Ok(())
+    })
 }
 
 /// The sleepy chain with a gate instead of the sleep: every run started waits in its middle
 /// step until the gate opens, so memory is sampled with all of them parked however loaded the
 /// machine is (with the sleep, a busy machine sampled runs not started yet or already done).
 fn gated_chain(parked: Arc<AtomicU32>, gate: Arc<tokio::sync::Semaphore>) -> Flow<Counter> {
-    FlowBuilder::<Counter>::new("gated")
-        .start("a", |cx: Cx<Counter>, (): ()| async move {
+    chain_around("gated", move |cx: Cx<Counter>, (): ()| {
+        let (parked, gate) = (parked.clone(), gate.clone());
+        async move {
+            parked.fetch_add(1, Ordering::SeqCst);
+            gate.acquire().await.expect("the gate stays open").forget();
             cx.update(|c| c.n += 1);
             Ok(())
-        })
-        .listen("b", "a", move |cx: Cx<Counter>, (): ()| {
-            let (parked, gate) = (parked.clone(), gate.clone());
-            async move {
-                parked.fetch_add(1, Ordering::SeqCst);
-                gate.acquire().await.expect("the gate stays open").forget();
-                cx.update(|c| c.n += 1);
-                Ok(())
-            }
-        })
-        .listen("c", "b", |cx: Cx<Counter>, (): ()| async move {
-            cx.update(|c| c.n += 1);
-            Ok(())
-        })
-        .build()
-        .expect("gated chain builds")
+        }
+    })
 }
 
 /// Starts `runs` runs at once and waits for all of them. Returns the wall time.
