@@ -375,6 +375,21 @@ async fn cancelling_a_run() {
     assert_eq!(last, Some("run_cancelled"));
 }
 
+/// A start predicate (`start_when`) that panics fails the run with an error that says so,
+/// for a spawned run as for an awaited one; the caller of `spawn` gets its handle, not the panic.
+#[tokio::test]
+async fn a_panicking_start_predicate_fails_the_run_not_its_caller() {
+    let flow = FlowBuilder::<Map<String, Value>>::new("gated")
+        .start_when("maybe", |_state: &Map<String, Value>| panic!("no such field"), |_cx, (): ()| async move { Ok(()) })
+        .build()
+        .unwrap();
+    let spawned = flow.spawn(()).expect("spawn hands back a handle");
+    for result in [spawned.await, flow.kickoff(()).await] {
+        let e = result.expect_err("the run fails").to_string();
+        assert!(e.contains("`when` predicate panicked") && e.contains("no such field"), "{e}");
+    }
+}
+
 /// A step fails with a message (`Err("..".into())`, `?` on a `Result<_, String>` or `&str`),
 /// and the failed run's error carries its id: the fix-then-resume pattern of docs/store.md
 /// needs nothing else.

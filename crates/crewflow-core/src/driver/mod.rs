@@ -155,7 +155,16 @@ pub(crate) fn drive<S: FlowState>(
     flow: Arc<FlowInner<S>>,
     prepared: Prepared<S>,
 ) -> impl Future<Output = Result<Run<S>, Error>> + Send + 'static {
-    let begun = begin(flow, prepared).map_err(Box::new);
+    // A start predicate (`start_when`) is the user's code: a panic in it fails the run, as a
+    // panic in a step does, rather than unwinding into whoever called `spawn`.
+    let begun = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| begin(flow, prepared)))
+        .unwrap_or_else(|panic| {
+            Err(Error::Internal(format!(
+                "a start step's `when` predicate panicked as the run started: {}",
+                crate::builder::panic_message(panic)
+            )))
+        })
+        .map_err(Box::new);
     async move {
         let Begun { mut driver, ready, mut start } = begun.map_err(|e| *e)?;
         if let Some((store, new)) = start.as_mut().and_then(|s| s.record.take()) {
