@@ -148,6 +148,19 @@ impl<S> Clone for ChatFlow<S> {
     }
 }
 
+/// One turn as asked: by the public calls, handed on to the locked part.
+#[derive(Clone, Copy)]
+struct Ask<'a> {
+    session: &'a SessionId,
+    message: &'a str,
+    /// The client's idempotency key (`handle_turn_once`).
+    key: Option<&'a str>,
+    /// Where a streamed turn's events go.
+    sink: Option<&'a Sink>,
+    /// Refuse an id the store has no session for (`stream_existing_turn`).
+    existing: bool,
+}
+
 impl<S: Conversational> ChatFlow<S> {
     /// Holds the conversations of `flow` in `store` (crewflow-store's `SqliteStore` or
     /// `PostgresStore`), with the default [`ChatOptions`].
@@ -196,7 +209,7 @@ impl<S: Conversational> ChatFlow<S> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::NoRuntime { call: "ChatFlow::handle_turn", instead: "a tokio runtime" }.into());
         }
-        self.turn(session.as_session_id(), message, None, None, false).await
+        self.turn(Ask { session: session.as_session_id(), message, key: None, sink: None, existing: false }).await
     }
 
     /// [`handle_turn`](ChatFlow::handle_turn), run at most once for `key`: a key the client
@@ -221,7 +234,7 @@ impl<S: Conversational> ChatFlow<S> {
             return Err(Error::NoRuntime { call: "ChatFlow::handle_turn_once", instead: "a tokio runtime" }.into());
         }
         crate::session_id::check_turn_key(key)?;
-        self.turn(session.as_session_id(), message, Some(key), None, false).await
+        self.turn(Ask { session: session.as_session_id(), message, key: Some(key), sink: None, existing: false }).await
     }
 
     /// [`handle_turn`](ChatFlow::handle_turn), streaming the turn's tokens and events as they
@@ -265,7 +278,8 @@ impl<S: Conversational> ChatFlow<S> {
         let (chat, session, message) = (self.clone(), session.clone(), message.to_string());
         let key = key.map(str::to_string);
         let task = rt.spawn(async move {
-            let result = chat.turn(&session, &message, key.as_deref(), Some(&tx), existing).await;
+            let ask = Ask { session: &session, message: &message, key: key.as_deref(), sink: Some(&tx), existing };
+            let result = chat.turn(ask).await;
             let _ = tx.send(result.map(TurnEvent::Finished));
         });
         TurnStream { rx, task: Some(task) }
@@ -328,14 +342,8 @@ impl<S: Conversational> ChatFlow<S> {
         ChatError::from_store(self.store.describe(), action, e, self.options.lock_timeout)
     }
 
-    async fn turn(
-        &self,
-        session: &SessionId,
-        message: &str,
-        key: Option<&str>,
-        sink: Option<&Sink>,
-        existing: bool,
-    ) -> Result<Turn, ChatError> {
+    async fn turn(&self, ask: Ask<'_>) -> Result<Turn, ChatError> {
+        let Ask { session, existing, .. } = ask;
         let (clock, started_at) = (Instant::now(), Utc::now());
         let wait = self.options.lock_timeout;
         let busy = || ChatError::SessionBusy { session: session.to_string(), waited: wait };
@@ -357,7 +365,7 @@ impl<S: Conversational> ChatFlow<S> {
             .lock_session(self.name(), session.as_str(), wait.saturating_sub(clock.elapsed()))
             .await
             .map_err(|e| self.fail("lock the session", e))?;
-        let result = self.locked_turn(session, message, key, sink, existing, (clock, started_at)).await;
+        let result = self.locked_turn(ask, (clock, started_at)).await;
         if let Some(guard) = remote {
             guard.release().await;
         }
@@ -367,13 +375,10 @@ impl<S: Conversational> ChatFlow<S> {
 
     async fn locked_turn(
         &self,
-        session: &SessionId,
-        message: &str,
-        key: Option<&str>,
-        sink: Option<&Sink>,
-        existing: bool,
+        ask: Ask<'_>,
         (clock, started_at): (Instant, DateTime<Utc>),
     ) -> Result<Turn, ChatError> {
+        let Ask { session, message, key, sink, existing } = ask;
         let options = &self.options;
         let (mut state, expected_turns, loaded) = match self.load_for_turn(session).await? {
             Some((state, turns, loaded)) => (state, turns, loaded),
