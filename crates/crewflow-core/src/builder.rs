@@ -638,13 +638,8 @@ where
     })
 }
 
-pub(crate) fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
-    let text = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".to_string());
-    format!("the step panicked: {text}")
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    format!("the step panicked: {}", crate::error::panic_text(&*panic))
 }
 
 fn plain<S, I, O, F, Fut>(name: &str, handler: F) -> Handler<S>

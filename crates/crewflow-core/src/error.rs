@@ -613,6 +613,17 @@ pub struct UnknownKey {
     pub suggestion: Option<String>,
 }
 
+/// What a caught panic said: its message when it was a string, or a placeholder. Kept here,
+/// beside the errors it becomes, so the builder (step panics) and the driver (start-predicate
+/// panics) share it without importing each other.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
+}
+
 fn unknown_keys(keys: &[UnknownKey]) -> String {
     keys.iter().map(|k| format!("`{}`{}", k.key, did_you_mean(&k.suggestion))).collect::<Vec<_>>().join(", ")
 }

@@ -161,7 +161,7 @@ pub(crate) fn drive<S: FlowState>(
         .unwrap_or_else(|panic| {
             Err(Error::Internal(format!(
                 "a start step's `when` predicate panicked as the run started: {}",
-                crate::builder::panic_message(panic)
+                crate::error::panic_text(&*panic)
             )))
         })
         .map_err(Box::new);
