@@ -198,9 +198,9 @@ pub mod plot {
 /// See [`docs::store`].
 pub mod store {
     pub use crewflow_core::persist::{
-        Checkpoint, Claim, CompactReport, DEFAULT_LEASE, JournalEntry, LeaseLost, LoadRun, NewRun, Retention, RunEnd,
-        RunFilter, RunOwned, RunStatus, RunStore, RunSummary, StepOutputs, StepRow, StoreFuture, StoredRun,
-        driven_runs, process_owner,
+        Checkpoint, Claim, CompactReport, DEFAULT_LEASE, JournalEntry, LeaseLost, LoadRun, NewRun, ParentStep,
+        Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, RunSummary, RunTree, StepOutputs, StepRow,
+        StoreFuture, StoredRun, driven_runs, process_owner,
     };
     pub use crewflow_core::persist::{NewSchedule, NewWebhook, QueuedWebhook, ScheduleFire, StoredSchedule};
     pub use crewflow_store::*;

@@ -355,6 +355,7 @@ async fn a_run_is_read_in_one_snapshot_while_a_checkpoint_commits() {
         frontier: "{}".into(),
         owner: Arc::from("writer"),
         lease: Duration::from_secs(60),
+        parent: None,
     };
     setup.direct.create_run(&new).await.unwrap();
     let checkpoint = |steps: &[&str]| Checkpoint {

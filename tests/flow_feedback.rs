@@ -562,7 +562,7 @@ mod over_http {
             .list_runs(&crewflow::store::RunFilter {
                 flow: Some("lost".into()),
                 status: Some(crewflow::store::RunStatus::Paused),
-                limit: 0,
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -322,9 +322,9 @@ async fn a_newer_schema_is_refused_on_postgres() {
     PostgresStore::connect(&url).await.unwrap();
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
-    client.batch_execute("INSERT INTO crewflow_schema (version) VALUES (8)").await.unwrap();
+    client.batch_execute("INSERT INTO crewflow_schema (version) VALUES (9)").await.unwrap();
     let err = PostgresStore::connect(&url).await.err().unwrap();
-    assert!(err.to_string().contains("has schema version 8, newer than this crewflow supports (7)"), "{err}");
+    assert!(err.to_string().contains("has schema version 9, newer than this crewflow supports (8)"), "{err}");
 }
 
 /// PostgreSQL's JSONB cannot hold the character U+0000 in a string (SQLite stores it): a run or
@@ -349,6 +349,7 @@ async fn a_value_postgres_cannot_hold_is_refused_with_the_reason() {
         frontier: "{}".into(),
         owner: Arc::from("owner"),
         lease: Duration::from_secs(60),
+        parent: None,
     };
     let err = store.create_run(&run).await.unwrap_err().to_string();
     assert!(

@@ -494,7 +494,32 @@ async fn corrupt_foreign_and_newer_databases_are_refused() {
     SqliteStore::open(&newer).connect().await.unwrap();
     rusqlite_like::open(&newer).exec("INSERT INTO crewflow_schema (version) VALUES (99)");
     let err = flow_on(&newer).kickoff(()).await.err().unwrap();
-    assert!(err.to_string().contains("has schema version 99, newer than this crewflow supports (7)"), "{err}");
+    assert!(err.to_string().contains("has schema version 99, newer than this crewflow supports (8)"), "{err}");
+}
+
+/// A file written before nested runs were recorded (schema 7) is brought to the current
+/// schema on first use: its runs load and resume as before, with no parent.
+#[tokio::test]
+async fn a_file_of_the_previous_schema_is_upgraded_and_keeps_its_runs() {
+    let (_dir, path) = temp_db();
+    let log = Log::default();
+    let broken = chain(&path, &log, true);
+    broken.kickoff(()).await.unwrap_err();
+    let run_id = broken.store().unwrap().list_runs(&RunFilter::default()).await.unwrap()[0].run_id;
+    // Back to schema 7: what a crewflow of before nested runs wrote.
+    rusqlite_like::open(&path).exec(
+        "DROP INDEX crewflow_runs_by_parent;
+         ALTER TABLE crewflow_runs DROP COLUMN parent_run_id;
+         ALTER TABLE crewflow_runs DROP COLUMN parent_activation;
+         DELETE FROM crewflow_schema WHERE version = 8;",
+    );
+    let flow = chain(&path, &log, false);
+    let resumed = flow.resume(run_id).await.unwrap();
+    assert_eq!(resumed.output::<String>().unwrap(), "done with 11");
+    assert_eq!(log.entries(), ["first", "second", "third", "third", "fourth"]);
+    let store = SqliteStore::open(&path);
+    let run = crewflow::store::RunStore::load_run(&store, run_id).await.unwrap().unwrap();
+    assert_eq!(run.parent, None);
 }
 
 /// The names in a directory, sorted.

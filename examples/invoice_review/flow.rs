@@ -239,7 +239,12 @@ pub async fn accuracy(
     flow: &Flow<Invoice>,
     store: &dyn RunStore,
 ) -> Result<std::collections::BTreeMap<String, Accuracy>, crewflow::Error> {
-    let filter = crewflow::store::RunFilter { flow: Some(flow.name().to_string()), status: None, limit: 100_000 };
+    let filter = crewflow::store::RunFilter {
+        flow: Some(flow.name().to_string()),
+        status: None,
+        limit: 100_000,
+        ..Default::default()
+    };
     let runs =
         store.list_runs(&filter).await.map_err(|e| crewflow::Error::from_store(store, "list the invoice runs", e))?;
     let mut by_type = std::collections::BTreeMap::<String, Accuracy>::new();

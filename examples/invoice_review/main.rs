@@ -81,7 +81,12 @@ async fn process(flow: &crewflow::Flow<Invoice>, dir: Option<PathBuf>) -> Result
 }
 
 async fn pending(flow: &crewflow::Flow<Invoice>, store: &dyn crewflow::store::RunStore) -> Result<(), Error> {
-    let filter = RunFilter { flow: Some(flow.name().to_string()), status: Some(RunStatus::Paused), limit: 1000 };
+    let filter = RunFilter {
+        flow: Some(flow.name().to_string()),
+        status: Some(RunStatus::Paused),
+        limit: 1000,
+        ..Default::default()
+    };
     let paused = store.list_runs(&filter).await?;
     if paused.is_empty() {
         println!("nothing waits for a person");

@@ -183,7 +183,12 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error + Send + Sy
     }
 
     if let Some(store) = flow.store() {
-        let filter = RunFilter { flow: Some("SupportTriage".into()), status: Some(RunStatus::Finished), limit: 1000 };
+        let filter = RunFilter {
+            flow: Some("SupportTriage".into()),
+            status: Some(RunStatus::Finished),
+            limit: 1000,
+            ..Default::default()
+        };
         let stored = store.list_runs(&filter).await?;
         println!("\n{} finished triage runs stored in {}", stored.len(), store.describe());
     }

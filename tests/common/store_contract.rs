@@ -30,7 +30,8 @@ use crewflow::chat::{ChatMessage, Role, SessionConflict, SessionStore, StoredSes
 use crewflow::store::StoreError;
 use crewflow::store::{
     Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, LoadRun, MemoryQuery, MemoryRow, MemoryStore,
-    ModelCount, NewRun, Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, StepOutputs, StepRow, StoredRun,
+    ModelCount, NewRun, ParentStep, Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, StepOutputs, StepRow,
+    StoredRun,
 };
 use crewflow::store::{NewSchedule, NewWebhook, StoredSchedule};
 use crewflow::{BoxError, RunId};
@@ -47,6 +48,7 @@ macro_rules! store_contract_clauses {
             runs_are_created_and_loaded,
             a_duplicate_run_id_is_refused,
             runs_are_listed_newest_first_and_filtered,
+            nested_runs_keep_their_parent_and_are_listed_by_it,
             // checkpoints
             checkpoints_round_trip_and_keep_every_output,
             json_values_round_trip,
@@ -197,6 +199,7 @@ fn new_run(owner: &str, status: RunStatus) -> NewRun {
         frontier: r#"{"in_flight": [[0, "first"]]}"#.into(),
         owner: Arc::from(owner),
         lease: LONG,
+        parent: None,
     }
 }
 
@@ -396,7 +399,7 @@ pub async fn runs_are_listed_newest_first_and_filtered(db: Database) {
     store.end_run(&failed).await.unwrap();
 
     let list = |flow: Option<&str>, status: Option<RunStatus>, limit: usize| {
-        let filter = RunFilter { flow: flow.map(str::to_string), status, limit };
+        let filter = RunFilter { flow: flow.map(str::to_string), status, limit, ..Default::default() };
         let store = store.clone();
         async move { store.list_runs(&filter).await.unwrap() }
     };
@@ -422,6 +425,45 @@ pub async fn runs_are_listed_newest_first_and_filtered(db: Database) {
     }
     assert_eq!(list(Some("many"), None, 0).await.len(), 100, "a limit of 0 means 100");
     assert_eq!(list(Some("many"), None, 101).await.len(), 101);
+}
+
+/// A run started from another run's step keeps that step (run and activation) through its
+/// load and its listing; `RunFilter::parent` lists exactly the runs started from that run,
+/// queued ones too, and none of another run's.
+pub async fn nested_runs_keep_their_parent_and_are_listed_by_it(db: Database) {
+    let store = db.open().runs;
+    let outer = new_run("owner-a", RunStatus::Running);
+    store.create_run(&outer).await.unwrap();
+    let other = new_run("owner-a", RunStatus::Running);
+    store.create_run(&other).await.unwrap();
+    let under = |run: &NewRun, activation, status| NewRun {
+        parent: Some(ParentStep { run_id: run.run_id, activation }),
+        ..new_run("owner-a", status)
+    };
+    let first = under(&outer, 2, RunStatus::Running);
+    let second = under(&outer, 5, RunStatus::Queued);
+    let elsewhere = under(&other, 2, RunStatus::Running);
+    for run in [&first, &second, &elsewhere] {
+        store.create_run(run).await.unwrap();
+    }
+
+    let loaded = load(&*store, first.run_id).await;
+    assert_eq!(loaded.parent, Some(ParentStep { run_id: outer.run_id, activation: 2 }));
+    assert_eq!(load(&*store, outer.run_id).await.parent, None, "a top-level run has no parent");
+
+    let children = |parent: RunId| {
+        let filter = RunFilter { parent: Some(parent), ..RunFilter::default() };
+        let store = store.clone();
+        async move { store.list_runs(&filter).await.unwrap() }
+    };
+    let listed = children(outer.run_id).await;
+    let mut found: Vec<(RunId, Option<ParentStep>)> = listed.iter().map(|s| (s.run_id, s.parent)).collect();
+    found.sort_by_key(|(_, p)| p.map(|p| p.activation));
+    assert_eq!(found, [(first.run_id, first.parent), (second.run_id, second.parent)]);
+    assert_eq!(ids(&children(other.run_id).await), [elsewhere.run_id]);
+    assert!(children(first.run_id).await.is_empty(), "a run without nested runs lists none");
+    let all = store.list_runs(&RunFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 5, "without the filter every run is listed, nested or not");
 }
 
 // ----------------------------------------------------------------------------------------------

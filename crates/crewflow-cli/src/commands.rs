@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crewflow_chat::{SessionFilter, SessionStore};
-use crewflow_core::persist::{RunEnd, RunFilter, RunStatus, RunStore, StoredRun};
+use crewflow_core::persist::{RunEnd, RunFilter, RunStatus, RunStore, RunTree, StoredRun};
 use crewflow_core::{ConsoleFeedback, DeferredFeedback, RunId};
 use crewflow_declarative::{DeclarativeFlow, FlowDefinition, Registry};
 use crewflow_plot::Picture;
@@ -241,7 +241,7 @@ async fn runs_list(ctx: &Ctx, flow: Option<String>, status: Option<String>, limi
     };
     let url = ctx.store_url();
     let store = ctx.runs()?;
-    let filter = RunFilter { flow, status, limit };
+    let filter = RunFilter { flow, status, limit, ..Default::default() };
     let runs = store.list_runs(&filter).await.map_err(|e| store_failed(&url, "list runs", e))?;
     if ctx.json {
         for r in &runs {
@@ -281,6 +281,15 @@ pub(crate) async fn load(ctx: &Ctx, run_id: &str) -> Result<(StoredRun, String),
     Ok((stored.ok_or_else(|| not_found_run(run_id, &url))?, url))
 }
 
+/// A run and the runs started from its steps (recursively), for its trace.
+pub(crate) async fn load_tree(ctx: &Ctx, run_id: &str) -> Result<RunTree, CliError> {
+    let run_id = parse_run_id(run_id)?;
+    let url = ctx.store_url();
+    let store = ctx.runs()?;
+    let tree = RunTree::load(store.as_ref(), run_id).await.map_err(|e| store_failed(&url, "load the run", e))?;
+    tree.ok_or_else(|| not_found_run(run_id, &url))
+}
+
 fn pending_of(stored: &StoredRun) -> Vec<Value> {
     if stored.status != RunStatus::Paused {
         return Vec::new();
@@ -310,7 +319,8 @@ async fn runs_show(ctx: &Ctx, run_id: &str) -> Result<Exit, CliError> {
             "{}",
             json!({"run_id": r.run_id.to_string(), "flow": r.flow, "status": r.status.as_str(), "inputs": r.inputs.as_deref().map(parse_json),
                    "state": parse_json(&r.state), "steps": steps, "final_activation": r.final_activation, "error": r.error,
-                   "pending": pending, "owner": r.owner, "created_at": r.created_at.to_rfc3339(), "updated_at": r.updated_at.to_rfc3339()})
+                   "pending": pending, "owner": r.owner, "created_at": r.created_at.to_rfc3339(), "updated_at": r.updated_at.to_rfc3339(),
+                   "parent": r.parent.map(|p| json!({"run_id": p.run_id.to_string(), "activation": p.activation}))})
         );
         return Ok(Exit::Ok);
     }
@@ -318,6 +328,9 @@ async fn runs_show(ctx: &Ctx, run_id: &str) -> Result<Exit, CliError> {
     let _ = writeln!(out, "run      {}", r.run_id);
     let _ = writeln!(out, "flow     {}", r.flow);
     let _ = writeln!(out, "status   {}", r.status.as_str());
+    if let Some(p) = r.parent {
+        let _ = writeln!(out, "parent   run {} (step execution #{})", p.run_id, p.activation);
+    }
     let _ = writeln!(out, "created  {}", r.created_at.format("%Y-%m-%d %H:%M:%S%.3f UTC"));
     let _ = writeln!(out, "updated  {}", r.updated_at.format("%Y-%m-%d %H:%M:%S%.3f UTC"));
     if let Some(inputs) = &r.inputs {
@@ -400,7 +413,7 @@ async fn runs_cancel(ctx: &Ctx, run_id: &str) -> Result<Exit, CliError> {
 async fn feedback_list(ctx: &Ctx, flow: Option<String>) -> Result<Exit, CliError> {
     let url = ctx.store_url();
     let store = ctx.runs()?;
-    let filter = RunFilter { flow, status: Some(RunStatus::Paused), limit: 1000 };
+    let filter = RunFilter { flow, status: Some(RunStatus::Paused), limit: 1000, ..Default::default() };
     let runs = store.list_runs(&filter).await.map_err(|e| store_failed(&url, "list paused runs", e))?;
     let mut n = 0;
     for summary in runs {

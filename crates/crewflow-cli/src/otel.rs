@@ -10,6 +10,9 @@
 //! Nothing global is installed (no tracer provider, no propagator) and nothing is sent unless
 //! an endpoint is given.
 //!
+//! A run's trace holds the runs started from its steps (nested flows, crews run as flows):
+//! load them with [`RunTree::load`] and send [`run_tree_request`].
+//!
 //! ```no_run
 //! # async fn demo(run: crewflow_core::persist::StoredRun) -> Result<(), crewflow_cli::otel::OtelError> {
 //! let request = crewflow_cli::otel::run_request(&run);
@@ -20,7 +23,7 @@
 
 use chrono::{DateTime, Utc};
 use crewflow_chat::{SpanRecord, TraceSummary};
-use crewflow_core::persist::{RunStatus, StoredRun};
+use crewflow_core::persist::{RunStatus, RunTree, StoredRun};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -98,22 +101,40 @@ impl OtlpExporter {
 /// A stored run as one trace: the run's span (trace id: the run's id), and one span per step
 /// execution under it (from the previous completion to its own, as `crewflow trace` draws it).
 pub fn run_request(run: &StoredRun) -> ExportTraceServiceRequest {
+    run_tree_request(&RunTree::leaf(run.clone()))
+}
+
+/// A run and the runs started from its steps ([`RunTree::load`]) as one trace: the outer
+/// run's spans as [`run_request`] makes them, and each nested run's span (with its steps)
+/// under the span of the step execution it was started from — under the outer run's span
+/// when that execution stored no output (it failed, or still runs).
+pub fn run_tree_request(tree: &RunTree) -> ExportTraceServiceRequest {
+    let mut records = Vec::new();
+    run_records(tree, "", None, &mut records);
+    request(&tree.run.flow, &[(tree.run.run_id.to_string(), records)])
+}
+
+/// The spans of one run of the tree; their stored ids start with `prefix` (empty for the
+/// outer run, so its span ids stay those of [`run_request`]).
+fn run_records(tree: &RunTree, prefix: &str, parent: Option<String>, out: &mut Vec<SpanRecord>) {
+    let run = &tree.run;
     let tl = crate::trace::timeline(run);
     let at = |ms: f64| run.created_at + chrono::Duration::microseconds((ms * 1000.0) as i64);
-    let mut records = vec![SpanRecord {
-        span_id: "run".into(),
-        parent_id: None,
+    let run_span = format!("{prefix}run");
+    out.push(SpanRecord {
+        span_id: run_span.clone(),
+        parent_id: parent,
         kind: "run".into(),
         name: run.flow.clone(),
         started_at: run.created_at,
         ended_at: Some(at(tl.total)),
         attributes: json!({"run_id": run.run_id.to_string(), "flow": run.flow, "status": run.status.as_str(),
                            "error": if run.status == RunStatus::Failed { run.error.clone() } else { None }}),
-    }];
+    });
     for (activation, step, since, finished) in &tl.rows {
-        records.push(SpanRecord {
-            span_id: format!("s{activation}"),
-            parent_id: Some("run".into()),
+        out.push(SpanRecord {
+            span_id: format!("{prefix}s{activation}"),
+            parent_id: Some(run_span.clone()),
             kind: "step".into(),
             name: step.clone(),
             started_at: at(*since),
@@ -121,7 +142,14 @@ pub fn run_request(run: &StoredRun) -> ExportTraceServiceRequest {
             attributes: json!({"activation": activation}),
         });
     }
-    request(&run.flow, &[(run.run_id.to_string(), records)])
+    for nested in &tree.nested {
+        let activation = nested.run.parent.map(|p| p.activation);
+        let parent = match activation {
+            Some(a) if tl.rows.iter().any(|row| row.0 == a) => format!("{prefix}s{a}"),
+            _ => run_span.clone(),
+        };
+        run_records(nested, &format!("{}/", nested.run.run_id), Some(parent), out);
+    }
 }
 
 /// A session's stored traces (`SessionStore::list_traces` and `trace_spans`), each an OTLP

@@ -17,7 +17,7 @@ use crate::{CliError, Exit, ServeArgs};
 pub(crate) async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<Exit, CliError> {
     let (store, url) = server_store(ctx)?;
     // A store that does not answer (a dead PostgreSQL) is said now, not on the first request.
-    let probe = RunFilter { flow: None, status: None, limit: 1 };
+    let probe = RunFilter { flow: None, status: None, limit: 1, ..Default::default() };
     store.list_runs(&probe).await.map_err(|e| store_failed(&url, "list runs", e))?;
     let mut server = Server::new(store.clone()).max_lateness(args.max_lateness.0);
     for flow in ctx.all_mounted() {

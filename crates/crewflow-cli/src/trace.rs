@@ -6,15 +6,15 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 use crewflow_chat::{SpanRecord, TraceSummary};
-use crewflow_core::persist::StoredRun;
+use crewflow_core::persist::{RunTree, StoredRun};
 use serde_json::{Value, json};
 
-use crate::commands::{Ctx, load, store_failed};
+use crate::commands::{Ctx, load_tree, store_failed};
 use crate::{CliError, Exit};
 
 const BAR: usize = 30;
 
-fn ms(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+pub(crate) fn ms(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
     (to - from).num_microseconds().unwrap_or(0) as f64 / 1000.0
 }
 
@@ -68,20 +68,15 @@ pub(crate) fn timeline(r: &StoredRun) -> Timeline {
 }
 
 pub(crate) async fn run(ctx: &Ctx, run_id: &str) -> Result<Exit, CliError> {
-    let (r, _) = load(ctx, run_id).await?;
-    let Timeline { total, rows, history, pending } = timeline(&r);
+    let tree = load_tree(ctx, run_id).await?;
     if ctx.json {
-        let steps: Vec<Value> = rows
-            .iter()
-            .map(|(a, s, start, end)| json!({"activation": a, "step": s, "since_ms": start, "finished_ms": end}))
-            .collect();
-        outln!(
-            "{}",
-            json!({"run_id": r.run_id.to_string(), "flow": r.flow, "status": r.status.as_str(), "started_at": r.created_at.to_rfc3339(),
-                   "duration_ms": total, "steps": steps, "feedback": history, "pending": pending, "error": r.error})
-        );
+        outln!("{}", run_json(&tree));
         return Ok(Exit::Ok);
     }
+    let r = &tree.run;
+    let origin = r.created_at;
+    let total = extent(&tree, origin);
+    let width = name_width(&tree, 0).max(4);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -89,50 +84,142 @@ pub(crate) async fn run(ctx: &Ctx, run_id: &str) -> Result<Exit, CliError> {
         r.run_id,
         r.flow,
         r.status.as_str(),
-        total,
+        timeline(r).total,
         r.created_at.format("%Y-%m-%d %H:%M:%S%.3f UTC")
     );
-    let width = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(4).max(4);
-    let items = rows.len() + history.len() + pending.len() + usize::from(r.error.is_some());
-    let mut i = 0;
-    let mut branch = |out: &mut String, line: String| {
-        i += 1;
-        let _ = writeln!(out, "{} {line}", if i == items { "└─" } else { "├─" });
-    };
-    for (a, step, start, end) in &rows {
-        branch(
-            &mut out,
-            format!(
-                "#{a:<3} {step:<width$}  {:>9}  {:>9}  {}",
-                format!("+{end:.1} ms"),
-                format!("({:.1} ms)", end - start),
-                bar(*start, *end, total)
-            ),
-        );
-    }
-    for h in &history {
-        branch(
-            &mut out,
-            format!(
-                "feedback on `{}`: {:?}{}",
-                h["step"].as_str().unwrap_or("?"),
-                h["feedback"].as_str().unwrap_or(""),
-                h["outcome"].as_str().map(|o| format!(" → {o}")).unwrap_or_default()
-            ),
-        );
-    }
-    for p in &pending {
-        branch(
-            &mut out,
-            format!("paused on `{}`: {}", p["step"].as_str().unwrap_or("?"), p["message"].as_str().unwrap_or("")),
-        );
-    }
-    if let Some(e) = &r.error {
-        branch(&mut out, format!("error: {e}"));
-    }
+    print_nodes(&mut out, &run_nodes(&tree, origin, total, width, 0), "");
     out.push_str("(times are completions since the run started; in brackets, since the previous completion)\n");
     out!("{out}");
     Ok(Exit::Ok)
+}
+
+/// A run as JSON for `trace --json`: its steps' times (since its own start), its feedback,
+/// and the runs started from its steps, each with its `parent` step execution.
+fn run_json(tree: &RunTree) -> Value {
+    let r = &tree.run;
+    let Timeline { total, rows, history, pending } = timeline(r);
+    let steps: Vec<Value> = rows
+        .iter()
+        .map(|(a, s, start, end)| json!({"activation": a, "step": s, "since_ms": start, "finished_ms": end}))
+        .collect();
+    let mut out = json!({"run_id": r.run_id.to_string(), "flow": r.flow, "status": r.status.as_str(), "started_at": r.created_at.to_rfc3339(),
+           "duration_ms": total, "steps": steps, "feedback": history, "pending": pending, "error": r.error});
+    if let Some(p) = r.parent {
+        out["parent"] = json!({"run_id": p.run_id.to_string(), "activation": p.activation});
+    }
+    if !tree.nested.is_empty() {
+        out["nested"] = tree.nested.iter().map(run_json).collect();
+    }
+    out
+}
+
+/// The end of the latest run of the tree, in ms since `origin`: the timeline every bar is
+/// drawn on (a nested run queued for a worker may end after its outer run).
+pub(crate) fn extent(tree: &RunTree, origin: DateTime<Utc>) -> f64 {
+    let own = ms(origin, tree.run.created_at) + timeline(&tree.run).total;
+    tree.nested.iter().map(|n| extent(n, origin)).fold(own, f64::max)
+}
+
+/// The width of the step-name column that ends every row's name at the same place: a row
+/// `depth` runs deep is indented 6 characters more per level (two tree levels: its run's
+/// line, then its own).
+fn name_width(tree: &RunTree, depth: usize) -> usize {
+    let own = tree.run.steps.iter().map(|s| s.step.chars().count() + 6 * depth).max().unwrap_or(0);
+    tree.nested.iter().map(|n| name_width(n, depth + 1)).fold(own, usize::max)
+}
+
+/// A line of the printed tree and the lines under it.
+struct Node {
+    line: String,
+    children: Vec<Node>,
+}
+
+fn print_nodes(out: &mut String, nodes: &[Node], prefix: &str) {
+    for (i, node) in nodes.iter().enumerate() {
+        let last = i + 1 == nodes.len();
+        let _ = writeln!(out, "{prefix}{} {}", if last { "└─" } else { "├─" }, node.line);
+        print_nodes(out, &node.children, &format!("{prefix}{}", if last { "   " } else { "│  " }));
+    }
+}
+
+/// What is printed under a run: its step executions (each with the runs started from it),
+/// nested runs of executions that stored no output (failed, or still running), the feedback
+/// given and pending, its error. Times and bars are on the outer run's timeline (`origin`).
+fn run_nodes(tree: &RunTree, origin: DateTime<Utc>, total: f64, width: usize, depth: usize) -> Vec<Node> {
+    let r = &tree.run;
+    let Timeline { rows, history, pending, .. } = timeline(r);
+    let offset = ms(origin, r.created_at);
+    let from = |activation: u64| -> Vec<Node> {
+        tree.nested
+            .iter()
+            .filter(|n| n.run.parent.map(|p| p.activation) == Some(activation))
+            .map(|n| run_node(n, origin, total, width, depth + 1, None))
+            .collect()
+    };
+    let mut nodes: Vec<Node> = rows
+        .iter()
+        .map(|(a, step, start, end)| {
+            let (start, end) = (start + offset, end + offset);
+            let width = width - 6 * depth;
+            let line = format!(
+                "#{a:<3} {step:<width$}  {:>9}  {:>9}  {}",
+                format!("+{end:.1} ms"),
+                format!("({:.1} ms)", end - start),
+                bar(start, end, total)
+            );
+            Node { line, children: from(*a) }
+        })
+        .collect();
+    for n in &tree.nested {
+        let activation = n.run.parent.map(|p| p.activation);
+        if !rows.iter().any(|row| Some(row.0) == activation) {
+            nodes.push(run_node(n, origin, total, width, depth + 1, activation));
+        }
+    }
+    let leaf = |line: String| Node { line, children: Vec::new() };
+    for h in &history {
+        nodes.push(leaf(format!(
+            "feedback on `{}`: {:?}{}",
+            h["step"].as_str().unwrap_or("?"),
+            h["feedback"].as_str().unwrap_or(""),
+            h["outcome"].as_str().map(|o| format!(" → {o}")).unwrap_or_default()
+        )));
+    }
+    for p in &pending {
+        nodes.push(leaf(format!(
+            "paused on `{}`: {}",
+            p["step"].as_str().unwrap_or("?"),
+            p["message"].as_str().unwrap_or("")
+        )));
+    }
+    if let Some(e) = &r.error {
+        nodes.push(leaf(format!("error: {e}")));
+    }
+    nodes
+}
+
+/// A nested run's line and what is under it; `unfinished` names the execution it was
+/// started from when that execution stored no output.
+fn run_node(
+    tree: &RunTree,
+    origin: DateTime<Utc>,
+    total: f64,
+    width: usize,
+    depth: usize,
+    unfinished: Option<u64>,
+) -> Node {
+    let r = &tree.run;
+    let from = unfinished.map(|a| format!(" (from execution #{a}, which stored no output)")).unwrap_or_default();
+    Node {
+        line: format!(
+            "run {} · flow `{}` · {} · {:.1} ms{from}",
+            r.run_id,
+            r.flow,
+            r.status.as_str(),
+            timeline(r).total
+        ),
+        children: run_nodes(tree, origin, total, width, depth),
+    }
 }
 
 /// A session's stored traces with their spans, from `FLOW/SESSION_ID`.
@@ -195,7 +282,7 @@ pub(crate) async fn otlp(
     session: Option<&str>,
     endpoint: &str,
 ) -> Result<Exit, CliError> {
-    use crate::otel::{OtlpExporter, run_request, session_request};
+    use crate::otel::{OtlpExporter, run_tree_request, session_request};
     let exporter = OtlpExporter::new(endpoint).map_err(|e| CliError::new(Exit::Usage, e.to_string()))?;
     let (request, what) = match (session, run_id) {
         (Some(arg), _) => {
@@ -204,8 +291,13 @@ pub(crate) async fn otlp(
             (session_request(&flow, &traces), format!("session {arg}"))
         }
         (None, Some(id)) => {
-            let (run, _) = load(ctx, id).await?;
-            (run_request(&run), format!("run {}", run.run_id))
+            let tree = load_tree(ctx, id).await?;
+            let what = match tree.runs().len() - 1 {
+                0 => format!("run {}", tree.run.run_id),
+                1 => format!("run {} and 1 nested run", tree.run.run_id),
+                n => format!("run {} and {n} nested runs", tree.run.run_id),
+            };
+            (run_tree_request(&tree), what)
         }
         (None, None) => return Err(CliError::new(Exit::Usage, "give a run id, or --session FLOW/ID")),
     };

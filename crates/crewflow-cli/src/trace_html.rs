@@ -7,8 +7,11 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::commands::{Ctx, load};
-use crate::trace::{Timeline, timeline};
+use chrono::{DateTime, Utc};
+use crewflow_core::persist::RunTree;
+
+use crate::commands::{Ctx, load_tree};
+use crate::trace::{Timeline, extent, ms, timeline};
 use crate::{CliError, Exit};
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:24px;color:#111827;background:#f9fafb}\
@@ -18,7 +21,9 @@ ul.tree li{display:grid;grid-template-columns:64px 220px 110px 110px 1fr;gap:8px
 ul.tree li.note{display:block;color:#374151}ul.tree li.error{color:#b91c1c;font-weight:600}\
 .bar{position:relative;height:12px;background:#eef2ff;border-radius:3px}\
 .bar span{position:absolute;top:0;bottom:0;background:#4f46e5;border-radius:3px;min-width:2px}\
-.num{text-align:right;font-variant-numeric:tabular-nums;color:#374151}";
+.num{text-align:right;font-variant-numeric:tabular-nums;color:#374151}\
+ul.tree li.nested{display:block;padding-left:24px;border-left:2px solid #c7d2fe}\
+ul.tree li.nested summary{cursor:pointer;color:#3730a3;padding:3px 0}";
 
 /// Escapes text for HTML.
 fn esc(s: &str) -> String {
@@ -26,8 +31,9 @@ fn esc(s: &str) -> String {
 }
 
 pub(crate) async fn run(ctx: &Ctx, run_id: &str, path: &Path) -> Result<Exit, CliError> {
-    let (r, _) = load(ctx, run_id).await?;
-    let t = timeline(&r);
+    let tree = load_tree(ctx, run_id).await?;
+    let r = &tree.run;
+    let t = timeline(r);
     let title = format!("run {} · flow `{}` · {}", r.run_id, r.flow, r.status.as_str());
     let mut s = String::with_capacity(4096);
     let _ = write!(
@@ -44,11 +50,8 @@ pub(crate) async fn run(ctx: &Ctx, run_id: &str, path: &Path) -> Result<Exit, Cl
         t.rows.len()
     );
     s.push_str("<ul class=\"tree\">\n");
-    rows(&mut s, &t);
-    notes(&mut s, &t);
-    if let Some(e) = &r.error {
-        let _ = writeln!(s, "<li class=\"note error\">error: {}</li>", esc(e));
-    }
+    let total = extent(&tree, r.created_at);
+    items(&mut s, &tree, r.created_at, if total.is_finite() && total > 0.0 { total } else { 1.0 });
     s.push_str("</ul>\n<p class=\"meta\">Times are completions since the run started; in brackets, since the previous completion.</p>\n</body></html>\n");
     std::fs::write(path, &s).map_err(|e| {
         CliError::new(Exit::Usage, format!("cannot write {}: {e}; check the directory", path.display()))
@@ -64,20 +67,57 @@ pub(crate) async fn run(ctx: &Ctx, run_id: &str, path: &Path) -> Result<Exit, Cl
     Ok(Exit::Ok)
 }
 
-/// One row per step execution: activation, step, times, and a bar on the run's timeline.
-fn rows(s: &mut String, t: &Timeline) {
-    let total = if t.total.is_finite() && t.total > 0.0 { t.total } else { 1.0 };
-    for (a, step, start, end) in &t.rows {
-        let left = (start / total * 100.0).clamp(0.0, 100.0);
-        let width = ((end - start) / total * 100.0).clamp(0.0, 100.0 - left);
-        let _ = writeln!(
-            s,
-            "<li class=\"step\" data-step=\"{}\"><span>#{a}</span><b>{}</b><span class=\"num\">+{end:.1} ms</span><span class=\"num\">({:.1} ms)</span><div class=\"bar\"><span style=\"left:{left:.2}%;width:{width:.2}%\"></span></div></li>",
-            esc(step),
-            esc(step),
-            end - start
-        );
+/// What is listed under a run: its step executions, each followed by the runs started from it
+/// (nested lists), nested runs of executions that stored no output, its feedback and error.
+/// Bars are on the outer run's timeline (`origin`, `total` ms).
+fn items(s: &mut String, tree: &RunTree, origin: DateTime<Utc>, total: f64) {
+    let r = &tree.run;
+    let t = timeline(r);
+    let offset = ms(origin, r.created_at);
+    let parent_of = |n: &RunTree| n.run.parent.map(|p| p.activation);
+    for row in &t.rows {
+        step_row(s, row, offset, total);
+        for n in tree.nested.iter().filter(|n| parent_of(n) == Some(row.0)) {
+            nested(s, n, origin, total);
+        }
     }
+    for n in tree.nested.iter().filter(|n| !t.rows.iter().any(|row| parent_of(n) == Some(row.0))) {
+        nested(s, n, origin, total);
+    }
+    notes(s, &t);
+    if let Some(e) = &r.error {
+        let _ = writeln!(s, "<li class=\"note error\">error: {}</li>", esc(e));
+    }
+}
+
+/// A nested run: its line, then its own items in a list of their own.
+fn nested(s: &mut String, tree: &RunTree, origin: DateTime<Utc>, total: f64) {
+    let r = &tree.run;
+    let _ = writeln!(
+        s,
+        "<li class=\"nested\" data-run=\"{}\"><details open><summary>run {} · flow <b>{}</b> · {} · {:.1} ms</summary><ul class=\"tree\">",
+        r.run_id,
+        r.run_id,
+        esc(&r.flow),
+        r.status.as_str(),
+        timeline(r).total
+    );
+    items(s, tree, origin, total);
+    s.push_str("</ul></details></li>\n");
+}
+
+/// A step execution: activation, step, times, and a bar on the outer run's timeline.
+fn step_row(s: &mut String, (a, step, start, end): &(u64, String, f64, f64), offset: f64, total: f64) {
+    let (start, end) = (start + offset, end + offset);
+    let left = (start / total * 100.0).clamp(0.0, 100.0);
+    let width = ((end - start) / total * 100.0).clamp(0.0, 100.0 - left);
+    let _ = writeln!(
+        s,
+        "<li class=\"step\" data-step=\"{}\"><span>#{a}</span><b>{}</b><span class=\"num\">+{end:.1} ms</span><span class=\"num\">({:.1} ms)</span><div class=\"bar\"><span style=\"left:{left:.2}%;width:{width:.2}%\"></span></div></li>",
+        esc(step),
+        esc(step),
+        end - start
+    );
 }
 
 /// The feedback given and pending, under the steps.

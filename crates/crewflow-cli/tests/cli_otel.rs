@@ -113,6 +113,42 @@ fn a_run_is_exported_as_a_run_span_over_its_steps() {
     );
 }
 
+/// Runs started from a step join the outer run's trace: each nested run's span hangs under
+/// the span of the step execution that started it, its steps under it.
+#[test]
+fn nested_runs_join_the_outer_runs_trace_under_their_step() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (url, mut rx) = receiver(&rt);
+    let s = Scratch::new();
+    let (outer, nested) = store_nested_runs(&s.path("runs.db"), &rt);
+
+    let out = s.cmd(&["trace", &outer, "--otlp", &url, "--store", &s.db("runs.db")]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), format!("sent 10 spans of run {outer} and 2 nested runs to {url}/v1/traces\n"));
+    let spans = spans(&rx.blocking_recv().unwrap());
+    assert!(spans.iter().all(|s| s.trace_id == hex(&outer.replace('-', ""))), "one trace: the outer run's");
+    let ids: std::collections::HashSet<&Vec<u8>> = spans.iter().map(|s| &s.span_id).collect();
+    assert_eq!(ids.len(), 10, "span ids are distinct");
+    let named = |name: &str| spans.iter().filter(|s| s.name == name).collect::<Vec<_>>();
+    let root = named("run report")[0];
+    assert!(root.parent_span_id.is_empty());
+    let gather = named("gather")[0];
+    assert_eq!(gather.parent_span_id, root.span_id);
+    let inner = named("run research");
+    assert_eq!(
+        inner.iter().map(|s| text(&s.attributes, "crewflow.run_id").unwrap()).collect::<Vec<_>>(),
+        nested,
+        "the nested runs, in the order they started"
+    );
+    for run in &inner {
+        assert_eq!(run.parent_span_id, gather.span_id, "a nested run hangs under the step that started it");
+        assert!(gather.start_time_unix_nano <= run.start_time_unix_nano);
+        let steps: Vec<&str> =
+            spans.iter().filter(|s| s.parent_span_id == run.span_id).map(|s| s.name.as_str()).collect();
+        assert_eq!(steps, ["search", "summarize"]);
+    }
+}
+
 fn hex(text: &str) -> Vec<u8> {
     (0..text.len() / 2).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap()).collect()
 }

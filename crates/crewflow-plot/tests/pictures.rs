@@ -339,6 +339,7 @@ fn stored(steps: &[&str], status: RunStatus, error: Option<&str>, feedback: Opti
         feedback: feedback.map(String::from),
         created_at: now,
         updated_at: now,
+        parent: None,
     }
 }
 

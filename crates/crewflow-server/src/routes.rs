@@ -319,7 +319,7 @@ async fn list_runs(State(app): Shared, query: Result<Query<ListQuery>, QueryReje
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad_request(format!("`limit` is {limit}; it must be between 1 and 1000")));
     }
-    let filter = RunFilter { flow: query.flow.filter(|f| !f.is_empty()), status, limit };
+    let filter = RunFilter { flow: query.flow.filter(|f| !f.is_empty()), status, limit, ..Default::default() };
     let runs = app.store.list_runs(&filter).await.map_err(ApiError::store)?;
     let runs: Vec<Value> = runs
         .iter()
@@ -487,7 +487,7 @@ async fn run_events(
 }
 
 async fn list_feedback(State(app): Shared) -> Reply {
-    let filter = RunFilter { flow: None, status: Some(RunStatus::Paused), limit: 1000 };
+    let filter = RunFilter { flow: None, status: Some(RunStatus::Paused), limit: 1000, ..Default::default() };
     let runs = app.store.list_runs(&filter).await.map_err(ApiError::store)?;
     let mut pending = Vec::new();
     for run in runs {

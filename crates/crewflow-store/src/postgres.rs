@@ -33,14 +33,14 @@ use crate::StoreError;
 use crate::heartbeat::Heartbeat;
 use crate::postgres_chain::{CHAIN_COLUMNS, ChainWrite, chain_ctes};
 use crate::util::{
-    apply_state_chain, fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status, refuse_nul_in_run,
-    refuse_nul_json, refuse_nul_text,
+    apply_state_chain, fingerprint, may_claim, parent, parse_fingerprint, parse_run_id, parse_status,
+    refuse_nul_in_run, refuse_nul_json, refuse_nul_text,
 };
 
 /// The newest schema this crewflow writes.
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
-const MIGRATIONS: [&str; 7] = [
+const MIGRATIONS: [&str; 8] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -91,6 +91,12 @@ CREATE TABLE crewflow_state_chain (
 "#,
     crate::sessions_schema::POSTGRES_MESSAGES,
     crate::postgres_schedules::MIGRATION,
+    // 8: the step execution a nested run was started from.
+    r#"
+ALTER TABLE crewflow_runs ADD COLUMN parent_run_id TEXT;
+ALTER TABLE crewflow_runs ADD COLUMN parent_activation BIGINT;
+CREATE INDEX crewflow_runs_by_parent ON crewflow_runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
+"#,
 ];
 
 /// Connections for the store's own queries.
@@ -328,10 +334,12 @@ impl RunStore for PostgresStore {
                         .query_one(
                             "WITH run AS (
                                  INSERT INTO crewflow_runs (id, flow, fingerprint, status, owner, lease_until, fencing, seq,
-                                     inputs, payload, state, frontier, created_at, updated_at, state_version)
+                                     inputs, payload, state, frontier, created_at, updated_at, state_version,
+                                     parent_run_id, parent_activation)
                                  VALUES ($1, $2, $3, $4, $5,
                                      CASE WHEN $5::text IS NULL THEN NULL ELSE now() + $6 * interval '1 millisecond' END,
-                                     $7, 0, $8::text::jsonb, $9::text::jsonb, $10::text::jsonb, $11::text::jsonb, now(), now(), $12)
+                                     $7, 0, $8::text::jsonb, $9::text::jsonb, $10::text::jsonb, $11::text::jsonb, now(), now(), $12,
+                                     $14, $15)
                                  ON CONFLICT (id) DO NOTHING RETURNING id),
                              chained AS (
                                  INSERT INTO crewflow_state_chain (run_id, seq, kind, body)
@@ -351,6 +359,8 @@ impl RunStore for PostgresStore {
                                 &run.frontier,
                                 &i64::from(run.state_version),
                                 &chain,
+                                &run.parent.map(|p| p.run_id.to_string()),
+                                &run.parent.map(|p| p.activation as i64),
                             ],
                         )
                         .await?
@@ -523,7 +533,7 @@ impl RunStore for PostgresStore {
                     let sql = format!(
                         "SELECT flow, fingerprint, status, fencing, owner, lease_until, seq, inputs::text,
                              payload::text, state::text, frontier::text, final_activation, error, created_at, updated_at,
-                             pending::text, state_version, {CHAIN_COLUMNS}
+                             pending::text, state_version, parent_run_id, parent_activation, {CHAIN_COLUMNS}
                          FROM crewflow_runs WHERE id = $1"
                     );
                     let Some(r) = tx
@@ -569,7 +579,7 @@ impl RunStore for PostgresStore {
                         seq: r.get::<_, i64>(6) as u64,
                         inputs: r.get(7),
                         payload: r.get(8),
-                        state: apply_state_chain(run_id, r.get(9), &chain_rows(&r, 17))?,
+                        state: apply_state_chain(run_id, r.get(9), &chain_rows(&r, 19))?,
                         frontier: r.get(10),
                         final_activation: final_activation.map(|a| a as u64),
                         error: r.get(12),
@@ -578,6 +588,7 @@ impl RunStore for PostgresStore {
                         feedback: r.get(15),
                         state_version: u32::try_from(r.get::<_, i64>(16)).unwrap_or(u32::MAX),
                         steps,
+                        parent: parent(r.get(17), r.get(18)),
                     }))
                 }
                 .await,
@@ -787,9 +798,15 @@ impl RunStore for PostgresStore {
                             &format!(
                                 "SELECT {SUMMARY} FROM crewflow_runs r
                                  WHERE ($1::text IS NULL OR r.flow = $1) AND ($2::text IS NULL OR r.status = $2)
+                                   AND ($4::text IS NULL OR r.parent_run_id = $4)
                                  ORDER BY r.created_at DESC, r.id DESC LIMIT $3"
                             ),
-                            &[&filter.flow, &filter.status.map(RunStatus::as_str), &limit],
+                            &[
+                                &filter.flow,
+                                &filter.status.map(RunStatus::as_str),
+                                &limit,
+                                &filter.parent.map(|p| p.to_string()),
+                            ],
                         )
                         .await?;
                     rows.iter().map(summary).collect()
@@ -802,16 +819,15 @@ impl RunStore for PostgresStore {
 
 /// The columns [`summary`] reads, for `SELECT {SUMMARY} FROM crewflow_runs r ...`.
 pub(crate) const SUMMARY: &str = "r.id, r.flow, r.status, r.created_at, r.updated_at, r.error,
-    (SELECT count(*) FROM crewflow_steps s WHERE s.run_id = r.id)";
+    (SELECT count(*) FROM crewflow_steps s WHERE s.run_id = r.id), r.parent_run_id, r.parent_activation";
 
-/// A row selecting [`SUMMARY`], as a run summary.
-/// A `crewflow_steps` row read as `activation, step, output::text, finished_at`.
 /// The chain rows (`(kind, body)` in order) a run's load read in columns `at` and `at + 1`.
 fn chain_rows(r: &tokio_postgres::Row, at: usize) -> Vec<(String, String)> {
     let (kinds, bodies): (Vec<String>, Vec<String>) = (r.get(at), r.get(at + 1));
     kinds.into_iter().zip(bodies).collect()
 }
 
+/// A `crewflow_steps` row read as `activation, step, output::text, finished_at`.
 fn step_row(s: &tokio_postgres::Row) -> StepRow {
     StepRow {
         activation: s.get::<_, i64>(0) as u64,
@@ -821,6 +837,7 @@ fn step_row(s: &tokio_postgres::Row) -> StepRow {
     }
 }
 
+/// A row selecting [`SUMMARY`], as a run summary.
 pub(crate) fn summary(r: &tokio_postgres::Row) -> Result<RunSummary, StoreError> {
     let id: String = r.get(0);
     let status: String = r.get(2);
@@ -832,6 +849,7 @@ pub(crate) fn summary(r: &tokio_postgres::Row) -> Result<RunSummary, StoreError>
         updated_at: r.get(4),
         error: r.get(5),
         steps_done: r.get::<_, i64>(6) as u64,
+        parent: parent(r.get(7), r.get(8)),
     })
 }
 

@@ -37,13 +37,13 @@ use crate::heartbeat::Heartbeat;
 use crate::sqlite_chain::{chain_row, chained_state, row_state, write_chain};
 use crate::sqlite_open::{file_error, looks_like_sqlite, prepare};
 use crate::sqlite_wal::WalCheckpointer;
-use crate::util::{fingerprint, may_claim, parse_fingerprint, parse_run_id, parse_status};
+use crate::util::{fingerprint, may_claim, parent, parse_fingerprint, parse_run_id, parse_status};
 
 /// The newest schema this crewflow writes.
-pub(crate) const SCHEMA_VERSION: i64 = 7;
+pub(crate) const SCHEMA_VERSION: i64 = 8;
 
 /// Schema migrations, applied in order; migration `i` brings the schema to version `i + 1`.
-pub(crate) const MIGRATIONS: [&str; 7] = [
+pub(crate) const MIGRATIONS: [&str; 8] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -92,6 +92,12 @@ CREATE TABLE crewflow_state_chain (
 "#,
     crate::sessions_schema::SQLITE_MESSAGES,
     crate::sqlite_schedules::MIGRATION,
+    // 8: the step execution a nested run was started from.
+    r#"
+ALTER TABLE crewflow_runs ADD COLUMN parent_run_id TEXT;
+ALTER TABLE crewflow_runs ADD COLUMN parent_activation INTEGER;
+CREATE INDEX crewflow_runs_by_parent ON crewflow_runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
+"#,
 ];
 
 enum Location {
@@ -320,7 +326,8 @@ fn read_run(c: &mut rusqlite::Connection, run_id: RunId, what: LoadRun) -> Resul
     let run = tx
         .prepare_cached(
             "SELECT flow, fingerprint, status, fencing, owner, lease_until, seq, inputs, payload, state,
-                 frontier, final_activation, error, created_at, updated_at, pending, state_version
+                 frontier, final_activation, error, created_at, updated_at, pending, state_version,
+                 parent_run_id, parent_activation
              FROM crewflow_runs WHERE id = ?1",
         )?
         .query_row([&id], |r| {
@@ -344,6 +351,7 @@ fn read_run(c: &mut rusqlite::Connection, run_id: RunId, what: LoadRun) -> Resul
                 feedback: r.get(15)?,
                 state_version: r.get(16)?,
                 steps: Vec::new(),
+                parent: parent(r.get(17)?, r.get(18)?),
             })
         })
         .optional()?;
@@ -418,8 +426,9 @@ impl RunStore for SqliteStore {
                     let in_row = if row.chained { "" } else { &row.state };
                     let inserted = tx.execute(
                         "INSERT INTO crewflow_runs (id, flow, fingerprint, status, owner, lease_until, fencing, seq,
-                             inputs, payload, state, frontier, created_at, updated_at, state_version)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?12, ?13)",
+                             inputs, payload, state, frontier, created_at, updated_at, state_version,
+                             parent_run_id, parent_activation)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15)",
                         params![
                             row.run_id.to_string(),
                             &*row.flow,
@@ -433,7 +442,9 @@ impl RunStore for SqliteStore {
                             in_row,
                             row.frontier,
                             t,
-                            row.state_version
+                            row.state_version,
+                            row.parent.map(|p| p.run_id.to_string()),
+                            row.parent.map(|p| p.activation as i64)
                         ],
                     );
                     match inserted {
@@ -778,9 +789,11 @@ impl RunStore for SqliteStore {
                     let mut stmt = c.prepare_cached(&format!(
                         "SELECT {SUMMARY} FROM crewflow_runs r
                          WHERE (?1 IS NULL OR r.flow = ?1) AND (?2 IS NULL OR r.status = ?2)
+                           AND (?4 IS NULL OR r.parent_run_id = ?4)
                          ORDER BY r.created_at DESC, r.id DESC LIMIT ?3"
                     ))?;
-                    summaries(&mut stmt, params![filter.flow, filter.status.map(RunStatus::as_str), limit])
+                    let parent = filter.parent.map(|p| p.to_string());
+                    summaries(&mut stmt, params![filter.flow, filter.status.map(RunStatus::as_str), limit, parent])
                 })
                 .await,
             )
@@ -790,7 +803,7 @@ impl RunStore for SqliteStore {
 
 /// The columns [`summaries`] reads, for `SELECT {SUMMARY} FROM crewflow_runs r ...`.
 pub(crate) const SUMMARY: &str = "r.id, r.flow, r.status, r.created_at, r.updated_at, r.error,
-    (SELECT count(*) FROM crewflow_steps s WHERE s.run_id = r.id)";
+    (SELECT count(*) FROM crewflow_steps s WHERE s.run_id = r.id), r.parent_run_id, r.parent_activation";
 
 /// Runs a query selecting [`SUMMARY`] and reads its rows as run summaries.
 pub(crate) fn summaries(
@@ -806,10 +819,11 @@ pub(crate) fn summaries(
             r.get::<_, i64>(4)?,
             r.get::<_, Option<String>>(5)?,
             r.get::<_, i64>(6)?,
+            parent(r.get(7)?, r.get(8)?),
         ))
     })?;
     rows.map(|row| {
-        let (id, flow, status, created, updated, error, steps) = row?;
+        let (id, flow, status, created, updated, error, steps, parent) = row?;
         Ok(RunSummary {
             run_id: parse_run_id(&id)?,
             flow,
@@ -818,6 +832,7 @@ pub(crate) fn summaries(
             created_at: from_ms(created),
             updated_at: from_ms(updated),
             error,
+            parent,
         })
     })
     .collect()

@@ -11,13 +11,19 @@ pub(crate) fn parse_fingerprint(s: &str) -> u64 {
 }
 
 use crewflow_core::RunId;
-use crewflow_core::persist::RunStatus;
+use crewflow_core::persist::{ParentStep, RunStatus};
 
 use crate::StoreError;
 
 /// A stored run id.
 pub(crate) fn parse_run_id(id: &str) -> Result<RunId, StoreError> {
     id.parse().map_err(|_| StoreError::Corrupt(format!("run id `{id}`")))
+}
+
+/// A nested run's parent step as stored (two columns). A parent id that does not parse is
+/// read as none: the link is for drawing traces, and a run stays loadable without it.
+pub(crate) fn parent(run_id: Option<String>, activation: Option<i64>) -> Option<ParentStep> {
+    Some(ParentStep { run_id: run_id?.parse().ok()?, activation: activation? as u64 })
 }
 
 /// A stored run status.

@@ -107,3 +107,39 @@ pub fn listening_address(server: &mut Child) -> String {
     }
     first.trim_end().strip_prefix("listening on http://").unwrap_or_else(|| panic!("{first:?}")).to_string()
 }
+
+/// Runs, in the SQLite file at `path`, a `report` flow whose `gather` step kicks a
+/// `research` flow (`search` → `summarize`) off twice: the outer run's id and the nested
+/// runs' ids, in order.
+pub fn store_nested_runs(path: &Path, rt: &tokio::runtime::Runtime) -> (String, Vec<String>) {
+    use std::sync::Arc;
+
+    use crewflow_core::FlowBuilder;
+    use crewflow_core::trigger::step;
+    use serde_json::{Map, Value};
+
+    type Dict = Map<String, Value>;
+    let store: Arc<dyn crewflow_core::persist::RunStore> = Arc::new(crewflow_store::SqliteStore::open(path));
+    let inner = FlowBuilder::<Dict>::new("research")
+        .start("search", |_cx, (): ()| async move { Ok("three sources") })
+        .listen("summarize", step("search"), |_cx, found: String| async move { Ok(format!("summary of {found}")) })
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let outer = FlowBuilder::<Dict>::new("report")
+        .start("plan", |_cx, (): ()| async move { Ok(()) })
+        .listen("gather", step("plan"), move |_cx, (): ()| {
+            let inner = inner.clone();
+            async move {
+                let first = inner.kickoff(()).await.map_err(|e| e.to_string())?;
+                let second = inner.kickoff(()).await.map_err(|e| e.to_string())?;
+                Ok(vec![first.id.to_string(), second.id.to_string()])
+            }
+        })
+        .listen("write", step("gather"), |_cx, ids: Vec<String>| async move { Ok(ids) })
+        .store(store)
+        .build()
+        .unwrap();
+    let run = rt.block_on(outer.kickoff(())).unwrap();
+    (run.id.to_string(), run.output::<Vec<String>>().unwrap())
+}

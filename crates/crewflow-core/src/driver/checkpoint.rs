@@ -47,6 +47,7 @@ impl Durable {
             frontier: frontier_json(&driver.frontier)?,
             owner: process_owner(),
             lease: flow.lease,
+            parent: super::parent_step(),
         };
         let deltas = flow.store.as_ref().is_some_and(|s| s.state_deltas());
         Ok(NewRun { chained: deltas && DeltaPolicy::chains(flow.delta_policy, new.state.len()), ..new })

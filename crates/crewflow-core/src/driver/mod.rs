@@ -51,7 +51,7 @@ use crate::frontier::{Activation, Frontier};
 use crate::handler::{BoxFuture, Completion};
 use crate::id::RunId;
 use crate::output::Output;
-use crate::persist::{NewRun, RunStatus, RunStore};
+use crate::persist::{NewRun, ParentStep, RunStatus, RunStore};
 use crate::run::Run;
 use crate::scope::RunTelemetry;
 use crate::state::{FlowState, initial_state};
@@ -210,6 +210,11 @@ fn begin<S: FlowState>(flow: Arc<FlowInner<S>>, prepared: Prepared<S>) -> Result
     Ok(Begun { driver, ready, start })
 }
 
+/// The step execution the calling code runs in, if any: the parent of a run started there.
+fn parent_step() -> Option<ParentStep> {
+    crate::scope::current().map(|scope| ParentStep { run_id: scope.run_id(), activation: scope.activation() })
+}
+
 /// The record of a run queued for a worker: its starts are activated (in flight), so the
 /// worker that claims it launches them.
 pub(crate) fn queued_run<S: FlowState>(
@@ -237,6 +242,7 @@ pub(crate) fn queued_run<S: FlowState>(
         frontier: frontier_json(&frontier)?,
         owner: Arc::from(""),
         lease: flow.lease,
+        parent: parent_step(),
     })
 }
 

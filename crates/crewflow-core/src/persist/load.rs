@@ -104,6 +104,7 @@ mod tests {
             feedback: None,
             created_at: at,
             updated_at: at,
+            parent: None,
         }
     }
 

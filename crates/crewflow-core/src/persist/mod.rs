@@ -31,12 +31,14 @@ use crate::id::RunId;
 mod load;
 mod owner;
 mod schedules;
+mod tree;
 
 pub use load::{LoadRun, StepOutputs};
 pub(crate) use owner::Driving;
 pub use owner::{driven_runs, owner_is_dead, process_owner};
 use schedules::no_schedules;
 pub use schedules::{NewSchedule, NewWebhook, QueuedWebhook, ScheduleFire, StoredSchedule};
+pub use tree::RunTree;
 
 /// The future a store method returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'a>>;
@@ -105,6 +107,18 @@ pub struct StepRow {
     pub finished_at: DateTime<Utc>,
 }
 
+/// The step execution a run was started from, when a flow is kicked off (or queued) inside
+/// another run's step: a nested run. Recorded with the run so its trace can be drawn under
+/// that step (`crewflow trace`, OpenTelemetry export) and found from the outer run
+/// ([`RunFilter::parent`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentStep {
+    /// The outer run.
+    pub run_id: RunId,
+    /// The outer step's execution (its activation id).
+    pub activation: u64,
+}
+
 /// A new run, recorded before its first step.
 #[derive(Clone, Debug)]
 pub struct NewRun {
@@ -133,6 +147,8 @@ pub struct NewRun {
     pub owner: Arc<str>,
     /// How long the lease lasts without renewal.
     pub lease: Duration,
+    /// The step execution it was started from, for a nested run.
+    pub parent: Option<ParentStep>,
 }
 
 /// A checkpoint: written after a completed step, in one transaction.
@@ -226,6 +242,8 @@ pub struct StoredRun {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// The step execution it was started from, for a nested run.
+    pub parent: Option<ParentStep>,
 }
 
 /// One line of a run listing.
@@ -245,6 +263,9 @@ pub struct RunSummary {
     pub updated_at: DateTime<Utc>,
     /// The error of a failed run.
     pub error: Option<String>,
+    /// The step execution it was started from, for a nested run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentStep>,
 }
 
 /// Which runs to list.
@@ -254,6 +275,8 @@ pub struct RunFilter {
     pub flow: Option<String>,
     /// Only runs with this status.
     pub status: Option<RunStatus>,
+    /// Only the runs started from a step of this run (its nested runs).
+    pub parent: Option<RunId>,
     /// At most this many (newest first); 0 means 100.
     pub limit: usize,
 }
