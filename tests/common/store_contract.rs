@@ -919,7 +919,7 @@ pub async fn compaction_drops_finished_journals_and_keeps_failed_ones(db: Databa
 // The journal of side effects.
 
 fn entry(activation: u64, key: &str, value: Value) -> JournalEntry {
-    JournalEntry { activation, key: key.to_string(), value: value.to_string() }
+    JournalEntry { activation, key: key.to_string(), value: value.to_string(), recorded_at: None }
 }
 
 fn sorted_entries(mut entries: Vec<JournalEntry>) -> Vec<(u64, String, Value)> {
@@ -953,6 +953,18 @@ pub async fn journal_entries_round_trip_per_execution(db: Database) {
     );
     assert!(other.load_journal(id, &[]).await.unwrap().is_empty());
     assert!(other.load_journal(RunId::new(), &[3]).await.unwrap().is_empty(), "another run's entries are its own");
+
+    // The whole journal, for a run's trace: every execution's, by execution and in the order
+    // recorded, each with the time the store recorded it.
+    let before = Utc::now() - chrono::Duration::seconds(5);
+    let whole = other.load_whole_journal(id).await.unwrap();
+    let keys: Vec<(u64, &str)> = whole.iter().map(|e| (e.activation, e.key.as_str())).collect();
+    assert_eq!(keys, [(3, "charge"), (3, "charge#1"), (7, "llm:local/x")]);
+    for e in &whole {
+        let at = e.recorded_at.expect("a read entry has its time");
+        assert!(before <= at && at <= Utc::now() + chrono::Duration::seconds(5), "{at}");
+    }
+    assert!(other.load_whole_journal(RunId::new()).await.unwrap().is_empty());
 }
 
 /// Recording a key twice (a result recorded, then the same call recorded again by a re-run

@@ -45,6 +45,7 @@ macro_rules! out {
 }
 
 mod app;
+mod calls;
 mod chat;
 mod commands;
 mod compact;

@@ -142,6 +142,7 @@ fn run_records(tree: &RunTree, prefix: &str, parent: Option<String>, out: &mut V
             attributes: json!({"activation": activation}),
         });
     }
+    call_records(tree, &tl, prefix, &run_span, out);
     for nested in &tree.nested {
         let activation = nested.run.parent.map(|p| p.activation);
         let parent = match activation {
@@ -149,6 +150,59 @@ fn run_records(tree: &RunTree, prefix: &str, parent: Option<String>, out: &mut V
             _ => run_span.clone(),
         };
         run_records(nested, &format!("{}/", nested.run.run_id), Some(parent), out);
+    }
+}
+
+/// The calls a run's journal recorded, each a span under its step execution's (under the
+/// run's span when the execution stored no output): a model call as `llm_call` (GenAI
+/// attributes), a tool call as `tool_call`, another side effect as `call`. The journal keeps
+/// when each result was recorded; a call's span starts at the previous call of its execution
+/// (or where its step's span starts) and ends there.
+fn call_records(tree: &RunTree, tl: &crate::trace::Timeline, prefix: &str, run_span: &str, out: &mut Vec<SpanRecord>) {
+    let run = &tree.run;
+    let run_end = run.created_at + chrono::Duration::microseconds((tl.total * 1000.0) as i64);
+    let mut previous: Option<(u64, DateTime<Utc>)> = None;
+    for (i, entry) in tree.journal.iter().enumerate() {
+        let row = tl.rows.iter().find(|row| row.0 == entry.activation);
+        let step_start =
+            row.map_or(run.created_at, |row| run.created_at + chrono::Duration::microseconds((row.2 * 1000.0) as i64));
+        let end = entry.recorded_at.unwrap_or(run_end);
+        let start = match previous {
+            Some((a, at)) if a == entry.activation => at,
+            _ => step_start,
+        }
+        .min(end);
+        previous = Some((entry.activation, end));
+        let parent = if row.is_some() { format!("{prefix}s{}", entry.activation) } else { run_span.to_string() };
+        let (kind, name, attributes) = match crate::calls::kind(entry) {
+            crate::calls::CallKind::Model {
+                model,
+                provider,
+                input_tokens,
+                output_tokens,
+                finish_reason,
+                response_id,
+            } => (
+                "llm_call",
+                model,
+                json!({"provider": provider, "finish_reason": finish_reason, "response_id": response_id,
+                       "usage": {"prompt_tokens": input_tokens, "completion_tokens": output_tokens}}),
+            ),
+            crate::calls::CallKind::Tool { name, call_id } => ("tool_call", name, json!({"tool_call_id": call_id})),
+            crate::calls::CallKind::Other => ("call", entry.key.clone(), json!({})),
+        };
+        let mut attributes = attributes;
+        attributes["activation"] = json!(entry.activation);
+        attributes["journal_key"] = json!(entry.key);
+        out.push(SpanRecord {
+            span_id: format!("{prefix}c{i}"),
+            parent_id: Some(parent),
+            kind: kind.into(),
+            name,
+            started_at: start,
+            ended_at: Some(end),
+            attributes,
+        });
     }
 }
 
@@ -187,6 +241,14 @@ fn convert_trace(trace: &str, records: &[SpanRecord]) -> Vec<Span> {
         .map(|r| {
             let (name, kind, mut attributes) = describe(r);
             attributes.push(kv("crewflow.span.kind", r.kind.as_str()));
+            // A call read from a run's journal: the key it was recorded under, and (for model
+            // and tool calls, whose attributes follow the GenAI conventions) its execution.
+            if let Some(key) = r.attributes.get("journal_key").and_then(Value::as_str) {
+                attributes.push(kv("crewflow.journal.key", key));
+                if let (true, Some(n)) = (r.kind != "call", r.attributes.get("activation").and_then(Value::as_u64)) {
+                    attributes.push(int("crewflow.step.activation", n));
+                }
+            }
             let error = r.attributes.get("error").filter(|e| !e.is_null());
             Span {
                 trace_id: trace_id.clone(),

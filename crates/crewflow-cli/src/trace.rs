@@ -94,7 +94,9 @@ pub(crate) async fn run(ctx: &Ctx, run_id: &str) -> Result<Exit, CliError> {
 }
 
 /// A run as JSON for `trace --json`: its steps' times (since its own start), its feedback,
-/// and the runs started from its steps, each with its `parent` step execution.
+/// the `calls` its journal recorded (model calls with their model, tokens and finish reason;
+/// tool calls; other side effects), and the runs started from its steps, each with its
+/// `parent` step execution.
 fn run_json(tree: &RunTree) -> Value {
     let r = &tree.run;
     let Timeline { total, rows, history, pending } = timeline(r);
@@ -106,6 +108,10 @@ fn run_json(tree: &RunTree) -> Value {
            "duration_ms": total, "steps": steps, "feedback": history, "pending": pending, "error": r.error});
     if let Some(p) = r.parent {
         out["parent"] = json!({"run_id": p.run_id.to_string(), "activation": p.activation});
+    }
+    if !tree.journal.is_empty() {
+        let since = |t: DateTime<Utc>| ms(r.created_at, t);
+        out["calls"] = tree.journal.iter().map(|e| crate::calls::to_json(e, e.recorded_at.map(since))).collect();
     }
     if !tree.nested.is_empty() {
         out["nested"] = tree.nested.iter().map(run_json).collect();
@@ -142,20 +148,15 @@ fn print_nodes(out: &mut String, nodes: &[Node], prefix: &str) {
     }
 }
 
-/// What is printed under a run: its step executions (each with the runs started from it),
-/// nested runs of executions that stored no output (failed, or still running), the feedback
-/// given and pending, its error. Times and bars are on the outer run's timeline (`origin`).
+/// What is printed under a run: its step executions, each with what it did (the calls its
+/// journal recorded and the runs started from it, in time order), then executions that stored
+/// no output (failed, or still running) but left calls or nested runs, the feedback given and
+/// pending, its error. Times and bars are on the outer run's timeline (`origin`).
 fn run_nodes(tree: &RunTree, origin: DateTime<Utc>, total: f64, width: usize, depth: usize) -> Vec<Node> {
     let r = &tree.run;
     let Timeline { rows, history, pending, .. } = timeline(r);
     let offset = ms(origin, r.created_at);
-    let from = |activation: u64| -> Vec<Node> {
-        tree.nested
-            .iter()
-            .filter(|n| n.run.parent.map(|p| p.activation) == Some(activation))
-            .map(|n| run_node(n, origin, total, width, depth + 1, None))
-            .collect()
-    };
+    let under = |activation: u64| execution_nodes(tree, activation, origin, total, width, depth);
     let mut nodes: Vec<Node> = rows
         .iter()
         .map(|(a, step, start, end)| {
@@ -167,14 +168,14 @@ fn run_nodes(tree: &RunTree, origin: DateTime<Utc>, total: f64, width: usize, de
                 format!("({:.1} ms)", end - start),
                 bar(start, end, total)
             );
-            Node { line, children: from(*a) }
+            Node { line, children: under(*a) }
         })
         .collect();
-    for n in &tree.nested {
-        let activation = n.run.parent.map(|p| p.activation);
-        if !rows.iter().any(|row| Some(row.0) == activation) {
-            nodes.push(run_node(n, origin, total, width, depth + 1, activation));
-        }
+    for a in unfinished_executions(tree, &rows) {
+        nodes.push(Node {
+            line: format!("#{a:<3} (stored no output: the execution failed or still runs)"),
+            children: under(a),
+        });
     }
     let leaf = |line: String| Node { line, children: Vec::new() };
     for h in &history {
@@ -198,26 +199,50 @@ fn run_nodes(tree: &RunTree, origin: DateTime<Utc>, total: f64, width: usize, de
     nodes
 }
 
-/// A nested run's line and what is under it; `unfinished` names the execution it was
-/// started from when that execution stored no output.
-fn run_node(
+/// The executions of a run that left calls in its journal or started runs but stored no
+/// output, in order.
+pub(crate) fn unfinished_executions(tree: &RunTree, rows: &[(u64, String, f64, f64)]) -> Vec<u64> {
+    let mut found: Vec<u64> = tree
+        .journal
+        .iter()
+        .map(|e| e.activation)
+        .chain(tree.nested.iter().filter_map(|n| n.run.parent.map(|p| p.activation)))
+        .filter(|a| !rows.iter().any(|row| row.0 == *a))
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+/// What one execution did, in time order: its recorded calls and the runs it started.
+fn execution_nodes(
     tree: &RunTree,
+    activation: u64,
     origin: DateTime<Utc>,
     total: f64,
     width: usize,
     depth: usize,
-    unfinished: Option<u64>,
-) -> Node {
+) -> Vec<Node> {
+    let calls = tree.journal.iter().filter(|e| e.activation == activation).map(|e| {
+        let at = e.recorded_at.map(|t| ms(origin, t));
+        let when = at.map(|t| format!("  +{t:.1} ms")).unwrap_or_default();
+        (at.unwrap_or(f64::MAX), Node { line: format!("{}{when}", crate::calls::label(e)), children: Vec::new() })
+    });
+    let runs = tree
+        .nested
+        .iter()
+        .filter(|n| n.run.parent.map(|p| p.activation) == Some(activation))
+        .map(|n| (ms(origin, n.run.created_at), run_node(n, origin, total, width, depth + 1)));
+    let mut timed: Vec<(f64, Node)> = calls.chain(runs).collect();
+    timed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    timed.into_iter().map(|(_, node)| node).collect()
+}
+
+/// A nested run's line and what is under it.
+fn run_node(tree: &RunTree, origin: DateTime<Utc>, total: f64, width: usize, depth: usize) -> Node {
     let r = &tree.run;
-    let from = unfinished.map(|a| format!(" (from execution #{a}, which stored no output)")).unwrap_or_default();
     Node {
-        line: format!(
-            "run {} · flow `{}` · {} · {:.1} ms{from}",
-            r.run_id,
-            r.flow,
-            r.status.as_str(),
-            timeline(r).total
-        ),
+        line: format!("run {} · flow `{}` · {} · {:.1} ms", r.run_id, r.flow, r.status.as_str(), timeline(r).total),
         children: run_nodes(tree, origin, total, width, depth),
     }
 }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use crewflow_core::persist::RunTree;
 
 use crate::commands::{Ctx, load_tree};
-use crate::trace::{Timeline, extent, ms, timeline};
+use crate::trace::{Timeline, extent, ms, timeline, unfinished_executions};
 use crate::{CliError, Exit};
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:24px;color:#111827;background:#f9fafb}\
@@ -23,7 +23,8 @@ ul.tree li.note{display:block;color:#374151}ul.tree li.error{color:#b91c1c;font-
 .bar span{position:absolute;top:0;bottom:0;background:#4f46e5;border-radius:3px;min-width:2px}\
 .num{text-align:right;font-variant-numeric:tabular-nums;color:#374151}\
 ul.tree li.nested{display:block;padding-left:24px;border-left:2px solid #c7d2fe}\
-ul.tree li.nested summary{cursor:pointer;color:#3730a3;padding:3px 0}";
+ul.tree li.nested summary{cursor:pointer;color:#3730a3;padding:3px 0}\
+ul.tree li.call{padding-left:72px;color:#6b7280;font-size:13px}";
 
 /// Escapes text for HTML.
 fn esc(s: &str) -> String {
@@ -67,22 +68,31 @@ pub(crate) async fn run(ctx: &Ctx, run_id: &str, path: &Path) -> Result<Exit, Cl
     Ok(Exit::Ok)
 }
 
-/// What is listed under a run: its step executions, each followed by the runs started from it
-/// (nested lists), nested runs of executions that stored no output, its feedback and error.
+/// What is listed under a run: its step executions, each followed by the calls its journal
+/// recorded and the runs started from it (nested lists), executions that stored no output
+/// but left calls or runs, its feedback and error.
 /// Bars are on the outer run's timeline (`origin`, `total` ms).
 fn items(s: &mut String, tree: &RunTree, origin: DateTime<Utc>, total: f64) {
     let r = &tree.run;
     let t = timeline(r);
     let offset = ms(origin, r.created_at);
     let parent_of = |n: &RunTree| n.run.parent.map(|p| p.activation);
-    for row in &t.rows {
-        step_row(s, row, offset, total);
-        for n in tree.nested.iter().filter(|n| parent_of(n) == Some(row.0)) {
+    let execution = |s: &mut String, activation: u64| {
+        for e in tree.journal.iter().filter(|e| e.activation == activation) {
+            let when = e.recorded_at.map(|t| format!(" · +{:.1} ms", ms(origin, t))).unwrap_or_default();
+            let _ = writeln!(s, "<li class=\"note call\">{}{when}</li>", esc(&crate::calls::label(e)));
+        }
+        for n in tree.nested.iter().filter(|n| parent_of(n) == Some(activation)) {
             nested(s, n, origin, total);
         }
+    };
+    for row in &t.rows {
+        step_row(s, row, offset, total);
+        execution(s, row.0);
     }
-    for n in tree.nested.iter().filter(|n| !t.rows.iter().any(|row| parent_of(n) == Some(row.0))) {
-        nested(s, n, origin, total);
+    for a in unfinished_executions(tree, &t.rows) {
+        let _ = writeln!(s, "<li class=\"note\">#{a} stored no output: the execution failed or still runs</li>");
+        execution(s, a);
     }
     notes(s, &t);
     if let Some(e) = &r.error {

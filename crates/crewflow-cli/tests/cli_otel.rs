@@ -124,11 +124,11 @@ fn nested_runs_join_the_outer_runs_trace_under_their_step() {
 
     let out = s.cmd(&["trace", &outer, "--otlp", &url, "--store", &s.db("runs.db")]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(stderr(&out), format!("sent 10 spans of run {outer} and 2 nested runs to {url}/v1/traces\n"));
+    assert_eq!(stderr(&out), format!("sent 12 spans of run {outer} and 2 nested runs to {url}/v1/traces\n"));
     let spans = spans(&rx.blocking_recv().unwrap());
     assert!(spans.iter().all(|s| s.trace_id == hex(&outer.replace('-', ""))), "one trace: the outer run's");
     let ids: std::collections::HashSet<&Vec<u8>> = spans.iter().map(|s| &s.span_id).collect();
-    assert_eq!(ids.len(), 10, "span ids are distinct");
+    assert_eq!(ids.len(), 12, "span ids are distinct");
     let named = |name: &str| spans.iter().filter(|s| s.name == name).collect::<Vec<_>>();
     let root = named("run report")[0];
     assert!(root.parent_span_id.is_empty());
@@ -143,10 +143,84 @@ fn nested_runs_join_the_outer_runs_trace_under_their_step() {
     for run in &inner {
         assert_eq!(run.parent_span_id, gather.span_id, "a nested run hangs under the step that started it");
         assert!(gather.start_time_unix_nano <= run.start_time_unix_nano);
-        let steps: Vec<&str> =
-            spans.iter().filter(|s| s.parent_span_id == run.span_id).map(|s| s.name.as_str()).collect();
-        assert_eq!(steps, ["search", "summarize"]);
+        let steps: Vec<&Span> = spans.iter().filter(|s| s.parent_span_id == run.span_id).collect();
+        assert_eq!(steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["search", "summarize"]);
+        // the side effect `search` recorded in its run's journal hangs under it
+        let calls: Vec<&Span> = spans.iter().filter(|s| s.parent_span_id == steps[0].span_id).collect();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(
+            (calls[0].name.as_str(), text(&calls[0].attributes, "crewflow.journal.key")),
+            ("call fetch", Some("fetch".into()))
+        );
     }
+}
+
+/// A model call a persisted run's step made through `Llm` is recorded in the run's journal;
+/// its trace draws it under the step (text: model, tokens, finish reason) and exports it as a
+/// `chat MODEL` span with the GenAI attributes. The model is an OpenAI-compatible server on
+/// loopback answering in OpenAI's wire format.
+#[test]
+fn a_runs_model_calls_are_chat_spans_under_their_step() {
+    use std::sync::Arc;
+
+    use crewflow_core::FlowBuilder;
+    use serde_json::{Map, Value};
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (url, mut rx) = receiver(&rt);
+    let openai = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|| async {
+            axum::Json(json!({
+                "id": "chatcmpl-trace-1", "object": "chat.completion", "created": 1_765_000_000,
+                "model": "gpt-4o-mini-2024-07-18",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "three sources"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+            }))
+        }),
+    );
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    rt.spawn(async move { axum::serve(listener, openai).await });
+
+    let s = Scratch::new();
+    let store: Arc<dyn crewflow_core::persist::RunStore> =
+        Arc::new(crewflow_store::SqliteStore::open(s.path("runs.db")));
+    let options = crewflow_llm::LlmOptions::default().api_key("test-key").base_url(base);
+    let llm = crewflow_llm::Llm::with_options("openai/gpt-4o-mini", options).unwrap();
+    let flow = FlowBuilder::<Map<String, Value>>::new("ask")
+        .start("question", move |_cx, (): ()| {
+            let llm = llm.clone();
+            async move { Ok(llm.chat("Where do I look?").await?.text) }
+        })
+        .store(store)
+        .build()
+        .unwrap();
+    let run = rt.block_on(flow.kickoff(())).unwrap();
+    let id = run.id.to_string();
+
+    let out = s.cmd(&["trace", &id, "--store", &s.db("runs.db")]).output().unwrap();
+    let printed = stdout(&out);
+    let call = printed.lines().nth(2).unwrap_or_default();
+    assert!(call.starts_with("   └─ chat gpt-4o-mini-2024-07-18 · tokens 9+3 · stop  +"), "{printed}");
+
+    let out = s.cmd(&["trace", &id, "--otlp", &url, "--store", &s.db("runs.db")]).output().unwrap();
+    assert_eq!(stderr(&out), format!("sent 3 spans of run {id} to {url}/v1/traces\n"));
+    let spans = spans(&rx.blocking_recv().unwrap());
+    let step = spans.iter().find(|s| s.name == "question").unwrap();
+    let chat = spans.iter().find(|s| s.name == "chat gpt-4o-mini-2024-07-18").unwrap();
+    assert_eq!(chat.parent_span_id, step.span_id, "the call hangs under its step");
+    assert_eq!(chat.kind, opentelemetry_proto::tonic::trace::v1::span::SpanKind::Client as i32);
+    assert!(
+        step.start_time_unix_nano <= chat.start_time_unix_nano && chat.start_time_unix_nano <= chat.end_time_unix_nano
+    );
+    let a = &chat.attributes;
+    assert_eq!(text(a, "gen_ai.operation.name"), Some("chat".into()));
+    assert_eq!(text(a, "gen_ai.provider.name"), Some("openai".into()));
+    assert_eq!((int(a, "gen_ai.usage.input_tokens"), int(a, "gen_ai.usage.output_tokens")), (Some(9), Some(3)));
+    assert_eq!(text(a, "gen_ai.response.id"), Some("chatcmpl-trace-1".into()));
+    assert_eq!(text(a, "crewflow.journal.key"), Some("llm:openai/gpt-4o-mini".into()));
+    assert_eq!(int(a, "crewflow.step.activation"), Some(0));
 }
 
 fn hex(text: &str) -> Vec<u8> {

@@ -29,9 +29,11 @@ fn nested_runs_are_drawn_under_the_step_that_started_them() {
             "├─ #9   gather".to_string(),
             format!("│  ├─ run {a} · flow `research` · finished · 9 ms"),
             "│  │  ├─ #9   search".to_string(),
+            "│  │  │  └─ call fetch".to_string(),
             "│  │  └─ #9   summarize".to_string(),
             format!("│  └─ run {b} · flow `research` · finished · 9 ms"),
             "│     ├─ #9   search".to_string(),
+            "│     │  └─ call fetch".to_string(),
             "│     └─ #9   summarize".to_string(),
             "└─ #9   write".to_string(),
         ],
@@ -49,6 +51,13 @@ fn nested_runs_are_drawn_under_the_step_that_started_them() {
     for run in runs {
         assert_eq!(run["parent"], json!({"run_id": outer, "activation": gather}), "{run}");
         assert_eq!(run["steps"].as_array().unwrap().len(), 2, "{run}");
+        let calls = run["calls"].as_array().unwrap();
+        assert_eq!(calls.len(), 1, "{run}");
+        assert_eq!(
+            (&calls[0]["key"], &calls[0]["kind"], &calls[0]["activation"]),
+            (&json!("fetch"), &json!("other"), &json!(0))
+        );
+        assert!(calls[0]["recorded_ms"].as_f64().unwrap() >= 0.0, "{run}");
     }
 
     let out = s.cmd(&["runs", "show", &nested[1], "--store", &db]).output().unwrap();
@@ -65,6 +74,41 @@ fn nested_runs_are_drawn_under_the_step_that_started_them() {
     assert!(at("data-step=\"gather\"") < at(&format!("data-run=\"{}\"", nested[0])));
     assert!(at(&format!("data-run=\"{}\"", nested[1])) < at("data-step=\"write\""));
     assert_eq!(html.matches("data-step=\"summarize\"").count(), 2);
+    assert_eq!(html.matches("<li class=\"note call\">call fetch").count(), 2, "{html}");
+}
+
+/// A step that recorded a side effect and then failed stored no output, but its journal did:
+/// the trace shows the execution, what it recorded, and the run's error.
+#[test]
+fn a_failed_executions_recorded_calls_are_drawn() {
+    use std::sync::Arc;
+
+    use crewflow_core::FlowBuilder;
+    use serde_json::{Map, Value};
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = Scratch::new();
+    let store: Arc<dyn crewflow_core::persist::RunStore> =
+        Arc::new(crewflow_store::SqliteStore::open(s.path("runs.db")));
+    let flow = FlowBuilder::<Map<String, Value>>::new("pay")
+        .start("charge", |cx, (): ()| async move {
+            let receipt: String =
+                cx.once("charge", |_| async { Ok::<_, std::io::Error>("receipt-7".to_string()) }).await?;
+            Err::<(), _>(format!("the ledger refused {receipt}").into())
+        })
+        .store(store.clone())
+        .build()
+        .unwrap();
+    rt.block_on(flow.kickoff(())).unwrap_err();
+    let id = rt.block_on(store.list_runs(&crewflow_core::persist::RunFilter::default())).unwrap()[0].run_id.to_string();
+
+    let out = s.cmd(&["trace", &id, "--store", &s.db("runs.db")]).output().unwrap();
+    let text = stdout(&out);
+    let shape: Vec<String> = text.lines().skip(1).filter(|l| !l.starts_with('(')).map(numbers_as_nines).collect();
+    assert_eq!(shape.len(), 3, "{text}");
+    assert_eq!(shape[0], "├─ #9   (stored no output: the execution failed or still runs)", "{text}");
+    assert_eq!(shape[1], "│  └─ call charge", "{text}");
+    assert!(shape[2].starts_with("└─ error: ") && shape[2].contains("the ledger refused receipt-9"), "{text}");
 }
 
 /// A line up to its time column (a step row's `+… ms`), each run of digits and dots as `9`.

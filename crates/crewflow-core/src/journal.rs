@@ -153,7 +153,7 @@ impl Journal {
         let Some(store) = &self.store else { return Ok(result) };
         let value = serde_json::to_string(&result)
             .map_err(|e| OnceError::Unrecordable { key: key.clone(), message: e.to_string() })?;
-        let entry = JournalEntry { activation: execution, key, value };
+        let entry = JournalEntry { activation: execution, key, value, recorded_at: None };
         let fencing = self.fencing.load(Ordering::Acquire);
         if let Err(source) = store.record_journal(self.run_id, fencing, &entry).await {
             return Err(OnceError::Record { key: entry.key, source });

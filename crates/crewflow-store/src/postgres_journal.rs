@@ -52,27 +52,36 @@ impl PostgresStore {
         })
     }
 
+    /// The entries of `executions` of a run, or of all its executions (`None`), by execution
+    /// and in the order recorded.
     pub(crate) fn load_journal_entries<'a>(
         &'a self,
         run_id: RunId,
-        executions: &'a [u64],
+        executions: Option<&'a [u64]>,
     ) -> StoreFuture<'a, Vec<JournalEntry>> {
         Box::pin(async move {
-            if executions.is_empty() {
+            if executions.is_some_and(<[u64]>::is_empty) {
                 return Ok(Vec::new());
             }
             let client = boxed(self.client().await)?;
-            let wanted: Vec<i64> = executions.iter().map(|&e| e as i64).collect();
+            let wanted: Option<Vec<i64>> = executions.map(|e| e.iter().map(|&e| e as i64).collect());
             let rows = client
                 .query(
-                    "SELECT activation, key, value FROM crewflow_journal WHERE run_id = $1 AND activation = ANY($2)",
+                    "SELECT activation, key, value, recorded_at FROM crewflow_journal
+                     WHERE run_id = $1 AND ($2::bigint[] IS NULL OR activation = ANY($2))
+                     ORDER BY activation, recorded_at, length(key), key",
                     &[&run_id.to_string(), &wanted],
                 )
                 .await
                 .map_err(|e| crate::StoreError::from(e).into_boxed())?;
             Ok(rows
                 .iter()
-                .map(|r| JournalEntry { activation: r.get::<_, i64>(0) as u64, key: r.get(1), value: r.get(2) })
+                .map(|r| JournalEntry {
+                    activation: r.get::<_, i64>(0) as u64,
+                    key: r.get(1),
+                    value: r.get(2),
+                    recorded_at: Some(r.get(3)),
+                })
                 .collect())
         })
     }

@@ -731,7 +731,11 @@ impl RunStore for SqliteStore {
     }
 
     fn load_journal<'a>(&'a self, run_id: RunId, executions: &'a [u64]) -> StoreFuture<'a, Vec<JournalEntry>> {
-        self.load_journal_entries(run_id, executions)
+        self.load_journal_entries(run_id, Some(executions))
+    }
+
+    fn load_whole_journal(&self, run_id: RunId) -> StoreFuture<'_, Vec<JournalEntry>> {
+        self.load_journal_entries(run_id, None)
     }
 
     fn create_schedule<'a>(&'a self, schedule: &'a NewSchedule) -> StoreFuture<'a, ()> {

@@ -4,7 +4,7 @@ use crewflow_core::RunId;
 use crewflow_core::persist::{JournalEntry, StoreFuture};
 use rusqlite::{TransactionBehavior, params};
 
-use crate::sqlite::{SqliteStore, boxed, fenced, ms, now};
+use crate::sqlite::{SqliteStore, boxed, fenced, from_ms, ms, now};
 
 /// Migration 4: the journal, one row per recorded result, keyed by run, execution and call;
 /// and `report` on runs: `pending` once a worker took a run over, `done` once its end was
@@ -65,25 +65,33 @@ impl SqliteStore {
         })
     }
 
+    /// The entries of `executions` of a run, or of all its executions (`None`), by execution
+    /// and in the order recorded (a key's repeat number breaks ties of the millisecond clock).
     pub(crate) fn load_journal_entries<'a>(
         &'a self,
         run_id: RunId,
-        executions: &'a [u64],
+        executions: Option<&'a [u64]>,
     ) -> StoreFuture<'a, Vec<JournalEntry>> {
-        let executions: Vec<i64> = executions.iter().map(|&e| e as i64).collect();
+        let wanted =
+            executions.map(|e| serde_json::Value::from(e.iter().map(|&e| e as i64).collect::<Vec<_>>()).to_string());
         Box::pin(async move {
-            if executions.is_empty() {
+            if executions.is_some_and(<[u64]>::is_empty) {
                 return Ok(Vec::new());
             }
-            let wanted = serde_json::Value::from(executions).to_string();
             boxed(
                 self.call(move |c| {
                     let mut stmt = c.prepare_cached(
-                        "SELECT activation, key, value FROM crewflow_journal
-                         WHERE run_id = ?1 AND activation IN (SELECT value FROM json_each(?2))",
+                        "SELECT activation, key, value, recorded_at FROM crewflow_journal
+                         WHERE run_id = ?1 AND (?2 IS NULL OR activation IN (SELECT value FROM json_each(?2)))
+                         ORDER BY activation, recorded_at, length(key), key",
                     )?;
                     let rows = stmt.query_map(params![run_id.to_string(), wanted], |r| {
-                        Ok(JournalEntry { activation: r.get::<_, i64>(0)? as u64, key: r.get(1)?, value: r.get(2)? })
+                        Ok(JournalEntry {
+                            activation: r.get::<_, i64>(0)? as u64,
+                            key: r.get(1)?,
+                            value: r.get(2)?,
+                            recorded_at: Some(from_ms(r.get(3)?)),
+                        })
                     })?;
                     Ok(rows.collect::<Result<Vec<_>, _>>()?)
                 })

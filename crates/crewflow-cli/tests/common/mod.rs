@@ -121,7 +121,12 @@ pub fn store_nested_runs(path: &Path, rt: &tokio::runtime::Runtime) -> (String, 
     type Dict = Map<String, Value>;
     let store: Arc<dyn crewflow_core::persist::RunStore> = Arc::new(crewflow_store::SqliteStore::open(path));
     let inner = FlowBuilder::<Dict>::new("research")
-        .start("search", |_cx, (): ()| async move { Ok("three sources") })
+        .start("search", |cx, (): ()| async move {
+            // a side effect recorded in the run's journal: drawn under its step
+            let found: String =
+                cx.once("fetch", |_| async { Ok::<_, std::io::Error>("three sources".to_string()) }).await?;
+            Ok(found)
+        })
         .listen("summarize", step("search"), |_cx, found: String| async move { Ok(format!("summary of {found}")) })
         .store(store.clone())
         .build()

@@ -540,6 +540,14 @@ pub trait RunStore: Send + Sync + 'static {
         Box::pin(async { Ok(Vec::new()) })
     }
 
+    /// Every journal entry of a run, each with the time it was recorded, by execution and in
+    /// the order recorded: what a run's trace draws under its steps (model calls, tool calls;
+    /// see [`RunTree`]). The default reads nothing (a store without a journal).
+    fn load_whole_journal(&self, run_id: RunId) -> StoreFuture<'_, Vec<JournalEntry>> {
+        let _ = run_id;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// Records a cron schedule ([`NewSchedule`]). The default refuses: the store keeps no
     /// schedules (see `docs/server.md`, schedules).
     fn create_schedule<'a>(&'a self, schedule: &'a NewSchedule) -> StoreFuture<'a, ()> {
@@ -630,6 +638,9 @@ pub struct JournalEntry {
     pub key: String,
     /// The result, as JSON.
     pub value: String,
+    /// When the store recorded it: set on entries read back from a store; a store stamps its
+    /// own time when recording (what is given here is not written).
+    pub recorded_at: Option<DateTime<Utc>>,
 }
 
 /// How long a lease lasts without renewal, unless the flow sets another.

@@ -7,11 +7,12 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 
-use super::{RunFilter, RunStore, StoredRun};
+use super::{JournalEntry, RunFilter, RunStore, StoredRun};
 use crate::error::BoxError;
 use crate::id::RunId;
 
-/// A stored run and, under it, the runs started from its steps (recursively), oldest first.
+/// A stored run with its journal (the model calls, tool calls and other side effects its steps
+/// recorded) and, under it, the runs started from its steps (recursively), oldest first.
 ///
 /// ```no_run
 /// # async fn demo(store: &dyn crewflow_core::persist::RunStore, id: crewflow_core::RunId) -> Result<(), crewflow_core::BoxError> {
@@ -29,6 +30,8 @@ use crate::id::RunId;
 pub struct RunTree {
     /// The run, with every step output.
     pub run: StoredRun,
+    /// Its journal, by execution and in the order recorded ([`RunStore::load_whole_journal`]).
+    pub journal: Vec<JournalEntry>,
     /// The runs started from its steps, oldest first.
     pub nested: Vec<RunTree>,
 }
@@ -45,14 +48,15 @@ impl RunTree {
     /// The run `run_id` and its nested runs, or `None` when the store has no such run.
     pub async fn load(store: &dyn RunStore, run_id: RunId) -> Result<Option<RunTree>, BoxError> {
         let Some(run) = store.load_run(run_id).await? else { return Ok(None) };
+        let journal = store.load_whole_journal(run_id).await?;
         let mut seen = HashSet::from([run_id]);
         let nested = nested(store, run_id, 1, &mut seen).await?;
-        Ok(Some(RunTree { run, nested }))
+        Ok(Some(RunTree { run, journal, nested }))
     }
 
-    /// A run without nested runs.
+    /// A run without journal entries or nested runs.
     pub fn leaf(run: StoredRun) -> RunTree {
-        RunTree { run, nested: Vec::new() }
+        RunTree { run, journal: Vec::new(), nested: Vec::new() }
     }
 
     /// Every run of the tree, this one first, then each nested tree in order (depth first).
@@ -82,8 +86,9 @@ fn nested<'a>(store: &'a dyn RunStore, parent: RunId, depth: usize, seen: &'a mu
             }
             // A run deleted since the listing is left out.
             let Some(run) = store.load_run(summary.run_id).await? else { continue };
+            let journal = store.load_whole_journal(summary.run_id).await?;
             let nested = nested(store, summary.run_id, depth + 1, seen).await?;
-            out.push(RunTree { run, nested });
+            out.push(RunTree { run, journal, nested });
         }
         Ok(out)
     })
