@@ -25,6 +25,8 @@ mod postgres;
 #[cfg(feature = "postgres")]
 mod postgres_chain;
 #[cfg(feature = "postgres")]
+mod postgres_checkpoint;
+#[cfg(feature = "postgres")]
 mod postgres_compact;
 #[cfg(feature = "postgres")]
 mod postgres_journal;

@@ -32,15 +32,16 @@ use tokio_postgres::NoTls;
 use crate::StoreError;
 use crate::heartbeat::Heartbeat;
 use crate::postgres_chain::{CHAIN_COLUMNS, ChainWrite, chain_ctes};
+use crate::postgres_checkpoint::{CheckpointWrite, INSERT_STEPS, steps_json};
 use crate::util::{
     apply_state_chain, fingerprint, may_claim, parent, parse_fingerprint, parse_run_id, parse_status,
     refuse_nul_in_run, refuse_nul_json, refuse_nul_text,
 };
 
 /// The newest schema this crewflow writes.
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
-const MIGRATIONS: [&str; 8] = [
+const MIGRATIONS: [&str; 9] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -96,6 +97,13 @@ CREATE TABLE crewflow_state_chain (
 ALTER TABLE crewflow_runs ADD COLUMN parent_run_id TEXT;
 ALTER TABLE crewflow_runs ADD COLUMN parent_activation BIGINT;
 CREATE INDEX crewflow_runs_by_parent ON crewflow_runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
+"#,
+    // 9: no foreign key from a step to its run. Steps are only ever written by the statement
+    // that updates their run's row (checkpoints and ends, from its `run` CTE), and deleted
+    // before their run (compaction), so the key checked nothing; its check (a locking read of
+    // the run's row per step written) cost 30-50 µs a checkpoint.
+    r#"
+ALTER TABLE crewflow_steps DROP CONSTRAINT IF EXISTS crewflow_steps_run_id_fkey;
 "#,
 ];
 
@@ -283,33 +291,6 @@ pub(crate) fn boxed<T>(r: Result<T, StoreError>) -> Result<T, crewflow_core::Box
     r.map_err(StoreError::into_boxed)
 }
 
-/// The steps of a checkpoint as one JSON array, for `jsonb_to_recordset`.
-fn steps_json(steps: &[StepRow]) -> String {
-    let mut out = String::from("[");
-    for (i, s) in steps.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let step = serde_json::to_string(&*s.step).unwrap_or_else(|_| "\"?\"".into());
-        out.push_str(&format!(
-            r#"{{"activation":{},"step":{},"output":{},"finished_at":"{}"}}"#,
-            s.activation,
-            step,
-            s.output,
-            s.finished_at.to_rfc3339()
-        ));
-    }
-    out.push(']');
-    out
-}
-
-const INSERT_STEPS: &str = "INSERT INTO crewflow_steps (run_id, activation, step, output, finished_at)
-    SELECT run.id, s.activation, s.step, coalesce(s.output, 'null'::jsonb), s.finished_at
-    FROM run, jsonb_to_recordset($STEPS::text::jsonb) AS s(activation bigint, step text, output jsonb, finished_at timestamptz)
-    ON CONFLICT (run_id, activation) DO UPDATE SET step = excluded.step, output = excluded.output,
-        finished_at = excluded.finished_at
-    RETURNING 1";
-
 impl RunStore for PostgresStore {
     fn describe(&self) -> String {
         self.inner.target.clone()
@@ -330,8 +311,8 @@ impl RunStore for PostgresStore {
                     // A chained state starts the run's chain (as text), and the row holds `null`.
                     let (row_state, chain) =
                         if run.chained { ("null", Some(run.state.as_str())) } else { (run.state.as_str(), None) };
-                    let inserted: i64 = client
-                        .query_one(
+                    let stmt = client
+                        .prepare_cached(
                             "WITH run AS (
                                  INSERT INTO crewflow_runs (id, flow, fingerprint, status, owner, lease_until, fencing, seq,
                                      inputs, payload, state, frontier, created_at, updated_at, state_version,
@@ -345,6 +326,11 @@ impl RunStore for PostgresStore {
                                  INSERT INTO crewflow_state_chain (run_id, seq, kind, body)
                                  SELECT id, 0, 'whole', $13::text FROM run WHERE $13::text IS NOT NULL)
                              SELECT count(*) FROM run",
+                        )
+                        .await?;
+                    let inserted: i64 = client
+                        .query_one(
+                            &stmt,
                             &[
                                 &run.run_id.to_string(),
                                 &&*run.flow,
@@ -384,38 +370,9 @@ impl RunStore for PostgresStore {
                 async {
                     refuse_nul_checkpoint(cp)?;
                     let client = self.client().await?;
-                    let chain = ChainWrite::of(cp);
-                    let sql = format!(
-                        "WITH run AS (
-                             UPDATE crewflow_runs SET state = coalesce($2::text::jsonb, state), frontier = $3::text::jsonb,
-                                 seq = $4, updated_at = now(), pending = coalesce($7::text::jsonb, pending),
-                                 state_version = $8
-                             WHERE id = $1 AND fencing = $5 RETURNING id),
-                         steps AS ({}),
-                         {}
-                         SELECT count(*) FROM run",
-                        INSERT_STEPS.replace("$STEPS", "$6"),
-                        chain_ctes(9, 10, 11, 4)
-                    );
-                    let stmt = client.prepare_cached(&sql).await?;
-                    let row = client
-                        .query_one(
-                            &stmt,
-                            &[
-                                &cp.run_id.to_string(),
-                                &chain.row_state,
-                                &cp.frontier,
-                                &(cp.seq as i64),
-                                &(cp.fencing as i64),
-                                &steps_json(&cp.steps),
-                                &cp.feedback,
-                                &i64::from(cp.state_version),
-                                &chain.drop,
-                                &chain.kind,
-                                &chain.body,
-                            ],
-                        )
-                        .await?;
+                    let write = CheckpointWrite::of(cp);
+                    let stmt = client.prepare_cached(&write.sql).await?;
+                    let row = client.query_one(&stmt, &write.params()).await?;
                     if row.get::<_, i64>(0) == 0 {
                         return Err(self.fenced(&client, cp.run_id, cp.fencing).await);
                     }
@@ -462,9 +419,11 @@ impl RunStore for PostgresStore {
                         INSERT_STEPS.replace("$STEPS", "$9"),
                         chain_ctes(12, 13, 14, 7)
                     );
+                    // Prepared once per connection, as checkpoints are: one round trip, no planning.
+                    let stmt = client.prepare_cached(&sql).await?;
                     let row = client
                         .query_one(
-                            &sql,
+                            &stmt,
                             &[
                                 &end.run_id.to_string(),
                                 &end.status.as_str(),
