@@ -15,7 +15,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use crewflow_core::persist::{LoadRun, RunFilter, RunStatus, RunStore, StoredRun};
+use crewflow_core::persist::{LoadRun, ParentStep, RunFilter, RunStatus, RunStore, StoredRun};
 use crewflow_core::{Error, RunId};
 use futures::StreamExt;
 use serde::Deserialize;
@@ -303,6 +303,12 @@ struct ListQuery {
     flow: Option<String>,
     status: Option<String>,
     limit: Option<usize>,
+    parent: Option<String>,
+}
+
+/// A nested run's parent step execution, as JSON (`null` for a top-level run).
+fn parent_json(parent: Option<ParentStep>) -> Value {
+    parent.map_or(Value::Null, |p| json!({"run_id": p.run_id.to_string(), "activation": p.activation}))
 }
 
 async fn list_runs(State(app): Shared, query: Result<Query<ListQuery>, QueryRejection>) -> Reply {
@@ -319,7 +325,13 @@ async fn list_runs(State(app): Shared, query: Result<Query<ListQuery>, QueryReje
     if limit == 0 || limit > 1000 {
         return Err(ApiError::bad_request(format!("`limit` is {limit}; it must be between 1 and 1000")));
     }
-    let filter = RunFilter { flow: query.flow.filter(|f| !f.is_empty()), status, limit, ..Default::default() };
+    let parent = match query.parent.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(text.parse::<crewflow_core::RunId>().map_err(|_| {
+            ApiError::bad_request(format!("`parent` is `{text}`; it must be a run id (the outer run of nested runs)"))
+        })?),
+    };
+    let filter = RunFilter { flow: query.flow.filter(|f| !f.is_empty()), status, limit, parent };
     let runs = app.store.list_runs(&filter).await.map_err(ApiError::store)?;
     let runs: Vec<Value> = runs
         .iter()
@@ -332,6 +344,7 @@ async fn list_runs(State(app): Shared, query: Result<Query<ListQuery>, QueryReje
                 "created_at": r.created_at,
                 "updated_at": r.updated_at,
                 "error": r.error,
+                "parent": parent_json(r.parent),
             })
         })
         .collect();
@@ -366,6 +379,7 @@ async fn stored_json(app: &App, stored: &StoredRun) -> Value {
         "steps": steps,
         "created_at": stored.created_at,
         "updated_at": stored.updated_at,
+        "parent": parent_json(stored.parent),
     });
     if stored.status == RunStatus::Paused
         && let Some(hosted) = app.flows.get(&stored.flow)

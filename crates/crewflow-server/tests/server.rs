@@ -75,6 +75,50 @@ async fn runs_start_wait_show_and_list() {
     assert_eq!(code, 400, "{bad}");
 }
 
+/// A run started from another run's step names that step execution as its `parent`, in
+/// `GET /runs/{id}` and in the listing; `GET /runs?parent=ID` lists exactly those runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_runs_name_their_parent_and_are_listed_by_it() {
+    type Dict = serde_json::Map<String, Value>;
+    let dir = tempfile::tempdir().unwrap();
+    let store = crewflow_store::open(common::runs_db(&dir).as_str()).unwrap();
+    let inner = FlowBuilder::<Dict>::new("inner")
+        .start("work", |_cx: Cx<Dict>, (): ()| async move { Ok("done") })
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let nested = inner.clone();
+    let outer = FlowBuilder::<Dict>::new("outer")
+        .start("delegate", move |_cx: Cx<Dict>, (): ()| {
+            let inner = nested.clone();
+            async move { Ok(inner.kickoff(()).await.map_err(|e| e.to_string())?.id.to_string()) }
+        })
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let srv = serve(Server::new(store.clone()).flow(&inner).unwrap().flow(&outer).unwrap()).await;
+
+    let (code, done) = srv.post("/flows/outer/runs?wait=true", "{}").await;
+    assert_eq!(code, 200, "{done}");
+    let (outer_id, inner_id) = (done["run_id"].as_str().unwrap(), done["output"].as_str().unwrap());
+    let (_, run) = srv.get(&format!("/runs/{inner_id}")).await;
+    assert_eq!(run["parent"], json!({"run_id": outer_id, "activation": 0}), "{run}");
+    let (_, top) = srv.get(&format!("/runs/{outer_id}")).await;
+    assert_eq!(top["parent"], Value::Null, "{top}");
+
+    srv.post("/flows/inner/runs?wait=true", "{}").await; // a top-level run of the same flow
+    let (code, list) = srv.get(&format!("/runs?parent={outer_id}")).await;
+    assert_eq!(code, 200, "{list}");
+    let runs = list["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{list}");
+    assert_eq!((&runs[0]["run_id"], &runs[0]["parent"]["run_id"]), (&json!(inner_id), &json!(outer_id)));
+    let (_, all) = srv.get("/runs?flow=inner").await;
+    assert_eq!(all["runs"].as_array().unwrap().len(), 2);
+    let (code, bad) = srv.get("/runs?parent=nope").await;
+    assert_eq!(code, 400, "{bad}");
+    assert!(error_of(&bad).1.contains("`parent` is `nope`"), "{bad}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_background_run_answers_at_once_and_streams_its_events() {
     let gate = Arc::new(Semaphore::new(0));
