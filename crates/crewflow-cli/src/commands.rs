@@ -20,7 +20,9 @@ pub(crate) async fn dispatch(cli: Cli, app: App) -> Result<Exit, CliError> {
     match cli.command {
         Command::Run(args) => run(&ctx, args).await,
         Command::Plot(args) => plot(&ctx, args).await,
-        Command::Runs(RunsCommand::List { flow, status, limit }) => runs_list(&ctx, flow, status, limit).await,
+        Command::Runs(RunsCommand::List { flow, status, limit, parent }) => {
+            runs_list(&ctx, flow, status, limit, parent).await
+        }
         Command::Runs(RunsCommand::Show { run_id }) => runs_show(&ctx, &run_id).await,
         Command::Runs(RunsCommand::Resume { run_id, flow }) => runs_resume(&ctx, &run_id, &flow).await,
         Command::Runs(RunsCommand::Cancel { run_id }) => runs_cancel(&ctx, &run_id).await,
@@ -229,7 +231,13 @@ pub(crate) fn not_found_run(run_id: RunId, url: &str) -> CliError {
     )
 }
 
-async fn runs_list(ctx: &Ctx, flow: Option<String>, status: Option<String>, limit: usize) -> Result<Exit, CliError> {
+async fn runs_list(
+    ctx: &Ctx,
+    flow: Option<String>,
+    status: Option<String>,
+    limit: usize,
+    parent: Option<String>,
+) -> Result<Exit, CliError> {
     let status = match status.as_deref() {
         None => None,
         Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
@@ -241,14 +249,16 @@ async fn runs_list(ctx: &Ctx, flow: Option<String>, status: Option<String>, limi
     };
     let url = ctx.store_url();
     let store = ctx.runs()?;
-    let filter = RunFilter { flow, status, limit, ..Default::default() };
+    let parent = parent.as_deref().map(parse_run_id).transpose()?;
+    let filter = RunFilter { flow, status, limit, parent };
     let runs = store.list_runs(&filter).await.map_err(|e| store_failed(&url, "list runs", e))?;
     if ctx.json {
         for r in &runs {
             outln!(
                 "{}",
                 json!({"run_id": r.run_id.to_string(), "flow": r.flow, "status": r.status.as_str(), "steps": r.steps_done,
-                       "created_at": r.created_at.to_rfc3339(), "updated_at": r.updated_at.to_rfc3339(), "error": r.error})
+                       "created_at": r.created_at.to_rfc3339(), "updated_at": r.updated_at.to_rfc3339(), "error": r.error,
+                       "parent": r.parent.map(|p| json!({"run_id": p.run_id.to_string(), "activation": p.activation}))})
             );
         }
         return Ok(Exit::Ok);

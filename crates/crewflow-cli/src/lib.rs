@@ -295,6 +295,9 @@ pub enum RunsCommand {
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only the runs started from this run's steps (its nested runs).
+        #[arg(long, value_name = "RUN_ID")]
+        parent: Option<String>,
     },
     /// Show one run: status, inputs, steps, error, pending feedback, state.
     Show {

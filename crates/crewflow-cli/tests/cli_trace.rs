@@ -60,6 +60,12 @@ fn nested_runs_are_drawn_under_the_step_that_started_them() {
         assert!(calls[0]["recorded_ms"].as_f64().unwrap() >= 0.0, "{run}");
     }
 
+    let out = s.cmd(&["runs", "list", "--parent", &outer, "--store", &db, "--json"]).output().unwrap();
+    let listed: Vec<serde_json::Value> = json_lines(&out).iter().map(|r| r["run_id"].clone()).collect();
+    assert_eq!(listed, [json!(nested[1]), json!(nested[0])], "the nested runs, newest first");
+    let out = s.cmd(&["runs", "list", "--parent", "not-a-run", "--store", &db]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
     let out = s.cmd(&["runs", "show", &nested[1], "--store", &db]).output().unwrap();
     assert!(stdout(&out).contains(&format!("parent   run {outer} (step execution #{gather})")), "{}", stdout(&out));
     let out = s.cmd(&["runs", "show", &nested[1], "--store", &db, "--json"]).output().unwrap();
