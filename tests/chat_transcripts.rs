@@ -134,6 +134,8 @@ async fn sqlite_migration_moves_existing_transcripts_into_rows() {
     c.execute_batch(
         "DROP TABLE crewflow_schedule_ticks; DROP TABLE crewflow_schedules; DROP TABLE crewflow_webhooks;
          DROP TABLE crewflow_messages; ALTER TABLE crewflow_sessions DROP COLUMN message_count;
+         DROP INDEX crewflow_runs_by_parent; ALTER TABLE crewflow_runs DROP COLUMN parent_run_id;
+         ALTER TABLE crewflow_runs DROP COLUMN parent_activation;
          DELETE FROM crewflow_schema WHERE version >= 6;",
     )
     .unwrap();
@@ -153,7 +155,7 @@ async fn sqlite_migration_moves_existing_transcripts_into_rows() {
         .unwrap()
         .query_row("SELECT max(version) FROM crewflow_schema", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 7);
+    assert_eq!(version, 8);
     continue_migrated(store).await;
 }
 
@@ -168,6 +170,10 @@ async fn postgres_migration_moves_existing_transcripts_into_rows() {
         .batch_execute(
             "DROP TABLE crewflow_schedule_ticks; DROP TABLE crewflow_schedules; DROP TABLE crewflow_webhooks;
              DROP TABLE crewflow_messages; ALTER TABLE crewflow_sessions DROP COLUMN message_count;
+             DROP INDEX crewflow_runs_by_parent; ALTER TABLE crewflow_runs DROP COLUMN parent_run_id;
+             ALTER TABLE crewflow_runs DROP COLUMN parent_activation;
+             ALTER TABLE crewflow_steps ADD CONSTRAINT crewflow_steps_run_id_fkey
+                 FOREIGN KEY (run_id) REFERENCES crewflow_runs (id) ON DELETE CASCADE;
              DELETE FROM crewflow_schema WHERE version >= 6;",
         )
         .await
@@ -186,7 +192,16 @@ async fn postgres_migration_moves_existing_transcripts_into_rows() {
     let store = Arc::new(PostgresStore::connect_lazy(&url).unwrap());
     check_migrated(&*store).await;
     let version: i32 = client.query_one("SELECT max(version) FROM crewflow_schema", &[]).await.unwrap().get(0);
-    assert_eq!(version, 7);
+    assert_eq!(version, 9);
+    let fk: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'crewflow_steps'::regclass AND contype = 'f'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(fk, 0, "migration 9 dropped the steps' foreign key");
     continue_migrated(store).await;
 }
 
