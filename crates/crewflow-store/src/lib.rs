@@ -36,6 +36,8 @@ mod postgres_memories;
 mod postgres_reports;
 #[cfg(feature = "postgres")]
 mod postgres_schedules;
+#[cfg(feature = "postgres")]
+mod postgres_schema;
 #[cfg(all(feature = "postgres", feature = "chat"))]
 mod postgres_sessions;
 mod sessions_schema;
@@ -55,6 +57,8 @@ mod sqlite_open;
 mod sqlite_reports;
 #[cfg(feature = "sqlite")]
 mod sqlite_schedules;
+#[cfg(feature = "sqlite")]
+mod sqlite_schema;
 #[cfg(all(feature = "sqlite", feature = "chat"))]
 mod sqlite_sessions;
 #[cfg(feature = "sqlite")]

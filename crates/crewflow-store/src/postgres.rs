@@ -3,17 +3,13 @@
 //! Kept as one file on purpose: it is the `RunStore` impl of one backend (the runs' lifecycle:
 //! create, checkpoint, end, claim, heartbeat, list), whose statements must agree with each
 //! other on every column and status; the rest of the backend lives beside it in `postgres_*.rs`
-//! (journal, compaction, memories, sessions, reports).
+//! (schema, checkpoint statements, state chain, journal, compaction, memories, sessions, reports).
 //!
 //! Leases use the server's clock (`now()`), so machines whose clocks disagree still agree on
 //! who owns a run. A checkpoint is one statement (a data-modifying CTE), one round trip.
 //! Workers claim runs with `FOR UPDATE SKIP LOCKED`, so concurrent workers never block on or
 //! claim the same run.
 //!
-//! Kept as one file: it is the backend's `RunStore` implementation, one method per trait
-//! method, each a transaction whose SQL reads best next to the others it must agree with
-//! (leases, fencing, claims). Sessions, memories, the journal and (for SQLite) opening a file
-//! live in files of their own.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -33,79 +29,11 @@ use crate::StoreError;
 use crate::heartbeat::Heartbeat;
 use crate::postgres_chain::{CHAIN_COLUMNS, ChainWrite, chain_ctes};
 use crate::postgres_checkpoint::{CheckpointWrite, INSERT_STEPS, steps_json};
+use crate::postgres_schema::{MIGRATIONS, SCHEMA_VERSION};
 use crate::util::{
     apply_state_chain, fingerprint, may_claim, parent, parse_fingerprint, parse_run_id, parse_status,
     refuse_nul_in_run, refuse_nul_json, refuse_nul_text,
 };
-
-/// The newest schema this crewflow writes.
-const SCHEMA_VERSION: i64 = 9;
-
-const MIGRATIONS: [&str; 9] = [
-    r#"
-CREATE TABLE crewflow_runs (
-    id               TEXT PRIMARY KEY,
-    flow             TEXT NOT NULL,
-    fingerprint      TEXT NOT NULL,
-    status           TEXT NOT NULL,
-    owner            TEXT,
-    lease_until      TIMESTAMPTZ,
-    fencing          BIGINT NOT NULL,
-    seq              BIGINT NOT NULL,
-    inputs           JSONB,
-    payload          JSONB,
-    state            JSONB NOT NULL,
-    frontier         JSONB NOT NULL,
-    final_activation BIGINT,
-    error            TEXT,
-    pending          JSONB,
-    created_at       TIMESTAMPTZ NOT NULL,
-    updated_at       TIMESTAMPTZ NOT NULL
-);
-CREATE INDEX crewflow_runs_by_flow ON crewflow_runs (flow, status, created_at);
-CREATE INDEX crewflow_runs_claimable ON crewflow_runs (status, lease_until);
-CREATE TABLE crewflow_steps (
-    run_id      TEXT NOT NULL REFERENCES crewflow_runs (id) ON DELETE CASCADE,
-    activation  BIGINT NOT NULL,
-    step        TEXT NOT NULL,
-    output      JSONB NOT NULL,
-    finished_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (run_id, activation)
-);
-"#,
-    crate::sessions_schema::POSTGRES,
-    crate::postgres_memories::MIGRATION,
-    crate::postgres_journal::MIGRATION,
-    // 5: the version of the state's type beside each stored state (0: written before versions).
-    r#"
-ALTER TABLE crewflow_runs ADD COLUMN state_version BIGINT NOT NULL DEFAULT 0;
-ALTER TABLE crewflow_sessions ADD COLUMN state_version BIGINT NOT NULL DEFAULT 0;
--- The same table as SQLite's: a run's chain of state deltas. Its whole state is kept here as
--- text, since a delta applies to the exact text it was computed from and `jsonb` reorders it.
-CREATE TABLE crewflow_state_chain (
-    run_id TEXT NOT NULL,
-    seq    BIGINT NOT NULL,
-    kind   TEXT NOT NULL,
-    body   TEXT NOT NULL,
-    PRIMARY KEY (run_id, seq)
-);
-"#,
-    crate::sessions_schema::POSTGRES_MESSAGES,
-    crate::postgres_schedules::MIGRATION,
-    // 8: the step execution a nested run was started from.
-    r#"
-ALTER TABLE crewflow_runs ADD COLUMN parent_run_id TEXT;
-ALTER TABLE crewflow_runs ADD COLUMN parent_activation BIGINT;
-CREATE INDEX crewflow_runs_by_parent ON crewflow_runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
-"#,
-    // 9: no foreign key from a step to its run. Steps are only ever written by the statement
-    // that updates their run's row (checkpoints and ends, from its `run` CTE), and deleted
-    // before their run (compaction), so the key checked nothing; its check (a locking read of
-    // the run's row per step written) cost 30-50 µs a checkpoint.
-    r#"
-ALTER TABLE crewflow_steps DROP CONSTRAINT IF EXISTS crewflow_steps_run_id_fkey;
-"#,
-];
 
 /// Connections for the store's own queries.
 const QUERY_CONNECTIONS: usize = 16;

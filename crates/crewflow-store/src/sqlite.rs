@@ -3,7 +3,7 @@
 //! Kept as one file on purpose: it is the `RunStore` impl of one backend (the runs' lifecycle:
 //! create, checkpoint, end, claim, heartbeat, list), whose statements must agree with each
 //! other on every column and status; the rest of the backend lives beside it in `sqlite_*.rs`
-//! (journal, compaction, memories, sessions, reports, the state chain).
+//! (schema, journal, compaction, memories, sessions, reports, the state chain).
 //!
 //! Calls run on the calling worker thread (`block_in_place`; `spawn_blocking` on a
 //! current-thread runtime), under the connection's mutex (SQLite has one writer at a time
@@ -13,10 +13,6 @@
 //! a killed process loses nothing; a power cut may lose the last transactions.
 //! [`Synchronous::Full`] survives power cuts too, at the cost of a disk flush per commit.
 //!
-//! Kept as one file: it is the backend's `RunStore` implementation, one method per trait
-//! method, each a transaction whose SQL reads best next to the others it must agree with
-//! (leases, fencing, claims). Sessions, memories, the journal and (for SQLite) opening a file
-//! live in files of their own.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -38,67 +34,6 @@ use crate::sqlite_chain::{chain_row, chained_state, row_state, write_chain};
 use crate::sqlite_open::{file_error, looks_like_sqlite, prepare};
 use crate::sqlite_wal::WalCheckpointer;
 use crate::util::{fingerprint, may_claim, parent, parse_fingerprint, parse_run_id, parse_status};
-
-/// The newest schema this crewflow writes.
-pub(crate) const SCHEMA_VERSION: i64 = 8;
-
-/// Schema migrations, applied in order; migration `i` brings the schema to version `i + 1`.
-pub(crate) const MIGRATIONS: [&str; 8] = [
-    r#"
-CREATE TABLE crewflow_runs (
-    id               TEXT PRIMARY KEY,
-    flow             TEXT NOT NULL,
-    fingerprint      TEXT NOT NULL,
-    status           TEXT NOT NULL,
-    owner            TEXT,
-    lease_until      INTEGER,
-    fencing          INTEGER NOT NULL,
-    seq              INTEGER NOT NULL,
-    inputs           TEXT,
-    payload          TEXT,
-    state            TEXT NOT NULL,
-    frontier         TEXT NOT NULL,
-    final_activation INTEGER,
-    error            TEXT,
-    pending          TEXT,
-    created_at       INTEGER NOT NULL,
-    updated_at       INTEGER NOT NULL
-);
-CREATE INDEX crewflow_runs_by_flow ON crewflow_runs (flow, status, created_at);
-CREATE INDEX crewflow_runs_claimable ON crewflow_runs (status, lease_until);
-CREATE TABLE crewflow_steps (
-    run_id      TEXT NOT NULL REFERENCES crewflow_runs (id) ON DELETE CASCADE,
-    activation  INTEGER NOT NULL,
-    step        TEXT NOT NULL,
-    output      TEXT NOT NULL,
-    finished_at INTEGER NOT NULL,
-    PRIMARY KEY (run_id, activation)
-) WITHOUT ROWID;
-"#,
-    crate::sessions_schema::SQLITE,
-    crate::sqlite_memories::MIGRATION,
-    crate::sqlite_journal::MIGRATION,
-    // 5: the version of the state's type beside each stored state (0: written before versions).
-    r#"
-ALTER TABLE crewflow_runs ADD COLUMN state_version INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE crewflow_sessions ADD COLUMN state_version INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE crewflow_state_chain (
-    run_id TEXT NOT NULL,
-    seq    INTEGER NOT NULL,
-    kind   TEXT NOT NULL,
-    body   TEXT NOT NULL,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
-"#,
-    crate::sessions_schema::SQLITE_MESSAGES,
-    crate::sqlite_schedules::MIGRATION,
-    // 8: the step execution a nested run was started from.
-    r#"
-ALTER TABLE crewflow_runs ADD COLUMN parent_run_id TEXT;
-ALTER TABLE crewflow_runs ADD COLUMN parent_activation INTEGER;
-CREATE INDEX crewflow_runs_by_parent ON crewflow_runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
-"#,
-];
 
 enum Location {
     File(PathBuf),

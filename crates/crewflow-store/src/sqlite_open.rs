@@ -7,7 +7,8 @@ use std::time::Duration;
 use rusqlite::TransactionBehavior;
 
 use crate::StoreError;
-use crate::sqlite::{MIGRATIONS, SCHEMA_VERSION, Synchronous};
+use crate::sqlite::Synchronous;
+use crate::sqlite_schema::{MIGRATIONS, SCHEMA_VERSION};
 
 /// Sets the connection up and brings the schema to [`SCHEMA_VERSION`].
 ///
