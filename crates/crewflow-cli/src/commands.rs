@@ -39,7 +39,8 @@ pub(crate) async fn dispatch(cli: Cli, app: App) -> Result<Exit, CliError> {
             crate::trace::otlp(&ctx, args.run_id.as_deref(), args.session.as_deref(), &endpoint).await
         }
         Command::Trace(args) => match (args.run_id, args.session, args.html) {
-            (_, Some(session), _) => crate::trace::session(&ctx, &session).await,
+            (_, Some(session), Some(path)) => crate::trace_html::session(&ctx, &session, &path).await,
+            (_, Some(session), None) => crate::trace::session(&ctx, &session).await,
             (Some(run_id), None, Some(path)) => crate::trace_html::run(&ctx, &run_id, &path).await,
             (Some(run_id), None, None) => crate::trace::run(&ctx, &run_id).await,
             (None, None, _) => Err(CliError::new(Exit::Usage, "give a run id, or --session FLOW/ID")),

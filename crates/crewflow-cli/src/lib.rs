@@ -478,8 +478,9 @@ pub struct TraceArgs {
     /// A session's traces instead: `FLOW/SESSION_ID`.
     #[arg(long, value_name = "FLOW/ID")]
     pub session: Option<String>,
-    /// Write the run's trace as one self-contained HTML page to this file instead.
-    #[arg(long, value_name = "PATH", conflicts_with = "session")]
+    /// Write the trace (a run's, or a session's) as one self-contained HTML page to this
+    /// file instead.
+    #[arg(long, value_name = "PATH")]
     pub html: Option<PathBuf>,
     /// Send the trace to an OpenTelemetry collector over OTLP/HTTP instead (its base URL,
     /// e.g. http://127.0.0.1:4318; needs the `otel` feature).

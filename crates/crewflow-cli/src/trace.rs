@@ -286,10 +286,7 @@ pub(crate) async fn session(ctx: &Ctx, arg: &str) -> Result<Exit, CliError> {
         let start = spans.iter().map(|s| s.started_at).min().unwrap_or(t.started_at);
         let end = spans.iter().filter_map(|s| s.ended_at).max().unwrap_or(t.updated_at);
         let total = ms(start, end.max(start));
-        let roots: Vec<&SpanRecord> = spans
-            .iter()
-            .filter(|s| s.parent_id.as_ref().is_none_or(|p| !spans.iter().any(|o| &o.span_id == p)))
-            .collect();
+        let roots = roots(&spans);
         for (k, root) in roots.iter().enumerate() {
             tree(&mut out, &spans, root, "", k + 1 == roots.len(), start, total);
         }
@@ -343,18 +340,9 @@ pub(crate) async fn otlp(_: &Ctx, _: Option<&str>, _: Option<&str>, _: &str) -> 
     ))
 }
 
-fn tree(
-    out: &mut String,
-    spans: &[SpanRecord],
-    s: &SpanRecord,
-    prefix: &str,
-    last: bool,
-    t0: DateTime<Utc>,
-    total: f64,
-) {
-    let from = ms(t0, s.started_at);
-    let to = s.ended_at.map(|e| ms(t0, e));
-    let dur = to.map(|t| format!("{:.1} ms", t - from)).unwrap_or_else(|| "open".into());
+/// What a stored span carries, for a reader: tokens, provider, finish reason, route, intent,
+/// and its error.
+pub(crate) fn span_notes(s: &SpanRecord) -> Vec<String> {
     let a = &s.attributes;
     let mut notes = Vec::new();
     if let Some(u) = a.get("usage") {
@@ -370,6 +358,27 @@ fn tree(
     if let Some(e) = a.get("error").filter(|e| !e.is_null()) {
         notes.push(format!("ERROR {}", e.as_str().map(String::from).unwrap_or_else(|| e.to_string())));
     }
+    notes
+}
+
+/// The spans with no parent among `spans` (a trace's roots).
+pub(crate) fn roots(spans: &[SpanRecord]) -> Vec<&SpanRecord> {
+    spans.iter().filter(|s| s.parent_id.as_ref().is_none_or(|p| !spans.iter().any(|o| &o.span_id == p))).collect()
+}
+
+fn tree(
+    out: &mut String,
+    spans: &[SpanRecord],
+    s: &SpanRecord,
+    prefix: &str,
+    last: bool,
+    t0: DateTime<Utc>,
+    total: f64,
+) {
+    let from = ms(t0, s.started_at);
+    let to = s.ended_at.map(|e| ms(t0, e));
+    let dur = to.map(|t| format!("{:.1} ms", t - from)).unwrap_or_else(|| "open".into());
+    let notes = span_notes(s);
     let _ = writeln!(
         out,
         "{prefix}{} {} {}  {dur}  {}{}",

@@ -133,6 +133,25 @@ fn sessions_are_listed_shown_traced_and_deleted() {
     assert!(lines[tool].ends_with("[ERROR invoice 42 not found]"), "{trace}");
     assert!(lines[step].ends_with("[route billing]"), "{trace}");
 
+    // The same as one page: each span in its list, its notes beside it, nothing to fetch.
+    let page = s.path("session.html");
+    let out = s
+        .cmd(&["trace", "--session", "support/alice", "--html", page.to_str().unwrap(), "--store", &db])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).ends_with("(session support/alice, 1 traces, 5 spans)\n"), "{}", stderr(&out));
+    let html = std::fs::read_to_string(&page).unwrap();
+    let at = |needle: &str| html.find(needle).unwrap_or_else(|| panic!("no `{needle}` in\n{html}"));
+    assert!(
+        at("data-kind=\"session\"") < at("data-kind=\"turn\"") && at("data-kind=\"turn\"") < at("data-kind=\"step\"")
+    );
+    assert!(at("data-kind=\"step\"") < at("data-kind=\"llm\"") && at("data-kind=\"llm\"") < at("data-kind=\"tool\""));
+    assert!(html.contains("tokens 120+30, provider openai, finish_reason stop"), "{html}");
+    assert!(html.contains("<li class=\"span error\" data-kind=\"tool\">"), "{html}");
+    assert!(html.contains("ERROR invoice 42 not found"), "{html}");
+    assert!(!html.contains("<script") && !html.contains("http://") && !html.contains("https://"), "{html}");
+
     let json = json_lines(&s.cmd(&["trace", "--session", "support/alice", "--json", "--store", &db]).output().unwrap());
     let kinds: Vec<&str> = json[0]["spans"].as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["session", "turn", "step", "llm", "tool"]);
