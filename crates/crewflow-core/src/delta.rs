@@ -213,8 +213,9 @@ impl Chain {
     }
 
     /// The delta to write for `text`, or `None` to write it whole. Either way `text` becomes
-    /// the chain's last text.
-    pub fn next(&mut self, text: &str, policy: Option<DeltaPolicy>) -> Option<StateDelta> {
+    /// the chain's last text: with a delta it is moved into the chain (and `text` left empty,
+    /// as the checkpoint then writes no whole state), so a delta costs no copy of the state.
+    pub fn next(&mut self, text: &mut String, policy: Option<DeltaPolicy>) -> Option<StateDelta> {
         let policy = policy?;
         let delta = match &self.last {
             Some(last) if text.len() >= policy.min_state && self.deltas < policy.max_chain => {
@@ -224,13 +225,20 @@ impl Chain {
             }
             _ => None,
         };
-        // Kept for the next delta (reusing the buffer): one copy of the state per checkpoint.
         // A whole state too small to start a chain goes into the run's row, and no delta
         // follows it: a store may keep the row's state in another form than this text
         // (PostgreSQL's `jsonb`), so deltas apply only to a chain's own whole state.
         if delta.is_none() && !DeltaPolicy::chains(Some(policy), text.len()) {
             self.last = None;
+        } else if delta.is_some() {
+            let mut taken = std::mem::take(text);
+            if let Some(last) = &mut self.last {
+                std::mem::swap(last, &mut taken);
+            } else {
+                self.last = Some(taken);
+            }
         } else {
+            // Written whole and kept for the next delta: one copy, into the chain's buffer.
             let last = self.last.get_or_insert_with(String::new);
             last.clear();
             last.push_str(text);
@@ -281,22 +289,38 @@ mod tests {
     }
 
     #[test]
+    fn a_delta_moves_the_text_into_the_chain_and_the_next_delta_is_from_it() {
+        let policy = Some(DeltaPolicy { min_state: 100, max_chain: 8 });
+        let big = |c: char| format!("{{\"s\":\"{}\",\"tail\":\"{}\"}}", c, "x".repeat(200));
+        let mut chain = Chain::default();
+        let mut a = big('a');
+        assert!(chain.next(&mut a, policy).is_none());
+        assert_eq!(a, big('a'), "a whole state stays for the checkpoint to write");
+        let mut b = big('b');
+        let d = chain.next(&mut b, policy).expect("a delta");
+        assert!(b.is_empty(), "the text moved into the chain");
+        assert_eq!(d.apply(&big('a')).as_deref(), Some(big('b').as_str()));
+        let d = chain.next(&mut big('c'), policy).expect("a delta");
+        assert_eq!(d.apply(&big('b')).as_deref(), Some(big('c').as_str()));
+    }
+
+    #[test]
     fn the_chain_writes_whole_states_when_deltas_do_not_pay() {
         let policy = Some(DeltaPolicy { min_state: 100, max_chain: 2 });
         let big = |c: char| format!("{{\"s\":\"{}\",\"tail\":\"{}\"}}", c, "x".repeat(200));
         let mut chain = Chain::default();
-        assert!(chain.next(&big('a'), policy).is_none(), "the first checkpoint is whole");
-        assert!(chain.next(&big('b'), policy).is_some());
-        assert!(chain.next(&big('c'), policy).is_some());
-        assert!(chain.next(&big('d'), policy).is_none(), "max_chain reached");
-        assert!(chain.next(&big('e'), policy).is_some());
-        assert!(chain.next("{}", policy).is_none(), "small states are whole");
-        assert!(chain.next(&big('f'), policy).is_none(), "no delta over a state kept in the row");
-        assert!(chain.next(&big('g'), policy).is_some());
-        assert!(chain.next(&big('g'), None).is_none(), "no policy: always whole");
+        assert!(chain.next(&mut big('a'), policy).is_none(), "the first checkpoint is whole");
+        assert!(chain.next(&mut big('b'), policy).is_some());
+        assert!(chain.next(&mut big('c'), policy).is_some());
+        assert!(chain.next(&mut big('d'), policy).is_none(), "max_chain reached");
+        assert!(chain.next(&mut big('e'), policy).is_some());
+        assert!(chain.next(&mut "{}".to_string(), policy).is_none(), "small states are whole");
+        assert!(chain.next(&mut big('f'), policy).is_none(), "no delta over a state kept in the row");
+        assert!(chain.next(&mut big('g'), policy).is_some());
+        assert!(chain.next(&mut big('g'), None).is_none(), "no policy: always whole");
         // Everything changed: a delta would be as large as the state.
         let other = format!("{{\"t\":\"{}\"}}", "y".repeat(220));
-        assert!(chain.next(&other, policy).is_none());
+        assert!(chain.next(&mut other.clone(), policy).is_none());
     }
 
     #[test]

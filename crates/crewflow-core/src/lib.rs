@@ -49,6 +49,7 @@ pub mod host;
 mod id;
 mod input;
 pub mod journal;
+mod json;
 mod kickoff;
 mod output;
 pub mod persist;

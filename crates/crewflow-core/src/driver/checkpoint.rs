@@ -68,10 +68,10 @@ impl Durable {
 pub(super) fn state_json<S: FlowState>(shared: &RunShared<S>) -> Result<String, Error> {
     let written = shared.with_state(|s| match &shared.uncommitted {
         Some(log) if !log.changes.is_empty() => match log.committed_json(s) {
-            Some(value) => serde_json::to_string(&value),
-            None => serde_json::to_string(s), // reports why the state does not convert
+            Some(value) => crate::json::to_string(&value),
+            None => crate::json::to_string(s), // reports why the state does not convert
         },
-        _ => serde_json::to_string(s),
+        _ => crate::json::to_string(s),
     });
     written.map_err(|e| Error::StateSerialization {
         state_type: std::any::type_name::<S>(),
@@ -148,9 +148,9 @@ impl<S: FlowState> Driver<S> {
         let chained = durable.chain.is_some() && DeltaPolicy::chains(self.flow.delta_policy, state.len());
         let had_chain = durable.chain.as_ref().is_some_and(|chain| chain.stored);
         if let Some(chain) = &mut durable.chain {
-            if let Some(d) = chain.next(&state, self.flow.delta_policy) {
-                delta = Some(serde_json::to_string(&d).map_err(|e| Error::Internal(format!("a state delta: {e}")))?);
-                state = String::new();
+            // With a delta, the chain takes the state's text and leaves `state` empty.
+            if let Some(d) = chain.next(&mut state, self.flow.delta_policy) {
+                delta = Some(crate::json::to_string(&d).map_err(|e| Error::Internal(format!("a state delta: {e}")))?);
             }
             chain.stored = delta.is_some() || chained;
         }
