@@ -494,11 +494,12 @@ async fn corrupt_foreign_and_newer_databases_are_refused() {
     SqliteStore::open(&newer).connect().await.unwrap();
     rusqlite_like::open(&newer).exec("INSERT INTO crewflow_schema (version) VALUES (99)");
     let err = flow_on(&newer).kickoff(()).await.err().unwrap();
-    assert!(err.to_string().contains("has schema version 99, newer than this crewflow supports (8)"), "{err}");
+    assert!(err.to_string().contains("has schema version 99, newer than this crewflow supports (9)"), "{err}");
 }
 
 /// A file written before nested runs were recorded (schema 7) is brought to the current
-/// schema on first use: its runs load and resume as before, with no parent.
+/// schema on first use (nested runs, schedules' time zones): its runs load and resume as
+/// before, with no parent.
 #[tokio::test]
 async fn a_file_of_the_previous_schema_is_upgraded_and_keeps_its_runs() {
     let (_dir, path) = temp_db();
@@ -511,7 +512,9 @@ async fn a_file_of_the_previous_schema_is_upgraded_and_keeps_its_runs() {
         "DROP INDEX crewflow_runs_by_parent;
          ALTER TABLE crewflow_runs DROP COLUMN parent_run_id;
          ALTER TABLE crewflow_runs DROP COLUMN parent_activation;
-         DELETE FROM crewflow_schema WHERE version = 8;",
+         ALTER TABLE crewflow_schedules DROP COLUMN timezone;
+         ALTER TABLE crewflow_schedules DROP COLUMN max_lateness_ms;
+         DELETE FROM crewflow_schema WHERE version >= 8;",
     );
     let flow = chain(&path, &log, false);
     let resumed = flow.resume(run_id).await.unwrap();

@@ -1264,6 +1264,8 @@ fn schedule(tenant: &str, flow: &str) -> NewSchedule {
         tenant: tenant.into(),
         flow: flow.into(),
         cron: "*/5 * * * *".into(),
+        timezone: "UTC".into(),
+        max_lateness: None,
         inputs: r#"{"topic": "invoices"}"#.into(),
     }
 }
@@ -1292,6 +1294,17 @@ pub async fn schedules_are_kept_per_tenant(db: Database) {
     assert_eq!(parse(&got.inputs), json!({"topic": "invoices"}));
     assert_eq!((got.last_tick, got.last_run), (None, None));
     assert!((Utc::now() - got.created_at).num_seconds().abs() < 60, "{:?}", got.created_at);
+    assert_eq!((got.timezone.as_str(), got.max_lateness), ("UTC", None));
+    // A schedule's own time zone and maximum lateness are kept as given.
+    let zoned = NewSchedule {
+        timezone: "America/New_York".into(),
+        max_lateness: Some(Duration::from_millis(90_500)),
+        ..schedule("acme", "zoned")
+    };
+    store.create_schedule(&zoned).await.unwrap();
+    let got = schedule_of(other.as_ref(), "acme", &zoned.id).await.expect("the zoned schedule");
+    assert_eq!((got.timezone.as_str(), got.max_lateness), ("America/New_York", Some(Duration::from_millis(90_500))));
+    assert!(store.delete_schedule("acme", &zoned.id).await.unwrap());
 
     let listed = |tenant: &'static str, flow: Option<&'static str>| {
         let other = other.clone();

@@ -11,12 +11,22 @@ use crate::picture::{Join, NodeKind, Picture};
 const CSS: &str = include_str!("page.css");
 const JS: &str = include_str!("page.js");
 
+/// The text of the page's `<style>` element, exactly (a Content-Security-Policy hashes it).
+pub(crate) fn inline_style() -> String {
+    format!("\n{CSS}")
+}
+
+/// The text of the page's script element, exactly (the flow's data beside it is JSON, not run).
+pub(crate) fn inline_script() -> String {
+    format!("\n{JS}")
+}
+
 pub(crate) fn html(p: &Picture) -> String {
     let l = layout(p);
     let mut s = String::with_capacity(16_000 + p.nodes.len() * 400 + p.edges.len() * 200);
     s.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     let _ = writeln!(s, "<title>{} · crewflow</title>", esc(&p.name));
-    let _ = writeln!(s, "<style>\n{CSS}</style>\n</head>\n<body>");
+    let _ = writeln!(s, "<style>{}</style>\n</head>\n<body>", inline_style());
     header(&mut s, p);
     let _ = writeln!(
         s,
@@ -35,7 +45,7 @@ pub(crate) fn html(p: &Picture) -> String {
     s.push_str("</g>\n</svg>\n<div id=\"info\" hidden></div>\n");
     let data = data(p, &l).to_string().replace('<', "\\u003c");
     let _ = writeln!(s, "<script type=\"application/json\" id=\"flow-data\">{data}</script>");
-    let _ = writeln!(s, "<script>\n{JS}</script>\n</body>\n</html>");
+    let _ = writeln!(s, "<script>{}</script>\n</body>\n</html>", inline_script());
     s
 }
 
@@ -43,10 +53,10 @@ fn header(s: &mut String, p: &Picture) {
     let _ = write!(s, "<header><h1>{}</h1>", esc(&p.name));
     s.push_str(concat!(
         "<span class=\"legend\">",
-        "<span><i style=\"background:#dcfce7;border-color:#15803d\"></i>start</span>",
-        "<span><i style=\"background:#e0f2fe;border-color:#0369a1\"></i>listen</span>",
-        "<span><i style=\"background:#fef3c7;border-color:#b45309\"></i>router</span>",
-        "<span style=\"color:#9333ea\">- - loop</span>",
+        "<span><i class=\"start\"></i>start</span>",
+        "<span><i class=\"listen\"></i>listen</span>",
+        "<span><i class=\"router\"></i>router</span>",
+        "<span class=\"loop\">- - loop</span>",
         "</span>"
     ));
     if let Some(run) = &p.run {
@@ -55,7 +65,7 @@ fn header(s: &mut String, p: &Picture) {
             let _ = write!(s, "<span class=\"error\">{}</span>", esc(e));
         }
     }
-    s.push_str("<span style=\"color:#6b7280\">hover: paths · click: triggers and source · drag: pan · wheel: zoom · double-click: fit</span></header>\n");
+    s.push_str("<span class=\"hint\">hover: paths · click: triggers and source · drag: pan · wheel: zoom · double-click: fit</span></header>\n");
 }
 
 fn edges(s: &mut String, p: &Picture, l: &Layout) {

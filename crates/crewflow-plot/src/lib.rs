@@ -105,6 +105,16 @@ impl<S: FlowState> Plot for Flow<S> {
     }
 }
 
+/// The inline code of the HTML page ([`Picture::html_inline_code`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InlineCode {
+    /// The text of the `<style>` element.
+    pub style: String,
+    /// The text of the script element that runs (the flow's data is a JSON script element,
+    /// which does not run).
+    pub script: String,
+}
+
 impl Picture {
     /// A Mermaid `flowchart LR`: starts are stadiums, routers rhombi, listeners boxes; loop
     /// edges are dotted. With a run drawn over it, steps taken carry their count.
@@ -121,6 +131,14 @@ impl Picture {
     /// One self-contained HTML page with the interactive picture.
     pub fn to_html(&self) -> String {
         html::html(self)
+    }
+
+    /// What every [`to_html`](Picture::to_html) page holds inline, whatever the flow: the
+    /// text of its `<style>` element and of its script element, exactly as written. A server
+    /// that shows the page under a Content-Security-Policy allows these two by hash
+    /// (`crewflow-server` does); the page has no inline `style` attribute nor event handler.
+    pub fn html_inline_code() -> InlineCode {
+        InlineCode { style: html::inline_style(), script: html::inline_script() }
     }
 
     /// Writes [`to_html`](Picture::to_html) to `path`; returns the path.

@@ -274,6 +274,17 @@ fn the_page_draws_every_step_once_left_to_right_and_fetches_nothing() {
         assert!(!html.contains(needle), "the page refers elsewhere: {needle}");
     }
     assert_eq!(html.matches("http").count(), 1, "only the SVG namespace");
+    // what a Content-Security-Policy allows by hash is all the inline code there is: one style
+    // element, one script that runs, no style attribute, no event handler attribute
+    let inline = Picture::html_inline_code();
+    assert!(html.contains(&format!("<style>{}</style>", inline.style)));
+    assert!(html.contains(&format!("<script>{}</script>", inline.script)));
+    assert_eq!((html.matches("<style").count(), html.matches("<script>").count()), (1, 1));
+    assert!(!html.contains(" style=\""), "an inline style attribute");
+    let handlers = html.match_indices(" on").filter(|(at, _)| {
+        html[at + 3..].split('=').next().is_some_and(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase()))
+    });
+    assert_eq!(handlers.count(), 0, "an inline event handler");
     // the data the script reads is valid JSON naming every step
     let start = html.find("id=\"flow-data\">").unwrap() + "id=\"flow-data\">".len();
     let end = start + html[start..].find("</script>").unwrap();

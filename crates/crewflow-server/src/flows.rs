@@ -81,5 +81,7 @@ pub(crate) async fn plot_flow(
             )));
         }
     };
-    Ok(([(header::CONTENT_TYPE, mime)], text).into_response())
+    // The page's policy, which allows the picture's own inline code by hash.
+    let policy = if mime.starts_with("text/html") { crate::page::policy() } else { "default-src 'none'" };
+    Ok(([(header::CONTENT_TYPE, mime), (header::CONTENT_SECURITY_POLICY, policy)], text).into_response())
 }

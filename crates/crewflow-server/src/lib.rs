@@ -21,7 +21,7 @@
 //! | `POST /sessions`, `GET /sessions`, `GET`/`DELETE /sessions/{id}` | sessions of conversational flows: create, list, history (messages, turns, traces), delete |
 //! | `POST /sessions/{id}/turns` | `{"message": "..."}`: the turn's reply, or its frames as SSE with `?stream=sse` |
 //! | `GET /sessions/{id}/ws` | a WebSocket: send `{"message": "..."}`, receive the same frames as the SSE |
-//! | `POST /flows/{flow}/schedules`, `GET /schedules`, `GET`/`DELETE /schedules/{id}` | cron schedules: a run of the flow with fixed inputs at each tick (UTC), fired once per tick across every server sharing the store |
+//! | `POST /flows/{flow}/schedules`, `GET /schedules`, `GET`/`DELETE /schedules/{id}` | cron schedules: a run of the flow with fixed inputs at each tick, read in the schedule's time zone (UTC by default), fired once per tick across every server sharing the store |
 //!
 //! Refusals answer `{"error": {"code", "message"}}`: `400` for bad inputs or answers (the
 //! message names the field), `404` for an unknown flow or run, `409` for conflicts, `503` when
@@ -224,7 +224,8 @@ impl Server {
     /// while (all were down, the store was unreachable), only the latest missed tick fires,
     /// and only if it is at most this old when a server finds it; an older one is skipped —
     /// recorded as skipped (`"skipped": true`, no run, in `GET /schedules/{id}`'s fires) — and
-    /// the schedule goes on from the next tick. `None` fires it however old. Keep it well above
+    /// the schedule goes on from the next tick. `None` fires it however old. A schedule's own
+    /// limit (`max_lateness_seconds` when it is created) outranks this one. Keep it well above
     /// [`schedule_every`](Server::schedule_every). See `docs/server.md` (schedules).
     pub fn max_lateness(mut self, limit: Option<std::time::Duration>) -> Self {
         self.scheduling.max_lateness = limit;

@@ -1,7 +1,8 @@
 //! Cron schedules: the handlers (create, list, show, delete) and the loop that fires due ticks.
 //!
-//! A schedule starts a run of its flow with its inputs at each tick of its cron expression
-//! (UTC). Schedules live in the run store, so every instance sharing the store sees them; every
+//! A schedule starts a run of its flow with its inputs at each tick of its cron expression,
+//! read in the schedule's time zone (UTC unless it names one; daylight-saving rules apply).
+//! Schedules live in the run store, so every instance sharing the store sees them; every
 //! instance looks for due ticks, and the store lets one of them fire each tick
 //! ([`RunStore::fire_schedule`]: a unique row per (schedule, tick), written in the transaction
 //! that records the queued run). The instance that fired a tick then drives the run itself,
@@ -11,8 +12,8 @@
 //! Missed ticks (every instance was down, or busy past the tick): only the latest missed tick
 //! fires, once, when an instance looks next; the earlier ones are skipped, never fired as a
 //! burst. The latest is skipped too — recorded as a skipped tick, with no run — when it is
-//! older than the server's maximum lateness ([`Server::max_lateness`](crate::Server::max_lateness),
-//! 1 hour by default). No tick before a schedule's creation fires.
+//! older than the schedule's maximum lateness (its own, else the server's:
+//! [`Server::max_lateness`](crate::Server::max_lateness), 1 hour by default). No tick before a schedule's creation fires.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -26,6 +27,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use crewflow_core::RunId;
 use crewflow_core::persist::{NewSchedule, ScheduleFire, StoredSchedule};
 use croner::Cron;
@@ -105,25 +107,51 @@ fn bad_cron(text: &str, problem: &str) -> ApiError {
         StatusCode::BAD_REQUEST,
         "bad_cron",
         format!(
-            "`cron` is `{text}`: {problem}; give five fields, minute hour day-of-month month day-of-week, in UTC (`0 9 * * 1-5`: 09:00 on weekdays), or six with seconds first (`*/10 * * * * *`: every 10 s)"
+            "`cron` is `{text}`: {problem}; give five fields, minute hour day-of-month month day-of-week, in the schedule's `timezone` (`0 9 * * 1-5`: 09:00 on weekdays), or six with seconds first (`*/10 * * * * *`: every 10 s)"
         ),
     )
 }
 
-/// The next tick after `after`, if the expression still names one.
-fn next_tick(cron: &Cron, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    cron.find_next_occurrence(&after, false).ok()
+/// A schedule's time zone: an IANA name (`Europe/Paris`), or `UTC`.
+pub(crate) fn parse_timezone(text: &str) -> Result<Tz, ApiError> {
+    text.parse::<Tz>().map_err(|_| {
+        let hint = match chrono_tz::TZ_VARIANTS.iter().find(|tz| tz.name().eq_ignore_ascii_case(text)) {
+            Some(tz) => format!("did you mean `{}`?", tz.name()),
+            None => "give an IANA time zone name such as `Europe/Paris` or `America/New_York`, or `UTC`".into(),
+        };
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_timezone",
+            format!("`timezone` is `{text}`, which is not a time zone name; {hint}"),
+        )
+    })
+}
+
+/// A stored schedule's time zone (checked when it was created; UTC should it no longer parse).
+fn timezone_of(schedule: &StoredSchedule) -> Tz {
+    schedule.timezone.parse().unwrap_or(Tz::UTC)
+}
+
+/// The next tick after `after`, read in `tz`, if the expression still names one.
+fn next_tick(cron: &Cron, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    cron.find_next_occurrence(&after.with_timezone(&tz), false).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// The latest tick at or before `now`, read in `tz`.
+fn latest_tick(cron: &Cron, tz: Tz, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    cron.find_previous_occurrence(&now.with_timezone(&tz), true).ok().map(|t| t.with_timezone(&Utc))
 }
 
 fn schedule_json(app: &App, s: &StoredSchedule) -> Value {
     let inputs: Value = serde_json::from_str(&s.inputs).unwrap_or(Value::Null);
     let from = s.last_tick.map_or(s.created_at, |t| t.max(s.created_at)).max(Utc::now());
-    let next = parse_cron(&s.cron).ok().and_then(|c| next_tick(&c, from));
+    let next = parse_cron(&s.cron).ok().and_then(|c| next_tick(&c, timezone_of(s), from));
     json!({
         "schedule_id": s.id,
         "flow": s.flow,
         "cron": s.cron,
-        "timezone": "UTC",
+        "timezone": s.timezone,
+        "max_lateness_seconds": s.max_lateness.map(|d| d.as_secs()),
         "inputs": inputs,
         "created_at": s.created_at,
         "last_tick": s.last_tick,
@@ -142,8 +170,9 @@ fn fire_json(f: &ScheduleFire) -> Value {
     })
 }
 
-/// `POST /flows/{flow}/schedules` with `{"cron": "...", "inputs": {...}}`: `201` and the
-/// schedule. The cron expression and the inputs are checked now.
+/// `POST /flows/{flow}/schedules` with `{"cron": "...", "timezone"?: "...",
+/// "max_lateness_seconds"?: n, "inputs"?: {...}}`: `201` and the schedule. The cron expression,
+/// the time zone and the inputs are checked now.
 pub(crate) async fn create_schedule(
     State(app): Shared,
     flow: Result<Path<String>, PathRejection>,
@@ -158,9 +187,11 @@ pub(crate) async fn create_schedule(
     }
     let hosted = app.flow(&flow)?.clone();
     let body = object_body(&body, "the schedule: {\"cron\": \"0 9 * * 1-5\", \"inputs\": {...}}")?;
-    if let Some(extra) = body.keys().find(|k| !matches!(k.as_str(), "cron" | "inputs")) {
+    if let Some(extra) =
+        body.keys().find(|k| !matches!(k.as_str(), "cron" | "timezone" | "max_lateness_seconds" | "inputs"))
+    {
         return Err(ApiError::bad_request(format!(
-            "unknown field `{extra}`; the body is {{\"cron\": \"0 9 * * 1-5\", \"inputs\": {{...}}}}"
+            "unknown field `{extra}`; the body is {{\"cron\": \"0 9 * * 1-5\", \"timezone\": \"Europe/Paris\", \"max_lateness_seconds\": 600, \"inputs\": {{...}}}} (all but `cron` optional)"
         )));
     }
     let cron = match body.get("cron") {
@@ -173,6 +204,24 @@ pub(crate) async fn create_schedule(
         }
     };
     parse_cron(&cron).map_err(|problem| bad_cron(&cron, &problem))?;
+    let timezone = match body.get("timezone") {
+        None | Some(Value::Null) => Tz::UTC,
+        Some(Value::String(name)) => parse_timezone(name.trim())?,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "`timezone` must be a time zone name (`Europe/Paris`, `UTC`), not {other}"
+            )));
+        }
+    };
+    let max_lateness = match body.get("max_lateness_seconds") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|s| s >= 1) => n.as_u64().map(Duration::from_secs),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "`max_lateness_seconds` must be a whole number of seconds, at least 1 (how late a missed tick may still fire), not {other}"
+            )));
+        }
+    };
     let inputs = match body.get("inputs") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(inputs)) => inputs.clone(),
@@ -190,6 +239,8 @@ pub(crate) async fn create_schedule(
         tenant: app.tenant.clone(),
         flow: flow.clone(),
         cron,
+        timezone: timezone.name().to_string(),
+        max_lateness,
         inputs: Value::Object(inputs).to_string(),
     };
     app.store.create_schedule(&new).await.map_err(ApiError::store)?;
@@ -274,13 +325,13 @@ async fn fire_due(app: &Arc<App>) {
         // A flow another instance serves (or no longer served): its ticks are not fired here.
         let Some(hosted) = app.flows.get(&schedule.flow) else { continue };
         let Ok(cron) = parse_cron(&schedule.cron) else { continue };
-        let Ok(latest) = cron.find_previous_occurrence(&now, true) else { continue };
+        let Some(latest) = latest_tick(&cron, timezone_of(&schedule), now) else { continue };
         let after = schedule.last_tick.map_or(schedule.created_at, |t| t.max(schedule.created_at));
         if latest <= after {
             continue;
         }
         let late = (now - latest).to_std().unwrap_or_default();
-        match app.scheduling.max_lateness {
+        match schedule.max_lateness.or(app.scheduling.max_lateness) {
             Some(limit) if late > limit => skip(app, &schedule, latest, late, limit).await,
             _ => fire(app, hosted, &schedule, latest).await,
         }
@@ -355,5 +406,49 @@ async fn fire(app: &Arc<App>, hosted: &Arc<dyn Hosted>, schedule: &StoredSchedul
                 code: api.code,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    /// New York's clocks jump from 02:00 to 03:00 on 2026-03-08: a fixed 02:30 that day fires
+    /// at 03:00 EDT (07:00 UTC), once; the day before and after at 02:30 local.
+    #[test]
+    fn a_fixed_time_the_spring_change_skips_fires_right_after_the_gap() {
+        let (cron, tz) = (parse_cron("30 2 * * *").unwrap(), parse_timezone("America/New_York").unwrap());
+        let mut at = utc("2026-03-07T00:00:00Z");
+        let mut ticks = Vec::new();
+        for _ in 0..3 {
+            at = next_tick(&cron, tz, at).unwrap();
+            ticks.push(at.to_rfc3339());
+        }
+        assert_eq!(ticks, ["2026-03-07T07:30:00+00:00", "2026-03-08T07:00:00+00:00", "2026-03-09T06:30:00+00:00"]);
+    }
+
+    /// New York's clocks go back from 02:00 to 01:00 on 2026-11-01: a fixed 01:30 fires once,
+    /// at its first occurrence (01:30 EDT, 05:30 UTC), and the latest tick seen from inside the
+    /// repeated hour is that one.
+    #[test]
+    fn a_fixed_time_the_autumn_change_repeats_fires_once() {
+        let (cron, tz) = (parse_cron("30 1 * * *").unwrap(), parse_timezone("America/New_York").unwrap());
+        let first = next_tick(&cron, tz, utc("2026-11-01T00:00:00Z")).unwrap();
+        assert_eq!(first, utc("2026-11-01T05:30:00Z"));
+        assert_eq!(next_tick(&cron, tz, first).unwrap(), utc("2026-11-02T06:30:00Z"));
+        assert_eq!(latest_tick(&cron, tz, utc("2026-11-01T06:45:00Z")).unwrap(), first);
+    }
+
+    #[test]
+    fn time_zone_names_are_iana_names_and_a_wrong_case_is_corrected() {
+        assert_eq!(parse_timezone("UTC").unwrap(), Tz::UTC);
+        assert_eq!(parse_timezone("Europe/Paris").unwrap().name(), "Europe/Paris");
+        let wrong = parse_timezone("europe/paris").err().unwrap();
+        assert!(wrong.message.contains("did you mean `Europe/Paris`?"), "{}", wrong.message);
     }
 }

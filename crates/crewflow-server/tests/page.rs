@@ -101,6 +101,9 @@ fn the_page_chats_with_streamed_replies_answers_a_pause_and_browses_runs_and_ses
     let gate = Arc::new(Semaphore::new(0));
     let srv: Running = runtime.block_on(serve(hosting(dir.path(), gate.clone())));
     let mut b = Browser::launch(1100, 800);
+    // Page events on (the script below is only installed with them), though the client reads none.
+    b.call("Page.enable", json!({}));
+    b.call("Page.addScriptToEvaluateOnNewDocument", json!({ "source": WATCH_POLICY }));
 
     // The flows, at the router's prefix (`/api`, no trailing slash: the page still calls
     // `/api/flows`, not `/flows`).
@@ -208,6 +211,33 @@ fn the_page_chats_with_streamed_replies_answers_a_pause_and_browses_runs_and_ses
     screenshot(&mut b, "run");
     let (_, pending) = runtime.block_on(srv.get("/feedback"));
     assert_eq!(pending["feedback"], json!([]), "the answer went to the server");
+    let actions = "[...document.querySelectorAll('#run-actions button')].map(b => b.dataset.action)";
+    assert_eq!(b.eval(actions), json!(["fork"]), "a finished run can only be forked");
+
+    // The run's buttons: fork the finished run (a new run from the state it reached, from the
+    // flow's starts: it pauses for its review again), cancel the fork's pause, resume it from
+    // its last checkpoint (it pauses again).
+    click(&mut b, "#run-actions button[data-action=fork]");
+    wait(
+        &mut b,
+        &format!("location.hash.startsWith('#/runs/') && location.hash !== '#/runs/{run}'"),
+        "the fork's page",
+    );
+    let fork = text_of(&mut b, "location.hash.slice('#/runs/'.length)");
+    wait(&mut b, "document.querySelector('#run-status')?.textContent === 'paused'", "the fork paused for its review");
+    wait(&mut b, &format!("JSON.stringify({actions}) === '[\"cancel\",\"fork\"]'"), "a paused run's buttons");
+    click(&mut b, "#run-actions button[data-action=cancel]");
+    wait(&mut b, "document.querySelector('#run-status')?.textContent === 'cancelled'", "the fork cancelled");
+    let (_, cancelled) = runtime.block_on(srv.get(&format!("/runs/{fork}")));
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert_eq!(b.eval(actions), json!(["resume", "fork"]), "a cancelled run's buttons");
+    click(&mut b, "#run-actions button[data-action=resume]");
+    wait(&mut b, "document.querySelector('#run-status')?.textContent === 'paused'", "the fork resumed, paused again");
+    let (_, resumed) = runtime.block_on(srv.get(&format!("/runs/{fork}")));
+    assert_eq!(resumed["status"], "paused", "{resumed}");
+    screenshot(&mut b, "run-actions");
+    b.goto(&format!("{}#/runs/{run}", srv.base));
+    wait(&mut b, "document.querySelector('#run-status')?.textContent === 'finished'", "the review run again");
 
     // A flow with inputs: its form starts a run with them.
     b.goto(&format!("{}#/flows/greet", srv.base));
@@ -222,7 +252,7 @@ fn the_page_chats_with_streamed_replies_answers_a_pause_and_browses_runs_and_ses
     wait(&mut b, &format!("!!document.querySelector('#runs tr[data-run=\"{run}\"]')"), "the review run listed");
     let row = text_of(&mut b, &format!("document.querySelector('#runs tr[data-run=\"{run}\"]').innerText"));
     assert!(row.contains("review") && row.contains("finished"), "{row}");
-    assert_eq!(b.eval("document.querySelectorAll('#runs tbody tr').length"), json!(2));
+    assert_eq!(b.eval("document.querySelectorAll('#runs tbody tr').length"), json!(3), "review, its fork, greet");
     screenshot(&mut b, "runs");
     click(&mut b, &format!("#runs tr[data-run=\"{run}\"] a"));
     wait(&mut b, "!!document.querySelector('#events li[data-kind=run_finished]')", "the opened run's events");
@@ -235,7 +265,34 @@ fn the_page_chats_with_streamed_replies_answers_a_pause_and_browses_runs_and_ses
     wait(&mut b, "document.querySelectorAll('#messages li[data-role]').length === 4", "the session's messages");
     assert_eq!(messages(&mut b)[..2], ["user: hello there", "assistant: echo: hello there"]);
     assert_eq!(b.eval("document.getElementById('notice').hidden"), json!(true), "an error was shown");
+
+    // Through all of it, the Content-Security-Policy refused nothing of the page's own; what it
+    // refuses is reported (an injected inline script does not run, and is seen here).
+    assert_eq!(b.eval("window.__policy || []"), json!([]), "the policy refused part of the page");
+    let ran = b.eval(
+        "(() => { const s = document.createElement('script'); s.textContent = 'window.injected = 1'; document.body.append(s); return window.injected === 1; })()",
+    );
+    assert_eq!(ran, json!(false), "an injected inline script ran");
+    wait(&mut b, "(window.__policy || []).some(v => v.startsWith('script-src'))", "the refusal of the injected script");
+
+    // The picture, opened on its own, comes under the same policy (the page's frame of it, a
+    // `srcdoc`, inherits the page's): its script runs (it fits the drawing: a transform) and
+    // nothing of it is refused.
+    b.goto(&format!("{}/flows/review/plot", srv.base));
+    wait(
+        &mut b,
+        "!!document.getElementById('vp')?.getAttribute('transform')",
+        "the picture's script to fit the drawing",
+    );
+    assert_eq!(b.eval("window.__policy || []"), json!([]), "the policy refused part of the picture");
 }
+
+/// Run in every document before its own scripts (`Page.addScriptToEvaluateOnNewDocument`):
+/// collects what the Content-Security-Policy refuses into `window.__policy`.
+const WATCH_POLICY: &str = r#"
+document.addEventListener('securitypolicyviolation', (e) =>
+  (window.__policy ||= []).push(e.violatedDirective + ' ' + e.blockedURI + ' ' + (e.sample || '')));
+"#;
 
 #[test]
 fn under_tenant_router_the_page_asks_for_the_key_and_works_with_it() {
@@ -294,6 +351,11 @@ async fn the_page_is_served_under_the_prefix_with_or_without_its_slash_and_can_b
     let (code, mime, html) = srv.text("").await;
     assert_eq!((code, mime.as_str()), (200, "text/html; charset=utf-8"));
     assert!(html.starts_with("<!doctype html>"), "{html}");
+    // Under a Content-Security-Policy: no inline code but its own, by hash; only its server.
+    let answer = reqwest::get(&srv.base).await.unwrap();
+    let policy = answer.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(policy.starts_with("default-src 'none'; script-src 'sha256-"), "{policy}");
+    assert!(policy.contains("connect-src 'self'") && !policy.contains("unsafe-inline"), "{policy}");
     let (code, _) = srv.post("", "{}").await;
     assert_eq!(code, 405, "only GET serves the page");
 

@@ -106,6 +106,17 @@ async fn bad_schedules_are_refused_at_creation_naming_the_problem_and_the_fix() 
         (r#"{"cron": "* * * * *", "inputs": {"times": "many"}}"#, 400, "bad_inputs", "times"),
         (r#"[1, 2]"#, 400, "bad_request", "must be a JSON object"),
         (r#"{"cron": "#, 400, "bad_request", "not valid JSON"),
+        (
+            r#"{"cron": "* * * * *", "timezone": "Mars/Olympus"}"#,
+            400,
+            "bad_timezone",
+            "`Mars/Olympus`, which is not a time zone name; give an IANA",
+        ),
+        (r#"{"cron": "* * * * *", "timezone": "europe/paris"}"#, 400, "bad_timezone", "did you mean `Europe/Paris`?"),
+        (r#"{"cron": "* * * * *", "timezone": 2}"#, 400, "bad_request", "`timezone` must be a time zone name"),
+        (r#"{"cron": "* * * * *", "max_lateness_seconds": 0}"#, 400, "bad_request", "at least 1"),
+        (r#"{"cron": "* * * * *", "max_lateness_seconds": -5}"#, 400, "bad_request", "`max_lateness_seconds` must be"),
+        (r#"{"cron": "* * * * *", "max_lateness_seconds": "1h"}"#, 400, "bad_request", "whole number of seconds"),
     ];
     for (body, status, code, needle) in cases {
         let (got, answer) = srv.post("/flows/greet/schedules", body).await;
@@ -376,6 +387,74 @@ async fn a_missed_tick_older_than_the_maximum_lateness_is_skipped_not_fired() {
         }
         // The schedule goes on: its next tick is next January 1st.
         assert!(time(&body["next_tick"]) > now, "{body}");
+    }
+}
+
+/// A schedule's cron expression is read in its time zone: its next tick and the ticks it fires
+/// are the zone's wall-clock times (Asia/Kolkata: UTC+05:30, no daylight saving; New York:
+/// 09:00 is 13:00 or 14:00 UTC with the season).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_reads_its_cron_in_its_time_zone() {
+    use chrono::Timelike;
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir);
+    let srv = serve(greeting_server(&store)).await;
+    let (code, kolkata) =
+        srv.post("/flows/greet/schedules", r#"{"cron": "0 9 * * *", "timezone": "Asia/Kolkata"}"#).await;
+    assert_eq!(code, 201, "{kolkata}");
+    assert_eq!(kolkata["timezone"], "Asia/Kolkata");
+    let next = time(&kolkata["next_tick"]);
+    assert_eq!((next.hour(), next.minute(), next.second()), (3, 30, 0), "09:00 in Kolkata is 03:30 UTC: {kolkata}");
+    assert!(next > Utc::now() && next - Utc::now() <= chrono::TimeDelta::days(1), "{kolkata}");
+    let (code, york) =
+        srv.post("/flows/greet/schedules", r#"{"cron": "0 9 * * *", "timezone": " America/New_York "}"#).await;
+    assert_eq!((code, &york["timezone"]), (201, &Value::from("America/New_York")), "{york}");
+    let next = time(&york["next_tick"]);
+    assert!(matches!(next.hour(), 13 | 14) && next.minute() == 0, "09:00 in New York: {york}");
+    let (_, listed) = srv.get("/schedules").await;
+    let zones: Vec<&str> =
+        listed["schedules"].as_array().unwrap().iter().map(|s| s["timezone"].as_str().unwrap()).collect();
+    assert_eq!(zones, ["Asia/Kolkata", "America/New_York"]);
+}
+
+/// The latest missed tick of a schedule read in Asia/Kolkata is its wall-clock time there
+/// (January 1st, 00:00 IST: December 31st, 18:30 UTC), and a schedule's own maximum lateness
+/// outranks the server's both ways: 60 s on a server without a limit skips it, ten years on a
+/// server with the default hour fires it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedules_own_maximum_lateness_and_time_zone_decide_its_missed_tick() {
+    use chrono::Datelike;
+    let now = Utc::now();
+    let new_year = |year: i32| {
+        chrono::NaiveDate::from_ymd_opt(year, 1, 1).unwrap().and_hms_opt(0, 0, 0).unwrap().and_utc()
+            - chrono::TimeDelta::minutes(5 * 60 + 30)
+    };
+    let tick = if new_year(now.year() + 1) <= now { new_year(now.year() + 1) } else { new_year(now.year()) };
+    for (server_limit, own, fires) in [(None, 60u64, false), (Some(Duration::from_secs(3600)), 10 * 366 * 86_400, true)]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite(&dir);
+        let srv = serve(greeting_server(&store).max_lateness(server_limit)).await;
+        let body = format!(r#"{{"cron": "0 0 0 1 1 *", "timezone": "Asia/Kolkata", "max_lateness_seconds": {own}}}"#);
+        let (code, created) = srv.post("/flows/greet/schedules", &body).await;
+        assert_eq!((code, &created["max_lateness_seconds"]), (201, &Value::from(own)), "{created}");
+        let id = created["schedule_id"].as_str().unwrap().to_string();
+        let db = rusqlite::Connection::open(dir.path().join("runs.db")).unwrap();
+        db.execute(
+            "UPDATE crewflow_schedules SET created_at = created_at - ?2 WHERE id = ?1",
+            rusqlite::params![id, 2 * 366 * 86_400_000_i64],
+        )
+        .unwrap();
+        let body = poll("the missed tick to be fired or skipped", || async {
+            let (_, body) = srv.get(&format!("/schedules/{id}")).await;
+            (!body["fires"].as_array().unwrap().is_empty()).then_some(body)
+        })
+        .await;
+        let fire = &body["fires"][0];
+        assert_eq!(time(&fire["tick"]), tick, "{body}");
+        assert_eq!(fire["skipped"], !fires, "server limit {server_limit:?}, own {own} s: {body}");
+        let (_, runs) = srv.get("/runs").await;
+        assert_eq!(runs["runs"].as_array().unwrap().len(), usize::from(fires), "{runs}");
     }
 }
 

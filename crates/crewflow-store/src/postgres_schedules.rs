@@ -7,6 +7,8 @@
 //! meet on the schedule's row lock: the second one, once the first commits, sees the moved
 //! last tick and changes nothing (see `RunStore::fire_schedule`).
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use crewflow_core::persist::{
     NewRun, NewSchedule, NewWebhook, QueuedWebhook, RunStatus, ScheduleFire, StoreFuture, StoredSchedule,
@@ -14,7 +16,7 @@ use crewflow_core::persist::{
 
 use crate::StoreError;
 use crate::postgres::{PostgresStore, boxed};
-use crate::util::{fingerprint, parse_run_id, refuse_nul_in_run, refuse_nul_json, refuse_nul_text};
+use crate::util::{fingerprint, lateness_ms, parse_run_id, refuse_nul_in_run, refuse_nul_json, refuse_nul_text};
 
 /// Migration 7: schedules (per tenant and flow), their fired ticks, and webhook events.
 pub(crate) const MIGRATION: &str = r#"
@@ -52,7 +54,13 @@ CREATE INDEX crewflow_webhooks_due ON crewflow_webhooks (tenant, next_at);
 /// How many fired ticks are kept per schedule (see the SQLite store's).
 const KEPT_FIRES: i64 = 100;
 
-const COLUMNS: &str = "id, tenant, flow, cron, inputs, created_at, last_tick, last_run";
+const COLUMNS: &str = "id, tenant, flow, cron, inputs, created_at, last_tick, last_run, timezone, max_lateness_ms";
+
+/// Migration 10: a schedule's time zone and its own maximum lateness (`NULL`: the server's).
+pub(crate) const MIGRATION_TIMEZONES: &str = r#"
+ALTER TABLE crewflow_schedules ADD COLUMN timezone TEXT NOT NULL DEFAULT 'UTC';
+ALTER TABLE crewflow_schedules ADD COLUMN max_lateness_ms BIGINT;
+"#;
 
 /// Keeps a schedule's latest `KEPT_FIRES` ticks ($1: the schedule, $2: `KEPT_FIRES - 1`), after a
 /// tick is fired or skipped.
@@ -70,6 +78,8 @@ fn schedule(r: &tokio_postgres::Row) -> Result<StoredSchedule, StoreError> {
         created_at: r.try_get(5)?,
         last_tick: r.try_get(6)?,
         last_run: last_run.as_deref().map(parse_run_id).transpose()?,
+        timezone: r.try_get(8)?,
+        max_lateness: r.try_get::<_, Option<i64>>(9)?.map(|ms| Duration::from_millis(ms.max(0) as u64)),
     })
 }
 
@@ -80,13 +90,14 @@ impl PostgresStore {
                 async {
                     refuse_nul_text("the schedule's tenant", &s.tenant)?;
                     refuse_nul_text("the schedule's cron expression", &s.cron)?;
+                    refuse_nul_text("the schedule's time zone", &s.timezone)?;
                     refuse_nul_json("the schedule's inputs", &s.inputs)?;
                     let client = self.client().await?;
                     let inserted = client
                         .execute(
-                            "INSERT INTO crewflow_schedules (id, tenant, flow, cron, inputs, created_at)
-                             VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT (id) DO NOTHING",
-                            &[&s.id, &s.tenant, &s.flow, &s.cron, &s.inputs],
+                            "INSERT INTO crewflow_schedules (id, tenant, flow, cron, inputs, created_at, timezone, max_lateness_ms)
+                             VALUES ($1, $2, $3, $4, $5, now(), $6, $7) ON CONFLICT (id) DO NOTHING",
+                            &[&s.id, &s.tenant, &s.flow, &s.cron, &s.inputs, &s.timezone, &lateness_ms(s.max_lateness)],
                         )
                         .await?;
                     if inserted == 0 {

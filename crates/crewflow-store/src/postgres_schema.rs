@@ -3,9 +3,9 @@
 //! one transaction, under an advisory lock, on first use.
 
 /// The newest schema this crewflow writes.
-pub(crate) const SCHEMA_VERSION: i64 = 9;
+pub(crate) const SCHEMA_VERSION: i64 = 10;
 
-pub(crate) const MIGRATIONS: [&str; 9] = [
+pub(crate) const MIGRATIONS: [&str; 10] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -69,4 +69,5 @@ CREATE INDEX crewflow_runs_by_parent ON crewflow_runs (parent_run_id) WHERE pare
     r#"
 ALTER TABLE crewflow_steps DROP CONSTRAINT IF EXISTS crewflow_steps_run_id_fkey;
 "#,
+    crate::postgres_schedules::MIGRATION_TIMEZONES,
 ];

@@ -5,6 +5,8 @@
 //! the table's primary key, inserted in the same transaction that moves the schedule's last
 //! tick and records the queued run (see `RunStore::fire_schedule`).
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use crewflow_core::persist::{
     NewRun, NewSchedule, NewWebhook, QueuedWebhook, RunStatus, ScheduleFire, StoreFuture, StoredSchedule,
@@ -13,7 +15,7 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use crate::StoreError;
 use crate::sqlite::{SqliteStore, boxed, from_ms, ms, now};
-use crate::util::{fingerprint, parse_run_id};
+use crate::util::{fingerprint, lateness_ms, parse_run_id};
 
 /// Migration 7: schedules (per tenant and flow), their fired ticks, and webhook events.
 pub(crate) const MIGRATION: &str = r#"
@@ -48,11 +50,17 @@ CREATE TABLE crewflow_webhooks (
 CREATE INDEX crewflow_webhooks_due ON crewflow_webhooks (tenant, next_at);
 "#;
 
+/// Migration 9: a schedule's time zone and its own maximum lateness (`NULL`: the server's).
+pub(crate) const MIGRATION_TIMEZONES: &str = r#"
+ALTER TABLE crewflow_schedules ADD COLUMN timezone TEXT NOT NULL DEFAULT 'UTC';
+ALTER TABLE crewflow_schedules ADD COLUMN max_lateness_ms INTEGER;
+"#;
+
 /// How many fired ticks are kept per schedule (older ones are dropped as new ones fire; the
 /// schedule's `last_tick` alone keeps an old tick from firing again).
 pub(crate) const KEPT_FIRES: i64 = 100;
 
-const COLUMNS: &str = "id, tenant, flow, cron, inputs, created_at, last_tick, last_run";
+const COLUMNS: &str = "id, tenant, flow, cron, inputs, created_at, last_tick, last_run, timezone, max_lateness_ms";
 
 /// Keeps a schedule's latest `KEPT_FIRES` ticks (?1: the schedule, ?2: `KEPT_FIRES - 1`), after a
 /// tick is fired or skipped.
@@ -70,6 +78,8 @@ fn schedule(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredSchedule, Option<S
             created_at: from_ms(r.get(5)?),
             last_tick: r.get::<_, Option<i64>>(6)?.map(from_ms),
             last_run: None,
+            timezone: r.get(8)?,
+            max_lateness: r.get::<_, Option<i64>>(9)?.map(|ms| Duration::from_millis(ms.max(0) as u64)),
         },
         r.get(7)?,
     ))
@@ -87,9 +97,9 @@ impl SqliteStore {
             boxed(
                 self.call(move |c| {
                     let inserted = c.execute(
-                        "INSERT INTO crewflow_schedules (id, tenant, flow, cron, inputs, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
-                        params![s.id, s.tenant, s.flow, s.cron, s.inputs, ms(now())],
+                        "INSERT INTO crewflow_schedules (id, tenant, flow, cron, inputs, created_at, timezone, max_lateness_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
+                        params![s.id, s.tenant, s.flow, s.cron, s.inputs, ms(now()), s.timezone, lateness_ms(s.max_lateness)],
                     )?;
                     if inserted == 0 {
                         return Err(StoreError::ScheduleExists(s.id));

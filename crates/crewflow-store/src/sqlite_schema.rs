@@ -3,10 +3,10 @@
 //! transaction when a file is first used.
 
 /// The newest schema this crewflow writes.
-pub(crate) const SCHEMA_VERSION: i64 = 8;
+pub(crate) const SCHEMA_VERSION: i64 = 9;
 
 /// Schema migrations, applied in order; migration `i` brings the schema to version `i + 1`.
-pub(crate) const MIGRATIONS: [&str; 8] = [
+pub(crate) const MIGRATIONS: [&str; 9] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -61,4 +61,5 @@ ALTER TABLE crewflow_runs ADD COLUMN parent_run_id TEXT;
 ALTER TABLE crewflow_runs ADD COLUMN parent_activation INTEGER;
 CREATE INDEX crewflow_runs_by_parent ON crewflow_runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
 "#,
+    crate::sqlite_schedules::MIGRATION_TIMEZONES,
 ];

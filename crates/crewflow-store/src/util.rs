@@ -134,6 +134,11 @@ fn nul_path(value: &serde_json::Value, at: String) -> Option<String> {
     }
 }
 
+/// A schedule's maximum lateness as stored: whole milliseconds (saturating).
+pub(crate) fn lateness_ms(limit: Option<std::time::Duration>) -> Option<i64> {
+    limit.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::may_claim;

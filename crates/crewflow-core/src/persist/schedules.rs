@@ -2,6 +2,8 @@
 //! [`RunStore`](super::RunStore) methods that take them default to a clear refusal, so a
 //! store of one's own need not keep them).
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 
 #[cfg(doc)]
@@ -55,6 +57,10 @@ pub struct NewSchedule {
     pub flow: String,
     /// The cron expression, as given.
     pub cron: String,
+    /// The time zone its cron expression is read in: an IANA name (`Europe/Paris`), or `UTC`.
+    pub timezone: String,
+    /// How late a missed tick may still fire; `None`: the server's limit.
+    pub max_lateness: Option<Duration>,
     /// The inputs of every run it starts, as JSON text (an object).
     pub inputs: String,
 }
@@ -70,6 +76,10 @@ pub struct StoredSchedule {
     pub flow: String,
     /// The cron expression.
     pub cron: String,
+    /// The time zone its cron expression is read in (`UTC` for schedules made before time zones).
+    pub timezone: String,
+    /// How late a missed tick may still fire; `None`: the server's limit.
+    pub max_lateness: Option<Duration>,
     /// The inputs of every run it starts, as JSON text.
     pub inputs: String,
     /// When it was created: no tick before this fires.
