@@ -393,6 +393,12 @@ async fn persist_chain20_100kb() {
         report("persist_chain20_100kb", &format!("bytes_per_step{suffix}"), "bytes", payload);
         report("persist_chain20_100kb", &format!("file_bytes_per_step{suffix}"), "bytes", file);
     }
+    // Deltas, with the log checkpointed on the store's own thread (`background_checkpoints`).
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let store = Arc::new(SqliteStore::open(dir.path().join("bench.db")).background_checkpoints(true));
+    let flow = large_chain(store, true);
+    let per_step = sample(&flow, 20, 3).await.into_iter().map(|d| d.as_nanos() as f64 / 20.0 / 1000.0).collect();
+    report("persist_chain20_100kb", "per_step_us_background", "us", per_step);
     // The same on PostgreSQL (when `CREWFLOW_TEST_POSTGRES` is set): deltas, then whole states.
     let Ok(url) = std::env::var("CREWFLOW_TEST_POSTGRES") else { return };
     let client = pg_client(&url).await;
