@@ -115,6 +115,38 @@ async fn streams_and_structured_output() {
     assert_eq!(config["responseJsonSchema"]["properties"]["city"]["type"], "string");
 }
 
+/// A JSON schema beside function declarations: Gemini 3 takes both (`responseJsonSchema` with
+/// the tools), Gemini 2.x refuses the pair with a 400, so for it the tools stay and the schema
+/// is left to the prompt.
+#[tokio::test]
+async fn a_schema_beside_tools_is_sent_only_to_models_that_take_both() {
+    for (model, schema_sent) in [("gemini-3-pro-preview", true), ("gemini-2.5-flash", false), ("gemini-1.5-pro", false)]
+    {
+        let server =
+            TestServer::start(vec![Reply::json(200, &reply(json!([{ "text": "{\"city\": \"Rome\"}" }]), "STOP"))])
+                .await;
+        let mut request = ChatRequest::new([Message::user("Which city? Reply as JSON.")]).tool(Tool::new(
+            "weather",
+            "Current weather",
+            json!({ "type": "object", "properties": { "city": { "type": "string" } } }),
+        ));
+        request.tool_choice = Some(ToolChoice::None);
+        request.response_format = Some(crewflow::llm::ResponseFormat::JsonSchema {
+            name: "City".into(),
+            schema: json!({ "type": "object", "properties": { "city": { "type": "string" } }, "required": ["city"] }),
+            strict: false,
+        });
+        let r = llm(&server, model).chat(request).await.unwrap();
+        assert_eq!(r.text, "{\"city\": \"Rome\"}");
+        let body = server.requests()[0].json();
+        assert_eq!(body["tools"][0]["functionDeclarations"][0]["name"], "weather", "{model}");
+        assert_eq!(body["toolConfig"]["functionCallingConfig"], json!({ "mode": "NONE" }), "{model}");
+        let config = &body["generationConfig"];
+        assert_eq!(config["responseJsonSchema"]["required"] == json!(["city"]), schema_sent, "{model}: {body}");
+        assert_eq!(config["responseMimeType"] == json!("application/json"), schema_sent, "{model}: {body}");
+    }
+}
+
 #[tokio::test]
 async fn embeddings_in_a_batch() {
     let server = TestServer::start(vec![Reply::json(

@@ -73,7 +73,15 @@ impl Gemini {
         if !req.stop.is_empty() {
             put("stopSequences", json!(req.stop));
         }
-        match &req.response_format {
+        // Gemini before 3 refuses a JSON response format beside function declarations
+        // ("Function calling with a response mime type: 'application/json' is unsupported"): with
+        // tools, those models get the schema from the prompt only (crewflow's typed outputs put
+        // it there), the tools stay declared.
+        let format = match &req.response_format {
+            Some(_) if !req.tools.is_empty() && !schema_beside_tools(&self.model) => None,
+            format => format.as_ref(),
+        };
+        match format {
             Some(ResponseFormat::Json) => put("responseMimeType", json!("application/json")),
             Some(ResponseFormat::JsonSchema { schema, .. }) => {
                 put("responseMimeType", json!("application/json"));
@@ -86,6 +94,13 @@ impl Gemini {
         }
         Value::Object(o)
     }
+}
+
+/// Whether `model` takes a JSON response format together with function declarations: Gemini 3
+/// and later do, 1.x and 2.x do not (a name crewflow does not know is taken to be newer).
+fn schema_beside_tools(model: &str) -> bool {
+    let name = model.trim_start_matches("models/");
+    !["gemini-1", "gemini-2"].iter().any(|old| name.starts_with(old))
 }
 
 fn contents(req: &ChatRequest) -> Vec<Value> {
