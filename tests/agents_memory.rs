@@ -124,7 +124,8 @@ async fn a_task_remembers_only_the_answer_its_guardrail_accepted() {
 }
 
 /// In a durable run, the recall and the remembering are journaled: a retried step replays
-/// them (and the model call) and the answer is remembered once.
+/// them (and the model call) and the answer is remembered once; the retry's memory events say
+/// they are replays.
 #[tokio::test]
 async fn a_retried_step_remembers_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,6 +134,7 @@ async fn a_retried_step_remembers_once() {
     let llm = openai_llm(&server);
     let attempts = Arc::new(AtomicUsize::new(0));
     let (tries, memory_db) = (attempts.clone(), db.clone());
+    let (events, observer) = observed();
     let flow = FlowBuilder::<()>::new("remembering")
         .start("research", move |_cx: Cx<()>, (): ()| {
             let (llm, tries, memory_db) = (llm.clone(), tries.clone(), memory_db.clone());
@@ -148,6 +150,7 @@ async fn a_retried_step_remembers_once() {
         .retry(Retry::attempts(2).backoff(Duration::from_millis(1)))
         // The run store and the memory share the file.
         .store(SqliteStore::open(&db))
+        .observe(observer)
         .build()
         .unwrap();
     let run = flow.kickoff(()).await.unwrap();
@@ -155,6 +158,17 @@ async fn a_retried_step_remembers_once() {
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
     assert_eq!(server.requests().len(), 1, "the retry made no model call");
     assert_eq!(kept(&db, "agent/researcher").await.len(), 1, "remembered once over both attempts");
+    let replays: Vec<(&str, bool)> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::MemoryRecalled { replayed, .. } => Some(("recalled", *replayed)),
+            EventKind::MemorySaved { replayed, .. } => Some(("saved", *replayed)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replays, [("recalled", false), ("saved", false), ("recalled", true), ("saved", true)]);
 }
 
 #[tokio::test]
@@ -222,7 +236,7 @@ async fn recalls_and_rememberings_are_events_of_the_step() {
     let recalls: Vec<(&str, &str, usize, u64)> = events
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::MemoryRecalled { agent, query, count, elapsed_us } => {
+            EventKind::MemoryRecalled { agent, query, count, elapsed_us, replayed: false } => {
                 Some((agent.as_str(), query.as_str(), *count, *elapsed_us))
             }
             _ => None,
@@ -236,7 +250,7 @@ async fn recalls_and_rememberings_are_events_of_the_step() {
     let saved: Vec<u64> = events
         .iter()
         .filter_map(|e| match &e.kind {
-            EventKind::MemorySaved { agent, elapsed_us } if agent == "Researcher" => Some(*elapsed_us),
+            EventKind::MemorySaved { agent, elapsed_us, replayed: false } if agent == "Researcher" => Some(*elapsed_us),
             _ => None,
         })
         .collect();

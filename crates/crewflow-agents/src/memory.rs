@@ -92,16 +92,17 @@ impl AgentMemory {
         let query = excerpt(prompt, 2000);
         let started = Instant::now();
         let found = self.recall_now(role, agent, &query).await;
-        report(agent, "recall", started, &found, |found, elapsed_us| EventKind::MemoryRecalled {
+        report(agent, "recall", started, &found, |(found, replayed), elapsed_us| EventKind::MemoryRecalled {
             agent: agent.to_string(),
             query,
             count: found.len(),
             elapsed_us,
+            replayed: *replayed,
         });
-        found
+        found.map(|(found, _)| found)
     }
 
-    async fn recall_now(&self, role: &str, agent: &str, query: &str) -> Result<Vec<String>, AgentError> {
+    async fn recall_now(&self, role: &str, agent: &str, query: &str) -> Result<(Vec<String>, bool), AgentError> {
         let memory = self.scoped(role, agent)?;
         let (query, limit) = (query.to_string(), self.limit);
         let recall = async move {
@@ -123,11 +124,12 @@ impl AgentMemory {
     ) -> Result<(), AgentError> {
         let started = Instant::now();
         let saved = self.remember_now(role, agent, prompt, answer, task).await;
-        report(agent, "remember", started, &saved, |(), elapsed_us| EventKind::MemorySaved {
+        report(agent, "remember", started, &saved, |replayed, elapsed_us| EventKind::MemorySaved {
             agent: agent.to_string(),
             elapsed_us,
+            replayed: *replayed,
         });
-        saved
+        saved.map(drop)
     }
 
     async fn remember_now(
@@ -137,7 +139,7 @@ impl AgentMemory {
         prompt: &str,
         answer: &str,
         task: Option<&str>,
-    ) -> Result<(), AgentError> {
+    ) -> Result<bool, AgentError> {
         let memory = self.scoped(role, agent)?;
         let content = format!("Task: {}\nAnswer: {}", excerpt(prompt.trim(), 600), excerpt(answer.trim(), 2000));
         let mut options = RememberOptions::new().source(AGENT_MEMORY_SOURCE).category("work").meta("agent", agent);
@@ -148,7 +150,7 @@ impl AgentMemory {
             let record = memory.remember(&content, options).await?;
             Ok::<_, MemoryError>(record.id.to_string())
         };
-        journaled(agent, "memory:remember", remember).await.map(drop)
+        journaled(agent, "memory:remember", remember).await.map(|(_, replayed)| replayed)
     }
 }
 
@@ -202,16 +204,18 @@ pub(crate) fn with_memories(prompt: &str, recalled: &[String]) -> String {
 }
 
 /// Runs a memory operation once through the run's journal (inside a durable run), under the
-/// agent's journal path.
-async fn journaled<T, F>(agent: &str, name: &str, op: F) -> Result<T, AgentError>
+/// agent's journal path; with whether its result was replayed from the journal.
+async fn journaled<T, F>(agent: &str, name: &str, op: F) -> Result<(T, bool), AgentError>
 where
     T: serde::Serialize + serde::de::DeserializeOwned,
     F: std::future::Future<Output = Result<T, MemoryError>>,
 {
     let memory_error = |source: MemoryError| AgentError::Memory { agent: agent.to_string(), source };
-    let Some(scope) = crewflow_core::scope::current() else { return op.await.map_err(memory_error) };
+    let Some(scope) = crewflow_core::scope::current() else {
+        return op.await.map(|value| (value, false)).map_err(memory_error);
+    };
     let key = journal::join(&journal::join(&journal::current_path(), &format!("agent:{agent}")), name);
-    scope.once(&key, |_| op).await.map_err(|e| match e {
+    scope.once_or_replay(&key, |_| op).await.map_err(|e| match e {
         crewflow_core::journal::OnceError::Failed { source, .. } => match source.downcast::<MemoryError>() {
             Ok(e) => memory_error(*e),
             Err(other) => AgentError::Journal { agent: agent.to_string(), message: other.to_string() },

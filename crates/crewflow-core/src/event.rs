@@ -257,7 +257,8 @@ pub enum EventKind {
     },
     /// An agent with memory recalled what it remembers about its prompt, before its first model
     /// call (`crewflow-agents`, `AgentMemory`). Inside a durable run a step that runs again
-    /// replays the recall from the journal: the event comes again, with the replay's time.
+    /// replays the recall from the journal: the event comes again, `replayed`, with the
+    /// replay's time.
     MemoryRecalled {
         /// The agent's role.
         agent: String,
@@ -267,13 +268,21 @@ pub enum EventKind {
         count: usize,
         /// How long the recall took (embedding the query and searching), in microseconds.
         elapsed_us: u64,
+        /// The recall was read back from the run's journal (the step runs again), not made now.
+        #[serde(default)]
+        replayed: bool,
     },
     /// An agent with memory remembered a prompt and its accepted answer (`crewflow-agents`).
+    /// A step that runs again does not remember twice: its event is `replayed`.
     MemorySaved {
         /// The agent's role.
         agent: String,
         /// How long it took (embedding and storing), in microseconds.
         elapsed_us: u64,
+        /// The memory was saved by an earlier run of the step (read back from the journal);
+        /// nothing was stored now.
+        #[serde(default)]
+        replayed: bool,
     },
     /// An agent's memory failed (its store, its embedder, or a local embedding model that is
     /// not installed); the kickoff fails with `AgentError::Memory` (or the configuration error).

@@ -139,18 +139,35 @@ impl Journal {
         E: Into<BoxError>,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.once_or_replay(execution, name, op).await.map(|(value, _)| value)
+    }
+
+    /// [`once`](Journal::once), saying whether the result was replayed from the journal
+    /// (`true`) or the operation ran now (`false`).
+    pub async fn once_or_replay<T, E, Fut>(
+        &self,
+        execution: u64,
+        name: &str,
+        op: impl FnOnce(String) -> Fut,
+    ) -> Result<(T, bool), OnceError>
+    where
+        T: Serialize + DeserializeOwned,
+        E: Into<BoxError>,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let key = self.next_key(execution, name);
         if let Some(value) = self.recorded(execution, &key) {
-            return serde_json::from_str(&value).map_err(|e| OnceError::Decode {
+            let decoded = serde_json::from_str(&value).map_err(|e| OnceError::Decode {
                 key,
                 type_name: std::any::type_name::<T>(),
                 message: e.to_string(),
-            });
+            })?;
+            return Ok((decoded, true));
         }
         let result = op(idempotency_key(self.run_id, execution, &key))
             .await
             .map_err(|e| OnceError::Failed { name: name.to_string(), source: e.into() })?;
-        let Some(store) = &self.store else { return Ok(result) };
+        let Some(store) = &self.store else { return Ok((result, false)) };
         let value = serde_json::to_string(&result)
             .map_err(|e| OnceError::Unrecordable { key: key.clone(), message: e.to_string() })?;
         let entry = JournalEntry { activation: execution, key, value, recorded_at: None };
@@ -162,7 +179,7 @@ impl Journal {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert((execution, entry.key), Arc::from(entry.value));
-        Ok(result)
+        Ok((result, false))
     }
 }
 

@@ -239,6 +239,22 @@ impl StepScope {
         self.run.journal().once(self.activation, name, op).await
     }
 
+    /// [`once`](StepScope::once), saying whether the result was replayed from the journal
+    /// (`true`: the step runs again and the operation had run before) or the operation ran now;
+    /// for events that should tell a replay from the real thing.
+    pub async fn once_or_replay<T, E, Fut>(
+        &self,
+        name: &str,
+        op: impl FnOnce(String) -> Fut,
+    ) -> Result<(T, bool), crate::journal::OnceError>
+    where
+        T: Serialize + serde::de::DeserializeOwned,
+        E: Into<crate::error::BoxError>,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        self.run.journal().once_or_replay(self.activation, name, op).await
+    }
+
     /// Adds tokens to the run's usage totals and to this step execution's (its finish log
     /// line, target `crewflow::step`, carries the sum).
     pub fn add_usage(&self, usage: &TokenUsage) {
