@@ -22,7 +22,7 @@ use crewflow::prelude::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-const BENCHES: [&str; 3] = ["local_generate", "local_embed", "llm_overhead"];
+const BENCHES: [&str; 4] = ["local_generate", "local_prompt", "local_embed", "llm_overhead"];
 
 mod harness;
 
@@ -34,6 +34,7 @@ fn main() {
         rt.block_on(async {
             match name {
                 "local_generate" => local_generate().await,
+                "local_prompt" => local_prompt().await,
                 "local_embed" => local_embed().await,
                 _ => llm_overhead().await,
             }
@@ -53,6 +54,34 @@ async fn local_generate() {
         samples.push(reply.usage.completion_tokens as f64 / t.elapsed().as_secs_f64());
     }
     report("local_generate", "tokens_per_s", "tokens/s", samples);
+}
+
+/// The local model reading a long prompt (a ~400-token system prompt and a short question; one
+/// token of reply): `prefill_ms` from an empty cache (an unrelated prompt ran before), and
+/// `prefill_ms_shared` when the previous request had the same system prompt (its whole pieces
+/// come from the cache).
+async fn local_prompt() {
+    let llm = Llm::from(LocalModel::load_default().expect("the local model (run scripts/fetch-models)"));
+    let rules: Vec<String> = (1..=24)
+        .map(|i| format!("Rule {i}: when a customer writes about topic number {i}, answer briefly and name the team that owns it."))
+        .collect();
+    let system = format!("You are the support desk of a bank.\n{}", rules.join("\n"));
+    let ask = |question: &str| {
+        ChatRequest::new([Message::system(system.clone()), Message::user(question)]).max_tokens(1).temperature(0.0)
+    };
+    let unrelated = ChatRequest::new([Message::user("Name a colour.")]).max_tokens(1);
+    let (mut fresh, mut shared) = (Vec::new(), Vec::new());
+    for i in 0..5 {
+        llm.chat(unrelated.clone()).await.expect("a reply");
+        let t = Instant::now();
+        llm.chat(ask(&format!("Question {i}: my card was stolen."))).await.expect("a reply");
+        fresh.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        llm.chat(ask(&format!("Question {i}: how do I open an account?"))).await.expect("a reply");
+        shared.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    report("local_prompt", "prefill_ms", "ms", fresh);
+    report("local_prompt", "prefill_ms_shared", "ms", shared);
 }
 
 async fn local_embed() {

@@ -5,8 +5,8 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use candle_core::Device;
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
-use candle_core::{Device, Tensor};
 use futures::StreamExt;
 use rayon::iter::{IntoParallelIterator, ParallelIterator};
 use tokenizers::Tokenizer;
@@ -163,30 +163,28 @@ impl LocalModel {
         on_text: &mut (dyn FnMut(String) -> bool + Send),
     ) -> Result<(FinishReason, TokenUsage), LlmError> {
         let mut weights = self.inner.weights.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        weights.clear_kv_cache();
         let fail = |e: candle_core::Error| self.fail("cannot run", e);
-        let mut usage = TokenUsage { prompt_tokens: prompt.len() as u64, ..TokenUsage::default() };
+        // The whole pieces the prompt shares with the previous one are in the cache already.
+        let reused = weights.keep_prefix(&prompt).map_err(fail)?;
+        let mut usage =
+            TokenUsage { prompt_tokens: prompt.len() as u64, cached_tokens: reused as u64, ..TokenUsage::default() };
         let mut text = TextStream::new(stops);
+        let mut logits = weights.prefill(&prompt, reused).and_then(|l| l.squeeze(0)).map_err(fail)?;
         let mut tokens = prompt;
-        let mut input = tokens.clone();
         let decode = |ids: &[u32]| self.inner.tokenizer.decode(ids, true).unwrap_or_default();
         let finish = loop {
-            let position = tokens.len() - input.len();
-            let x = Tensor::new(input.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(fail)?;
-            let logits = weights.forward(&x, position).and_then(|l| l.squeeze(0)).map_err(fail)?;
             let recent = &tokens[tokens.len().saturating_sub(self.options.repeat_last_n)..];
-            let logits = if self.options.repeat_penalty == 1.0 {
+            let penalized = if self.options.repeat_penalty == 1.0 {
                 logits
             } else {
                 apply_repeat_penalty(&logits, self.options.repeat_penalty, recent).map_err(fail)?
             };
-            let next = sampler.sample(&logits).map_err(fail)?;
+            let next = sampler.sample(&penalized).map_err(fail)?;
             if self.inner.stop_ids.contains(&next) {
                 break FinishReason::Stop;
             }
             usage.completion_tokens += 1;
             tokens.push(next);
-            input = vec![next];
             let (piece, stopped) = match text.push(next, decode) {
                 Piece::Text(piece) => (piece, false),
                 Piece::Stop(piece) => (piece, true),
@@ -200,6 +198,7 @@ impl LocalModel {
             if usage.completion_tokens as usize >= max_tokens {
                 break FinishReason::Length;
             }
+            logits = weights.step(next).and_then(|l| l.squeeze(0)).map_err(fail)?;
         };
         let rest = text.finish();
         if !rest.is_empty() {

@@ -12,6 +12,11 @@ use candle_nn::Embedding;
 /// The longest sequence the rotary tables cover.
 const MAX_SEQ_LEN: usize = 4096;
 
+/// A prompt runs in pieces of this many tokens, cut at multiples of it from the sequence's
+/// start ([`Llama::prefill`]), so that a token's keys and values are computed the same way
+/// whatever came before in the cache; only whole pieces are reused.
+pub(crate) const PREFILL_CHUNK: usize = 16;
+
 struct RmsNorm {
     weight: Tensor,
     eps: f32,
@@ -117,6 +122,12 @@ pub(crate) struct Llama {
     output: QMatMul,
     /// Causal masks by (sequence length, key length).
     masks: HashMap<(usize, usize), Tensor>,
+    /// The tokens whose keys and values every layer's cache holds, in order (see
+    /// [`Llama::keep_prefix`]).
+    cached: Vec<u32>,
+    /// How many of `cached` went through [`Llama::prefill`] in whole pieces: those alone may be
+    /// reused (a generated token ran alone, a prompt's last piece may be short).
+    reusable: usize,
 }
 
 fn rotary_tables(head_dim: usize, freq_base: f32, device: &Device) -> Result<(Tensor, Tensor)> {
@@ -185,6 +196,8 @@ impl Llama {
             norm,
             output: QMatMul::from_qtensor(output)?,
             masks: HashMap::new(),
+            cached: Vec::new(),
+            reusable: 0,
         })
     }
 
@@ -205,11 +218,63 @@ impl Llama {
         for layer in &mut self.layers {
             layer.kv_cache = None;
         }
+        self.cached.clear();
+        self.reusable = 0;
+    }
+
+    /// Keeps, of the key/value cache, the whole pieces of the previous prompt that `prompt`
+    /// begins with (leaving at least its last token to run, whose logits give the first reply
+    /// token) and returns how many tokens that is: [`prefill`](Llama::prefill) goes on from
+    /// there. Requests that share a system prompt (an agent's, a step's instructions) pay for
+    /// it once. What is kept was computed exactly as running the prompt from an empty cache
+    /// computes it (the same pieces, the same tokens before them), so the reply is the same
+    /// bit for bit, whatever ran before.
+    pub(crate) fn keep_prefix(&mut self, prompt: &[u32]) -> Result<usize> {
+        let shared = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let keep = shared.min(self.reusable).min(prompt.len().saturating_sub(1)) / PREFILL_CHUNK * PREFILL_CHUNK;
+        if keep == 0 {
+            self.clear_kv_cache();
+            return Ok(0);
+        }
+        for layer in &mut self.layers {
+            if let Some((k, v)) = &layer.kv_cache {
+                layer.kv_cache = Some((k.narrow(2, 0, keep)?, v.narrow(2, 0, keep)?));
+            }
+        }
+        self.cached.truncate(keep);
+        self.reusable = keep;
+        Ok(keep)
+    }
+
+    /// Runs `prompt` from token `from` (what [`keep_prefix`](Llama::keep_prefix) kept) in
+    /// pieces cut at multiples of [`PREFILL_CHUNK`]; the logits of the token after it.
+    pub(crate) fn prefill(&mut self, prompt: &[u32], from: usize) -> Result<Tensor> {
+        let mut position = from;
+        let mut logits = None;
+        while position < prompt.len() {
+            let end = ((position / PREFILL_CHUNK + 1) * PREFILL_CHUNK).min(prompt.len());
+            let piece = &prompt[position..end];
+            logits = Some(self.forward(&Tensor::new(piece, &Device::Cpu)?.unsqueeze(0)?, position)?);
+            self.cached.extend_from_slice(piece);
+            if end.is_multiple_of(PREFILL_CHUNK) {
+                self.reusable = end;
+            }
+            position = end;
+        }
+        logits.ok_or_else(|| candle_core::Error::Msg("an empty prompt has nothing to run".into()))
+    }
+
+    /// Runs one generated token, at the end of the cached sequence; the logits of the next.
+    pub(crate) fn step(&mut self, token: u32) -> Result<Tensor> {
+        let position = self.cached.len();
+        let logits = self.forward(&Tensor::new(&[token], &Device::Cpu)?.unsqueeze(0)?, position)?;
+        self.cached.push(token);
+        Ok(logits)
     }
 
     /// The logits of the token after `x` (shape (batch, sequence)), whose first token sits at
     /// `index_pos` in the cached sequence.
-    pub(crate) fn forward(&mut self, x: &Tensor, index_pos: usize) -> Result<Tensor> {
+    fn forward(&mut self, x: &Tensor, index_pos: usize) -> Result<Tensor> {
         let (_batch, seq_len) = x.dims2()?;
         let mask = if seq_len == 1 { None } else { Some(self.mask(seq_len, index_pos, x.device())?) };
         let mut hidden = self.embeddings.forward(x)?;
