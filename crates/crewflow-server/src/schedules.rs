@@ -13,7 +13,8 @@
 //! fires, once, when an instance looks next; the earlier ones are skipped, never fired as a
 //! burst. The latest is skipped too — recorded as a skipped tick, with no run — when it is
 //! older than the schedule's maximum lateness (its own, else the server's:
-//! [`Server::max_lateness`](crate::Server::max_lateness), 1 hour by default). No tick before a schedule's creation fires.
+//! [`Server::max_lateness`](crate::Server::max_lateness), 1 hour by default). No tick before a
+//! schedule's creation fires.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -89,6 +90,9 @@ impl Errors {
         self.lock().get(id).cloned()
     }
 }
+
+/// The largest `max_lateness_seconds` a schedule takes (100 years): what it says is what is kept.
+const MAX_LATENESS_SECONDS: u64 = 100 * 366 * 86_400;
 
 /// How many of a schedule's latest fires `GET /schedules/{id}` shows.
 const SHOWN_FIRES: usize = 20;
@@ -215,10 +219,12 @@ pub(crate) async fn create_schedule(
     };
     let max_lateness = match body.get("max_lateness_seconds") {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) if n.as_u64().is_some_and(|s| s >= 1) => n.as_u64().map(Duration::from_secs),
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|s| (1..=MAX_LATENESS_SECONDS).contains(&s)) => {
+            n.as_u64().map(Duration::from_secs)
+        }
         Some(other) => {
             return Err(ApiError::bad_request(format!(
-                "`max_lateness_seconds` must be a whole number of seconds, at least 1 (how late a missed tick may still fire), not {other}"
+                "`max_lateness_seconds` must be a whole number of seconds from 1 to {MAX_LATENESS_SECONDS} (100 years: how late a missed tick may still fire), not {other}"
             )));
         }
     };

@@ -114,9 +114,15 @@ async fn bad_schedules_are_refused_at_creation_naming_the_problem_and_the_fix() 
         ),
         (r#"{"cron": "* * * * *", "timezone": "europe/paris"}"#, 400, "bad_timezone", "did you mean `Europe/Paris`?"),
         (r#"{"cron": "* * * * *", "timezone": 2}"#, 400, "bad_request", "`timezone` must be a time zone name"),
-        (r#"{"cron": "* * * * *", "max_lateness_seconds": 0}"#, 400, "bad_request", "at least 1"),
+        (r#"{"cron": "* * * * *", "max_lateness_seconds": 0}"#, 400, "bad_request", "from 1 to"),
         (r#"{"cron": "* * * * *", "max_lateness_seconds": -5}"#, 400, "bad_request", "`max_lateness_seconds` must be"),
         (r#"{"cron": "* * * * *", "max_lateness_seconds": "1h"}"#, 400, "bad_request", "whole number of seconds"),
+        (
+            r#"{"cron": "* * * * *", "max_lateness_seconds": 18446744073709551615}"#,
+            400,
+            "bad_request",
+            "from 1 to 3162240000",
+        ),
     ];
     for (body, status, code, needle) in cases {
         let (got, answer) = srv.post("/flows/greet/schedules", body).await;
