@@ -7,7 +7,7 @@
 //!
 //! - `turn_overhead`: 100 turns on one session, SQLite, a reply step with no model call
 //!   (`per_turn_us`, with the default session trace; `per_turn_us_untraced` without;
-//!   `per_turn_us_background` traced, with `SqliteStore::background_checkpoints`).
+//!   `per_turn_us_commit_checkpoints` traced, with `SqliteStore::background_checkpoints(false)`).
 //! - `sessions_10k`: 10,000 sessions × 10 turns, 64 sessions at a time (`turns_per_s`,
 //!   `peak_rss_mb`).
 //! - `turn_flatness`: 1 session × 200 turns, SQLite, a reply step with no model call, each
@@ -77,8 +77,11 @@ async fn hundred_turns(flow: &ChatFlow<ChatState>, session: &SessionId) -> f64 {
 
 async fn turn_overhead() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let runs =
-        [(true, false, "per_turn_us"), (false, false, "per_turn_us_untraced"), (true, true, "per_turn_us_background")];
+    let runs = [
+        (true, true, "per_turn_us"),
+        (false, true, "per_turn_us_untraced"),
+        (true, false, "per_turn_us_commit_checkpoints"),
+    ];
     for (traces, background, metric) in runs {
         let store = SqliteStore::open(dir.path().join(format!("turns-{metric}.db"))).background_checkpoints(background);
         let flow = reply_flow_on(store, traces);

@@ -22,6 +22,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)] // benchmarks may panic
 
+// The allocator of `crewflow serve` (crates/crewflow-cli/src/main.rs), whose turns this measures.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};

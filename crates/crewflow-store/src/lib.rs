@@ -54,6 +54,8 @@ mod sqlite_memories;
 #[cfg(feature = "sqlite")]
 mod sqlite_open;
 #[cfg(feature = "sqlite")]
+mod sqlite_readers;
+#[cfg(feature = "sqlite")]
 mod sqlite_reports;
 #[cfg(feature = "sqlite")]
 mod sqlite_schedules;
@@ -61,6 +63,8 @@ mod sqlite_schedules;
 mod sqlite_schema;
 #[cfg(all(feature = "sqlite", feature = "chat"))]
 mod sqlite_sessions;
+#[cfg(feature = "sqlite")]
+mod sqlite_waits;
 #[cfg(feature = "sqlite")]
 mod sqlite_wal;
 mod util;

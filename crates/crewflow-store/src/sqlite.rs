@@ -7,7 +7,9 @@
 //!
 //! Calls run on the calling worker thread (`block_in_place`; `spawn_blocking` on a
 //! current-thread runtime), under the connection's mutex (SQLite has one writer at a time
-//! anyway). Measured here: a checkpoint transaction takes about 26 µs in SQLite; a hop to a
+//! anyway). Short calls (one run's or one session's rows: checkpoints, turns, journal entries)
+//! run on the worker itself, without `block_in_place`, when the connection is free; they step
+//! aside only where SQLite would wait (`sqlite_waits`). Measured here: a checkpoint transaction takes about 26 µs in SQLite; a hop to a
 //! dedicated connection thread added 40–70 µs of thread wake-ups on a 2-core machine, and a
 //! per-statement async driver cost 300 µs in all. `synchronous=NORMAL` in WAL mode by default:
 //! a killed process loses nothing; a power cut may lose the last transactions.
@@ -15,7 +17,7 @@
 //!
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -32,8 +34,14 @@ use crate::StoreError;
 use crate::heartbeat::Heartbeat;
 use crate::sqlite_chain::{chain_row, chained_state, row_state, write_chain};
 use crate::sqlite_open::{file_error, looks_like_sqlite, prepare};
+use crate::sqlite_readers::Readers;
+use crate::sqlite_waits::OnWorker;
 use crate::sqlite_wal::WalCheckpointer;
 use crate::util::{fingerprint, may_claim, parent, parse_fingerprint, parse_run_id, parse_status};
+
+/// The log size, in pages, at which the store's connection checkpoints it (SQLite's default
+/// `wal_autocheckpoint`).
+const DEFAULT_CHECKPOINT_PAGES: u32 = 1_000;
 
 enum Location {
     File(PathBuf),
@@ -43,6 +51,11 @@ enum Location {
 struct Inner {
     location: Location,
     conn: Mutex<Slot>,
+    /// Short calls wait their turn for the connection here, without holding a thread (the
+    /// connection's mutex would park the worker's thread, and hand its core to another first).
+    short_calls: tokio::sync::Semaphore,
+    /// Read-only connections for short reads (`sqlite_readers`).
+    readers: Readers,
     heartbeat: Heartbeat,
 }
 
@@ -129,7 +142,7 @@ impl SqliteStore {
     }
 
     /// The store a URL names, after `sqlite:` or `sqlite://`: `PATH` or `:memory:`, with
-    /// options as a query (`runs.db?synchronous=full`).
+    /// options as a query (`runs.db?synchronous=full&background_checkpoints=false`).
     pub(crate) fn from_url(url: &str, rest: &str) -> Result<Self, StoreError> {
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         let mut store = if path == ":memory:" { Self::in_memory() } else { Self::open(path) };
@@ -144,9 +157,21 @@ impl SqliteStore {
                     })?;
                     store = store.synchronous(mode);
                 }
+                ("background_checkpoints", value) => {
+                    let on = match value {
+                        "true" => true,
+                        "false" => false,
+                        _ => {
+                            return Err(invalid(format!(
+                                "`background_checkpoints={value}` is not a switch; use `background_checkpoints=true` (the default) or `background_checkpoints=false`"
+                            )));
+                        }
+                    };
+                    store = store.background_checkpoints(on);
+                }
                 _ => {
                     return Err(invalid(format!(
-                        "unknown option `{pair}`; a SQLite store takes `synchronous=normal` or `synchronous=full`"
+                        "unknown option `{pair}`; a SQLite store takes `synchronous=normal|full` and `background_checkpoints=true|false`"
                     )));
                 }
             }
@@ -155,9 +180,19 @@ impl SqliteStore {
     }
 
     fn with(location: Location) -> Self {
-        let slot =
-            Slot { conn: None, wal: None, synchronous: Synchronous::default(), applied: None, background: false };
-        SqliteStore { inner: Arc::new(Inner { location, conn: Mutex::new(slot), heartbeat: Heartbeat::default() }) }
+        let slot = Slot { conn: None, wal: None, synchronous: Synchronous::default(), applied: None, background: true };
+        let readers = Readers::new(match &location {
+            Location::File(path) => Some(path.clone()),
+            Location::Memory => None,
+        });
+        let inner = Inner {
+            location,
+            conn: Mutex::new(slot),
+            short_calls: tokio::sync::Semaphore::new(1),
+            readers,
+            heartbeat: Heartbeat::default(),
+        };
+        SqliteStore { inner: Arc::new(inner) }
     }
 
     /// Sets how commits wait for the disk: [`Synchronous::Normal`] (the default) or
@@ -174,22 +209,29 @@ impl SqliteStore {
         self
     }
 
-    /// Checkpoints the file's write-ahead log on a thread of the store's own, every 64 writes,
-    /// instead of inside the commit that takes the log past 1,000 pages (which then waits for
-    /// two disk flushes: milliseconds on a busy disk). Halves the average of a workload of
-    /// short transactions with pauses between them, such as conversation turns
-    /// (`turn_overhead`); slows a tight loop of writes (`persist_chain20`) by a fifth to a
-    /// half. Durability is unchanged. Off by default; for a file
-    /// store, set before its first use (it applies when the file is opened). See
-    /// `docs/store.md`.
+    /// Whether the file's write-ahead log is checkpointed on a thread of the store's own (every
+    /// 64 writes; the default) or inside the commit that takes the log past 1,000 pages, as
+    /// SQLite does on its own (`false`), which then waits for two disk flushes: milliseconds on a
+    /// busy disk, for which every other call of the store waits too. In the background, served
+    /// conversation turns (`serve_turns`) run 10–20 % faster and 64 sessions at once
+    /// (`sessions_10k`) a fifth faster; a tight loop of tiny writes (`persist_chain20`, a
+    /// checkpoint every 20 µs) runs a third slower. Durability is the same either way. Also
+    /// `sqlite://PATH?background_checkpoints=false` in a store URL. For a file store, set before
+    /// its first use (it applies when the file is opened). See `docs/store.md`.
     ///
     /// ```no_run
     /// use crewflow_store::SqliteStore;
-    /// let sessions = SqliteStore::open("chat.db").background_checkpoints(true);
+    /// let runs = SqliteStore::open("runs.db").background_checkpoints(false);
     /// ```
     pub fn background_checkpoints(self, on: bool) -> Self {
         self.inner.conn.lock().unwrap_or_else(PoisonError::into_inner).background = on;
         self
+    }
+
+    /// Whether the log is checkpointed in the background (see
+    /// [`background_checkpoints`](SqliteStore::background_checkpoints)).
+    pub fn checkpoints_in_background(&self) -> bool {
+        self.inner.conn.lock().unwrap_or_else(PoisonError::into_inner).background
     }
 
     /// The mode set by [`synchronous`](SqliteStore::synchronous).
@@ -219,6 +261,61 @@ impl SqliteStore {
         let run = move || inner.with_connection(f);
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
+            _ => tokio::task::spawn_blocking(run).await.map_err(|e| StoreError::SqliteTask(e.to_string()))?,
+        }
+    }
+
+    /// [`call`](Self::call) for a short call (one run's or one session's rows): run on the
+    /// calling worker itself when the connection is free, without handing the worker's core to
+    /// another thread and back, which costs more than such a call. Where SQLite may wait
+    /// (another process's lock, a checkpoint's disk flushes), the call steps aside first: see
+    /// [`crate::sqlite_waits`].
+    pub(crate) async fn call_short<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let f = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(RuntimeFlavor::MultiThread) => {
+                // Never closed, so `acquire` cannot fail; the permit is held through the call.
+                let _turn = self.inner.short_calls.acquire().await;
+                match self.inner.try_inline(f) {
+                    Ok(done) => return done,
+                    Err(f) => f,
+                }
+            }
+            _ => f,
+        };
+        self.call(f).await
+    }
+
+    /// [`call_short`](Self::call_short) for a short read: on a read-only connection of its own
+    /// when one is free (`sqlite_readers`), so it neither waits for nor holds up the writes.
+    pub(crate) async fn call_read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+        let mut f = f;
+        if let (Ok(RuntimeFlavor::MultiThread), Ok(_turn)) = (&flavor, self.inner.short_calls.try_acquire()) {
+            // Nobody is using or waiting for the writing connection: its page cache is warm,
+            // while a reader's is emptied by every commit of the writer.
+            match self.inner.try_inline(f) {
+                Ok(done) => return done,
+                Err(back) => f = back,
+            }
+        }
+        let Some(mut reader) = self.inner.readers.take() else { return self.call_short(f).await };
+        let inner = self.inner.clone();
+        let run = move || {
+            let result = f(&mut reader).map_err(|e| file_error(e, inner.path()));
+            inner.readers.give_back(reader);
+            result
+        };
+        match flavor {
+            Ok(RuntimeFlavor::MultiThread) => {
+                let _on_worker = OnWorker::enter();
+                run()
+            }
             _ => tokio::task::spawn_blocking(run).await.map_err(|e| StoreError::SqliteTask(e.to_string()))?,
         }
     }
@@ -350,7 +447,7 @@ impl RunStore for SqliteStore {
             let row = run.clone();
             let running = run.status == RunStatus::Running;
             boxed(
-                self.call(move |c| {
+                self.call_short(move |c| {
                     let t = ms(now());
                     let (owner, lease_until, fencing) = if row.status == RunStatus::Queued {
                         (None, None, 0)
@@ -411,7 +508,7 @@ impl RunStore for SqliteStore {
         Box::pin(async move {
             let cp = checkpoint.clone();
             boxed(
-                self.call(move |c| {
+                self.call_short(move |c| {
                     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                     let t = ms(now());
                     // The row's state: kept for a delta, '' when the state lives in the chain.
@@ -445,7 +542,7 @@ impl RunStore for SqliteStore {
         Box::pin(async move {
             let end = end.clone();
             boxed(
-                self.call(move |c| {
+                self.call_short(move |c| {
                     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                     let t = ms(now());
                     let id = end.run_id.to_string();
@@ -502,11 +599,11 @@ impl RunStore for SqliteStore {
     }
 
     fn load_run_with(&self, run_id: RunId, what: LoadRun) -> StoreFuture<'_, Option<StoredRun>> {
-        Box::pin(async move { boxed(self.call(move |c| read_run(c, run_id, what)).await) })
+        Box::pin(async move { boxed(self.call_read(move |c| read_run(c, run_id, what)).await) })
     }
 
     fn load_steps(&self, run_id: RunId) -> StoreFuture<'_, Vec<StepRow>> {
-        Box::pin(async move { boxed(self.call(move |c| read_steps(c, &run_id.to_string(), None)).await) })
+        Box::pin(async move { boxed(self.call_read(move |c| read_steps(c, &run_id.to_string(), None)).await) })
     }
 
     fn claim_run<'a>(
@@ -797,7 +894,34 @@ impl Inner {
         f: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        let Slot { conn, wal, synchronous, applied, background } = &mut *guard;
+        self.run_on(&mut guard, f)
+    }
+
+    /// Runs `f` here if the connection is open and free and the store's commits do not wait
+    /// for the disk (not [`Synchronous::Full`]); otherwise hands `f` back.
+    fn try_inline<T, F>(&self, f: F) -> Result<Result<T, StoreError>, F>
+    where
+        F: FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError>,
+    {
+        let mut guard = match self.conn.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(f),
+        };
+        let slot = &*guard;
+        if slot.conn.is_none() || slot.synchronous == Synchronous::Full || slot.applied != Some(slot.synchronous) {
+            return Err(f);
+        }
+        let _on_worker = OnWorker::enter();
+        Ok(self.run_on(&mut guard, f))
+    }
+
+    fn run_on<T>(
+        &self,
+        slot: &mut Slot,
+        f: impl FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let Slot { conn, wal, synchronous, applied, background } = slot;
         if conn.is_none() {
             *conn = Some(self.open(*synchronous, *background).map_err(|e| file_error(e, self.path()))?);
             *applied = Some(*synchronous);
@@ -805,6 +929,7 @@ impl Inner {
                 Some(p) if *background => WalCheckpointer::start(p.to_path_buf()),
                 _ => None,
             };
+            self.readers.writer_ready();
         }
         let Some(conn) = conn.as_mut() else {
             return Err(StoreError::SqliteTask("the connection did not open".into()));
@@ -833,11 +958,14 @@ impl Inner {
             None => rusqlite::Connection::open_in_memory()?,
         };
         prepare(&mut conn, &self.describe(), self.path(), synchronous)?;
-        if background && self.path().is_some() {
-            // The log is checkpointed in the background; this connection only steps in when
-            // it grows past the fallback (see `sqlite_wal`).
-            conn.pragma_update(None, "wal_autocheckpoint", crate::sqlite_wal::FALLBACK_PAGES)?;
-        }
+        // When the background thread checkpoints the log, this connection only steps in when it
+        // grows past the fallback (see `sqlite_wal`); otherwise at SQLite's default size.
+        let checkpoint_pages = if background && self.path().is_some() {
+            crate::sqlite_wal::FALLBACK_PAGES
+        } else {
+            DEFAULT_CHECKPOINT_PAGES
+        };
+        crate::sqlite_waits::install(&mut conn, Some(checkpoint_pages))?;
         Ok(conn)
     }
 }
@@ -935,6 +1063,20 @@ mod tests {
     }
 
     #[test]
+    fn background_checkpoints_are_the_default_and_a_url_turns_them_off() {
+        assert!(SqliteStore::open("runs.db").checkpoints_in_background());
+        assert!(!SqliteStore::open("runs.db").background_checkpoints(false).checkpoints_in_background());
+        let off = SqliteStore::from_url(
+            "sqlite:runs.db?background_checkpoints=false",
+            "runs.db?background_checkpoints=false",
+        );
+        assert!(!off.map(|s| s.checkpoints_in_background()).unwrap_or(true));
+        let on =
+            SqliteStore::from_url("sqlite:runs.db?background_checkpoints=true", "runs.db?background_checkpoints=true");
+        assert!(on.map(|s| s.checkpoints_in_background()).unwrap_or(false));
+    }
+
+    #[test]
     fn bad_store_url_options_are_refused_with_the_fix() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("runs.db").display().to_string();
@@ -951,6 +1093,9 @@ mod tests {
         assert!(unknown.contains(&path), "names the URL: {unknown}");
         let no_value = message(format!("sqlite://{path}?synchronous"));
         assert!(no_value.contains("`synchronous=` is not a mode"), "{no_value}");
+        let bad_switch = message(format!("sqlite://{path}?background_checkpoints=yes"));
+        assert!(bad_switch.contains("`background_checkpoints=yes` is not a switch"), "{bad_switch}");
+        assert!(bad_switch.contains("background_checkpoints=false"), "names the values: {bad_switch}");
         assert!(!dir.path().join("runs.db").exists(), "a refused URL creates nothing");
     }
 }

@@ -31,7 +31,7 @@ impl SqliteStore {
         let entry = entry.clone();
         Box::pin(async move {
             boxed(
-                self.call(move |c| {
+                self.call_short(move |c| {
                     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                     let id = run_id.to_string();
                     // Fenced like a checkpoint: a process that lost the run records nothing.
@@ -79,7 +79,7 @@ impl SqliteStore {
                 return Ok(Vec::new());
             }
             boxed(
-                self.call(move |c| {
+                self.call_read(move |c| {
                     let mut stmt = c.prepare_cached(
                         "SELECT activation, key, value, recorded_at FROM crewflow_journal
                          WHERE run_id = ?1 AND (?2 IS NULL OR activation IN (SELECT value FROM json_each(?2)))

@@ -29,7 +29,7 @@ impl SessionStore for SqliteStore {
 
     fn load_session<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, Option<StoredSession>> {
         let (flow, id) = (flow.to_string(), id.to_string());
-        Box::pin(async move { boxed(self.call(move |c| read_session(c, flow, id, None)).await) })
+        Box::pin(async move { boxed(self.call_read(move |c| read_session(c, flow, id, None)).await) })
     }
 
     fn load_session_tail<'a>(
@@ -39,14 +39,14 @@ impl SessionStore for SqliteStore {
         last: u64,
     ) -> StoreFuture<'a, Option<StoredSession>> {
         let (flow, id) = (flow.to_string(), id.to_string());
-        Box::pin(async move { boxed(self.call(move |c| read_session(c, flow, id, Some(last))).await) })
+        Box::pin(async move { boxed(self.call_read(move |c| read_session(c, flow, id, Some(last))).await) })
     }
 
     fn save_turn<'a>(&'a self, save: &'a TurnSave) -> StoreFuture<'a, ()> {
         let save = save.clone();
         Box::pin(async move {
             boxed(
-                self.call(move |c| {
+                self.call_short(move |c| {
                     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                     save_turn(&tx, &save)?;
                     tx.commit()?;
@@ -153,7 +153,7 @@ impl SessionStore for SqliteStore {
         let (flow, id) = (flow.to_string(), id.to_string());
         Box::pin(async move {
             boxed(
-                self.call(move |c| {
+                self.call_short(move |c| {
                     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                     let open: Option<String> = tx
                         .query_row(
