@@ -56,6 +56,8 @@ struct Inner {
     short_calls: tokio::sync::Semaphore,
     /// Read-only connections for short reads (`sqlite_readers`).
     readers: Readers,
+    /// The write-ahead log's size after the last commit, in pages (set by a hook of SQLite's).
+    log_pages: Arc<std::sync::atomic::AtomicU32>,
     heartbeat: Heartbeat,
 }
 
@@ -190,6 +192,7 @@ impl SqliteStore {
             conn: Mutex::new(slot),
             short_calls: tokio::sync::Semaphore::new(1),
             readers,
+            log_pages: Arc::default(),
             heartbeat: Heartbeat::default(),
         };
         SqliteStore { inner: Arc::new(inner) }
@@ -942,7 +945,7 @@ impl Inner {
         let changes = conn.total_changes();
         let result = f(conn).map_err(|e| file_error(e, self.path()));
         if let Some(wal) = wal.as_ref().filter(|_| conn.total_changes() != changes) {
-            wal.wrote();
+            wal.logged(self.log_pages.load(std::sync::atomic::Ordering::Relaxed));
         }
         result
     }
@@ -965,7 +968,7 @@ impl Inner {
         } else {
             DEFAULT_CHECKPOINT_PAGES
         };
-        crate::sqlite_waits::install(&mut conn, Some(checkpoint_pages))?;
+        crate::sqlite_waits::install(&mut conn, Some(checkpoint_pages), self.log_pages.clone())?;
         Ok(conn)
     }
 }

@@ -82,6 +82,6 @@ fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut c = Connection::open_with_flags(path, flags)?;
     c.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
-    crate::sqlite_waits::install(&mut c, None)?; // a reader never commits
+    crate::sqlite_waits::install(&mut c, None, Default::default())?; // a reader never commits
     Ok(c)
 }

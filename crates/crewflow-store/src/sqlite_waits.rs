@@ -21,6 +21,8 @@
 //! [`Synchronous::Full`]: crate::Synchronous::Full
 
 use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// How long a call waits for another process's write lock before failing with `SQLITE_BUSY`.
@@ -78,7 +80,12 @@ fn busy_sleep(count: u32) -> Option<Duration> {
 /// Sets the connection's busy handler and, for a connection that writes, its log checkpoints
 /// (at `checkpoint_pages` pages), both stepping aside on a worker. Replaces SQLite's
 /// `busy_timeout` and `wal_autocheckpoint`, so neither may be set on this connection afterwards.
-pub(crate) fn install(c: &mut rusqlite::Connection, checkpoint_pages: Option<u32>) -> rusqlite::Result<()> {
+/// After each commit the log's size, in pages, is stored in `log_pages`.
+pub(crate) fn install(
+    c: &mut rusqlite::Connection,
+    checkpoint_pages: Option<u32>,
+    log_pages: Arc<AtomicU32>,
+) -> rusqlite::Result<()> {
     c.busy_handler(Some(|count: i32| match busy_sleep(count.max(0) as u32) {
         Some(sleep) => {
             stepping_aside(|| std::thread::sleep(sleep));
@@ -89,6 +96,7 @@ pub(crate) fn install(c: &mut rusqlite::Connection, checkpoint_pages: Option<u32
     let Some(pages) = checkpoint_pages else { return Ok(()) };
     let pages = i32::try_from(pages).unwrap_or(i32::MAX);
     c.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, in_log: i32| {
+        log_pages.store(u32::try_from(in_log).unwrap_or(0), Ordering::Relaxed);
         if in_log >= pages {
             // As SQLite's own: a passive checkpoint, whose failure the commit does not see
             // (the commit is done; the next one tries again).

@@ -7,7 +7,7 @@
 //! busy disk, the larger part of a conversation turn's average cost (`turn_overhead`).
 //!
 //! A file store can therefore checkpoint on a thread of its own, with a connection of its own,
-//! after every [`EVERY`] writes (SQLite's `PASSIVE` mode: it never blocks the writer, and
+//! each time the log has grown by [`EVERY_PAGES`] (SQLite's `PASSIVE` mode: it never blocks the writer, and
 //! readers keep reading): [`SqliteStore::background_checkpoints`](crate::SqliteStore::background_checkpoints).
 //! The log file is reused from its start once a checkpoint has copied all of it; under writes
 //! that never pause, each checkpoint finds new pages behind it and the log grows until the
@@ -27,8 +27,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
-/// Writes between two background checkpoints.
-pub(crate) const EVERY: u64 = 64;
+/// Pages the log grows by between two background checkpoints (SQLite's own `wal_autocheckpoint`
+/// default). Every 64 writes, as at first, flushed the disk so often that a tight loop of small
+/// writes ran at half speed, its appends to the log waiting on pages being flushed.
+pub(crate) const EVERY_PAGES: u32 = 1_000;
 
 /// The log size, in pages, past which the store's own connection checkpoints (SQLite's
 /// `wal_autocheckpoint`; its default is 1,000).
@@ -45,11 +47,20 @@ struct Shared {
     wake: Condvar,
 }
 
-#[derive(Default)]
 struct State {
-    /// Writes since the last checkpoint.
-    writes: u64,
+    /// The log's size after the last commit, in pages.
+    pages: u32,
+    /// The size at which the next checkpoint is due.
+    next_at: u32,
+    /// A checkpoint is due.
+    due: bool,
     stop: bool,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State { pages: 0, next_at: EVERY_PAGES, due: false, stop: false }
+    }
 }
 
 impl WalCheckpointer {
@@ -62,11 +73,18 @@ impl WalCheckpointer {
         Some(WalCheckpointer { shared })
     }
 
-    /// Counts a write; every [`EVERY`] writes, wakes the thread.
-    pub fn wrote(&self) {
+    /// Notes the log's size after a commit; wakes the thread each time it has grown by
+    /// [`EVERY_PAGES`] since it was last reused from its start.
+    pub fn logged(&self, pages: u32) {
         let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.writes += 1;
-        if state.writes == EVERY {
+        if pages < state.pages {
+            // A checkpoint copied the whole log, and the writer started it again from its start.
+            state.next_at = EVERY_PAGES;
+        }
+        state.pages = pages;
+        if pages >= state.next_at {
+            state.next_at = pages.saturating_add(EVERY_PAGES);
+            state.due = true;
             self.shared.wake.notify_one();
         }
     }
@@ -89,13 +107,13 @@ impl Shared {
         loop {
             {
                 let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-                while !state.stop && state.writes < EVERY {
+                while !state.stop && !state.due {
                     state = self.wake.wait(state).unwrap_or_else(PoisonError::into_inner);
                 }
                 if state.stop {
                     return;
                 }
-                state.writes = 0;
+                state.due = false;
             }
             // PASSIVE: copies what no reader still needs and never waits for the writer; what
             // it leaves is copied next time. Errors (a busy file) are retried next time too.
