@@ -48,6 +48,8 @@ mod sqlite_chain;
 #[cfg(feature = "sqlite")]
 mod sqlite_compact;
 #[cfg(feature = "sqlite")]
+mod sqlite_connection;
+#[cfg(feature = "sqlite")]
 mod sqlite_journal;
 #[cfg(feature = "sqlite")]
 mod sqlite_memories;
