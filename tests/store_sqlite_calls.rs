@@ -70,7 +70,9 @@ async fn a_write_waiting_for_another_connections_lock_lets_the_runtime_run() {
             }
         }
     });
-    // On the worker (the test's own body runs on another thread).
+    // On the worker (the test's own body runs on another thread). A ticker every 10 ms ticks
+    // some 60 times in the wait when the write steps aside, and at most once when it does not:
+    // at least 5 leaves room for a machine busy with other tests.
     let (run, waited, ticked) = tokio::spawn({
         let (flow, ticks) = (flow.clone(), ticks.clone());
         async move {
@@ -86,7 +88,7 @@ async fn a_write_waiting_for_another_connections_lock_lets_the_runtime_run() {
     holder.join().unwrap();
 
     assert!(waited >= Duration::from_millis(300), "the write did not wait for the lock ({waited:?})");
-    assert!(ticked >= 10, "the runtime stood still while the write waited {waited:?}: {ticked} ticks");
+    assert!(ticked >= 5, "the runtime stood still while the write waited {waited:?}: {ticked} ticks");
     let stored = store.load_run(run.id).await.unwrap().unwrap();
     assert_eq!(stored.status, RunStatus::Finished);
 }
