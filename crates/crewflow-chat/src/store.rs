@@ -303,6 +303,29 @@ pub trait SessionStore: Send + Sync {
         Box::pin(async { Ok(None) })
     }
 
+    /// Takes the session's lock as [`lock_session`](Self::lock_session) does, then reads the
+    /// session under it: with its last `last` messages as
+    /// [`load_session_tail`](Self::load_session_tail) does, or whole (`None`). What a turn
+    /// does first. The default makes the two calls in turn; a store may send both at once
+    /// (PostgreSQL does, on the lock's own connection, where the read runs after the lock is
+    /// taken).
+    fn lock_and_load<'a>(
+        &'a self,
+        flow: &'a str,
+        id: &'a str,
+        wait: Duration,
+        last: Option<u64>,
+    ) -> StoreFuture<'a, (Option<SessionGuard>, Option<StoredSession>)> {
+        Box::pin(async move {
+            let guard = self.lock_session(flow, id, wait).await?;
+            let session = match last {
+                Some(last) => self.load_session_tail(flow, id, last).await?,
+                None => self.load_session(flow, id).await?,
+            };
+            Ok((guard, session))
+        })
+    }
+
     /// Finalizes the session's open trace (closing its session span); `false` when it had no
     /// open trace (already finalized, or none yet). Safe to repeat.
     fn finalize_trace<'a>(&'a self, flow: &'a str, id: &'a str) -> StoreFuture<'a, bool>;

@@ -360,12 +360,19 @@ impl<S: Conversational> ChatFlow<S> {
                 locks.lock(&lock, wait).await.ok_or_else(busy)?
             }
         };
-        let remote = self
+        // The lock, and under it the session as the turn reads it (one round trip where the
+        // store sends both together).
+        let (remote, stored) = self
             .store
-            .lock_session(self.name(), session.as_str(), wait.saturating_sub(clock.elapsed()))
+            .lock_and_load(
+                self.name(),
+                session.as_str(),
+                wait.saturating_sub(clock.elapsed()),
+                self.options.turn_loads(),
+            )
             .await
-            .map_err(|e| self.fail("lock the session", e))?;
-        let result = self.locked_turn(ask, (clock, started_at)).await;
+            .map_err(|e| self.fail("lock and load the session", e))?;
+        let result = self.locked_turn(ask, (clock, started_at), stored).await;
         if let Some(guard) = remote {
             guard.release().await;
         }
@@ -377,10 +384,11 @@ impl<S: Conversational> ChatFlow<S> {
         &self,
         ask: Ask<'_>,
         (clock, started_at): (Instant, DateTime<Utc>),
+        stored: Option<StoredSession>,
     ) -> Result<Turn, ChatError> {
         let Ask { session, message, key, sink, existing } = ask;
         let options = &self.options;
-        let (mut state, expected_turns, loaded) = match self.load_for_turn(session).await? {
+        let (mut state, expected_turns, loaded) = match self.load_for_turn(session, stored).await? {
             Some((state, turns, loaded)) => (state, turns, loaded),
             None if existing => return Err(ChatError::UnknownSession { session: session.to_string() }),
             // A new id starts from the default state, never from another session's.
@@ -490,8 +498,13 @@ impl<S: Conversational> ChatFlow<S> {
     }
 
     /// The session's state with the end of its transcript a turn needs (see
-    /// [`ChatOptions::whole_transcript`]), its turn count, and what was loaded.
-    async fn load_for_turn(&self, session: &SessionId) -> Result<Option<(S, u64, Loaded)>, ChatError> {
+    /// [`ChatOptions::whole_transcript`]), its turn count, and what was loaded; `stored` is
+    /// what was read with the lock.
+    async fn load_for_turn(
+        &self,
+        session: &SessionId,
+        stored: Option<StoredSession>,
+    ) -> Result<Option<(S, u64, Loaded)>, ChatError> {
         let load = |last: Option<u64>| async move {
             let (name, id) = (self.name(), session.as_str());
             match last {
@@ -500,7 +513,7 @@ impl<S: Conversational> ChatFlow<S> {
             }
             .map_err(|e| self.fail("load the session", e))
         };
-        let Some(stored) = load(self.options.turn_loads()).await? else { return Ok(None) };
+        let Some(stored) = stored else { return Ok(None) };
         let (turns, count) = (stored.turns, stored.message_count);
         let (state, loaded) = self.restore(session, stored)?;
         // Compaction summarizes every message the summary does not cover; after a summarizer

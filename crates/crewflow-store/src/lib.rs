@@ -40,6 +40,8 @@ mod postgres_schedules;
 mod postgres_schema;
 #[cfg(all(feature = "postgres", feature = "chat"))]
 mod postgres_sessions;
+#[cfg(all(feature = "postgres", feature = "chat"))]
+mod postgres_turns;
 mod sessions_schema;
 #[cfg(feature = "sqlite")]
 mod sqlite;

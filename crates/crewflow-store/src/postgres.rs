@@ -107,7 +107,7 @@ impl PostgresStore {
         Ok(client)
     }
 
-    /// A connection for holding a session lock (no migration needed: it only locks); `None`
+    /// A connection for holding a session lock (and reading the session under it); `None`
     /// when none frees up within `wait` (every lock connection holds a session).
     #[cfg_attr(not(feature = "chat"), allow(dead_code))]
     pub(crate) async fn lock_client(&self, wait: Duration) -> Result<Option<deadpool_postgres::Object>, StoreError> {
@@ -117,7 +117,10 @@ impl PostgresStore {
             recycle: Some(Duration::from_secs(5)),
         };
         match self.inner.locks.timeout_get(&timeouts).await {
-            Ok(client) => Ok(Some(client)),
+            Ok(mut client) => {
+                self.inner.migrated.get_or_try_init(|| migrate(&mut client, &self.inner.target)).await?;
+                Ok(Some(client))
+            }
             Err(deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)) => Ok(None),
             Err(e) => Err(self.unavailable(e)),
         }
