@@ -184,6 +184,71 @@ mod postgres {
         PostgresStore::connect_lazy(&common::postgres::fresh_schema().await).unwrap()
     }
 
+    /// Whether another process (a store of its own, so other connections) can take the lock.
+    async fn free_for(other: &PostgresStore) -> bool {
+        match other.lock_session("f", "s", Duration::from_millis(30)).await {
+            Ok(Some(guard)) => {
+                guard.release().await;
+                true
+            }
+            Ok(None) => panic!("PostgreSQL stores have session locks"),
+            Err(e) => {
+                assert!(e.to_string().contains("held by another process"), "{e}");
+                false
+            }
+        }
+    }
+
+    /// Inside a turn the save runs on the lock's connection and releases the lock with its
+    /// commit (one round trip); a save that stores nothing keeps the lock until the guard lets
+    /// go; the guard's release after a save that released changes nothing.
+    #[tokio::test]
+    #[cfg_attr(
+        not(crewflow_postgres_tests),
+        ignore = "set CREWFLOW_TEST_POSTGRES=postgres://... to run PostgreSQL tests"
+    )]
+    async fn a_turns_save_releases_its_lock_only_once_committed() {
+        let url = common::postgres::fresh_schema().await;
+        let (store, other) = (PostgresStore::connect_lazy(&url).unwrap(), PostgresStore::connect_lazy(&url).unwrap());
+        let wait = Duration::from_secs(1);
+
+        // A first turn is saved step by step: the lock stays with the guard.
+        let (guard, loaded) = store.lock_and_load("f", "s", wait, Some(20)).await.unwrap();
+        assert!(loaded.is_none());
+        store.save_turn(&save(0, 0, 0, &[("user", "a"), ("assistant", "b")], None)).await.unwrap();
+        assert!(!free_for(&other).await, "still locked after a step-by-step save");
+        guard.unwrap().release().await;
+        assert!(free_for(&other).await);
+
+        // A later turn: committed and released in one go, before the guard lets go.
+        let (guard, loaded) = store.lock_and_load("f", "s", wait, Some(20)).await.unwrap();
+        assert_eq!(loaded.unwrap().messages.len(), 2);
+        assert!(!free_for(&other).await);
+        store.save_turn(&save(1, 1, 2, &[("user", "c"), ("assistant", "d")], None)).await.unwrap();
+        assert!(free_for(&other).await, "the save released the lock with its commit");
+        guard.unwrap().release().await;
+        assert!(free_for(&other).await);
+
+        // A refused save keeps the lock: what follows it still runs under the lock.
+        let (guard, _) = store.lock_and_load("f", "s", wait, Some(20)).await.unwrap();
+        let err = store.save_turn(&save(1, 1, 2, &[("user", "late")], None)).await.unwrap_err();
+        assert!(err.to_string().contains("nothing of this turn was saved"), "{err}");
+        assert!(!free_for(&other).await, "a refused save does not release the lock");
+        guard.unwrap().release().await;
+        assert!(free_for(&other).await);
+
+        // Many turns in a row reuse the lock connections (none leaks, none stays locked).
+        for turn in 2..40u64 {
+            let (guard, loaded) = store.lock_and_load("f", "s", wait, Some(2)).await.unwrap();
+            assert_eq!(loaded.unwrap().turns, turn);
+            let from = turn * 2;
+            store.save_turn(&save(turn, turn, from, &[("user", "x"), ("assistant", "y")], None)).await.unwrap();
+            guard.unwrap().release().await;
+        }
+        assert!(free_for(&other).await);
+        assert_eq!(stored(&store).await.1, 40);
+    }
+
     #[tokio::test]
     #[cfg_attr(
         not(crewflow_postgres_tests),

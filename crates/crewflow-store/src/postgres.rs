@@ -53,6 +53,9 @@ struct Inner {
     locks: Pool,
     migrated: OnceCell<()>,
     heartbeat: Heartbeat,
+    /// The session locks this process holds (their connections are in `locks`).
+    #[cfg(feature = "chat")]
+    held: crate::postgres_sessions::HeldLocks,
 }
 
 /// A store in a PostgreSQL database, shared by any number of processes.
@@ -90,6 +93,8 @@ impl PostgresStore {
                 locks: pool_of(LOCK_CONNECTIONS)?,
                 migrated: OnceCell::new(),
                 heartbeat: Heartbeat::default(),
+                #[cfg(feature = "chat")]
+                held: Default::default(),
             }),
         })
     }
@@ -99,6 +104,12 @@ impl PostgresStore {
         let store = Self::connect_lazy(url)?;
         drop(store.client().await?);
         Ok(store)
+    }
+
+    /// The session locks this process holds.
+    #[cfg(feature = "chat")]
+    pub(crate) fn held_locks(&self) -> &crate::postgres_sessions::HeldLocks {
+        &self.inner.held
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {

@@ -6,6 +6,8 @@
 //! waiters queue in the server and are served in order. If the turn's process dies, its
 //! connection closes and the server releases the lock.
 
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -24,43 +26,90 @@ use crate::util::{parse_role, parse_run_id};
 
 /// The advisory lock key of a session: FNV-1a over flow and id (stable across processes and
 /// versions, unlike `std`'s hasher).
-fn lock_key(flow: &str, id: &str) -> i64 {
+pub(crate) fn lock_key(flow: &str, id: &str) -> i64 {
     let bytes = flow.bytes().chain(std::iter::once(0)).chain(id.bytes());
     bytes.fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)) as i64
 }
 
-/// A connection holding an advisory lock. Dropped without a clean unlock (a cancelled turn
+/// A connection holding an advisory lock. Dropped while it holds the lock (a cancelled turn
 /// without a runtime), it closes its connection instead of returning it to the pool, so the
 /// server releases the lock.
-struct HeldLock {
-    client: Option<Object>,
+pub(crate) struct HeldLock {
+    pub(crate) client: Option<Object>,
     key: i64,
+    /// Whether the lock may still be held: a turn's save releases it with its commit, in the
+    /// same round trip (`postgres_turns.rs`), and the guard's release then only returns the
+    /// connection.
+    pub(crate) locked: bool,
 }
 
 impl HeldLock {
-    async fn unlock(mut self) {
-        if let Some(client) = self.client.take() {
-            // Prepared once per connection: a plain string would be parsed again every turn,
-            // a round trip of its own (as in `add_to_trace`).
-            let unlocked = match client.prepare_cached("SELECT pg_advisory_unlock($1)").await {
+    /// The lock's key.
+    pub(crate) fn key(&self) -> i64 {
+        self.key
+    }
+
+    /// Releases the lock (unless a save did) and returns the connection to the pool; closes
+    /// the connection instead when the release fails, which releases the lock too.
+    async fn release(&mut self) {
+        let Some(client) = self.client.take() else { return };
+        // Prepared once per connection: a plain string would be parsed again every turn, a
+        // round trip of its own.
+        let unlocked = !self.locked
+            || match client.prepare_cached("SELECT pg_advisory_unlock($1)").await {
                 Ok(stmt) => client.query_one(&stmt, &[&self.key]).await.is_ok(),
                 Err(_) => false,
             };
-            if unlocked {
-                drop(client); // back to the pool, unlocked
-            } else {
-                drop(Object::take(client)); // closes the connection: the lock goes with it
-            }
+        self.locked = false;
+        if unlocked {
+            drop(client); // back to the pool, unlocked
+        } else {
+            drop(Object::take(client)); // closes the connection: the lock goes with it
         }
     }
 }
 
 impl Drop for HeldLock {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
+        if let Some(client) = self.client.take()
+            && self.locked
+        {
             drop(Object::take(client));
         }
     }
+}
+
+/// The session locks this process holds through a store, by lock key, so that a turn's save
+/// can run on its session's lock connection and release the lock in its own round trip. Weak:
+/// a guard dropped without a runtime drops its lock (closing the connection), whatever this
+/// map still names.
+#[derive(Default)]
+pub(crate) struct HeldLocks(std::sync::Mutex<HashMap<i64, Weak<tokio::sync::Mutex<HeldLock>>>>);
+
+impl HeldLocks {
+    fn insert(&self, key: i64, lock: &Arc<tokio::sync::Mutex<HeldLock>>) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(key, Arc::downgrade(lock));
+    }
+
+    /// The lock held for `key`, if this process holds it.
+    pub(crate) fn get(&self, key: i64) -> Option<Arc<tokio::sync::Mutex<HeldLock>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).get(&key).and_then(Weak::upgrade)
+    }
+
+    fn remove(&self, key: i64, lock: &Arc<tokio::sync::Mutex<HeldLock>>) {
+        let mut held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.get(&key).is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(lock))) {
+            held.remove(&key);
+        }
+    }
+}
+
+/// A session guard's release: forgets the lock, releases it (unless the turn's save did) and
+/// returns its connection.
+async fn release(store: PostgresStore, lock: Arc<tokio::sync::Mutex<HeldLock>>) {
+    let mut held = lock.lock().await;
+    store.held_locks().remove(held.key, &lock);
+    held.release().await;
 }
 
 fn ms(d: Duration) -> i64 {
@@ -112,7 +161,9 @@ impl PostgresStore {
         let busy = || StoreError::SessionLocked(SessionLockTimeout { session: id.to_string() });
         let deadline = tokio::time::Instant::now() + wait;
         let client = self.lock_client(wait).await?.ok_or_else(busy)?;
-        let held = HeldLock { client: Some(client), key: lock_key(flow, id) };
+        let key = lock_key(flow, id);
+        // `locked` from the first try on: a try cut short may still take the lock on the server.
+        let held = HeldLock { client: Some(client), key, locked: true };
         let mut pause = Duration::from_millis(2);
         let mut first = read;
         loop {
@@ -124,7 +175,9 @@ impl PostgresStore {
                     (None, Some(last)) => held.read(flow, id, last).await?,
                     (None, None) => None,
                 };
-                return Ok((SessionGuard::new(held.unlock()), stored));
+                let held = Arc::new(tokio::sync::Mutex::new(held));
+                self.held_locks().insert(key, &held);
+                return Ok((SessionGuard::new(release(self.clone(), held)), stored));
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {

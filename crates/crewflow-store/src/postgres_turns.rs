@@ -28,7 +28,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::StoreError;
 use crate::postgres::PostgresStore;
-use crate::postgres_sessions::finalize;
+use crate::postgres_sessions::{finalize, lock_key};
 use crate::util::message_gap;
 
 /// Saves a turn (see the module's docs).
@@ -37,26 +37,44 @@ pub(crate) async fn save_turn(store: &PostgresStore, save: &TurnSave) -> Result<
     if save.expected_turns == 0 && save.messages_from > 0 {
         return Err(message_gap(save, 0));
     }
+    // Inside a turn, this process holds the session's lock: the save runs on the lock's
+    // connection, and releases the lock once it is committed.
+    if let Some(lock) = store.held_locks().get(lock_key(&save.flow, &save.session_id)) {
+        let mut held = lock.lock().await;
+        let key = held.key();
+        if let (true, Some(client)) = (held.locked, held.client.as_mut()) {
+            let (saved, unlocked) = save_on(client, save, Some(key)).await;
+            held.locked = !unlocked;
+            return saved;
+        }
+    }
     let mut client = store.client().await?;
+    save_on(&mut client, save, None).await.0
+}
+
+/// Saves a turn on `client`; with `unlock`, also releases that session lock if the turn was
+/// committed (with the commit, in its round trip). Returns whether it released it.
+async fn save_on(client: &mut Object, save: &TurnSave, unlock: Option<i64>) -> (Result<(), StoreError>, bool) {
     if save.expected_turns > 0 {
-        match pipelined(&client, save).await? {
-            Outcome::Saved => return Ok(()),
-            Outcome::SessionMoved => return Err(session_moved(&client, save).await?),
+        match pipelined(client, save, unlock).await {
+            Ok((Outcome::Saved, unlocked)) => return (Ok(()), unlocked),
+            Ok((Outcome::SessionMoved, _)) => return (session_moved(client, save).await.and_then(Err), false),
             // Rolled back: saved again below, step by step.
-            Outcome::TraceToOpen => {}
+            Ok((Outcome::TraceToOpen, _)) => {}
+            Err(e) => return (Err(e), false),
         }
     }
-    let tx = client.transaction().await?;
-    match in_steps(&tx, save).await? {
-        Outcome::Saved => {
-            tx.commit().await?;
-            Ok(())
+    let saved = async {
+        let tx = client.transaction().await?;
+        match in_steps(&tx, save).await? {
+            Outcome::Saved => Ok(tx.commit().await?),
+            _ => {
+                tx.rollback().await?;
+                Err(session_moved(client, save).await?)
+            }
         }
-        _ => {
-            tx.rollback().await?;
-            Err(session_moved(&client, save).await?)
-        }
-    }
+    };
+    (saved.await, false)
 }
 
 /// Refuses text PostgreSQL cannot keep (U+0000), before anything is written.
@@ -132,6 +150,12 @@ const ADD_TO_OPEN_TRACE: &str = "WITH counted AS (
      SELECT CASE WHEN count(*) > 0 THEN count(*)
                  ELSE ('crewflow: no open trace (' || count(*) || ')')::bigint END
      FROM counted";
+
+/// Releases the session's lock (`$1`) if the turn is stored: sent after the `COMMIT`, so it
+/// runs once the turn is committed or rolled back, and finds the turn only in the first case.
+/// A turn not saved keeps the lock for what comes next (a save step by step, or the guard).
+const UNLOCK_IF_SAVED: &str = "SELECT pg_advisory_unlock($1) FROM crewflow_turns
+     WHERE flow = $2 AND session_id = $3 AND idx = $4 AND run_id = $5";
 
 /// Spans added to a trace given by id.
 const INSERT_SPANS: &str =
@@ -223,7 +247,7 @@ impl<'a> Values<'a> {
 /// The save in one round trip (see the module's docs). The statements are prepared first
 /// (once per connection), so that the pipeline's first poll sends all five messages, in
 /// order: a turn dropped after that leaves nothing half-sent on the connection.
-async fn pipelined(client: &Object, save: &TurnSave) -> Result<Outcome, StoreError> {
+async fn pipelined(client: &Object, save: &TurnSave, unlock: Option<i64>) -> Result<(Outcome, bool), StoreError> {
     let values = Values::of(save)?;
     let session_stmt = client.prepare_cached(UPDATE_SESSION).await?;
     let turn_stmt = client.prepare_cached(INSERT_TURN).await?;
@@ -231,33 +255,49 @@ async fn pipelined(client: &Object, save: &TurnSave) -> Result<Outcome, StoreErr
         Some(_) => Some(client.prepare_cached(ADD_TO_OPEN_TRACE).await?),
         None => None,
     };
+    let unlock_stmt = match unlock {
+        Some(_) => Some(client.prepare_cached(UNLOCK_IF_SAVED).await?),
+        None => None,
+    };
     let (session_params, turn_params, trace_params) = (values.update_session(), values.turn(), values.open_trace());
+    let key = unlock.unwrap_or_default();
+    let unlock_params: [&(dyn ToSql + Sync); 5] = [&key, &save.flow, &save.session_id, &values.index, &values.run_id];
     let traced = async {
         match &trace_stmt {
             Some(stmt) => client.query_one(stmt, &trace_params).await.map(|_| ()),
             None => Ok(()),
         }
     };
-    let (begun, moved, added, traced, committed) = futures::join!(
+    let unlocked = async {
+        match &unlock_stmt {
+            Some(stmt) => client.query_opt(stmt, &unlock_params).await.map(|row| row.is_some_and(|r| r.get(0))),
+            None => Ok(false),
+        }
+    };
+    let (begun, moved, added, traced, committed, unlocked) = futures::join!(
         client.batch_execute("BEGIN"),
         client.query_one(&session_stmt, &session_params),
         client.execute(&turn_stmt, &turn_params),
         traced,
         client.batch_execute("COMMIT"),
+        unlocked,
     );
     // Any failure aborted the transaction, and the `COMMIT` rolled it back.
+    // The release ran after the commit, and only if the turn is stored: a failure to release
+    // leaves the lock to the guard, which closes the connection if it cannot either.
+    let unlocked = unlocked.unwrap_or(false);
     begun?;
     match moved {
-        Err(e) if raised(&e, SESSION_MOVED) => return Ok(Outcome::SessionMoved),
+        Err(e) if raised(&e, SESSION_MOVED) => return Ok((Outcome::SessionMoved, unlocked)),
         other => other?,
     };
     added?;
     match traced {
-        Err(e) if raised(&e, NO_OPEN_TRACE) => return Ok(Outcome::TraceToOpen),
+        Err(e) if raised(&e, NO_OPEN_TRACE) => return Ok((Outcome::TraceToOpen, unlocked)),
         other => other?,
     }
     committed?;
-    Ok(Outcome::Saved)
+    Ok((Outcome::Saved, unlocked))
 }
 
 /// The save step by step, inside `tx` (the caller commits on [`Outcome::Saved`]): a session's
