@@ -18,8 +18,14 @@
 //! so the planner cannot fold it ahead of time). A session's first turn is saved step by step
 //! (`BEGIN`, statements, `COMMIT`, each awaited), inside a `Transaction`.
 //!
-//! Before: seven round trips per turn (`BEGIN`, five statements, `COMMIT`). `serve_turns_pg`
-//! measures the difference (docs/server.md).
+//! Inside a turn the save runs on the connection that holds the session's lock
+//! (`postgres_sessions.rs`, `HeldLocks`), and the batch ends with the lock's release, which
+//! runs only if the turn is stored (it looks for the turn's row after the `COMMIT`): a stored
+//! turn is released in the same round trip, and a turn not saved keeps its lock for what comes
+//! next (the save step by step, or the guard's release).
+//!
+//! Before: eight round trips per save and its release (`BEGIN`, five statements, `COMMIT`, the
+//! release). `serve_turns_pg` measures the difference (docs/server.md).
 
 use crewflow_chat::{SessionConflict, SpanRecord, TraceWrite, TurnSave};
 use deadpool_postgres::{Object, Transaction};
