@@ -384,15 +384,7 @@ async fn add_to_trace(
                 &[&id, &save.flow, &save.session_id, &save.turn.started_at],
             )
             .await?;
-            let session_span = SpanRecord {
-                span_id: "session".into(),
-                parent_id: None,
-                kind: "session".into(),
-                name: save.session_id.clone(),
-                started_at: save.turn.started_at,
-                ended_at: None,
-                attributes: serde_json::json!({ "flow": save.flow }),
-            };
+            let session_span = crate::util::session_span(save);
             tx.execute(&insert_spans, &[&id, &spans_json(std::slice::from_ref(&session_span))]).await?;
             id
         }

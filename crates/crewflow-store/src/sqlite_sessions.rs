@@ -420,15 +420,7 @@ fn add_to_trace(tx: &Transaction<'_>, save: &TurnSave, trace: &TraceWrite, t: i6
                 "INSERT INTO crewflow_traces (id, flow, session_id, turns, started_at, updated_at) VALUES (?1, ?2, ?3, 0, ?4, ?4)",
                 params![id, save.flow, save.session_id, ms(save.turn.started_at)],
             )?;
-            let session_span = SpanRecord {
-                span_id: "session".into(),
-                parent_id: None,
-                kind: "session".into(),
-                name: save.session_id.clone(),
-                started_at: save.turn.started_at,
-                ended_at: None,
-                attributes: serde_json::json!({ "flow": save.flow }),
-            };
+            let session_span = crate::util::session_span(save);
             insert_spans(tx, &id, std::slice::from_ref(&session_span))?;
             id
         }

@@ -58,6 +58,20 @@ pub(crate) fn parse_role(role: &str) -> Result<crewflow_chat::Role, StoreError> 
         .ok_or_else(|| StoreError::Corrupt(format!("message role `{role}`")))
 }
 
+/// The span a new trace opens with: the session's, open until the trace is finalized.
+#[cfg(feature = "chat")]
+pub(crate) fn session_span(save: &crewflow_chat::TurnSave) -> crewflow_chat::SpanRecord {
+    crewflow_chat::SpanRecord {
+        span_id: "session".into(),
+        parent_id: None,
+        kind: "session".into(),
+        name: save.session_id.clone(),
+        started_at: save.turn.started_at,
+        ended_at: None,
+        attributes: serde_json::json!({ "flow": save.flow }),
+    }
+}
+
 /// The refusal of a save whose messages start past the end of the stored transcript.
 #[cfg(feature = "chat")]
 pub(crate) fn message_gap(save: &crewflow_chat::TurnSave, count: u64) -> StoreError {
