@@ -362,14 +362,10 @@ impl<S: Conversational> ChatFlow<S> {
         };
         // The lock, and under it the session as the turn reads it (one round trip where the
         // store sends both together).
+        let left = wait.saturating_sub(clock.elapsed());
         let (remote, stored) = self
             .store
-            .lock_and_load(
-                self.name(),
-                session.as_str(),
-                wait.saturating_sub(clock.elapsed()),
-                self.options.turn_loads(),
-            )
+            .lock_and_load(self.name(), session.as_str(), left, self.options.turn_loads())
             .await
             .map_err(|e| self.fail("lock and load the session", e))?;
         let result = self.locked_turn(ask, (clock, started_at), stored).await;
@@ -505,14 +501,6 @@ impl<S: Conversational> ChatFlow<S> {
         session: &SessionId,
         stored: Option<StoredSession>,
     ) -> Result<Option<(S, u64, Loaded)>, ChatError> {
-        let load = |last: Option<u64>| async move {
-            let (name, id) = (self.name(), session.as_str());
-            match last {
-                Some(last) => self.store.load_session_tail(name, id, last).await,
-                None => self.store.load_session(name, id).await,
-            }
-            .map_err(|e| self.fail("load the session", e))
-        };
         let Some(stored) = stored else { return Ok(None) };
         let (turns, count) = (stored.turns, stored.message_count);
         let (state, loaded) = self.restore(session, stored)?;
@@ -523,7 +511,8 @@ impl<S: Conversational> ChatFlow<S> {
             return Ok(Some((state, turns, loaded)));
         }
         let uncovered = count.saturating_sub(loaded.summarized.0 as u64);
-        let Some(stored) = load(Some(uncovered)).await? else { return Ok(None) };
+        let reloaded = self.store.load_session_tail(self.name(), session.as_str(), uncovered).await;
+        let Some(stored) = reloaded.map_err(|e| self.fail("load the session", e))? else { return Ok(None) };
         let turns = stored.turns;
         let (state, loaded) = self.restore(session, stored)?;
         Ok(Some((state, turns, loaded)))
