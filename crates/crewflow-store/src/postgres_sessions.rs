@@ -2,9 +2,11 @@
 //! locks across processes.
 //!
 //! A session lock is a PostgreSQL advisory lock on a connection held for the whole turn
-//! (keyed by a 64-bit hash of flow and session id). The wait is bounded by `lock_timeout`, so
-//! waiters queue in the server and are served in order. If the turn's process dies, its
-//! connection closes and the server releases the lock.
+//! (keyed by a 64-bit hash of flow and session id), tried with `pg_try_advisory_lock` and a
+//! short backoff within `lock_timeout`. The turn's read and save run on that connection too:
+//! the read is sent with the lock's first try, and the save (`postgres_turns.rs`) releases the
+//! lock with its commit. If the turn's process dies, its connection closes and the server
+//! releases the lock.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, Weak};

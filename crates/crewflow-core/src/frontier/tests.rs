@@ -4,8 +4,6 @@
 //! proptest), with router decisions given as a function of the router and how many times it
 //! ran. That is enough to check the trigger algebra's semantics under every interleaving.
 //! Kept as one file on purpose: the simulator and the cases that drive it are read together.
-//!
-//! Kept as one file: the simulator and the cases that drive it read together.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
