@@ -119,8 +119,8 @@ impl ContentPipeline {
             .backstory("You read sources carefully and never invent facts.")
             .max_iter(4);
         let mut inputs = Inputs::from([("topic", topic.clone()), ("breadth", attempt.to_string())]);
-        let description = if self.llm.provider() == "local" {
-            // The local model cannot call tools: it reads what the search found.
+        let description = if !self.llm.calls_tools().await? {
+            // A model without tools (the default local one) reads what the search found.
             inputs.insert("sources", if found.is_empty() { "(none)".to_string() } else { found.clone() });
             "List the key facts about {topic} in these sources:\n{sources}"
         } else {
@@ -226,10 +226,11 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let topic = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
     let topic = if topic.is_empty() { "async runtimes".to_string() } else { topic };
     let llm = Llm::from_env()?;
-    if llm.provider() == "local" {
+    if !llm.calls_tools().await? {
         println!(
-            "Model: local ({}). It cannot call tools, so the research step searches and the researcher reads what it found; \
+            "Model: {} ({}). It cannot call tools, so the research step searches and the researcher reads what it found; \
              set CREWFLOW_MODEL=openai/gpt-4o-mini (or ollama/<model>) for a researcher that searches itself and notes worth reading.",
+            llm.provider(),
             llm.model()
         );
     }

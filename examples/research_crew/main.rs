@@ -93,8 +93,8 @@ impl ResearchFlow {
             .max_iter(4);
         let mut inputs = Inputs::from([("topic", topic.as_str()), ("url", url.as_str())]);
         let mut description = "Read the page at {url} and list the key facts about {topic}.".to_string();
-        if self.llm.provider() == "local" {
-            // The local model cannot call tools: fetch the page here, with the same tool.
+        if !self.llm.calls_tools().await? {
+            // A model without tools (the default local one): fetch the page here, with the same tool.
             let text = tools.call("fetch_page", serde_json::json!({ "url": url })).await?;
             inputs.insert("page", text);
             description = "List the key facts about {topic} in this page:\n{page}".into();
@@ -129,10 +129,11 @@ impl ResearchFlow {
 async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let topic = std::env::args().nth(1).unwrap_or_else(|| "lighthouses".into());
     let llm = Llm::from_env()?;
-    if llm.provider() == "local" {
+    if !llm.calls_tools().await? {
         println!(
-            "Model: local ({}). It cannot call tools, so the step fetches the page and the researcher reads it; \
+            "Model: {} ({}). It cannot call tools, so the step fetches the page and the researcher reads it; \
              set CREWFLOW_MODEL=openai/gpt-4o-mini (or ollama/<model>) to let the researcher call fetch_page itself.",
+            llm.provider(),
             llm.model()
         );
     }

@@ -287,6 +287,24 @@ impl Llm {
         self.provider.warm_up().await
     }
 
+    /// Whether the model can be given tools. Hosted providers say yes (whether a given model
+    /// calls them well is the model's business); a local model says yes when its chat template
+    /// takes tools (Qwen2.5's does, SmolLM2's does not), which loads it first. A request with
+    /// tools to a model that cannot take them fails with [`LlmError::Unsupported`]; this lets a
+    /// program choose before it asks, as `examples/research_crew` does.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), crewflow_llm::LlmError> {
+    /// let llm = crewflow_llm::Llm::from_env()?;
+    /// if !llm.calls_tools().await? {
+    ///     println!("{} cannot call tools: fetching the page for it", llm.model());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn calls_tools(&self) -> Result<bool, LlmError> {
+        self.provider.calls_tools().await
+    }
+
     /// The provider's name (`openai`, `anthropic`, ...).
     pub fn provider(&self) -> &'static str {
         self.provider.name()

@@ -1,4 +1,5 @@
-//! The local text model: a GGUF file (SmolLM2 by default) run on the CPU with candle.
+//! The local text model: a GGUF file (SmolLM2 by default; `llama` or `qwen2` architecture)
+//! run on the CPU with candle.
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -14,14 +15,15 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 
-use super::models::llama::{Llama, apply_repeat_penalty};
+use super::models::llama::{Architecture, Llama, apply_repeat_penalty};
 use super::models::sampling::Sampler;
 use super::tokens::{Piece, TextStream};
+use super::tools::{self, CallScanner};
 use super::{default_model_path, default_threads, failed, pool, require};
 use crate::error::LlmError;
 use crate::provider::{BoxFuture, Provider};
 use crate::stream::{Assembler, Delta, DeltaStream};
-use crate::types::{ChatRequest, ChatResponse, FinishReason, Part, ResponseFormat, Role, TokenUsage};
+use crate::types::{ChatRequest, ChatResponse, FinishReason, ResponseFormat, Role, TokenUsage, ToolCall};
 
 /// How the local model generates, where a request does not say.
 #[derive(Clone, Debug)]
@@ -73,6 +75,8 @@ struct Loaded {
     weights: Mutex<Llama>,
     tokenizer: Tokenizer,
     template: Option<String>,
+    /// The template takes tools (`<tool_call>` blocks, see [`tools`]).
+    takes_tools: bool,
     stop_ids: Vec<u32>,
     context_length: usize,
 }
@@ -90,8 +94,12 @@ impl LocalModel {
         Self::load(default_model_path())
     }
 
-    /// Loads a GGUF file (llama architecture: SmolLM, Llama, ...); once per process and
-    /// path, later calls share it. Takes about a second for the default model.
+    /// Loads a GGUF file (`llama` architecture: SmolLM, Llama, ...; or `qwen2`: Qwen2.5);
+    /// once per process and path, later calls share it. Takes about a second for the
+    /// default model.
+    ///
+    /// A model whose chat template declares tools in the `<tool_call>` format (Qwen2.5's)
+    /// can be given tools; see [the module docs](super) for what that takes.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, LlmError> {
         static LOADED: Mutex<Option<HashMap<PathBuf, Arc<Loaded>>>> = Mutex::new(None);
         let path = path.as_ref().to_path_buf();
@@ -211,14 +219,24 @@ impl LocalModel {
         failed(doing, &self.inner.path, error)
     }
 
-    /// The request, checked for what a small local model can do.
-    fn check(request: &ChatRequest) -> Result<(), LlmError> {
-        let unsupported = |what: &str| Err(LlmError::Unsupported { provider: "local", what: what.into() });
-        if !request.tools.is_empty() {
-            return unsupported("tool calls (choose a hosted model with CREWFLOW_MODEL for tools)");
+    /// Whether this model's chat template takes tools.
+    pub fn takes_tools(&self) -> bool {
+        self.inner.takes_tools
+    }
+
+    /// The request, checked for what this local model can do.
+    fn check(&self, request: &ChatRequest) -> Result<(), LlmError> {
+        let unsupported = |what: String| Err(LlmError::Unsupported { provider: "local", what });
+        if !request.tools.is_empty() && !self.inner.takes_tools {
+            return unsupported(format!(
+                "tool calls with {}: its chat template has no tool format (choose a hosted model with \
+                 CREWFLOW_MODEL, or a local GGUF whose template takes tools, such as Qwen2.5's, with {})",
+                self.inner.name,
+                super::MODEL_VAR
+            ));
         }
-        if request.messages.iter().flat_map(|m| &m.content).any(|p| matches!(p, Part::Image(_))) {
-            return unsupported("images");
+        if tools::has_images(request) {
+            return unsupported("images".into());
         }
         Ok(())
     }
@@ -230,17 +248,20 @@ impl Loaded {
         let content = gguf_file::Content::read(&mut Cursor::new(&bytes))
             .map_err(|e| failed("not a GGUF model file:", path, e))?;
         let meta = |key: &str| content.metadata.get(key);
-        let architecture = meta("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
-        if architecture != "llama" {
+        let named = meta("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+        let Some(architecture) = Architecture::from_gguf_name(&named) else {
             return Err(failed(
                 "unsupported model architecture",
                 path,
-                format!("`{architecture}` (the local provider runs llama-architecture GGUF files, like SmolLM2)"),
+                format!("`{named}` (the local provider runs `llama` and `qwen2` GGUF files, like SmolLM2 and Qwen2.5)"),
             ));
-        }
+        };
         let name = super::model_label(path);
-        let context_length = meta("llama.context_length").and_then(|v| v.to_u32().ok()).unwrap_or(2048) as usize;
+        let context_length = meta(&format!("{}.context_length", architecture.key_prefix()))
+            .and_then(|v| v.to_u32().ok())
+            .unwrap_or(2048) as usize;
         let template = meta("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
+        let takes_tools = template.as_deref().is_some_and(tools::template_takes_tools);
         let tokenizer = tokenizer_from(&content, path)?;
         let eos = meta("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok());
         let stop_ids: Vec<u32> = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"]
@@ -248,39 +269,46 @@ impl Loaded {
             .filter_map(|t| tokenizer.token_to_id(t))
             .chain(eos)
             .collect();
-        let weights = fast_weights(content, bytes, path)?;
+        let weights = fast_weights(architecture, content, bytes, path)?;
         Ok(Loaded {
             name,
             path: path.to_path_buf(),
             weights: Mutex::new(weights),
             tokenizer,
             template,
+            takes_tools,
             stop_ids,
             context_length,
         })
     }
 
     fn prompt(&self, request: &ChatRequest) -> Result<String, LlmError> {
-        let mut messages: Vec<(String, String)> = request
-            .messages
-            .iter()
-            .map(|m| {
-                let role = match m.role {
-                    Role::System => "system",
-                    Role::User => "user",
-                    Role::Assistant => "assistant",
-                    Role::Tool => "tool",
-                };
-                (role.to_string(), m.text_content())
-            })
-            .collect();
+        let mut texts: Vec<String> = request.messages.iter().map(|m| m.text_content()).collect();
+        let mut roles: Vec<Role> = request.messages.iter().map(|m| m.role).collect();
+        let mut calls: Vec<&[ToolCall]> = request.messages.iter().map(|m| m.tool_calls.as_slice()).collect();
         if let Some(instruction) = format_instruction(request.response_format.as_ref()) {
-            match messages.first_mut() {
-                Some((role, text)) if role == "system" => text.push_str(&format!("\n\n{instruction}")),
-                _ => messages.insert(0, ("system".into(), instruction)),
+            match (roles.first(), texts.first_mut()) {
+                (Some(Role::System), Some(text)) => text.push_str(&format!("\n\n{instruction}")),
+                _ => {
+                    texts.insert(0, instruction);
+                    roles.insert(0, Role::System);
+                    calls.insert(0, &[]);
+                }
             }
         }
-        Ok(self.template.as_deref().and_then(|t| render_template(t, &messages)).unwrap_or_else(|| chatml(&messages)))
+        let offered = self.takes_tools && tools::offers_tools(request);
+        let Some(template) = self.template.as_deref() else { return Ok(chatml(&roles, &texts)) };
+        let messages: Vec<minijinja::Value> = (roles.iter().zip(texts.iter()).zip(&calls))
+            .map(|((role, text), calls)| tools::template_message(*role, text.clone(), calls))
+            .collect();
+        let tool_list = if offered { tools::template_tools(request) } else { vec![] };
+        match render_template(template, &messages, &tool_list) {
+            Ok(prompt) if self.takes_tools => Ok(prompt + &tools::forced_opening(request)),
+            Ok(prompt) => Ok(prompt),
+            // Tools only exist in the template: without it they would be dropped unseen.
+            Err(e) if offered => Err(failed("cannot render the chat template (with tools) of", &self.path, e)),
+            Err(_) => Ok(chatml(&roles, &texts)),
+        }
     }
 }
 
@@ -295,21 +323,27 @@ fn format_instruction(format: Option<&ResponseFormat>) -> Option<String> {
     }
 }
 
-/// The GGUF's own chat template, rendered; `None` if it does not render.
-fn render_template(template: &str, messages: &[(String, String)]) -> Option<String> {
+/// The GGUF's own chat template, rendered. `tools` is given to the template only when
+/// there are some (templates test it for truth).
+fn render_template(
+    template: &str,
+    messages: &[minijinja::Value],
+    tools: &[minijinja::Value],
+) -> Result<String, minijinja::Error> {
     let mut env = minijinja::Environment::new();
-    env.add_template("chat", template).ok()?;
-    let messages: Vec<_> = messages.iter().map(|(role, content)| minijinja::context! { role, content }).collect();
-    env.get_template("chat")
-        .ok()?
-        .render(minijinja::context! { messages, add_generation_prompt => true, bos_token => "", eos_token => "" })
-        .ok()
+    env.add_filter("tojson", |value: minijinja::Value| tools::python_tojson(&value));
+    env.add_template("chat", template)?;
+    let tools = (!tools.is_empty()).then_some(tools);
+    env.get_template("chat")?.render(minijinja::context! {
+        messages, tools, add_generation_prompt => true, bos_token => "", eos_token => ""
+    })
 }
 
 /// ChatML, the format SmolLM2 and Qwen use, for files without a usable template.
-fn chatml(messages: &[(String, String)]) -> String {
+fn chatml(roles: &[Role], texts: &[String]) -> String {
     let mut out = String::new();
-    for (role, content) in messages {
+    for (role, content) in roles.iter().zip(texts) {
+        let role = tools::role_name(*role);
         out.push_str(&format!("<|im_start|>{role}\n{content}<|im_end|>\n"));
     }
     out.push_str("<|im_start|>assistant\n");
@@ -333,12 +367,17 @@ fn tokenizer_from(content: &gguf_file::Content, path: &Path) -> Result<Tokenizer
 
 /// The weights, with Q4_1/Q5_0/Q5_1 matrices re-quantized to Q8_0: candle has SIMD kernels
 /// for Q8_0 but runs those formats scalar, about 5× slower. Takes under a second for 135M.
-fn fast_weights(content: gguf_file::Content, bytes: Vec<u8>, path: &Path) -> Result<Llama, LlmError> {
+fn fast_weights(
+    architecture: Architecture,
+    content: gguf_file::Content,
+    bytes: Vec<u8>,
+    path: &Path,
+) -> Result<Llama, LlmError> {
     let slow = |t: GgmlDType| matches!(t, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1);
     let fail = |e: candle_core::Error| failed("cannot load the weights of", path, e);
     let mut reader = Cursor::new(bytes);
     if !content.tensor_infos.values().any(|info| slow(info.ggml_dtype)) {
-        return Llama::from_gguf(content, &mut reader, &Device::Cpu).map_err(fail);
+        return Llama::from_gguf(architecture, content, &mut reader, &Device::Cpu).map_err(fail);
     }
     let mut read = Vec::with_capacity(content.tensor_infos.len());
     for name in content.tensor_infos.keys() {
@@ -364,7 +403,7 @@ fn fast_weights(content: gguf_file::Content, bytes: Vec<u8>, path: &Path) -> Res
     drop(tensors);
     fast.set_position(0);
     let content = gguf_file::Content::read(&mut fast).map_err(fail)?;
-    Llama::from_gguf(content, &mut fast, &Device::Cpu).map_err(fail)
+    Llama::from_gguf(architecture, content, &mut fast, &Device::Cpu).map_err(fail)
 }
 
 impl From<LocalModel> for crate::Llm {
@@ -382,6 +421,10 @@ impl Provider for LocalModel {
         &self.inner.name
     }
 
+    fn calls_tools(&self) -> BoxFuture<'_, Result<bool, LlmError>> {
+        Box::pin(async { Ok(self.inner.takes_tools) })
+    }
+
     fn chat<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<ChatResponse, LlmError>> {
         Box::pin(async move {
             let mut deltas = self.chat_stream(req).await?;
@@ -395,15 +438,27 @@ impl Provider for LocalModel {
 
     fn chat_stream<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<DeltaStream, LlmError>> {
         Box::pin(async move {
-            LocalModel::check(req)?;
+            self.check(req)?;
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Delta, LlmError>>(32);
             let (model, request) = (self.clone(), req.clone());
             tokio::task::spawn_blocking(move || {
+                // A reply that may call tools is read for `<tool_call>` blocks as it streams.
+                let mut scanner = (model.inner.takes_tools && tools::offers_tools(&request))
+                    .then(|| CallScanner::new(&request, &tools::forced_opening(&request)));
+                let send = |delta: Delta| tx.blocking_send(Ok(delta)).is_ok();
                 // Dropping the stream closes the channel: generation stops at the next token.
-                let mut on_text = |piece: String| tx.blocking_send(Ok(Delta::Text(piece))).is_ok();
+                let mut on_text = |piece: String| match &mut scanner {
+                    Some(scanner) => scanner.push(&piece).into_iter().all(send),
+                    None => send(Delta::Text(piece)),
+                };
                 let end = model.generate(&request, &mut on_text);
+                let (rest, calls) = scanner.as_mut().map_or((vec![], 0), |s| (s.finish(), s.calls()));
                 let deltas = match end {
-                    Ok((finish, usage)) => vec![Ok(Delta::Usage(usage)), Ok(Delta::Finish(finish))],
+                    Ok((finish, usage)) => {
+                        let finish =
+                            if calls > 0 && finish == FinishReason::Stop { FinishReason::ToolCalls } else { finish };
+                        rest.into_iter().map(Ok).chain([Ok(Delta::Usage(usage)), Ok(Delta::Finish(finish))]).collect()
+                    }
                     Err(e) => vec![Err(e)],
                 };
                 for delta in deltas {
@@ -427,18 +482,66 @@ fn tokio_stream_from<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::{Message, Tool};
 
     const SMOL_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    /// Qwen2.5's chat template, as its GGUF files carry it.
+    const QWEN_TEMPLATE: &str = include_str!("testdata/qwen2.5-chat-template.jinja");
+
+    fn render(template: &str, request: &ChatRequest) -> Result<String, minijinja::Error> {
+        let messages: Vec<_> =
+            request.messages.iter().map(|m| tools::template_message(m.role, m.text_content(), &m.tool_calls)).collect();
+        render_template(template, &messages, &tools::template_tools(request))
+    }
 
     #[test]
     fn the_gguf_template_renders_like_chatml_with_its_default_system_prompt() {
-        let messages = vec![("user".to_string(), "Hi".to_string())];
         assert_eq!(
-            render_template(SMOL_TEMPLATE, &messages).unwrap(),
+            render(SMOL_TEMPLATE, &ChatRequest::from("Hi")).unwrap(),
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
-        let with_system = vec![("system".to_string(), "Be brief.".to_string()), ("user".to_string(), "Hi".to_string())];
-        assert_eq!(render_template(SMOL_TEMPLATE, &with_system).unwrap(), chatml(&with_system));
-        assert_eq!(render_template("{% for %}", &messages), None, "a broken template falls back to ChatML");
+        let with_system = ChatRequest::new([Message::system("Be brief."), Message::user("Hi")]);
+        assert_eq!(
+            render(SMOL_TEMPLATE, &with_system).unwrap(),
+            chatml(&[Role::System, Role::User], &["Be brief.".into(), "Hi".into()])
+        );
+        assert!(render("{% for %}", &with_system).is_err(), "a broken template is an error (the caller falls back)");
+    }
+
+    /// The text Hugging Face's `apply_chat_template` gives for this conversation: the tools
+    /// as Python's `json.dumps` prints them, a call and its result in Qwen's tags.
+    #[test]
+    fn qwens_template_renders_tools_calls_and_results_as_the_model_was_trained() {
+        let lookup = Tool::new(
+            "lookup",
+            "Look up an order <by id>",
+            serde_json::json!({"type": "object", "properties": {"order": {"type": "integer"}}, "required": ["order"]}),
+        );
+        let call = ToolCall::new("call_0", "lookup", r#"{"order":42}"#);
+        let request = ChatRequest::new([
+            Message::system("You help."),
+            Message::user("Where is order 42?"),
+            Message::assistant_tool_calls("", vec![call.clone()]),
+            Message::tool_result(&call, "shipped, «today»"),
+        ])
+        .tool(lookup);
+        let expected = concat!(
+            "<|im_start|>system\nYou help.\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n",
+            "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n",
+            r#"{"type": "function", "function": {"name": "lookup", "description": "Look up an order <by id>", "parameters": {"properties": {"order": {"type": "integer"}}, "required": ["order"], "type": "object"}}}"#,
+            "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n",
+            "<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n",
+            "<|im_start|>user\nWhere is order 42?<|im_end|>\n",
+            "<|im_start|>assistant\n<tool_call>\n{\"name\": \"lookup\", \"arguments\": {\"order\": 42}}\n</tool_call><|im_end|>\n",
+            "<|im_start|>user\n<tool_response>\nshipped, «today»\n</tool_response><|im_end|>\n",
+            "<|im_start|>assistant\n",
+        );
+        assert_eq!(render(QWEN_TEMPLATE, &request).unwrap(), expected);
+        assert!(tools::template_takes_tools(QWEN_TEMPLATE));
+        assert!(!tools::template_takes_tools(SMOL_TEMPLATE));
+
+        // Without tools (or with calling forbidden) the template's plain system prompt is used.
+        let plain = render(QWEN_TEMPLATE, &ChatRequest::from("Hi")).unwrap();
+        assert!(plain.starts_with("<|im_start|>system\nYou are Qwen") && !plain.contains("<tools>"), "{plain}");
     }
 }

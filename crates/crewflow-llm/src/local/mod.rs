@@ -1,8 +1,10 @@
 //! The local provider: small open models on the CPU, with no server and no network.
 //!
-//! * [`LocalModel`]: SmolLM2-135M-Instruct (a GGUF file) for text, run with candle. The
-//!   prompt is rendered with the GGUF's own chat template; decoding is greedy unless a
-//!   temperature is set, so the same request gives the same reply.
+//! * [`LocalModel`]: SmolLM2-135M-Instruct (a GGUF file) for text, run with candle; any
+//!   `llama` or `qwen2` GGUF through `CREWFLOW_LOCAL_MODEL`. The prompt is rendered with the
+//!   GGUF's own chat template; decoding is greedy unless a temperature is set, so the same
+//!   request gives the same reply. A model whose template takes tools (Qwen2.5's) can be
+//!   given tools; SmolLM2's cannot (docs/llm.md).
 //! * [`LocalEmbedder`]: all-MiniLM-L6-v2 (safetensors) for embeddings: 384 dimensions,
 //!   masked mean pooling, unit length (cosine is a dot product).
 //!
@@ -30,6 +32,7 @@ mod embed;
 mod generate;
 mod models;
 mod tokens;
+mod tools;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -238,6 +241,10 @@ impl Provider for LazyLocalEmbedder {
         Box::pin(async move { Err(self.cannot_chat()) })
     }
 
+    fn calls_tools(&self) -> BoxFuture<'_, Result<bool, LlmError>> {
+        Box::pin(async { Ok(false) })
+    }
+
     fn chat_stream<'a>(&'a self, _: &'a ChatRequest) -> BoxFuture<'a, Result<DeltaStream, LlmError>> {
         Box::pin(async move { Err(self.cannot_chat()) })
     }
@@ -312,6 +319,10 @@ impl Provider for LazyLocal {
 
     fn warm_up(&self) -> BoxFuture<'_, Result<(), LlmError>> {
         Box::pin(async move { self.get().await.map(|_| ()) })
+    }
+
+    fn calls_tools(&self) -> BoxFuture<'_, Result<bool, LlmError>> {
+        Box::pin(async move { Ok(self.get().await?.takes_tools()) })
     }
 
     fn chat_stream<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<DeltaStream, LlmError>> {

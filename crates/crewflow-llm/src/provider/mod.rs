@@ -30,6 +30,10 @@ pub(crate) trait Provider: Send + Sync + std::fmt::Debug {
     fn warm_up(&self) -> BoxFuture<'_, Result<(), LlmError>> {
         Box::pin(async { Ok(()) })
     }
+    /// Whether requests may declare tools ([`crate::Llm::calls_tools`]).
+    fn calls_tools(&self) -> BoxFuture<'_, Result<bool, LlmError>> {
+        Box::pin(async { Ok(true) })
+    }
     /// Embeddings of texts with this provider's embedding model.
     fn embed<'a>(&'a self, texts: &'a [&'a str]) -> EmbedFuture<'a> {
         let _ = texts;

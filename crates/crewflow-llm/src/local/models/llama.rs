@@ -1,6 +1,8 @@
 //! A llama-architecture language model from a GGUF file (SmolLM2, Llama, ...), quantized
-//! matrices, on candle. Dense models only (no mixture of experts); the rotary embedding is
-//! the interleaved one of the `llama` architecture.
+//! matrices, on candle. Dense models only (no mixture of experts). The `qwen2` architecture
+//! (Qwen2, Qwen2.5) is the same network with biases on the query, key and value projections
+//! and the rotary embedding applied to the two halves of a head (llama.cpp's "neox" rope)
+//! rather than to interleaved pairs; [`Architecture`] says which.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek};
@@ -46,10 +48,54 @@ impl Mlp {
     }
 }
 
+/// The architectures [`Llama`] runs, by their GGUF name (`general.architecture`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Architecture {
+    /// `llama`: SmolLM2, Llama, Mistral-style dense models.
+    Llama,
+    /// `qwen2`: Qwen2 and Qwen2.5.
+    Qwen2,
+}
+
+impl Architecture {
+    /// The architecture of a GGUF file's `general.architecture`, if it is one of these.
+    pub(crate) fn from_gguf_name(name: &str) -> Option<Self> {
+        match name {
+            "llama" => Some(Architecture::Llama),
+            "qwen2" => Some(Architecture::Qwen2),
+            _ => None,
+        }
+    }
+
+    /// The prefix of the architecture's metadata keys (`llama.block_count`, ...).
+    pub(crate) fn key_prefix(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Qwen2 => "qwen2",
+        }
+    }
+}
+
+/// A projection: a quantized matrix, with a bias in `qwen2`.
+struct Projection {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Projection {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.weight.forward(x)?;
+        match &self.bias {
+            Some(bias) => y.broadcast_add(bias),
+            None => Ok(y),
+        }
+    }
+}
+
 struct Layer {
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
+    wq: Projection,
+    wk: Projection,
+    wv: Projection,
     wo: QMatMul,
     attention_norm: RmsNorm,
     mlp: Mlp,
@@ -60,6 +106,8 @@ struct Layer {
     cos: Tensor,
     sin: Tensor,
     neg_inf: Tensor,
+    /// The rotary embedding on the halves of a head (`qwen2`), not on interleaved pairs.
+    rope_halves: bool,
     kv_cache: Option<(Tensor, Tensor)>,
 }
 
@@ -68,7 +116,11 @@ impl Layer {
         let (_batch, _heads, seq_len, _dim) = x.dims4()?;
         let cos = self.cos.narrow(0, index_pos, seq_len)?;
         let sin = self.sin.narrow(0, index_pos, seq_len)?;
-        candle_nn::rotary_emb::rope_i(&x.contiguous()?, &cos, &sin)
+        if self.rope_halves {
+            candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+        } else {
+            candle_nn::rotary_emb::rope_i(&x.contiguous()?, &cos, &sin)
+        }
     }
 
     fn attention(&mut self, x: &Tensor, mask: Option<&Tensor>, index_pos: usize) -> Result<Tensor> {
@@ -141,23 +193,34 @@ fn rotary_tables(head_dim: usize, freq_base: f32, device: &Device) -> Result<(Te
 }
 
 impl Llama {
-    /// Reads the weights of a GGUF file whose metadata says `llama`.
-    pub(crate) fn from_gguf<R: Seek + Read>(ct: gguf_file::Content, reader: &mut R, device: &Device) -> Result<Self> {
-        let meta = |key: &str| match ct.metadata.get(key) {
-            Some(value) => Ok(value),
-            None => candle_core::bail!("the GGUF metadata has no `{key}`"),
+    /// Reads the weights of a GGUF file of this architecture.
+    pub(crate) fn from_gguf<R: Seek + Read>(
+        architecture: Architecture,
+        ct: gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+    ) -> Result<Self> {
+        let prefix = architecture.key_prefix();
+        let meta = |key: &str| {
+            let key = format!("{prefix}.{key}");
+            match ct.metadata.get(&key) {
+                Some(value) => Ok(value),
+                None => candle_core::bail!("the GGUF metadata has no `{key}`"),
+            }
         };
-        let experts = meta("llama.expert_count").and_then(|v| v.to_u32()).unwrap_or(0);
+        let experts = meta("expert_count").and_then(|v| v.to_u32()).unwrap_or(0);
         if experts > 1 {
             candle_core::bail!("a mixture-of-experts model ({experts} experts); the local provider runs dense models");
         }
-        let n_head = meta("llama.attention.head_count")?.to_u32()? as usize;
-        let n_kv_head = meta("llama.attention.head_count_kv")?.to_u32()? as usize;
-        let block_count = meta("llama.block_count")?.to_u32()? as usize;
-        let embedding_length = meta("llama.embedding_length")?.to_u32()? as usize;
-        let rope_dim = meta("llama.rope.dimension_count")?.to_u32()? as usize;
-        let eps = meta("llama.attention.layer_norm_rms_epsilon")?.to_f32()? as f64;
-        let freq_base = meta("llama.rope.freq_base").and_then(|v| v.to_f32()).unwrap_or(10_000.0);
+        let n_head = meta("attention.head_count")?.to_u32()? as usize;
+        let n_kv_head = meta("attention.head_count_kv")?.to_u32()? as usize;
+        let block_count = meta("block_count")?.to_u32()? as usize;
+        let embedding_length = meta("embedding_length")?.to_u32()? as usize;
+        // Qwen2 files do not say it: the whole head turns.
+        let rope_dim =
+            meta("rope.dimension_count").and_then(|v| v.to_u32()).map_or(embedding_length / n_head, |d| d as usize);
+        let eps = meta("attention.layer_norm_rms_epsilon")?.to_f32()? as f64;
+        let freq_base = meta("rope.freq_base").and_then(|v| v.to_f32()).unwrap_or(10_000.0);
         let (cos, sin) = rotary_tables(rope_dim, freq_base, device)?;
         let neg_inf = Tensor::new(f32::NEG_INFINITY, device)?;
         let mut tensor = |name: &str| ct.tensor(reader, name, device);
@@ -169,8 +232,17 @@ impl Llama {
         let mut layers = Vec::with_capacity(block_count);
         for index in 0..block_count {
             let mut matmul = |part: &str| QMatMul::from_qtensor(tensor(&format!("blk.{index}.{part}.weight"))?);
-            let (wq, wk, wv, wo) = (matmul("attn_q")?, matmul("attn_k")?, matmul("attn_v")?, matmul("attn_output")?);
+            let wo = matmul("attn_output")?;
             let mlp = Mlp { gate: matmul("ffn_gate")?, down: matmul("ffn_down")?, up: matmul("ffn_up")? };
+            let mut projection = |part: &str| -> Result<Projection> {
+                let weight = QMatMul::from_qtensor(tensor(&format!("blk.{index}.{part}.weight"))?)?;
+                let bias = match architecture {
+                    Architecture::Llama => None,
+                    Architecture::Qwen2 => Some(tensor(&format!("blk.{index}.{part}.bias"))?.dequantize(device)?),
+                };
+                Ok(Projection { weight, bias })
+            };
+            let (wq, wk, wv) = (projection("attn_q")?, projection("attn_k")?, projection("attn_v")?);
             let attention_norm = RmsNorm::from_qtensor(tensor(&format!("blk.{index}.attn_norm.weight"))?, eps)?;
             let ffn_norm = RmsNorm::from_qtensor(tensor(&format!("blk.{index}.ffn_norm.weight"))?, eps)?;
             layers.push(Layer {
@@ -187,6 +259,7 @@ impl Llama {
                 cos: cos.clone(),
                 sin: sin.clone(),
                 neg_inf: neg_inf.clone(),
+                rope_halves: architecture == Architecture::Qwen2,
                 kv_cache: None,
             });
         }
