@@ -38,13 +38,21 @@ pub(super) fn offers_tools(request: &ChatRequest) -> bool {
     !request.tools.is_empty() && request.tool_choice != Some(ToolChoice::None)
 }
 
-/// A tool as Hugging Face templates take it (OpenAI's shape), fields in that order.
+/// OpenAI's wrapper of a tool and of a call, `{"type": "function", "function": ...}`, which
+/// Hugging Face templates take (fields in this order, as the model was trained on).
 #[derive(Serialize)]
-struct TemplateTool<'a> {
+struct Function<T> {
     r#type: &'static str,
-    function: TemplateFunction<'a>,
+    function: T,
 }
 
+impl<T> Function<T> {
+    fn new(function: T) -> Self {
+        Function { r#type: "function", function }
+    }
+}
+
+/// A tool as the templates take it.
 #[derive(Serialize)]
 struct TemplateFunction<'a> {
     name: &'a str,
@@ -59,13 +67,7 @@ struct TemplateMessage<'a> {
     role: &'static str,
     content: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    tool_calls: Vec<TemplateCall<'a>>,
-}
-
-#[derive(Serialize)]
-struct TemplateCall<'a> {
-    r#type: &'static str,
-    function: TemplateCallFunction<'a>,
+    tool_calls: Vec<Function<TemplateCallFunction<'a>>>,
 }
 
 /// A call's arguments as an object (templates print them with `tojson`).
@@ -91,14 +93,11 @@ pub(super) fn template_tools(request: &ChatRequest) -> Vec<minijinja::Value> {
         .tools
         .iter()
         .map(|tool| {
-            minijinja::Value::from_serialize(TemplateTool {
-                r#type: "function",
-                function: TemplateFunction {
-                    name: &tool.name,
-                    description: &tool.description,
-                    parameters: &tool.parameters,
-                },
-            })
+            minijinja::Value::from_serialize(Function::new(TemplateFunction {
+                name: &tool.name,
+                description: &tool.description,
+                parameters: &tool.parameters,
+            }))
         })
         .collect()
 }
@@ -108,12 +107,11 @@ pub(super) fn template_message(role: Role, content: String, calls: &[ToolCall]) 
     let role = role_name(role);
     let tool_calls = calls
         .iter()
-        .map(|call| TemplateCall {
-            r#type: "function",
-            function: TemplateCallFunction {
+        .map(|call| {
+            Function::new(TemplateCallFunction {
                 name: &call.name,
                 arguments: call.args::<Value>().unwrap_or_else(|_| Value::String(call.arguments.clone())),
-            },
+            })
         })
         .collect();
     minijinja::Value::from_serialize(TemplateMessage { role, content, tool_calls })
