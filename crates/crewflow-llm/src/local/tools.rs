@@ -469,6 +469,55 @@ mod tests {
         assert_eq!((text.as_str(), calls.len()), ("[see] ", 1));
     }
 
+    /// A reply made of text, calls and malformed blocks, as the model might write it.
+    fn reply() -> impl proptest::strategy::Strategy<Value = (String, usize)> {
+        use proptest::prelude::*;
+        let text = "[a-z <>/_{}\"é\n]{0,12}".prop_map(|t| (t, 0));
+        let call = ("(lookup|weather|f)", 0u32..100).prop_map(|(name, n)| {
+            (format!("<tool_call>\n{{\"name\": \"{name}\", \"arguments\": {{\"n\": {n}}}}}\n</tool_call>"), 1)
+        });
+        let broken = "[a-z{}]{0,6}".prop_map(|t| (format!("<tool_call>{t}</tool_call>"), 0));
+        prop::collection::vec(prop_oneof![3 => text, 2 => call, 1 => broken], 0..6).prop_map(|parts| {
+            let calls = parts.iter().map(|(_, n)| n).sum();
+            (parts.into_iter().map(|(t, _)| t).collect::<String>(), calls)
+        })
+    }
+
+    proptest::proptest! {
+        /// However the reply is cut into streamed pieces, what comes out is what one piece
+        /// gives: the same text and the same calls, and no text is lost or made up.
+        #[test]
+        fn the_pieces_a_reply_streams_in_do_not_change_what_is_read(
+            (reply, _) in reply(),
+            cuts in proptest::collection::vec(0usize..64, 0..8),
+        ) {
+            let whole = scan(&[&reply], "");
+            let mut bounds: Vec<usize> = cuts.iter().map(|c| c * reply.len() / 64).collect();
+            bounds.push(reply.len());
+            bounds.sort_unstable();
+            let (mut pieces, mut start) = (Vec::new(), 0);
+            for end in bounds {
+                let end = (end..=reply.len()).find(|&i| reply.is_char_boundary(i)).unwrap_or(reply.len());
+                if end > start {
+                    pieces.push(&reply[start..end]);
+                    start = end;
+                }
+            }
+            proptest::prop_assert_eq!(scan(&pieces, ""), whole);
+        }
+
+        /// Every well-formed tagged call is read, once, unless the whole reply is read as
+        /// bare calls (then there are at least as many).
+        #[test]
+        fn every_tagged_call_is_read_once((reply, calls) in reply()) {
+            let (_, read) = scan(&[&reply], "");
+            proptest::prop_assert!(read.len() >= calls, "{} < {}: {:?}", read.len(), calls, reply);
+            if !reply.trim_start().starts_with(['{', '[', '`']) {
+                proptest::prop_assert_eq!(read.len(), calls, "{:?}", reply);
+            }
+        }
+    }
+
     #[test]
     fn a_forced_opening_makes_the_reply_begin_inside_the_call() {
         let named = ChatRequest::from("hi")
