@@ -170,8 +170,8 @@ impl Case {
             Case::Record => (Shape::Chain, 1, "record the new run"),
             Case::Checkpoint => (Shape::Chain, 4, "save the checkpoint after step `s3`"),
             Case::ParallelCheckpoint => (Shape::FanOut, 4, "save the checkpoint after step `b"),
-            Case::End => (Shape::Chain, 7, "record the end of the run"),
-            Case::Pause => (Shape::Pause, 4, "record the paused run"),
+            Case::End => (Shape::Chain, 6, "record the end of the run after step `s5`"),
+            Case::Pause => (Shape::Pause, 3, "record the paused run"),
         }
     }
 }

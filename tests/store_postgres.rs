@@ -452,10 +452,11 @@ async fn a_nul_character_is_refused_up_front_naming_where_it_is() {
     assert!(msg.contains("remove it"), "{msg}");
     assert!(store.list_runs(&RunFilter::default()).await.unwrap().is_empty(), "no run was recorded");
 
-    // Written by a step into the state: refused at the checkpoint, naming the state's field.
+    // Written by a step into the state: refused at the write that saves it (here the run's
+    // end, which saves its one step), naming the step and the state's field.
     let err = nul_flow("pg_nul_state", true, store.clone()).kickoff(()).await.err().unwrap().to_string();
     assert!(err.contains("found in the run's state at `extra`"), "{err}");
-    assert!(err.contains("save the checkpoint after step `echo`"), "{err}");
+    assert!(err.contains("record the end of the run after step `echo`"), "{err}");
 
     // Returned by a step: its output is named first.
     let echo = FlowBuilder::<()>::new("pg_nul_output")

@@ -594,6 +594,8 @@ pub struct HangingStore {
     hook: Option<(u32, Box<dyn Fn() + Send + Sync>)>,
     /// The write (from 1) that fails without reaching the store, if any.
     fail: Option<u32>,
+    /// The length of each state delta written (checkpoints and ends), in order.
+    deltas: Mutex<Vec<usize>>,
 }
 
 impl HangingStore {
@@ -605,6 +607,7 @@ impl HangingStore {
             writes: AtomicU32::new(0),
             hook: None,
             fail: None,
+            deltas: Mutex::default(),
         })
     }
 
@@ -617,6 +620,7 @@ impl HangingStore {
             writes: AtomicU32::new(0),
             hook: Some((n, Box::new(hook))),
             fail: None,
+            deltas: Mutex::default(),
         })
     }
 
@@ -629,12 +633,24 @@ impl HangingStore {
             writes: AtomicU32::new(0),
             hook: None,
             fail: Some(n),
+            deltas: Mutex::default(),
         })
     }
 
     /// The writes so far.
     pub fn writes(&self) -> u32 {
         self.writes.load(Ordering::SeqCst)
+    }
+
+    /// The lengths of the state deltas written so far, in order.
+    pub fn deltas(&self) -> Vec<usize> {
+        self.deltas.lock().unwrap().clone()
+    }
+
+    fn note_delta(&self, checkpoint: Option<&Checkpoint>) {
+        if let Some(delta) = checkpoint.and_then(|c| c.delta.as_ref()) {
+            self.deltas.lock().unwrap().push(delta.len());
+        }
     }
 
     fn write<'a, T: Send + 'a>(&'a self, what: &'static str, write: StoreFuture<'a, T>) -> StoreFuture<'a, T> {
@@ -670,9 +686,11 @@ impl RunStore for HangingStore {
         self.write("create_run", self.inner.create_run(run))
     }
     fn save_checkpoint<'a>(&'a self, checkpoint: &'a Checkpoint) -> StoreFuture<'a, ()> {
+        self.note_delta(Some(checkpoint));
         self.write("save_checkpoint", self.inner.save_checkpoint(checkpoint))
     }
     fn end_run<'a>(&'a self, end: &'a RunEnd) -> StoreFuture<'a, ()> {
+        self.note_delta(end.checkpoint.as_ref());
         self.write("end_run", self.inner.end_run(end))
     }
     fn load_run(&self, run_id: RunId) -> StoreFuture<'_, Option<StoredRun>> {

@@ -53,6 +53,11 @@ impl<S: FlowState> Driver<S> {
         let final_act = self.frontier.final_activation();
         if let Some(store) = self.store() {
             let checkpoint = self.checkpoint()?;
+            // The end also saves the last step (see `settle`): an error names it.
+            let action = match checkpoint.steps.last() {
+                Some(last) => format!("record the end of the run after step `{}`", last.step),
+                None => "record the end of the run".to_string(),
+            };
             let end = RunEnd {
                 run_id: self.shared.id,
                 fencing: checkpoint.fencing,
@@ -61,7 +66,7 @@ impl<S: FlowState> Driver<S> {
                 final_activation: final_act,
                 error: None,
             };
-            store.end_run(&end).await.map_err(|e| Error::from_store(store.as_ref(), "record the end of the run", e))?;
+            store.end_run(&end).await.map_err(|e| Error::from_store(store.as_ref(), &action, e))?;
         }
         let output = final_act.and_then(|a| self.acts[a as usize].output.clone());
         let final_step = final_act.map(|a| self.flow.steps[self.acts[a as usize].step as usize].name.clone());

@@ -17,8 +17,8 @@
 //! Durability (when the flow has a store, see [`crate::persist`]): the run is recorded before
 //! its first step; after each completed step the policy selects, a checkpoint (state, frontier,
 //! outputs of the steps completed since the last one) is written before the steps it made
-//! ready start; the end is recorded. A resumed run restores all of it and re-launches the
-//! steps that were in flight.
+//! ready start; the end is recorded, with the run's last completion (one commit for both). A
+//! resumed run restores all of it and re-launches the steps that were in flight.
 //!
 //! A run's whole life lives in this module, one file per part:
 //!
@@ -604,9 +604,13 @@ impl<S: FlowState> Driver<S> {
         let flow = self.flow.clone();
         let ready = self.frontier.complete(&flow.graph, c.activation, route)?;
         let mut write: Option<BoxFuture<Result<(), Error>>> = None;
+        // The run's last completion (nothing made ready, nothing else running) is saved by the
+        // run's end, which writes a checkpoint with the end's status in one commit (`finish`,
+        // `pause_end`): a checkpoint here would be a second commit saying the same.
+        let last = ready.is_empty() && !self.is_running();
         if let Some(durable) = &mut self.durable {
             durable.unsaved.push((c.activation, Utc::now()));
-            if flow.checkpoints_after(step_ix) {
+            if flow.checkpoints_after(step_ix) && !last {
                 let checkpoint = self.checkpoint()?;
                 if let Some(store) = self.store() {
                     write = Some(Box::pin(write_checkpoint(store, checkpoint, name)));
