@@ -494,7 +494,7 @@ async fn corrupt_foreign_and_newer_databases_are_refused() {
     SqliteStore::open(&newer).connect().await.unwrap();
     rusqlite_like::open(&newer).exec("INSERT INTO crewflow_schema (version) VALUES (99)");
     let err = flow_on(&newer).kickoff(()).await.err().unwrap();
-    assert!(err.to_string().contains("has schema version 99, newer than this crewflow supports (9)"), "{err}");
+    assert!(err.to_string().contains("has schema version 99, newer than this crewflow supports (10)"), "{err}");
 }
 
 /// A file written before nested runs were recorded (schema 7) is brought to the current

@@ -3,9 +3,9 @@
 //! one transaction, under an advisory lock, on first use.
 
 /// The newest schema this crewflow writes.
-pub(crate) const SCHEMA_VERSION: i64 = 10;
+pub(crate) const SCHEMA_VERSION: i64 = 11;
 
-pub(crate) const MIGRATIONS: [&str; 10] = [
+pub(crate) const MIGRATIONS: [&str; 11] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -70,4 +70,9 @@ CREATE INDEX crewflow_runs_by_parent ON crewflow_runs (parent_run_id) WHERE pare
 ALTER TABLE crewflow_steps DROP CONSTRAINT IF EXISTS crewflow_steps_run_id_fkey;
 "#,
     crate::postgres_schedules::MIGRATION_TIMEZONES,
+    // 11: no index on an open trace's `updated_at`. Every turn moves it, so the index made each
+    // turn's update of its trace a new row version with an entry in every index of the table,
+    // instead of an in-page (HOT) update. The idle sweep finds a flow's open traces through
+    // `crewflow_traces_one_open` and checks their `updated_at` there.
+    crate::sessions_schema::DROP_TRACES_IDLE,
 ];

@@ -207,3 +207,6 @@ UPDATE crewflow_sessions s
     FROM crewflow_transcripts t
     WHERE s.flow = t.flow AND s.id = t.id;
 "#;
+
+/// Both stores' migration dropping the index on open traces' `updated_at` (see the schemas).
+pub(crate) const DROP_TRACES_IDLE: &str = "DROP INDEX IF EXISTS crewflow_traces_idle;";

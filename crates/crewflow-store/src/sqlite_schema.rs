@@ -3,10 +3,10 @@
 //! transaction when a file is first used.
 
 /// The newest schema this crewflow writes.
-pub(crate) const SCHEMA_VERSION: i64 = 9;
+pub(crate) const SCHEMA_VERSION: i64 = 10;
 
 /// Schema migrations, applied in order; migration `i` brings the schema to version `i + 1`.
-pub(crate) const MIGRATIONS: [&str; 9] = [
+pub(crate) const MIGRATIONS: [&str; 10] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -62,4 +62,8 @@ ALTER TABLE crewflow_runs ADD COLUMN parent_activation INTEGER;
 CREATE INDEX crewflow_runs_by_parent ON crewflow_runs (parent_run_id) WHERE parent_run_id IS NOT NULL;
 "#,
     crate::sqlite_schedules::MIGRATION_TIMEZONES,
+    // 10: no index on an open trace's `updated_at`, which every turn moves (an index entry
+    // deleted and added per turn). The idle sweep finds a flow's open traces through
+    // `crewflow_traces_one_open` (as on PostgreSQL, schema 11).
+    crate::sessions_schema::DROP_TRACES_IDLE,
 ];
