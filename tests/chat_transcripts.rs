@@ -155,7 +155,7 @@ async fn sqlite_migration_moves_existing_transcripts_into_rows() {
         .unwrap()
         .query_row("SELECT max(version) FROM crewflow_schema", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 9);
+    assert_eq!(version, 10);
     continue_migrated(store).await;
 }
 
@@ -192,7 +192,7 @@ async fn postgres_migration_moves_existing_transcripts_into_rows() {
     let store = Arc::new(PostgresStore::connect_lazy(&url).unwrap());
     check_migrated(&*store).await;
     let version: i32 = client.query_one("SELECT max(version) FROM crewflow_schema", &[]).await.unwrap().get(0);
-    assert_eq!(version, 10);
+    assert_eq!(version, 11);
     let fk: i64 = client
         .query_one(
             "SELECT count(*) FROM pg_constraint WHERE conrelid = 'crewflow_steps'::regclass AND contype = 'f'",
