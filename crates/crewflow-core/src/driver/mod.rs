@@ -695,7 +695,7 @@ mod tests {
         let prepared = super::prepare(&flow.inner_for_test(), Kickoff::new(), None, None).unwrap();
         let run = super::drive(flow.inner_for_test(), prepared);
         let size = std::mem::size_of_val(&run);
-        // 312 bytes in debug and release builds (2026-12-07; 592 before `drive` stopped keeping
+        // 344 bytes in debug and release builds (2026-12-08; 592 before `drive` stopped keeping
         // its arguments and `next_completion` its matched signal). Every run in flight holds it.
         assert!(size <= 400, "a run's future grew to {size} bytes (docs/architecture.md, The driver)");
     }
