@@ -63,6 +63,12 @@ impl Durable {
     }
 }
 
+/// What a run's start needs once: the record to write, the inputs to report.
+pub(super) struct Start {
+    pub(super) record: Option<(Arc<dyn RunStore>, NewRun)>,
+    pub(super) inputs: Option<Value>,
+}
+
 /// The state as a checkpoint holds it: without the changes of executions still in flight or
 /// failed (see [`crate::uncommitted`]).
 pub(super) fn state_json<S: FlowState>(shared: &RunShared<S>) -> Result<String, Error> {
@@ -102,6 +108,18 @@ pub(super) async fn write_checkpoint(
 }
 
 impl<S: FlowState> Driver<S> {
+    /// Records the new run in its store, if it has one; returns the inputs to report. (Its own
+    /// future, boxed by the caller: awaited inside the run's future, its locals would take room
+    /// there for the run's whole life; docs/architecture.md, The driver.)
+    pub(super) async fn record_start(&mut self, start: Start) -> Result<Option<Value>, Error> {
+        if let Some((store, new)) = start.record {
+            let durable = Durable::record(store.clone(), new).await?;
+            self.start_journal(store, durable.fencing, Vec::new());
+            self.durable = Some(Box::new(durable));
+        }
+        Ok(start.inputs)
+    }
+
     /// A checkpoint in the middle of a step (it is about to wait for a person).
     pub(super) async fn checkpoint_now(&mut self) -> Result<(), Error> {
         let Some(store) = self.store() else { return Ok(()) };

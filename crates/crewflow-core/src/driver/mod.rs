@@ -57,7 +57,7 @@ use crate::scope::RunTelemetry;
 use crate::state::{FlowState, initial_state};
 
 use crate::uncommitted::StateLog;
-use checkpoint::{Durable, frontier_json, output_json, state_json, write_checkpoint};
+use checkpoint::{Durable, Start, frontier_json, output_json, state_json, write_checkpoint};
 pub(crate) use end::{notify_reviewers, provider_of};
 pub(crate) use resume::{Answered, Restored, drive_resumed, feedback_record, finished_run, paused_run, stored_state};
 
@@ -180,18 +180,6 @@ pub(crate) fn drive<S: FlowState>(
     }
 }
 
-impl<S: FlowState> Driver<S> {
-    /// Records the new run in its store, if it has one; returns the inputs to report.
-    async fn record_start(&mut self, start: Start) -> Result<Option<Value>, Error> {
-        if let Some((store, new)) = start.record {
-            let durable = Durable::record(store.clone(), new).await?;
-            self.start_journal(store, durable.fencing, Vec::new());
-            self.durable = Some(Box::new(durable));
-        }
-        Ok(start.inputs)
-    }
-}
-
 /// A run whose first steps are activated, not yet launched.
 struct Begun<S> {
     /// On the heap: the run's future then holds a pointer, not the driver.
@@ -200,11 +188,6 @@ struct Begun<S> {
     /// What the start needs once: the record to write, the inputs to report (boxed, and
     /// absent when there is neither).
     start: Option<Box<Start>>,
-}
-
-struct Start {
-    record: Option<(Arc<dyn RunStore>, NewRun)>,
-    inputs: Option<Value>,
 }
 
 fn begin<S: FlowState>(flow: Arc<FlowInner<S>>, prepared: Prepared<S>) -> Result<Begun<S>, Error> {
