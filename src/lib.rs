@@ -202,7 +202,9 @@ pub mod store {
         Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, RunSummary, RunTree, StepOutputs, StepRow,
         StoreFuture, StoredRun, driven_runs, process_owner,
     };
-    pub use crewflow_core::persist::{NewSchedule, NewWebhook, QueuedWebhook, ScheduleFire, StoredSchedule};
+    pub use crewflow_core::persist::{
+        NewSchedule, NewWebhook, QueuedWebhook, ScheduleFire, StoredApiKey, StoredSchedule,
+    };
     pub use crewflow_store::*;
 }
 

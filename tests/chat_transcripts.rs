@@ -132,7 +132,7 @@ async fn sqlite_migration_moves_existing_transcripts_into_rows() {
     SqliteStore::open(&path).list_sessions(&Default::default()).await.unwrap();
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute_batch(
-        "DROP TABLE crewflow_schedule_ticks; DROP TABLE crewflow_schedules; DROP TABLE crewflow_webhooks;
+        "DROP TABLE crewflow_api_keys; DROP TABLE crewflow_schedule_ticks; DROP TABLE crewflow_schedules; DROP TABLE crewflow_webhooks;
          DROP TABLE crewflow_messages; ALTER TABLE crewflow_sessions DROP COLUMN message_count;
          DROP INDEX crewflow_runs_by_parent; ALTER TABLE crewflow_runs DROP COLUMN parent_run_id;
          ALTER TABLE crewflow_runs DROP COLUMN parent_activation;
@@ -155,7 +155,7 @@ async fn sqlite_migration_moves_existing_transcripts_into_rows() {
         .unwrap()
         .query_row("SELECT max(version) FROM crewflow_schema", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 10);
+    assert_eq!(version, 11);
     continue_migrated(store).await;
 }
 
@@ -168,7 +168,7 @@ async fn postgres_migration_moves_existing_transcripts_into_rows() {
     tokio::spawn(conn);
     client
         .batch_execute(
-            "DROP TABLE crewflow_schedule_ticks; DROP TABLE crewflow_schedules; DROP TABLE crewflow_webhooks;
+            "DROP TABLE crewflow_api_keys; DROP TABLE crewflow_schedule_ticks; DROP TABLE crewflow_schedules; DROP TABLE crewflow_webhooks;
              DROP TABLE crewflow_messages; ALTER TABLE crewflow_sessions DROP COLUMN message_count;
              DROP INDEX crewflow_runs_by_parent; ALTER TABLE crewflow_runs DROP COLUMN parent_run_id;
              ALTER TABLE crewflow_runs DROP COLUMN parent_activation;
@@ -192,7 +192,7 @@ async fn postgres_migration_moves_existing_transcripts_into_rows() {
     let store = Arc::new(PostgresStore::connect_lazy(&url).unwrap());
     check_migrated(&*store).await;
     let version: i32 = client.query_one("SELECT max(version) FROM crewflow_schema", &[]).await.unwrap().get(0);
-    assert_eq!(version, 11);
+    assert_eq!(version, 12);
     let fk: i64 = client
         .query_one(
             "SELECT count(*) FROM pg_constraint WHERE conrelid = 'crewflow_steps'::regclass AND contype = 'f'",

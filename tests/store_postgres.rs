@@ -322,9 +322,9 @@ async fn a_newer_schema_is_refused_on_postgres() {
     PostgresStore::connect(&url).await.unwrap();
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
-    client.batch_execute("INSERT INTO crewflow_schema (version) VALUES (12)").await.unwrap();
+    client.batch_execute("INSERT INTO crewflow_schema (version) VALUES (13)").await.unwrap();
     let err = PostgresStore::connect(&url).await.err().unwrap();
-    assert!(err.to_string().contains("has schema version 12, newer than this crewflow supports (11)"), "{err}");
+    assert!(err.to_string().contains("has schema version 13, newer than this crewflow supports (12)"), "{err}");
 }
 
 /// PostgreSQL's JSONB cannot hold the character U+0000 in a string (SQLite stores it): a run or

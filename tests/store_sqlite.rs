@@ -494,7 +494,7 @@ async fn corrupt_foreign_and_newer_databases_are_refused() {
     SqliteStore::open(&newer).connect().await.unwrap();
     rusqlite_like::open(&newer).exec("INSERT INTO crewflow_schema (version) VALUES (99)");
     let err = flow_on(&newer).kickoff(()).await.err().unwrap();
-    assert!(err.to_string().contains("has schema version 99, newer than this crewflow supports (10)"), "{err}");
+    assert!(err.to_string().contains("has schema version 99, newer than this crewflow supports (11)"), "{err}");
 }
 
 /// A file written before nested runs were recorded (schema 7) is brought to the current
@@ -509,7 +509,8 @@ async fn a_file_of_the_previous_schema_is_upgraded_and_keeps_its_runs() {
     let run_id = broken.store().unwrap().list_runs(&RunFilter::default()).await.unwrap()[0].run_id;
     // Back to schema 7: what a crewflow of before nested runs wrote.
     rusqlite_like::open(&path).exec(
-        "DROP INDEX crewflow_runs_by_parent;
+        "DROP TABLE crewflow_api_keys;
+         DROP INDEX crewflow_runs_by_parent;
          ALTER TABLE crewflow_runs DROP COLUMN parent_run_id;
          ALTER TABLE crewflow_runs DROP COLUMN parent_activation;
          ALTER TABLE crewflow_schedules DROP COLUMN timezone;

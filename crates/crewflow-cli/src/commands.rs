@@ -46,6 +46,7 @@ pub(crate) async fn dispatch(cli: Cli, app: App) -> Result<Exit, CliError> {
             (None, None, _) => Err(CliError::new(Exit::Usage, "give a run id, or --session FLOW/ID")),
         },
         Command::Compact(args) => crate::compact::compact(&ctx, args).await,
+        Command::Keys(command) => crate::keys::keys(&ctx, command).await,
         Command::Worker(args) => crate::worker::worker(&ctx, args).await,
         Command::Serve(args) => crate::serve::serve(&ctx, args).await,
         Command::Chat(args) => crate::chat::chat(&ctx, args).await,

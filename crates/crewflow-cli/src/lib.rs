@@ -50,6 +50,7 @@ mod chat;
 mod commands;
 mod compact;
 mod drive;
+mod keys;
 mod new;
 #[cfg(feature = "otel")]
 pub mod otel;
@@ -179,6 +180,12 @@ pub enum Command {
         after_help = "Examples:\n  crewflow serve --flows review.yaml nightly.yaml --store sqlite://runs.db\n  crewflow serve --flows review.yaml --addr 0.0.0.0:8080 --store postgres://app@db/flows --grace 25s"
     )]
     Serve(ServeArgs),
+    /// API keys for `crewflow serve --api-keys`, kept hashed in the store.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  crewflow keys create --label ci        # prints the key, once\n  crewflow keys list\n  crewflow keys revoke key_3GxW0c…"
+    )]
+    Keys(KeysCommand),
     /// Hold a conversation with a conversational flow compiled into this binary: each line is
     /// a turn, `/quit` ends it.
     #[command(
@@ -377,6 +384,18 @@ pub struct ServeArgs {
     /// outage) is recorded as skipped, not fired; `none` fires it however old.
     #[arg(long, value_name = "DURATION|none", default_value = "1h", value_parser = parse_lateness)]
     pub max_lateness: Lateness,
+    /// Every request needs an API key from the store (`crewflow keys create`), sent as
+    /// `Authorization: Bearer KEY`; without one it answers 401 (the web page at `/` asks for it).
+    #[arg(long)]
+    pub api_keys: bool,
+    /// With --api-keys: the tenant served, whose keys are let in (its schedules are the ones
+    /// fired).
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_TENANT, requires = "api_keys")]
+    pub tenant: String,
+    /// With --api-keys: how often the keys are read again from the store, so the longest a
+    /// revoked key still works here (a new key works at once).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration, requires = "api_keys")]
+    pub key_refresh: std::time::Duration,
 }
 
 /// `serve --max-lateness`: a duration, or `None` for no limit.
@@ -468,6 +487,35 @@ pub enum SessionsCommand {
         id: String,
     },
 }
+
+/// `crewflow keys`: the API keys `crewflow serve --api-keys` lets in.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new key and print it (only now: the store keeps its SHA-256, not the key).
+    Create {
+        /// The tenant it reaches (`serve --api-keys --tenant NAME` serves one tenant).
+        #[arg(long, default_value = DEFAULT_TENANT)]
+        tenant: String,
+        /// What it is for (`ci`, `alice's laptop`).
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List the keys (their ids, never the keys), revoked ones included, oldest first.
+    List {
+        /// Only keys of this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key by its id: every server on the store refuses it within its refresh time
+    /// (`serve --key-refresh`, 5 s by default).
+    Revoke {
+        /// The key's id (`key_…`, from `crewflow keys list`).
+        id: String,
+    },
+}
+
+/// The tenant of `crewflow keys create` and `crewflow serve --api-keys` when none is given.
+pub const DEFAULT_TENANT: &str = "default";
 
 /// `crewflow trace`.
 #[derive(Debug, Args)]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crewflow_core::persist::{RunFilter, RunStore};
-use crewflow_server::{Server, ServerError, Webhook, router};
+use crewflow_server::{Server, ServerError, Tenants, Webhook, router, tenant_router};
 
 use crate::commands::{Ctx, store_failed};
 use crate::target::Target;
@@ -57,7 +57,8 @@ pub(crate) async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<Exit, CliError> 
     };
     // No new connections after the signal; requests that would start a run or a turn answer
     // 503 on the open ones; the rest are answered.
-    let serving = axum::serve(listener, router(server)).with_graceful_shutdown(shutdown).into_future();
+    let app = if args.api_keys { keyed(&store, &url, &args, server).await? } else { router(server) };
+    let serving = axum::serve(listener, app).with_graceful_shutdown(shutdown).into_future();
     let mut serving = std::pin::pin!(serving);
     outln!("listening on http://{addr}");
     if !ctx.json {
@@ -129,7 +130,29 @@ fn left_running(ctx: &Ctx, going: &[String]) {
 
 /// The server's run store: the one the compiled flows keep their runs in (the server needs
 /// every flow in one store), else the named store (`--store`, `$CREWFLOW_DB`, `crewflow.db`).
-fn server_store(ctx: &Ctx) -> Result<(Arc<dyn RunStore>, String), CliError> {
+/// `--api-keys`: the server as the one tenant `--tenant`, letting in that tenant's keys from
+/// the store. Refused when the tenant has no usable key: such a server would let no one in.
+async fn keyed(
+    store: &Arc<dyn RunStore>,
+    url: &str,
+    args: &ServeArgs,
+    server: Server,
+) -> Result<axum::Router, CliError> {
+    let keys = store.list_api_keys(Some(&args.tenant)).await.map_err(|e| store_failed(url, "list API keys", e))?;
+    if !keys.iter().any(|k| k.revoked_at.is_none()) {
+        return Err(CliError::new(
+            Exit::Usage,
+            format!(
+                "--api-keys: tenant `{}` has no API key in {url}, so no request could come in; make one with `crewflow keys create --tenant {}`",
+                args.tenant, args.tenant
+            ),
+        ));
+    }
+    let tenants = Tenants::new().tenant(&args.tenant, server).map_err(refused)?;
+    Ok(tenant_router(tenants.keys_from(store.clone()).key_refresh(args.key_refresh)))
+}
+
+pub(crate) fn server_store(ctx: &Ctx) -> Result<(Arc<dyn RunStore>, String), CliError> {
     if let Some(store) = ctx.all_mounted().iter().find_map(|f| f.store()) {
         let url = store.describe();
         return Ok((store, url));

@@ -520,3 +520,79 @@ fn a_worker_sends_signed_webhooks_for_the_runs_it_drives() {
     assert_eq!(code, Some(0), "{err}");
     assert!(deliveries.try_recv().is_err(), "an event was sent twice");
 }
+
+/// `GET path` with `key` as `Authorization: Bearer` (none: no header); the status.
+fn get_with_key(addr: &str, path: &str, key: Option<&str>) -> u16 {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    reply.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// `crewflow keys` and `crewflow serve --api-keys`: a key made with the binary lets requests
+/// in, a wrong or missing one does not, and a revoked one is refused within the refresh time.
+#[test]
+fn serve_with_api_keys_lets_in_the_stores_keys_until_revoked() {
+    let s = Scratch::new();
+    s.write("review.yaml", REVIEW);
+    let db = s.db("runs.db");
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--flows", "review.yaml", "--addr", "127.0.0.1:0", "--store", &db, "--api-keys"];
+        args.extend_from_slice(extra);
+        std::process::Command::new(assert_cmd::cargo::cargo_bin!("crewflow"))
+            .current_dir(s.dir.path())
+            .env_remove("CREWFLOW_DB")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // No key for the tenant yet: refused at start, naming the fix.
+    let out = serve(&[]).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("crewflow keys create --tenant default"), "{}", stderr(&out));
+
+    let made = s.cmd(&["keys", "create", "--label", "ci", "--store", &db]).output().unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    let key = stdout(&made).trim().to_string();
+    assert!(key.starts_with("cfk_") && !key.contains('\n'), "{key}");
+    assert!(stderr(&made).contains("shown only now"), "{}", stderr(&made));
+    let other =
+        json_lines(&s.cmd(&["keys", "create", "--tenant", "globex", "--store", &db, "--json"]).output().unwrap());
+    let other_key = other[0]["key"].as_str().unwrap().to_string();
+    // Bad names are refused, and nothing is stored.
+    let bad = s.cmd(&["keys", "create", "--tenant", "a b", "--store", &db]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+
+    let mut server = serve(&["--key-refresh", "200ms"]);
+    let addr = common::listening_address(&mut server);
+    assert_eq!(get_with_key(&addr, "/flows", None), 401);
+    assert_eq!(get_with_key(&addr, "/flows", Some("cfk_wrong")), 401);
+    assert_eq!(get_with_key(&addr, "/flows", Some(&other_key)), 401, "another tenant's key");
+    assert_eq!(get_with_key(&addr, "/flows", Some(&key)), 200);
+    assert_eq!(get_with_key(&addr, "/", None), 200, "the page asks for the key itself");
+
+    let listed = json_lines(&s.cmd(&["keys", "list", "--store", &db, "--json"]).output().unwrap());
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!((listed[0]["tenant"].as_str(), listed[0]["label"].as_str()), (Some("default"), Some("ci")));
+    assert!(listed.iter().all(|k| k.get("key").is_none() && k["revoked_at"].is_null()), "{listed:?}");
+    let id = listed[0]["id"].as_str().unwrap();
+    let revoked = s.cmd(&["keys", "revoke", id, "--store", &db]).output().unwrap();
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+    let start = Instant::now();
+    while get_with_key(&addr, "/flows", Some(&key)) != 401 {
+        assert!(start.elapsed() < Duration::from_secs(5), "a revoked key still works");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let unknown = s.cmd(&["keys", "revoke", "key_nope", "--store", &db]).output().unwrap();
+    assert_eq!(unknown.status.code(), Some(5), "{}", stderr(&unknown));
+    let table = stdout(&s.cmd(&["keys", "list", "--store", &db]).output().unwrap());
+    assert!(table.starts_with("ID") && table.contains(id) && table.contains("globex"), "{table}");
+
+    sigterm(&server);
+    assert_eq!(server.wait_with_output().unwrap().status.code(), Some(0));
+}

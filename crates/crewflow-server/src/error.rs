@@ -48,6 +48,26 @@ pub enum ServerError {
         /// The tenant.
         tenant: String,
     },
+    /// A tenant name an API key cannot be filed under ([`issue_api_key`](crate::issue_api_key)).
+    #[error("`{tenant}` is not a tenant name for API keys: use 1 to 64 letters, digits, `-`, `_` or `.` (e.g. `acme`)")]
+    BadTenantName {
+        /// What was given (its first characters).
+        tenant: String,
+    },
+    /// An API key's label with control characters or over 200 characters.
+    #[error(
+        "the API key's label `{label}` is too long or holds control characters; give at most 200 printable characters"
+    )]
+    BadKeyLabel {
+        /// What was given (its first characters).
+        label: String,
+    },
+    /// The store did not record the new API key ([`issue_api_key`](crate::issue_api_key)).
+    #[error("the API key was not made: {source}")]
+    KeyStore {
+        /// The store's error.
+        source: crewflow_core::BoxError,
+    },
     /// A CORS origin that is not `scheme://host[:port]` ([`ServerConfig::cors_origins`](crate::ServerConfig::cors_origins)).
     #[error(
         "`{origin}` is not an origin; give it as a browser sends it: `https://app.example.com` or `http://localhost:3000` (scheme, host, port; no path), or `*` for any"

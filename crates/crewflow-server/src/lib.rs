@@ -60,7 +60,9 @@
 //! ```
 //!
 //! Several tenants, each a `Server` over its own stores, are served behind API keys by
-//! [`tenant_router`] ([`Tenants`]).
+//! [`tenant_router`] ([`Tenants`]): keys given in code, or kept hashed in a store shared by
+//! every instance ([`issue_api_key`], [`Tenants::keys_from`]), made and revoked while the
+//! servers run.
 //!
 //! A [`Webhook`] ([`Server::webhook`]) tells a URL of every run's end or pause, signed with
 //! HMAC-SHA256 ([`verify_signature`] checks it), kept in the run store until delivered and
@@ -79,6 +81,7 @@ mod error;
 mod flows;
 mod frames;
 mod hosted;
+mod keys;
 mod lanes;
 mod live;
 mod openapi;
@@ -102,6 +105,7 @@ use crewflow_core::{Flow, FlowState};
 pub use config::{RateLimit, ServerConfig};
 pub use drain::Drain;
 pub use error::ServerError;
+pub use keys::{API_KEY_PREFIX, DEFAULT_KEY_REFRESH, IssuedApiKey, issue_api_key};
 pub use lanes::DoubleTexting;
 pub use outbox::WorkerWebhooks;
 pub use tenants::{Tenants, tenant_router};

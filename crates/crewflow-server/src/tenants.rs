@@ -12,11 +12,13 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
 use tower::ServiceExt;
+
+use crewflow_core::persist::RunStore;
 
 use crate::config::{Bucket, RateLimit, ServerConfig};
 use crate::error::{ApiError, ServerError};
+use crate::keys::{DEFAULT_KEY_REFRESH, StoredKeys, sha256};
 use crate::{Server, routes};
 
 /// The tenants a server serves and the API keys that reach them, kept hashed (SHA-256): the
@@ -42,6 +44,9 @@ pub struct Tenants {
     rate_limit: Option<RateLimit>,
     /// `Tenants::page(false)`: `GET /` is no page (false by default: it is served).
     no_page: bool,
+    /// Keys read from a store ([`Tenants::keys_from`]), besides those given here.
+    key_store: Option<Arc<dyn RunStore>>,
+    key_refresh: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for Tenants {
@@ -51,6 +56,7 @@ impl fmt::Debug for Tenants {
         f.debug_struct("Tenants")
             .field("tenants", &tenants)
             .field("keys", &self.keys.len())
+            .field("key_store", &self.key_store.as_ref().map(|s| s.describe()))
             .field("config", &self.config)
             .field("rate_limit", &self.rate_limit)
             .field("page", &!self.no_page)
@@ -101,8 +107,26 @@ impl Tenants {
 
     /// Lets `api_key` reach tenant `tenant`; only its SHA-256 is kept.
     pub fn key(self, tenant: &str, api_key: &str) -> Result<Self, ServerError> {
-        let hash: [u8; 32] = Sha256::digest(api_key.as_bytes()).into();
-        self.add(tenant, hash)
+        self.add(tenant, sha256(api_key))
+    }
+
+    /// Also lets in the keys kept in `store` ([`RunStore::list_api_keys`]; made with
+    /// [`issue_api_key`](crate::issue_api_key) or `crewflow keys create`), each reaching its
+    /// tenant — if that tenant is served here — until it is revoked. Every instance sharing
+    /// the store sees a new key at once and a revoked one within [`Tenants::key_refresh`]
+    /// (docs/server.md, "Keys kept in the store"). While the store cannot be read, a key this
+    /// instance has not checked recently answers `503 keys_unavailable`.
+    pub fn keys_from(mut self, store: Arc<dyn RunStore>) -> Self {
+        self.key_store = Some(store);
+        self
+    }
+
+    /// How old this instance's copy of the stored keys ([`Tenants::keys_from`]) may get
+    /// before a request reads them again: the longest a revoked key keeps working here.
+    /// 5 s by default; `Duration::ZERO` reads the store on every request.
+    pub fn key_refresh(mut self, every: std::time::Duration) -> Self {
+        self.key_refresh = Some(every);
+        self
     }
 
     /// Lets the key whose SHA-256 is `hex` (64 hexadecimal digits) reach tenant `tenant`: for
@@ -131,25 +155,42 @@ impl Tenants {
 /// The tenants as served: each tenant's routes, and each key's bucket.
 struct Served {
     keys: HashMap<[u8; 32], String>,
+    stored_keys: Option<StoredKeys>,
     routers: HashMap<String, Router>,
     rate_limit: Option<RateLimit>,
-    /// One bucket per configured key (unknown keys are refused before): bounded by the keys.
+    /// One bucket per known key (unknown keys are refused before): bounded by the keys.
     buckets: Mutex<HashMap<[u8; 32], Bucket>>,
+}
+
+/// Why a request is not let in.
+enum Refusal {
+    /// No key, or no known key.
+    Unknown,
+    /// Over the key's rate, for this long.
+    Over(std::time::Duration),
+    /// The stored keys could not be read.
+    KeysUnavailable,
 }
 
 impl Served {
     /// The router of the request's key's tenant, once the key's allowance has a request left.
-    /// `Err(None)`: no known key; `Err(Some(wait))`: over the rate, for `wait`.
-    fn admit(&self, headers: &HeaderMap) -> Result<Router, Option<std::time::Duration>> {
-        let key = bearer(headers).ok_or(None)?;
-        let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        let tenant = self.keys.get(&hash).ok_or(None)?;
+    async fn admit(&self, headers: &HeaderMap) -> Result<Router, Refusal> {
+        let key = bearer(headers).ok_or(Refusal::Unknown)?;
+        let hash = sha256(key);
+        let tenant = match (self.keys.get(&hash), &self.stored_keys) {
+            (Some(tenant), _) => tenant.clone(),
+            (None, Some(stored)) => {
+                let served = |tenant: &str| self.routers.contains_key(tenant);
+                stored.tenant_of(&hash, &served).await.map_err(|_| Refusal::KeysUnavailable)?.ok_or(Refusal::Unknown)?
+            }
+            (None, None) => return Err(Refusal::Unknown),
+        };
         if let Some(limit) = &self.rate_limit {
             let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
             let bucket = buckets.entry(hash).or_insert_with(|| Bucket::full(limit));
-            bucket.take(limit).map_err(Some)?;
+            bucket.take(limit).map_err(Refusal::Over)?;
         }
-        self.routers.get(tenant).cloned().ok_or(None)
+        self.routers.get(&tenant).cloned().ok_or(Refusal::Unknown)
     }
 }
 
@@ -169,12 +210,13 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// The limits of [`Tenants::config`] and [`Tenants::rate_limit`] apply: a key over its rate
 /// answers `429 rate_limited` with `Retry-After`, before its body is read.
 pub fn tenant_router(tenants: Tenants) -> Router {
-    let Tenants { keys, servers, config, rate_limit, no_page } = tenants;
+    let Tenants { keys, servers, config, rate_limit, no_page, key_store, key_refresh } = tenants;
+    let stored_keys = key_store.map(|store| StoredKeys::new(store, key_refresh.unwrap_or(DEFAULT_KEY_REFRESH)));
     let routers = servers
         .into_iter()
         .map(|(name, server)| (name, config.bodies(routes::router(server.page(!no_page)))))
         .collect();
-    let served = Arc::new(Served { keys, routers, rate_limit, buckets: Mutex::default() });
+    let served = Arc::new(Served { keys, stored_keys, routers, rate_limit, buckets: Mutex::default() });
     let app = Router::new().fallback(move |request: Request<Body>| {
         let served = served.clone();
         async move {
@@ -182,9 +224,10 @@ pub fn tenant_router(tenants: Tenants) -> Router {
             if !no_page && crate::page::is_page(request.method(), request.uri()) {
                 return crate::page::response();
             }
-            let router = match (served.admit(request.headers()), &served.rate_limit) {
+            let router = match (served.admit(request.headers()).await, &served.rate_limit) {
                 (Ok(router), _) => router,
-                (Err(Some(wait)), Some(limit)) => return rate_limited(limit, wait),
+                (Err(Refusal::Over(wait)), Some(limit)) => return rate_limited(limit, wait),
+                (Err(Refusal::KeysUnavailable), _) => return keys_unavailable(),
                 (Err(_), _) => return unauthorized(),
             };
             match router.oneshot(request).await {
@@ -208,6 +251,18 @@ fn rate_limited(limit: &RateLimit, wait: std::time::Duration) -> Response {
     );
     let mut response = e.into_response();
     response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    response
+}
+
+fn keys_unavailable() -> Response {
+    // The store's error is not told: the caller has not shown a key yet.
+    let e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "keys_unavailable",
+        "this server cannot check API keys right now (its key store does not answer); retry in a few seconds",
+    );
+    let mut response = e.into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(5u64));
     response
 }
 

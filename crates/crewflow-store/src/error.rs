@@ -76,6 +76,9 @@ pub enum StoreError {
     /// A schedule with this id exists already.
     #[error("a schedule with id {0} already exists; give the new one another id")]
     ScheduleExists(String),
+    /// An API key with this id, or with this key's hash, exists already.
+    #[error("an API key with id {0} (or the same key) already exists; make a new key")]
+    ApiKeyExists(String),
     /// The run is not in the store.
     #[error("no run {0} in the store")]
     NoSuchRun(String),

@@ -31,6 +31,8 @@ mod postgres_compact;
 #[cfg(feature = "postgres")]
 mod postgres_journal;
 #[cfg(feature = "postgres")]
+mod postgres_keys;
+#[cfg(feature = "postgres")]
 mod postgres_memories;
 #[cfg(feature = "postgres")]
 mod postgres_reports;
@@ -53,6 +55,8 @@ mod sqlite_compact;
 mod sqlite_connection;
 #[cfg(feature = "sqlite")]
 mod sqlite_journal;
+#[cfg(feature = "sqlite")]
+mod sqlite_keys;
 #[cfg(feature = "sqlite")]
 mod sqlite_memories;
 #[cfg(feature = "sqlite")]

@@ -3,9 +3,9 @@
 //! one transaction, under an advisory lock, on first use.
 
 /// The newest schema this crewflow writes.
-pub(crate) const SCHEMA_VERSION: i64 = 11;
+pub(crate) const SCHEMA_VERSION: i64 = 12;
 
-pub(crate) const MIGRATIONS: [&str; 11] = [
+pub(crate) const MIGRATIONS: [&str; 12] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -75,4 +75,6 @@ ALTER TABLE crewflow_steps DROP CONSTRAINT IF EXISTS crewflow_steps_run_id_fkey;
     // instead of an in-page (HOT) update. The idle sweep finds a flow's open traces through
     // `crewflow_traces_one_open` and checks their `updated_at` there.
     crate::sessions_schema::DROP_TRACES_IDLE,
+    // 12: the run server's API keys, hashed (`crewflow keys`).
+    crate::postgres_keys::MIGRATION,
 ];

@@ -20,7 +20,7 @@ use crewflow_core::RunId;
 use crewflow_core::persist::{
     Checkpoint, Claim, CompactReport, JournalEntry, LeaseLost, LoadRun, NewRun, NewSchedule, NewWebhook, QueuedWebhook,
     Retention, RunEnd, RunFilter, RunOwned, RunStatus, RunStore, RunSummary, ScheduleFire, StepOutputs, StepRow,
-    StoreFuture, StoredRun, StoredSchedule,
+    StoreFuture, StoredApiKey, StoredRun, StoredSchedule,
 };
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
@@ -662,6 +662,18 @@ impl RunStore for SqliteStore {
 
     fn delete_schedule<'a>(&'a self, tenant: &'a str, id: &'a str) -> StoreFuture<'a, bool> {
         self.delete_schedule_row(tenant, id)
+    }
+
+    fn create_api_key<'a>(&'a self, key: &'a StoredApiKey) -> StoreFuture<'a, ()> {
+        self.create_api_key_row(key)
+    }
+
+    fn list_api_keys<'a>(&'a self, tenant: Option<&'a str>) -> StoreFuture<'a, Vec<StoredApiKey>> {
+        self.list_api_key_rows(tenant)
+    }
+
+    fn revoke_api_key<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<DateTime<Utc>>> {
+        self.revoke_api_key_row(id)
     }
 
     fn fire_schedule<'a>(&'a self, id: &'a str, tick: DateTime<Utc>, run: &'a NewRun) -> StoreFuture<'a, bool> {

@@ -3,10 +3,10 @@
 //! transaction when a file is first used.
 
 /// The newest schema this crewflow writes.
-pub(crate) const SCHEMA_VERSION: i64 = 10;
+pub(crate) const SCHEMA_VERSION: i64 = 11;
 
 /// Schema migrations, applied in order; migration `i` brings the schema to version `i + 1`.
-pub(crate) const MIGRATIONS: [&str; 10] = [
+pub(crate) const MIGRATIONS: [&str; 11] = [
     r#"
 CREATE TABLE crewflow_runs (
     id               TEXT PRIMARY KEY,
@@ -66,4 +66,6 @@ CREATE INDEX crewflow_runs_by_parent ON crewflow_runs (parent_run_id) WHERE pare
     // deleted and added per turn). The idle sweep finds a flow's open traces through
     // `crewflow_traces_one_open` (as on PostgreSQL, schema 11).
     crate::sessions_schema::DROP_TRACES_IDLE,
+    // 11: the run server's API keys, hashed (`crewflow keys`).
+    crate::sqlite_keys::MIGRATION,
 ];

@@ -28,11 +28,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::BoxError;
 use crate::id::RunId;
 
+mod keys;
 mod load;
 mod owner;
 mod schedules;
 mod tree;
 
+pub use keys::StoredApiKey;
+use keys::no_keys;
 pub use load::{LoadRun, StepOutputs};
 pub(crate) use owner::Driving;
 pub use owner::{driven_runs, owner_is_dead, process_owner};
@@ -606,6 +609,27 @@ pub trait RunStore: Send + Sync + 'static {
     fn settle_webhook<'a>(&'a self, id: &'a str, retry_at: Option<DateTime<Utc>>) -> StoreFuture<'a, ()> {
         let _ = (id, retry_at);
         no_schedules(self.describe())
+    }
+
+    /// Records an API key ([`StoredApiKey`]: its hash, never the key). Fails when its id or
+    /// its hash is in the store already. The default refuses: the store keeps no keys.
+    fn create_api_key<'a>(&'a self, key: &'a StoredApiKey) -> StoreFuture<'a, ()> {
+        let _ = key;
+        no_keys(self.describe())
+    }
+
+    /// The API keys (of `tenant` only, when given), revoked ones included, oldest first.
+    fn list_api_keys<'a>(&'a self, tenant: Option<&'a str>) -> StoreFuture<'a, Vec<StoredApiKey>> {
+        let _ = tenant;
+        no_keys(self.describe())
+    }
+
+    /// Revokes the API key with this id, from now on: it reaches nothing any more. Returns
+    /// when it was revoked (then, or earlier if it was already), `None` when the store has no
+    /// key with this id.
+    fn revoke_api_key<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<DateTime<Utc>>> {
+        let _ = id;
+        no_keys(self.describe())
     }
 
     /// Fires one tick of a schedule, once across every process sharing the store: in one
