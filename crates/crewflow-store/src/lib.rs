@@ -35,6 +35,8 @@ mod postgres_keys;
 #[cfg(feature = "postgres")]
 mod postgres_memories;
 #[cfg(feature = "postgres")]
+mod postgres_pool;
+#[cfg(feature = "postgres")]
 mod postgres_reports;
 #[cfg(feature = "postgres")]
 mod postgres_schedules;
@@ -85,6 +87,8 @@ pub use error::StoreError;
 pub use memory::{MemoryQuery, MemoryRow, MemoryStore, ModelCount};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
+#[cfg(feature = "postgres")]
+pub use postgres_pool::PoolOptions;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, Synchronous};
 

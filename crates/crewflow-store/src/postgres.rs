@@ -29,20 +29,18 @@ use crate::StoreError;
 use crate::heartbeat::Heartbeat;
 use crate::postgres_chain::{CHAIN_COLUMNS, ChainWrite, chain_ctes};
 use crate::postgres_checkpoint::{CheckpointWrite, INSERT_STEPS, steps_json};
+use crate::postgres_pool::{PoolOptions, close_idle};
 use crate::postgres_schema::{MIGRATIONS, SCHEMA_VERSION};
 use crate::util::{
     apply_state_chain, fingerprint, may_claim, parent, parse_fingerprint, parse_run_id, parse_status,
     refuse_nul_in_run, refuse_nul_json, refuse_nul_text,
 };
 
-/// Connections for the store's own queries.
-const QUERY_CONNECTIONS: usize = 16;
-
-/// Connections holding session locks, at most: as many sessions of this process can be in a
-/// turn at once (more wait, up to their lock timeout, then get `SessionBusy`). With
-/// [`QUERY_CONNECTIONS`], up to 48 connections per process: mind PostgreSQL's
-/// `max_connections` (100 by default) when running several processes.
-const LOCK_CONNECTIONS: usize = 32;
+impl Inner {
+    fn pools(&self) -> [&Pool; 2] {
+        [&self.pool, &self.locks]
+    }
+}
 
 struct Inner {
     /// `postgres://user@host:port/db`, without a password.
@@ -51,6 +49,10 @@ struct Inner {
     /// Connections holding session locks, apart from `pool`: a turn holds one for its whole
     /// length while its queries take connections from `pool`.
     locks: Pool,
+    /// Connections unused this long are closed ([`PoolOptions::idle_timeout`]).
+    idle_timeout: Option<Duration>,
+    /// Whether the task closing idle connections was started.
+    closing_idle: std::sync::Once,
     migrated: OnceCell<()>,
     heartbeat: Heartbeat,
     /// The session locks this process holds (their connections are in `locks`).
@@ -70,8 +72,17 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     /// A store for the database at `url` (`postgres://user[:password]@host[:port]/db`),
-    /// connecting on first use.
+    /// connecting on first use. Its connections follow [`PoolOptions::default`], or the
+    /// options of the URL's query: `?pool_size=4&lock_pool_size=8&idle_timeout=60s` (the
+    /// others go to the driver: `application_name`, `options`, `sslmode`, ...).
     pub fn connect_lazy(url: &str) -> Result<Self, StoreError> {
+        let (url, pool) = PoolOptions::from_url(url, &redact(url))?;
+        Self::connect_lazy_with(&url, pool)
+    }
+
+    /// [`connect_lazy`](PostgresStore::connect_lazy), with the connections of `pool`.
+    pub fn connect_lazy_with(url: &str, pool: PoolOptions) -> Result<Self, StoreError> {
+        pool.check(&redact(url))?;
         let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
             StoreError::PostgresUnavailable { target: redact(url), message: format!("invalid URL: {e}") }
         })?;
@@ -89,8 +100,10 @@ impl PostgresStore {
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 target: redact(url),
-                pool: pool_of(QUERY_CONNECTIONS)?,
-                locks: pool_of(LOCK_CONNECTIONS)?,
+                pool: pool_of(pool.queries_max())?,
+                locks: pool_of(pool.locks_max())?,
+                idle_timeout: pool.idle(),
+                closing_idle: std::sync::Once::new(),
                 migrated: OnceCell::new(),
                 heartbeat: Heartbeat::default(),
                 #[cfg(feature = "chat")]
@@ -113,6 +126,7 @@ impl PostgresStore {
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.close_idle_connections();
         let mut client = self.inner.pool.get().await.map_err(|e| self.unavailable(e))?;
         self.inner.migrated.get_or_try_init(|| migrate(&mut client, &self.inner.target)).await?;
         Ok(client)
@@ -127,6 +141,7 @@ impl PostgresStore {
             create: Some(Duration::from_secs(5)),
             recycle: Some(Duration::from_secs(5)),
         };
+        self.close_idle_connections();
         match self.inner.locks.timeout_get(&timeouts).await {
             Ok(mut client) => {
                 self.inner.migrated.get_or_try_init(|| migrate(&mut client, &self.inner.target)).await?;
@@ -134,6 +149,15 @@ impl PostgresStore {
             }
             Err(deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait)) => Ok(None),
             Err(e) => Err(self.unavailable(e)),
+        }
+    }
+
+    /// From the first connection on, idle ones are closed after the idle timeout.
+    fn close_idle_connections(&self) {
+        if let Some(idle) = self.inner.idle_timeout {
+            self.inner.closing_idle.call_once(|| {
+                close_idle(Arc::downgrade(&self.inner), Inner::pools, idle);
+            });
         }
     }
 
