@@ -11,6 +11,9 @@
 //!   64 × 50 turns on fresh sessions.
 //! - `serve_turns_pg`: the same with runs and sessions in PostgreSQL (`CREWFLOW_TEST_POSTGRES`,
 //!   a fresh schema dropped after; skipped without it). Goals ≥ 3,000 turns/s, p99 ≤ 20 ms.
+//! - `serve_turns_keyed`: `serve_turns` behind API keys kept in the store (`tenant_router`
+//!   with `Tenants::keys_from`, one tenant): every request carries a key, checked against the
+//!   instance's copy of the stored keys. Compare with `serve_turns` of the same sitting.
 //! - `serve_stream_fanout`: 1,000 SSE clients at once on `GET /runs/{id}/events` of one running
 //!   flow, connected before its step (held by a gate) emits 200 events. `missed_frames`: frames
 //!   the clients did not get, against a late subscriber's count (goal 0); `bytes_per_client`:
@@ -33,7 +36,7 @@ use std::time::{Duration, Instant};
 use crewflow_chat::{ChatFlow, ChatState, SessionStore};
 use crewflow_core::persist::RunStore;
 use crewflow_core::{Cx, FlowBuilder, RunId, StepError};
-use crewflow_server::{DoubleTexting, Server, router};
+use crewflow_server::{DoubleTexting, Server, Tenants, issue_api_key, router, tenant_router};
 use crewflow_store::{PostgresStore, SqliteStore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -43,7 +46,7 @@ mod harness;
 
 use harness::{report, rss_bytes};
 
-const BENCHES: [&str; 3] = ["serve_turns", "serve_turns_pg", "serve_stream_fanout"];
+const BENCHES: [&str; 4] = ["serve_turns", "serve_turns_keyed", "serve_turns_pg", "serve_stream_fanout"];
 const SESSIONS: usize = 64;
 const TURNS: usize = 50;
 const ROUNDS: usize = 5;
@@ -56,7 +59,8 @@ fn main() {
         Some(name) => {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
             match name.as_str() {
-                "serve_turns" => rt.block_on(serve_turns()),
+                "serve_turns" => rt.block_on(serve_turns(false)),
+                "serve_turns_keyed" => rt.block_on(serve_turns(true)),
                 "serve_turns_pg" => rt.block_on(serve_turns_pg()),
                 "serve_stream_fanout" => rt.block_on(serve_stream_fanout()),
                 other => eprintln!("unknown benchmark {other}"),
@@ -68,9 +72,14 @@ fn main() {
 
 /// Serves `server` on a loopback port; its base URL.
 async fn serve(server: Server) -> String {
+    serve_app(router(server)).await
+}
+
+/// Serves `app` on a loopback port; its base URL.
+async fn serve_app(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(server)).await.unwrap() });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     crewflow_llm::install_crypto_provider(); // reqwest is built without its own TLS provider
     base
 }
@@ -84,11 +93,15 @@ fn reply_chat(sessions: impl SessionStore + 'static) -> ChatFlow<ChatState> {
     ChatFlow::new(flow, sessions)
 }
 
-async fn serve_turns() {
+async fn serve_turns(keyed: bool) {
     let dir = tempfile::tempdir().unwrap();
     let runs = crewflow_store::open(dir.path().join("runs.db").to_str().unwrap()).unwrap();
     let chat = reply_chat(SqliteStore::open(dir.path().join("sessions.db")));
-    turns_over_http("serve_turns", runs, &chat).await;
+    if keyed {
+        turns_over_http("serve_turns_keyed", runs, &chat, true).await;
+    } else {
+        turns_over_http("serve_turns", runs, &chat, false).await;
+    }
     drop(dir); // the files go once the figures are out
 }
 
@@ -105,14 +118,23 @@ async fn serve_turns_pg() {
     // One store for runs and sessions: its pools (48 connections) are shared.
     let store = PostgresStore::connect_lazy(&format!("{url}{sep}options=-csearch_path%3D{schema}")).unwrap();
     let chat = reply_chat(store.clone());
-    turns_over_http("serve_turns_pg", Arc::new(store), &chat).await;
+    turns_over_http("serve_turns_pg", Arc::new(store), &chat, false).await;
     let _ = client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await;
 }
 
 /// 64 sessions sending turns one after the other, [`ROUNDS`] rounds on fresh sessions.
-async fn turns_over_http(bench: &str, runs: Arc<dyn RunStore>, chat: &ChatFlow<ChatState>) {
-    let base = serve(Server::new(runs).chat(chat, DoubleTexting::Enqueue).unwrap()).await;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(SESSIONS).build().unwrap();
+/// With `keyed`, behind a key kept in `runs` (`serve_turns_keyed`).
+async fn turns_over_http(bench: &str, runs: Arc<dyn RunStore>, chat: &ChatFlow<ChatState>, keyed: bool) {
+    let server = Server::new(runs.clone()).chat(chat, DoubleTexting::Enqueue).unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    let base = if keyed {
+        let key = issue_api_key(&*runs, "bench", "").await.unwrap().key;
+        headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
+        serve_app(tenant_router(Tenants::new().tenant("bench", server).unwrap().keys_from(runs))).await
+    } else {
+        serve(server).await
+    };
+    let client = reqwest::Client::builder().pool_max_idle_per_host(SESSIONS).default_headers(headers).build().unwrap();
     let (mut rates, mut p99s) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let mut ids = Vec::new();
