@@ -2,8 +2,10 @@
 //! server uses (crewflow-server's `issue_api_key`; the store keeps their SHA-256 only).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crewflow_core::persist::RunStore;
+use crewflow_server::NewApiKey;
 use serde_json::json;
 
 use crate::commands::{Ctx, store_failed};
@@ -11,7 +13,7 @@ use crate::{CliError, Exit, KeysCommand};
 
 pub(crate) async fn keys(ctx: &Ctx, command: KeysCommand) -> Result<Exit, CliError> {
     match command {
-        KeysCommand::Create { tenant, label } => create(ctx, &tenant, &label).await,
+        KeysCommand::Create { tenant, label, expires_in } => create(ctx, &tenant, &label, expires_in).await,
         KeysCommand::List { tenant } => list(ctx, tenant.as_deref()).await,
         KeysCommand::Revoke { id } => revoke(ctx, &id).await,
     }
@@ -26,9 +28,13 @@ fn store(ctx: &Ctx, create: bool) -> Result<(Arc<dyn RunStore>, String), CliErro
     Ok((ctx.runs()?, ctx.store_url()))
 }
 
-async fn create(ctx: &Ctx, tenant: &str, label: &str) -> Result<Exit, CliError> {
+async fn create(ctx: &Ctx, tenant: &str, label: &str, expires_in: Option<Duration>) -> Result<Exit, CliError> {
+    let mut new = NewApiKey::new(tenant).label(label);
+    if let Some(after) = expires_in {
+        new = new.expires_in(after);
+    }
     let (store, url) = store(ctx, true)?;
-    let issued = crewflow_server::issue_api_key(&*store, tenant, label).await.map_err(|e| match e {
+    let issued = crewflow_server::issue_api_key(&*store, &new).await.map_err(|e| match e {
         crewflow_server::ServerError::KeyStore { source } => store_failed(&url, "record the API key", source),
         other => CliError::new(Exit::Usage, other.to_string()),
     })?;
@@ -36,7 +42,8 @@ async fn create(ctx: &Ctx, tenant: &str, label: &str) -> Result<Exit, CliError> 
     if ctx.json {
         outln!(
             "{}",
-            json!({"id": k.id, "tenant": k.tenant, "label": k.label, "key": issued.key, "created_at": k.created_at.to_rfc3339()})
+            json!({"id": k.id, "tenant": k.tenant, "label": k.label, "key": issued.key, "created_at": k.created_at.to_rfc3339(),
+                   "expires_at": k.expires_at.map(|t| t.to_rfc3339())})
         );
     } else {
         // The key alone on stdout, for `KEY=$(crewflow keys create)`; the rest on stderr.
@@ -58,16 +65,32 @@ async fn list(ctx: &Ctx, tenant: Option<&str>) -> Result<Exit, CliError> {
             outln!(
                 "{}",
                 json!({"id": k.id, "tenant": k.tenant, "label": k.label, "created_at": k.created_at.to_rfc3339(),
-                       "revoked_at": k.revoked_at.map(|t| t.to_rfc3339())})
+                       "revoked_at": k.revoked_at.map(|t| t.to_rfc3339()), "expires_at": k.expires_at.map(|t| t.to_rfc3339())})
             );
         }
     } else if keys.is_empty() {
         eprintln!("no API keys in {url}; make one with `crewflow keys create`");
     } else {
-        outln!("{:<16}  {:<16}  {:<19}  {:<19}  LABEL", "ID", "TENANT", "CREATED (UTC)", "REVOKED (UTC)");
+        outln!(
+            "{:<16}  {:<16}  {:<19}  {:<19}  {:<19}  LABEL",
+            "ID",
+            "TENANT",
+            "CREATED (UTC)",
+            "REVOKED (UTC)",
+            "EXPIRES (UTC)"
+        );
         for k in &keys {
-            let revoked = k.revoked_at.map(time).unwrap_or_else(|| "-".into());
-            outln!("{:<16}  {:<16}  {:<19}  {:<19}  {}", k.id, k.tenant, time(k.created_at), revoked, k.label);
+            let or_dash = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(time).unwrap_or_else(|| "-".into());
+            let (revoked, expires) = (or_dash(k.revoked_at), or_dash(k.expires_at));
+            outln!(
+                "{:<16}  {:<16}  {:<19}  {:<19}  {:<19}  {}",
+                k.id,
+                k.tenant,
+                time(k.created_at),
+                revoked,
+                expires,
+                k.label
+            );
         }
     }
     Ok(Exit::Ok)

@@ -183,7 +183,7 @@ pub enum Command {
     /// API keys for `crewflow serve --api-keys`, kept hashed in the store.
     #[command(
         subcommand,
-        after_help = "Examples:\n  crewflow keys create --label ci        # prints the key, once\n  crewflow keys list\n  crewflow keys revoke key_3GxW0c…"
+        after_help = "Examples:\n  crewflow keys create --label ci --expires-in 90d   # prints the key, once\n  crewflow keys list\n  crewflow keys revoke key_3GxW0c…"
     )]
     Keys(KeysCommand),
     /// Hold a conversation with a conversational flow compiled into this binary: each line is
@@ -393,7 +393,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME", default_value = DEFAULT_TENANT, requires = "api_keys")]
     pub tenant: String,
     /// With --api-keys: how often the keys are read again from the store, so the longest a
-    /// revoked key still works here (a new key works at once).
+    /// revoked key still works here (a new key works within a second).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration, requires = "api_keys")]
     pub key_refresh: std::time::Duration,
 }
@@ -499,6 +499,9 @@ pub enum KeysCommand {
         /// What it is for (`ci`, `alice's laptop`).
         #[arg(long, default_value = "")]
         label: String,
+        /// It stops working this long after now (`90d`, `12h`); never, without it.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
     },
     /// List the keys (their ids, never the keys), revoked ones included, oldest first.
     List {

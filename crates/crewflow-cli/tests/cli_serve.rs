@@ -588,10 +588,29 @@ fn serve_with_api_keys_lets_in_the_stores_keys_until_revoked() {
         assert!(start.elapsed() < Duration::from_secs(5), "a revoked key still works");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A key made with an expiry works until then, then not.
+    let expiring =
+        json_lines(&s.cmd(&["keys", "create", "--expires-in", "3s", "--store", &db, "--json"]).output().unwrap());
+    assert!(expiring[0]["expires_at"].is_string(), "{expiring:?}");
+    let expiring_key = expiring[0]["key"].as_str().unwrap();
+    // New: let in within a second (an unknown key reads the keys again at most once a second).
+    let start = Instant::now();
+    while get_with_key(&addr, "/flows", Some(expiring_key)) != 200 {
+        assert!(start.elapsed() < Duration::from_millis(1400), "a new key is not let in");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let start = Instant::now();
+    while get_with_key(&addr, "/flows", Some(expiring_key)) != 401 {
+        assert!(start.elapsed() < Duration::from_secs(6), "an expired key still works");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let bad = s.cmd(&["keys", "create", "--expires-in", "soon", "--store", &db]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
     let unknown = s.cmd(&["keys", "revoke", "key_nope", "--store", &db]).output().unwrap();
     assert_eq!(unknown.status.code(), Some(5), "{}", stderr(&unknown));
     let table = stdout(&s.cmd(&["keys", "list", "--store", &db]).output().unwrap());
     assert!(table.starts_with("ID") && table.contains(id) && table.contains("globex"), "{table}");
+    assert!(table.lines().next().unwrap().contains("EXPIRES (UTC)"), "{table}");
 
     sigterm(&server);
     assert_eq!(server.wait_with_output().unwrap().status.code(), Some(0));

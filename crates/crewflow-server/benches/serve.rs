@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use crewflow_chat::{ChatFlow, ChatState, SessionStore};
 use crewflow_core::persist::RunStore;
 use crewflow_core::{Cx, FlowBuilder, RunId, StepError};
-use crewflow_server::{DoubleTexting, Server, Tenants, issue_api_key, router, tenant_router};
+use crewflow_server::{DoubleTexting, NewApiKey, Server, Tenants, issue_api_key, router, tenant_router};
 use crewflow_store::{PostgresStore, SqliteStore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -128,7 +128,7 @@ async fn turns_over_http(bench: &str, runs: Arc<dyn RunStore>, chat: &ChatFlow<C
     let server = Server::new(runs.clone()).chat(chat, DoubleTexting::Enqueue).unwrap();
     let mut headers = reqwest::header::HeaderMap::new();
     let base = if keyed {
-        let key = issue_api_key(&*runs, "bench", "").await.unwrap().key;
+        let key = issue_api_key(&*runs, &NewApiKey::new("bench")).await.unwrap().key;
         headers.insert("authorization", format!("Bearer {key}").parse().unwrap());
         serve_app(tenant_router(Tenants::new().tenant("bench", server).unwrap().keys_from(runs))).await
     } else {

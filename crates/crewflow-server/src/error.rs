@@ -62,6 +62,9 @@ pub enum ServerError {
         /// What was given (its first characters).
         label: String,
     },
+    /// An API key's expiry that is zero, or too far to be a time.
+    #[error("an API key must expire after a positive time a calendar can hold; give e.g. 90 days, or no expiry")]
+    BadKeyExpiry,
     /// The store did not record the new API key ([`issue_api_key`](crate::issue_api_key)).
     #[error("the API key was not made: {source}")]
     KeyStore {

@@ -105,7 +105,7 @@ use crewflow_core::{Flow, FlowState};
 pub use config::{RateLimit, ServerConfig};
 pub use drain::Drain;
 pub use error::ServerError;
-pub use keys::{API_KEY_PREFIX, DEFAULT_KEY_REFRESH, IssuedApiKey, issue_api_key};
+pub use keys::{API_KEY_PREFIX, DEFAULT_KEY_REFRESH, IssuedApiKey, NewApiKey, issue_api_key};
 pub use lanes::DoubleTexting;
 pub use outbox::WorkerWebhooks;
 pub use tenants::{Tenants, tenant_router};

@@ -113,7 +113,7 @@ impl Tenants {
     /// Also lets in the keys kept in `store` ([`RunStore::list_api_keys`]; made with
     /// [`issue_api_key`](crate::issue_api_key) or `crewflow keys create`), each reaching its
     /// tenant — if that tenant is served here — until it is revoked. Every instance sharing
-    /// the store sees a new key at once and a revoked one within [`Tenants::key_refresh`]
+    /// the store sees a new key within a second and a revoked one within [`Tenants::key_refresh`]
     /// (docs/server.md, "Keys kept in the store"). While the store cannot be read, a key this
     /// instance has not checked recently answers `503 keys_unavailable`.
     pub fn keys_from(mut self, store: Arc<dyn RunStore>) -> Self {

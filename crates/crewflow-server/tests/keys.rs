@@ -1,5 +1,5 @@
 //! API keys kept in a store (`issue_api_key`, `Tenants::keys_from`), over real HTTP on
-//! loopback: a stored key reaches its tenant only, a new key works at once, a revoked one stops
+//! loopback: a stored key reaches its tenant only, a new key works within a second, a revoked one stops
 //! working on every instance within the refresh time, the store keeps no key, and a key store
 //! that cannot be read refuses (503) without telling a stranger why.
 
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{Running, error_of, serve_app};
 use crewflow_core::persist::RunStore;
 use crewflow_core::{Cx, FlowBuilder};
-use crewflow_server::{API_KEY_PREFIX, Server, ServerError, Tenants, issue_api_key, tenant_router};
+use crewflow_server::{API_KEY_PREFIX, NewApiKey, Server, ServerError, Tenants, issue_api_key, tenant_router};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default, Serialize, Deserialize)]
@@ -69,9 +69,9 @@ async fn a_stored_key_reaches_its_tenant_until_it_is_revoked_on_every_instance()
     let dir = tempfile::tempdir().unwrap();
     let keys_db = dir.path().join("keys.db");
     let keys: Arc<dyn RunStore> = crewflow_store::open(keys_db.to_str().unwrap()).unwrap();
-    let acme = issue_api_key(&*keys, "acme", "ci").await.unwrap();
-    let globex = issue_api_key(&*keys, "globex", "").await.unwrap();
-    let initech = issue_api_key(&*keys, "initech", "not served here").await.unwrap();
+    let acme = issue_api_key(&*keys, &NewApiKey::new("acme").label("ci")).await.unwrap();
+    let globex = issue_api_key(&*keys, &NewApiKey::new("globex")).await.unwrap();
+    let initech = issue_api_key(&*keys, &NewApiKey::new("initech").label("not served here")).await.unwrap();
     assert!(acme.key.starts_with(API_KEY_PREFIX) && acme.key.len() == API_KEY_PREFIX.len() + 43, "{}", acme.key);
     assert_ne!(acme.key, globex.key);
     assert!(acme.stored.id.starts_with("key_"), "{:?}", acme.stored);
@@ -97,9 +97,9 @@ async fn a_stored_key_reaches_its_tenant_until_it_is_revoked_on_every_instance()
         }
     }
 
-    // A key made while the servers run works at once (an unknown key reads the keys again,
+    // A key made while the servers run works within a second (an unknown key reads the keys again,
     // at most once a second).
-    let late = issue_api_key(&*keys, "acme", "made later").await.unwrap();
+    let late = issue_api_key(&*keys, &NewApiKey::new("acme").label("made later")).await.unwrap();
     let waited = until(&one, &late.key, "/flows", 200).await;
     assert!(waited < Duration::from_millis(1500), "a new key took {waited:?}");
 
@@ -141,7 +141,7 @@ async fn a_key_store_that_cannot_be_read_refuses_without_saying_why() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keys.db");
     let keys: Arc<dyn RunStore> = crewflow_store::open(path.to_str().unwrap()).unwrap();
-    let acme = issue_api_key(&*keys, "acme", "").await.unwrap();
+    let acme = issue_api_key(&*keys, &NewApiKey::new("acme")).await.unwrap();
     let srv = serve_app(instance(dir.path(), &keys)).await;
     assert_eq!(status(&srv, &acme.key, "/flows").await, 200);
 
@@ -162,26 +162,58 @@ async fn a_key_store_that_cannot_be_read_refuses_without_saying_why() {
     until(&srv, &acme.key, "/flows", 200).await;
 }
 
+/// A key with an expiry works until then, and is refused after, on every instance, without
+/// anyone revoking it; a zero expiry is refused.
+async fn expiring_keys(keys: &Arc<dyn RunStore>, dir: &std::path::Path) {
+    let expiring =
+        issue_api_key(&**keys, &NewApiKey::new("acme").expires_in(Duration::from_millis(1200))).await.unwrap();
+    let lasting = issue_api_key(&**keys, &NewApiKey::new("acme").expires_in(Duration::from_secs(3600))).await.unwrap();
+    let expires_at = expiring.stored.expires_at.expect("an expiry");
+    assert!(expires_at > expiring.stored.created_at);
+    let listed = keys.list_api_keys(Some("acme")).await.unwrap();
+    let stored = listed.iter().find(|k| k.id == expiring.stored.id).unwrap();
+    assert_eq!(stored.expires_at.map(|t| t.timestamp_millis()), Some(expires_at.timestamp_millis()));
+
+    let srv = serve_app(instance(dir, keys)).await;
+    assert_eq!(status(&srv, &expiring.key, "/flows").await, 200);
+    let waited = until(&srv, &expiring.key, "/flows", 401).await;
+    assert!(waited < Duration::from_secs(3), "an expired key worked for {waited:?} more");
+    assert!(chrono::Utc::now() >= expires_at, "refused before its expiry");
+    assert_eq!(status(&srv, &lasting.key, "/flows").await, 200);
+
+    let e = issue_api_key(&**keys, &NewApiKey::new("acme").expires_in(Duration::ZERO)).await.unwrap_err();
+    assert!(matches!(e, ServerError::BadKeyExpiry), "{e}");
+    let e = issue_api_key(&**keys, &NewApiKey::new("acme").expires_in(Duration::MAX)).await.unwrap_err();
+    assert!(matches!(e, ServerError::BadKeyExpiry), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_stops_working_when_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Arc<dyn RunStore> = crewflow_store::open(dir.path().join("keys.db").to_str().unwrap()).unwrap();
+    expiring_keys(&keys, dir.path()).await;
+}
+
 #[tokio::test]
 async fn a_key_is_made_only_for_a_tenant_name_and_a_printable_label() {
     let dir = tempfile::tempdir().unwrap();
     let keys: Arc<dyn RunStore> = crewflow_store::open(dir.path().join("keys.db").to_str().unwrap()).unwrap();
     for tenant in ["", "a b", "acme/../x", "ä", &"x".repeat(65)] {
-        let e = issue_api_key(&*keys, tenant, "").await.unwrap_err();
+        let e = issue_api_key(&*keys, &NewApiKey::new(tenant)).await.unwrap_err();
         assert!(matches!(e, ServerError::BadTenantName { .. }), "{tenant}: {e}");
         assert!(e.to_string().contains("letters, digits"), "{e}");
     }
     for label in ["two\nlines", "bell\u{7}", &"x".repeat(201)] {
-        let e = issue_api_key(&*keys, "acme", label).await.unwrap_err();
+        let e = issue_api_key(&*keys, &NewApiKey::new("acme").label(label)).await.unwrap_err();
         assert!(matches!(e, ServerError::BadKeyLabel { .. }), "{e}");
     }
     assert!(keys.list_api_keys(None).await.unwrap().is_empty(), "a refused key is not stored");
-    issue_api_key(&*keys, "acme-2.eu_west", &"é".repeat(200)).await.unwrap();
+    issue_api_key(&*keys, &NewApiKey::new("acme-2.eu_west").label(&"é".repeat(200))).await.unwrap();
 }
 
 /// The same record twice (its id, or its hash under another id) is refused, and changes nothing.
 async fn duplicates_are_refused(keys: &dyn RunStore) {
-    let issued = issue_api_key(keys, "acme", "first").await.unwrap();
+    let issued = issue_api_key(keys, &NewApiKey::new("acme").label("first")).await.unwrap();
     let mut same_id = issued.stored.clone();
     same_id.sha256 = [7; 32];
     let mut same_hash = issued.stored.clone();
@@ -211,15 +243,17 @@ async fn postgres_keeps_keys_for_every_instance() {
     let keys = open();
     duplicates_are_refused(&*keys).await;
     // A NUL in a label is refused by the check before the store (PostgreSQL text holds none).
-    assert!(issue_api_key(&*keys, "acme", "a\0b").await.is_err());
+    assert!(issue_api_key(&*keys, &NewApiKey::new("acme").label("a\0b")).await.is_err());
     assert_eq!(keys.revoke_api_key("key_\0").await.unwrap(), None);
 
     let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("expiring")).unwrap();
+    expiring_keys(&keys, &dir.path().join("expiring")).await;
     let (one_keys, two_keys) = (open(), open());
     std::fs::create_dir_all(dir.path().join("two")).unwrap();
     let one = serve_app(instance(dir.path(), &one_keys)).await;
     let two = serve_app(instance(&dir.path().join("two"), &two_keys)).await;
-    let globex = issue_api_key(&*keys, "globex", "pg").await.unwrap();
+    let globex = issue_api_key(&*keys, &NewApiKey::new("globex").label("pg")).await.unwrap();
     for srv in [&one, &two] {
         until(srv, &globex.key, "/flows", 200).await;
     }

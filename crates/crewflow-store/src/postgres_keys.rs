@@ -16,7 +16,8 @@ CREATE TABLE crewflow_api_keys (
     label      TEXT NOT NULL,
     sha256     BYTEA NOT NULL UNIQUE,
     created_at TIMESTAMPTZ NOT NULL,
-    revoked_at TIMESTAMPTZ
+    revoked_at TIMESTAMPTZ,
+    expires_at TIMESTAMPTZ
 );
 "#;
 
@@ -34,6 +35,7 @@ fn key(r: &tokio_postgres::Row) -> Result<StoredApiKey, StoreError> {
         sha256,
         created_at: r.try_get(4)?,
         revoked_at: r.try_get(5)?,
+        expires_at: r.try_get(6)?,
     })
 }
 
@@ -48,9 +50,16 @@ impl PostgresStore {
                     let client = self.client().await?;
                     let inserted = client
                         .execute(
-                            "INSERT INTO crewflow_api_keys (id, tenant, label, sha256, created_at)
-                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                            &[&key.id, &key.tenant, &key.label, &key.sha256.as_slice(), &key.created_at],
+                            "INSERT INTO crewflow_api_keys (id, tenant, label, sha256, created_at, expires_at)
+                             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                            &[
+                                &key.id,
+                                &key.tenant,
+                                &key.label,
+                                &key.sha256.as_slice(),
+                                &key.created_at,
+                                &key.expires_at,
+                            ],
                         )
                         .await?;
                     if inserted == 0 {
@@ -70,7 +79,7 @@ impl PostgresStore {
                     let client = self.client().await?;
                     let rows = client
                         .query(
-                            "SELECT id, tenant, label, sha256, created_at, revoked_at FROM crewflow_api_keys
+                            "SELECT id, tenant, label, sha256, created_at, revoked_at, expires_at FROM crewflow_api_keys
                              WHERE $1::text IS NULL OR tenant = $1 ORDER BY created_at, id",
                             &[&tenant],
                         )

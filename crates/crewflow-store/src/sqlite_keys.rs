@@ -16,7 +16,8 @@ CREATE TABLE crewflow_api_keys (
     label      TEXT NOT NULL,
     sha256     BLOB NOT NULL UNIQUE,
     created_at INTEGER NOT NULL,
-    revoked_at INTEGER
+    revoked_at INTEGER,
+    expires_at INTEGER
 );
 "#;
 
@@ -29,6 +30,7 @@ fn key(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StoredApiKey, Vec<u8>)> {
             sha256: [0; 32],
             created_at: from_ms(r.get(4)?),
             revoked_at: r.get::<_, Option<i64>>(5)?.map(from_ms),
+            expires_at: r.get::<_, Option<i64>>(6)?.map(from_ms),
         },
         r.get(3)?,
     ))
@@ -49,9 +51,16 @@ impl SqliteStore {
             boxed(
                 self.call(move |c| {
                     let inserted = c.execute(
-                        "INSERT INTO crewflow_api_keys (id, tenant, label, sha256, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
-                        params![key.id, key.tenant, key.label, key.sha256.as_slice(), ms(key.created_at)],
+                        "INSERT INTO crewflow_api_keys (id, tenant, label, sha256, created_at, expires_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                        params![
+                            key.id,
+                            key.tenant,
+                            key.label,
+                            key.sha256.as_slice(),
+                            ms(key.created_at),
+                            key.expires_at.map(ms)
+                        ],
                     )?;
                     if inserted == 0 {
                         return Err(StoreError::ApiKeyExists(key.id));
@@ -69,7 +78,7 @@ impl SqliteStore {
             boxed(
                 self.call(move |c| {
                     let mut stmt = c.prepare_cached(
-                        "SELECT id, tenant, label, sha256, created_at, revoked_at FROM crewflow_api_keys
+                        "SELECT id, tenant, label, sha256, created_at, revoked_at, expires_at FROM crewflow_api_keys
                          WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_at, id",
                     )?;
                     let rows = stmt.query_map(params![tenant], key)?;

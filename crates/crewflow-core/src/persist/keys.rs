@@ -29,6 +29,15 @@ pub struct StoredApiKey {
     pub created_at: DateTime<Utc>,
     /// When it was revoked; a revoked key reaches nothing.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When it stops working by itself, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl StoredApiKey {
+    /// Whether it still lets its tenant in at `now`: not revoked, not expired.
+    pub fn usable_at(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|at| at > now)
+    }
 }
 
 impl std::fmt::Debug for StoredApiKey {
@@ -40,6 +49,7 @@ impl std::fmt::Debug for StoredApiKey {
             .field("label", &self.label)
             .field("created_at", &self.created_at)
             .field("revoked_at", &self.revoked_at)
+            .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
     }
 }
