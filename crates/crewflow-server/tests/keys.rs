@@ -117,11 +117,17 @@ async fn a_stored_key_reaches_its_tenant_until_it_is_revoked_on_every_instance()
     assert_eq!(status(&one, &globex.key, "/flows").await, 200);
     assert_eq!(status(&two, &late.key, "/flows").await, 200);
 
+    // Oldest first; keys made in the same millisecond by id.
     let listed = keys.list_api_keys(None).await.unwrap();
     let ids: Vec<&str> = listed.iter().map(|k| k.id.as_str()).collect();
-    assert_eq!(ids, [&acme.stored.id, &globex.stored.id, &initech.stored.id, &late.stored.id]);
-    assert_eq!(listed[0].revoked_at, Some(revoked_at));
-    assert_eq!(listed[1].sha256, globex.stored.sha256);
+    let mut made =
+        [&acme, &globex, &initech, &late].map(|k| (k.stored.created_at.timestamp_millis(), k.stored.id.as_str()));
+    made.sort();
+    assert_eq!(ids, made.map(|(_, id)| id));
+    let find = |id: &str| listed.iter().find(|k| k.id == id).unwrap();
+    assert_eq!(find(&acme.stored.id).revoked_at, Some(revoked_at));
+    assert_eq!(find(&globex.stored.id).sha256, globex.stored.sha256);
+    assert!(listed.iter().filter(|k| k.id != acme.stored.id).all(|k| k.revoked_at.is_none()));
     assert_eq!(keys.list_api_keys(Some("acme")).await.unwrap().len(), 2);
 
     // The file holds the hashes, never a key.
