@@ -396,6 +396,32 @@ pub struct ServeArgs {
     /// revoked key still works here (a new key works within a second).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration, requires = "api_keys")]
     pub key_refresh: std::time::Duration,
+    /// With --api-keys: how many requests each key may send, `REQUESTS/PERIOD` (`600/1m`),
+    /// in bursts of up to REQUESTS; past it, 429 with Retry-After. No limit without it.
+    #[arg(long, value_name = "REQUESTS/PERIOD", value_parser = parse_rate, requires = "api_keys")]
+    pub rate_limit: Option<(u32, std::time::Duration)>,
+    /// The largest request body (and WebSocket message) taken, in bytes; larger ones get 413.
+    #[arg(long, value_name = "BYTES", default_value_t = 2 << 20)]
+    pub max_body_bytes: usize,
+    /// A request not answered within this time gets 504 (the work goes on).
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = humantime::parse_duration)]
+    pub request_timeout: std::time::Duration,
+    /// Browser origins allowed to call the server (`https://app.example.com`; `*` for any);
+    /// repeat for several. CORS is off without it.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
+}
+
+/// `serve --rate-limit`: `REQUESTS/PERIOD`.
+fn parse_rate(text: &str) -> Result<(u32, std::time::Duration), String> {
+    let bad = || format!("`{text}` is not REQUESTS/PERIOD; give e.g. `600/1m` or `10/1s`");
+    let (requests, per) = text.split_once('/').ok_or_else(bad)?;
+    let requests: u32 = requests.trim().parse().map_err(|_| bad())?;
+    let per = humantime::parse_duration(per.trim()).map_err(|e| format!("{}: {e}", bad()))?;
+    if requests == 0 || per.is_zero() {
+        return Err(format!("`{text}` lets nothing through; give at least 1 request per a non-zero time"));
+    }
+    Ok((requests, per))
 }
 
 /// `serve --max-lateness`: a duration, or `None` for no limit.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crewflow_core::persist::{RunFilter, RunStore};
-use crewflow_server::{Server, ServerError, Tenants, Webhook, router, tenant_router};
+use crewflow_server::{RateLimit, Server, ServerConfig, ServerError, Tenants, Webhook, router, tenant_router};
 
 use crate::commands::{Ctx, store_failed};
 use crate::target::Target;
@@ -57,7 +57,9 @@ pub(crate) async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<Exit, CliError> 
     };
     // No new connections after the signal; requests that would start a run or a turn answer
     // 503 on the open ones; the rest are answered.
-    let app = if args.api_keys { keyed(&store, &url, &args, server).await? } else { router(server) };
+    let config = server_config(&args)?;
+    let app =
+        if args.api_keys { keyed(&store, &url, &args, server, config).await? } else { router(server.config(config)) };
     let serving = axum::serve(listener, app).with_graceful_shutdown(shutdown).into_future();
     let mut serving = std::pin::pin!(serving);
     outln!("listening on http://{addr}");
@@ -128,8 +130,6 @@ fn left_running(ctx: &Ctx, going: &[String]) {
     }
 }
 
-/// The server's run store: the one the compiled flows keep their runs in (the server needs
-/// every flow in one store), else the named store (`--store`, `$CREWFLOW_DB`, `crewflow.db`).
 /// `--api-keys`: the server as the one tenant `--tenant`, letting in that tenant's keys from
 /// the store. Refused when the tenant has no usable key: such a server would let no one in.
 async fn keyed(
@@ -137,9 +137,11 @@ async fn keyed(
     url: &str,
     args: &ServeArgs,
     server: Server,
+    config: ServerConfig,
 ) -> Result<axum::Router, CliError> {
     let keys = store.list_api_keys(Some(&args.tenant)).await.map_err(|e| store_failed(url, "list API keys", e))?;
-    if !keys.iter().any(|k| k.revoked_at.is_none()) {
+    let now = chrono::Utc::now();
+    if !keys.iter().any(|k| k.usable_at(now)) {
         return Err(CliError::new(
             Exit::Usage,
             format!(
@@ -148,10 +150,24 @@ async fn keyed(
             ),
         ));
     }
-    let tenants = Tenants::new().tenant(&args.tenant, server).map_err(refused)?;
+    let mut tenants = Tenants::new().tenant(&args.tenant, server).map_err(refused)?.config(config);
+    if let Some((requests, per)) = args.rate_limit {
+        tenants = tenants.rate_limit(RateLimit::new(requests, per).map_err(refused)?);
+    }
     Ok(tenant_router(tenants.keys_from(store.clone()).key_refresh(args.key_refresh)))
 }
 
+/// `--max-body-bytes`, `--request-timeout`, `--cors-origin`.
+fn server_config(args: &ServeArgs) -> Result<ServerConfig, CliError> {
+    let config = ServerConfig::new().max_body_bytes(args.max_body_bytes).request_timeout(args.request_timeout);
+    if args.cors_origins.is_empty() {
+        return Ok(config);
+    }
+    config.cors_origins(&args.cors_origins).map_err(refused)
+}
+
+/// The server's run store: the one the compiled flows keep their runs in (the server needs
+/// every flow in one store), else the named store (`--store`, `$CREWFLOW_DB`, `crewflow.db`).
 pub(crate) fn server_store(ctx: &Ctx) -> Result<(Arc<dyn RunStore>, String), CliError> {
     if let Some(store) = ctx.all_mounted().iter().find_map(|f| f.store()) {
         let url = store.describe();

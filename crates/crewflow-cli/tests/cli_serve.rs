@@ -615,3 +615,87 @@ fn serve_with_api_keys_lets_in_the_stores_keys_until_revoked() {
     sigterm(&server);
     assert_eq!(server.wait_with_output().unwrap().status.code(), Some(0));
 }
+
+/// Sends `head` (request line and headers, without the blank line) and `body`; the status and
+/// the response's head, lowercased.
+fn raw(addr: &str, head: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "{head}\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let head = reply.split("\r\n\r\n").next().unwrap().to_lowercase();
+    (head.split(' ').nth(1).unwrap().parse().unwrap(), head)
+}
+
+/// `serve --rate-limit`, `--max-body-bytes`, `--cors-origin`: the library's limits, from the
+/// command line; bad values are refused before anything is served.
+#[test]
+fn serve_takes_a_rate_limit_a_body_limit_and_cors_origins() {
+    let s = Scratch::new();
+    s.write("review.yaml", REVIEW);
+    let db = s.db("runs.db");
+    let key = stdout(&s.cmd(&["keys", "create", "--store", &db]).output().unwrap()).trim().to_string();
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--flows", "review.yaml", "--addr", "127.0.0.1:0", "--store", &db];
+        args.extend_from_slice(extra);
+        std::process::Command::new(assert_cmd::cargo::cargo_bin!("crewflow"))
+            .current_dir(s.dir.path())
+            .env_remove("CREWFLOW_DB")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for (bad, says) in [
+        (vec!["--api-keys", "--rate-limit", "0/1s"], "lets nothing through"),
+        (vec!["--api-keys", "--rate-limit", "5"], "is not REQUESTS/PERIOD"),
+        (vec!["--rate-limit", "5/1s"], "--api-keys"),
+        (vec!["--cors-origin", "app.example.com/path"], "is not an origin"),
+    ] {
+        let out = serve(&bad).wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{bad:?}: {}", stderr(&out));
+    }
+
+    let mut server = serve(&[
+        "--api-keys",
+        "--rate-limit",
+        "3/1m",
+        "--max-body-bytes",
+        "64",
+        "--cors-origin",
+        "https://app.example.com",
+    ]);
+    let addr = common::listening_address(&mut server);
+    let auth = format!("Authorization: Bearer {key}");
+    // A browser's preflight is answered for the named origin, before any key.
+    let (status, head) = raw(
+        &addr,
+        "OPTIONS /flows HTTP/1.1\r\nOrigin: https://app.example.com\r\nAccess-Control-Request-Method: POST",
+        "",
+    );
+    assert!(status < 300 && head.contains("access-control-allow-origin: https://app.example.com"), "{head}");
+    let (_, head) = raw(
+        &addr,
+        "OPTIONS /flows HTTP/1.1\r\nOrigin: https://evil.example\r\nAccess-Control-Request-Method: POST",
+        "",
+    );
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+    // A body over 64 bytes: 413, whatever it holds.
+    let big = format!(r#"{{"topic": "{}"}}"#, "x".repeat(100));
+    let (status, _) =
+        raw(&addr, &format!("POST /flows/review/runs HTTP/1.1\r\n{auth}\r\nContent-Type: application/json"), &big);
+    assert_eq!(status, 413);
+    // Three requests a minute for the key: two more, then 429 with Retry-After.
+    for _ in 0..2 {
+        assert_eq!(raw(&addr, &format!("GET /flows HTTP/1.1\r\n{auth}"), "").0, 200);
+    }
+    let (status, head) = raw(&addr, &format!("GET /flows HTTP/1.1\r\n{auth}"), "");
+    assert_eq!(status, 429, "{head}");
+    assert!(head.contains("retry-after: "), "{head}");
+
+    sigterm(&server);
+    assert_eq!(server.wait_with_output().unwrap().status.code(), Some(0));
+}
