@@ -531,6 +531,19 @@ fn get_with_key(addr: &str, path: &str, key: Option<&str>) -> u16 {
     reply.split(' ').nth(1).unwrap().parse().unwrap()
 }
 
+/// Starts `crewflow serve` on review.yaml, a free port and `db`, with `extra` arguments.
+fn serve_review(s: &Scratch, db: &str, extra: &[&str]) -> Child {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin!("crewflow"))
+        .current_dir(s.dir.path())
+        .env_remove("CREWFLOW_DB")
+        .args(["serve", "--flows", "review.yaml", "--addr", "127.0.0.1:0", "--store", db])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// `crewflow keys` and `crewflow serve --api-keys`: a key made with the binary lets requests
 /// in, a wrong or missing one does not, and a revoked one is refused within the refresh time.
 #[test]
@@ -538,18 +551,7 @@ fn serve_with_api_keys_lets_in_the_stores_keys_until_revoked() {
     let s = Scratch::new();
     s.write("review.yaml", REVIEW);
     let db = s.db("runs.db");
-    let serve = |extra: &[&str]| {
-        let mut args = vec!["serve", "--flows", "review.yaml", "--addr", "127.0.0.1:0", "--store", &db, "--api-keys"];
-        args.extend_from_slice(extra);
-        std::process::Command::new(assert_cmd::cargo::cargo_bin!("crewflow"))
-            .current_dir(s.dir.path())
-            .env_remove("CREWFLOW_DB")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let serve = |extra: &[&str]| serve_review(&s, &db, &[&["--api-keys"], extra].concat());
 
     // No key for the tenant yet: refused at start, naming the fix.
     let out = serve(&[]).wait_with_output().unwrap();
@@ -636,18 +638,7 @@ fn serve_takes_a_rate_limit_a_body_limit_and_cors_origins() {
     s.write("review.yaml", REVIEW);
     let db = s.db("runs.db");
     let key = stdout(&s.cmd(&["keys", "create", "--store", &db]).output().unwrap()).trim().to_string();
-    let serve = |extra: &[&str]| {
-        let mut args = vec!["serve", "--flows", "review.yaml", "--addr", "127.0.0.1:0", "--store", &db];
-        args.extend_from_slice(extra);
-        std::process::Command::new(assert_cmd::cargo::cargo_bin!("crewflow"))
-            .current_dir(s.dir.path())
-            .env_remove("CREWFLOW_DB")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let serve = |extra: &[&str]| serve_review(&s, &db, extra);
     for (bad, says) in [
         (vec!["--api-keys", "--rate-limit", "0/1s"], "lets nothing through"),
         (vec!["--api-keys", "--rate-limit", "5"], "is not REQUESTS/PERIOD"),
