@@ -136,7 +136,7 @@ pub(crate) fn sha256(key: &str) -> [u8; 32] {
 pub(crate) struct StoredKeys {
     store: Arc<dyn RunStore>,
     refresh: Duration,
-    /// Only keys of tenants this instance serves, not revoked: hash → tenant and expiry.
+    /// Only keys of tenants this instance serves, neither revoked nor expired when read.
     copy: RwLock<Arc<KeyCopy>>,
     /// One read of the store at a time: the others wait for it, then use what it read.
     reading: tokio::sync::Mutex<()>,
@@ -159,9 +159,7 @@ impl KeyCopy {
         let key = self.keys.get(hash)?;
         key.expires_at.is_none_or(|at| at > Utc::now()).then(|| key.tenant.clone())
     }
-}
 
-impl KeyCopy {
     fn age(&self) -> Option<Duration> {
         self.read_at.map(|at| at.elapsed())
     }
