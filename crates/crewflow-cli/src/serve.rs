@@ -65,6 +65,9 @@ pub(crate) async fn serve(ctx: &Ctx, args: ServeArgs) -> Result<Exit, CliError> 
     outln!("listening on http://{addr}");
     if !ctx.json {
         eprintln!("serving flows {} with runs in {url}; Ctrl-C stops it", names.join(", "));
+        if args.api_keys {
+            eprintln!("every request needs an API key of tenant `{}` (crewflow keys create/list/revoke)", args.tenant);
+        }
     }
     let stopped = |e: std::io::Error| CliError::new(Exit::RunFailed, format!("the server stopped: {e}"));
     // The server ends on its own only on an error; with no connection open it may end in the

@@ -615,7 +615,9 @@ fn serve_with_api_keys_lets_in_the_stores_keys_until_revoked() {
     assert!(table.lines().next().unwrap().contains("EXPIRES (UTC)"), "{table}");
 
     sigterm(&server);
-    assert_eq!(server.wait_with_output().unwrap().status.code(), Some(0));
+    let out = server.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("every request needs an API key of tenant `default`"), "{}", stderr(&out));
 }
 
 /// Sends `head` (request line and headers, without the blank line) and `body`; the status and
